@@ -1,0 +1,1 @@
+"""Agent: supervises model server processes on one host and reports them to the controller."""

@@ -1,0 +1,1 @@
+"""Controller: desired state, live state from agents, routing snapshots, admin API."""

@@ -1,0 +1,1 @@
+"""Gateway: OpenAI-compatible HTTP front door that routes each request to a pool member."""

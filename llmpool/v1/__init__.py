@@ -1,0 +1,1 @@
+"""Generated gRPC code for proto package llmpool.v1 (make protos)."""
