@@ -1,4 +1,4 @@
-"""The `llm-pool` command: one subcommand per process (controller, agent, gateway, sim-engine) and `up`."""
+"""The `llm-pool` command: one subcommand per process, and `up` for all three at once."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Injectable clocks: leases, TTLs, backoff and EWMAs read time from here so tests need no sleeps."""
+"""Injectable clocks: leases, TTLs, backoff and EWMAs read time here, so tests need no sleeps."""
 
 from __future__ import annotations
 

@@ -23,9 +23,7 @@ class _Model(BaseModel):
 
 def _check_name(value: str) -> str:
     if not NAME_RE.match(value):
-        raise ValueError(
-            f"{value!r} is not a valid name: use 1-128 letters, digits and . _ : / -"
-        )
+        raise ValueError(f"{value!r} is not a valid name: use 1-128 letters, digits and . _ : / -")
     return value
 
 
@@ -83,7 +81,9 @@ class PoolConfig(_Model):
     @model_validator(mode="after")
     def _replicas_need_template(self) -> PoolConfig:
         if self.replicas > 0 and self.template is None:
-            raise ValueError(f"pool {self.name!r} asks for {self.replicas} replicas but has no template")
+            raise ValueError(
+                f"pool {self.name!r} asks for {self.replicas} replicas but has no template"
+            )
         return self
 
 

@@ -1,4 +1,4 @@
-"""Domain errors shared by the services; each transport maps them once (gRPC status, OpenAI JSON)."""
+"""Domain errors of the services; each transport maps them once (gRPC status, OpenAI JSON)."""
 
 
 class LLMPoolError(Exception):

@@ -10,7 +10,10 @@ from typing import Any
 import orjson
 
 # Attributes every LogRecord has; anything else passed in `extra=` is a structured field.
-_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+}
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:

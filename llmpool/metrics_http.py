@@ -1,4 +1,4 @@
-"""A tiny asyncio HTTP server for /metrics of the controller and the agent (the gateway has its own)."""
+"""A tiny asyncio HTTP server for /metrics of the controller and the agent."""
 
 from __future__ import annotations
 
@@ -15,7 +15,11 @@ async def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> as
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request_line = await asyncio.wait_for(reader.readline(), timeout=5)
-            while (await asyncio.wait_for(reader.readline(), timeout=5)) not in (b"\r\n", b"\n", b""):
+            while (await asyncio.wait_for(reader.readline(), timeout=5)) not in (
+                b"\r\n",
+                b"\n",
+                b"",
+            ):
                 pass
             parts = request_line.split()
             path = parts[1].decode(errors="replace") if len(parts) > 1 else ""

@@ -18,7 +18,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:
+def wait_for(
+    condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = ""
+) -> T:
     """Polls condition until it returns something truthy; fails the test at the deadline.
     Exceptions from condition count as 'not yet'; the last one is shown on failure."""
     deadline = time.monotonic() + timeout
@@ -38,7 +40,10 @@ def wait_for(condition: Callable[[], T], timeout: float = 10.0, interval: float 
 
 
 async def async_wait_for(
-    condition: Callable[[], Awaitable[T]], timeout: float = 10.0, interval: float = 0.02, what: str = ""
+    condition: Callable[[], Awaitable[T]],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    what: str = "",
 ) -> T:
     """The asyncio twin of wait_for."""
     deadline = time.monotonic() + timeout

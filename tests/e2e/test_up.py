@@ -1,0 +1,206 @@
+"""`llm-pool up` from a user's seat: the OpenAI SDK, curl-like errors, grpcurl, a killed replica."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+MESSAGES: Any = [{"role": "user", "content": "Tell me about pooling inference."}]
+
+
+def client_for(cluster: Any) -> openai.OpenAI:
+    return openai.OpenAI(base_url=cluster.base_url, api_key="unused", max_retries=0, timeout=30)
+
+
+def test_openai_sdk_round_trip(up_cluster: Any) -> None:
+    client = client_for(up_cluster)
+
+    assert "sim-small" in [m.id for m in client.models.list()]
+
+    chat = client.chat.completions.create(model="sim-small", messages=MESSAGES, max_tokens=8)
+    assert chat.choices[0].message.content
+    assert chat.usage is not None and chat.usage.completion_tokens == 8
+
+    contents: list[str] = []
+    finish_reasons: list[str] = []
+    stream = client.chat.completions.create(
+        model="sim-small", messages=MESSAGES, max_tokens=6, stream=True
+    )
+    for chunk in stream:  # the SDK ends the loop at `data: [DONE]`
+        for choice in chunk.choices:
+            if choice.delta.content:
+                contents.append(choice.delta.content)
+            if choice.finish_reason:
+                finish_reasons.append(choice.finish_reason)
+    assert len(contents) >= 2, contents
+    assert finish_reasons == ["length"]
+
+    completion = client.completions.create(model="sim-small", prompt="Once upon", max_tokens=5)
+    assert completion.choices[0].text
+
+    embeddings = client.embeddings.create(model="sim-small", input=["alpha", "beta"])
+    assert len(embeddings.data) == 2
+    assert len(embeddings.data[0].embedding) > 8
+    assert embeddings.data[0].embedding != embeddings.data[1].embedding
+
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-model", messages=MESSAGES)
+
+
+def test_tool_calls_pass_through(up_cluster: Any) -> None:
+    tools: Any = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
+    chat = client_for(up_cluster).chat.completions.create(
+        model="sim-small", messages=MESSAGES, tools=tools, tool_choice="required"
+    )
+    calls = chat.choices[0].message.tool_calls
+    assert calls and calls[0].function.name == "get_weather"  # type: ignore[union-attr]
+    assert chat.choices[0].finish_reason == "tool_calls"
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "param"),
+    [
+        (b"{not json", {"content-type": "application/json"}, 400, None),
+        (json.dumps({"messages": MESSAGES}).encode(), {"content-type": "application/json"}, 400,
+         "model"),
+        (json.dumps({"model": "sim-small"}).encode(), {"content-type": "application/json"}, 400,
+         "messages"),
+        (b'{"model": "sim-small", "pad": "' + b"x" * (11 << 20) + b'"}',
+         {"content-type": "application/json"}, 413, None),
+        (json.dumps({"model": "sim-small", "messages": MESSAGES}).encode(),
+         {"content-type": "text/plain"}, 415, None),
+    ],
+    ids=["malformed-json", "missing-model", "missing-messages", "oversized", "wrong-content-type"],
+)  # fmt: skip
+def test_bad_requests_get_openai_errors(
+    up_cluster: Any, body: bytes, headers: dict[str, str], status: int, param: str | None
+) -> None:
+    url = f"{up_cluster.base_url}/chat/completions"
+    resp = httpx.post(url, content=body, headers=headers, timeout=30)
+    assert resp.status_code == status, resp.text
+    error = resp.json()["error"]
+    assert set(error) >= {"message", "type", "param", "code"}
+    assert error["message"]
+    if param:
+        assert error["param"] == param
+    # The gateway is still there and still serving.
+    assert httpx.get(f"http://{up_cluster.gateway}/healthz", timeout=5).status_code == 200
+    ok = client_for(up_cluster).chat.completions.create(
+        model="sim-small", messages=MESSAGES, max_tokens=2
+    )
+    assert ok.choices[0].message.content
+
+
+def test_grpcurl_lists_services_and_adds_a_backend_live(up_cluster: Any, wait: Any) -> None:
+    listed = up_cluster.grpcurl(up_cluster.controller, "list")
+    assert listed.returncode == 0, listed.stderr
+    services = set(listed.stdout.split())
+    assert {
+        "llmpool.v1.AdminService",
+        "llmpool.v1.AgentService",
+        "llmpool.v1.GatewayService",
+        "grpc.health.v1.Health",
+    } <= services, services
+    assert any(s.startswith("grpc.reflection.") for s in services), services
+
+    replica_url = up_cluster.ready_replicas("sim-small")[0].status.url
+    request = {
+        "backend": {
+            "id": "extra-1",
+            "pool": "sim-extra",
+            "url": replica_url,
+            "upstream_model": "sim-small",
+        }
+    }
+    added = up_cluster.grpcurl(
+        "-d", json.dumps(request), up_cluster.controller, "llmpool.v1.AdminService/AddBackend"
+    )
+    assert added.returncode == 0, added.stderr
+    assert json.loads(added.stdout)["id"] == "extra-1"
+    # Within 1 s of the admin call, with no restart, the gateway serves the new model.
+    wait(lambda: "sim-extra" in up_cluster.model_ids(), 1.0, "sim-extra in /v1/models")
+    chat = client_for(up_cluster).chat.completions.create(
+        model="sim-extra", messages=MESSAGES, max_tokens=3
+    )
+    assert chat.choices[0].message.content
+
+    bad = up_cluster.grpcurl(
+        "-d", json.dumps({"backend": {"id": "bad", "pool": "p", "url": "ftp://x"}}),
+        up_cluster.controller, "llmpool.v1.AdminService/AddBackend",
+    )  # fmt: skip
+    assert bad.returncode != 0
+    assert "InvalidArgument" in bad.stderr, bad.stderr
+
+    for call, body in (("DeleteBackend", {"id": "extra-1"}), ("DeletePool", {"name": "sim-extra"})):
+        done = up_cluster.grpcurl(
+            "-d", json.dumps(body), up_cluster.controller, f"llmpool.v1.AdminService/{call}"
+        )
+        assert done.returncode == 0, done.stderr
+    wait(lambda: "sim-extra" not in up_cluster.model_ids(), 5.0, "sim-extra gone")
+
+
+def test_killed_replica_is_restarted_without_failed_requests(up_cluster: Any, wait: Any) -> None:
+    victim = up_cluster.ready_replicas("sim-small")[0].status
+    client = client_for(up_cluster)
+    ok = 0
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        nonlocal ok
+        while not stop.is_set():
+            try:
+                client.chat.completions.create(model="sim-small", messages=MESSAGES, max_tokens=4)
+                ok += 1
+            except Exception as exc:  # every failure is a finding
+                errors.append(repr(exc))
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    try:
+        wait(lambda: ok >= 5, 30, "traffic flowing")
+        os.kill(victim.pid, signal.SIGKILL)
+
+        def restarted() -> bool:
+            for replica in up_cluster.ready_replicas("sim-small"):
+                s = replica.status
+                if s.replica_id == victim.replica_id and s.restarts > victim.restarts:
+                    return s.pid != victim.pid
+            return False
+
+        wait(restarted, 30, f"{victim.replica_id} restarted and READY")
+        served = ok
+        wait(lambda: ok >= served + 10, 30, "traffic after the restart")
+    finally:
+        stop.set()
+        worker.join(30)
+    assert not errors, errors[:5]
+    assert len(up_cluster.ready_replicas("sim-small")) == 2
+
+
+def test_sigterm_stops_everything(start_up: Any, wait: Any, proctree: Any) -> None:
+    cluster = start_up()
+    cluster.wait_ready("sim-small", 2)
+    up = cluster.procs[0]
+    # up -> controller, agent, gateway, and the two engines below the agent.
+    tree = wait(lambda: t if len(t := proctree.descendants(up.pid)) >= 5 else None, 10, "tree")
+    assert up.stop(signal.SIGTERM) == 0, up.tail()
+    left = [pid for pid in tree if proctree.alive(pid)]
+    assert not left, f"still running after llm-pool up exited: {left}"
