@@ -1,0 +1,1 @@
+"""A simulated OpenAI-compatible engine: continuous batching, a KV cache with prefix caching."""
