@@ -1,0 +1,169 @@
+"""The gateway's ASGI app: create_app builds every object once and wires routes to them."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.controller_link import ControllerLink
+from gateway.errors import GatewayError, NotReadyError, error_response, handle_exception
+from gateway.metrics import GatewayMetrics
+from gateway.parsing import Endpoint, check_headers, parse_request, read_body
+from gateway.relay import Relay
+from gateway.routing import RoutingTable
+from gateway.settings import GatewaySettings
+from gateway.upstream import HttpxUpstream, UpstreamClient
+from gateway.usage import UsageTracker
+from llmpool.backoff import Backoff
+from llmpool.clock import Clock, SystemClock
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayParts:
+    """The objects behind one app, kept on app.state.parts for tests and the server."""
+
+    settings: GatewaySettings
+    table: RoutingTable
+    usage: UsageTracker
+    metrics: GatewayMetrics
+    upstream: UpstreamClient
+    relay: Relay
+    link: ControllerLink | None
+
+
+def create_app(
+    settings: GatewaySettings,
+    *,
+    clock: Clock | None = None,
+    upstream: UpstreamClient | None = None,
+    metrics: GatewayMetrics | None = None,
+    connect_controller: bool = True,
+    backoff_factory: Callable[[], Backoff] = Backoff,
+) -> FastAPI:
+    """Builds the gateway. connect_controller=False leaves the table to the caller (tests)."""
+    clock = clock or SystemClock()
+    metrics = metrics or GatewayMetrics()
+    table = RoutingTable()
+    usage = UsageTracker()
+    upstream = upstream or HttpxUpstream(
+        connect_timeout_s=settings.upstream_connect_timeout_s,
+        timeout_s=settings.upstream_timeout_s,
+        max_connections=settings.upstream_max_connections,
+    )
+    relay = Relay(table=table, upstream=upstream, usage=usage, metrics=metrics, clock=clock)
+    link = (
+        ControllerLink(
+            target=settings.controller,
+            gateway_id=settings.gateway_id,
+            table=table,
+            usage=usage,
+            metrics=metrics,
+            usage_interval_s=settings.usage_interval_s,
+            backoff_factory=backoff_factory,
+        )
+        if connect_controller
+        else None
+    )
+    parts = GatewayParts(settings, table, usage, metrics, upstream, relay, link)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if link is not None:
+            await link.start()
+        try:
+            yield
+        finally:
+            if link is not None:
+                await link.close()
+            await upstream.aclose()
+            log.info("gateway stopped", extra={"gateway_id": settings.gateway_id})
+
+    app = FastAPI(
+        title="llm-pool gateway",
+        description="OpenAI-compatible API in front of llm-pool's model pools.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.parts = parts
+    app.add_exception_handler(GatewayError, handle_exception)
+    app.add_exception_handler(StarletteHTTPException, handle_exception)
+    app.add_exception_handler(Exception, handle_exception)
+
+    for endpoint in Endpoint:
+        # Raw Starlette routes: no FastAPI body validation on the hot path.
+        app.add_route(
+            endpoint.value,
+            _relay_endpoint(endpoint, relay, settings.max_body_bytes, clock),
+            methods=["POST"],
+            include_in_schema=False,
+        )
+
+    @app.get("/v1/models", summary="Models this gateway routes (OpenAI list shape)")
+    async def list_models() -> JSONResponse:
+        created = table.created_s
+        data = [
+            {"id": name, "object": "model", "created": created, "owned_by": "llm-pool"}
+            for name in table.models()
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    @app.get("/healthz", summary="Liveness: 200 while the process runs")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: 200 once a routing snapshot has been received")
+    async def readyz() -> Response:
+        if not table.received:
+            return error_response(
+                NotReadyError("No routing snapshot from the controller yet; check --controller.")
+            )
+        return JSONResponse(
+            {
+                "status": "ready",
+                "version": table.version,
+                "models": len(table),
+                "controller_connected": bool(link and link.connected),
+            }
+        )
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _relay_endpoint(
+    endpoint: Endpoint, relay: Relay, max_body_bytes: int, clock: Clock
+) -> Callable[[Request], Awaitable[Response]]:
+    async def handle(request: Request) -> Response:
+        started = clock.monotonic()
+        headers = request.headers
+        try:
+            check_headers(headers, max_body_bytes)
+            body = await read_body(request.stream(), max_body_bytes)
+            parsed = parse_request(endpoint, body)
+        except GatewayError as exc:
+            relay.count_rejected(exc.status)
+            raise
+        return await relay.handle(parsed, headers, started)
+
+    handle.__name__ = f"relay_{endpoint.name.lower()}"
+    return handle
+
+
+def parts_of(app: Any) -> GatewayParts:
+    parts: GatewayParts = app.state.parts
+    return parts

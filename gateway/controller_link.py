@@ -1,0 +1,141 @@
+"""The gateway's link to the controller: routing snapshots down, usage reports up, reconnecting."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
+
+import grpc
+import grpc.aio
+
+from gateway.metrics import GatewayMetrics
+from gateway.routing import RoutingTable
+from gateway.usage import UsageTracker
+from llmpool.backoff import Backoff
+from llmpool.v1 import gateway_pb2, gateway_pb2_grpc
+
+if TYPE_CHECKING:
+    from llmpool.v1.gateway_pb2_grpc import GatewayServiceAsyncStub
+
+log = logging.getLogger(__name__)
+
+
+class ControllerLink:
+    """Keeps WatchRouting and ReportUsage streams up; the table serves on while they are down."""
+
+    def __init__(
+        self,
+        *,
+        target: str,
+        gateway_id: str,
+        table: RoutingTable,
+        usage: UsageTracker,
+        metrics: GatewayMetrics,
+        usage_interval_s: float = 1.0,
+        backoff_factory: Callable[[], Backoff] = Backoff,
+    ) -> None:
+        self._target = target
+        self._gateway_id = gateway_id
+        self._table = table
+        self._usage = usage
+        self._metrics = metrics
+        self._usage_interval_s = usage_interval_s
+        self._backoff_factory = backoff_factory
+        self._channel: grpc.aio.Channel | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.connected = False
+        # Counts streams that delivered at least one snapshot; tests and logs use it.
+        self.sessions = 0
+
+    async def start(self) -> None:
+        self._channel = grpc.aio.insecure_channel(self._target)
+        stub: GatewayServiceAsyncStub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
+        self._tasks = [
+            asyncio.create_task(self._watch_loop(stub), name="gateway-watch-routing"),
+            asyncio.create_task(self._usage_loop(stub), name="gateway-report-usage"),
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._channel is not None:
+            await self._channel.close(grace=None)
+            self._channel = None
+        self._set_connected(False)
+
+    def _set_connected(self, value: bool) -> None:
+        self.connected = value
+        self._metrics.controller_connected.set(1 if value else 0)
+
+    async def _watch_loop(self, stub: GatewayServiceAsyncStub) -> None:
+        backoff = self._backoff_factory()
+        was_down = False
+        while True:
+            request = gateway_pb2.WatchRoutingRequest(
+                gateway_id=self._gateway_id, known_version=self._table.version
+            )
+            call = stub.WatchRouting(request)
+            try:
+                first = True
+                async for snapshot in call:
+                    self._table.apply(snapshot)
+                    self._metrics.snapshot_version.set(self._table.version)
+                    if first:
+                        first = False
+                        self.sessions += 1
+                        self._set_connected(True)
+                        backoff.reset()
+                        if was_down:
+                            log.info(
+                                "controller stream restored",
+                                extra={"controller": self._target, "version": self._table.version},
+                            )
+                        was_down = False
+                error = "routing stream ended by the controller"
+            except grpc.aio.AioRpcError as exc:
+                error = f"{exc.code().name}: {exc.details()}"
+            finally:
+                call.cancel()
+            self._set_connected(False)
+            delay = backoff.delay()
+            if not was_down:
+                # One line per outage, not per attempt.
+                log.warning(
+                    "controller unreachable, serving the last routing table",
+                    extra={
+                        "controller": self._target,
+                        "error": error,
+                        "version": self._table.version,
+                        "models": len(self._table),
+                    },
+                )
+                was_down = True
+            await asyncio.sleep(delay)
+
+    async def _usage_loop(self, stub: GatewayServiceAsyncStub) -> None:
+        backoff = self._backoff_factory()
+        while True:
+            call = stub.ReportUsage(self._reports(backoff))
+            try:
+                await call
+                error = "usage stream ended by the controller"
+            except grpc.RpcError as exc:
+                error = repr(exc)
+            finally:
+                call.cancel()
+            log.debug("usage stream down", extra={"error": error})
+            await asyncio.sleep(backoff.delay())
+
+    async def _reports(self, backoff: Backoff) -> AsyncIterator[gateway_pb2.UsageReport]:
+        while True:
+            await asyncio.sleep(self._usage_interval_s)
+            yield self._usage.drain_report(self._gateway_id)
+            # grpc asks for the next report only after it sent this one: the stream works.
+            backoff.reset()

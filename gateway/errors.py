@@ -1,0 +1,139 @@
+"""OpenAI-shaped gateway errors and the one place that turns exceptions into error responses."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from llmpool.errors import InvalidArgumentError, NotFoundError, UnavailableError
+
+log = logging.getLogger(__name__)
+
+
+class GatewayError(Exception):
+    """An error the client sees as {"error": {"message", "type", "param", "code"}}."""
+
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+
+class BadRequestError(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class ModelNotFoundError(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class PathNotFoundError(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class MethodNotAllowedError(GatewayError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class PayloadTooLargeError(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class UnsupportedMediaTypeError(GatewayError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
+class NoHealthyMemberError(GatewayError):
+    status = 503
+    type = "service_unavailable"
+    code = "no_healthy_backend"
+
+
+class NotReadyError(GatewayError):
+    status = 503
+    type = "service_unavailable"
+    code = "not_ready"
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_failed"
+
+
+def error_body(exc: GatewayError) -> bytes:
+    return orjson.dumps(
+        {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
+    )
+
+
+def error_response(exc: GatewayError) -> Response:
+    return Response(
+        error_body(exc),
+        status_code=exc.status,
+        headers=exc.headers,
+        media_type="application/json",
+    )
+
+
+def to_gateway_error(exc: Exception) -> GatewayError:
+    """Maps any exception to the error the client sees; the single mapping for the gateway."""
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, HTTPException):
+        if exc.status_code == 404:
+            return PathNotFoundError("Unknown path; the OpenAI API is served under /v1.")
+        if exc.status_code == 405:
+            allow = (exc.headers or {}).get("Allow") or (exc.headers or {}).get("allow", "")
+            err = MethodNotAllowedError(f"Method not allowed here; allowed: {allow or 'none'}.")
+            if allow:
+                err.headers["Allow"] = allow
+            return err
+        generic = GatewayError(str(exc.detail))
+        generic.status = exc.status_code
+        generic.type = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return generic
+    if isinstance(exc, NotFoundError):
+        return ModelNotFoundError(str(exc))
+    if isinstance(exc, InvalidArgumentError):
+        return BadRequestError(str(exc))
+    if isinstance(exc, UnavailableError):
+        return NoHealthyMemberError(str(exc), headers={"Retry-After": "1"})
+    return GatewayError("Internal error in the gateway; see its logs.", code="internal_error")
+
+
+async def handle_exception(request: Request, exc: Exception) -> Response:
+    """Starlette exception handler: every error leaves as OpenAI-shaped JSON."""
+    err = to_gateway_error(exc)
+    if err.status >= 500 and not isinstance(exc, GatewayError):
+        log.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
+    return error_response(err)

@@ -1,0 +1,75 @@
+"""Pool members as the gateway routes to them: built once per snapshot, URLs precomputed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmpool.v1 import gateway_pb2
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One place a request for a model can go, with everything the hot path needs ready."""
+
+    id: str
+    url: str
+    weight: int
+    healthy: bool
+    draining: bool
+    zone: str
+    kind: str
+    # Model name to send upstream when it differs from the client's; None keeps the body as is.
+    upstream_model: str | None
+    running: float
+    waiting: float
+    kv_usage: float
+    in_flight: float
+    latency_ms: float
+    chat_url: str
+    completions_url: str
+    embeddings_url: str
+
+    @property
+    def routable(self) -> bool:
+        return self.healthy and not self.draining
+
+    def endpoint_url(self, path: str) -> str:
+        """The full upstream URL for an API path such as /v1/chat/completions."""
+        if path == "/v1/chat/completions":
+            return self.chat_url
+        if path == "/v1/completions":
+            return self.completions_url
+        if path == "/v1/embeddings":
+            return self.embeddings_url
+        return base_url(self.url) + path
+
+
+def base_url(url: str) -> str:
+    """The member's base URL without a trailing slash or /v1 (the API paths add /v1)."""
+    text = url.rstrip("/")
+    if text.endswith("/v1"):
+        text = text[: -len("/v1")]
+    return text
+
+
+def member_from_proto(msg: gateway_pb2.Member, model: str) -> Member:
+    base = base_url(msg.url)
+    upstream = msg.upstream_model if msg.upstream_model and msg.upstream_model != model else None
+    return Member(
+        id=msg.id,
+        url=msg.url,
+        weight=msg.weight,
+        healthy=msg.healthy,
+        draining=msg.draining,
+        zone=msg.zone,
+        kind=msg.kind,
+        upstream_model=upstream,
+        running=msg.running,
+        waiting=msg.waiting,
+        kv_usage=msg.kv_usage,
+        in_flight=msg.in_flight,
+        latency_ms=msg.latency_ms,
+        chat_url=base + "/v1/chat/completions",
+        completions_url=base + "/v1/completions",
+        embeddings_url=base + "/v1/embeddings",
+    )

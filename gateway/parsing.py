@@ -1,0 +1,123 @@
+"""Reading and parsing OpenAI request bodies: only what routing needs, the rest passes through."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+
+
+class Endpoint(enum.Enum):
+    """An OpenAI API the gateway relays; value is the upstream path."""
+
+    CHAT = "/v1/chat/completions"
+    COMPLETIONS = "/v1/completions"
+    EMBEDDINGS = "/v1/embeddings"
+
+    @property
+    def streams(self) -> bool:
+        return self is not Endpoint.EMBEDDINGS
+
+    @property
+    def required_field(self) -> str:
+        return _REQUIRED[self]
+
+
+_REQUIRED = {
+    Endpoint.CHAT: "messages",
+    Endpoint.COMPLETIONS: "prompt",
+    Endpoint.EMBEDDINGS: "input",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRequest:
+    """The original body bytes plus the few fields the gateway reads."""
+
+    endpoint: Endpoint
+    body: bytes
+    payload: Mapping[str, Any]
+    model: str
+    stream: bool
+
+    def body_for(self, upstream_model: str | None) -> bytes:
+        """The bytes to send upstream: unchanged unless the member serves another model name."""
+        if upstream_model is None or upstream_model == self.model:
+            return self.body
+        return orjson.dumps({**self.payload, "model": upstream_model})
+
+
+def check_headers(headers: Mapping[str, str], max_body_bytes: int) -> None:
+    """Rejects a wrong Content-Type (415) or a declared length over the limit (413), unread."""
+    ctype = headers.get("content-type", "")
+    if ctype.split(";", 1)[0].strip().lower() != "application/json":
+        raise UnsupportedMediaTypeError(
+            f"Content-Type must be application/json, got {ctype or 'none'!r}."
+        )
+    length = headers.get("content-length")
+    if length is not None:
+        try:
+            declared = int(length)
+        except ValueError:
+            raise BadRequestError("Content-Length is not a number.") from None
+        if declared > max_body_bytes:
+            raise _too_large(max_body_bytes)
+
+
+async def read_body(chunks: AsyncIterator[bytes], max_body_bytes: int) -> bytes:
+    """Reads the body, counting as it goes so that chunked bodies cannot exceed the limit."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > max_body_bytes:
+            raise _too_large(max_body_bytes)
+        parts.append(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _too_large(limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"Request body is larger than the gateway's limit of {limit} bytes."
+    )
+
+
+def parse_request(endpoint: Endpoint, body: bytes) -> ParsedRequest:
+    """Parses once with orjson and validates the fields routing needs; 400 with param otherwise."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequestError(f"Request body is not valid JSON: {exc}.") from None
+    if not isinstance(payload, dict):
+        raise BadRequestError("Request body must be a JSON object.")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequestError("'model' is required and must be a non-empty string.", param="model")
+    field = endpoint.required_field
+    value = payload.get(field)
+    if endpoint is Endpoint.CHAT:
+        if not isinstance(value, list) or not value:
+            raise BadRequestError(
+                "'messages' is required and must be a non-empty array.", param="messages"
+            )
+    elif not isinstance(value, str | list):
+        raise BadRequestError(
+            f"'{field}' is required and must be a string or an array.", param=field
+        )
+    stream = payload.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise BadRequestError("'stream' must be a boolean.", param="stream")
+    return ParsedRequest(
+        endpoint=endpoint,
+        body=body,
+        payload=payload,
+        model=model,
+        stream=stream and endpoint.streams,
+    )

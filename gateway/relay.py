@@ -1,0 +1,249 @@
+"""Relays one parsed request to a pool member: pick, send, retry elsewhere before the first byte."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from starlette.responses import Response
+
+from gateway.errors import ModelNotFoundError, NoHealthyMemberError, UpstreamError
+from gateway.members import Member
+from gateway.metrics import NO_BACKEND, UNKNOWN_MODEL, GatewayMetrics
+from gateway.parsing import ParsedRequest
+from gateway.policies import PickContext
+from gateway.routing import Route, RoutingTable
+from gateway.streaming import StreamOutcome, StreamRelay
+from gateway.tokens import NO_USAGE, TokenUsage, usage_from_json
+from gateway.upstream import UpstreamClient, UpstreamResponse, UpstreamTransportError
+from gateway.usage import UsageTracker
+from llmpool.clock import Clock
+
+log = logging.getLogger(__name__)
+
+MEMBER_HEADER = "x-llmpool-member"
+_JSON_HEADERS = {
+    "content-type": "application/json",
+    "accept": "application/json",
+    "accept-encoding": "identity",
+}
+_STREAM_HEADERS = {**_JSON_HEADERS, "accept": "text/event-stream"}
+# Client headers worth passing on; credentials are not (members hold their own).
+_FORWARDED = ("x-request-id", "traceparent", "tracestate")
+
+
+def retryable_status(status: int) -> bool:
+    return status == 429 or status >= 500
+
+
+class Relay:
+    """The hot path. Holds nothing per request beyond the call; reads the live routing table."""
+
+    def __init__(
+        self,
+        *,
+        table: RoutingTable,
+        upstream: UpstreamClient,
+        usage: UsageTracker,
+        metrics: GatewayMetrics,
+        clock: Clock,
+        max_tries: int = 3,
+        retry_after_s: int = 1,
+    ) -> None:
+        self._table = table
+        self._upstream = upstream
+        self._usage = usage
+        self._metrics = metrics
+        self._clock = clock
+        self._max_tries = max_tries
+        self._retry_after = str(retry_after_s)
+
+    def count_rejected(self, status: int, model: str | None = None) -> None:
+        """Counts a request answered with an error before any member was chosen."""
+        label = model if model is not None and model in self._table else UNKNOWN_MODEL
+        self._metrics.requests.labels(label, NO_BACKEND, str(status)).inc()
+
+    async def handle(
+        self, req: ParsedRequest, headers: Mapping[str, str], started_at: float
+    ) -> Response:
+        route = self._table.get(req.model)
+        if route is None:
+            self.count_rejected(404)
+            raise ModelNotFoundError(
+                f"The model {req.model!r} does not exist here; GET /v1/models lists the models.",
+                param="model",
+            )
+        if not route.candidates:
+            self.count_rejected(503, req.model)
+            raise NoHealthyMemberError(
+                f"No healthy backend for model {req.model!r} right now; retry shortly.",
+                headers={"Retry-After": self._retry_after},
+            )
+        gauge = self._metrics.in_flight.labels(req.model)
+        gauge.inc()
+        handed_off = False
+        try:
+            response = await self._try_members(route, req, headers, started_at)
+            handed_off = isinstance(response, StreamRelay)
+            return response
+        finally:
+            if not handed_off:
+                gauge.dec()
+                self._metrics.duration.labels(req.model).observe(
+                    self._clock.monotonic() - started_at
+                )
+
+    async def _try_members(
+        self, route: Route, req: ParsedRequest, headers: Mapping[str, str], started_at: float
+    ) -> Response:
+        ctx = PickContext(
+            model=req.model,
+            body=req.body,
+            payload=req.payload,
+            headers=headers,
+            in_flight=self._usage.in_flight,
+        )
+        up_headers = _STREAM_HEADERS if req.stream else _JSON_HEADERS
+        extra = {h: headers[h] for h in _FORWARDED if h in headers}
+        if extra:
+            up_headers = {**up_headers, **extra}
+        path = req.endpoint.value
+        tried: list[str] = []
+        last_error = "no member tried"
+        last_member = NO_BACKEND
+        pool = route.candidates
+        for attempt in range(self._max_tries):
+            if attempt:
+                pool = tuple(m for m in route.candidates if m.id not in tried)
+                if not pool:
+                    break
+                self._metrics.retries.labels(req.model).inc()
+            member = route.policy.pick(pool, ctx)
+            tried.append(member.id)
+            last_member = member.id
+            sent_at = self._clock.monotonic()
+            self._usage.started(member.id, req.model)
+            try:
+                upstream = await self._upstream.post(
+                    member.endpoint_url(path), req.body_for(member.upstream_model), up_headers
+                )
+            except UpstreamTransportError as exc:
+                last_error = self._failed(member, req, sent_at, str(exc))
+                continue
+            except BaseException:
+                self._failed(member, req, sent_at, "cancelled", log_it=False)
+                raise
+            status = upstream.status_code
+            if retryable_status(status):
+                detail = await _read_quietly(upstream)
+                last_error = self._failed(
+                    member, req, sent_at, f"answered HTTP {status}: {_snippet(detail)}"
+                )
+                continue
+            if req.stream and status == 200:
+                return self._stream(member, req, upstream, started_at, sent_at)
+            try:
+                body = await upstream.read()
+            except UpstreamTransportError as exc:
+                last_error = self._failed(member, req, sent_at, str(exc))
+                continue
+            except BaseException:
+                self._failed(member, req, sent_at, "cancelled", log_it=False)
+                raise
+            tokens = usage_from_json(body) if status == 200 else NO_USAGE
+            self._done(member, req, status, sent_at, tokens, ok=status < 400)
+            return Response(
+                body,
+                status_code=status,
+                headers={"content-type": upstream.content_type, MEMBER_HEADER: member.id},
+            )
+        self._metrics.requests.labels(req.model, last_member, "502").inc()
+        raise UpstreamError(
+            f"Model {req.model!r}: {len(tried)} backend(s) failed; last error: {last_error}"
+        )
+
+    def _stream(
+        self,
+        member: Member,
+        req: ParsedRequest,
+        upstream: UpstreamResponse,
+        started_at: float,
+        sent_at: float,
+    ) -> StreamRelay:
+        def on_done(outcome: StreamOutcome) -> None:
+            now = self._clock.monotonic()
+            self._metrics.in_flight.labels(req.model).dec()
+            self._metrics.duration.labels(req.model).observe(now - started_at)
+            if outcome.ttft_s is not None:
+                self._metrics.ttft.labels(req.model).observe(outcome.ttft_s)
+            # A client that went away is not the member's fault.
+            ok = outcome.error is None
+            self._done(
+                member, req, 200, sent_at, outcome.usage, ok=ok, ttft_s=outcome.ttft_s, now=now
+            )
+
+        return StreamRelay(
+            upstream,
+            headers={
+                "content-type": upstream.content_type,
+                "cache-control": "no-cache",
+                "x-accel-buffering": "no",
+                MEMBER_HEADER: member.id,
+            },
+            clock=self._clock,
+            started_at=started_at,
+            on_done=on_done,
+        )
+
+    def _done(
+        self,
+        member: Member,
+        req: ParsedRequest,
+        status: int,
+        sent_at: float,
+        tokens: TokenUsage,
+        *,
+        ok: bool,
+        ttft_s: float | None = None,
+        now: float | None = None,
+    ) -> None:
+        end = self._clock.monotonic() if now is None else now
+        self._usage.finished(
+            member.id,
+            req.model,
+            ok=ok,
+            latency_s=end - sent_at,
+            ttft_s=ttft_s,
+            prompt_tokens=tokens.prompt,
+            completion_tokens=tokens.completion,
+        )
+        self._metrics.requests.labels(req.model, member.id, str(status)).inc()
+        if tokens.prompt:
+            self._metrics.tokens.labels(req.model, "prompt").inc(tokens.prompt)
+        if tokens.completion:
+            self._metrics.tokens.labels(req.model, "completion").inc(tokens.completion)
+
+    def _failed(
+        self, member: Member, req: ParsedRequest, sent_at: float, error: str, log_it: bool = True
+    ) -> str:
+        self._usage.finished(
+            member.id, req.model, ok=False, latency_s=self._clock.monotonic() - sent_at
+        )
+        if log_it:
+            log.warning(
+                "upstream try failed",
+                extra={"model": req.model, "member": member.id, "error": error},
+            )
+        return f"member {member.id} {error}"
+
+
+async def _read_quietly(upstream: UpstreamResponse) -> bytes:
+    try:
+        return await upstream.read()
+    except UpstreamTransportError:
+        return b""
+
+
+def _snippet(body: bytes, limit: int = 200) -> str:
+    text = body[:limit].decode("utf-8", errors="replace").strip()
+    return text + ("..." if len(body) > limit else "")

@@ -1,0 +1,121 @@
+"""The gateway's routing table: applies full and delta snapshots from the controller."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gateway.members import Member, member_from_proto
+from gateway.policies import Policy, UnknownPolicyError, build_policy
+from llmpool.v1 import gateway_pb2
+
+log = logging.getLogger(__name__)
+
+FALLBACK_POLICY = "round_robin"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Everything needed to route one model, built once per snapshot."""
+
+    model: str
+    policy_name: str
+    policy_params: Mapping[str, str]
+    policy: Policy
+    members: tuple[Member, ...]
+    # Healthy and not draining, in snapshot order: what policies choose from.
+    candidates: tuple[Member, ...]
+    member_ids: frozenset[str]
+
+
+class RoutingTable:
+    """Model name -> Route. Replaced by full snapshots, patched by deltas."""
+
+    def __init__(self) -> None:
+        self._routes: dict[str, Route] = {}
+        self.version = 0
+        self.received = False
+        # When the controller built the snapshot in use; /v1/models reports it as "created".
+        self.created_s = 0
+        # Unknown policy names already warned about, so a bad pool logs once, not per snapshot.
+        self._warned: set[str] = set()
+
+    def get(self, model: str) -> Route | None:
+        return self._routes.get(model)
+
+    def models(self) -> list[str]:
+        return sorted(self._routes)
+
+    def __contains__(self, model: object) -> bool:
+        return model in self._routes
+
+    def __len__(self) -> int:
+        return len(self._routes)
+
+    def apply(self, snapshot: gateway_pb2.RoutingSnapshot) -> bool:
+        """Applies a snapshot; returns False for a stale delta (not newer than what we hold)."""
+        if not snapshot.full and self.received and snapshot.version <= self.version:
+            log.debug(
+                "stale routing delta ignored",
+                extra={"version": snapshot.version, "held": self.version},
+            )
+            return False
+        if not snapshot.full and not self.received:
+            # A delta without a base would leave a partial table; take it, the next full fixes it.
+            log.warning(
+                "routing delta before any full snapshot", extra={"version": snapshot.version}
+            )
+        old = self._routes
+        routes = {} if snapshot.full else dict(old)
+        for name in snapshot.removed_models:
+            routes.pop(name, None)
+        for msg in snapshot.routes:
+            routes[msg.model] = self._build_route(msg, old.get(msg.model))
+        self._routes = routes
+        self.version = snapshot.version
+        self.created_s = snapshot.created_unix_ms // 1000
+        self.received = True
+        return True
+
+    def _build_route(self, msg: gateway_pb2.ModelRoute, previous: Route | None) -> Route:
+        members = tuple(member_from_proto(m, msg.model) for m in msg.members)
+        params = dict(msg.policy_params)
+        name = msg.policy or FALLBACK_POLICY
+        if (
+            previous is not None
+            and previous.policy_name == name
+            and previous.policy_params == params
+        ):
+            # Keep the policy's state (round-robin position, caches) across load updates.
+            policy = previous.policy
+        else:
+            policy = self._make_policy(msg.model, name, params)
+        return Route(
+            model=msg.model,
+            policy_name=name,
+            policy_params=params,
+            policy=policy,
+            members=members,
+            candidates=tuple(m for m in members if m.routable),
+            member_ids=frozenset(m.id for m in members),
+        )
+
+    def _make_policy(self, model: str, name: str, params: Mapping[str, str]) -> Policy:
+        try:
+            return build_policy(name, params)
+        except UnknownPolicyError as exc:
+            if name not in self._warned:
+                self._warned.add(name)
+                log.warning(
+                    "unknown routing policy, using round_robin",
+                    extra={"model": model, "policy": name, "error": str(exc)},
+                )
+            return build_policy(FALLBACK_POLICY, {})
+        except ValueError as exc:
+            # A known policy rejected its params: same fallback, a person must fix the pool.
+            log.warning(
+                "bad routing policy params, using round_robin",
+                extra={"model": model, "policy": name, "error": str(exc)},
+            )
+            return build_policy(FALLBACK_POLICY, {})

@@ -1,0 +1,124 @@
+"""Relays an upstream SSE stream to the client with backpressure and cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import orjson
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from gateway.tokens import NO_USAGE, StreamTail, TokenUsage, usage_from_sse
+from gateway.upstream import UpstreamResponse, UpstreamTransportError
+from llmpool.clock import Clock
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOutcome:
+    completed: bool
+    client_disconnected: bool
+    ttft_s: float | None
+    usage: TokenUsage
+    error: str | None
+
+
+class StreamRelay(Response):
+    """An ASGI response that copies upstream bytes to the client as they arrive.
+
+    Backpressure: the next upstream chunk is read only after the server accepted the last
+    one (uvicorn's send waits while the socket is paused). Cancellation: a client disconnect
+    stops the copy at once and closes the upstream response, so the engine sees it too."""
+
+    def __init__(
+        self,
+        upstream: UpstreamResponse,
+        *,
+        headers: dict[str, str],
+        clock: Clock,
+        started_at: float,
+        on_done: Callable[[StreamOutcome], None],
+    ) -> None:
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        self._upstream = upstream
+        self._clock = clock
+        self._started_at = started_at
+        self._on_done = on_done
+        self._tail = StreamTail()
+        self._ttft: float | None = None
+        self._completed = False
+        self._disconnected = False
+        self._error: str | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        pump = asyncio.ensure_future(self._pump(send))
+        watch = asyncio.ensure_future(self._watch(receive))
+        try:
+            await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            pump.cancel()
+            watch.cancel()
+            results = await asyncio.gather(pump, watch, return_exceptions=True)
+            if isinstance(results[0], Exception):
+                log.error("stream relay failed", exc_info=results[0])
+            with contextlib.suppress(Exception):
+                await self._upstream.aclose()
+            self._finish()
+
+    def _finish(self) -> None:
+        usage = usage_from_sse(self._tail.text()) if self._completed else NO_USAGE
+        outcome = StreamOutcome(
+            completed=self._completed,
+            client_disconnected=self._disconnected,
+            ttft_s=self._ttft,
+            usage=usage,
+            error=self._error,
+        )
+        try:
+            self._on_done(outcome)
+        except Exception:
+            log.exception("stream accounting failed")
+
+    async def _pump(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        try:
+            async for chunk in self._upstream.iter_bytes():
+                if self._ttft is None:
+                    self._ttft = self._clock.monotonic() - self._started_at
+                self._tail.add(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except UpstreamTransportError as exc:
+            # Too late to retry or change the status: tell the client in-band, as OpenAI does.
+            self._error = str(exc)
+            event = {
+                "error": {
+                    "message": f"upstream stream broke: {exc}",
+                    "type": "upstream_error",
+                    "param": None,
+                    "code": "upstream_failed",
+                }
+            }
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"data: " + orjson.dumps(event) + b"\n\n",
+                    "more_body": True,
+                }
+            )
+        else:
+            self._completed = True
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _watch(self, receive: Receive) -> None:
+        while True:
+            message: Message = await receive()
+            if message["type"] == "http.disconnect":
+                self._disconnected = True
+                return

@@ -1,0 +1,109 @@
+"""Routing from a real (fake) controller: snapshots, deltas, usage reports, outages, reconnects."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from gateway.app import parts_of
+
+CHAT = {"model": "m1", "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def models(http: httpx.AsyncClient, gw: Any) -> list[str]:
+    resp = await http.get(gw.url + "/v1/models")
+    return sorted(m["id"] for m in resp.json()["data"])
+
+
+async def test_ready_after_first_snapshot_then_deltas(
+    kit: Any, engines: Any, gateway_factory: Any, http: httpx.AsyncClient
+) -> None:
+    e1 = await engines("e1")
+    ctl = kit.FakeController(kit.free_port())
+    gw = await gateway_factory(f"127.0.0.1:{ctl.port}")
+    # No controller yet: alive but not ready.
+    assert (await http.get(gw.url + "/healthz")).status_code == 200
+    resp = await http.get(gw.url + "/readyz")
+    assert resp.status_code == 503 and resp.json()["error"]["code"] == "not_ready"
+
+    ctl.full = kit.snapshot(
+        3, [kit.route("m1", [kit.member("a", e1.url)]), kit.route("m2", [kit.member("a", e1.url)])]
+    )
+    await ctl.start()
+    try:
+        await kit.wait_until(lambda: parts_of(gw.app).table.received, what="snapshot")
+        ready = await http.get(gw.url + "/readyz")
+        assert ready.status_code == 200 and ready.json()["version"] == 3
+        assert await models(http, gw) == ["m1", "m2"]
+
+        ctl.push(
+            kit.snapshot(
+                4, [kit.route("m3", [kit.member("a", e1.url)])], full=False, removed=["m2"]
+            )
+        )
+        await kit.wait_until(lambda: parts_of(gw.app).table.version == 4, what="delta")
+        assert await models(http, gw) == ["m1", "m3"]
+        page = (await http.get(gw.url + "/metrics")).text
+        assert kit.metric(page, "llmpool_gateway_snapshot_version") == 4
+        assert kit.metric(page, "llmpool_gateway_controller_connected") == 1
+    finally:
+        await ctl.stop()
+
+
+async def test_usage_reports_reach_controller(
+    kit: Any, engines: Any, controller: Any, gateway_factory: Any, http: httpx.AsyncClient
+) -> None:
+    e1 = await engines("e1")
+    controller.full = kit.snapshot(1, [kit.route("m1", [kit.member("a", e1.url)])])
+    gw = await gateway_factory(f"127.0.0.1:{controller.port}")
+    await kit.wait_until(lambda: parts_of(gw.app).table.received, what="snapshot")
+    for _ in range(2):
+        assert (await http.post(gw.url + "/v1/chat/completions", json=CHAT)).status_code == 200
+
+    def reported() -> Any:
+        usages = [m for r in controller.reports for m in r.members if m.member_id == "a"]
+        return usages if sum(u.requests for u in usages) >= 2 else None
+
+    usages = await kit.wait_until(reported, what="usage report with 2 requests")
+    assert all(r.gateway_id == "gw-test" for r in controller.reports)
+    assert sum(u.prompt_tokens for u in usages) == 14
+    assert sum(u.completion_tokens for u in usages) == 6
+    assert any(u.mean_latency_ms > 0 for u in usages)
+    assert {u.model for u in usages} == {"m1"}
+
+
+async def test_keeps_serving_through_outage_and_reconnects(
+    kit: Any, engines: Any, gateway_factory: Any, http: httpx.AsyncClient
+) -> None:
+    e1 = await engines("e1")
+    e2 = await engines("e2")
+    ctl = kit.FakeController(kit.free_port())
+    ctl.full = kit.snapshot(1, [kit.route("m1", [kit.member("a", e1.url)])])
+    await ctl.start()
+    gw = await gateway_factory(f"127.0.0.1:{ctl.port}")
+    parts = parts_of(gw.app)
+    try:
+        await kit.wait_until(lambda: parts.link.connected, what="connected")
+        await ctl.stop()
+        await kit.wait_until(lambda: not parts.link.connected, what="disconnect noticed")
+        page = (await http.get(gw.url + "/metrics")).text
+        assert kit.metric(page, "llmpool_gateway_controller_connected") == 0
+        # The last table still routes.
+        resp = await http.post(gw.url + "/v1/chat/completions", json=CHAT)
+        assert (
+            resp.status_code == 200
+            and resp.json()["choices"][0]["message"]["content"] == "hello from e1"
+        )
+        assert (await http.get(gw.url + "/readyz")).status_code == 200
+
+        # The controller comes back (same address) with a new table.
+        ctl.full = kit.snapshot(7, [kit.route("m1", [kit.member("b", e2.url)])])
+        await ctl.start()
+        await kit.wait_until(lambda: parts.table.version == 7, what="reconnect")
+        assert parts.link.sessions == 2
+        assert ctl.known_versions[-1] == 1  # It told the controller what it held.
+        resp = await http.post(gw.url + "/v1/chat/completions", json=CHAT)
+        assert resp.json()["choices"][0]["message"]["content"] == "hello from e2"
+    finally:
+        await ctl.stop()
