@@ -21,8 +21,9 @@ from llmpool.logs import setup_logging
 log = logging.getLogger("llmpool.up")
 
 # Stop order on shutdown: the gateway first so it drains client requests while replicas still
-# serve, then the agent (which stops the replicas), then the controller.
-STOP_ORDER = ("gateway", "agent", "controller")
+# serve; then the controller, so that it does not plan replacements for the replicas that the
+# agent, last, stops.
+STOP_ORDER = ("gateway", "controller", "agent")
 STOP_TIMEOUT_S = 30.0
 
 

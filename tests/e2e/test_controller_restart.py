@@ -28,8 +28,8 @@ def test_gateway_and_agent_ride_out_a_controller_restart(
         "--config", str(config), "--metrics-listen", "127.0.0.1:0",
     )  # fmt: skip
     controller = spawn("controller", *controller_args)
-    spawn("agent", "--controller", controller_addr, "--metrics-listen", "127.0.0.1:0")
-    spawn("gateway", "--listen", gateway_addr, "--controller", controller_addr)
+    spawn("agent", "agent", "--controller", controller_addr, "--metrics-listen", "127.0.0.1:0")
+    spawn("gateway", "gateway", "--listen", gateway_addr, "--controller", controller_addr)
     cluster = cluster_of(gateway=gateway_addr, controller=controller_addr, procs=[controller])
     cluster.wait_ready("sim-small", 2)
     client = openai.OpenAI(base_url=cluster.base_url, api_key="unused", max_retries=0, timeout=30)

@@ -1,0 +1,269 @@
+"""Admin operations: validated changes to desired state and views of live state."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from llmpool.errors import AlreadyExistsError, NotFoundError, UnavailableError
+from llmpool.v1 import agent_pb2, types_pb2
+
+from .agents import AgentRecord, AgentRegistry
+from .desired import DesiredState
+from .model import BackendSpec, PoolSpec, Template
+from .publisher import SnapshotPublisher
+from .reconcile_loop import ReconcileLoop
+from .snapshot import healthy_members
+from .tails import LogTails
+from .validation import check_backend, check_name, check_pool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReplicaView:
+    status: types_pb2.ReplicaStatus
+    agent_id: str
+    desired: bool
+
+
+@dataclass(frozen=True)
+class PoolStatusView:
+    pool: PoolSpec
+    backends: list[BackendSpec]
+    replicas: list[ReplicaView]
+    healthy_members: int
+    snapshot_version: int
+
+
+class Admin:
+    def __init__(
+        self,
+        desired: DesiredState,
+        registry: AgentRegistry,
+        reconciler: ReconcileLoop,
+        publisher: SnapshotPublisher,
+        tails: LogTails,
+    ) -> None:
+        self._desired = desired
+        self._registry = registry
+        self._reconciler = reconciler
+        self._publisher = publisher
+        self._tails = tails
+
+    # --- backends ---
+
+    def list_backends(self, pool: str = "") -> list[BackendSpec]:
+        found = sorted(self._desired.backends.values(), key=lambda b: b.id)
+        return [b for b in found if not pool or b.pool == pool]
+
+    def get_backend(self, backend_id: str) -> BackendSpec:
+        backend = self._desired.backends.get(backend_id)
+        if backend is None:
+            raise NotFoundError(f"backend {backend_id!r} not found: ListBackends shows the ids")
+        return backend
+
+    async def add_backend(self, spec: BackendSpec) -> BackendSpec:
+        # proto3 has no presence: new backends start enabled, and weight 0 means the default 1.
+        spec = dataclasses.replace(spec, enabled=True, weight=spec.weight or 1, draining=False)
+        check_backend(spec)
+        async with self._desired.lock:
+            if spec.id in self._desired.backends:
+                raise AlreadyExistsError(
+                    f"backend {spec.id!r} already exists: use UpdateBackend to change it"
+                )
+            if spec.pool not in self._desired.pools:
+                await self._desired.put_pool(PoolSpec(name=spec.pool))
+                log.info("pool created for backend", extra={"pool": spec.pool})
+            await self._desired.put_backend(spec)
+        log.info("backend added", extra={"backend_id": spec.id, "pool": spec.pool})
+        return spec
+
+    async def update_backend(self, spec: BackendSpec, paths: set[str]) -> BackendSpec:
+        async with self._desired.lock:
+            current = self.get_backend(spec.id)
+            updated = dataclasses.replace(current, **{p: getattr(spec, p) for p in paths})
+            check_backend(updated)
+            if updated.pool not in self._desired.pools:
+                await self._desired.put_pool(PoolSpec(name=updated.pool))
+            await self._desired.put_backend(updated)
+        log.info("backend updated", extra={"backend_id": spec.id, "fields": sorted(paths)})
+        return updated
+
+    async def delete_backend(self, backend_id: str) -> None:
+        async with self._desired.lock:
+            self.get_backend(backend_id)
+            await self._desired.delete_backend(backend_id)
+        log.info("backend deleted", extra={"backend_id": backend_id})
+
+    async def set_backend_enabled(self, backend_id: str, enabled: bool) -> BackendSpec:
+        async with self._desired.lock:
+            # Enabling also ends a drain: the person wants it to take traffic again.
+            updated = dataclasses.replace(
+                self.get_backend(backend_id), enabled=enabled, draining=False
+            )
+            await self._desired.put_backend(updated)
+        log.info(
+            "backend enabled" if enabled else "backend disabled", extra={"backend_id": backend_id}
+        )
+        return updated
+
+    async def drain(self, member_id: str, drain_s: float) -> str:
+        async with self._desired.lock:
+            backend = self._desired.backends.get(member_id)
+            if backend is not None:
+                await self._desired.put_backend(dataclasses.replace(backend, draining=True))
+                log.info("backend draining", extra={"backend_id": member_id})
+                return (
+                    f"backend {member_id!r} is draining: gateways send it nothing new; "
+                    "SetBackendEnabled(enabled=true) undoes it"
+                )
+            assignment = self._desired.assignments.get(member_id)
+            if assignment is None:
+                raise NotFoundError(
+                    f"no backend or replica {member_id!r}: "
+                    "ListBackends and ListReplicas show the ids"
+                )
+            await self._reconciler.stop(member_id, assignment.agent_id, drain_s, "admin drain")
+        return (
+            f"replica {member_id!r} is draining and stops after {drain_s:g}s; "
+            "a replacement starts if its pool is below its replica count"
+        )
+
+    # --- pools ---
+
+    def list_pools(self) -> list[PoolSpec]:
+        return [self._desired.pools[n] for n in sorted(self._desired.pools)]
+
+    def get_pool(self, name: str) -> PoolSpec:
+        pool = self._desired.pools.get(name)
+        if pool is None:
+            raise NotFoundError(f"pool {name!r} not found: ListPools shows the names")
+        return pool
+
+    async def create_pool(self, spec: PoolSpec) -> PoolSpec:
+        check_pool(spec)
+        async with self._desired.lock:
+            if spec.name in self._desired.pools:
+                raise AlreadyExistsError(
+                    f"pool {spec.name!r} already exists: use UpdatePool or ScalePool to change it"
+                )
+            await self._desired.put_pool(spec)
+        log.info("pool created", extra={"pool": spec.name, "replicas": spec.replicas})
+        return spec
+
+    async def update_pool(self, spec: PoolSpec, paths: set[str]) -> PoolSpec:
+        async with self._desired.lock:
+            current = self.get_pool(spec.name)
+            changes = {p: getattr(spec, p) for p in paths if "." not in p}
+            sub = {p.split(".", 1)[1] for p in paths if p.startswith("template.")}
+            if sub and "template" not in changes:
+                base = current.template or Template()
+                given = spec.template or Template()
+                changes["template"] = dataclasses.replace(
+                    base, **{f: getattr(given, f) for f in sub}
+                )
+            updated = check_pool(dataclasses.replace(current, **changes))
+            await self._desired.put_pool(updated)
+        log.info("pool updated", extra={"pool": spec.name, "fields": sorted(paths)})
+        return updated
+
+    async def delete_pool(self, name: str) -> None:
+        async with self._desired.lock:
+            self.get_pool(name)
+            await self._desired.delete_pool(name)
+        log.info("pool deleted", extra={"pool": name})
+
+    async def scale_pool(self, name: str, replicas: int) -> PoolSpec:
+        async with self._desired.lock:
+            updated = check_pool(dataclasses.replace(self.get_pool(name), replicas=replicas))
+            await self._desired.put_pool(updated)
+        log.info("pool scaled", extra={"pool": name, "replicas": replicas})
+        return updated
+
+    def pool_status(self, name: str) -> PoolStatusView:
+        return PoolStatusView(
+            pool=self.get_pool(name),
+            backends=self._desired.pool_backends(name),
+            replicas=self.list_replicas(name),
+            healthy_members=healthy_members(self._publisher.routes.get(name)),
+            snapshot_version=self._publisher.version,
+        )
+
+    # --- live state ---
+
+    def list_agents(self) -> list[AgentRecord]:
+        return self._registry.all()
+
+    def silent_s(self, record: AgentRecord) -> float:
+        return self._registry.silent_s(record)
+
+    def replicas_on(self, agent_id: str) -> int:
+        return sum(1 for a in self._desired.assignments.values() if a.agent_id == agent_id)
+
+    def list_replicas(self, pool: str = "") -> list[ReplicaView]:
+        views = []
+        for a in sorted(self._desired.assignments.values(), key=lambda a: a.replica_id):
+            if pool and a.pool != pool:
+                continue
+            record = self._registry.get(a.agent_id)
+            status = record.replicas.get(a.replica_id) if record is not None else None
+            if status is None:
+                status = types_pb2.ReplicaStatus(
+                    replica_id=a.replica_id, pool=a.pool, message="not reported by its agent yet"
+                )
+            views.append(ReplicaView(status, a.agent_id, a.desired))
+        return views
+
+    async def tail_logs(self, replica_id: str, lines: int, follow: bool) -> AsyncIterator[str]:
+        """Lines from the replica's agent; tells the agent to stop when the caller goes away."""
+        check_name("replica_id", replica_id)
+        assignment = self._desired.assignments.get(replica_id)
+        found = self._registry.find_replica(replica_id)
+        agent_id = assignment.agent_id if assignment else (found[0] if found else None)
+        if agent_id is None:
+            raise NotFoundError(f"replica {replica_id!r} not found: ListReplicas shows the ids")
+        tail = self._tails.open(agent_id)
+        done = False
+        try:
+            sent = self._registry.send(
+                agent_id,
+                agent_pb2.ControllerMessage(
+                    tail_logs=agent_pb2.TailLogs(
+                        request_id=tail.request_id,
+                        replica_id=replica_id,
+                        lines=lines or 100,
+                        follow=follow,
+                    )
+                ),
+            )
+            if not sent:
+                done = True
+                raise UnavailableError(
+                    f"agent {agent_id!r} of replica {replica_id!r} is not connected; "
+                    "try again when it is (ListAgents shows it)"
+                )
+            while True:
+                chunk = await tail.chunks.get()
+                if chunk is None:
+                    done = True
+                    raise UnavailableError(f"agent {agent_id!r} disconnected while tailing logs")
+                for line in chunk.lines:
+                    yield line
+                if chunk.error:
+                    done = True
+                    raise UnavailableError(f"agent {agent_id!r} cannot tail logs: {chunk.error}")
+                if chunk.done:
+                    done = True
+                    return
+        finally:
+            self._tails.close(tail.request_id)
+            if not done:
+                self._registry.send(
+                    agent_id,
+                    agent_pb2.ControllerMessage(
+                        cancel_tail=agent_pb2.CancelTail(request_id=tail.request_id)
+                    ),
+                )

@@ -1,0 +1,146 @@
+"""AdminService servicer: converts protobuf to domain types, calls Admin, converts back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from llmpool.v1 import admin_pb2, admin_pb2_grpc, types_pb2
+
+from .admin import Admin, ReplicaView
+from .convert import (
+    BACKEND_FIELDS,
+    POOL_FIELDS,
+    backend_from_proto,
+    backend_to_proto,
+    mask_paths,
+    pool_from_proto,
+    pool_to_proto,
+)
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+def _replica_info(view: ReplicaView) -> admin_pb2.ReplicaInfo:
+    return admin_pb2.ReplicaInfo(status=view.status, agent_id=view.agent_id, desired=view.desired)
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, admin: Admin) -> None:
+        self._admin = admin
+
+    async def ListBackends(
+        self, request: admin_pb2.ListBackendsRequest, context: Ctx
+    ) -> admin_pb2.ListBackendsResponse:
+        backends = self._admin.list_backends(request.pool)
+        return admin_pb2.ListBackendsResponse(backends=[backend_to_proto(b) for b in backends])
+
+    async def GetBackend(
+        self, request: admin_pb2.GetBackendRequest, context: Ctx
+    ) -> types_pb2.Backend:
+        return backend_to_proto(self._admin.get_backend(request.id))
+
+    async def AddBackend(
+        self, request: admin_pb2.AddBackendRequest, context: Ctx
+    ) -> types_pb2.Backend:
+        added = await self._admin.add_backend(backend_from_proto(request.backend))
+        return backend_to_proto(added)
+
+    async def UpdateBackend(
+        self, request: admin_pb2.UpdateBackendRequest, context: Ctx
+    ) -> types_pb2.Backend:
+        paths = mask_paths(request.update_mask, request.backend, BACKEND_FIELDS, "backend")
+        updated = await self._admin.update_backend(backend_from_proto(request.backend), paths)
+        return backend_to_proto(updated)
+
+    async def DeleteBackend(
+        self, request: admin_pb2.DeleteBackendRequest, context: Ctx
+    ) -> admin_pb2.DeleteBackendResponse:
+        await self._admin.delete_backend(request.id)
+        return admin_pb2.DeleteBackendResponse()
+
+    async def SetBackendEnabled(
+        self, request: admin_pb2.SetBackendEnabledRequest, context: Ctx
+    ) -> types_pb2.Backend:
+        return backend_to_proto(await self._admin.set_backend_enabled(request.id, request.enabled))
+
+    async def DrainBackend(
+        self, request: admin_pb2.DrainBackendRequest, context: Ctx
+    ) -> admin_pb2.DrainBackendResponse:
+        message = await self._admin.drain(request.id, request.drain_s)
+        return admin_pb2.DrainBackendResponse(message=message)
+
+    async def ListPools(
+        self, request: admin_pb2.ListPoolsRequest, context: Ctx
+    ) -> admin_pb2.ListPoolsResponse:
+        return admin_pb2.ListPoolsResponse(
+            pools=[pool_to_proto(p) for p in self._admin.list_pools()]
+        )
+
+    async def GetPool(self, request: admin_pb2.GetPoolRequest, context: Ctx) -> types_pb2.Pool:
+        return pool_to_proto(self._admin.get_pool(request.name))
+
+    async def CreatePool(
+        self, request: admin_pb2.CreatePoolRequest, context: Ctx
+    ) -> types_pb2.Pool:
+        return pool_to_proto(await self._admin.create_pool(pool_from_proto(request.pool)))
+
+    async def UpdatePool(
+        self, request: admin_pb2.UpdatePoolRequest, context: Ctx
+    ) -> types_pb2.Pool:
+        paths = mask_paths(request.update_mask, request.pool, POOL_FIELDS, "pool")
+        updated = await self._admin.update_pool(pool_from_proto(request.pool), paths)
+        return pool_to_proto(updated)
+
+    async def DeletePool(
+        self, request: admin_pb2.DeletePoolRequest, context: Ctx
+    ) -> admin_pb2.DeletePoolResponse:
+        await self._admin.delete_pool(request.name)
+        return admin_pb2.DeletePoolResponse()
+
+    async def GetPoolStatus(
+        self, request: admin_pb2.GetPoolStatusRequest, context: Ctx
+    ) -> admin_pb2.PoolStatus:
+        view = self._admin.pool_status(request.name)
+        return admin_pb2.PoolStatus(
+            pool=pool_to_proto(view.pool),
+            backends=[backend_to_proto(b) for b in view.backends],
+            replicas=[_replica_info(r) for r in view.replicas],
+            healthy_members=view.healthy_members,
+            snapshot_version=view.snapshot_version,
+        )
+
+    async def ScalePool(self, request: admin_pb2.ScalePoolRequest, context: Ctx) -> types_pb2.Pool:
+        return pool_to_proto(await self._admin.scale_pool(request.name, request.replicas))
+
+    async def ListAgents(
+        self, request: admin_pb2.ListAgentsRequest, context: Ctx
+    ) -> admin_pb2.ListAgentsResponse:
+        agents = [
+            admin_pb2.AgentInfo(
+                agent_id=r.agent_id,
+                hostname=r.hostname,
+                labels=r.labels,
+                capacity=r.capacity,
+                connected=r.connected,
+                last_seen_s=self._admin.silent_s(r),
+                replicas=self._admin.replicas_on(r.agent_id),
+            )
+            for r in self._admin.list_agents()
+        ]
+        return admin_pb2.ListAgentsResponse(agents=agents)
+
+    async def ListReplicas(
+        self, request: admin_pb2.ListReplicasRequest, context: Ctx
+    ) -> admin_pb2.ListReplicasResponse:
+        views = self._admin.list_replicas(request.pool)
+        return admin_pb2.ListReplicasResponse(replicas=[_replica_info(v) for v in views])
+
+    async def TailLogs(  # type: ignore[override]
+        self, request: admin_pb2.TailLogsRequest, context: Ctx
+    ) -> AsyncIterator[admin_pb2.LogLine]:
+        lines = self._admin.tail_logs(request.replica_id, request.lines, request.follow)
+        async for line in lines:
+            yield admin_pb2.LogLine(replica_id=request.replica_id, line=line)

@@ -1,0 +1,63 @@
+"""Prometheus metrics of the controller, on its own CollectorRegistry built at start-up."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class ControllerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.agents = Gauge(
+            "llmpool_controller_agents",
+            "Agents known since start, by connection state",
+            ["state"],
+            registry=r,
+        )
+        self.replicas = Gauge(
+            "llmpool_controller_replicas",
+            "Managed replicas by pool and reported state",
+            ["pool", "state"],
+            registry=r,
+        )
+        self.snapshot_version = Gauge(
+            "llmpool_controller_snapshot_version",
+            "Version of the latest routing snapshot",
+            registry=r,
+        )
+        self.snapshot_push_seconds = Histogram(
+            "llmpool_controller_snapshot_push_seconds",
+            "Time from a state change to its snapshot being queued to every gateway",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
+        self.gateways_connected = Gauge(
+            "llmpool_controller_gateways_connected",
+            "Gateways watching routing snapshots",
+            registry=r,
+        )
+        self.reconcile_decisions = Counter(
+            "llmpool_controller_reconcile_decisions_total",
+            "Reconciler decisions applied",
+            ["action"],
+            registry=r,
+        )
+        self.requests = Counter(
+            "llmpool_controller_requests_total",
+            "Requests gateways reported, by model",
+            ["model"],
+            registry=r,
+        )
+        self.request_errors = Counter(
+            "llmpool_controller_request_errors_total",
+            "Failed requests gateways reported",
+            ["model"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "llmpool_controller_tokens_total",
+            "Tokens gateways reported, by model and type",
+            ["model", "type"],
+            registry=r,
+        )

@@ -1,0 +1,196 @@
+"""Applies reconciler decisions (store, then send the command) on every change and every second."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import secrets
+import uuid
+
+from llmpool.clock import Clock
+from llmpool.v1 import agent_pb2, types_pb2
+
+from .agents import AgentRegistry
+from .convert import template_to_proto
+from .desired import DesiredState
+from .metrics import ControllerMetrics
+from .model import Assignment
+from .reconciler import (
+    AdoptReplica,
+    AgentView,
+    Decision,
+    ForgetReplica,
+    StartReplica,
+    StopReplica,
+    World,
+    decide,
+)
+
+log = logging.getLogger(__name__)
+
+
+def new_replica_id(pool: str) -> str:
+    return f"{pool}-{secrets.token_hex(3)}"
+
+
+class ReconcileLoop:
+    def __init__(
+        self,
+        desired: DesiredState,
+        registry: AgentRegistry,
+        changed: asyncio.Event,
+        clock: Clock,
+        metrics: ControllerMetrics,
+        drain_s: float = 10.0,
+        interval_s: float = 1.0,
+    ) -> None:
+        self._desired = desired
+        self._registry = registry
+        self._changed = changed
+        self._clock = clock
+        self._metrics = metrics
+        self._drain_s = drain_s
+        self._interval_s = interval_s
+        self._started_at = clock.monotonic()
+        # replica id -> when a stop was last sent; repeats within a lease are dropped.
+        self._stops_sent: dict[str, float] = {}
+
+    def world(self) -> World:
+        agents = {
+            r.agent_id: AgentView(
+                agent_id=r.agent_id,
+                connected=r.connected,
+                silent_s=self._registry.silent_s(r),
+                cpu_slots=r.capacity.cpu_slots,
+                gpus=r.capacity.gpus,
+                engines=r.engines,
+                registered_at=r.registered_at,
+                replicas=r.replicas,
+            )
+            for r in self._registry.all()
+        }
+        return World(
+            pools=dict(self._desired.pools),
+            assignments=dict(self._desired.assignments),
+            agents=agents,
+            now=self._clock.wall(),
+            since_start_s=self._clock.monotonic() - self._started_at,
+            lease_s=self._registry.lease_s,
+            lost_after_s=self._registry.lost_after_s,
+            drain_s=self._drain_s,
+        )
+
+    async def run_once(self) -> list[Decision]:
+        async with self._desired.lock:
+            decisions = decide(self.world(), new_replica_id)
+            applied = [d for d in decisions if await self.apply(d)]
+        self._update_gauges()
+        return applied
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self._interval_s)
+            self._changed.clear()
+            try:
+                await self.run_once()
+            except Exception:
+                log.exception("reconcile pass failed; retrying on the next change")
+
+    async def apply(self, d: Decision) -> bool:
+        """Applies one decision; False when it was a repeat that was dropped."""
+        if isinstance(d, StartReplica):
+            await self._desired.put_assignment(
+                Assignment(d.replica_id, d.pool, d.agent_id, True, self._clock.wall())
+            )
+            self._registry.send(
+                d.agent_id,
+                agent_pb2.ControllerMessage(
+                    start=agent_pb2.StartReplica(
+                        command_id=uuid.uuid4().hex,
+                        replica_id=d.replica_id,
+                        pool=d.pool,
+                        template=template_to_proto(d.template),
+                    )
+                ),
+            )
+            log.info(
+                "starting replica",
+                extra={"replica_id": d.replica_id, "pool": d.pool, "agent_id": d.agent_id},
+            )
+            action = "start"
+        elif isinstance(d, StopReplica):
+            if not await self.stop(d.replica_id, d.agent_id, d.drain_s, d.reason):
+                return False
+            action = "stop"
+        elif isinstance(d, AdoptReplica):
+            await self._desired.put_assignment(
+                Assignment(d.replica_id, d.pool, d.agent_id, True, self._clock.wall())
+            )
+            log.info(
+                "adopted replica",
+                extra={"replica_id": d.replica_id, "pool": d.pool, "agent_id": d.agent_id},
+            )
+            action = "adopt"
+        else:
+            assert isinstance(d, ForgetReplica)
+            await self._desired.delete_assignment(d.replica_id)
+            self._stops_sent.pop(d.replica_id, None)
+            log.info("forgot replica", extra={"replica_id": d.replica_id, "reason": d.reason})
+            action = "forget"
+        self._metrics.reconcile_decisions.labels(action).inc()
+        return True
+
+    async def stop(self, replica_id: str, agent_id: str, drain_s: float, reason: str) -> bool:
+        """Marks the assignment not desired and asks the agent to stop it after drain_s.
+        Callers hold desired.lock. False when the same stop was sent less than a lease ago."""
+        current = self._desired.assignments.get(replica_id)
+        if current is not None and current.desired:
+            await self._desired.put_assignment(dataclasses.replace(current, desired=False))
+        now = self._clock.monotonic()
+        last = self._stops_sent.get(replica_id)
+        if last is not None and now - last < self._registry.lease_s:
+            return current is not None and current.desired
+        sent = self._registry.send(
+            agent_id,
+            agent_pb2.ControllerMessage(
+                stop=agent_pb2.StopReplica(
+                    command_id=uuid.uuid4().hex, replica_id=replica_id, drain_s=drain_s
+                )
+            ),
+        )
+        if sent:
+            self._stops_sent[replica_id] = now
+        log.info(
+            "stopping replica",
+            extra={
+                "replica_id": replica_id,
+                "agent_id": agent_id,
+                "drain_s": drain_s,
+                "reason": reason,
+                "sent": sent,
+            },
+        )
+        return True
+
+    def _update_gauges(self) -> None:
+        agents = self._registry.all()
+        connected = sum(1 for r in agents if r.connected)
+        self._metrics.agents.labels("connected").set(connected)
+        self._metrics.agents.labels("disconnected").set(len(agents) - connected)
+        counts: dict[tuple[str, str], int] = {}
+        for a in self._desired.assignments.values():
+            found = self._registry.find_replica(a.replica_id)
+            state = "unknown"
+            if found is not None:
+                state = _state_name(found[1].state)
+            counts[(a.pool, state)] = counts.get((a.pool, state), 0) + 1
+        self._metrics.replicas.clear()
+        for (pool, state), n in counts.items():
+            self._metrics.replicas.labels(pool, state).set(n)
+
+
+def _state_name(state: types_pb2.ReplicaState.ValueType) -> str:
+    return types_pb2.ReplicaState.Name(state).removeprefix("REPLICA_STATE_").lower()

@@ -1,0 +1,212 @@
+"""Builds the controller at start-up (store, loops, gRPC server, metrics) and runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from llmpool.addr import split_host_port
+from llmpool.clock import Clock, SystemClock
+from llmpool.config import Config, load_config
+from llmpool.metrics_http import serve_metrics
+from llmpool.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    agent_pb2,
+    agent_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
+)
+
+from .admin import Admin
+from .agents import AgentRegistry
+from .changes import Changes
+from .convert import specs_from_config
+from .desired import DesiredState
+from .grpc_admin import AdminServicer
+from .grpc_agent import AgentServicer
+from .grpc_errors import ErrorInterceptor
+from .grpc_gateway import GatewayServicer
+from .metrics import ControllerMetrics
+from .publisher import SnapshotPublisher
+from .reconcile_loop import ReconcileLoop
+from .snapshot import LiveReplica, Routes, build_routes
+from .store import Store
+from .tails import LogTails
+from .usage import UsageAggregator
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+    gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name,
+)
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    listen: str = "127.0.0.1:50051"
+    data_dir: Path = Path("data")
+    # Seeds the store on first start only; `config` (already parsed) wins over config_path.
+    config_path: Path | None = None
+    config: Config | None = None
+    metrics_listen: str = "127.0.0.1:9101"
+    lease_s: float = 5.0
+    report_interval_s: float = 1.0
+    # Drain given to replicas stopped by scale-down.
+    drain_s: float = 10.0
+    # Seconds in-flight RPCs get on shutdown.
+    grace_s: float = 3.0
+
+
+class ControllerServer:
+    """The whole controller: start(), then stop(); port and metrics_port once started."""
+
+    def __init__(self, settings: ControllerSettings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.metrics = ControllerMetrics()
+        self.changes = Changes()
+        self.port = 0
+        self.metrics_port = 0
+        self._store: Store | None = None
+        self._server: grpc.aio.Server | None = None
+        self._metrics_server: asyncio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _seed(self) -> Config | None:
+        if self.settings.config is not None:
+            return self.settings.config
+        if self.settings.config_path is not None:
+            return load_config(self.settings.config_path)
+        return None
+
+    async def start(self) -> None:
+        s = self.settings
+        host, port = split_host_port(s.listen)
+        metrics_host, metrics_port = split_host_port(s.metrics_listen)
+        seed = self._seed()
+        self._store = await Store.open(s.data_dir)
+        desired = DesiredState(self._store, self.changes)
+        await desired.load(specs_from_config(seed) if seed is not None else None)
+
+        self.registry = AgentRegistry(self.clock, s.lease_s, 3 * s.lease_s, self.changes)
+        self.usage = UsageAggregator(
+            self.clock, self.metrics, ttl_s=max(5.0, 5 * s.report_interval_s)
+        )
+        self.tails = LogTails()
+        self.desired = desired
+
+        def build() -> Routes:
+            return build_routes(
+                desired.pools,
+                desired.backends,
+                desired.assignments,
+                self._live(),
+                self.usage.loads(),
+            )
+
+        self.publisher = SnapshotPublisher(build, self.changes.listener(), self.clock, self.metrics)
+        self.publisher.publish()
+        self.reconciler = ReconcileLoop(
+            desired, self.registry, self.changes.listener(), self.clock, self.metrics, s.drain_s
+        )
+        self.admin = Admin(desired, self.registry, self.reconciler, self.publisher, self.tails)
+
+        server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.admin), server)
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(
+            AgentServicer(self.registry, self.tails, uuid.uuid4().hex[:12], s.report_interval_s),
+            server,
+        )
+        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(
+            GatewayServicer(self.publisher, self.usage), server
+        )
+        health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        for name in ("", *SERVICE_NAMES):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        self._server = server
+        try:
+            self.port = server.add_insecure_port(f"{_bracket(host)}:{port}")
+        except RuntimeError:
+            self.port = 0
+        if self.port == 0:
+            raise OSError(f"cannot listen on {s.listen}: the address is in use or not local")
+        await server.start()
+        self._metrics_server = await serve_metrics(
+            self.metrics.registry, metrics_host, metrics_port
+        )
+        self.metrics_port = int(self._metrics_server.sockets[0].getsockname()[1])
+        self._tasks = [
+            asyncio.create_task(self.publisher.run(), name="snapshot-publisher"),
+            asyncio.create_task(self.reconciler.run(), name="reconciler"),
+        ]
+        log.info(
+            "controller listening",
+            extra={
+                "listen": f"{host}:{self.port}",
+                "metrics": f"{metrics_host}:{self.metrics_port}",
+                "data_dir": str(s.data_dir),
+            },
+        )
+
+    def _live(self) -> dict[str, LiveReplica]:
+        live: dict[str, LiveReplica] = {}
+        for record in self.registry.all():
+            valid = self.registry.lease_valid(record.agent_id)
+            zone = record.labels.get("zone", "")
+            for rid, status in record.replicas.items():
+                live[rid] = LiveReplica(status, record.agent_id, valid, zone)
+        return live
+
+    async def stop(self) -> None:
+        """Graceful: gateways' and agents' streams end, in-flight RPCs get grace_s, store closed."""
+        if hasattr(self, "publisher"):
+            self.publisher.close()
+            self.registry.close_all()
+        started = self._server is not None
+        if self._server is not None:
+            await self._server.stop(self.settings.grace_s)
+            self._server = None
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            await self._metrics_server.wait_closed()
+            self._metrics_server = None
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+        if started:
+            log.info("controller stopped")
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+async def serve(settings: ControllerSettings, stop: asyncio.Event | None = None) -> None:
+    """Runs the controller until stop is set (or the task is cancelled), then shuts down cleanly."""
+    server = ControllerServer(settings)
+    try:
+        await server.start()
+        await (stop or asyncio.Event()).wait()
+    finally:
+        await server.stop()

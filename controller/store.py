@@ -1,0 +1,210 @@
+"""SQLite persistence (aiosqlite) of pools, backends and assignments; versioned schema."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from llmpool.errors import FailedPreconditionError
+
+from .model import Assignment, BackendSpec, PoolSpec, Template
+
+SCHEMA_VERSION = 1
+DB_FILE = "controller.sqlite3"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pools (
+    name TEXT PRIMARY KEY,
+    policy TEXT NOT NULL,
+    policy_params TEXT NOT NULL,
+    replicas INTEGER NOT NULL,
+    template TEXT,
+    description TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS backends (
+    id TEXT PRIMARY KEY,
+    pool TEXT NOT NULL,
+    url TEXT NOT NULL,
+    weight INTEGER NOT NULL,
+    enabled INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    zone TEXT NOT NULL,
+    upstream_model TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    draining INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS replicas (
+    replica_id TEXT PRIMARY KEY,
+    pool TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    desired INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+"""
+
+
+def _template_json(t: Template | None) -> str | None:
+    return None if t is None else orjson.dumps(dataclasses.asdict(t)).decode()
+
+
+def _template_load(text: str | None) -> Template | None:
+    if text is None:
+        return None
+    data: dict[str, Any] = orjson.loads(text)
+    data["command"] = tuple(data.get("command", ()))
+    return Template(**data)
+
+
+class Store:
+    """One SQLite file in the data dir; every method awaits aiosqlite, so the loop never blocks."""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+        self._db = db
+        self.path = path
+
+    @classmethod
+    async def open(cls, data_dir: Path) -> Store:
+        await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
+        path = data_dir / DB_FILE
+        db = await aiosqlite.connect(path)
+        store = cls(db, path)
+        try:
+            await store._migrate()
+        except BaseException:
+            await db.close()
+            raise
+        return store
+
+    async def _migrate(self) -> None:
+        async with self._db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise FailedPreconditionError(
+                f"{self.path} has schema version {version}, newer than this controller's "
+                f"{SCHEMA_VERSION}: upgrade llm-pool or use another --data-dir"
+            )
+        await self._db.executescript(_SCHEMA)
+        await self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        await self._db.commit()
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def is_empty(self) -> bool:
+        async with self._db.execute(
+            "SELECT (SELECT COUNT(*) FROM pools) + (SELECT COUNT(*) FROM backends)"
+        ) as cur:
+            row = await cur.fetchone()
+        return not row or int(row[0]) == 0
+
+    async def load_pools(self) -> list[PoolSpec]:
+        async with self._db.execute(
+            "SELECT name, policy, policy_params, replicas, template, description FROM pools"
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            PoolSpec(
+                name=r[0],
+                policy=r[1],
+                policy_params=orjson.loads(r[2]),
+                replicas=int(r[3]),
+                template=_template_load(r[4]),
+                description=r[5],
+            )
+            for r in rows
+        ]
+
+    async def load_backends(self) -> list[BackendSpec]:
+        async with self._db.execute(
+            "SELECT id, pool, url, weight, enabled, kind, zone, upstream_model, labels, draining "
+            "FROM backends"
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            BackendSpec(
+                id=r[0],
+                pool=r[1],
+                url=r[2],
+                weight=int(r[3]),
+                enabled=bool(r[4]),
+                kind=r[5],
+                zone=r[6],
+                upstream_model=r[7],
+                labels=orjson.loads(r[8]),
+                draining=bool(r[9]),
+            )
+            for r in rows
+        ]
+
+    async def load_assignments(self) -> list[Assignment]:
+        async with self._db.execute(
+            "SELECT replica_id, pool, agent_id, desired, created_at FROM replicas"
+        ) as cur:
+            rows = await cur.fetchall()
+        return [Assignment(r[0], r[1], r[2], bool(r[3]), float(r[4])) for r in rows]
+
+    async def put_pool(self, p: PoolSpec) -> None:
+        await self._db.execute(
+            "INSERT OR REPLACE INTO pools VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                p.name,
+                p.policy,
+                orjson.dumps(p.policy_params).decode(),
+                p.replicas,
+                _template_json(p.template),
+                p.description,
+            ),
+        )
+        await self._db.commit()
+
+    async def delete_pool(self, name: str) -> None:
+        """Removes the pool and its backends in one transaction."""
+        await self._db.execute("DELETE FROM backends WHERE pool = ?", (name,))
+        await self._db.execute("DELETE FROM pools WHERE name = ?", (name,))
+        await self._db.commit()
+
+    async def put_backend(self, b: BackendSpec) -> None:
+        await self._db.execute(
+            "INSERT OR REPLACE INTO backends VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                b.id,
+                b.pool,
+                b.url,
+                b.weight,
+                int(b.enabled),
+                b.kind,
+                b.zone,
+                b.upstream_model,
+                orjson.dumps(b.labels).decode(),
+                int(b.draining),
+            ),
+        )
+        await self._db.commit()
+
+    async def delete_backend(self, backend_id: str) -> None:
+        await self._db.execute("DELETE FROM backends WHERE id = ?", (backend_id,))
+        await self._db.commit()
+
+    async def put_assignment(self, a: Assignment) -> None:
+        await self._db.execute(
+            "INSERT OR REPLACE INTO replicas VALUES (?, ?, ?, ?, ?)",
+            (a.replica_id, a.pool, a.agent_id, int(a.desired), a.created_at),
+        )
+        await self._db.commit()
+
+    async def delete_assignment(self, replica_id: str) -> None:
+        await self._db.execute("DELETE FROM replicas WHERE replica_id = ?", (replica_id,))
+        await self._db.commit()
+
+    async def seed(self, pools: list[PoolSpec], backends: list[BackendSpec]) -> None:
+        """Writes the config's pools and backends (first start only)."""
+        for p in pools:
+            await self.put_pool(p)
+        for b in backends:
+            await self.put_backend(b)

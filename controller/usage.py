@@ -1,0 +1,68 @@
+"""Usage reported by gateways, aggregated per member: in-flight summed, with expiry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmpool.clock import Clock
+from llmpool.v1 import gateway_pb2
+
+from .metrics import ControllerMetrics
+
+
+@dataclass(frozen=True)
+class MemberLoad:
+    in_flight: float = 0.0
+    latency_ms: float = 0.0
+
+
+@dataclass
+class _Observed:
+    in_flight: int
+    latency_ms: float
+    at: float
+
+
+class UsageAggregator:
+    """Each gateway's latest in-flight per member; reports older than ttl_s do not count."""
+
+    def __init__(self, clock: Clock, metrics: ControllerMetrics, ttl_s: float = 5.0) -> None:
+        self._clock = clock
+        self._metrics = metrics
+        self._ttl_s = ttl_s
+        self._latest: dict[tuple[str, str], _Observed] = {}
+
+    def record(self, report: gateway_pb2.UsageReport) -> None:
+        now = self._clock.monotonic()
+        for m in report.members:
+            self._latest[(report.gateway_id, m.member_id)] = _Observed(
+                m.in_flight, m.mean_latency_ms, now
+            )
+            model = m.model or "unknown"
+            if m.requests:
+                self._metrics.requests.labels(model).inc(m.requests)
+            if m.errors:
+                self._metrics.request_errors.labels(model).inc(m.errors)
+            if m.prompt_tokens:
+                self._metrics.tokens.labels(model, "prompt").inc(m.prompt_tokens)
+            if m.completion_tokens:
+                self._metrics.tokens.labels(model, "completion").inc(m.completion_tokens)
+
+    def loads(self) -> dict[str, MemberLoad]:
+        """Per member: in-flight summed over gateways, latency averaged over those that saw any."""
+        now = self._clock.monotonic()
+        for key in [k for k, o in self._latest.items() if now - o.at > self._ttl_s]:
+            del self._latest[key]
+        in_flight: dict[str, float] = {}
+        latencies: dict[str, list[float]] = {}
+        for (_, member), obs in self._latest.items():
+            in_flight[member] = in_flight.get(member, 0.0) + obs.in_flight
+            if obs.latency_ms > 0:
+                latencies.setdefault(member, []).append(obs.latency_ms)
+        return {
+            member: MemberLoad(
+                in_flight=total,
+                latency_ms=sum(latencies.get(member, [])) / max(1, len(latencies.get(member, []))),
+            )
+            for member, total in in_flight.items()
+        }

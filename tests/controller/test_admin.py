@@ -1,0 +1,145 @@
+"""Admin validation and errors over the real gRPC server: codes and actionable messages."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
+
+from controller.server import ControllerServer
+from llmpool.v1 import admin_pb2, admin_pb2_grpc, types_pb2
+
+TEMPLATE = types_pb2.ReplicaTemplate(engine="sim", command=["sim"], cpu_slots=1)
+
+
+@pytest.fixture()
+async def admin(
+    controller: ControllerServer,
+) -> AsyncIterator[admin_pb2_grpc.AdminServiceAsyncStub]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{controller.port}") as channel:
+        yield admin_pb2_grpc.AdminServiceStub(channel)  # type: ignore[misc]
+
+
+async def refused(call: object) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call  # type: ignore[misc]
+    return info.value
+
+
+def add(
+    b_id: str, pool: str = "p", url: str = "http://127.0.0.1:9000"
+) -> admin_pb2.AddBackendRequest:
+    return admin_pb2.AddBackendRequest(backend=types_pb2.Backend(id=b_id, pool=pool, url=url))
+
+
+async def test_add_backend_creates_pool_and_rejects_duplicates(
+    admin: admin_pb2_grpc.AdminServiceAsyncStub,
+) -> None:
+    added = await admin.AddBackend(add("b1", "fresh"))
+    assert added.enabled and added.weight == 1 and added.kind == "openai"
+    pool = await admin.GetPool(admin_pb2.GetPoolRequest(name="fresh"))
+    assert pool.policy == "round_robin" and pool.replicas == 0
+    err = await refused(admin.AddBackend(add("b1", "fresh")))
+    assert err.code() == grpc.StatusCode.ALREADY_EXISTS and "UpdateBackend" in (err.details() or "")
+
+
+@pytest.mark.parametrize(
+    ("backend", "needle"),
+    [
+        (types_pb2.Backend(id="b", pool="p", url="ftp://x"), "base URL"),
+        (types_pb2.Backend(id="b", pool="p", url="http://"), "base URL"),
+        (types_pb2.Backend(id="bad id!", pool="p", url="http://h:1"), "letters, digits"),
+        (types_pb2.Backend(id="", pool="p", url="http://h:1"), "backend id is required"),
+        (types_pb2.Backend(id="b", pool="p", url="http://h:1", kind="grpc"), "known kinds"),
+    ],
+)
+async def test_add_backend_validation(
+    admin: admin_pb2_grpc.AdminServiceAsyncStub, backend: types_pb2.Backend, needle: str
+) -> None:
+    err = await refused(admin.AddBackend(admin_pb2.AddBackendRequest(backend=backend)))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in (err.details() or "")
+
+
+async def test_unknown_policy_lists_known_ones(admin: admin_pb2_grpc.AdminServiceAsyncStub) -> None:
+    err = await refused(
+        admin.CreatePool(
+            admin_pb2.CreatePoolRequest(pool=types_pb2.Pool(name="x", policy="fastest"))
+        )
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "round_robin" in (err.details() or "") and "least_in_flight" in (err.details() or "")
+
+
+async def test_not_found_and_replicas_need_template(
+    admin: admin_pb2_grpc.AdminServiceAsyncStub,
+) -> None:
+    for call in (
+        admin.GetBackend(admin_pb2.GetBackendRequest(id="nope")),
+        admin.GetPool(admin_pb2.GetPoolRequest(name="nope")),
+        admin.DeletePool(admin_pb2.DeletePoolRequest(name="nope")),
+        admin.DrainBackend(admin_pb2.DrainBackendRequest(id="nope")),
+        admin.TailLogs(admin_pb2.TailLogsRequest(replica_id="nope")).read(),
+    ):
+        assert (await refused(call)).code() == grpc.StatusCode.NOT_FOUND
+    await admin.CreatePool(admin_pb2.CreatePoolRequest(pool=types_pb2.Pool(name="bare")))
+    err = await refused(admin.ScalePool(admin_pb2.ScalePoolRequest(name="bare", replicas=2)))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "template" in (err.details() or "")
+
+
+async def test_update_masks(admin: admin_pb2_grpc.AdminServiceAsyncStub) -> None:
+    await admin.AddBackend(add("b1"))
+    # Empty mask: only the fields that are set change.
+    updated = await admin.UpdateBackend(
+        admin_pb2.UpdateBackendRequest(backend=types_pb2.Backend(id="b1", weight=5))
+    )
+    assert (updated.weight, updated.url, updated.enabled) == (5, "http://127.0.0.1:9000", True)
+    # Explicit mask: zone cleared, weight untouched although given.
+    updated = await admin.UpdateBackend(
+        admin_pb2.UpdateBackendRequest(
+            backend=types_pb2.Backend(id="b1", weight=9, zone=""),
+            update_mask=FieldMask(paths=["zone"]),
+        )
+    )
+    assert updated.weight == 5
+    err = await refused(
+        admin.UpdateBackend(
+            admin_pb2.UpdateBackendRequest(
+                backend=types_pb2.Backend(id="b1"), update_mask=FieldMask(paths=["colour"])
+            )
+        )
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "colour" in (err.details() or "")
+
+    await admin.CreatePool(
+        admin_pb2.CreatePoolRequest(pool=types_pb2.Pool(name="q", template=TEMPLATE))
+    )
+    pool = await admin.UpdatePool(
+        admin_pb2.UpdatePoolRequest(
+            pool=types_pb2.Pool(name="q", template=types_pb2.ReplicaTemplate(served_model="m")),
+            update_mask=FieldMask(paths=["template.served_model"]),
+        )
+    )
+    assert pool.template.served_model == "m" and list(pool.template.command) == ["sim"]
+    pool = await admin.UpdatePool(
+        admin_pb2.UpdatePoolRequest(pool=types_pb2.Pool(name="q", policy="least_in_flight"))
+    )
+    assert pool.policy == "least_in_flight" and pool.template.served_model == "m"
+
+
+async def test_delete_pool_removes_backends_and_enable_ends_drain(
+    admin: admin_pb2_grpc.AdminServiceAsyncStub, controller: ControllerServer
+) -> None:
+    await admin.AddBackend(add("b1", "p"))
+    await admin.AddBackend(add("b2", "p"))
+    msg = await admin.DrainBackend(admin_pb2.DrainBackendRequest(id="b1"))
+    assert "draining" in msg.message and controller.desired.backends["b1"].draining
+    off = await admin.SetBackendEnabled(admin_pb2.SetBackendEnabledRequest(id="b1", enabled=False))
+    assert not off.enabled
+    on = await admin.SetBackendEnabled(admin_pb2.SetBackendEnabledRequest(id="b1", enabled=True))
+    assert on.enabled and not controller.desired.backends["b1"].draining
+    await admin.DeletePool(admin_pb2.DeletePoolRequest(name="p"))
+    listed = await admin.ListBackends(admin_pb2.ListBackendsRequest())
+    assert list(listed.backends) == []

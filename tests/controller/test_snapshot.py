@@ -1,0 +1,147 @@
+"""The pure snapshot builder and diff, and the publisher's fan-out to fast and slow subscribers."""
+
+from __future__ import annotations
+
+import asyncio
+
+from controller.metrics import ControllerMetrics
+from controller.model import Assignment, BackendSpec, PoolSpec, Template
+from controller.publisher import SnapshotPublisher
+from controller.snapshot import LiveReplica, Routes, build_routes, diff_routes, healthy_members
+from controller.usage import MemberLoad
+from llmpool.clock import FakeClock
+from llmpool.v1 import types_pb2
+
+POOLS = {
+    "p": PoolSpec(
+        name="p", policy="least_in_flight", replicas=2, template=Template(served_model="m")
+    ),
+    "empty": PoolSpec(name="empty"),
+}
+BACKENDS = {
+    "b-on": BackendSpec(id="b-on", pool="p", url="http://127.0.0.1:1", weight=2),
+    "b-off": BackendSpec(id="b-off", pool="p", url="http://127.0.0.1:2", enabled=False),
+    "b-drain": BackendSpec(id="b-drain", pool="p", url="http://127.0.0.1:3", draining=True),
+}
+
+
+def status(
+    rid: str, state: int = types_pb2.REPLICA_STATE_READY, healthy: bool = True
+) -> types_pb2.ReplicaStatus:
+    return types_pb2.ReplicaStatus(
+        replica_id=rid, pool="p", state=state, url=f"http://127.0.0.1:9/{rid}", healthy=healthy,  # type: ignore[arg-type]
+        running=2, waiting=1, kv_usage=0.5,
+    )  # fmt: skip
+
+
+def test_builder_members_health_and_load() -> None:
+    assignments = {
+        "r-ok": Assignment("r-ok", "p", "a"),
+        "r-expired": Assignment("r-expired", "p", "b"),
+        "r-starting": Assignment("r-starting", "p", "a"),
+        "r-draining": Assignment("r-draining", "p", "a", desired=False),
+        "r-unreported": Assignment("r-unreported", "p", "a"),
+    }
+    live = {
+        "r-ok": LiveReplica(status("r-ok"), "a", True, "z1"),
+        "r-expired": LiveReplica(status("r-expired"), "b", False),
+        "r-starting": LiveReplica(
+            status("r-starting", types_pb2.REPLICA_STATE_STARTING, False), "a", True
+        ),
+        "r-draining": LiveReplica(status("r-draining"), "a", True),
+    }
+    loads = {"r-ok": MemberLoad(in_flight=5, latency_ms=12.0), "b-on": MemberLoad(in_flight=1)}
+    routes = build_routes(POOLS, BACKENDS, assignments, live, loads)
+
+    assert set(routes) == {"p", "empty"}
+    assert list(routes["empty"].members) == []
+    route = routes["p"]
+    assert route.policy == "least_in_flight"
+    members = {m.id: m for m in route.members}
+    assert set(members) == {"b-on", "b-drain", "r-ok", "r-expired", "r-starting", "r-draining"}
+    assert (
+        members["b-on"].healthy and members["b-on"].weight == 2 and members["b-on"].in_flight == 1
+    )
+    assert not members["b-drain"].healthy and members["b-drain"].draining
+    ok = members["r-ok"]
+    assert ok.healthy and ok.upstream_model == "m" and ok.zone == "z1"
+    assert (ok.running, ok.waiting, ok.kv_usage, ok.in_flight, ok.latency_ms) == (
+        2,
+        1,
+        0.5,
+        5,
+        12.0,
+    )
+    assert not members["r-expired"].healthy
+    assert not members["r-starting"].healthy
+    assert members["r-draining"].draining and not members["r-draining"].healthy
+    assert healthy_members(route) == 2
+
+
+def test_diff_reports_changed_and_removed_models_only() -> None:
+    old = build_routes(POOLS, BACKENDS, {}, {}, {})
+    pools = {"p": POOLS["p"], "new": PoolSpec(name="new")}
+    backends = dict(BACKENDS, extra=BackendSpec(id="extra", pool="p", url="http://127.0.0.1:4"))
+    new = build_routes(pools, backends, {}, {}, {})
+    changed, removed = diff_routes(old, new)
+    assert [r.model for r in changed] == ["new", "p"]
+    assert removed == ["empty"]
+    assert diff_routes(new, new) == ([], [])
+
+
+class _Table:
+    def __init__(self) -> None:
+        self.routes: Routes = {}
+
+    def build(self) -> Routes:
+        return dict(self.routes)
+
+
+async def test_publisher_full_first_then_deltas_and_slow_subscriber_collapses() -> None:
+    table = _Table()
+    changed = asyncio.Event()
+    publisher = SnapshotPublisher(
+        table.build, changed, FakeClock(), ControllerMetrics(), max_pending=3
+    )
+    fast = publisher.subscribe("fast")
+    slow = publisher.subscribe("slow")
+    first = await fast.next_batch()
+    assert first is not None and len(first) == 1 and first[0].full
+    base = first[0].version
+
+    for i in range(10):
+        table.routes = build_routes({f"m{i}": PoolSpec(name=f"m{i}")}, {}, {}, {}, {})
+        assert publisher.publish()
+        batch = await fast.next_batch()
+        assert batch is not None and [s.version for s in batch] == [base + i + 1]
+        assert not batch[0].full and [r.model for r in batch[0].routes] == [f"m{i}"]
+    assert not publisher.publish()  # nothing changed: no new version
+
+    pending = await slow.next_batch()
+    assert pending is not None
+    # The slow one never blocked the publisher; what piled up ends in one full snapshot.
+    # The slow one never blocked the publisher: what piled up collapsed into a full snapshot,
+    # possibly followed by newer deltas, ending at the latest version.
+    assert pending[0].full and len(pending) <= 3
+    assert pending[-1].version == base + 10
+    assert [s.version for s in pending] == sorted(s.version for s in pending)
+    assert [r.model for r in pending[-1].routes] == ["m9"]
+    assert slow.overflows >= 1
+
+
+async def test_publisher_run_pushes_change_quickly() -> None:
+    table = _Table()
+    changed = asyncio.Event()
+    publisher = SnapshotPublisher(table.build, changed, FakeClock(), ControllerMetrics())
+    sub = publisher.subscribe("g")
+    await sub.next_batch()
+    task = asyncio.create_task(publisher.run())
+    try:
+        table.routes = build_routes({"x": PoolSpec(name="x")}, {}, {}, {}, {})
+        changed.set()
+        batch = await asyncio.wait_for(sub.next_batch(), 1.0)
+        assert batch is not None and [r.model for r in batch[0].routes] == ["x"]
+    finally:
+        task.cancel()
+        publisher.close()
+    assert await sub.next_batch() is None
