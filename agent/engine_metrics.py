@@ -1,0 +1,130 @@
+"""Pure parsers of each engine's Prometheus /metrics text into one engine-neutral load record."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from prometheus_client.parser import text_string_to_metric_families
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    """What an engine says about its load; None where it says nothing."""
+
+    running: float = 0.0
+    waiting: float = 0.0
+    # KV cache use, 0..1.
+    kv_usage: float | None = None
+    prefix_cache_hits: float | None = None
+    prefix_cache_queries: float | None = None
+    # SGLang exports a ratio instead of counters.
+    prefix_cache_hit_rate: float | None = None
+    # False when the text carried none of the engine's request counts (no metrics at all).
+    known: bool = True
+
+
+NO_LOAD = EngineLoad(known=False)
+
+
+@dataclass(frozen=True)
+class _Names:
+    """Sample names of one engine family; the first name present in a tuple wins."""
+
+    running: tuple[str, ...]
+    waiting: tuple[str, ...]
+    kv_usage: tuple[str, ...] = ()
+    prefix_hits: tuple[str, ...] = ()
+    prefix_queries: tuple[str, ...] = ()
+    prefix_hit_rate: tuple[str, ...] = ()
+
+
+_VLLM = _Names(
+    running=("vllm:num_requests_running",),
+    waiting=("vllm:num_requests_waiting",),
+    # Newer vLLM renamed gpu_cache_usage_perc; both are 0..1 despite "perc".
+    kv_usage=("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+    prefix_hits=("vllm:prefix_cache_hits_total", "vllm:prefix_cache_hits"),
+    prefix_queries=("vllm:prefix_cache_queries_total", "vllm:prefix_cache_queries"),
+)
+_LLAMACPP = _Names(
+    running=("llamacpp:requests_processing",),
+    waiting=("llamacpp:requests_deferred",),
+    kv_usage=("llamacpp:kv_cache_usage_ratio",),
+)
+_SGLANG = _Names(
+    running=("sglang:num_running_reqs",),
+    waiting=("sglang:num_queue_reqs",),
+    kv_usage=("sglang:token_usage",),
+    prefix_hit_rate=("sglang:cache_hit_rate",),
+)
+_TGI = _Names(running=("tgi_batch_current_size",), waiting=("tgi_queue_size",))
+
+# The sim engine speaks vLLM's names.
+_BY_ENGINE: dict[str, _Names] = {
+    "vllm": _VLLM,
+    "sim": _VLLM,
+    "llamacpp": _LLAMACPP,
+    "sglang": _SGLANG,
+    "tgi": _TGI,
+}
+
+
+def parse_samples(text: str) -> dict[str, list[float]]:
+    """Sample name -> values of every label set; ValueError if the text is not Prometheus format."""
+    values: dict[str, list[float]] = {}
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                values.setdefault(sample.name, []).append(float(sample.value))
+    except (ValueError, IndexError, TypeError) as exc:
+        raise ValueError(f"not Prometheus text format: {exc}") from exc
+    return values
+
+
+def _first(values: dict[str, list[float]], names: Iterable[str]) -> list[float] | None:
+    for name in names:
+        found = values.get(name)
+        if found:
+            return found
+    return None
+
+
+def _sum(found: list[float] | None) -> float | None:
+    return None if found is None else sum(found)
+
+
+def _mean(found: list[float] | None) -> float | None:
+    # Several label sets (data-parallel ranks, engines) each report their own ratio.
+    return None if found is None else sum(found) / len(found)
+
+
+def _load_from(values: dict[str, list[float]], names: _Names) -> EngineLoad:
+    running = _sum(_first(values, names.running))
+    waiting = _sum(_first(values, names.waiting))
+    if running is None and waiting is None:
+        return NO_LOAD
+    kv = _mean(_first(values, names.kv_usage))
+    return EngineLoad(
+        running=running or 0.0,
+        waiting=waiting or 0.0,
+        kv_usage=None if kv is None else min(max(kv, 0.0), 1.0),
+        prefix_cache_hits=_sum(_first(values, names.prefix_hits)),
+        prefix_cache_queries=_sum(_first(values, names.prefix_queries)),
+        prefix_cache_hit_rate=_mean(_first(values, names.prefix_hit_rate)),
+    )
+
+
+def parse_engine_metrics(engine: str, text: str) -> EngineLoad:
+    """The load in one scrape of `engine`'s /metrics. Engines without a known table ("openai")
+    are matched against every table, since any compatible server may sit behind them.
+    NO_LOAD when no known name is present; ValueError on text that is not Prometheus format."""
+    values = parse_samples(text)
+    names = _BY_ENGINE.get(engine)
+    if names is not None:
+        return _load_from(values, names)
+    for candidate in (_VLLM, _SGLANG, _LLAMACPP, _TGI):
+        load = _load_from(values, candidate)
+        if load.known:
+            return load
+    return NO_LOAD

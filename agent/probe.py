@@ -1,0 +1,46 @@
+"""HTTP probes of one engine: health (with round-trip time) and load from its /metrics."""
+
+from __future__ import annotations
+
+import httpx
+
+from agent.engine_metrics import NO_LOAD, EngineLoad, parse_engine_metrics
+from llmpool.clock import Clock
+
+
+class ProbeError(Exception):
+    """The engine did not answer as expected; the message says how."""
+
+
+class Prober:
+    """Shares one connection pool for every probe of every replica on this host."""
+
+    def __init__(self, client: httpx.AsyncClient, clock: Clock) -> None:
+        self._client = client
+        self._clock = clock
+
+    async def health(self, url: str, timeout_s: float) -> float:
+        """Round-trip seconds of a 200 answer; ProbeError otherwise."""
+        started = self._clock.monotonic()
+        try:
+            response = await self._client.get(url, timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            raise ProbeError(f"GET {url}: {type(exc).__name__}: {exc}") from exc
+        if response.status_code != 200:
+            raise ProbeError(f"GET {url}: HTTP {response.status_code}")
+        return self._clock.monotonic() - started
+
+    async def load(self, engine: str, url: str, timeout_s: float) -> EngineLoad:
+        """The engine's load; NO_LOAD when it has no metrics endpoint (404)."""
+        try:
+            response = await self._client.get(url, timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            raise ProbeError(f"GET {url}: {type(exc).__name__}: {exc}") from exc
+        if response.status_code == 404:
+            return NO_LOAD
+        if response.status_code != 200:
+            raise ProbeError(f"GET {url}: HTTP {response.status_code}")
+        try:
+            return parse_engine_metrics(engine, response.text)
+        except ValueError as exc:
+            raise ProbeError(f"GET {url}: {exc}") from exc

@@ -1,0 +1,95 @@
+"""Replica specs and template substitution of {port} {host} {model} {replica_id} {pool} {python}."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from llmpool.errors import InvalidArgumentError
+
+ENGINES: tuple[str, ...] = ("sim", "llamacpp", "vllm", "sglang", "tgi", "openai")
+
+DEFAULT_SIM_COMMAND: tuple[str, ...] = (
+    "{python}",
+    "-m",
+    "llmpool.cli",
+    "sim-engine",
+    "--host",
+    "{host}",
+    "--port",
+    "{port}",
+    "--model",
+    "{model}",
+)
+
+# Only these names are placeholders; other braces (JSON arguments, shell snippets) pass through.
+_PLACEHOLDER = re.compile(r"\{(port|host|model|replica_id|pool|python)\}")
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """What the controller asked to run: one replica of a pool from its template."""
+
+    replica_id: str
+    pool: str
+    engine: str = "sim"
+    command: tuple[str, ...] = ()
+    # Template env and placement env (placement wins on the same key).
+    env: Mapping[str, str] = field(default_factory=dict)
+    health_path: str = "/health"
+    metrics_path: str = "/metrics"
+    ready_timeout_s: float = 60.0
+    served_model: str = ""
+
+    @property
+    def model(self) -> str:
+        return self.served_model or self.pool
+
+
+@dataclass(frozen=True)
+class Launch:
+    """A spec rendered for one start: the argv to exec and the env it adds."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str]
+
+
+def validate(spec: ReplicaSpec) -> None:
+    """InvalidArgumentError with what to fix when the spec cannot be started."""
+    if not spec.replica_id:
+        raise InvalidArgumentError("replica_id is empty: the controller must name every replica")
+    if spec.engine not in ENGINES:
+        raise InvalidArgumentError(
+            f"replica {spec.replica_id}: engine {spec.engine!r} is not one of {', '.join(ENGINES)}"
+        )
+    if not spec.command and spec.engine != "sim":
+        raise InvalidArgumentError(
+            f"replica {spec.replica_id}: the template of engine {spec.engine!r} has no command;"
+            " only 'sim' has a default"
+        )
+    if spec.ready_timeout_s <= 0:
+        raise InvalidArgumentError(f"replica {spec.replica_id}: ready_timeout_s must be > 0")
+
+
+def substitute(text: str, values: Mapping[str, str]) -> str:
+    """Replaces the known {placeholders} in text; unknown braces are left alone."""
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
+
+
+def render(spec: ReplicaSpec, host: str, port: int, python: str = sys.executable) -> Launch:
+    """The command and env for one start of spec on host:port."""
+    values = {
+        "port": str(port),
+        "host": host,
+        "model": spec.model,
+        "replica_id": spec.replica_id,
+        "pool": spec.pool,
+        "python": python,
+    }
+    command = spec.command or DEFAULT_SIM_COMMAND
+    return Launch(
+        argv=tuple(substitute(arg, values) for arg in command),
+        env={key: substitute(value, values) for key, value in spec.env.items()},
+    )

@@ -1,0 +1,266 @@
+"""The supervisor with real child processes (tests/agent/fake_engine.py): readiness, crash and
+restart, drain and stop, liveness, logs and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.exposition import generate_latest
+
+from agent.metrics import AgentMetrics
+from agent.ports import PortAllocator
+from agent.probe import Prober
+from agent.replica import SupervisorSettings
+from agent.status import ReplicaState, ReplicaStatus
+from agent.supervisor import Supervisor
+from agent.template import ReplicaSpec
+from llmpool.backoff import Backoff
+from llmpool.clock import FakeClock
+from llmpool.errors import FailedPreconditionError, NotFoundError, UnavailableError
+
+Cmd = Callable[..., tuple[str, ...]]
+Until = Callable[..., Awaitable[Any]]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def make_spec(cmd: tuple[str, ...], rid: str = "r1", ready_timeout_s: float = 20.0) -> ReplicaSpec:
+    return ReplicaSpec(
+        replica_id=rid, pool="chat", engine="vllm", command=cmd, ready_timeout_s=ready_timeout_s
+    )
+
+
+def status_of(sup: Supervisor, rid: str = "r1") -> ReplicaStatus:
+    return sup.replica(rid).status()
+
+
+async def start_ready(
+    sup: Supervisor, until: Until, cmd: tuple[str, ...], rid: str = "r1"
+) -> ReplicaStatus:
+    assert await sup.start(make_spec(cmd, rid)) is True
+    await until(lambda: status_of(sup, rid).state is ReplicaState.READY, what=f"{rid} READY")
+    return status_of(sup, rid)
+
+
+async def steer(http: httpx.AsyncClient, status: ReplicaStatus, **params: str) -> None:
+    response = await http.get(f"{status.url}/set", params=params)
+    assert response.status_code == 200
+
+
+async def test_start_returns_once_spawned_then_ready_with_load(
+    supervisor: Supervisor, fake_engine: Cmd, until: Until, http: httpx.AsyncClient
+) -> None:
+    assert await supervisor.start(make_spec(fake_engine("--running", "3"))) is True
+    first = status_of(supervisor)
+    assert first.state is ReplicaState.STARTING and first.pid > 0 and alive(first.pid)
+    assert supervisor.changed.is_set()
+    await until(lambda: status_of(supervisor).state is ReplicaState.READY, what="READY")
+    ready = status_of(supervisor)
+    assert ready.healthy and ready.url.startswith("http://127.0.0.1:")
+    assert ready.latency_ms > 0 and ready.served_model == "chat"
+    assert (ready.running, ready.waiting) == (3.0, 0.0)
+    assert ready.kv_usage == pytest.approx(0.3)
+    await steer(http, ready, running="1", waiting="4")
+    await until(lambda: status_of(supervisor).waiting == 4.0, what="new load")
+    assert status_of(supervisor).running == 1.0
+
+
+async def test_start_is_idempotent_and_unknown_ids_are_errors(
+    supervisor: Supervisor, fake_engine: Cmd
+) -> None:
+    assert await supervisor.start(make_spec(fake_engine())) is True
+    pid = status_of(supervisor).pid
+    assert await supervisor.start(make_spec(fake_engine())) is False
+    assert status_of(supervisor).pid == pid
+    with pytest.raises(NotFoundError, match="not running on this agent"):
+        await supervisor.stop("nope", 0)
+    with pytest.raises(NotFoundError):
+        supervisor.logs("nope")
+
+
+async def test_unspawnable_command_fails_the_start_and_leaves_nothing(
+    supervisor: Supervisor,
+) -> None:
+    with pytest.raises(FailedPreconditionError, match="cannot start engine"):
+        await supervisor.start(make_spec(("/nonexistent/engine-binary", "{port}")))
+    assert supervisor.statuses() == []
+
+
+async def test_kill_9_is_failed_at_once_then_restarted_with_a_new_pid(
+    supervisor: Supervisor, fake_engine: Cmd, until: Until
+) -> None:
+    # A visible backoff (0.25 s) so that the FAILED state can be observed before the restart.
+    supervisor.settings.backoff = lambda: Backoff(base=0.5, cap=1.0, jitter=lambda: 0.0)
+    ready = await start_ready(supervisor, until, fake_engine())
+    supervisor.changed.clear()
+    os.kill(ready.pid, signal.SIGKILL)
+    failed = await until(
+        lambda: (s := status_of(supervisor)).state is ReplicaState.FAILED and s, what="FAILED"
+    )
+    assert "signal 9" in failed.message and not failed.healthy
+    assert supervisor.changed.is_set()
+    again = await until(
+        lambda: (s := status_of(supervisor)).state is ReplicaState.READY and s, what="READY again"
+    )
+    assert again.pid != ready.pid and alive(again.pid)
+    assert again.restarts == 1
+    assert supervisor.restarts_by_pool == {"chat": 1}
+
+
+async def test_never_ready_is_killed_failed_and_retried(
+    supervisor: Supervisor, fake_engine: Cmd, until: Until
+) -> None:
+    cmd = fake_engine("--health", "503")
+    await supervisor.start(make_spec(cmd, ready_timeout_s=0.5))
+    first_pid = status_of(supervisor).pid
+    await until(lambda: status_of(supervisor).restarts >= 1, what="a restart")
+    await until(lambda: not alive(first_pid), what="the never-ready process to be gone")
+    restarted = status_of(supervisor)
+    assert "not ready within 0.5s" in restarted.message and "HTTP 503" in restarted.message
+    assert restarted.state is not ReplicaState.READY
+
+
+async def test_failed_liveness_probes_mark_unhealthy_then_recover(
+    supervisor: Supervisor, fake_engine: Cmd, until: Until, http: httpx.AsyncClient
+) -> None:
+    ready = await start_ready(supervisor, until, fake_engine())
+    await steer(http, ready, health="500")
+    await until(lambda: not status_of(supervisor).healthy, what="unhealthy")
+    assert status_of(supervisor).state is ReplicaState.READY
+    assert "failed health probes" in status_of(supervisor).message
+    await steer(http, ready, health="200")
+    await until(lambda: status_of(supervisor).healthy, what="healthy again")
+
+
+async def test_stop_drains_until_the_engine_is_idle(
+    supervisor: Supervisor, fake_engine: Cmd, until: Until, http: httpx.AsyncClient
+) -> None:
+    ready = await start_ready(supervisor, until, fake_engine("--running", "2"))
+    stopping = asyncio.create_task(supervisor.stop("r1", drain_s=30))
+    await until(lambda: status_of(supervisor).state is ReplicaState.DRAINING, what="DRAINING")
+    assert not stopping.done() and alive(ready.pid)
+    await steer(http, ready, running="0")
+    stopped = await asyncio.wait_for(stopping, 10)
+    assert stopped.state is ReplicaState.STOPPED and not stopped.healthy and stopped.pid == 0
+    await until(lambda: not alive(ready.pid), what="process gone")
+    report = supervisor.take_report()
+    assert [s.state for s in report] == [ReplicaState.STOPPED]
+    assert supervisor.take_report() == []
+    assert supervisor.statuses() == []
+
+
+async def test_stop_gives_up_draining_after_drain_s(
+    supervisor: Supervisor, fake_engine: Cmd, until: Until
+) -> None:
+    ready = await start_ready(supervisor, until, fake_engine("--running", "5"))
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    stopped = await asyncio.wait_for(supervisor.stop("r1", drain_s=0.4), 10)
+    assert loop.time() - began >= 0.4
+    assert stopped.state is ReplicaState.STOPPED
+    await until(lambda: not alive(ready.pid), what="process gone")
+
+
+async def test_stop_escalates_to_sigkill_when_term_is_ignored(
+    supervisor: Supervisor, fake_engine: Cmd, until: Until
+) -> None:
+    supervisor.settings.kill_timeout_s = 0.3
+    ready = await start_ready(supervisor, until, fake_engine("--ignore-term"))
+    stopped = await asyncio.wait_for(supervisor.stop("r1", drain_s=0), 10)
+    assert "exit code -9" in stopped.message
+    assert not alive(ready.pid)
+
+
+async def test_logs_ring_and_follow(
+    supervisor: Supervisor, fake_engine: Cmd, until: Until, http: httpx.AsyncClient
+) -> None:
+    ready = await start_ready(supervisor, until, fake_engine())
+    ring = supervisor.logs("r1")
+    await until(lambda: any("fake engine serving" in line for line in ring.tail(10)), what="banner")
+    follower = ring.follow()
+    await steer(http, ready, say="hello from the engine")
+    batch = await asyncio.wait_for(follower.next_batch(), 5)
+    assert batch == ["hello from the engine"]
+    await supervisor.stop("r1", 0)
+    assert await asyncio.wait_for(follower.next_batch(), 5) == []
+
+
+async def test_metrics_follow_replicas_and_forget_them(
+    supervisor: Supervisor, fake_engine: Cmd, until: Until
+) -> None:
+    metrics = AgentMetrics(supervisor.statuses, lambda: supervisor.restarts_by_pool)
+    await start_ready(supervisor, until, fake_engine("--running", "2"))
+    text = generate_latest(metrics.registry).decode()
+    assert 'llmpool_agent_replicas{state="ready"} 1.0' in text
+    assert 'llmpool_agent_engine_running_requests{replica="r1"} 2.0' in text
+    assert 'llmpool_agent_engine_kv_cache_usage_ratio{replica="r1"} 0.2' in text
+    assert "llmpool_agent_controller_connected 0.0" in text
+    await supervisor.stop("r1", 0)
+    text = generate_latest(metrics.registry).decode()
+    assert 'replica="r1"' not in text
+    assert 'llmpool_agent_replicas{state="ready"} 0.0' in text
+
+
+async def test_shutdown_stops_every_replica(
+    supervisor: Supervisor, fake_engine: Cmd, until: Until
+) -> None:
+    pids = []
+    for rid in ("a", "b"):
+        await supervisor.start(make_spec(fake_engine(), rid))
+        pids.append(status_of(supervisor, rid).pid)
+    await supervisor.shutdown()
+    assert supervisor.statuses() == []
+    await until(lambda: not any(alive(p) for p in pids), what="both processes gone")
+    assert {s.replica_id for s in supervisor.take_report()} == {"a", "b"}
+
+
+async def test_restart_backoff_grows_and_resets_after_a_stable_run(
+    fake_engine: Cmd, until: Until, http: httpx.AsyncClient
+) -> None:
+    clock = FakeClock()
+    settings = SupervisorSettings(
+        probe_interval_s=0.1, ready_poll_s=0.05, stable_s=30.0,
+        backoff=lambda: Backoff(base=0.2, cap=10.0, jitter=lambda: 0.0),
+    )  # fmt: skip
+    sup = Supervisor(settings, PortAllocator("127.0.0.1", 41000, 48999), Prober(http, clock), clock)
+    try:
+
+        async def crash_and_read_delay(restarts: int) -> str:
+            ready = await until(
+                lambda: (s := status_of(sup)).state is ReplicaState.READY and s.restarts == restarts
+                and s, what=f"READY after {restarts} restarts",
+            )  # fmt: skip
+            os.kill(ready.pid, signal.SIGKILL)
+            failed = await until(
+                lambda: "restarting in" in (m := status_of(sup).message) and m, what="FAILED"
+            )
+            return str(failed.rsplit("restarting in ", 1)[1])
+
+        await sup.start(make_spec(fake_engine()))
+        assert await crash_and_read_delay(0) == "0.1s"
+        assert await crash_and_read_delay(1) == "0.2s"
+        # READY for stable_s before failing: the next restart is quick again.
+        await until(lambda: status_of(sup).state is ReplicaState.READY, what="READY")
+        clock.advance(31)
+        assert await crash_and_read_delay(2) == "0.1s"
+    finally:
+        await sup.shutdown()
+
+
+async def test_shutdown_refuses_later_starts(supervisor: Supervisor, fake_engine: Cmd) -> None:
+    await supervisor.shutdown()
+    with pytest.raises(UnavailableError, match="shutting down"):
+        await supervisor.start(make_spec(fake_engine()))
+    assert supervisor.statuses() == []
