@@ -1,4 +1,4 @@
-"""Fixtures shared by every test: free ports and waiting for a condition with a deadline."""
+"""Helpers every test area imports: free ports, and waiting for a condition with a deadline."""
 
 from __future__ import annotations
 
@@ -34,14 +34,14 @@ def wait_for(
             last_exc = exc
         if time.monotonic() > deadline:
             raise AssertionError(
-                f"timed out after {timeout}s waiting for {what or condition!r}; last error: {last_exc!r}"
+                f"timed out after {timeout}s waiting for {what or condition!r}; last: {last_exc!r}"
             )
         time.sleep(interval)
 
 
 async def async_wait_for(
     condition: Callable[[], Awaitable[T]],
-    timeout: float = 10.0,
+    timeout: float = 10.0,  # noqa: ASYNC109 - a deadline to fail the test, not a scope
     interval: float = 0.02,
     what: str = "",
 ) -> T:
@@ -57,6 +57,6 @@ async def async_wait_for(
             last_exc = exc
         if time.monotonic() > deadline:
             raise AssertionError(
-                f"timed out after {timeout}s waiting for {what or condition!r}; last error: {last_exc!r}"
+                f"timed out after {timeout}s waiting for {what or condition!r}; last: {last_exc!r}"
             )
         await asyncio.sleep(interval)
