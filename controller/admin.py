@@ -36,6 +36,7 @@ class PoolStatusView:
     replicas: list[ReplicaView]
     healthy_members: int
     snapshot_version: int
+    message: str = ""
 
 
 class Admin:
@@ -190,6 +191,7 @@ class Admin:
             replicas=self.list_replicas(name),
             healthy_members=healthy_members(self._publisher.routes.get(name)),
             snapshot_version=self._publisher.version,
+            message=self._reconciler.unplaced.get(name, ""),
         )
 
     # --- live state ---

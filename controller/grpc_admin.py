@@ -110,6 +110,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             replicas=[_replica_info(r) for r in view.replicas],
             healthy_members=view.healthy_members,
             snapshot_version=view.snapshot_version,
+            message=view.message,
         )
 
     async def ScalePool(self, request: admin_pb2.ScalePoolRequest, context: Ctx) -> types_pb2.Pool:

@@ -24,6 +24,7 @@ from .reconciler import (
     ForgetReplica,
     StartReplica,
     StopReplica,
+    Unplaced,
     World,
     decide,
 )
@@ -56,6 +57,8 @@ class ReconcileLoop:
         self._started_at = clock.monotonic()
         # replica id -> when a stop was last sent; repeats within a lease are dropped.
         self._stops_sent: dict[str, float] = {}
+        # pool -> why it is short of replicas, from the last pass.
+        self.unplaced: dict[str, str] = {}
 
     def world(self) -> World:
         agents = {
@@ -85,7 +88,8 @@ class ReconcileLoop:
     async def run_once(self) -> list[Decision]:
         async with self._desired.lock:
             decisions = decide(self.world(), new_replica_id)
-            applied = [d for d in decisions if await self.apply(d)]
+            self._note_unplaced([d for d in decisions if isinstance(d, Unplaced)])
+            applied: list[Decision] = [d for d in decisions if await self.apply(d)]
         self._update_gauges()
         return applied
 
@@ -99,8 +103,18 @@ class ReconcileLoop:
             except Exception:
                 log.exception("reconcile pass failed; retrying on the next change")
 
+    def _note_unplaced(self, found: list[Unplaced]) -> None:
+        """Keeps why each pool is short; logs once when that changes, not every pass."""
+        now = {u.pool: f"{u.missing} replica(s) not placed: {u.reason}" for u in found}
+        for pool, message in now.items():
+            if self.unplaced.get(pool) != message:
+                log.warning("pool short of replicas", extra={"pool": pool, "why": message})
+        self.unplaced = now
+
     async def apply(self, d: Decision) -> bool:
-        """Applies one decision; False when it was a repeat that was dropped."""
+        """Applies one decision; False when it was a repeat that was dropped, or nothing to do."""
+        if isinstance(d, Unplaced):
+            return False
         if isinstance(d, StartReplica):
             await self._desired.put_assignment(
                 Assignment(d.replica_id, d.pool, d.agent_id, True, self._clock.wall())

@@ -70,7 +70,16 @@ class ForgetReplica:
     reason: str
 
 
-Decision = StartReplica | StopReplica | AdoptReplica | ForgetReplica
+@dataclass(frozen=True)
+class Unplaced:
+    """Replicas the pool asks for that no live agent can take now; reason is for people."""
+
+    pool: str
+    missing: int
+    reason: str
+
+
+Decision = StartReplica | StopReplica | AdoptReplica | ForgetReplica | Unplaced
 
 
 def _template_of(world: World, pool: str) -> Template | None:
@@ -179,10 +188,21 @@ def decide(world: World, new_id: Callable[[str], str]) -> list[Decision]:
             for a in newest_first[: len(have) - pool.replicas]:
                 decisions.append(StopReplica(a.replica_id, a.agent_id, world.drain_s, "scale down"))
         elif pool.template is not None:
-            for _ in range(pool.replicas - len(have)):
+            missing = pool.replicas - len(have)
+            while missing > 0:
                 agent_id = place(world, pool.template, usage)
                 if agent_id is None:
+                    decisions.append(Unplaced(name, missing, _no_room(pool.template)))
                     break
                 decisions.append(StartReplica(new_id(name), name, agent_id, pool.template))
                 usage.charge(agent_id, pool.template)
+                missing -= 1
     return decisions
+
+
+def _no_room(template: Template) -> str:
+    return (
+        f"no connected agent has room for a {template.engine!r} replica needing "
+        f"{template.cpu_slots} cpu slot(s) and {template.gpus} GPU(s); add an agent or lower "
+        "the pool's replicas"
+    )

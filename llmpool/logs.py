@@ -63,5 +63,7 @@ def setup_logging(service: str, level: str = "info", json_format: bool = False) 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Access logs of every request cost time on the hot path and say little; off by default.
-    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # A line per request (access logs, httpx's request lines) costs time on the hot path and
+    # says little that the metrics do not; off unless something goes wrong.
+    for noisy in ("uvicorn.access", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -405,8 +405,11 @@ class PoolStatus(_message.Message):
     REPLICAS_FIELD_NUMBER: _builtins.int
     HEALTHY_MEMBERS_FIELD_NUMBER: _builtins.int
     SNAPSHOT_VERSION_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
     healthy_members: _builtins.int
     snapshot_version: _builtins.int
+    message: _builtins.str
+    """Why the pool has fewer replicas than asked for, when it does (e.g. no agent has room)."""
     @_builtins.property
     def pool(self) -> _types_pb2.Pool: ...
     @_builtins.property
@@ -421,10 +424,11 @@ class PoolStatus(_message.Message):
         replicas: _abc.Iterable[Global___ReplicaInfo] | None = ...,
         healthy_members: _builtins.int = ...,
         snapshot_version: _builtins.int = ...,
+        message: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["pool", b"pool"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backends", b"backends", "healthy_members", b"healthy_members", "pool", b"pool", "replicas", b"replicas", "snapshot_version", b"snapshot_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backends", b"backends", "healthy_members", b"healthy_members", "message", b"message", "pool", b"pool", "replicas", b"replicas", "snapshot_version", b"snapshot_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

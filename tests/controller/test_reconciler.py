@@ -13,6 +13,7 @@ from controller.reconciler import (
     ForgetReplica,
     StartReplica,
     StopReplica,
+    Unplaced,
     World,
     decide,
 )
@@ -79,10 +80,20 @@ def test_scale_up_places_on_agent_with_most_free_slots() -> None:
     assert of(StopReplica, decisions) == []
 
 
-def test_no_capacity_or_wrong_engine_starts_nothing() -> None:
+def test_no_capacity_or_wrong_engine_starts_nothing_and_says_why() -> None:
     other = AgentView("gpu", True, 0.0, cpu_slots=8, engines=("vllm",))
     full = agent("full", slots=0)
-    assert decide(world([pool(1)], [other, full]), ids()) == []
+    decisions = decide(world([pool(2)], [other, full]), ids())
+    assert of(StartReplica, decisions) == []
+    [short] = of(Unplaced, decisions)
+    assert short.pool == "p" and short.missing == 2  # type: ignore[attr-defined]
+    assert "'sim'" in short.reason and "1 cpu slot" in short.reason  # type: ignore[attr-defined]
+
+
+def test_partly_placeable_pool_reports_only_the_rest() -> None:
+    decisions = decide(world([pool(3)], [agent("a", slots=2)]), ids())
+    assert len(of(StartReplica, decisions)) == 2
+    assert [u.missing for u in of(Unplaced, decisions)] == [1]  # type: ignore[attr-defined]
 
 
 def test_scale_down_drains_newest_first() -> None:
