@@ -130,6 +130,8 @@ class Cluster:
     gateway: str
     controller: str
     procs: list[Proc] = field(default_factory=list)
+    # Process name -> host:port of its /metrics (the gateway serves it on its own port).
+    metrics: dict[str, str] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -153,6 +155,11 @@ class Cluster:
         resp = httpx.get(f"{self.base_url}/models", timeout=5)
         resp.raise_for_status()
         return {m["id"] for m in resp.json()["data"]}
+
+    def scrape(self, process: str) -> str:
+        resp = httpx.get(f"http://{self.metrics[process]}/metrics", timeout=5)
+        resp.raise_for_status()
+        return resp.text
 
     def grpcurl(self, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -205,19 +212,24 @@ class _Launcher:
     def __call__(self, *extra: str) -> Cluster:
         gateway = f"127.0.0.1:{_free_port()}"
         controller = f"127.0.0.1:{_free_port()}"
+        metrics = {
+            "gateway": gateway,
+            "controller": f"127.0.0.1:{_free_port()}",
+            "agent": f"127.0.0.1:{_free_port()}",
+        }
         n = len(self._started)
         argv = cli(
             "up",
             "--gateway-listen", gateway,
             "--controller-listen", controller,
-            "--controller-metrics-listen", f"127.0.0.1:{_free_port()}",
-            "--agent-metrics-listen", f"127.0.0.1:{_free_port()}",
+            "--controller-metrics-listen", metrics["controller"],
+            "--agent-metrics-listen", metrics["agent"],
             "--data-dir", str(self._root / f"data{n}"),
             *extra,
         )  # fmt: skip
         proc = Proc("up", argv, self._root / f"up{n}.log").start()
         self._started.append(proc)
-        return Cluster(gateway=gateway, controller=controller, procs=[proc])
+        return Cluster(gateway=gateway, controller=controller, procs=[proc], metrics=metrics)
 
     def stop_all(self) -> None:
         for proc in self._started:

@@ -204,3 +204,55 @@ def test_sigterm_stops_everything(start_up: Any, wait: Any, proctree: Any) -> No
     assert up.stop(signal.SIGTERM) == 0, up.tail()
     left = [pid for pid in tree if proctree.alive(pid)]
     assert not left, f"still running after llm-pool up exited: {left}"
+
+
+def test_every_process_exports_metrics(up_cluster: Any) -> None:
+    client_for(up_cluster).chat.completions.create(
+        model="sim-small", messages=MESSAGES, max_tokens=2
+    )
+    gateway = up_cluster.scrape("gateway")
+    assert 'llmpool_gateway_requests_total{backend="sim-small-' in gateway
+    assert 'llmpool_gateway_tokens_total{kind="completion",model="sim-small"}' in gateway
+    controller = up_cluster.scrape("controller")
+    assert 'llmpool_controller_replicas{pool="sim-small",state="ready"} 2.0' in controller
+    assert 'llmpool_controller_agents{state="connected"} 1.0' in controller
+    assert "llmpool_controller_snapshot_push_seconds_count" in controller
+    agent = up_cluster.scrape("agent")
+    assert 'llmpool_agent_replicas{state="ready"} 2.0' in agent
+    assert "llmpool_agent_engine_running_requests{replica=" in agent
+
+
+SLOW_POOL = """
+pools:
+  - name: slow
+    replicas: 1
+    template:
+      engine: sim
+      command: ["{python}", "-m", "llmpool.cli", "sim-engine", "--host", "{host}",
+                "--port", "{port}", "--model", "{model}", "--speedup", "1"]
+      cpu_slots: 0
+"""
+
+
+def test_sigterm_lets_an_in_flight_stream_finish(start_up: Any, tmp_path: Any) -> None:
+    config = tmp_path / "slow.yaml"
+    config.write_text(SLOW_POOL)
+    cluster = start_up("--config", str(config))
+    cluster.wait_ready("slow", 1)
+    up = cluster.procs[0]
+    # About 6 ms a token at speedup 1: this stream lasts over a second.
+    stream = client_for(cluster).chat.completions.create(
+        model="slow", messages=MESSAGES, max_tokens=200, stream=True
+    )
+    tokens = 0
+    finish = None
+    for chunk in stream:
+        for choice in chunk.choices:
+            if choice.delta.content:
+                tokens += 1
+                if tokens == 3:
+                    up.popen.send_signal(signal.SIGTERM)
+            finish = choice.finish_reason or finish
+    assert tokens == 200
+    assert finish == "length"
+    assert up.popen.wait(40) == 0, up.tail()
