@@ -6,14 +6,17 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import socket
 import sys
+from collections.abc import Mapping
 
 from agent.app import AgentOptions, run_agent
 from agent.ports import parse_port_range
 from llmpool.addr import split_host_port
+from llmpool.cliargs import add_logging_options, env_help, env_option, run_until_signal
 from llmpool.logs import setup_logging
+
+LABELS_VAR = "LLMPOOL_AGENT_LABELS"
 
 
 def parse_labels(items: list[str]) -> dict[str, str]:
@@ -36,87 +39,105 @@ def _advertise_host(engine_host: str, hostname: str) -> str:
     return hostname if engine_host in ("0.0.0.0", "::", "") else engine_host
 
 
-def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
-    def e(name: str, default: str) -> str:
-        return env.get(name, default)
-
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llm-pool agent",
         description="Supervises model servers on this host and reports them to the controller.",
     )
-    p.add_argument(
+    env_option(
+        p,
         "--controller",
-        default=e("LLMPOOL_CONTROLLER_ADDR", "127.0.0.1:50051"),
-        help="controller gRPC address host:port (env LLMPOOL_CONTROLLER_ADDR)",
+        env,
+        "LLMPOOL_CONTROLLER_ADDR",
+        "127.0.0.1:50051",
+        "controller gRPC address host:port",
     )
-    p.add_argument(
+    env_option(
+        p,
         "--agent-id",
-        default=e("LLMPOOL_AGENT_ID", socket.gethostname()),
-        help="this agent's id (env LLMPOOL_AGENT_ID; default: hostname)",
+        env,
+        "LLMPOOL_AGENT_ID",
+        socket.gethostname(),
+        "this agent's id",
+        shown="hostname",
     )
     p.add_argument(
         "--label",
         action="append",
         default=[],
         metavar="K=V",
-        help="label for placement, repeatable (env LLMPOOL_AGENT_LABELS='zone=a,rack=3')",
+        help=env_help(
+            "label for placement, repeatable; added to those of the variable, e.g. zone=a,rack=3",
+            LABELS_VAR,
+            "default: none",
+        ),
     )
-    p.add_argument(
+    env_option(
+        p,
         "--engine-host",
-        default=e("LLMPOOL_AGENT_ENGINE_HOST", "127.0.0.1"),
-        help="address engines bind, {host} in templates (env LLMPOOL_AGENT_ENGINE_HOST)",
+        env,
+        "LLMPOOL_AGENT_ENGINE_HOST",
+        "127.0.0.1",
+        "address engines bind, {host} in templates",
     )
-    p.add_argument(
+    env_option(
+        p,
         "--advertise-host",
-        default=e("LLMPOOL_AGENT_ADVERTISE_HOST", ""),
-        help="host in the replica URLs reported to the controller (env "
-        "LLMPOOL_AGENT_ADVERTISE_HOST; default: engine host, or hostname if wildcard)",
+        env,
+        "LLMPOOL_AGENT_ADVERTISE_HOST",
+        "",
+        "host in the replica URLs reported to the controller",
+        shown="engine host, or hostname if wildcard",
     )
-    p.add_argument(
+    env_option(
+        p,
         "--port-range",
-        default=e("LLMPOOL_AGENT_PORT_RANGE", "20000-29999"),
-        help="ports engines may get, LOW-HIGH (env LLMPOOL_AGENT_PORT_RANGE)",
+        env,
+        "LLMPOOL_AGENT_PORT_RANGE",
+        "20000-29999",
+        "ports engines may get, LOW-HIGH",
     )
-    p.add_argument(
+    env_option(
+        p,
         "--cpu-slots",
+        env,
+        "LLMPOOL_AGENT_CPU_SLOTS",
+        os.cpu_count() or 1,
+        "CPU slots offered for placement",
         type=int,
-        default=int(e("LLMPOOL_AGENT_CPU_SLOTS", str(os.cpu_count() or 1))),
-        help="CPU slots offered for placement (env LLMPOOL_AGENT_CPU_SLOTS; default: CPUs)",
+        shown="number of CPUs",
     )
-    p.add_argument(
+    env_option(
+        p,
         "--metrics-listen",
-        default=e("LLMPOOL_AGENT_METRICS_LISTEN", "127.0.0.1:9102"),
-        help="host:port of /metrics, port 0 for any (env LLMPOOL_AGENT_METRICS_LISTEN)",
+        env,
+        "LLMPOOL_AGENT_METRICS_LISTEN",
+        "127.0.0.1:9102",
+        "host:port of /metrics, port 0 for any",
     )
-    p.add_argument(
+    env_option(
+        p,
         "--report-interval-s",
+        env,
+        "LLMPOOL_AGENT_REPORT_INTERVAL_S",
+        1.0,
+        "seconds between reports; the controller's Welcome may override",
         type=float,
-        default=float(e("LLMPOOL_AGENT_REPORT_INTERVAL_S", "1.0")),
-        help="seconds between reports; the controller's Welcome may override "
-        "(env LLMPOOL_AGENT_REPORT_INTERVAL_S)",
     )
-    p.add_argument(
+    env_option(
+        p,
         "--log-lines",
+        env,
+        "LLMPOOL_AGENT_LOG_LINES",
+        1000,
+        "output lines kept per replica",
         type=int,
-        default=int(e("LLMPOOL_AGENT_LOG_LINES", "1000")),
-        help="output lines kept per replica (env LLMPOOL_AGENT_LOG_LINES)",
     )
-    p.add_argument(
-        "--log-level",
-        default=e("LLMPOOL_LOG_LEVEL", "info"),
-        choices=["debug", "info", "warning", "error"],
-        help="env LLMPOOL_LOG_LEVEL",
-    )
-    p.add_argument(
-        "--log-json",
-        action="store_true",
-        default=e("LLMPOOL_LOG_JSON", "").lower() in ("1", "true", "yes"),
-        help="one JSON object per log line (env LLMPOOL_LOG_JSON=1)",
-    )
+    add_logging_options(p, env)
     return p
 
 
-def options_from_args(args: argparse.Namespace, env: dict[str, str]) -> AgentOptions:
+def options_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> AgentOptions:
     """ValueError with the flag's name when a value cannot be used."""
     hostname = socket.gethostname()
     try:
@@ -131,7 +152,7 @@ def options_from_args(args: argparse.Namespace, env: dict[str, str]) -> AgentOpt
         split_host_port(args.controller)
     except ValueError as exc:
         raise ValueError(f"--controller: {exc}") from None
-    labels = parse_labels([env.get("LLMPOOL_AGENT_LABELS", ""), *args.label])
+    labels = parse_labels([env.get(LABELS_VAR, ""), *args.label])
     if args.report_interval_s <= 0:
         raise ValueError("--report-interval-s must be > 0")
     if args.log_lines < 1:
@@ -155,16 +176,8 @@ def options_from_args(args: argparse.Namespace, env: dict[str, str]) -> AgentOpt
     )
 
 
-async def _serve(options: AgentOptions) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await run_agent(options, stop)
-
-
 def main(argv: list[str]) -> int:
-    env = dict(os.environ)
+    env = os.environ
     try:
         args = build_parser(env).parse_args(argv)
         options = options_from_args(args, env)
@@ -175,7 +188,7 @@ def main(argv: list[str]) -> int:
     # One line per probe (several a second) would bury everything else.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
-        asyncio.run(_serve(options))
+        asyncio.run(run_until_signal(lambda stop: run_agent(options, stop)))
     except OSError as exc:
         # Typically the metrics port is taken.
         print(f"llm-pool agent: {exc}", file=sys.stderr)

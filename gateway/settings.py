@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from llmpool.addr import split_host_port
+from llmpool.cliargs import add_logging_options, env_option
 
 MIB = 1024 * 1024
 
@@ -38,80 +39,84 @@ def default_gateway_id() -> str:
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    def e(name: str, default: str) -> str:
-        return env.get(name, default)
-
     p = argparse.ArgumentParser(
         prog="llm-pool gateway",
         description="OpenAI-compatible HTTP gateway; takes routing from the controller.",
     )
-    p.add_argument(
-        "--listen",
-        default=e("LLMPOOL_GATEWAY_LISTEN", "127.0.0.1:8000"),
-        help="HTTP host:port (env LLMPOOL_GATEWAY_LISTEN; default %(default)s)",
-    )
-    p.add_argument(
+    env_option(p, "--listen", env, "LLMPOOL_GATEWAY_LISTEN", "127.0.0.1:8000", "HTTP host:port")
+    env_option(
+        p,
         "--controller",
-        default=e("LLMPOOL_CONTROLLER_ADDR", "127.0.0.1:50051"),
-        help="controller gRPC host:port (env LLMPOOL_CONTROLLER_ADDR; default %(default)s)",
+        env,
+        "LLMPOOL_CONTROLLER_ADDR",
+        "127.0.0.1:50051",
+        "controller gRPC host:port",
     )
-    p.add_argument(
+    env_option(
+        p,
         "--gateway-id",
-        default=e("LLMPOOL_GATEWAY_ID", ""),
-        help="id reported to the controller (env LLMPOOL_GATEWAY_ID; default hostname-pid)",
+        env,
+        "LLMPOOL_GATEWAY_ID",
+        "",
+        "id reported to the controller",
+        shown="hostname-pid",
     )
-    p.add_argument(
+    env_option(
+        p,
         "--max-body-bytes",
+        env,
+        "LLMPOOL_GATEWAY_MAX_BODY_BYTES",
+        10 * MIB,
+        "largest request body accepted",
         type=int,
-        default=e("LLMPOOL_GATEWAY_MAX_BODY_BYTES", str(10 * MIB)),
-        help="largest request body accepted (env LLMPOOL_GATEWAY_MAX_BODY_BYTES; default 10 MiB)",
+        shown=f"{10 * MIB} (10 MiB)",
     )
-    p.add_argument(
+    env_option(
+        p,
         "--upstream-connect-timeout-s",
+        env,
+        "LLMPOOL_GATEWAY_UPSTREAM_CONNECT_TIMEOUT_S",
+        5.0,
+        "connect timeout to a member",
         type=float,
-        default=e("LLMPOOL_GATEWAY_UPSTREAM_CONNECT_TIMEOUT_S", "5"),
-        help="connect timeout to a member (env LLMPOOL_GATEWAY_UPSTREAM_CONNECT_TIMEOUT_S; "
-        "default %(default)s)",
     )
-    p.add_argument(
+    env_option(
+        p,
         "--upstream-timeout-s",
+        env,
+        "LLMPOOL_GATEWAY_UPSTREAM_TIMEOUT_S",
+        600.0,
+        "longest wait for upstream bytes",
         type=float,
-        default=e("LLMPOOL_GATEWAY_UPSTREAM_TIMEOUT_S", "600"),
-        help="longest wait for upstream bytes (env LLMPOOL_GATEWAY_UPSTREAM_TIMEOUT_S; "
-        "default %(default)s)",
     )
-    p.add_argument(
+    env_option(
+        p,
         "--upstream-max-connections",
+        env,
+        "LLMPOOL_GATEWAY_UPSTREAM_MAX_CONNECTIONS",
+        1024,
+        "upstream connection pool size",
         type=int,
-        default=e("LLMPOOL_GATEWAY_UPSTREAM_MAX_CONNECTIONS", "1024"),
-        help="upstream connection pool size (env LLMPOOL_GATEWAY_UPSTREAM_MAX_CONNECTIONS; "
-        "default %(default)s)",
     )
-    p.add_argument(
+    env_option(
+        p,
         "--usage-interval-s",
+        env,
+        "LLMPOOL_GATEWAY_USAGE_INTERVAL_S",
+        1.0,
+        "usage report period",
         type=float,
-        default=e("LLMPOOL_GATEWAY_USAGE_INTERVAL_S", "1.0"),
-        help="usage report period (env LLMPOOL_GATEWAY_USAGE_INTERVAL_S; default %(default)s)",
     )
-    p.add_argument(
+    env_option(
+        p,
         "--graceful-timeout-s",
+        env,
+        "LLMPOOL_GATEWAY_GRACEFUL_TIMEOUT_S",
+        30.0,
+        "how long in-flight requests may finish on shutdown",
         type=float,
-        default=e("LLMPOOL_GATEWAY_GRACEFUL_TIMEOUT_S", "30"),
-        help="how long in-flight requests may finish on shutdown "
-        "(env LLMPOOL_GATEWAY_GRACEFUL_TIMEOUT_S; default %(default)s)",
     )
-    p.add_argument(
-        "--log-level",
-        default=e("LLMPOOL_LOG_LEVEL", "info").lower(),
-        choices=["debug", "info", "warning", "error"],
-        help="(env LLMPOOL_LOG_LEVEL; default %(default)s)",
-    )
-    p.add_argument(
-        "--log-json",
-        action="store_true",
-        default=e("LLMPOOL_LOG_FORMAT", "").lower() == "json",
-        help="JSON log lines (env LLMPOOL_LOG_FORMAT=json)",
-    )
+    add_logging_options(p, env)
     return p
 
 
@@ -119,7 +124,7 @@ def parse_settings(argv: list[str], env: Mapping[str, str] | None = None) -> Gat
     """Flags override environment variables; bad values exit with argparse's usage message."""
     environ = os.environ if env is None else env
     parser = build_parser(environ)
-    # String defaults from the environment go through each flag's type, so bad values fail here.
+    # Values from the environment went through each flag's type in build_parser: bad ones exit 2.
     args = parser.parse_args(argv)
     try:
         host, port = split_host_port(args.listen)

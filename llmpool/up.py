@@ -9,12 +9,14 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from llmpool.addr import split_host_port
+from llmpool.cliargs import add_logging_options, env_option, run_until_signal
 from llmpool.config import ConfigError, default_config_text, load_config
 from llmpool.logs import setup_logging
 
@@ -39,50 +41,63 @@ class UpSettings:
     log_json: bool
 
 
-def parse_args(argv: list[str]) -> UpSettings:
-    env = os.environ.get
+def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> UpSettings:
+    environ = os.environ if env is None else env
     parser = argparse.ArgumentParser(
         prog="llm-pool up",
         description="Run a controller, one agent and a gateway on this machine. With no --config, "
         "serves the embedded default: pool 'sim-small' of 2 simulated replicas.",
     )
-    parser.add_argument(
+    env_option(
+        parser,
         "--gateway-listen",
-        default=env("LLMPOOL_GATEWAY_LISTEN", "127.0.0.1:8000"),
-        help="gateway HTTP address (env LLMPOOL_GATEWAY_LISTEN)",
+        environ,
+        "LLMPOOL_GATEWAY_LISTEN",
+        "127.0.0.1:8000",
+        "gateway HTTP address",
     )
-    parser.add_argument(
+    env_option(
+        parser,
         "--controller-listen",
-        default=env("LLMPOOL_CONTROLLER_LISTEN", "127.0.0.1:50051"),
-        help="controller gRPC address (env LLMPOOL_CONTROLLER_LISTEN)",
+        environ,
+        "LLMPOOL_CONTROLLER_LISTEN",
+        "127.0.0.1:50051",
+        "controller gRPC address",
     )
-    parser.add_argument(
+    env_option(
+        parser,
         "--controller-metrics-listen",
-        default=env("LLMPOOL_CONTROLLER_METRICS_LISTEN", "127.0.0.1:9101"),
-        help="controller /metrics address (env LLMPOOL_CONTROLLER_METRICS_LISTEN)",
+        environ,
+        "LLMPOOL_CONTROLLER_METRICS_LISTEN",
+        "127.0.0.1:9101",
+        "controller /metrics address",
     )
-    parser.add_argument(
+    env_option(
+        parser,
         "--agent-metrics-listen",
-        default=env("LLMPOOL_AGENT_METRICS_LISTEN", "127.0.0.1:9102"),
-        help="agent /metrics address (env LLMPOOL_AGENT_METRICS_LISTEN)",
+        environ,
+        "LLMPOOL_AGENT_METRICS_LISTEN",
+        "127.0.0.1:9102",
+        "agent /metrics address",
     )
-    parser.add_argument(
+    env_option(
+        parser,
         "--data-dir",
-        default=env("LLMPOOL_DATA_DIR", "data"),
-        help="controller state (SQLite) lives here (env LLMPOOL_DATA_DIR)",
+        environ,
+        "LLMPOOL_DATA_DIR",
+        "data",
+        "controller state (SQLite) lives here",
     )
-    parser.add_argument(
+    env_option(
+        parser,
         "--config",
-        default=env("LLMPOOL_CONFIG"),
-        help="YAML config that seeds the store on first start (env LLMPOOL_CONFIG)",
+        environ,
+        "LLMPOOL_CONFIG",
+        None,
+        "YAML config that seeds the store on first start",
+        shown="the embedded sim-small config",
     )
-    parser.add_argument("--log-level", default=env("LLMPOOL_LOG_LEVEL", "info"))
-    parser.add_argument(
-        "--log-json",
-        action="store_true",
-        default=env("LLMPOOL_LOG_FORMAT", "") == "json",
-        help="one JSON object per log line (env LLMPOOL_LOG_FORMAT=json)",
-    )
+    add_logging_options(parser, environ)
     args = parser.parse_args(argv)
     for flag in (
         "gateway_listen",
@@ -109,7 +124,7 @@ def parse_args(argv: list[str]) -> UpSettings:
 def child_commands(s: UpSettings, config_path: Path) -> dict[str, list[str]]:
     """The argv of each child; explicit flags so that stray environment cannot split the tree."""
     cli = [sys.executable, "-m", "llmpool.cli"]
-    logging_flags = ["--log-level", s.log_level] + (["--log-json"] if s.log_json else [])
+    logging_flags = ["--log-level", s.log_level, "--log-json" if s.log_json else "--no-log-json"]
     return {
         "controller": [
             *cli,
@@ -179,13 +194,10 @@ async def _stop(name: str, proc: asyncio.subprocess.Process) -> None:
         await proc.wait()
 
 
-async def run(s: UpSettings) -> int:
+async def run(s: UpSettings, stop: asyncio.Event) -> int:
+    """Runs the three children until `stop` is set or one of them exits."""
     config_path = resolve_config(s)
     commands = child_commands(s, config_path)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
 
     children: dict[str, asyncio.subprocess.Process] = {}
     exit_code = 0
@@ -228,7 +240,7 @@ def main(argv: list[str]) -> int:
     settings = parse_args(argv)
     setup_logging("up", settings.log_level, settings.log_json)
     try:
-        return asyncio.run(run(settings))
+        return asyncio.run(run_until_signal(lambda stop: run(settings, stop)))
     except ConfigError as exc:
         print(f"llm-pool up: {exc}", file=sys.stderr)
         return 2

@@ -9,13 +9,14 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import fields
 from types import FrameType
 from typing import Any
 
 import uvicorn
 
+from llmpool.cliargs import add_logging_options, env_option
 from llmpool.logs import setup_logging
 from llmpool.sim.app import build_app
 from llmpool.sim.costs import CostModel
@@ -32,57 +33,34 @@ def _env_name(flag: str) -> str:
     return "LLMPOOL_SIM_" + flag.upper().replace("-", "_")
 
 
-def _add(
-    parser: argparse.ArgumentParser,
-    flag: str,
-    kind: Callable[[str], Any],
-    default: Any,
-    help_: str,
-    required: bool = False,
-) -> None:
-    env = _env_name(flag)
-    shown = default
-    value = os.environ.get(env)
-    if value is not None:
-        try:
-            default = kind(value)
-        except ValueError:
-            parser.error(f"{env}={value!r} is not a valid value for --{flag}")
-    parser.add_argument(
-        f"--{flag}",
-        type=kind,
-        default=default,
-        required=required and value is None,
-        help=f"{help_} (env {env}; default {shown})",
-    )
-
-
-def _parser() -> argparse.ArgumentParser:
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llm-pool sim-engine",
         description="A simulated OpenAI-compatible engine: continuous batching, a KV cache with "
         "prefix caching, latency from the Dynamo mocker's cost model. See docs/sim-engine.md.",
     )
+
+    def add(
+        flag: str, kind: Callable[[str], Any], default: Any, help_: str, required: bool = False
+    ) -> None:
+        env_option(
+            p, f"--{flag}", env, _env_name(flag), default, help_, type=kind, required=required
+        )
+
     d = SimSettings()
-    _add(p, "host", str, "127.0.0.1", "address to listen on")
-    _add(p, "port", int, None, "port to listen on; 0 picks one and prints it", required=True)
-    _add(p, "model", str, d.model, "model name served")
-    _add(p, "speedup", float, d.speedup, "divide every simulated time by this")
-    _add(p, "max-num-seqs", int, d.max_num_seqs, "largest running batch")
-    _add(p, "kv-blocks", int, d.kv_blocks, "KV cache size in blocks")
-    _add(p, "block-size", int, d.block_size, "tokens per KV block")
+    add("host", str, "127.0.0.1", "address to listen on")
+    add("port", int, None, "port to listen on; 0 picks one and prints it", required=True)
+    add("model", str, d.model, "model name served")
+    add("speedup", float, d.speedup, "divide every simulated time by this")
+    add("max-num-seqs", int, d.max_num_seqs, "largest running batch")
+    add("kv-blocks", int, d.kv_blocks, "KV cache size in blocks")
+    add("block-size", int, d.block_size, "tokens per KV block")
     for f in fields(CostModel):
         flag = f.name.replace("_ms", "-ms").replace("_", "-")
-        _add(p, flag, float, f.default, f"cost model coefficient {f.name}")
-    _add(p, "max-tokens-default", int, d.max_tokens_default, "max_tokens when a request has none")
-    _add(p, "embedding-dim", int, d.embedding_dim, "length of embedding vectors")
-    _add(p, "log-level", str, "info", "debug, info, warning or error")
-    p.add_argument(
-        "--log-json",
-        action="store_true",
-        default=os.environ.get(_env_name("log-json"), "").lower() in ("1", "true", "yes"),
-        help="JSON log lines (env LLMPOOL_SIM_LOG_JSON)",
-    )
+        add(flag, float, f.default, f"cost model coefficient {f.name}")
+    add("max-tokens-default", int, d.max_tokens_default, "max_tokens when a request has none")
+    add("embedding-dim", int, d.embedding_dim, "length of embedding vectors")
+    add_logging_options(p, env, command_prefix="LLMPOOL_SIM_")
     return p
 
 
@@ -153,7 +131,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def main(argv: list[str]) -> int:
-    parser = _parser()
+    parser = build_parser(os.environ)
     args = parser.parse_args(argv)
     try:
         settings = settings_from_args(args)
