@@ -256,3 +256,37 @@ def test_sigterm_lets_an_in_flight_stream_finish(start_up: Any, tmp_path: Any) -
     assert tokens == 200
     assert finish == "length"
     assert up.popen.wait(40) == 0, up.tail()
+
+
+def test_grpcurl_tails_a_replica_log(up_cluster: Any) -> None:
+    replica = up_cluster.ready_replicas("sim-small")[0].status.replica_id
+    request = json.dumps({"replica_id": replica, "lines": 50})
+    tail = up_cluster.grpcurl(
+        "-d", request, up_cluster.controller, "llmpool.v1.AdminService/TailLogs"
+    )
+    assert tail.returncode == 0, tail.stderr
+    lines = [doc["line"] for doc in _json_docs(tail.stdout)]
+    assert any("sim-engine listening" in line for line in lines), lines
+
+    unknown = up_cluster.grpcurl(
+        "-d", json.dumps({"replica_id": "nope"}), up_cluster.controller,
+        "llmpool.v1.AdminService/TailLogs",
+    )  # fmt: skip
+    assert unknown.returncode != 0
+    assert "NotFound" in unknown.stderr, unknown.stderr
+
+
+def _json_docs(text: str) -> list[Any]:
+    """grpcurl prints one pretty JSON object per streamed message, one after another."""
+    decoder = json.JSONDecoder()
+    docs, pos = [], 0
+    while (pos := _skip_space(text, pos)) < len(text):
+        doc, pos = decoder.raw_decode(text, pos)
+        docs.append(doc)
+    return docs
+
+
+def _skip_space(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos].isspace():
+        pos += 1
+    return pos
