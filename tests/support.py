@@ -6,7 +6,7 @@ import asyncio
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -18,45 +18,47 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _timed_out(within: float, what: str, condition: object, last: BaseException | None) -> str:
+    return f"timed out after {within}s waiting for {what or condition!r}; last error: {last!r}"
+
+
 def wait_for(
-    condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = ""
+    condition: Callable[[], T], within: float = 10.0, what: str = "", interval: float = 0.05
 ) -> T:
-    """Polls condition until it returns something truthy; fails the test at the deadline.
-    Exceptions from condition count as 'not yet'; the last one is shown on failure."""
-    deadline = time.monotonic() + timeout
-    last_exc: BaseException | None = None
+    """Polls condition until it returns something truthy and returns that; fails the test at
+    the deadline. Exceptions count as 'not yet'; the last one is shown on failure."""
+    deadline = time.monotonic() + within
+    last: BaseException | None = None
     while True:
         try:
             value = condition()
             if value:
                 return value
         except Exception as exc:
-            last_exc = exc
+            last = exc
         if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out after {timeout}s waiting for {what or condition!r}; last: {last_exc!r}"
-            )
+            raise AssertionError(_timed_out(within, what, condition, last))
         time.sleep(interval)
 
 
-async def async_wait_for(
-    condition: Callable[[], Awaitable[T]],
-    timeout: float = 10.0,  # noqa: ASYNC109 - a deadline to fail the test, not a scope
-    interval: float = 0.02,
+async def eventually(
+    condition: Callable[[], Any | Awaitable[Any]],
+    within: float = 10.0,
     what: str = "",
-) -> T:
-    """The asyncio twin of wait_for."""
-    deadline = time.monotonic() + timeout
-    last_exc: BaseException | None = None
+    interval: float = 0.02,
+) -> Any:
+    """The asyncio twin of wait_for; condition may be sync or async."""
+    deadline = time.monotonic() + within
+    last: BaseException | None = None
     while True:
         try:
-            value = await condition()
+            value = condition()
+            if asyncio.iscoroutine(value):
+                value = await value
             if value:
                 return value
         except Exception as exc:
-            last_exc = exc
+            last = exc
         if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out after {timeout}s waiting for {what or condition!r}; last: {last_exc!r}"
-            )
+            raise AssertionError(_timed_out(within, what, condition, last))
         await asyncio.sleep(interval)

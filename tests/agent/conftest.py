@@ -23,6 +23,7 @@ from agent.supervisor import Supervisor
 from llmpool.backoff import Backoff
 from llmpool.clock import SystemClock
 from llmpool.v1 import agent_pb2, agent_pb2_grpc
+from tests.support import eventually
 
 FAKE_ENGINE = Path(__file__).parent / "fake_engine.py"
 PORT_RANGE = (41000, 48999)
@@ -30,29 +31,9 @@ PORT_RANGE = (41000, 48999)
 Until = Callable[..., Awaitable[Any]]
 
 
-async def _until(
-    condition: Callable[[], Any], within: float = 10.0, what: str = "", interval: float = 0.02
-) -> Any:
-    """Polls condition (sync or async) until truthy; fails at the deadline."""
-    deadline = time.monotonic() + within
-    last: BaseException | None = None
-    while True:
-        try:
-            value = condition()
-            if asyncio.iscoroutine(value):
-                value = await value
-            if value:
-                return value
-        except Exception as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}; last: {last!r}")
-        await asyncio.sleep(interval)
-
-
 @pytest.fixture
 def until() -> Until:
-    return _until
+    return eventually
 
 
 def engine_command(*extra: str) -> tuple[str, ...]:
@@ -112,7 +93,7 @@ async def supervisor(
         def quiet() -> bool:
             return not [t for t in asyncio.all_tasks() - before if t is not current and _ours(t)]
 
-        await _until(quiet, within=5, what="supervisor tasks to end (leak)")
+        await eventually(quiet, within=5, what="supervisor tasks to end (leak)")
 
 
 class FakeController(agent_pb2_grpc.AgentServiceServicer):

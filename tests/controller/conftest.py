@@ -1,10 +1,8 @@
-"""Controller test helpers: an in-process controller on free ports and waiting with a deadline."""
+"""Controller test helpers: an in-process controller on free ports."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -14,26 +12,6 @@ from controller.server import ControllerServer, ControllerSettings
 from llmpool.config import Config
 
 T = TypeVar("T")
-
-
-async def eventually(
-    condition: Callable[[], T | Awaitable[T]], within_s: float = 5.0, what: str = ""
-) -> T:
-    """Polls condition (sync or async) until truthy; fails at the deadline."""
-    deadline = time.monotonic() + within_s
-    last: BaseException | None = None
-    while True:
-        try:
-            value = condition()
-            if asyncio.iscoroutine(value):
-                value = await value
-            if value:
-                return value  # type: ignore[return-value]
-        except Exception as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within_s}s waiting for {what}; last: {last!r}")
-        await asyncio.sleep(0.01)
 
 
 def make_settings(

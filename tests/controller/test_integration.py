@@ -25,8 +25,9 @@ from llmpool.v1 import (
     gateway_pb2_grpc,
     types_pb2,
 )
+from tests.support import eventually
 
-from .conftest import eventually, make_settings
+from .conftest import make_settings
 from .fake_agent import FakeAgent
 
 TEMPLATE = types_pb2.ReplicaTemplate(engine="sim", command=["sim"], cpu_slots=1, served_model="m")
@@ -248,7 +249,7 @@ async def test_restart_keeps_state_and_waits_for_agents(tmp_path: Path) -> None:
         await eventually(lambda: again.registry.get("agent-1"))
         # Past the restart grace (lease 0.5 s), the re-announced replica is kept:
         # nothing new started or stopped.
-        await eventually(lambda: again.reconciler.world().since_start_s > 0.6, within_s=3)
+        await eventually(lambda: again.reconciler.world().since_start_s > 0.6, within=3)
         back.report([ready(rid)])
         await eventually(lambda: again.registry.lease_valid("agent-1"))
         await again.reconciler.run_once()

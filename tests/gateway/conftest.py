@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -24,33 +23,9 @@ from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from llmpool.backoff import Backoff
 from llmpool.v1 import gateway_pb2, gateway_pb2_grpc
+from tests.support import eventually, free_port
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def wait_until(cond: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:  # noqa: ASYNC109
-    """Polls cond (sync or async) until truthy; exceptions count as 'not yet'. Fails at the
-    deadline with the last exception."""
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while True:
-        try:
-            value = cond()
-            if asyncio.iscoroutine(value):
-                value = await value
-            if value:
-                return value
-        except Exception as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out after {timeout}s waiting for {what or cond!r}; last error: {last!r}"
-            )
-        await asyncio.sleep(0.01)
+wait_until = eventually
 
 
 class InProcessServer:
