@@ -1,4 +1,4 @@
-"""The gateway's ASGI app: create_app builds every object once and wires routes to them."""
+"""The gateway's app: create_app builds every object once and wires routes to them."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.asgi import GatewayASGI
 from gateway.controller_link import ControllerLink
 from gateway.errors import GatewayError, NotReadyError, error_response, handle_exception
 from gateway.metrics import GatewayMetrics
@@ -22,7 +23,7 @@ from gateway.parsing import Endpoint, check_headers, parse_request, read_body
 from gateway.relay import Relay
 from gateway.routing import RoutingTable
 from gateway.settings import GatewaySettings
-from gateway.upstream import HttpxUpstream, UpstreamClient
+from gateway.upstream import UpstreamClient, build_upstream
 from gateway.usage import UsageTracker
 from llmpool.backoff import Backoff
 from llmpool.clock import Clock, SystemClock
@@ -51,13 +52,17 @@ def create_app(
     metrics: GatewayMetrics | None = None,
     connect_controller: bool = True,
     backoff_factory: Callable[[], Backoff] = Backoff,
-) -> FastAPI:
-    """Builds the gateway. connect_controller=False leaves the table to the caller (tests)."""
+) -> GatewayASGI:
+    """Builds the gateway. connect_controller=False leaves the table to the caller (tests).
+
+    The result is an ASGI app that serves the /v1 POST routes itself and hands the rest to a
+    FastAPI app (its .app), which owns the lifespan and the OpenAPI docs."""
     clock = clock or SystemClock()
     metrics = metrics or GatewayMetrics()
     table = RoutingTable()
     usage = UsageTracker()
-    upstream = upstream or HttpxUpstream(
+    upstream = upstream or build_upstream(
+        settings.upstream_client,
         connect_timeout_s=settings.upstream_connect_timeout_s,
         timeout_s=settings.upstream_timeout_s,
         max_connections=settings.upstream_max_connections,
@@ -102,7 +107,8 @@ def create_app(
     app.add_exception_handler(Exception, handle_exception)
 
     for endpoint in Endpoint:
-        # Raw Starlette routes: no FastAPI body validation on the hot path.
+        # GatewayASGI serves POSTs to these paths before FastAPI sees them; the routes stay so
+        # that other methods get FastAPI's 405 and the app works on its own too.
         app.add_route(
             endpoint.value,
             _relay_endpoint(endpoint, relay, settings.max_body_bytes, clock),
@@ -142,7 +148,7 @@ def create_app(
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return app
+    return GatewayASGI(app, relay, settings.max_body_bytes, clock)
 
 
 def _relay_endpoint(

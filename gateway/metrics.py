@@ -66,3 +66,50 @@ class GatewayMetrics:
             "1 while the routing stream from the controller is up.",
             registry=r,
         )
+        # Label children per model, so the hot path does no .labels() lookup per request.
+        # Bounded like the children themselves: by the models the routing table has held.
+        self._models: dict[str, ModelMetrics] = {}
+
+    def model(self, model: str) -> ModelMetrics:
+        """The label children of one model (made on first use, then reused)."""
+        found = self._models.get(model)
+        if found is None:
+            found = self._models[model] = ModelMetrics(self, model)
+        return found
+
+
+class ModelMetrics:
+    """The children of GatewayMetrics for one model label value, looked up once."""
+
+    __slots__ = (
+        "_model",
+        "_parent",
+        "_requests",
+        "completion_tokens",
+        "duration",
+        "in_flight",
+        "prompt_tokens",
+        "retries",
+        "ttft",
+    )
+
+    def __init__(self, parent: GatewayMetrics, model: str) -> None:
+        self._parent = parent
+        self._model = model
+        self.duration = parent.duration.labels(model)
+        self.ttft = parent.ttft.labels(model)
+        self.in_flight = parent.in_flight.labels(model)
+        self.retries = parent.retries.labels(model)
+        self.prompt_tokens = parent.tokens.labels(model, "prompt")
+        self.completion_tokens = parent.tokens.labels(model, "completion")
+        self._requests: dict[tuple[str, int], Counter] = {}
+
+    def requests(self, backend: str, status: int) -> Counter:
+        """The requests counter child for (backend, status)."""
+        key = (backend, status)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._requests[key] = self._parent.requests.labels(
+                self._model, backend, str(status)
+            )
+        return child

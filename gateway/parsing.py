@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from starlette.types import Receive
 
 from gateway.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 
@@ -52,6 +53,21 @@ class ParsedRequest:
         return orjson.dumps({**self.payload, "model": upstream_model})
 
 
+class ClientDisconnected(Exception):
+    """The client went away before its request body had arrived."""
+
+
+def header_map(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """ASGI header pairs (names already lower case) as a dict; the first of repeated names wins,
+    as with Starlette's Headers.get."""
+    headers: dict[str, str] = {}
+    for name, value in raw:
+        key = name.decode("latin-1")
+        if key not in headers:
+            headers[key] = value.decode("latin-1")
+    return headers
+
+
 def check_headers(headers: Mapping[str, str], max_body_bytes: int) -> None:
     """Rejects a wrong Content-Type (415) or a declared length over the limit (413), unread."""
     ctype = headers.get("content-type", "")
@@ -79,6 +95,31 @@ async def read_body(chunks: AsyncIterator[bytes], max_body_bytes: int) -> bytes:
             raise _too_large(max_body_bytes)
         parts.append(chunk)
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def receive_body(receive: Receive, max_body_bytes: int) -> bytes:
+    """Reads the body from ASGI `receive`, counting against the limit as it arrives."""
+    message = await receive()
+    if message["type"] != "http.request":
+        raise ClientDisconnected
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        if len(body) > max_body_bytes:
+            raise _too_large(max_body_bytes)
+        return body
+    parts = [body]
+    size = len(body)
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnected
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > max_body_bytes:
+            raise _too_large(max_body_bytes)
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
 
 
 def _too_large(limit: int) -> PayloadTooLargeError:

@@ -9,9 +9,10 @@ from starlette.responses import Response
 
 from gateway.errors import ModelNotFoundError, NoHealthyMemberError, UpstreamError
 from gateway.members import Member
-from gateway.metrics import NO_BACKEND, UNKNOWN_MODEL, GatewayMetrics
+from gateway.metrics import NO_BACKEND, UNKNOWN_MODEL, GatewayMetrics, ModelMetrics
 from gateway.parsing import ParsedRequest
 from gateway.policies import PickContext
+from gateway.responses import RawResponse
 from gateway.routing import Route, RoutingTable
 from gateway.streaming import StreamOutcome, StreamRelay
 from gateway.tokens import NO_USAGE, TokenUsage, usage_from_json
@@ -22,6 +23,7 @@ from llmpool.clock import Clock
 log = logging.getLogger(__name__)
 
 MEMBER_HEADER = "x-llmpool-member"
+_MEMBER_HEADER_RAW = MEMBER_HEADER.encode()
 _JSON_HEADERS = {
     "content-type": "application/json",
     "accept": "application/json",
@@ -61,7 +63,7 @@ class Relay:
     def count_rejected(self, status: int, model: str | None = None) -> None:
         """Counts a request answered with an error before any member was chosen."""
         label = model if model is not None and model in self._table else UNKNOWN_MODEL
-        self._metrics.requests.labels(label, NO_BACKEND, str(status)).inc()
+        self._metrics.model(label).requests(NO_BACKEND, status).inc()
 
     async def handle(
         self, req: ParsedRequest, headers: Mapping[str, str], started_at: float
@@ -79,22 +81,25 @@ class Relay:
                 f"No healthy backend for model {req.model!r} right now; retry shortly.",
                 headers={"Retry-After": self._retry_after},
             )
-        gauge = self._metrics.in_flight.labels(req.model)
-        gauge.inc()
+        mm = self._metrics.model(req.model)
+        mm.in_flight.inc()
         handed_off = False
         try:
-            response = await self._try_members(route, req, headers, started_at)
+            response = await self._try_members(route, req, mm, headers, started_at)
             handed_off = isinstance(response, StreamRelay)
             return response
         finally:
             if not handed_off:
-                gauge.dec()
-                self._metrics.duration.labels(req.model).observe(
-                    self._clock.monotonic() - started_at
-                )
+                mm.in_flight.dec()
+                mm.duration.observe(self._clock.monotonic() - started_at)
 
     async def _try_members(
-        self, route: Route, req: ParsedRequest, headers: Mapping[str, str], started_at: float
+        self,
+        route: Route,
+        req: ParsedRequest,
+        mm: ModelMetrics,
+        headers: Mapping[str, str],
+        started_at: float,
     ) -> Response:
         ctx = PickContext(
             model=req.model,
@@ -104,7 +109,7 @@ class Relay:
             in_flight=self._usage.in_flight,
         )
         up_headers = _STREAM_HEADERS if req.stream else _JSON_HEADERS
-        extra = {h: headers[h] for h in _FORWARDED if h in headers}
+        extra = {name: headers[name] for name in _FORWARDED if name in headers}
         if extra:
             up_headers = {**up_headers, **extra}
         path = req.endpoint.value
@@ -117,7 +122,7 @@ class Relay:
                 pool = tuple(m for m in route.candidates if m.id not in tried)
                 if not pool:
                     break
-                self._metrics.retries.labels(req.model).inc()
+                mm.retries.inc()
             member = route.policy.pick(pool, ctx)
             tried.append(member.id)
             last_member = member.id
@@ -141,7 +146,7 @@ class Relay:
                 )
                 continue
             if req.stream and status == 200:
-                return self._stream(member, req, upstream, started_at, sent_at)
+                return self._stream(member, req, mm, upstream, started_at, sent_at)
             try:
                 body = await upstream.read()
             except UpstreamTransportError as exc:
@@ -151,13 +156,14 @@ class Relay:
                 self._failed(member, req, sent_at, "cancelled", log_it=False)
                 raise
             tokens = usage_from_json(body) if status == 200 else NO_USAGE
-            self._done(member, req, status, sent_at, tokens, ok=status < 400)
-            return Response(
+            self._done(member, req, mm, status, sent_at, tokens, ok=status < 400)
+            return RawResponse(
                 body,
-                status_code=status,
-                headers={"content-type": upstream.content_type, MEMBER_HEADER: member.id},
+                status,
+                upstream.content_type.encode("latin-1"),
+                [(_MEMBER_HEADER_RAW, member.id.encode())],
             )
-        self._metrics.requests.labels(req.model, last_member, "502").inc()
+        mm.requests(last_member, 502).inc()
         raise UpstreamError(
             f"Model {req.model!r}: {len(tried)} backend(s) failed; last error: {last_error}"
         )
@@ -166,20 +172,21 @@ class Relay:
         self,
         member: Member,
         req: ParsedRequest,
+        mm: ModelMetrics,
         upstream: UpstreamResponse,
         started_at: float,
         sent_at: float,
     ) -> StreamRelay:
         def on_done(outcome: StreamOutcome) -> None:
             now = self._clock.monotonic()
-            self._metrics.in_flight.labels(req.model).dec()
-            self._metrics.duration.labels(req.model).observe(now - started_at)
+            mm.in_flight.dec()
+            mm.duration.observe(now - started_at)
             if outcome.ttft_s is not None:
-                self._metrics.ttft.labels(req.model).observe(outcome.ttft_s)
+                mm.ttft.observe(outcome.ttft_s)
             # A client that went away is not the member's fault.
             ok = outcome.error is None
             self._done(
-                member, req, 200, sent_at, outcome.usage, ok=ok, ttft_s=outcome.ttft_s, now=now
+                member, req, mm, 200, sent_at, outcome.usage, ok=ok, ttft_s=outcome.ttft_s, now=now
             )
 
         return StreamRelay(
@@ -199,6 +206,7 @@ class Relay:
         self,
         member: Member,
         req: ParsedRequest,
+        mm: ModelMetrics,
         status: int,
         sent_at: float,
         tokens: TokenUsage,
@@ -217,11 +225,11 @@ class Relay:
             prompt_tokens=tokens.prompt,
             completion_tokens=tokens.completion,
         )
-        self._metrics.requests.labels(req.model, member.id, str(status)).inc()
+        mm.requests(member.id, status).inc()
         if tokens.prompt:
-            self._metrics.tokens.labels(req.model, "prompt").inc(tokens.prompt)
+            mm.prompt_tokens.inc(tokens.prompt)
         if tokens.completion:
-            self._metrics.tokens.labels(req.model, "completion").inc(tokens.completion)
+            mm.completion_tokens.inc(tokens.completion)
 
     def _failed(
         self, member: Member, req: ParsedRequest, sent_at: float, error: str, log_it: bool = True

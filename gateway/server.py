@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import socket
 from collections.abc import Generator
 
 import uvicorn
-from fastapi import FastAPI
 
 from gateway.app import create_app
+from gateway.asgi import GatewayASGI
+from gateway.listen import LISTEN_BACKLOG, announce, bind_socket
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
+
+# Idle client connections stay open this long: longer than the usual load balancer idle
+# timeout (60 s), so the balancer closes first and never sends on a connection we just closed.
+KEEP_ALIVE_S = 65
 
 
 class _Server(uvicorn.Server):
@@ -26,50 +32,57 @@ class _Server(uvicorn.Server):
             self._captured_signals.clear()
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
-
-
-async def serve(settings: GatewaySettings, app: FastAPI | None = None) -> None:
-    """Serves until SIGTERM/SIGINT, then lets in-flight requests finish (bounded)."""
-    sock = bind_socket(settings.listen_host, settings.listen_port)
-    config = uvicorn.Config(
-        app or create_app(settings),
+def uvicorn_config(settings: GatewaySettings, app: GatewayASGI) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
         loop="none",
         http="httptools",
+        ws="none",
         lifespan="on",
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=max(1, int(settings.graceful_timeout_s)),
+        # Nothing in front of us sets X-Forwarded-*; skip uvicorn's per-request middleware.
+        proxy_headers=False,
         server_header=False,
+        timeout_keep_alive=KEEP_ALIVE_S,
+        backlog=LISTEN_BACKLOG,
+        timeout_graceful_shutdown=max(1, int(settings.graceful_timeout_s)),
     )
-    server = _Server(config)
-    host, port = sock.getsockname()[:2]
-    log.info(
-        "gateway listening",
-        extra={
-            "address": f"{host}:{port}",
-            "controller": settings.controller,
-            "gateway_id": settings.gateway_id,
-        },
-    )
+
+
+async def serve(
+    settings: GatewaySettings,
+    app: GatewayASGI | None = None,
+    *,
+    sock: socket.socket | None = None,
+) -> None:
+    """Serves until SIGTERM/SIGINT, then lets in-flight requests finish (bounded).
+
+    With `sock` (a worker of several) the socket is the parent's, which also announced it."""
+    own = sock is None
+    if sock is None:
+        sock = bind_socket(settings.listen_host, settings.listen_port)
+        announce(settings, sock)
+    server = _Server(uvicorn_config(settings, app or create_app(settings)))
+    # Everything built so far lives as long as the process: keep it out of every GC pass.
+    gc.freeze()
     try:
         await server.serve(sockets=[sock])
     finally:
-        sock.close()
+        if own:
+            sock.close()
 
 
-def run(settings: GatewaySettings) -> int:
+def run_loop(settings: GatewaySettings, sock: socket.socket | None = None) -> None:
     try:
         import uvloop
     except ImportError:  # Windows: uvloop does not exist there
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, sock=sock))
     else:
-        uvloop.run(serve(settings))
+        uvloop.run(serve(settings, sock=sock))
+
+
+def run(settings: GatewaySettings) -> int:
+    """Serves in this process; `--workers N` > 1 goes through gateway.workers instead."""
+    run_loop(settings)
     return 0

@@ -8,6 +8,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from gateway.upstream import DEFAULT_UPSTREAM_CLIENT, UPSTREAM_CLIENTS
 from llmpool.addr import split_host_port
 from llmpool.cliargs import add_logging_options, env_option
 
@@ -24,6 +25,8 @@ class GatewaySettings:
     upstream_connect_timeout_s: float = 5.0
     upstream_timeout_s: float = 600.0
     upstream_max_connections: int = 1024
+    upstream_client: str = DEFAULT_UPSTREAM_CLIENT
+    workers: int = 1
     usage_interval_s: float = 1.0
     graceful_timeout_s: float = 30.0
     log_level: str = "info"
@@ -100,6 +103,24 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     env_option(
         p,
+        "--upstream-client",
+        env,
+        "LLMPOOL_GATEWAY_UPSTREAM_CLIENT",
+        DEFAULT_UPSTREAM_CLIENT,
+        "HTTP client library for upstream requests (aiohttp is faster; httpx for comparison)",
+        choices=UPSTREAM_CLIENTS,
+    )
+    env_option(
+        p,
+        "--workers",
+        env,
+        "LLMPOOL_GATEWAY_WORKERS",
+        1,
+        "worker processes serving the same listen socket",
+        type=int,
+    )
+    env_option(
+        p,
         "--usage-interval-s",
         env,
         "LLMPOOL_GATEWAY_USAGE_INTERVAL_S",
@@ -133,6 +154,8 @@ def parse_settings(argv: list[str], env: Mapping[str, str] | None = None) -> Gat
         parser.error(str(exc))
     if args.max_body_bytes <= 0:
         parser.error("--max-body-bytes must be positive")
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
     if args.usage_interval_s <= 0:
         parser.error("--usage-interval-s must be positive")
     return GatewaySettings(
@@ -144,6 +167,8 @@ def parse_settings(argv: list[str], env: Mapping[str, str] | None = None) -> Gat
         upstream_connect_timeout_s=args.upstream_connect_timeout_s,
         upstream_timeout_s=args.upstream_timeout_s,
         upstream_max_connections=args.upstream_max_connections,
+        upstream_client=args.upstream_client,
+        workers=args.workers,
         usage_interval_s=args.usage_interval_s,
         graceful_timeout_s=args.graceful_timeout_s,
         log_level=args.log_level,

@@ -1,11 +1,9 @@
-"""The upstream HTTP client behind a small interface (httpx today; other transports can plug in)."""
+"""The upstream HTTP client interface, its errors, and the factory that picks an implementation."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from typing import Protocol
-
-import httpx
 
 
 class UpstreamTransportError(Exception):
@@ -40,77 +38,32 @@ class UpstreamClient(Protocol):
     async def aclose(self) -> None: ...
 
 
-def _wrap(exc: httpx.HTTPError) -> UpstreamTransportError:
-    if isinstance(exc, httpx.TimeoutException):
-        return UpstreamTimeoutError(f"upstream timed out ({type(exc).__name__})")
-    return UpstreamTransportError(f"upstream unreachable ({type(exc).__name__}: {exc})")
+UPSTREAM_CLIENTS = ("aiohttp", "httpx")
+DEFAULT_UPSTREAM_CLIENT = "aiohttp"
 
 
-class _HttpxResponse:
-    def __init__(self, response: httpx.Response) -> None:
-        self._response = response
+def build_upstream(
+    kind: str,
+    *,
+    connect_timeout_s: float,
+    timeout_s: float,
+    max_connections: int = 1024,
+) -> UpstreamClient:
+    """The one factory: "aiohttp" (the default, faster under concurrency) or "httpx"."""
+    if kind == "aiohttp":
+        from gateway.upstream_aiohttp import AiohttpUpstream
 
-    @property
-    def status_code(self) -> int:
-        return self._response.status_code
-
-    @property
-    def content_type(self) -> str:
-        ctype: str = self._response.headers.get("content-type", "application/json")
-        return ctype
-
-    async def read(self) -> bytes:
-        try:
-            return await self._response.aread()
-        except httpx.HTTPError as exc:
-            raise _wrap(exc) from exc
-        finally:
-            await self._response.aclose()
-
-    async def iter_bytes(self) -> AsyncIterator[bytes]:
-        try:
-            # Raw bytes: we ask for identity encoding, so there is nothing to decode.
-            async for chunk in self._response.aiter_raw():
-                yield chunk
-        except httpx.HTTPError as exc:
-            raise _wrap(exc) from exc
-
-    async def aclose(self) -> None:
-        # Closing before the body is read drops the connection: the engine sees the cancel.
-        await self._response.aclose()
-
-
-class HttpxUpstream:
-    """One shared AsyncClient: a connection pool per backend, sized for the concurrency."""
-
-    def __init__(
-        self,
-        *,
-        connect_timeout_s: float,
-        timeout_s: float,
-        max_connections: int = 1024,
-    ) -> None:
-        self._client = httpx.AsyncClient(
-            limits=httpx.Limits(
-                max_connections=max_connections,
-                max_keepalive_connections=max_connections,
-                keepalive_expiry=30.0,
-            ),
-            timeout=httpx.Timeout(
-                connect=connect_timeout_s, read=timeout_s, write=timeout_s, pool=connect_timeout_s
-            ),
-            # Proxy variables meant for people's shells must not reroute backend traffic.
-            trust_env=False,
-            follow_redirects=False,
+        return AiohttpUpstream(
+            connect_timeout_s=connect_timeout_s,
+            timeout_s=timeout_s,
+            max_connections=max_connections,
         )
+    if kind == "httpx":
+        from gateway.upstream_httpx import HttpxUpstream
 
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> UpstreamResponse:
-        request = self._client.build_request("POST", url, content=body, headers=headers)
-        try:
-            response = await self._client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise _wrap(exc) from exc
-        return _HttpxResponse(response)
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
+        return HttpxUpstream(
+            connect_timeout_s=connect_timeout_s,
+            timeout_s=timeout_s,
+            max_connections=max_connections,
+        )
+    raise ValueError(f"unknown upstream client {kind!r}; known: {', '.join(UPSTREAM_CLIENTS)}")
