@@ -6,7 +6,7 @@ PY := $(BIN)/python
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/llmpool/v1/*.proto)
 
-.PHONY: run test install protos lint typecheck unit e2e clean
+.PHONY: run test install protos lint typecheck unit e2e clean bench-gateway
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,15 @@ typecheck: install
 
 test: install lint typecheck
 	$(BIN)/pytest -q
+
+# Side-by-side gateway benchmark (bench/): writes docs/benchmarks.md. About 10-15 minutes;
+# `make bench-gateway BENCH_ARGS=--quick` is a 2-3 minute smoke run. Installs wrk (apt) if
+# missing; LiteLLM and vllm-router go into their own cached venvs under bench/.venvs.
+bench-gateway: install
+	@command -v wrk >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wrk; }
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
