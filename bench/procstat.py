@@ -89,3 +89,39 @@ def sample(roots: list[int]) -> Sample:
     """CPU seconds (user + system) and summed RSS of the trees under roots, now."""
     procs = tree(roots, read_all())
     return Sample(cpu_seconds(procs), rss_bytes(procs), len(procs))
+
+
+@dataclass(frozen=True)
+class MachineCpu:
+    """All cores' time from the "cpu" line of /proc/stat, in clock ticks: busy and total."""
+
+    busy: int
+    total: int
+
+
+def parse_machine_cpu(text: str) -> MachineCpu:
+    """Parses /proc/stat's aggregate "cpu" line: user nice system idle iowait irq softirq
+    steal guest guest_nice. Idle is idle + iowait; guest time is already inside user and
+    nice, so it is not counted twice."""
+    for line in text.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "cpu":
+            values = [int(v) for v in fields[1:]]
+            values += [0] * (10 - len(values))
+            user, nice, system, idle, iowait, irq, softirq, steal = values[:8]
+            idle_all = idle + iowait
+            busy = user + nice + system + irq + softirq + steal
+            return MachineCpu(busy=busy, total=busy + idle_all)
+    raise ValueError("no aggregate cpu line in /proc/stat")
+
+
+def busy_fraction(before: MachineCpu, after: MachineCpu) -> float:
+    """Share of all cores' time spent busy between two readings (nan if no time passed)."""
+    total = after.total - before.total
+    if total <= 0:
+        return float("nan")
+    return (after.busy - before.busy) / total
+
+
+def machine_cpu(path: Path = Path("/proc/stat")) -> MachineCpu:
+    return parse_machine_cpu(path.read_text())

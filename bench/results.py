@@ -40,6 +40,7 @@ class SystemResult:
     note: str = ""
     concurrent: WrkResult | None = None
     cpu_per_request_s: float = math.nan
+    machine_busy: float = math.nan  # all cores' busy share over the 64-concurrent run
     single: WrkResult | None = None
     sse: SseRow | None = None
     open_loop: list[OpenLoopRow] = field(default_factory=list)
@@ -66,6 +67,7 @@ def concurrent_table(results: list[SystemResult], connections: int) -> str:
         "p99 ms",
         "CPU s / 1k req",
         "CPU us / req",
+        "machine busy %",
     ]
     rows = []
     for r in results:
@@ -82,6 +84,7 @@ def concurrent_table(results: list[SystemResult], connections: int) -> str:
                 report.ms(c.p99_s),
                 report.num(r.cpu_per_request_s * 1000, 3),
                 report.us(r.cpu_per_request_s),
+                report.num(r.machine_busy * 100),
             ]
         )
     return report.table(headers, rows)

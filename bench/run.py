@@ -84,17 +84,21 @@ async def measure(
     with sampler:
         await wrk.run(url, CHAT_BODY, workdir, profile.connections, profile.warmup_s)
         before = procstat.sample(pids)
+        box_before = procstat.machine_cpu()
         res.concurrent = await wrk.run(
             url, CHAT_BODY, workdir, profile.connections, profile.duration_s
         )
+        box_after = procstat.machine_cpu()
         after = procstat.sample(pids)
+        res.machine_busy = procstat.busy_fraction(box_before, box_after)
         if res.concurrent.requests:
             res.cpu_per_request_s = (after.cpu_s - before.cpu_s) / res.concurrent.requests
         c = res.concurrent
         print(
             f"  {profile.connections} concurrent: {c.rps:,.0f} req/s, {c.errors} errors, "
             f"p50 {c.p50_s * 1e3:.2f} ms, p99 {c.p99_s * 1e3:.2f} ms, "
-            f"CPU {res.cpu_per_request_s * 1e6:.0f} us/req",
+            f"CPU {res.cpu_per_request_s * 1e6:.0f} us/req, "
+            f"machine {res.machine_busy * 100:.0f}% busy",
             flush=True,
         )
 
@@ -303,7 +307,10 @@ def render(rows: list[SystemResult], profile: Profile, command: str, elapsed_s: 
         f"wrk, 1 thread, {profile.connections} keep-alive connections, {profile.duration_s:g} s "
         f"after {profile.warmup_s:g} s of warm-up. Errors: connect, read, write, timeout and "
         "non-2xx. CPU: user + system time of the system's processes over the run "
-        "(/proc/PID/stat), divided by requests served.",
+        "(/proc/PID/stat), divided by requests served. Machine busy: all cores' busy time over "
+        "the run (/proc/stat, everything on the box: wrk, the mock and the system), as a share "
+        "of all cores' time; near 100% the box itself is the limit, so more workers cannot "
+        "add throughput.",
         "",
         results.concurrent_table(rows, profile.connections),
         "",

@@ -56,18 +56,24 @@ class StreamRelay(Response):
         self._completed = False
         self._disconnected = False
         self._error: str | None = None
+        self._done = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        pump = asyncio.ensure_future(self._pump(send))
-        watch = asyncio.ensure_future(self._watch(receive))
+        # The copy runs in the server's own task; one watch task per stream waits for the
+        # client's disconnect and cancels this task (no second task, no asyncio.wait).
+        task = asyncio.current_task()
+        assert task is not None
+        watch = asyncio.get_running_loop().create_task(self._watch(receive, task))
         try:
-            await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)
+            await self._pump(send)
+        except asyncio.CancelledError:
+            # Ours (the client left) is absorbed; anyone else's cancel goes on up.
+            if not self._disconnected or task.uncancel() > 0:
+                raise
+        except Exception as exc:
+            log.error("stream relay failed", exc_info=exc)
         finally:
-            pump.cancel()
             watch.cancel()
-            results = await asyncio.gather(pump, watch, return_exceptions=True)
-            if isinstance(results[0], Exception):
-                log.error("stream relay failed", exc_info=results[0])
             with contextlib.suppress(Exception):
                 await self._upstream.aclose()
             self._finish()
@@ -89,10 +95,11 @@ class StreamRelay(Response):
     async def _pump(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         try:
+            add = self._tail.add
             async for chunk in self._upstream.iter_bytes():
                 if self._ttft is None:
                     self._ttft = self._clock.monotonic() - self._started_at
-                self._tail.add(chunk)
+                add(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamTransportError as exc:
             # Too late to retry or change the status: tell the client in-band, as OpenAI does.
@@ -114,11 +121,16 @@ class StreamRelay(Response):
             )
         else:
             self._completed = True
+        self._done = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _watch(self, receive: Receive) -> None:
+    async def _watch(self, receive: Receive, relay_task: asyncio.Task[object]) -> None:
         while True:
             message: Message = await receive()
             if message["type"] == "http.disconnect":
-                self._disconnected = True
+                # uvicorn also answers http.disconnect once the response is complete; only a
+                # disconnect before that stops the copy.
+                if not self._done:
+                    self._disconnected = True
+                    relay_task.cancel()
                 return

@@ -1,6 +1,9 @@
 """Parsing /proc/PID/stat and summing process trees."""
 
+import math
 import os
+
+import pytest
 
 from bench import procstat
 from bench.procstat import ProcStat, parse_stat, tree
@@ -45,3 +48,37 @@ def test_sample_of_this_process() -> None:
     assert s.processes >= 1
     assert s.rss > 1 << 20
     assert s.cpu_s > 0
+
+
+PROC_STAT = (
+    "cpu  1000 50 300 8000 100 10 20 5 40 0\n"
+    "cpu0 500 25 150 4000 50 5 10 3 20 0\n"
+    "cpu1 500 25 150 4000 50 5 10 2 20 0\n"
+    "intr 12345 0 0\n"
+    "ctxt 999\n"
+)
+
+
+def test_parse_machine_cpu_takes_the_aggregate_line() -> None:
+    cpu = procstat.parse_machine_cpu(PROC_STAT)
+    # busy: user nice system irq softirq steal; idle: idle iowait; guest is inside user.
+    assert cpu.busy == 1000 + 50 + 300 + 10 + 20 + 5
+    assert cpu.total == cpu.busy + 8000 + 100
+
+
+def test_parse_machine_cpu_short_line_and_missing_line() -> None:
+    assert procstat.parse_machine_cpu("cpu 10 0 5 85\n") == procstat.MachineCpu(15, 100)
+    with pytest.raises(ValueError):
+        procstat.parse_machine_cpu("intr 1\n")
+
+
+def test_busy_fraction() -> None:
+    before = procstat.MachineCpu(busy=100, total=1000)
+    after = procstat.MachineCpu(busy=250, total=1200)
+    assert procstat.busy_fraction(before, after) == 0.75
+    assert math.isnan(procstat.busy_fraction(after, after))
+
+
+def test_machine_cpu_reads_this_box() -> None:
+    cpu = procstat.machine_cpu()
+    assert 0 <= cpu.busy <= cpu.total
