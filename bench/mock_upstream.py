@@ -138,13 +138,24 @@ NOT_FOUND = response("404 Not Found", b'{"error":{"message":"not found","type":"
 POST_PATHS = (b"/v1/chat/completions", b"/v1/completions", b"/chat/completions")
 
 
-class MockProtocol(asyncio.Protocol):
-    """One connection. Requests are answered in order; a streaming answer holds the ones
-    pipelined behind it until it ends."""
+class MockConfig:
+    """Settings shared by every connection; the benchmark changes the SSE pacing between phases
+    with POST /mock/sse-interval-ms (a number), sent to the mock directly, not through a proxy."""
 
     def __init__(self, chunks: int, interval_s: float) -> None:
         self.chunks = chunks
         self.interval_s = interval_s
+
+
+CONTROL_PATH = "/mock/sse-interval-ms"
+
+
+class MockProtocol(asyncio.Protocol):
+    """One connection. Requests are answered in order; a streaming answer holds the ones
+    pipelined behind it until it ends."""
+
+    def __init__(self, config: MockConfig) -> None:
+        self.config = config
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
         self.streaming: asyncio.Task[None] | None = None
@@ -207,6 +218,13 @@ class MockProtocol(asyncio.Protocol):
 
     def _answer(self, method: bytes, path: bytes, body: bytes) -> None:
         assert self.transport is not None
+        if method == b"POST" and path == CONTROL_PATH.encode():
+            try:
+                self.config.interval_s = max(0.0, float(body) / 1000.0)
+                self.transport.write(response("200 OK", b"{}"))
+            except ValueError:
+                self.transport.write(response("400 Bad Request", b'{"error": "not a number"}'))
+            return
         if method == b"POST" and path in POST_PATHS:
             if _STREAM_RE.search(body):
                 usage = b"include_usage" in body
@@ -219,12 +237,13 @@ class MockProtocol(asyncio.Protocol):
     async def _stream(self, usage: bool) -> None:
         transport = self.transport
         assert transport is not None
-        events = sse_events(self.chunks, usage)
+        events = sse_events(self.config.chunks, usage)
+        interval_s = self.config.interval_s
         transport.write(SSE_HEADERS + events[0])
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         for event in events[1:]:
-            next_at += self.interval_s
+            next_at += interval_s
             await asyncio.sleep(max(0.0, next_at - loop.time()))
             if self.transport is None:
                 return
@@ -260,8 +279,9 @@ def _dechunk(buf: bytearray, start: int) -> tuple[bytes, int] | None:
 
 async def serve(host: str, port: int, chunks: int, interval_s: float) -> None:
     loop = asyncio.get_running_loop()
+    config = MockConfig(chunks, interval_s)
     server = await loop.create_server(
-        lambda: MockProtocol(chunks, interval_s), host, port, backlog=4096, reuse_address=True
+        lambda: MockProtocol(config), host, port, backlog=4096, reuse_address=True
     )
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -43,6 +43,7 @@ class SystemResult:
     machine_busy: float = math.nan  # all cores' busy share over the 64-concurrent run
     single: WrkResult | None = None
     sse: SseRow | None = None
+    sse_burst: SseRow | None = None
     open_loop: list[OpenLoopRow] = field(default_factory=list)
     rss_idle: float = math.nan
     rss_peak: float = math.nan
@@ -115,8 +116,14 @@ def single_table(results: list[SystemResult]) -> str:
     return report.table(headers, rows)
 
 
-def sse_table(results: list[SystemResult]) -> str:
-    base = results[0].sse if results and results[0].sse is not None else None
+def sse_table(results: list[SystemResult], burst: bool = False) -> str:
+    """Paced streams, or with burst the same streams sent back to back (where chunks may
+    share a read, so the one-for-one verdict does not apply)."""
+
+    def of(r: SystemResult) -> SseRow | None:
+        return r.sse_burst if burst else r.sse
+
+    base = of(results[0]) if results else None
     headers = [
         "system",
         "streams",
@@ -131,12 +138,12 @@ def sse_table(results: list[SystemResult]) -> str:
     ]
     rows = []
     for r in results:
-        s = r.sse
+        s = of(r)
         if s is None:
             rows.append(_skip_row(r, len(headers)))
             continue
         added = s.ttft.p50 - base.ttft.p50 if base is not None else math.nan
-        one_for_one = "yes" if s.events_per_read <= 1.1 else "NO"
+        one_for_one = "n/a" if burst else ("yes" if s.events_per_read <= 1.1 else "NO")
         rows.append(
             [
                 r.label,

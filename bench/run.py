@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import aio, loadgen, machine, procstat, results, wrk
+from bench.mock_upstream import CONTROL_PATH
 from bench.results import OpenLoopRow, SseRow, SystemResult
 from bench.stats import summarize
 from bench.systems import CHAT_PATH, HOST, Proc, Running, StartError, all_systems, spawn
@@ -71,8 +72,48 @@ class PeakSampler:
             self._task.cancel()
 
 
+async def sse_phase(port: int, pids: list[int], profile: Profile, name: str) -> SseRow:
+    before = procstat.sample(pids)
+    sse = await loadgen.sse_streams(
+        HOST,
+        port,
+        CHAT_PATH,
+        STREAM_BODY.encode(),
+        profile.sse_streams,
+        profile.sse_concurrency,
+    )
+    after = procstat.sample(pids)
+    events = sum(st.events for st in sse.streams)
+    reads = sum(st.reads_with_events for st in sse.streams)
+    n = len(sse.streams)
+    row = SseRow(
+        streams=n,
+        errors=sse.errors,
+        ttft=summarize(st.ttft_s for st in sse.streams),
+        gap=summarize(g for st in sse.streams for g in st.gaps_s),
+        events_per_stream=events / n if n else math.nan,
+        events_per_read=events / reads if reads else math.nan,
+        max_events_per_read=max((st.max_events_per_read for st in sse.streams), default=0),
+        cpu_per_stream_s=(after.cpu_s - before.cpu_s) / n if n else math.nan,
+    )
+    print(
+        f"  {name}: {n} streams, {sse.errors} errors, TTFT p50 "
+        f"{row.ttft.p50 * 1e3:.2f} ms, gap p99 {row.gap.p99 * 1e3:.2f} ms, "
+        f"{row.events_per_read:.2f} events/read (max {row.max_events_per_read}), "
+        f"CPU {row.cpu_per_stream_s * 1e3:.2f} ms/stream",
+        flush=True,
+    )
+    return row
+
+
 async def measure(
-    label: str, port: int, pids: list[int], profile: Profile, workdir: Path, growth: bool
+    label: str,
+    port: int,
+    pids: list[int],
+    profile: Profile,
+    workdir: Path,
+    growth: bool,
+    mock_port: int,
 ) -> SystemResult:
     res = SystemResult(label)
     url = f"http://{HOST}:{port}{CHAT_PATH}"
@@ -110,36 +151,16 @@ async def measure(
             flush=True,
         )
 
-        before = procstat.sample(pids)
-        sse = await loadgen.sse_streams(
-            HOST,
-            port,
-            CHAT_PATH,
-            STREAM_BODY.encode(),
-            profile.sse_streams,
-            profile.sse_concurrency,
-        )
-        after = procstat.sample(pids)
-        events = sum(st.events for st in sse.streams)
-        reads = sum(st.reads_with_events for st in sse.streams)
-        n = len(sse.streams)
-        res.sse = SseRow(
-            streams=n,
-            errors=sse.errors,
-            ttft=summarize(st.ttft_s for st in sse.streams),
-            gap=summarize(g for st in sse.streams for g in st.gaps_s),
-            events_per_stream=events / n if n else math.nan,
-            events_per_read=events / reads if reads else math.nan,
-            max_events_per_read=max((st.max_events_per_read for st in sse.streams), default=0),
-            cpu_per_stream_s=(after.cpu_s - before.cpu_s) / n if n else math.nan,
-        )
-        print(
-            f"  SSE: {n} streams, {sse.errors} errors, TTFT p50 "
-            f"{res.sse.ttft.p50 * 1e3:.2f} ms, gap p99 {res.sse.gap.p99 * 1e3:.2f} ms, "
-            f"{res.sse.events_per_read:.2f} events/read (max {res.sse.max_events_per_read}), "
-            f"CPU {res.sse.cpu_per_stream_s * 1e3:.2f} ms/stream",
-            flush=True,
-        )
+        res.sse = await sse_phase(port, pids, profile, "SSE")
+        # The same streams with the chunks back to back: what a stream costs when the
+        # per-chunk wake-ups of a paced stream do not dominate (the reference figures).
+        await loadgen.post_ok(HOST, mock_port, CONTROL_PATH, b"0")
+        try:
+            res.sse_burst = await sse_phase(port, pids, profile, "SSE back to back")
+        finally:
+            await loadgen.post_ok(
+                HOST, mock_port, CONTROL_PATH, str(profile.sse_interval_ms).encode()
+            )
 
         for rate in profile.open_rates:
             ol = await loadgen.open_loop(
@@ -231,7 +252,7 @@ async def run_all(profile: Profile, only: list[str], out: Path, command: str) ->
                 print(f"== {spec.label}", flush=True)
                 if spec.start is None:
                     res = await measure(
-                        spec.label, mock_port, [mock.pid], profile, workdir, growth=False
+                        spec.label, mock_port, [mock.pid], profile, workdir, False, mock_port
                     )
                     res.note = "the mock's own process"
                     rows.append(res)
@@ -240,7 +261,7 @@ async def run_all(profile: Profile, only: list[str], out: Path, command: str) ->
                 try:
                     running = await spec.start(mock_port, workdir)
                     res = await measure(
-                        spec.label, running.port, running.pids, profile, workdir, growth=True
+                        spec.label, running.port, running.pids, profile, workdir, True, mock_port
                     )
                     res.note = running.version
                     rows.append(res)
@@ -332,6 +353,16 @@ def render(rows: list[SystemResult], profile: Profile, command: str, elapsed_s: 
         "stream: the system's CPU over the SSE phase / streams.",
         "",
         results.sse_table(rows),
+        "",
+        f"## Streaming (SSE), {profile.sse_chunks} chunks back to back",
+        "",
+        "The same streams with the mock sending every chunk as soon as the last was written "
+        "(its pacing set to 0 ms between phases through its control path, not through the "
+        "system under test). A paced stream costs a wake-up per chunk in every process on the "
+        "path; back to back, what remains is the per-stream work and the per-chunk copying. "
+        "Chunks may share a read here, so one for one is not judged.",
+        "",
+        results.sse_table(rows, burst=True),
         "",
         "## Open loop, constant rate",
         "",

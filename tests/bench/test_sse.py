@@ -1,5 +1,7 @@
 """SSE accounting: chunked decoding, event counting, gaps and one-for-one detection."""
 
+import asyncio
+
 import pytest
 
 from bench.mock_upstream import sse_events
@@ -73,10 +75,11 @@ async def test_mock_and_client_over_a_real_socket() -> None:
     import asyncio
 
     from bench import loadgen
-    from bench.mock_upstream import MockProtocol
+    from bench.mock_upstream import MockConfig, MockProtocol
 
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: MockProtocol(5, 0.005), "127.0.0.1", 0)
+    config = MockConfig(5, 0.005)
+    server = await loop.create_server(lambda: MockProtocol(config), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
         conn = await loadgen.Connection.open("127.0.0.1", port)
@@ -92,6 +95,25 @@ async def test_mock_and_client_over_a_real_socket() -> None:
         assert await conn.request(plain) == 200  # the connection is reusable after a stream
         assert await loadgen.get_ok("127.0.0.1", port, "/v1/models")
         conn.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_mock_pacing_changes_through_its_control_path() -> None:
+    from bench import loadgen
+    from bench.mock_upstream import CONTROL_PATH, MockConfig, MockProtocol
+
+    loop = asyncio.get_running_loop()
+    config = MockConfig(5, 0.5)
+    server = await loop.create_server(lambda: MockProtocol(config), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        assert await loadgen.post_ok("127.0.0.1", port, CONTROL_PATH, b"0")
+        assert config.interval_s == 0.0
+        assert not await loadgen.post_ok("127.0.0.1", port, CONTROL_PATH, b"soon")
+        assert await loadgen.post_ok("127.0.0.1", port, CONTROL_PATH, b"10")
+        assert config.interval_s == 0.01
     finally:
         server.close()
         await server.wait_closed()
