@@ -208,14 +208,18 @@ async def sse_streams(
     streams: int,
     concurrency: int,
     timeout_s: float = 30.0,
+    stagger_s: float = 0.0,
 ) -> SseResult:
     """Runs streams streaming requests, concurrency at a time, each worker on its own
-    keep-alive connection."""
+    keep-alive connection. Worker i starts i * stagger_s late: streams of equal length that
+    start together restart together, and a burst of simultaneous requests measures queueing
+    in the system, not its time to first chunk."""
     raw = request_bytes(host, port, path, body)
     result = SseResult()
     counter = iter(range(streams))
 
-    async def worker() -> None:
+    async def worker(index: int) -> None:
+        await asyncio.sleep(index * stagger_s)
         conn: Connection | None = None
         for _ in counter:
             try:
@@ -238,7 +242,7 @@ async def sse_streams(
             conn.close()
 
     start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
     result.elapsed_s = time.perf_counter() - start
     return result
 

@@ -72,7 +72,13 @@ class PeakSampler:
             self._task.cancel()
 
 
-async def sse_phase(port: int, pids: list[int], profile: Profile, name: str) -> SseRow:
+async def sse_phase(
+    port: int, pids: list[int], profile: Profile, name: str, paced: bool = True
+) -> SseRow:
+    # Paced streams all last chunks x interval: spread the workers' starts over one stream so
+    # that requests arrive one by one, as independent clients' do, not in bursts.
+    stream_s = profile.sse_chunks * profile.sse_interval_ms / 1000.0
+    stagger_s = stream_s / profile.sse_concurrency if paced else 0.0
     before = procstat.sample(pids)
     sse = await loadgen.sse_streams(
         HOST,
@@ -81,6 +87,7 @@ async def sse_phase(port: int, pids: list[int], profile: Profile, name: str) -> 
         STREAM_BODY.encode(),
         profile.sse_streams,
         profile.sse_concurrency,
+        stagger_s=stagger_s,
     )
     after = procstat.sample(pids)
     events = sum(st.events for st in sse.streams)
@@ -156,7 +163,7 @@ async def measure(
         # per-chunk wake-ups of a paced stream do not dominate (the issue's reference figures).
         await loadgen.post_ok(HOST, mock_port, CONTROL_PATH, b"0")
         try:
-            res.sse_burst = await sse_phase(port, pids, profile, "SSE back to back")
+            res.sse_burst = await sse_phase(port, pids, profile, "SSE back to back", paced=False)
         finally:
             await loadgen.post_ok(
                 HOST, mock_port, CONTROL_PATH, str(profile.sse_interval_ms).encode()
@@ -344,7 +351,9 @@ def render(rows: list[SystemResult], profile: Profile, command: str, elapsed_s: 
         "",
         f"## Streaming (SSE), {profile.sse_chunks} chunks {profile.sse_interval_ms:g} ms apart",
         "",
-        f"{profile.sse_streams} streams, {profile.sse_concurrency} at a time, read by a Python "
+        f"{profile.sse_streams} streams, {profile.sse_concurrency} at a time (the clients' starts "
+        "spread over one stream's length, so requests arrive one by one rather than in bursts "
+        "that would measure queueing), read by a Python "
         "client on raw asyncio streams that timestamps every socket read. TTFT: request sent "
         "to the first complete event. Gap: time between consecutive events (p99 over all "
         "streams). Events per read: events / reads that completed at least one event; 1.00 "

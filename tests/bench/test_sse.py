@@ -117,3 +117,24 @@ async def test_mock_pacing_changes_through_its_control_path() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_sse_client_staggers_its_workers() -> None:
+    from bench import loadgen
+    from bench.mock_upstream import MockConfig, MockProtocol
+
+    loop = asyncio.get_running_loop()
+    config = MockConfig(3, 0.0)
+    server = await loop.create_server(lambda: MockProtocol(config), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    body = b'{"model":"bench","stream":true,"messages":[]}'
+    try:
+        result = await loadgen.sse_streams(
+            "127.0.0.1", port, "/v1/chat/completions", body, 4, 4, stagger_s=0.05
+        )
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert result.errors == 0 and len(result.streams) == 4
+    # The last worker starts 3 x 50 ms after the first: the phase cannot be shorter.
+    assert result.elapsed_s >= 0.15
