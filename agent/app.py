@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import httpx
 
+from agent.gpus import Nvml, load_nvml, offered_gpus
 from agent.metrics import AgentMetrics
 from agent.ports import PortAllocator
 from agent.probe import Prober
@@ -36,6 +38,8 @@ class AgentOptions:
     port_low: int = 20000
     port_high: int = 29999
     cpu_slots: int = 1
+    # GPU indices to offer: None discovers them through NVML, () offers none.
+    gpus: tuple[int, ...] | None = None
     metrics_host: str = "127.0.0.1"
     # None: no metrics server (tests); 0: any free port.
     metrics_port: int | None = 9102
@@ -53,8 +57,10 @@ class Agent:
         settings: SupervisorSettings | None = None,
         session_backoff: Backoff | None = None,
         clock: Clock | None = None,
+        nvml: Callable[[], Nvml | None] = load_nvml,
     ) -> None:
         self.options = options
+        self._nvml = nvml
         clock = clock or SystemClock()
         self._http = httpx.AsyncClient(trust_env=False)
         self.settings = settings or SupervisorSettings(
@@ -96,6 +102,20 @@ class Agent:
 
     async def start(self) -> None:
         self.metrics.set_connected(False)
+        gpus = await offered_gpus(self.options.gpus, self._nvml)
+        self.session.identity = dataclasses.replace(self.session.identity, gpus=tuple(gpus))
+        for gpu in gpus:
+            log.info(
+                "offering GPU",
+                extra={
+                    "gpu_index": gpu.index,
+                    "gpu_name": gpu.name,
+                    "gpu_uuid": gpu.uuid,
+                    "memory_total_bytes": gpu.memory_total_bytes,
+                    "memory_used_bytes": gpu.memory_used_bytes,
+                    "utilization_percent": gpu.utilization_percent,
+                },
+            )
         if self.options.metrics_port is not None:
             self._metrics_server = await serve_metrics(
                 self.metrics.registry, self.options.metrics_host, self.options.metrics_port
@@ -107,6 +127,7 @@ class Agent:
                 "agent_id": self.options.agent_id,
                 "controller": self.options.controller,
                 "metrics_port": self.metrics_port,
+                "gpus": len(gpus),
             },
         )
 

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Mapping
 
 from agent.app import AgentOptions, run_agent
+from agent.gpus import parse_gpus
 from agent.ports import parse_port_range
 from llmpool.addr import split_host_port
 from llmpool.cliargs import add_logging_options, env_help, env_option, run_until_signal
@@ -109,6 +110,14 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     env_option(
         p,
+        "--gpus",
+        env,
+        "LLMPOOL_AGENT_GPUS",
+        "auto",
+        "GPUs offered for placement: auto (all NVML finds), none, or indices such as 0,1",
+    )
+    env_option(
+        p,
         "--metrics-listen",
         env,
         "LLMPOOL_AGENT_METRICS_LISTEN",
@@ -152,6 +161,10 @@ def options_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Agent
         split_host_port(args.controller)
     except ValueError as exc:
         raise ValueError(f"--controller: {exc}") from None
+    try:
+        gpus = parse_gpus(args.gpus)
+    except ValueError as exc:
+        raise ValueError(f"--gpus: {exc}") from None
     labels = parse_labels([env.get(LABELS_VAR, ""), *args.label])
     if args.report_interval_s <= 0:
         raise ValueError("--report-interval-s must be > 0")
@@ -169,6 +182,7 @@ def options_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Agent
         port_low=low,
         port_high=high,
         cpu_slots=args.cpu_slots,
+        gpus=gpus,
         metrics_host=metrics_host,
         metrics_port=metrics_port,
         report_interval_s=args.report_interval_s,

@@ -42,10 +42,18 @@ def split_chunks(lines: list[str], max_bytes: int = MAX_CHUNK_BYTES) -> list[lis
 class CommandHandler:
     """One per open stream: start and stop run as tasks (they may take drain_s), tails until
     cancelled. `send` enqueues on the stream; `report_now` enqueues a Report ahead of a result
-    so the controller sees the new state no later than the command's answer."""
+    so the controller sees the new state no later than the command's answer. `gpu_devices`
+    maps the controller's GPU numbers (0..n-1) to this host's."""
 
-    def __init__(self, supervisor: Supervisor, send: Send, report_now: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        send: Send,
+        report_now: Callable[[], None],
+        gpu_devices: tuple[int, ...] = (),
+    ) -> None:
         self._supervisor = supervisor
+        self._gpu_devices = gpu_devices
         self._send = send
         self._report_now = report_now
         self._tasks: set[asyncio.Task[None]] = set()
@@ -74,7 +82,7 @@ class CommandHandler:
     async def _start(self, cmd: agent_pb2.StartReplica) -> None:
         error = ""
         try:
-            created = await self._supervisor.start(spec_from_proto(cmd))
+            created = await self._supervisor.start(spec_from_proto(cmd, self._gpu_devices))
             log.info(
                 "start replica",
                 extra={

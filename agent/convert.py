@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from agent.gpus import launch_env
 from agent.status import ReplicaState, ReplicaStatus
 from agent.template import ReplicaSpec
 from llmpool.v1 import agent_pb2, types_pb2
@@ -18,7 +21,11 @@ _STATE_TO_PROTO: dict[ReplicaState, types_pb2.ReplicaState.ValueType] = {
 DEFAULT_READY_TIMEOUT_S = 60.0
 
 
-def spec_from_proto(msg: agent_pb2.StartReplica) -> ReplicaSpec:
+def spec_from_proto(
+    msg: agent_pb2.StartReplica, gpu_devices: Sequence[int] | None = None
+) -> ReplicaSpec:
+    """gpu_devices: the host's numbers of the GPUs the agent offers, in the order the
+    controller numbers them; None takes the controller's numbers as they are."""
     template = msg.template
     return ReplicaSpec(
         replica_id=msg.replica_id,
@@ -26,7 +33,7 @@ def spec_from_proto(msg: agent_pb2.StartReplica) -> ReplicaSpec:
         engine=template.engine or "sim",
         command=tuple(template.command),
         # Placement env (e.g. CUDA_VISIBLE_DEVICES) overrides the template's.
-        env={**template.env, **msg.env},
+        env=launch_env(template.env, msg.env, gpu_devices),
         health_path=template.health_path or "/health",
         metrics_path=template.metrics_path,
         ready_timeout_s=template.ready_timeout_s or DEFAULT_READY_TIMEOUT_S,

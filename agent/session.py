@@ -12,6 +12,7 @@ import grpc
 
 from agent.commands import CommandHandler
 from agent.convert import report_message, status_to_proto
+from agent.gpus import GpuInfo
 from agent.supervisor import Supervisor
 from agent.template import ENGINES
 from llmpool.backoff import Backoff
@@ -32,7 +33,8 @@ class AgentIdentity:
     hostname: str
     labels: Mapping[str, str] = field(default_factory=dict)
     cpu_slots: int = 1
-    gpus: int = 0
+    # The GPUs offered for placement; the controller numbers them 0..n-1 in this order.
+    gpus: tuple[GpuInfo, ...] = ()
     engines: tuple[str, ...] = ENGINES
 
 
@@ -52,7 +54,8 @@ class ControllerSession:
         coalesce_s: float = 0.05,
     ) -> None:
         self._target = target
-        self._identity = identity
+        # Replaced by the agent once its GPUs are known, before run().
+        self.identity = identity
         self._supervisor = supervisor
         self.report_interval_s = report_interval_s
         self._backoff = backoff or Backoff(base=0.2, cap=10.0)
@@ -113,13 +116,17 @@ class ControllerSession:
                 self._on_connected(connected)
 
     def _register(self) -> agent_pb2.AgentMessage:
-        ident = self._identity
+        ident = self.identity
         return agent_pb2.AgentMessage(
             register=agent_pb2.Register(
                 agent_id=ident.agent_id,
                 hostname=ident.hostname,
                 labels=dict(ident.labels),
-                capacity=types_pb2.Capacity(gpus=ident.gpus, cpu_slots=ident.cpu_slots),
+                capacity=types_pb2.Capacity(
+                    gpus=len(ident.gpus),
+                    cpu_slots=ident.cpu_slots,
+                    gpu_memory_bytes=[g.memory_total_bytes for g in ident.gpus],
+                ),
                 engines=list(ident.engines),
                 # Only what runs now; replicas stopped meanwhile go out in the first Report.
                 replicas=[status_to_proto(s) for s in self._supervisor.statuses()],
@@ -180,7 +187,10 @@ class ControllerSession:
         self, responses: AsyncIterator[agent_pb2.ControllerMessage], outbox: Outbox
     ) -> None:
         handler = CommandHandler(
-            self._supervisor, outbox.put_nowait, lambda: outbox.put_nowait(self._report())
+            self._supervisor,
+            outbox.put_nowait,
+            lambda: outbox.put_nowait(self._report()),
+            gpu_devices=tuple(g.index for g in self.identity.gpus),
         )
         tasks = [
             asyncio.create_task(self._read(responses, handler)),

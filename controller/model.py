@@ -53,10 +53,12 @@ class Assignment:
     """A managed replica the controller placed (or adopted) on an agent.
 
     desired=False while it is being drained away. created_at is wall-clock seconds, so it
-    survives a controller restart."""
+    survives a controller restart. gpu_indices: the agent's GPUs (numbered 0..n-1 as it
+    offers them) the replica holds; () for CPU replicas and adopted ones."""
 
     replica_id: str
     pool: str
     agent_id: str
     desired: bool = True
     created_at: float = 0.0
+    gpu_indices: tuple[int, ...] = ()

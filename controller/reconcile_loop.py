@@ -36,6 +36,13 @@ def new_replica_id(pool: str) -> str:
     return f"{pool}-{secrets.token_hex(3)}"
 
 
+def placement_env(gpu_indices: tuple[int, ...]) -> dict[str, str]:
+    """The env a placement adds to the template's: CUDA_VISIBLE_DEVICES for GPU replicas."""
+    if not gpu_indices:
+        return {}
+    return {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in gpu_indices)}
+
+
 class ReconcileLoop:
     def __init__(
         self,
@@ -117,7 +124,9 @@ class ReconcileLoop:
             return False
         if isinstance(d, StartReplica):
             await self._desired.put_assignment(
-                Assignment(d.replica_id, d.pool, d.agent_id, True, self._clock.wall())
+                Assignment(
+                    d.replica_id, d.pool, d.agent_id, True, self._clock.wall(), d.gpu_indices
+                )
             )
             self._registry.send(
                 d.agent_id,
@@ -127,12 +136,18 @@ class ReconcileLoop:
                         replica_id=d.replica_id,
                         pool=d.pool,
                         template=template_to_proto(d.template),
+                        env=placement_env(d.gpu_indices),
                     )
                 ),
             )
             log.info(
                 "starting replica",
-                extra={"replica_id": d.replica_id, "pool": d.pool, "agent_id": d.agent_id},
+                extra={
+                    "replica_id": d.replica_id,
+                    "pool": d.pool,
+                    "agent_id": d.agent_id,
+                    "gpus": list(d.gpu_indices),
+                },
             )
             action = "start"
         elif isinstance(d, StopReplica):

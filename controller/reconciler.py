@@ -45,6 +45,8 @@ class StartReplica:
     pool: str
     agent_id: str
     template: Template
+    # The agent's GPUs it gets, numbered 0..n-1; () when the template asks for none.
+    gpu_indices: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -88,22 +90,40 @@ def _template_of(world: World, pool: str) -> Template | None:
 
 
 class _Usage:
-    """Slots and GPUs taken on each agent by the replicas the controller keeps."""
+    """Slots and GPUs taken on each agent by the replicas the controller keeps, and which GPU
+    numbers they hold (a replica adopted or stored without numbers counts, but holds none)."""
 
     def __init__(self) -> None:
         self.slots: dict[str, int] = {}
         self.gpus: dict[str, int] = {}
+        self.held: dict[str, set[int]] = {}
 
-    def charge(self, agent_id: str, template: Template | None) -> None:
+    def charge(
+        self, agent_id: str, template: Template | None, gpu_indices: tuple[int, ...] = ()
+    ) -> None:
         if template is None:
             return
         self.slots[agent_id] = self.slots.get(agent_id, 0) + template.cpu_slots
-        self.gpus[agent_id] = self.gpus.get(agent_id, 0) + template.gpus
+        self.gpus[agent_id] = self.gpus.get(agent_id, 0) + max(template.gpus, len(gpu_indices))
+        self.held.setdefault(agent_id, set()).update(gpu_indices)
+
+    def free_gpus(self, agent: AgentView) -> list[int]:
+        """GPU numbers of the agent no kept replica holds, lowest first."""
+        held = self.held.get(agent.agent_id, set())
+        return [i for i in range(agent.gpus) if i not in held]
 
 
-def place(world: World, template: Template, usage: _Usage) -> str | None:
-    """The live agent with the most free cpu slots that runs the engine; None if none fits."""
+@dataclass(frozen=True)
+class Placement:
+    agent_id: str
+    gpu_indices: tuple[int, ...] = ()
+
+
+def place(world: World, template: Template, usage: _Usage) -> Placement | None:
+    """The live agent with the most free cpu slots that runs the engine and has the GPUs the
+    template asks for (the lowest free numbers); None if none fits."""
     best: tuple[int, str] | None = None
+    chosen: tuple[int, ...] = ()
     for agent in world.agents.values():
         if not agent.connected or agent.silent_s >= world.lease_s:
             continue
@@ -111,13 +131,19 @@ def place(world: World, template: Template, usage: _Usage) -> str | None:
             continue
         free_slots = agent.cpu_slots - usage.slots.get(agent.agent_id, 0)
         free_gpus = agent.gpus - usage.gpus.get(agent.agent_id, 0)
-        if free_slots < template.cpu_slots or free_gpus < template.gpus:
+        free_indices = usage.free_gpus(agent) if template.gpus else []
+        if (
+            free_slots < template.cpu_slots
+            or free_gpus < template.gpus
+            or len(free_indices) < template.gpus
+        ):
             continue
         # Most free slots wins; ties go to the smallest id so the choice is deterministic.
         key = (-free_slots, agent.agent_id)
         if best is None or key < best:
             best = key
-    return None if best is None else best[1]
+            chosen = tuple(free_indices[: template.gpus])
+    return None if best is None else Placement(best[1], chosen)
 
 
 def decide(world: World, new_id: Callable[[str], str]) -> list[Decision]:
@@ -153,7 +179,7 @@ def decide(world: World, new_id: Callable[[str], str]) -> list[Decision]:
                 decisions.append(ForgetReplica(a.replica_id, "agent does not run it"))
                 continue
         template = _template_of(world, a.pool)
-        usage.charge(a.agent_id, template)
+        usage.charge(a.agent_id, template, a.gpu_indices)
         if not a.desired:
             # A stop that never reached the agent (it was away): say it again.
             if reporting and status is not None and status.state not in _GOING_AWAY:
@@ -190,12 +216,20 @@ def decide(world: World, new_id: Callable[[str], str]) -> list[Decision]:
         elif pool.template is not None:
             missing = pool.replicas - len(have)
             while missing > 0:
-                agent_id = place(world, pool.template, usage)
-                if agent_id is None:
+                placement = place(world, pool.template, usage)
+                if placement is None:
                     decisions.append(Unplaced(name, missing, _no_room(pool.template)))
                     break
-                decisions.append(StartReplica(new_id(name), name, agent_id, pool.template))
-                usage.charge(agent_id, pool.template)
+                decisions.append(
+                    StartReplica(
+                        new_id(name),
+                        name,
+                        placement.agent_id,
+                        pool.template,
+                        placement.gpu_indices,
+                    )
+                )
+                usage.charge(placement.agent_id, pool.template, placement.gpu_indices)
                 missing -= 1
     return decisions
 

@@ -14,7 +14,7 @@ from llmpool.errors import FailedPreconditionError
 
 from .model import Assignment, BackendSpec, PoolSpec, Template
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_FILE = "controller.sqlite3"
 
 _SCHEMA = """
@@ -43,9 +43,16 @@ CREATE TABLE IF NOT EXISTS replicas (
     pool TEXT NOT NULL,
     agent_id TEXT NOT NULL,
     desired INTEGER NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    gpu_indices TEXT NOT NULL DEFAULT '[]'
 );
 """
+
+# Version reached -> the statements that bring the previous version's tables to it. A new
+# data dir gets _SCHEMA as it stands and needs none of them.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: ("ALTER TABLE replicas ADD COLUMN gpu_indices TEXT NOT NULL DEFAULT '[]'",),
+}
 
 
 def _template_json(t: Template | None) -> str | None:
@@ -89,8 +96,23 @@ class Store:
                 f"{self.path} has schema version {version}, newer than this controller's "
                 f"{SCHEMA_VERSION}: upgrade llm-pool or use another --data-dir"
             )
-        await self._db.executescript(_SCHEMA)
-        await self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        if version == SCHEMA_VERSION:
+            return
+        # One transaction: a crash half-way leaves the old version, to be migrated again.
+        await self._db.execute("BEGIN")
+        try:
+            if version == 0:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        await self._db.execute(statement)
+            else:
+                for target in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in _MIGRATIONS.get(target, ()):
+                        await self._db.execute(statement)
+            await self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            await self._db.rollback()
+            raise
         await self._db.commit()
 
     async def close(self) -> None:
@@ -144,10 +166,13 @@ class Store:
 
     async def load_assignments(self) -> list[Assignment]:
         async with self._db.execute(
-            "SELECT replica_id, pool, agent_id, desired, created_at FROM replicas"
+            "SELECT replica_id, pool, agent_id, desired, created_at, gpu_indices FROM replicas"
         ) as cur:
             rows = await cur.fetchall()
-        return [Assignment(r[0], r[1], r[2], bool(r[3]), float(r[4])) for r in rows]
+        return [
+            Assignment(r[0], r[1], r[2], bool(r[3]), float(r[4]), tuple(orjson.loads(r[5])))
+            for r in rows
+        ]
 
     async def put_pool(self, p: PoolSpec) -> None:
         await self._db.execute(
@@ -193,8 +218,17 @@ class Store:
 
     async def put_assignment(self, a: Assignment) -> None:
         await self._db.execute(
-            "INSERT OR REPLACE INTO replicas VALUES (?, ?, ?, ?, ?)",
-            (a.replica_id, a.pool, a.agent_id, int(a.desired), a.created_at),
+            "INSERT OR REPLACE INTO replicas "
+            "(replica_id, pool, agent_id, desired, created_at, gpu_indices) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                a.replica_id,
+                a.pool,
+                a.agent_id,
+                int(a.desired),
+                a.created_at,
+                orjson.dumps(list(a.gpu_indices)).decode(),
+            ),
         )
         await self._db.commit()
 

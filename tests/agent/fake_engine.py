@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from urllib.parse import parse_qs, urlsplit
@@ -29,6 +30,7 @@ async def main() -> None:
     parser.add_argument("--running", type=float, default=0)
     parser.add_argument("--health", type=int, default=200)
     parser.add_argument("--ignore-term", action="store_true")
+    parser.add_argument("--print-env", action="append", default=[], metavar="NAME")
     args = parser.parse_args()
     state = {"running": args.running, "waiting": 0.0, "health": float(args.health)}
     if args.ignore_term:
@@ -60,6 +62,8 @@ async def main() -> None:
         await writer.drain()
         writer.close()
 
+    for name in args.print_env:
+        print(f"env {name}={os.environ.get(name, '<unset>')}", flush=True)
     server = await asyncio.start_server(handle, args.host, args.port)
     print(f"fake engine serving {args.model} on {args.host}:{args.port}", flush=True)
     async with server:

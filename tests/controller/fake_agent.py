@@ -12,10 +12,13 @@ from llmpool.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
 
 class FakeAgent:
-    def __init__(self, target: str, agent_id: str = "agent-1", cpu_slots: int = 4) -> None:
+    def __init__(
+        self, target: str, agent_id: str = "agent-1", cpu_slots: int = 4, gpus: int = 0
+    ) -> None:
         self.target = target
         self.agent_id = agent_id
         self.cpu_slots = cpu_slots
+        self.gpus = gpus
         self.received: list[agent_pb2.ControllerMessage] = []
         self._outbox: asyncio.Queue[agent_pb2.AgentMessage | None] = asyncio.Queue()
         self._channel: grpc.aio.Channel | None = None
@@ -29,7 +32,7 @@ class FakeAgent:
                 register=agent_pb2.Register(
                     agent_id=self.agent_id,
                     hostname="test-host",
-                    capacity=types_pb2.Capacity(cpu_slots=self.cpu_slots),
+                    capacity=types_pb2.Capacity(cpu_slots=self.cpu_slots, gpus=self.gpus),
                     engines=["sim"],
                     replicas=replicas or [],
                 )

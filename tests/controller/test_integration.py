@@ -112,6 +112,33 @@ async def test_drained_replica_is_stopped_and_replaced(controller: ControllerSer
     await agent.close()
 
 
+async def test_gpu_replicas_get_cuda_visible_devices(controller: ControllerServer) -> None:
+    agent = FakeAgent(target(controller), gpus=2)
+    await agent.connect()
+    gpu_template = types_pb2.ReplicaTemplate()
+    gpu_template.CopyFrom(TEMPLATE)
+    gpu_template.gpus = 1
+    async with grpc.aio.insecure_channel(target(controller)) as channel:
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        await admin.CreatePool(
+            admin_pb2.CreatePoolRequest(
+                pool=types_pb2.Pool(name="p", replicas=3, template=gpu_template)
+            )
+        )
+        starts = await eventually(lambda: len(agent.of("start")) == 2 and agent.of("start"))
+        envs = sorted(dict(m.start.env)["CUDA_VISIBLE_DEVICES"] for m in starts)
+        assert envs == ["0", "1"]
+
+        async def says_why() -> bool:
+            status = await admin.GetPoolStatus(admin_pb2.GetPoolStatusRequest(name="p"))
+            return "1 replica(s) not placed" in status.message and "GPU" in status.message
+
+        await eventually(says_why, what="unplaced reason naming GPUs")
+        stored = {a.replica_id: a.gpu_indices for a in controller.desired.assignments.values()}
+        assert sorted(stored.values()) == [(0,), (1,)]
+    await agent.close()
+
+
 async def test_watch_routing_sees_add_backend_within_100ms(controller: ControllerServer) -> None:
     async with grpc.aio.insecure_channel(target(controller)) as channel:
         admin = admin_pb2_grpc.AdminServiceStub(channel)

@@ -88,3 +88,45 @@ async def test_config_seeds_only_the_first_start(tmp_path: Path) -> None:
         assert set(desired.pools) == {"p", "admin-made"}
     finally:
         await store.close()
+
+
+_V1_REPLICAS = """
+CREATE TABLE pools (name TEXT PRIMARY KEY, policy TEXT NOT NULL, policy_params TEXT NOT NULL,
+    replicas INTEGER NOT NULL, template TEXT, description TEXT NOT NULL);
+CREATE TABLE backends (id TEXT PRIMARY KEY, pool TEXT NOT NULL, url TEXT NOT NULL,
+    weight INTEGER NOT NULL, enabled INTEGER NOT NULL, kind TEXT NOT NULL, zone TEXT NOT NULL,
+    upstream_model TEXT NOT NULL, labels TEXT NOT NULL, draining INTEGER NOT NULL);
+CREATE TABLE replicas (replica_id TEXT PRIMARY KEY, pool TEXT NOT NULL, agent_id TEXT NOT NULL,
+    desired INTEGER NOT NULL, created_at REAL NOT NULL);
+INSERT INTO replicas VALUES ('llama-old', 'llama', 'agent-1', 1, 7.0);
+PRAGMA user_version = 1;
+"""
+
+
+async def test_version_1_data_dir_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
+    async with aiosqlite.connect(tmp_path / DB_FILE) as db:
+        await db.executescript(_V1_REPLICAS)
+        await db.commit()
+
+    store = await Store.open(tmp_path)
+    try:
+        # The old row holds no GPU numbers; new rows keep theirs.
+        old = Assignment("llama-old", "llama", "agent-1", True, 7.0)
+        assert await store.load_assignments() == [old]
+        await store.put_assignment(
+            Assignment("llama-gpu", "llama", "agent-1", True, 8.0, gpu_indices=(2, 0))
+        )
+    finally:
+        await store.close()
+
+    again = await Store.open(tmp_path)
+    try:
+        found = {a.replica_id: a for a in await again.load_assignments()}
+        assert found["llama-gpu"].gpu_indices == (2, 0)
+        assert found["llama-old"] == old
+    finally:
+        await again.close()
+    async with aiosqlite.connect(tmp_path / DB_FILE) as db:
+        async with db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+    assert row is not None and row[0] == SCHEMA_VERSION == 2
