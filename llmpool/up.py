@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import os
 import signal
@@ -18,7 +19,9 @@ import grpc
 from llmpool.addr import split_host_port
 from llmpool.cliargs import add_logging_options, env_option, run_until_signal
 from llmpool.config import ConfigError, default_config_text, load_config
+from llmpool.errors import FailedPreconditionError
 from llmpool.logs import setup_logging
+from llmpool.models import smollm2_gguf_path
 
 log = logging.getLogger("llmpool.up")
 
@@ -160,6 +163,31 @@ def child_commands(s: UpSettings, config_path: Path) -> dict[str, list[str]]:
     }
 
 
+# Added to the embedded default when the `llamacpp` extra is installed: a real model.
+SMOLLM2_POOL = """
+  - name: smollm2
+    policy: least_in_flight
+    replicas: 2
+    description: SmolLM2-135M-Instruct on llama.cpp (llama-cpp-python), a real model.
+    template:
+      engine: llamacpp
+      ready_timeout_s: 180
+"""
+
+
+def default_config() -> tuple[str, str | None]:
+    """The embedded config, with the SmolLM2 pool when llama.cpp and the model are installed;
+    and, when they are not, why (for the log)."""
+    text = default_config_text()
+    if importlib.util.find_spec("llama_cpp") is None:
+        return text, "llama-cpp-python is not installed"
+    try:
+        smollm2_gguf_path()
+    except FailedPreconditionError as exc:
+        return text, str(exc)
+    return text.rstrip("\n") + "\n" + SMOLLM2_POOL, None
+
+
 def resolve_config(s: UpSettings) -> Path:
     """The config to seed from: the user's (validated now, for a clear error) or the default."""
     if s.config is not None:
@@ -167,7 +195,13 @@ def resolve_config(s: UpSettings) -> Path:
         return s.config.resolve()
     s.data_dir.mkdir(parents=True, exist_ok=True)
     path = (s.data_dir / "default-config.yaml").resolve()
-    path.write_text(default_config_text())
+    text, missing = default_config()
+    if missing:
+        log.warning(
+            "no real model: serving only the simulated pool sim-small",
+            extra={"why": missing, "fix": "pip install -e '.[llamacpp]' (make run does it)"},
+        )
+    path.write_text(text)
     return path
 
 
