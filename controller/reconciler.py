@@ -218,7 +218,7 @@ def decide(world: World, new_id: Callable[[str], str]) -> list[Decision]:
             while missing > 0:
                 placement = place(world, pool.template, usage)
                 if placement is None:
-                    decisions.append(Unplaced(name, missing, _no_room(pool.template)))
+                    decisions.append(Unplaced(name, missing, _why_unplaced(world, pool.template)))
                     break
                 decisions.append(
                     StartReplica(
@@ -232,6 +232,11 @@ def decide(world: World, new_id: Callable[[str], str]) -> list[Decision]:
                 usage.charge(placement.agent_id, pool.template, placement.gpu_indices)
                 missing -= 1
     return decisions
+
+
+def _why_unplaced(world: World, template: Template) -> str:
+    live = any(a.connected and a.silent_s < world.lease_s for a in world.agents.values())
+    return _no_room(template) if live else "no agent is connected"
 
 
 def _no_room(template: Template) -> str:

@@ -199,3 +199,8 @@ def test_assignment_missing_from_a_later_register_is_forgotten_at_once() -> None
     decisions = decide(world([pool(1)], [back], assignments), ids())
     assert decisions[0] == ForgetReplica("p-1", "agent does not run it")
     assert len(of(StartReplica, decisions)) == 1
+
+
+def test_pool_with_no_agent_connected_says_so() -> None:
+    [short] = of(Unplaced, decide(world([pool(2)], []), ids()))
+    assert short.reason == "no agent is connected"  # type: ignore[attr-defined]

@@ -47,9 +47,12 @@ def test_smollm2_on_two_llamacpp_replicas(start_up: Any, tmp_path: Path) -> None
 
     assert "smollm2" in [m.id for m in client.models.list()]
 
+    # Greedy decoding (temperature 0): a sampled first token can be end-of-text, an empty reply.
     # Several calls, so both replicas answer at least once under least_in_flight/round robin.
     for _ in range(3):
-        chat = client.chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=16)
+        chat = client.chat.completions.create(
+            model="smollm2", messages=MESSAGES, max_tokens=16, temperature=0
+        )
         text = chat.choices[0].message.content
         assert text and text.strip(), chat
         assert chat.model == "smollm2"
@@ -57,7 +60,7 @@ def test_smollm2_on_two_llamacpp_replicas(start_up: Any, tmp_path: Path) -> None
 
     pieces: list[str] = []
     stream = client.chat.completions.create(
-        model="smollm2", messages=MESSAGES, max_tokens=16, stream=True
+        model="smollm2", messages=MESSAGES, max_tokens=16, stream=True, temperature=0
     )
     for chunk in stream:
         for choice in chunk.choices:
@@ -71,5 +74,7 @@ def test_default_up_serves_smollm2_on_two_replicas(up_cluster: Any) -> None:
     up_cluster.wait_ready("smollm2", 2, timeout=180)
     client = openai.OpenAI(base_url=up_cluster.base_url, api_key="unused", max_retries=0)
     assert "smollm2" in [m.id for m in client.models.list()]
-    chat = client.chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=16)
+    chat = client.chat.completions.create(
+        model="smollm2", messages=MESSAGES, max_tokens=16, temperature=0
+    )
     assert (chat.choices[0].message.content or "").strip()
