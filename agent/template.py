@@ -46,6 +46,16 @@ DEFAULT_LLAMACPP_COMMAND: tuple[str, ...] = (
     "{port}",
     "--model_alias",
     "{model}",
+    # By default llama_cpp.server ends a running stream with [DONE] as soon as another request
+    # waits for the model: in a pool that silently truncates streams.
+    "--interrupt_requests",
+    "false",
+    # One replica serves chat and /v1/embeddings; mean pooling gives one vector per input
+    # (SmolLM2's GGUF says no pooling, so it would return one vector per token).
+    "--embedding",
+    "true",
+    "--kv_overrides",
+    "llama.pooling_type=int:1",
 )
 
 

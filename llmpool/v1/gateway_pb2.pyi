@@ -133,6 +133,26 @@ class Member(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     URL_FIELD_NUMBER: _builtins.int
     WEIGHT_FIELD_NUMBER: _builtins.int
@@ -146,6 +166,10 @@ class Member(_message.Message):
     IN_FLIGHT_FIELD_NUMBER: _builtins.int
     LATENCY_MS_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    INPUT_COST_PER_MTOK_FIELD_NUMBER: _builtins.int
+    OUTPUT_COST_PER_MTOK_FIELD_NUMBER: _builtins.int
+    PREFIX_CACHE_HIT_RATE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Backend id or replica id."""
     url: _builtins.str
@@ -162,6 +186,13 @@ class Member(_message.Message):
     latency_ms: _builtins.float
     draining: _builtins.bool
     """True while draining: finish what it has, send nothing new."""
+    input_cost_per_mtok: _builtins.float
+    """US dollars per million tokens (backend or template prices); 0 when unknown."""
+    output_cost_per_mtok: _builtins.float
+    prefix_cache_hit_rate: _builtins.float
+    """Prefix cache hit rate the engine reports, 0..1; negative when it does not say."""
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
         self,
         *,
@@ -178,10 +209,14 @@ class Member(_message.Message):
         in_flight: _builtins.float = ...,
         latency_ms: _builtins.float = ...,
         draining: _builtins.bool = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        input_cost_per_mtok: _builtins.float = ...,
+        output_cost_per_mtok: _builtins.float = ...,
+        prefix_cache_hit_rate: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["draining", b"draining", "healthy", b"healthy", "id", b"id", "in_flight", b"in_flight", "kind", b"kind", "kv_usage", b"kv_usage", "latency_ms", b"latency_ms", "running", b"running", "upstream_model", b"upstream_model", "url", b"url", "waiting", b"waiting", "weight", b"weight", "zone", b"zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["draining", b"draining", "healthy", b"healthy", "id", b"id", "in_flight", b"in_flight", "input_cost_per_mtok", b"input_cost_per_mtok", "kind", b"kind", "kv_usage", b"kv_usage", "labels", b"labels", "latency_ms", b"latency_ms", "output_cost_per_mtok", b"output_cost_per_mtok", "prefix_cache_hit_rate", b"prefix_cache_hit_rate", "running", b"running", "upstream_model", b"upstream_model", "url", b"url", "waiting", b"waiting", "weight", b"weight", "zone", b"zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -80,6 +80,10 @@ class ReplicaTemplate(_message.Message):
     SERVED_MODEL_FIELD_NUMBER: _builtins.int
     GPUS_FIELD_NUMBER: _builtins.int
     CPU_SLOTS_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
+    ARGS_FIELD_NUMBER: _builtins.int
+    INPUT_COST_PER_MTOK_FIELD_NUMBER: _builtins.int
+    OUTPUT_COST_PER_MTOK_FIELD_NUMBER: _builtins.int
     engine: _builtins.str
     """Engine kind: "sim", "llamacpp", "vllm", "sglang", "tgi" or "openai" (any compatible server)."""
     health_path: _builtins.str
@@ -91,10 +95,21 @@ class ReplicaTemplate(_message.Message):
     """Model name the engine itself serves (sent upstream); empty means the pool's name."""
     gpus: _builtins.int
     cpu_slots: _builtins.int
+    weights: _builtins.str
+    """Weights the engine's default command loads: a local path or a hub id (vLLM, SGLang, TGI,
+    llama-server); empty for engines that need none or when command is given.
+    """
+    input_cost_per_mtok: _builtins.float
+    """What a token served by these replicas costs (US dollars per million tokens), for the cost policy."""
+    output_cost_per_mtok: _builtins.float
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Extra arguments appended to the engine's default command (ignored when command is given)."""
+
     def __init__(
         self,
         *,
@@ -107,10 +122,14 @@ class ReplicaTemplate(_message.Message):
         served_model: _builtins.str = ...,
         gpus: _builtins.int = ...,
         cpu_slots: _builtins.int = ...,
+        weights: _builtins.str = ...,
+        args: _abc.Iterable[_builtins.str] | None = ...,
+        input_cost_per_mtok: _builtins.float = ...,
+        output_cost_per_mtok: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "cpu_slots", b"cpu_slots", "engine", b"engine", "env", b"env", "gpus", b"gpus", "health_path", b"health_path", "metrics_path", b"metrics_path", "ready_timeout_s", b"ready_timeout_s", "served_model", b"served_model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "command", b"command", "cpu_slots", b"cpu_slots", "engine", b"engine", "env", b"env", "gpus", b"gpus", "health_path", b"health_path", "input_cost_per_mtok", b"input_cost_per_mtok", "metrics_path", b"metrics_path", "output_cost_per_mtok", b"output_cost_per_mtok", "ready_timeout_s", b"ready_timeout_s", "served_model", b"served_model", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -215,6 +234,8 @@ class Backend(_message.Message):
     ZONE_FIELD_NUMBER: _builtins.int
     UPSTREAM_MODEL_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    INPUT_COST_PER_MTOK_FIELD_NUMBER: _builtins.int
+    OUTPUT_COST_PER_MTOK_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     pool: _builtins.str
     url: _builtins.str
@@ -228,6 +249,9 @@ class Backend(_message.Message):
     zone: _builtins.str
     upstream_model: _builtins.str
     """Model name sent upstream; empty means the pool's name."""
+    input_cost_per_mtok: _builtins.float
+    """Price in US dollars per million tokens, for the cost policy and cost accounting."""
+    output_cost_per_mtok: _builtins.float
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -242,10 +266,12 @@ class Backend(_message.Message):
         zone: _builtins.str = ...,
         upstream_model: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        input_cost_per_mtok: _builtins.float = ...,
+        output_cost_per_mtok: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_weight", b"_weight", "enabled", b"enabled", "weight", b"weight"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_weight", b"_weight", "enabled", b"enabled", "id", b"id", "kind", b"kind", "labels", b"labels", "pool", b"pool", "upstream_model", b"upstream_model", "url", b"url", "weight", b"weight", "zone", b"zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_weight", b"_weight", "enabled", b"enabled", "id", b"id", "input_cost_per_mtok", b"input_cost_per_mtok", "kind", b"kind", "labels", b"labels", "output_cost_per_mtok", b"output_cost_per_mtok", "pool", b"pool", "upstream_model", b"upstream_model", "url", b"url", "weight", b"weight", "zone", b"zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
     _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
@@ -278,6 +304,8 @@ class ReplicaStatus(_message.Message):
     SERVED_MODEL_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     PID_FIELD_NUMBER: _builtins.int
+    ATTACHED_FIELD_NUMBER: _builtins.int
+    PREFIX_CACHE_HIT_RATE_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     pool: _builtins.str
     state: Global___ReplicaState.ValueType
@@ -297,6 +325,12 @@ class ReplicaStatus(_message.Message):
     message: _builtins.str
     """Why the replica is in its state (last error, exit code); for people."""
     pid: _builtins.int
+    attached: _builtins.bool
+    """True for an engine the agent watches but did not start (attach mode): the controller routes
+    to it but never starts, stops or counts it against the pool's desired replicas.
+    """
+    prefix_cache_hit_rate: _builtins.float
+    """Prefix cache hit rate, 0..1, over the engine's recent requests; negative when it does not say."""
     def __init__(
         self,
         *,
@@ -314,10 +348,12 @@ class ReplicaStatus(_message.Message):
         served_model: _builtins.str = ...,
         message: _builtins.str = ...,
         pid: _builtins.int = ...,
+        attached: _builtins.bool = ...,
+        prefix_cache_hit_rate: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "healthy", b"healthy", "kv_usage", b"kv_usage", "latency_ms", b"latency_ms", "message", b"message", "pid", b"pid", "pool", b"pool", "replica_id", b"replica_id", "restarts", b"restarts", "running", b"running", "served_model", b"served_model", "state", b"state", "url", b"url", "waiting", b"waiting"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attached", b"attached", "engine", b"engine", "healthy", b"healthy", "kv_usage", b"kv_usage", "latency_ms", b"latency_ms", "message", b"message", "pid", b"pid", "pool", b"pool", "prefix_cache_hit_rate", b"prefix_cache_hit_rate", "replica_id", b"replica_id", "restarts", b"restarts", "running", b"running", "served_model", b"served_model", "state", b"state", "url", b"url", "waiting", b"waiting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -332,20 +368,38 @@ class Capacity(_message.Message):
     GPUS_FIELD_NUMBER: _builtins.int
     CPU_SLOTS_FIELD_NUMBER: _builtins.int
     GPU_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    GPU_INDICES_FIELD_NUMBER: _builtins.int
+    GPU_MEMORY_USED_BYTES_FIELD_NUMBER: _builtins.int
+    GPU_UTILIZATION_FIELD_NUMBER: _builtins.int
     gpus: _builtins.int
     cpu_slots: _builtins.int
     @_builtins.property
     def gpu_memory_bytes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def gpu_indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The host's device numbers (NVML, PCI bus order) of the offered GPUs, in the order of
+        gpu_memory_bytes; placement hands these out and sends them as CUDA_VISIBLE_DEVICES.
+        """
+
+    @_builtins.property
+    def gpu_memory_used_bytes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Per offered GPU at the last report: memory in use (by anything) and utilisation, 0..1."""
+
+    @_builtins.property
+    def gpu_utilization(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
     def __init__(
         self,
         *,
         gpus: _builtins.int = ...,
         cpu_slots: _builtins.int = ...,
         gpu_memory_bytes: _abc.Iterable[_builtins.int] | None = ...,
+        gpu_indices: _abc.Iterable[_builtins.int] | None = ...,
+        gpu_memory_used_bytes: _abc.Iterable[_builtins.int] | None = ...,
+        gpu_utilization: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_slots", b"cpu_slots", "gpu_memory_bytes", b"gpu_memory_bytes", "gpus", b"gpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_slots", b"cpu_slots", "gpu_indices", b"gpu_indices", "gpu_memory_bytes", b"gpu_memory_bytes", "gpu_memory_used_bytes", b"gpu_memory_used_bytes", "gpu_utilization", b"gpu_utilization", "gpus", b"gpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -70,7 +70,8 @@ def test_llamacpp_with_empty_command_gets_llama_cpp_server() -> None:
     filled = with_engine_defaults(spec, find_model=lambda: Path("/m/smol.gguf"))
     assert filled.command[: len(DEFAULT_LLAMACPP_COMMAND)] == (
         "{python}", "-m", "llama_cpp.server", "--model", "/m/smol.gguf", "--host", "{host}",
-        "--port", "{port}", "--model_alias", "{model}",
+        "--port", "{port}", "--model_alias", "{model}", "--interrupt_requests", "false",
+        "--embedding", "true", "--kv_overrides", "llama.pooling_type=int:1",
     )  # fmt: skip
     # llama_cpp.server serves neither /health nor /metrics.
     assert filled.health_path == "/v1/models"
@@ -78,14 +79,16 @@ def test_llamacpp_with_empty_command_gets_llama_cpp_server() -> None:
     launch = render(filled, "127.0.0.1", 20007, python="/py")
     assert launch.argv == (
         "/py", "-m", "llama_cpp.server", "--model", "/m/smol.gguf", "--host", "127.0.0.1",
-        "--port", "20007", "--model_alias", "smollm2",
+        "--port", "20007", "--model_alias", "smollm2", "--interrupt_requests", "false",
+        "--embedding", "true", "--kv_overrides", "llama.pooling_type=int:1",
     )  # fmt: skip
 
 
 def test_llamacpp_served_model_is_the_alias() -> None:
     spec = ReplicaSpec(replica_id="r", pool="chat", engine="llamacpp", served_model="smol")
     launch = render(with_engine_defaults(spec, lambda: Path("/m.gguf")), "h", 1, python="/py")
-    assert launch.argv[-2:] == ("--model_alias", "smol")
+    alias = launch.argv.index("--model_alias")
+    assert launch.argv[alias + 1] == "smol"
 
 
 def test_llamacpp_without_model_fails_with_replica_and_hint() -> None:
