@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 LLAMA_STAMP := $(VENV)/.installed-llamacpp
 PROTOS := $(wildcard protos/llmpool/v1/*.proto)
 
-.PHONY: run test install protos lint typecheck unit e2e clean bench-gateway
+.PHONY: run test install protos lint typecheck unit e2e clean bench-gateway bench-routing bench-pick
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,15 @@ bench-gateway: install
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wrk; }
 	$(PY) -m bench $(BENCH_ARGS)
+
+# Routing quality on simulated engines (bench/routing/): writes the Routing section of
+# docs/benchmarks.md. About 16 minutes; `make bench-routing BENCH_ARGS=--quick` takes about 2.
+bench-routing: install
+	$(PY) -m bench.routing $(BENCH_ARGS)
+
+# The policies' pick time with 64 members (bench/pick.py), printed.
+bench-pick: install
+	$(PY) -m bench.pick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

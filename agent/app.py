@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from agent.attach_spec import AttachSpec
 from agent.gpus import Nvml, load_nvml, offered_gpus
 from agent.metrics import AgentMetrics
 from agent.ports import PortAllocator
@@ -45,6 +46,10 @@ class AgentOptions:
     metrics_port: int | None = 9102
     report_interval_s: float = 1.0
     log_lines: int = 1000
+    # How often GPU memory and utilisation are read again (0: only at start).
+    gpu_refresh_s: float = 10.0
+    # Engines to watch but not start (--attach).
+    attach: tuple[AttachSpec, ...] = ()
 
 
 class Agent:
@@ -76,7 +81,9 @@ class Agent:
             clock,
         )
         self.metrics = AgentMetrics(
-            self.supervisor.statuses, lambda: self.supervisor.restarts_by_pool
+            self.supervisor.statuses,
+            lambda: self.supervisor.restarts_by_pool,
+            lambda: self.session.identity.gpus,
         )
         self.session = ControllerSession(
             options.controller,
@@ -93,6 +100,7 @@ class Agent:
         )
         self._metrics_server: asyncio.Server | None = None
         self._session_task: asyncio.Task[None] | None = None
+        self._gpu_task: asyncio.Task[None] | None = None
 
     @property
     def metrics_port(self) -> int | None:
@@ -120,7 +128,11 @@ class Agent:
             self._metrics_server = await serve_metrics(
                 self.metrics.registry, self.options.metrics_host, self.options.metrics_port
             )
+        for spec in self.options.attach:
+            self.supervisor.attach(spec)
         self._session_task = asyncio.create_task(self.session.run(), name="controller-session")
+        if gpus and self.options.gpu_refresh_s > 0:
+            self._gpu_task = asyncio.create_task(self._refresh_gpus(), name="gpu-refresh")
         log.info(
             "agent started",
             extra={
@@ -128,10 +140,25 @@ class Agent:
                 "controller": self.options.controller,
                 "metrics_port": self.metrics_port,
                 "gpus": len(gpus),
+                "attached": len(self.options.attach),
             },
         )
 
+    async def _refresh_gpus(self) -> None:
+        """Re-reads GPU memory and utilisation for reports and metrics. A GPU NVML stops seeing
+        stays offered with its last numbers: placement is not the place to guess why."""
+        while True:
+            await asyncio.sleep(self.options.gpu_refresh_s)
+            fresh = {g.index: g for g in await offered_gpus(self.options.gpus, self._nvml)}
+            identity = self.session.identity
+            gpus = tuple(fresh.get(g.index, g) for g in identity.gpus)
+            self.session.identity = dataclasses.replace(identity, gpus=gpus)
+
     async def stop(self) -> None:
+        if self._gpu_task is not None:
+            self._gpu_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._gpu_task
         # Replicas first, while the stream still carries their STOPPED reports.
         await self.supervisor.shutdown()
         self.session.close()

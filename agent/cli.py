@@ -11,6 +11,7 @@ import sys
 from collections.abc import Mapping
 
 from agent.app import AgentOptions, run_agent
+from agent.attach_spec import ATTACH_VAR, parse_attach_all
 from agent.gpus import parse_gpus
 from agent.ports import parse_port_range
 from llmpool.addr import split_host_port
@@ -70,6 +71,19 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help=env_help(
             "label for placement, repeatable; added to those of the variable, e.g. zone=a,rack=3",
             LABELS_VAR,
+            "default: none",
+        ),
+    )
+    p.add_argument(
+        "--attach",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help=env_help(
+            "watch an engine this agent did not start, repeatable: "
+            "pool=NAME,url=http://HOST:PORT[,engine=openai][,model=NAME][,id=ID]"
+            "[,health=/PATH][,metrics=/PATH]; added to those of the variable (';' between specs)",
+            ATTACH_VAR,
             "default: none",
         ),
     )
@@ -166,6 +180,7 @@ def options_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Agent
     except ValueError as exc:
         raise ValueError(f"--gpus: {exc}") from None
     labels = parse_labels([env.get(LABELS_VAR, ""), *args.label])
+    attach = parse_attach_all(args.attach, args.agent_id, env.get(ATTACH_VAR, ""))
     if args.report_interval_s <= 0:
         raise ValueError("--report-interval-s must be > 0")
     if args.log_lines < 1:
@@ -187,6 +202,7 @@ def options_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Agent
         metrics_port=metrics_port,
         report_interval_s=args.report_interval_s,
         log_lines=args.log_lines,
+        attach=attach,
     )
 
 

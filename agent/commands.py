@@ -43,7 +43,7 @@ class CommandHandler:
     """One per open stream: start and stop run as tasks (they may take drain_s), tails until
     cancelled. `send` enqueues on the stream; `report_now` enqueues a Report ahead of a result
     so the controller sees the new state no later than the command's answer. `gpu_devices`
-    maps the controller's GPU numbers (0..n-1) to this host's."""
+    are the GPU numbers this agent offers (a placement naming others is logged)."""
 
     def __init__(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from agent.engines import ADAPTERS
 from agent.gpus import launch_env
 from agent.status import ReplicaState, ReplicaStatus
 from agent.template import ReplicaSpec
@@ -27,17 +28,22 @@ def spec_from_proto(
     """gpu_devices: the host's numbers of the GPUs the agent offers, in the order the
     controller numbers them; None takes the controller's numbers as they are."""
     template = msg.template
+    engine = template.engine or "sim"
+    # Empty paths are the engine's own; an unknown engine fails validate() later, by replica id.
+    adapter = ADAPTERS.get(engine) or ADAPTERS["sim"]
     return ReplicaSpec(
         replica_id=msg.replica_id,
         pool=msg.pool,
-        engine=template.engine or "sim",
+        engine=engine,
         command=tuple(template.command),
         # Placement env (e.g. CUDA_VISIBLE_DEVICES) overrides the template's.
         env=launch_env(template.env, msg.env, gpu_devices),
-        health_path=template.health_path or "/health",
-        metrics_path=template.metrics_path,
+        health_path=template.health_path or adapter.health_path,
+        metrics_path=template.metrics_path or adapter.metrics_path,
         ready_timeout_s=template.ready_timeout_s or DEFAULT_READY_TIMEOUT_S,
         served_model=template.served_model,
+        weights=template.weights,
+        args=tuple(template.args),
     )
 
 
@@ -51,18 +57,22 @@ def status_to_proto(status: ReplicaStatus) -> types_pb2.ReplicaStatus:
         running=status.running,
         waiting=status.waiting,
         kv_usage=status.kv_usage,
+        prefix_cache_hit_rate=status.prefix_cache_hit_rate,
         latency_ms=status.latency_ms,
         restarts=status.restarts,
         engine=status.engine,
         served_model=status.served_model,
         message=status.message,
         pid=status.pid,
+        attached=status.attached,
     )
 
 
-def report_message(statuses: list[ReplicaStatus]) -> agent_pb2.AgentMessage:
+def report_message(
+    statuses: list[ReplicaStatus], capacity: types_pb2.Capacity | None = None
+) -> agent_pb2.AgentMessage:
     return agent_pb2.AgentMessage(
-        report=agent_pb2.Report(replicas=[status_to_proto(s) for s in statuses])
+        report=agent_pb2.Report(replicas=[status_to_proto(s) for s in statuses], capacity=capacity)
     )
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -47,6 +48,7 @@ _VLLM = _Names(
     prefix_hits=("vllm:prefix_cache_hits_total", "vllm:prefix_cache_hits"),
     prefix_queries=("vllm:prefix_cache_queries_total", "vllm:prefix_cache_queries"),
 )
+# llama.cpp's llama-server; newer builds dropped the KV ratio.
 _LLAMACPP = _Names(
     running=("llamacpp:requests_processing",),
     waiting=("llamacpp:requests_deferred",),
@@ -60,46 +62,75 @@ _SGLANG = _Names(
 )
 _TGI = _Names(running=("tgi_batch_current_size",), waiting=("tgi_queue_size",))
 
-# The sim engine speaks vLLM's names.
-_BY_ENGINE: dict[str, _Names] = {
-    "vllm": _VLLM,
-    "sim": _VLLM,
-    "llamacpp": _LLAMACPP,
-    "sglang": _SGLANG,
-    "tgi": _TGI,
-}
+# The sim engine speaks vLLM's names; "llamacpp" (llama_cpp.server) has no /metrics, but a
+# template whose own command runs llama-server under that engine name gets its names read.
+_BY_ENGINE: Mapping[str, _Names] = MappingProxyType(
+    {
+        "vllm": _VLLM,
+        "sim": _VLLM,
+        "llamacpp": _LLAMACPP,
+        "llama-server": _LLAMACPP,
+        "sglang": _SGLANG,
+        "tgi": _TGI,
+    }
+)
+
+# Labels whose series repeat one scheduler's numbers: SGLang exports the same queue from every
+# tensor- and pipeline-parallel rank. Series that differ only in these are one series.
+_RANK_LABELS = frozenset({"tp_rank", "pp_rank"})
+# SGLang with priority scheduling adds a series per priority next to the total (priority="").
+_BREAKDOWN_LABELS = frozenset({"priority"})
+
+Labels = tuple[tuple[str, str], ...]
 
 
-def parse_samples(text: str) -> dict[str, list[float]]:
-    """Sample name -> values of every label set; ValueError if the text is not Prometheus format."""
-    values: dict[str, list[float]] = {}
+def parse_samples(text: str) -> dict[str, list[tuple[Labels, float]]]:
+    """Sample name -> (labels, value) of every series; ValueError if the text is not Prometheus
+    text format. Histogram buckets, _created and _count samples come through under their own
+    names, so families nobody asks for cost nothing but the parse."""
+    values: dict[str, list[tuple[Labels, float]]] = {}
     try:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                values.setdefault(sample.name, []).append(float(sample.value))
+                labels = tuple(sorted(sample.labels.items()))
+                values.setdefault(sample.name, []).append((labels, float(sample.value)))
     except (ValueError, IndexError, TypeError) as exc:
         raise ValueError(f"not Prometheus text format: {exc}") from exc
     return values
 
 
-def _first(values: dict[str, list[float]], names: Iterable[str]) -> list[float] | None:
+def _per_scheduler(series: list[tuple[Labels, float]]) -> list[float]:
+    """One value per scheduler: per-priority breakdowns dropped, rank copies merged (max)."""
+    merged: dict[Labels, float] = {}
+    for labels, value in series:
+        if any(key in _BREAKDOWN_LABELS and val for key, val in labels):
+            continue
+        key = tuple((k, v) for k, v in labels if k not in _RANK_LABELS)
+        merged[key] = max(value, merged.get(key, value))
+    return list(merged.values())
+
+
+def _first(
+    values: dict[str, list[tuple[Labels, float]]], names: Iterable[str]
+) -> list[float] | None:
     for name in names:
-        found = values.get(name)
+        found = _per_scheduler(values.get(name, []))
         if found:
             return found
     return None
 
 
 def _sum(found: list[float] | None) -> float | None:
+    # Data-parallel ranks or engines each run their own batch: their counts add up.
     return None if found is None else sum(found)
 
 
 def _mean(found: list[float] | None) -> float | None:
-    # Several label sets (data-parallel ranks, engines) each report their own ratio.
+    # Several schedulers (data-parallel ranks, engines) each report their own ratio.
     return None if found is None else sum(found) / len(found)
 
 
-def _load_from(values: dict[str, list[float]], names: _Names) -> EngineLoad:
+def _load_from(values: dict[str, list[tuple[Labels, float]]], names: _Names) -> EngineLoad:
     running = _sum(_first(values, names.running))
     waiting = _sum(_first(values, names.waiting))
     if running is None and waiting is None:

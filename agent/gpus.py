@@ -9,6 +9,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
+from llmpool.v1 import types_pb2
+
 log = logging.getLogger(__name__)
 
 CUDA_VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
@@ -133,21 +135,32 @@ def launch_env(
     placement_env: Mapping[str, str],
     devices: Sequence[int] | None,
 ) -> dict[str, str]:
-    """The template's env with the placement's over it. The controller numbers the agent's
-    offered GPUs 0..n-1; `devices` turns the placement's CUDA_VISIBLE_DEVICES into this host's
-    numbers (NVML's, so CUDA is told to count in PCI bus order too, unless the template says
-    otherwise). None, an empty value or numbers the agent does not offer pass unchanged."""
+    """The template's env with the placement's over it. The placement's CUDA_VISIBLE_DEVICES
+    holds this host's GPU numbers (NVML's, which the agent offers in Capacity.gpu_indices), so
+    CUDA is told to count in PCI bus order too, unless the template says otherwise. Numbers the
+    agent does not offer (`devices`) are passed on, with a warning."""
     env = {**template_env, **placement_env}
     value = placement_env.get(CUDA_VISIBLE_DEVICES, "")
-    if devices is None or not value.strip():
+    if not value.strip():
         return env
     parts = [p.strip() for p in value.split(",")]
-    if not all(p.isdigit() and int(p) < len(devices) for p in parts):
+    if devices is not None and not all(p.isdigit() and int(p) in devices for p in parts):
         log.warning(
             "CUDA_VISIBLE_DEVICES names GPUs this agent does not offer; passed on unchanged",
             extra={"value": value, "offered": list(devices)},
         )
-        return env
-    env[CUDA_VISIBLE_DEVICES] = ",".join(str(devices[int(p)]) for p in parts)
     env.setdefault(CUDA_DEVICE_ORDER, "PCI_BUS_ID")
     return env
+
+
+def capacity(gpus: Sequence[GpuInfo], cpu_slots: int) -> types_pb2.Capacity:
+    """What the agent offers: CPU slots and its GPUs by host number, with memory and
+    utilisation (0..1) as last read."""
+    return types_pb2.Capacity(
+        gpus=len(gpus),
+        cpu_slots=cpu_slots,
+        gpu_indices=[g.index for g in gpus],
+        gpu_memory_bytes=[g.memory_total_bytes for g in gpus],
+        gpu_memory_used_bytes=[g.memory_used_bytes for g in gpus],
+        gpu_utilization=[g.utilization_percent / 100.0 for g in gpus],
+    )

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from agent.gpus import GpuInfo
 from agent.status import ReplicaState, ReplicaStatus
 
 
@@ -25,7 +26,9 @@ class _ReplicaCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         statuses = self._statuses()
         by_state = GaugeMetricFamily(
-            "llmpool_agent_replicas", "Replicas this agent runs, by state.", labels=["state"]
+            "llmpool_agent_replicas",
+            "Replicas this agent runs or watches (--attach), by state.",
+            labels=["state"],
         )
         for state in ReplicaState:
             by_state.add_metric([state.value], sum(1 for s in statuses if s.state is state))
@@ -65,6 +68,36 @@ class _ReplicaCollector(Collector):
         yield kv
 
 
+class _GpuCollector(Collector):
+    """The offered GPUs' memory and utilisation as last read through NVML."""
+
+    def __init__(self, gpus: Callable[[], Sequence[GpuInfo]]) -> None:
+        self._gpus = gpus
+
+    def collect(self) -> Iterable[Metric]:
+        total = GaugeMetricFamily(
+            "llmpool_agent_gpu_memory_total_bytes", "Memory of each offered GPU.", labels=["gpu"]
+        )
+        used = GaugeMetricFamily(
+            "llmpool_agent_gpu_memory_used_bytes",
+            "Memory in use on each offered GPU, by any process.",
+            labels=["gpu"],
+        )
+        util = GaugeMetricFamily(
+            "llmpool_agent_gpu_utilization_ratio",
+            "Share of time each offered GPU was busy, 0..1, as NVML last said.",
+            labels=["gpu"],
+        )
+        for gpu in self._gpus():
+            label = [str(gpu.index)]
+            total.add_metric(label, gpu.memory_total_bytes)
+            used.add_metric(label, gpu.memory_used_bytes)
+            util.add_metric(label, gpu.utilization_percent / 100.0)
+        yield total
+        yield used
+        yield util
+
+
 class AgentMetrics:
     """A registry of its own (never the global one), built once at start-up."""
 
@@ -72,6 +105,7 @@ class AgentMetrics:
         self,
         statuses: Callable[[], list[ReplicaStatus]],
         restarts_by_pool: Callable[[], Mapping[str, int]],
+        gpus: Callable[[], Sequence[GpuInfo]] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         self.controller_connected = Gauge(
@@ -80,6 +114,8 @@ class AgentMetrics:
             registry=self.registry,
         )
         self.registry.register(_ReplicaCollector(statuses, restarts_by_pool))
+        if gpus is not None:
+            self.registry.register(_GpuCollector(gpus))
 
     def set_connected(self, connected: bool) -> None:
         self.controller_connected.set(1 if connected else 0)

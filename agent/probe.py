@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 
 from agent.engine_metrics import NO_LOAD, EngineLoad, parse_engine_metrics
+from agent.engines import ADAPTERS
 from llmpool.clock import Clock
 
 
@@ -31,7 +32,7 @@ class Prober:
         return self._clock.monotonic() - started
 
     async def load(self, engine: str, url: str, timeout_s: float) -> EngineLoad:
-        """The engine's load; NO_LOAD when it has no metrics endpoint (404)."""
+        """The engine's load, read by its adapter; NO_LOAD when it has no metrics endpoint (404)."""
         try:
             response = await self._client.get(url, timeout=timeout_s)
         except httpx.HTTPError as exc:
@@ -40,7 +41,11 @@ class Prober:
             return NO_LOAD
         if response.status_code != 200:
             raise ProbeError(f"GET {url}: HTTP {response.status_code}")
+        adapter = ADAPTERS.get(engine)
         try:
-            return parse_engine_metrics(engine, response.text)
+            if adapter is None:
+                # Not a kind this agent knows (a newer controller): try every engine's names.
+                return parse_engine_metrics(engine, response.text)
+            return adapter.parse_load(response.text)
         except ValueError as exc:
             raise ProbeError(f"GET {url}: {exc}") from exc

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from agent.engine_metrics import NO_LOAD, EngineLoad
 from agent.ewma import Ewma
+from agent.hit_rate import HitRate
 from agent.log_ring import LogRing
 from agent.ports import PortAllocator
 from agent.probe import ProbeError, Prober
@@ -74,6 +75,7 @@ class Replica:
         self._healthy = False
         self._message = ""
         self._load: EngineLoad = NO_LOAD
+        self._hit_rate = HitRate()
         self._latency = Ewma()
         self._restarts = 0
         self._port: int | None = None
@@ -83,6 +85,8 @@ class Replica:
         self._ready_since: float | None = None
         self._stopping = False
         self._stopped = asyncio.Event()
+        # Loop time a running drain ends at; a later stop may bring it forward.
+        self._drain_deadline: float | None = None
 
     # ---- view
 
@@ -116,6 +120,7 @@ class Replica:
             running=load.running,
             waiting=load.waiting,
             kv_usage=-1.0 if load.kv_usage is None else load.kv_usage,
+            prefix_cache_hit_rate=self._hit_rate.value,
             latency_ms=self._latency.value or 0.0,
             restarts=self._restarts,
             message=self._message,
@@ -133,8 +138,12 @@ class Replica:
         )
 
     async def stop(self, drain_s: float) -> None:
-        """DRAINING, let in-flight requests end (at most drain_s), end the process group."""
+        """DRAINING, let in-flight requests end (at most drain_s), end the process group. A stop
+        while draining can shorten the drain: the controller's word that nothing is in flight."""
         if self._stopping:
+            if self._drain_deadline is not None:
+                until = asyncio.get_running_loop().time() + drain_s
+                self._drain_deadline = min(self._drain_deadline, until)
             await self._stopped.wait()
             return
         self._stopping = True
@@ -278,19 +287,23 @@ class Replica:
     async def _probe(self) -> str:
         """Readiness, then liveness and load forever; returns only when readiness times out."""
         health_url = self._probe_base() + self.spec.health_path
+        # Some engines answer their liveness path before they can generate (spec.ready_path).
+        ready_url = self._probe_base() + (self.spec.ready_path or self.spec.health_path)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.spec.ready_timeout_s
         last_error = "no answer yet"
         while True:
             try:
-                rtt = await self._prober.health(health_url, self._settings.probe_timeout_s)
+                rtt = await self._prober.health(ready_url, self._settings.probe_timeout_s)
                 break
             except ProbeError as exc:
                 last_error = str(exc)
             if loop.time() >= deadline:
                 return f"not ready within {self.spec.ready_timeout_s:g}s: {last_error}"
             await asyncio.sleep(self._settings.ready_poll_s)
-        self._latency.add(rtt * 1000)
+        if not self.spec.ready_path:
+            # A readiness path that generates would skew the probe latency.
+            self._latency.add(rtt * 1000)
         await self._refresh_load()
         self._ready_since = self._clock.monotonic()
         self._healthy = True
@@ -325,6 +338,7 @@ class Replica:
             self._load = await self._prober.load(
                 self.spec.engine, url, self._settings.probe_timeout_s
             )
+            self._hit_rate.update(self._load)
         except ProbeError as exc:
             # Keep the last known load; health probes decide about health.
             log.debug(
@@ -333,9 +347,11 @@ class Replica:
 
     async def _drain(self, drain_s: float) -> None:
         """Waits until the engine has no running or waiting request, at most drain_s. Engines that
-        report no load get the whole drain_s: only the gateways know their in-flight requests."""
+        report no load wait until the controller, which hears the gateways' in-flight counts,
+        sends a shorter stop (see stop()), or drain_s passes."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + drain_s
+        started = loop.time()
+        self._drain_deadline = started + drain_s
         while True:
             await self._refresh_load()
             load = self._load
@@ -344,11 +360,16 @@ class Replica:
             proc = self._proc
             if proc is None or proc.returncode is not None:
                 return
-            remaining = deadline - loop.time()
+            remaining = self._drain_deadline - loop.time()
             if remaining <= 0:
+                cut = self._drain_deadline < started + drain_s
                 log.info(
-                    "drain timed out",
-                    extra={"replica_id": self.spec.replica_id, "drain_s": drain_s},
+                    "drain ended by the controller" if cut else "drain timed out",
+                    extra={
+                        "replica_id": self.spec.replica_id,
+                        "drain_s": drain_s,
+                        "drained_s": round(loop.time() - started, 2),
+                    },
                 )
                 return
             await asyncio.sleep(min(self._settings.drain_poll_s, remaining))

@@ -12,11 +12,11 @@ import grpc
 
 from agent.commands import CommandHandler
 from agent.convert import report_message, status_to_proto
-from agent.gpus import GpuInfo
+from agent.gpus import GpuInfo, capacity
 from agent.supervisor import Supervisor
 from agent.template import ENGINES
 from llmpool.backoff import Backoff
-from llmpool.v1 import agent_pb2, agent_pb2_grpc, types_pb2
+from llmpool.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class AgentIdentity:
     hostname: str
     labels: Mapping[str, str] = field(default_factory=dict)
     cpu_slots: int = 1
-    # The GPUs offered for placement; the controller numbers them 0..n-1 in this order.
+    # The GPUs offered for placement, by host number, with their use as last read.
     gpus: tuple[GpuInfo, ...] = ()
     engines: tuple[str, ...] = ENGINES
 
@@ -122,11 +122,7 @@ class ControllerSession:
                 agent_id=ident.agent_id,
                 hostname=ident.hostname,
                 labels=dict(ident.labels),
-                capacity=types_pb2.Capacity(
-                    gpus=len(ident.gpus),
-                    cpu_slots=ident.cpu_slots,
-                    gpu_memory_bytes=[g.memory_total_bytes for g in ident.gpus],
-                ),
+                capacity=capacity(ident.gpus, ident.cpu_slots),
                 engines=list(ident.engines),
                 # Only what runs now; replicas stopped meanwhile go out in the first Report.
                 replicas=[status_to_proto(s) for s in self._supervisor.statuses()],
@@ -134,7 +130,10 @@ class ControllerSession:
         )
 
     def _report(self) -> agent_pb2.AgentMessage:
-        return report_message(self._supervisor.take_report())
+        ident = self.identity
+        # GPU use changes all the time; hosts without GPUs have nothing to refresh.
+        offer = capacity(ident.gpus, ident.cpu_slots) if ident.gpus else None
+        return report_message(self._supervisor.take_report(), offer)
 
     def _apply_welcome(self, welcome: agent_pb2.Welcome) -> None:
         self.controller_id = welcome.controller_id

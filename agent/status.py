@@ -31,3 +31,7 @@ class ReplicaStatus:
     restarts: int
     message: str
     pid: int
+    # An engine the agent watches but did not start (--attach).
+    attached: bool = False
+    # Prefix cache hit rate over recent requests, 0..1, or -1 when the engine does not say.
+    prefix_cache_hit_rate: float = -1.0

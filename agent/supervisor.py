@@ -1,4 +1,4 @@
-"""The replicas of this host by id: start, stop, status views for reports and metrics, log rings."""
+"""The replicas of this host by id (started or attached): start, stop, status views, log rings."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import asyncio
 import logging
 from collections.abc import Mapping
 
+from agent.attach_spec import AttachSpec
+from agent.attached import AttachedEngine
+from agent.engines import adapter_for
 from agent.log_ring import LogRing
 from agent.ports import PortAllocator
 from agent.probe import Prober
 from agent.replica import Replica, SupervisorSettings
 from agent.status import ReplicaStatus
-from agent.template import ReplicaSpec, validate, with_engine_defaults
+from agent.template import ReplicaSpec, validate
 from llmpool.clock import Clock, SystemClock
 from llmpool.errors import FailedPreconditionError, NotFoundError, UnavailableError
 
@@ -34,6 +37,8 @@ class Supervisor:
         self._prober = prober
         self._clock = clock or SystemClock()
         self._replicas: dict[str, Replica] = {}
+        # Engines watched but not started (--attach); reported like replicas, never stopped.
+        self._attached: dict[str, AttachedEngine] = {}
         # Stopped replicas not yet reported: each goes out in exactly one report.
         self._gone: list[ReplicaStatus] = []
         self._restarts_by_pool: dict[str, int] = {}
@@ -46,10 +51,35 @@ class Supervisor:
     def _count_restart(self, pool: str) -> None:
         self._restarts_by_pool[pool] = self._restarts_by_pool.get(pool, 0) + 1
 
+    def attach(self, spec: AttachSpec) -> AttachedEngine:
+        """Starts watching an engine this agent did not start (needs a running event loop)."""
+        if self._closed:
+            raise UnavailableError(f"replica {spec.replica_id}: this agent is shutting down")
+        if spec.replica_id in self._replicas or spec.replica_id in self._attached:
+            raise FailedPreconditionError(
+                f"replica {spec.replica_id} exists already on this agent;"
+                " give the --attach spec its own id="
+            )
+        engine = AttachedEngine(spec, self.settings, self._prober, self._clock, self._notify)
+        self._attached[spec.replica_id] = engine
+        engine.start()
+        self._notify()
+        return engine
+
+    def _refuse_attached(self, replica_id: str, what: str) -> None:
+        if replica_id in self._attached:
+            raise FailedPreconditionError(f"replica {replica_id} is attached: {what}")
+
     async def start(self, spec: ReplicaSpec) -> bool:
         """Spawns the replica; False when it already runs (idempotent). Raises InvalidArgumentError
         for a bad spec, FailedPreconditionError when it cannot be spawned (or its default model is
         not installed) or is being stopped."""
+        if self._closed:
+            raise UnavailableError(f"replica {spec.replica_id}: this agent is shutting down")
+        validate(spec)
+        # Filling in the default command reads model files: off the loop, and before the checks
+        # below so that nothing can slip in between them and the insert.
+        spec = await asyncio.to_thread(adapter_for(spec.engine).fill, spec)
         if self._closed:
             raise UnavailableError(f"replica {spec.replica_id}: this agent is shutting down")
         existing = self._replicas.get(spec.replica_id)
@@ -59,8 +89,9 @@ class Supervisor:
                     f"replica {spec.replica_id} is being stopped; start it again once it is STOPPED"
                 )
             return False
-        validate(spec)
-        spec = with_engine_defaults(spec)
+        self._refuse_attached(
+            spec.replica_id, "the agent watches an engine of that id; start it under another id"
+        )
         replica = Replica(
             spec,
             self.settings,
@@ -87,6 +118,11 @@ class Supervisor:
 
     async def stop(self, replica_id: str, drain_s: float) -> ReplicaStatus:
         """Drains and stops the replica; its STOPPED status goes out in the next report only."""
+        self._refuse_attached(
+            replica_id,
+            "the agent watches it but did not start it; remove the --attach flag to stop "
+            "watching it",
+        )
         replica = self._replicas.get(replica_id)
         if replica is None:
             raise NotFoundError(f"replica {replica_id} is not running on this agent")
@@ -99,9 +135,11 @@ class Supervisor:
         return status
 
     async def shutdown(self) -> None:
-        """Stops every replica at once, without draining (the agent is going away); later
-        starts are refused."""
+        """Stops every replica at once, without draining (the agent is going away), and stops
+        watching attached engines (they drop out of reports); later starts are refused."""
         self._closed = True
+        attached, self._attached = list(self._attached.values()), {}
+        await asyncio.gather(*(engine.stop() for engine in attached))
         ids = list(self._replicas)
         results = await asyncio.gather(
             *(self.stop(rid, 0.0) for rid in ids), return_exceptions=True
@@ -113,8 +151,10 @@ class Supervisor:
                 )
 
     def statuses(self) -> list[ReplicaStatus]:
-        """Every replica this agent runs now (for Register and metrics)."""
-        return [replica.status() for replica in self._replicas.values()]
+        """Every replica this agent runs or watches now (for Register and metrics)."""
+        return [replica.status() for replica in self._replicas.values()] + [
+            engine.status() for engine in self._attached.values()
+        ]
 
     def take_report(self) -> list[ReplicaStatus]:
         """What the next Report carries: running replicas plus those stopped since the last one."""
@@ -122,6 +162,10 @@ class Supervisor:
         return self.statuses() + gone
 
     def logs(self, replica_id: str) -> LogRing:
+        self._refuse_attached(
+            replica_id,
+            "there are no logs for an engine the agent did not start; read them where it runs",
+        )
         replica = self._replicas.get(replica_id)
         if replica is None:
             raise NotFoundError(f"replica {replica_id} is not running on this agent")

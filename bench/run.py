@@ -286,7 +286,11 @@ async def run_all(profile: Profile, only: list[str], out: Path, command: str) ->
 
 
 def write_report(out: Path, text: str) -> None:
-    out.write_text(text)
+    """Writes the gateway section; sections other benchmarks own (from the first
+    `<!-- bench-` marker on) are kept as they are."""
+    old = out.read_text() if out.exists() else ""
+    kept = old.find("\n<!-- bench-")
+    out.write_text(text if kept < 0 else text.rstrip("\n") + "\n" + old[kept:])
     print()
     print(text)
     print(f"written to {out}")

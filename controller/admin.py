@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 
-from llmpool.errors import AlreadyExistsError, NotFoundError, UnavailableError
+from llmpool.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    NotFoundError,
+    UnavailableError,
+)
 from llmpool.v1 import agent_pb2, types_pb2
 
 from .agents import AgentRecord, AgentRegistry
@@ -17,13 +22,22 @@ from .publisher import SnapshotPublisher
 from .reconcile_loop import ReconcileLoop
 from .snapshot import healthy_members
 from .tails import LogTails
-from .validation import check_backend, check_name, check_pool
+from .validation import (
+    check_backend,
+    check_name,
+    check_not_routed_to,
+    check_pool,
+    check_pool_routes,
+)
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ReplicaView:
+    """desired: the reconciler wants it running; always False for attached replicas, which it
+    neither starts nor stops (status.attached says so)."""
+
     status: types_pb2.ReplicaStatus
     agent_id: str
     desired: bool
@@ -47,7 +61,10 @@ class Admin:
         reconciler: ReconcileLoop,
         publisher: SnapshotPublisher,
         tails: LogTails,
+        extra_policies: Collection[str] = (),
     ) -> None:
+        # Policy names only gateways know (their --policy-plugin): accepted unchecked.
+        self._extra_policies = tuple(extra_policies)
         self._desired = desired
         self._registry = registry
         self._reconciler = reconciler
@@ -122,6 +139,11 @@ class Admin:
                     "SetBackendEnabled(enabled=true) undoes it"
                 )
             assignment = self._desired.assignments.get(member_id)
+            self._refuse_attached(
+                member_id,
+                assignment is None,
+                "stop it where it runs, or remove the agent's --attach flag to stop routing to it",
+            )
             if assignment is None:
                 raise NotFoundError(
                     f"no backend or replica {member_id!r}: "
@@ -145,12 +167,13 @@ class Admin:
         return pool
 
     async def create_pool(self, spec: PoolSpec) -> PoolSpec:
-        check_pool(spec)
+        check_pool(spec, self._extra_policies)
         async with self._desired.lock:
             if spec.name in self._desired.pools:
                 raise AlreadyExistsError(
                     f"pool {spec.name!r} already exists: use UpdatePool or ScalePool to change it"
                 )
+            check_pool_routes(spec, self._desired.pools)
             await self._desired.put_pool(spec)
         log.info("pool created", extra={"pool": spec.name, "replicas": spec.replicas})
         return spec
@@ -166,7 +189,8 @@ class Admin:
                 changes["template"] = dataclasses.replace(
                     base, **{f: getattr(given, f) for f in sub}
                 )
-            updated = check_pool(dataclasses.replace(current, **changes))
+            updated = check_pool(dataclasses.replace(current, **changes), self._extra_policies)
+            check_pool_routes(updated, self._desired.pools)
             await self._desired.put_pool(updated)
         log.info("pool updated", extra={"pool": spec.name, "fields": sorted(paths)})
         return updated
@@ -174,12 +198,15 @@ class Admin:
     async def delete_pool(self, name: str) -> None:
         async with self._desired.lock:
             self.get_pool(name)
+            check_not_routed_to(name, self._desired.pools)
             await self._desired.delete_pool(name)
         log.info("pool deleted", extra={"pool": name})
 
     async def scale_pool(self, name: str, replicas: int) -> PoolSpec:
         async with self._desired.lock:
-            updated = check_pool(dataclasses.replace(self.get_pool(name), replicas=replicas))
+            updated = check_pool(
+                dataclasses.replace(self.get_pool(name), replicas=replicas), self._extra_policies
+            )
             await self._desired.put_pool(updated)
         log.info("pool scaled", extra={"pool": name, "replicas": replicas})
         return updated
@@ -203,10 +230,44 @@ class Admin:
         return self._registry.silent_s(record)
 
     def replicas_on(self, agent_id: str) -> int:
-        return sum(1 for a in self._desired.assignments.values() if a.agent_id == agent_id)
+        """Managed replicas placed on the agent plus the engines it watches (attached)."""
+        managed = sum(1 for a in self._desired.assignments.values() if a.agent_id == agent_id)
+        return managed + sum(1 for v in self._attached_views() if v.agent_id == agent_id)
+
+    def _refuse_attached(self, replica_id: str, unmanaged: bool, why: str) -> None:
+        found = self._registry.find_replica(replica_id)
+        if unmanaged and found is not None and found[1].attached:
+            raise FailedPreconditionError(
+                f"replica {replica_id!r} is attached: agent {found[0]!r} watches it but did not "
+                f"start it; {why}"
+            )
+
+    def _attached_views(self, pool: str = "") -> list[ReplicaView]:
+        """Attached replicas of agents not lost; those of a missing pool say so (not routed)."""
+        views = []
+        for record in self._registry.all():
+            if self._registry.silent_s(record) >= self._registry.lost_after_s:
+                continue
+            for rid in sorted(record.replicas):
+                status = record.replicas[rid]
+                if not status.attached or rid in self._desired.assignments:
+                    continue
+                if pool and status.pool != pool:
+                    continue
+                if status.pool not in self._desired.pools:
+                    shown = types_pb2.ReplicaStatus()
+                    shown.CopyFrom(status)
+                    shown.message = (
+                        f"pool {status.pool!r} does not exist: it is not routed until "
+                        "CreatePool makes it" + (f"; {status.message}" if status.message else "")
+                    )
+                    status = shown
+                views.append(ReplicaView(status, record.agent_id, desired=False))
+        return views
 
     def list_replicas(self, pool: str = "") -> list[ReplicaView]:
-        views = []
+        """Managed replicas (by assignment) and attached ones, by replica id."""
+        views = self._attached_views(pool)
         for a in sorted(self._desired.assignments.values(), key=lambda a: a.replica_id):
             if pool and a.pool != pool:
                 continue
@@ -217,12 +278,15 @@ class Admin:
                     replica_id=a.replica_id, pool=a.pool, message="not reported by its agent yet"
                 )
             views.append(ReplicaView(status, a.agent_id, a.desired))
-        return views
+        return sorted(views, key=lambda v: v.status.replica_id)
 
     async def tail_logs(self, replica_id: str, lines: int, follow: bool) -> AsyncIterator[str]:
         """Lines from the replica's agent; tells the agent to stop when the caller goes away."""
         check_name("replica_id", replica_id)
         assignment = self._desired.assignments.get(replica_id)
+        self._refuse_attached(
+            replica_id, assignment is None, "it has no logs here; read them where it runs"
+        )
         found = self._registry.find_replica(replica_id)
         agent_id = assignment.agent_id if assignment else (found[0] if found else None)
         if agent_id is None:

@@ -77,12 +77,20 @@ class AgentRegistry:
         self._changes.notify()
         return record
 
-    def report(self, agent_id: str, replicas: list[types_pb2.ReplicaStatus]) -> None:
-        """A report lists every replica the agent runs; it replaces the previous set."""
+    def report(
+        self,
+        agent_id: str,
+        replicas: list[types_pb2.ReplicaStatus],
+        capacity: types_pb2.Capacity | None = None,
+    ) -> None:
+        """A report lists every replica the agent runs; it replaces the previous set. A capacity,
+        when sent, carries fresh GPU use; placement reads it on its next pass."""
         record = self._agents.get(agent_id)
         if record is None:
             return
         record.last_seen = self._clock.monotonic()
+        if capacity is not None:
+            record.capacity.CopyFrom(capacity)
         new = {r.replica_id: _copy(r) for r in replicas}
         if new != record.replicas:
             record.replicas = new

@@ -66,6 +66,25 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "how often agents report, sent to them on connect",
         type=float,
     )
+    env_option(
+        p,
+        "--drain-s",
+        env,
+        "LLMPOOL_CONTROLLER_DRAIN_S",
+        10.0,
+        "most seconds a replica being removed gets to finish its requests; it stops as soon as "
+        "the gateways report nothing in flight on it",
+        type=float,
+    )
+    env_option(
+        p,
+        "--extra-policies",
+        env,
+        "LLMPOOL_CONTROLLER_EXTRA_POLICIES",
+        "",
+        "comma-separated routing policy names that only gateways load (--policy-plugin); "
+        "pools may use them, their params unchecked",
+    )
     add_logging_options(p, env)
     return p
 
@@ -78,6 +97,8 @@ def settings_from_args(args: argparse.Namespace) -> ControllerSettings:
         metrics_listen=args.metrics_listen,
         lease_s=args.lease_s,
         report_interval_s=args.report_interval_s,
+        drain_s=args.drain_s,
+        extra_policies=tuple(n.strip() for n in args.extra_policies.split(",") if n.strip()),
     )
 
 
@@ -86,6 +107,9 @@ def main(argv: list[str]) -> int:
     setup_logging("controller", args.log_level, args.log_json)
     if args.lease_s <= 0 or args.report_interval_s <= 0:
         log.error("--lease-s and --report-interval-s must be > 0")
+        return 2
+    if args.drain_s < 0:
+        log.error("--drain-s must be >= 0")
         return 2
     try:
         settings = settings_from_args(args)

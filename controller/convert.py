@@ -6,13 +6,22 @@ from collections.abc import Iterable
 
 from google.protobuf.field_mask_pb2 import FieldMask
 
-from llmpool.config import Config, TemplateConfig
+from llmpool.config import Config, RuleConfig, TemplateConfig
 from llmpool.errors import InvalidArgumentError
 from llmpool.v1 import types_pb2
 
-from .model import BackendSpec, PoolSpec, Template
+from .model import BackendSpec, PoolSpec, RouteRule, SplitArm, Template
 
-POOL_FIELDS = ("policy", "policy_params", "replicas", "template", "description")
+POOL_FIELDS = (
+    "policy",
+    "policy_params",
+    "replicas",
+    "template",
+    "description",
+    "rules",
+    "splits",
+    "split_header",
+)
 TEMPLATE_FIELDS = (
     "engine",
     "command",
@@ -23,8 +32,23 @@ TEMPLATE_FIELDS = (
     "served_model",
     "gpus",
     "cpu_slots",
+    "weights",
+    "args",
+    "input_cost_per_mtok",
+    "output_cost_per_mtok",
 )
-BACKEND_FIELDS = ("pool", "url", "weight", "enabled", "kind", "zone", "upstream_model", "labels")
+BACKEND_FIELDS = (
+    "pool",
+    "url",
+    "weight",
+    "enabled",
+    "kind",
+    "zone",
+    "upstream_model",
+    "labels",
+    "input_cost_per_mtok",
+    "output_cost_per_mtok",
+)
 
 
 def template_from_proto(msg: types_pb2.ReplicaTemplate) -> Template:
@@ -33,12 +57,16 @@ def template_from_proto(msg: types_pb2.ReplicaTemplate) -> Template:
         engine=msg.engine or "sim",
         command=tuple(msg.command),
         env=dict(msg.env),
-        health_path=msg.health_path or "/health",
+        health_path=msg.health_path,
         metrics_path=msg.metrics_path,
         ready_timeout_s=msg.ready_timeout_s or 60.0,
         served_model=msg.served_model,
         gpus=msg.gpus,
         cpu_slots=msg.cpu_slots,
+        weights=msg.weights,
+        args=tuple(msg.args),
+        input_cost_per_mtok=msg.input_cost_per_mtok,
+        output_cost_per_mtok=msg.output_cost_per_mtok,
     )
 
 
@@ -53,6 +81,10 @@ def template_to_proto(t: Template) -> types_pb2.ReplicaTemplate:
         served_model=t.served_model,
         gpus=t.gpus,
         cpu_slots=t.cpu_slots,
+        weights=t.weights,
+        args=list(t.args),
+        input_cost_per_mtok=t.input_cost_per_mtok,
+        output_cost_per_mtok=t.output_cost_per_mtok,
     )
 
 
@@ -67,7 +99,45 @@ def template_from_config(t: TemplateConfig) -> Template:
         served_model=t.served_model,
         gpus=t.gpus,
         cpu_slots=t.cpu_slots,
+        weights=t.weights,
+        args=tuple(t.args),
+        input_cost_per_mtok=t.input_cost_per_mtok,
+        output_cost_per_mtok=t.output_cost_per_mtok,
     )
+
+
+def rule_from_proto(msg: types_pb2.RouteRule) -> RouteRule:
+    return RouteRule(
+        target=msg.target,
+        min_prompt_chars=msg.min_prompt_chars,
+        max_prompt_chars=msg.max_prompt_chars,
+        prompt_regex=msg.prompt_regex,
+        header=msg.header,
+        header_regex=msg.header_regex,
+        metadata_key=msg.metadata_key,
+        metadata_regex=msg.metadata_regex,
+    )
+
+
+def rule_to_proto(r: RouteRule) -> types_pb2.RouteRule:
+    return types_pb2.RouteRule(
+        target=r.target,
+        min_prompt_chars=r.min_prompt_chars,
+        max_prompt_chars=r.max_prompt_chars,
+        prompt_regex=r.prompt_regex,
+        header=r.header,
+        header_regex=r.header_regex,
+        metadata_key=r.metadata_key,
+        metadata_regex=r.metadata_regex,
+    )
+
+
+def arm_to_proto(a: SplitArm) -> types_pb2.SplitArm:
+    return types_pb2.SplitArm(target=a.target, weight=a.weight)
+
+
+def rule_from_config(r: RuleConfig) -> RouteRule:
+    return RouteRule(**r.model_dump())
 
 
 def pool_from_proto(msg: types_pb2.Pool) -> PoolSpec:
@@ -78,6 +148,9 @@ def pool_from_proto(msg: types_pb2.Pool) -> PoolSpec:
         replicas=msg.replicas,
         template=template_from_proto(msg.template) if msg.HasField("template") else None,
         description=msg.description,
+        rules=tuple(rule_from_proto(r) for r in msg.rules),
+        splits=tuple(SplitArm(a.target, a.weight) for a in msg.splits),
+        split_header=msg.split_header,
     )
 
 
@@ -88,6 +161,9 @@ def pool_to_proto(p: PoolSpec) -> types_pb2.Pool:
         policy_params=p.policy_params,
         replicas=p.replicas,
         description=p.description,
+        rules=[rule_to_proto(r) for r in p.rules],
+        splits=[arm_to_proto(a) for a in p.splits],
+        split_header=p.split_header,
     )
     if p.template is not None:
         msg.template.CopyFrom(template_to_proto(p.template))
@@ -105,6 +181,8 @@ def backend_from_proto(msg: types_pb2.Backend) -> BackendSpec:
         zone=msg.zone,
         upstream_model=msg.upstream_model,
         labels=dict(msg.labels),
+        input_cost_per_mtok=msg.input_cost_per_mtok,
+        output_cost_per_mtok=msg.output_cost_per_mtok,
     )
 
 
@@ -119,6 +197,8 @@ def backend_to_proto(b: BackendSpec) -> types_pb2.Backend:
         zone=b.zone,
         upstream_model=b.upstream_model,
         labels=b.labels,
+        input_cost_per_mtok=b.input_cost_per_mtok,
+        output_cost_per_mtok=b.output_cost_per_mtok,
     )
 
 
@@ -131,6 +211,9 @@ def specs_from_config(config: Config) -> tuple[list[PoolSpec], list[BackendSpec]
             replicas=p.replicas,
             template=template_from_config(p.template) if p.template else None,
             description=p.description,
+            rules=tuple(rule_from_config(r) for r in p.rules),
+            splits=tuple(SplitArm(a.target, a.weight) for a in p.splits),
+            split_header=p.split_header,
         )
         for p in config.pools
     ]
@@ -145,6 +228,8 @@ def specs_from_config(config: Config) -> tuple[list[PoolSpec], list[BackendSpec]
             zone=b.zone,
             upstream_model=b.upstream_model,
             labels=dict(b.labels),
+            input_cost_per_mtok=b.input_cost_per_mtok,
+            output_cost_per_mtok=b.output_cost_per_mtok,
         )
         for b in config.backends()
     ]

@@ -82,7 +82,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             async for msg in messages:
                 kind = msg.WhichOneof("msg")
                 if kind == "report":
-                    self._registry.report(agent_id, list(msg.report.replicas))
+                    self._registry.report(
+                        agent_id,
+                        list(msg.report.replicas),
+                        msg.report.capacity if msg.report.HasField("capacity") else None,
+                    )
                     continue
                 self._registry.touch(agent_id)
                 if kind == "log_chunk":

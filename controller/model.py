@@ -12,12 +12,41 @@ class Template:
     engine: str = "sim"
     command: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
-    health_path: str = "/health"
-    metrics_path: str = "/metrics"
+    # "" means the engine's own paths (the agent's engine adapter knows them).
+    health_path: str = ""
+    metrics_path: str = ""
     ready_timeout_s: float = 60.0
     served_model: str = ""
     gpus: int = 0
     cpu_slots: int = 1
+    # Shape the engine's default command only: the model it loads and arguments appended.
+    weights: str = ""
+    args: tuple[str, ...] = ()
+    # What a token these replicas serve costs, US dollars per million (the cost policy).
+    input_cost_per_mtok: float = 0.0
+    output_cost_per_mtok: float = 0.0
+
+
+@dataclass(frozen=True)
+class RouteRule:
+    """A content rule (mirrors llmpool.v1.RouteRule): every set condition must hold."""
+
+    target: str
+    min_prompt_chars: int = 0
+    max_prompt_chars: int = 0
+    prompt_regex: str = ""
+    header: str = ""
+    header_regex: str = ""
+    metadata_key: str = ""
+    metadata_regex: str = ""
+
+
+@dataclass(frozen=True)
+class SplitArm:
+    """One arm of an A/B split: a target pool and its relative weight."""
+
+    target: str
+    weight: int = 1
 
 
 @dataclass(frozen=True)
@@ -30,6 +59,13 @@ class PoolSpec:
     replicas: int = 0
     template: Template | None = None
     description: str = ""
+    rules: tuple[RouteRule, ...] = ()
+    splits: tuple[SplitArm, ...] = ()
+    split_header: str = ""
+
+    def route_targets(self) -> set[str]:
+        """Pools this pool's rules and split arms send requests to."""
+        return {r.target for r in self.rules} | {a.target for a in self.splits}
 
 
 @dataclass(frozen=True)
@@ -46,6 +82,9 @@ class BackendSpec:
     upstream_model: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     draining: bool = False
+    # US dollars per million tokens (the cost policy; cost accounting later).
+    input_cost_per_mtok: float = 0.0
+    output_cost_per_mtok: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -53,7 +92,7 @@ class Assignment:
     """A managed replica the controller placed (or adopted) on an agent.
 
     desired=False while it is being drained away. created_at is wall-clock seconds, so it
-    survives a controller restart. gpu_indices: the agent's GPUs (numbered 0..n-1 as it
+    survives a controller restart. gpu_indices: the agent's GPUs (its host numbers, as it
     offers them) the replica holds; () for CPU replicas and adopted ones."""
 
     replica_id: str

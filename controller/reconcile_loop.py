@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import secrets
 import uuid
+from collections.abc import Callable
 
 from llmpool.clock import Clock
 from llmpool.v1 import agent_pb2, types_pb2
@@ -28,6 +29,7 @@ from .reconciler import (
     World,
     decide,
 )
+from .usage import UsageAggregator
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,9 @@ class ReconcileLoop:
         metrics: ControllerMetrics,
         drain_s: float = 10.0,
         interval_s: float = 1.0,
+        usage: UsageAggregator | None = None,
+        drain_settle_s: float = 1.0,
+        routing_version: Callable[[], int] | None = None,
     ) -> None:
         self._desired = desired
         self._registry = registry
@@ -61,6 +66,15 @@ class ReconcileLoop:
         self._metrics = metrics
         self._drain_s = drain_s
         self._interval_s = interval_s
+        self._usage = usage
+        # The routing version published now: a drain ends only once every gateway routes with a
+        # newer one (which marks the replica draining). Without it, a drain waits drain_settle_s
+        # after the stop for the gateways' snapshots to catch up.
+        self._routing_version = routing_version
+        self._drain_settle_s = drain_settle_s
+        # replica id -> (agent id, when its draining stop was sent, routing version that must be
+        # applied), until the drain ends.
+        self._draining: dict[str, tuple[str, float, int]] = {}
         self._started_at = clock.monotonic()
         # replica id -> when a stop was last sent; repeats within a lease are dropped.
         self._stops_sent: dict[str, float] = {}
@@ -75,6 +89,9 @@ class ReconcileLoop:
                 silent_s=self._registry.silent_s(r),
                 cpu_slots=r.capacity.cpu_slots,
                 gpus=r.capacity.gpus,
+                gpu_indices=tuple(r.capacity.gpu_indices),
+                gpu_memory_bytes=tuple(r.capacity.gpu_memory_bytes),
+                gpu_memory_used_bytes=tuple(r.capacity.gpu_memory_used_bytes),
                 engines=r.engines,
                 registered_at=r.registered_at,
                 replicas=r.replicas,
@@ -97,6 +114,7 @@ class ReconcileLoop:
             decisions = decide(self.world(), new_replica_id)
             self._note_unplaced([d for d in decisions if isinstance(d, Unplaced)])
             applied: list[Decision] = [d for d in decisions if await self.apply(d)]
+        self._end_quiet_drains()
         self._update_gauges()
         return applied
 
@@ -167,6 +185,7 @@ class ReconcileLoop:
             assert isinstance(d, ForgetReplica)
             await self._desired.delete_assignment(d.replica_id)
             self._stops_sent.pop(d.replica_id, None)
+            self._draining.pop(d.replica_id, None)
             log.info("forgot replica", extra={"replica_id": d.replica_id, "reason": d.reason})
             action = "forget"
         self._metrics.reconcile_decisions.labels(action).inc()
@@ -192,6 +211,10 @@ class ReconcileLoop:
         )
         if sent:
             self._stops_sent[replica_id] = now
+            if drain_s > 0 and replica_id not in self._draining:
+                # Read after put_assignment: any snapshot built from now on shows it draining.
+                version = 0 if self._routing_version is None else self._routing_version() + 1
+                self._draining[replica_id] = (agent_id, now, version)
         log.info(
             "stopping replica",
             extra={
@@ -203,6 +226,37 @@ class ReconcileLoop:
             },
         )
         return True
+
+    def _end_quiet_drains(self) -> None:
+        """Ends the drain of replicas that no gateway has requests in flight on any more. Engines
+        without load metrics (llama_cpp.server, plain OpenAI servers) cannot tell their agent
+        that, which would then wait out the whole drain_s; a second stop with drain_s 0 does."""
+        if self._usage is None:
+            return
+        now = self._clock.monotonic()
+        for replica_id, (agent_id, since, version) in list(self._draining.items()):
+            found = self._registry.find_replica(replica_id)
+            if found is None or found[1].state == types_pb2.REPLICA_STATE_STOPPED:
+                del self._draining[replica_id]
+                continue
+            if found[1].state != types_pb2.REPLICA_STATE_DRAINING:
+                continue  # the agent has not taken the stop yet
+            settle = 0.0 if version else self._drain_settle_s
+            if not self._usage.quiet_since(replica_id, since + settle, version):
+                continue
+            del self._draining[replica_id]
+            sent = self._registry.send(
+                agent_id,
+                agent_pb2.ControllerMessage(
+                    stop=agent_pb2.StopReplica(
+                        command_id=uuid.uuid4().hex, replica_id=replica_id, drain_s=0.0
+                    )
+                ),
+            )
+            log.info(
+                "drain done: nothing in flight",
+                extra={"replica_id": replica_id, "drained_s": round(now - since, 2), "sent": sent},
+            )
 
     def _update_gauges(self) -> None:
         agents = self._registry.all()

@@ -22,6 +22,11 @@ class AgentView:
     silent_s: float
     cpu_slots: int = 0
     gpus: int = 0
+    # The agent's host numbers of its GPUs (empty from agents that do not say: then 0..gpus-1)
+    # and, where known, each one's memory in bytes and memory in use by anything.
+    gpu_indices: tuple[int, ...] = ()
+    gpu_memory_bytes: tuple[int, ...] = ()
+    gpu_memory_used_bytes: tuple[int, ...] = ()
     engines: tuple[str, ...] = ()
     registered_at: float = 0.0
     replicas: Mapping[str, types_pb2.ReplicaStatus] = field(default_factory=dict)
@@ -45,7 +50,7 @@ class StartReplica:
     pool: str
     agent_id: str
     template: Template
-    # The agent's GPUs it gets, numbered 0..n-1; () when the template asks for none.
+    # The agent's GPUs it gets, by host number; () when the template asks for none.
     gpu_indices: tuple[int, ...] = ()
 
 
@@ -108,9 +113,28 @@ class _Usage:
         self.held.setdefault(agent_id, set()).update(gpu_indices)
 
     def free_gpus(self, agent: AgentView) -> list[int]:
-        """GPU numbers of the agent no kept replica holds, lowest first."""
+        """GPU numbers of the agent that no kept replica holds and that something else has not
+        mostly filled, the most free memory first (then the lowest number)."""
         held = self.held.get(agent.agent_id, set())
-        return [i for i in range(agent.gpus) if i not in held]
+        indices = agent.gpu_indices or tuple(range(agent.gpus))
+        free: list[tuple[int, int]] = []
+        for pos, index in enumerate(indices):
+            if index in held:
+                continue
+            total = _at(agent.gpu_memory_bytes, pos)
+            used = _at(agent.gpu_memory_used_bytes, pos)
+            if total and used > total * _GPU_TAKEN_SHARE:
+                continue
+            free.append((-(total - used), index))
+        return [index for _, index in sorted(free)]
+
+
+# A GPU whose memory is this full though no replica of ours holds it is someone else's.
+_GPU_TAKEN_SHARE = 0.5
+
+
+def _at(values: tuple[int, ...], pos: int) -> int:
+    return values[pos] if pos < len(values) else 0
 
 
 @dataclass(frozen=True)
@@ -165,6 +189,10 @@ def decide(world: World, new_id: Callable[[str], str]) -> list[Decision]:
             decisions.append(ForgetReplica(a.replica_id, "agent lost"))
             continue
         status = agent.replicas.get(a.replica_id) if agent is not None else None
+        if status is not None and status.attached:
+            # Adopted before the agent said it only watches it: not ours to count or stop.
+            decisions.append(ForgetReplica(a.replica_id, "attached"))
+            continue
         if status is not None and status.state == types_pb2.REPLICA_STATE_STOPPED:
             decisions.append(ForgetReplica(a.replica_id, "stopped"))
             continue
@@ -194,7 +222,8 @@ def decide(world: World, new_id: Callable[[str], str]) -> list[Decision]:
         if lost(agent.agent_id) or agent.silent_s >= world.lease_s:
             continue
         for rid, status in sorted(agent.replicas.items()):
-            if rid in world.assignments or status.state in _GOING_AWAY:
+            # Attached engines are routed but never adopted, stopped or counted: not ours.
+            if rid in world.assignments or status.attached or status.state in _GOING_AWAY:
                 continue
             pool = world.pools.get(status.pool)
             if pool is not None and len(active[pool.name]) < pool.replicas:

@@ -66,6 +66,8 @@ class ControllerSettings:
     drain_s: float = 10.0
     # Seconds in-flight RPCs get on shutdown.
     grace_s: float = 3.0
+    # Routing policy names that only gateways load (--policy-plugin), accepted unchecked.
+    extra_policies: tuple[str, ...] = ()
 
 
 class ControllerServer:
@@ -118,9 +120,23 @@ class ControllerServer:
         self.publisher = SnapshotPublisher(build, self.changes.listener(), self.clock, self.metrics)
         self.publisher.publish()
         self.reconciler = ReconcileLoop(
-            desired, self.registry, self.changes.listener(), self.clock, self.metrics, s.drain_s
+            desired,
+            self.registry,
+            self.changes.listener(),
+            self.clock,
+            self.metrics,
+            s.drain_s,
+            usage=self.usage,
+            routing_version=lambda: self.publisher.version,
         )
-        self.admin = Admin(desired, self.registry, self.reconciler, self.publisher, self.tails)
+        self.admin = Admin(
+            desired,
+            self.registry,
+            self.reconciler,
+            self.publisher,
+            self.tails,
+            extra_policies=s.extra_policies,
+        )
 
         server = grpc.aio.server(interceptors=[ErrorInterceptor()])
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.admin), server)

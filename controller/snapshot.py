@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from llmpool.v1 import gateway_pb2, types_pb2
 
-from .model import Assignment, BackendSpec, PoolSpec
+from .convert import arm_to_proto, rule_to_proto
+from .model import Assignment, BackendSpec, PoolSpec, Template
 from .usage import MemberLoad
 
 Routes = dict[str, gateway_pb2.ModelRoute]
@@ -36,29 +37,62 @@ def _backend_member(b: BackendSpec, load: MemberLoad) -> gateway_pb2.Member:
         in_flight=load.in_flight,
         latency_ms=load.latency_ms,
         draining=b.draining,
+        labels=b.labels,
+        input_cost_per_mtok=b.input_cost_per_mtok,
+        output_cost_per_mtok=b.output_cost_per_mtok,
+        kv_usage=-1.0,
+        prefix_cache_hit_rate=-1.0,
+    )
+
+
+def _live_member(
+    member_id: str,
+    live: LiveReplica,
+    upstream_model: str,
+    load: MemberLoad,
+    draining: bool,
+    template: Template | None,
+) -> gateway_pb2.Member:
+    """A member for a replica an agent reports, managed or attached."""
+    s = live.status
+    healthy = live.lease_valid and s.state == types_pb2.REPLICA_STATE_READY and s.healthy
+    return gateway_pb2.Member(
+        id=member_id,
+        url=s.url,
+        weight=1,
+        healthy=healthy and not draining,
+        zone=live.zone,
+        kind="openai",
+        upstream_model=upstream_model,
+        running=s.running,
+        waiting=s.waiting,
+        kv_usage=s.kv_usage,
+        prefix_cache_hit_rate=s.prefix_cache_hit_rate,
+        in_flight=load.in_flight,
+        latency_ms=load.latency_ms or s.latency_ms,
+        draining=draining,
+        input_cost_per_mtok=template.input_cost_per_mtok if template else 0.0,
+        output_cost_per_mtok=template.output_cost_per_mtok if template else 0.0,
     )
 
 
 def _replica_member(
     a: Assignment, live: LiveReplica, pool: PoolSpec, load: MemberLoad
 ) -> gateway_pb2.Member:
+    draining = not a.desired or live.status.state == types_pb2.REPLICA_STATE_DRAINING
+    upstream = pool.template.served_model if pool.template else ""
+    return _live_member(a.replica_id, live, upstream, load, draining, pool.template)
+
+
+def routed_attached(live: LiveReplica, pools: Mapping[str, PoolSpec]) -> bool:
+    """An attached replica is routed while its pool exists and its agent's lease holds."""
     s = live.status
-    healthy = live.lease_valid and s.state == types_pb2.REPLICA_STATE_READY and s.healthy
-    draining = not a.desired or s.state == types_pb2.REPLICA_STATE_DRAINING
-    return gateway_pb2.Member(
-        id=a.replica_id,
-        url=s.url,
-        weight=1,
-        healthy=healthy and not draining,
-        zone=live.zone,
-        kind="openai",
-        upstream_model=pool.template.served_model if pool.template else "",
-        running=s.running,
-        waiting=s.waiting,
-        kv_usage=s.kv_usage,
-        in_flight=load.in_flight,
-        latency_ms=load.latency_ms or s.latency_ms,
-        draining=draining,
+    return (
+        s.attached
+        and s.pool in pools
+        and bool(s.url)
+        and live.lease_valid
+        and s.state != types_pb2.REPLICA_STATE_STOPPED
     )
 
 
@@ -69,7 +103,8 @@ def build_routes(
     live: Mapping[str, LiveReplica],
     loads: Mapping[str, MemberLoad],
 ) -> Routes:
-    """Every pool appears, even with no members, so gateways answer 503 rather than 404."""
+    """Every pool appears, even with no members, so gateways answer 503 rather than 404.
+    Members: static backends, managed replicas (by assignment) and attached replicas."""
     by_pool: dict[str, list[gateway_pb2.Member]] = {name: [] for name in pools}
     for b in sorted(backends.values(), key=lambda b: b.id):
         if b.pool in by_pool and b.enabled:
@@ -80,11 +115,32 @@ def build_routes(
             continue
         load = loads.get(a.replica_id, _NO_LOAD)
         by_pool[a.pool].append(_replica_member(a, replica, pools[a.pool], load))
+    for rid in sorted(live):
+        replica = live[rid]
+        if rid in assignments or not routed_attached(replica, pools):
+            continue
+        load = loads.get(rid, _NO_LOAD)
+        by_pool[replica.status.pool].append(
+            _live_member(
+                rid,
+                replica,
+                replica.status.served_model,
+                load,
+                draining=False,
+                template=pools[replica.status.pool].template,
+            )
+        )
     routes: Routes = {}
     for name in sorted(pools):
         pool, members = pools[name], by_pool[name]
         routes[name] = gateway_pb2.ModelRoute(
-            model=name, policy=pool.policy, policy_params=pool.policy_params, members=members
+            model=name,
+            policy=pool.policy,
+            policy_params=pool.policy_params,
+            members=members,
+            rules=[rule_to_proto(r) for r in pool.rules],
+            splits=[arm_to_proto(a) for a in pool.splits],
+            split_header=pool.split_header,
         )
     return routes
 

@@ -12,9 +12,9 @@ import orjson
 
 from llmpool.errors import FailedPreconditionError
 
-from .model import Assignment, BackendSpec, PoolSpec, Template
+from .model import Assignment, BackendSpec, PoolSpec, RouteRule, SplitArm, Template
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
 DB_FILE = "controller.sqlite3"
 
 _SCHEMA = """
@@ -24,7 +24,10 @@ CREATE TABLE IF NOT EXISTS pools (
     policy_params TEXT NOT NULL,
     replicas INTEGER NOT NULL,
     template TEXT,
-    description TEXT NOT NULL
+    description TEXT NOT NULL,
+    rules TEXT NOT NULL DEFAULT '[]',
+    splits TEXT NOT NULL DEFAULT '[]',
+    split_header TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS backends (
     id TEXT PRIMARY KEY,
@@ -36,7 +39,9 @@ CREATE TABLE IF NOT EXISTS backends (
     zone TEXT NOT NULL,
     upstream_model TEXT NOT NULL,
     labels TEXT NOT NULL,
-    draining INTEGER NOT NULL
+    draining INTEGER NOT NULL,
+    input_cost_per_mtok REAL NOT NULL DEFAULT 0,
+    output_cost_per_mtok REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS replicas (
     replica_id TEXT PRIMARY KEY,
@@ -52,6 +57,15 @@ CREATE TABLE IF NOT EXISTS replicas (
 # data dir gets _SCHEMA as it stands and needs none of them.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: ("ALTER TABLE replicas ADD COLUMN gpu_indices TEXT NOT NULL DEFAULT '[]'",),
+    3: (
+        "ALTER TABLE pools ADD COLUMN rules TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE pools ADD COLUMN splits TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE pools ADD COLUMN split_header TEXT NOT NULL DEFAULT ''",
+    ),
+    4: (
+        "ALTER TABLE backends ADD COLUMN input_cost_per_mtok REAL NOT NULL DEFAULT 0",
+        "ALTER TABLE backends ADD COLUMN output_cost_per_mtok REAL NOT NULL DEFAULT 0",
+    ),
 }
 
 
@@ -64,7 +78,22 @@ def _template_load(text: str | None) -> Template | None:
         return None
     data: dict[str, Any] = orjson.loads(text)
     data["command"] = tuple(data.get("command", ()))
+    # Rows written before templates had args load with the field's default.
+    data["args"] = tuple(data.get("args", ()))
     return Template(**data)
+
+
+def _rules_json(p: PoolSpec) -> tuple[str, str]:
+    rules = [dataclasses.asdict(r) for r in p.rules]
+    splits = [dataclasses.asdict(a) for a in p.splits]
+    return orjson.dumps(rules).decode(), orjson.dumps(splits).decode()
+
+
+def _rules_load(rules: str, splits: str) -> tuple[tuple[RouteRule, ...], tuple[SplitArm, ...]]:
+    return (
+        tuple(RouteRule(**r) for r in orjson.loads(rules)),
+        tuple(SplitArm(**a) for a in orjson.loads(splits)),
+    )
 
 
 class Store:
@@ -127,25 +156,32 @@ class Store:
 
     async def load_pools(self) -> list[PoolSpec]:
         async with self._db.execute(
-            "SELECT name, policy, policy_params, replicas, template, description FROM pools"
+            "SELECT name, policy, policy_params, replicas, template, description, "
+            "rules, splits, split_header FROM pools"
         ) as cur:
             rows = await cur.fetchall()
-        return [
-            PoolSpec(
-                name=r[0],
-                policy=r[1],
-                policy_params=orjson.loads(r[2]),
-                replicas=int(r[3]),
-                template=_template_load(r[4]),
-                description=r[5],
+        pools = []
+        for r in rows:
+            rules, splits = _rules_load(r[6], r[7])
+            pools.append(
+                PoolSpec(
+                    name=r[0],
+                    policy=r[1],
+                    policy_params=orjson.loads(r[2]),
+                    replicas=int(r[3]),
+                    template=_template_load(r[4]),
+                    description=r[5],
+                    rules=rules,
+                    splits=splits,
+                    split_header=r[8],
+                )
             )
-            for r in rows
-        ]
+        return pools
 
     async def load_backends(self) -> list[BackendSpec]:
         async with self._db.execute(
-            "SELECT id, pool, url, weight, enabled, kind, zone, upstream_model, labels, draining "
-            "FROM backends"
+            "SELECT id, pool, url, weight, enabled, kind, zone, upstream_model, labels, draining, "
+            "input_cost_per_mtok, output_cost_per_mtok FROM backends"
         ) as cur:
             rows = await cur.fetchall()
         return [
@@ -160,6 +196,8 @@ class Store:
                 upstream_model=r[7],
                 labels=orjson.loads(r[8]),
                 draining=bool(r[9]),
+                input_cost_per_mtok=float(r[10]),
+                output_cost_per_mtok=float(r[11]),
             )
             for r in rows
         ]
@@ -176,7 +214,8 @@ class Store:
 
     async def put_pool(self, p: PoolSpec) -> None:
         await self._db.execute(
-            "INSERT OR REPLACE INTO pools VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO pools (name, policy, policy_params, replicas, template, "
+            "description, rules, splits, split_header) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 p.name,
                 p.policy,
@@ -184,6 +223,8 @@ class Store:
                 p.replicas,
                 _template_json(p.template),
                 p.description,
+                *_rules_json(p),
+                p.split_header,
             ),
         )
         await self._db.commit()
@@ -196,7 +237,7 @@ class Store:
 
     async def put_backend(self, b: BackendSpec) -> None:
         await self._db.execute(
-            "INSERT OR REPLACE INTO backends VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO backends VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 b.id,
                 b.pool,
@@ -208,6 +249,8 @@ class Store:
                 b.upstream_model,
                 orjson.dumps(b.labels).decode(),
                 int(b.draining),
+                b.input_cost_per_mtok,
+                b.output_cost_per_mtok,
             ),
         )
         await self._db.commit()

@@ -31,9 +31,13 @@ class UsageAggregator:
         self._metrics = metrics
         self._ttl_s = ttl_s
         self._latest: dict[tuple[str, str], _Observed] = {}
+        # gateway id -> when its latest report came (whatever members it listed) and the
+        # routing version it had applied.
+        self._reported_at: dict[str, tuple[float, int]] = {}
 
     def record(self, report: gateway_pb2.UsageReport) -> None:
         now = self._clock.monotonic()
+        self._reported_at[report.gateway_id] = (now, report.routing_version)
         for m in report.members:
             self._latest[(report.gateway_id, m.member_id)] = _Observed(
                 m.in_flight, m.mean_latency_ms, now
@@ -66,3 +70,21 @@ class UsageAggregator:
             )
             for member, total in in_flight.items()
         }
+
+    def quiet_since(self, member_id: str, since: float, min_version: int = 0) -> bool:
+        """True when every gateway heard from within ttl_s has reported after `since` (monotonic),
+        routing with snapshot min_version or newer, and had nothing in flight on member_id. A
+        gateway lists every member with requests in flight in every report, so a member missing
+        from one has none; one that routes with min_version (which no longer lists the member as
+        a candidate) sends it nothing new."""
+        now = self._clock.monotonic()
+        for gateway, (at, version) in list(self._reported_at.items()):
+            if now - at > self._ttl_s:
+                del self._reported_at[gateway]
+                continue
+            if at < since or version < min_version:
+                return False
+            seen = self._latest.get((gateway, member_id))
+            if seen is not None and seen.at == at and seen.in_flight > 0:
+                return False
+        return True

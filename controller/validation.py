@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from urllib.parse import urlsplit
 
+from gateway.policies.registry import BUILTIN_POLICIES, PolicyPluginError, validate_policy
 from llmpool.config import NAME_RE
-from llmpool.errors import InvalidArgumentError
+from llmpool.engines import ENGINES, template_problem
+from llmpool.errors import FailedPreconditionError, InvalidArgumentError
+from llmpool.rule_checks import RouteGraphError, check_route_graph, check_rule, check_splits
 
 from .model import BackendSpec, PoolSpec, Template
 
-# Routing policies the gateway registers; the one list the controller accepts.
-KNOWN_POLICIES: tuple[str, ...] = ("round_robin", "least_in_flight")
-KNOWN_ENGINES: tuple[str, ...] = ("sim", "llamacpp", "vllm", "sglang", "tgi", "openai")
+# The gateway's built-in routing policies; installed `llmpool.policies` entry points count too.
+KNOWN_POLICIES: tuple[str, ...] = tuple(sorted(cls.name for cls in BUILTIN_POLICIES))
+KNOWN_ENGINES: tuple[str, ...] = ENGINES
 KNOWN_BACKEND_KINDS: tuple[str, ...] = ("openai",)
 
 
@@ -40,28 +44,32 @@ def check_url(value: str) -> str:
     return value.rstrip("/")
 
 
-def check_policy(value: str) -> str:
-    if value not in KNOWN_POLICIES:
-        raise InvalidArgumentError(
-            f"unknown policy {value!r}: known policies are {', '.join(KNOWN_POLICIES)}"
-        )
+def check_policy(
+    value: str, params: Mapping[str, str] | None = None, extra: Collection[str] = ()
+) -> str:
+    """The gateway's rules (gateway.policies.validate_policy): names from `extra` (plugins that
+    only gateways load, --extra-policies) are accepted with any params."""
+    try:
+        validate_policy(value, params or {}, extra_names=extra)
+    except (ValueError, PolicyPluginError) as exc:
+        raise InvalidArgumentError(str(exc)) from None
     return value
 
 
 def check_template(pool: str, template: Template) -> Template:
-    if template.engine not in KNOWN_ENGINES:
-        raise InvalidArgumentError(
-            f"pool {pool!r}: unknown engine {template.engine!r}: "
-            f"known engines are {', '.join(KNOWN_ENGINES)}"
-        )
+    problem = template_problem(template.engine, template.command, template.weights, template.args)
+    if problem is not None:
+        raise InvalidArgumentError(f"pool {pool!r}: {problem}")
     if template.ready_timeout_s <= 0:
         raise InvalidArgumentError(f"pool {pool!r}: template.ready_timeout_s must be > 0")
+    if template.input_cost_per_mtok < 0 or template.output_cost_per_mtok < 0:
+        raise InvalidArgumentError(f"pool {pool!r}: template prices must be >= 0")
     return template
 
 
-def check_pool(pool: PoolSpec) -> PoolSpec:
+def check_pool(pool: PoolSpec, extra_policies: Collection[str] = ()) -> PoolSpec:
     check_name("pool name", pool.name)
-    check_policy(pool.policy)
+    check_policy(pool.policy, pool.policy_params, extra_policies)
     if pool.template is not None:
         check_template(pool.name, pool.template)
     if pool.replicas > 0 and pool.template is None:
@@ -83,4 +91,38 @@ def check_backend(backend: BackendSpec) -> BackendSpec:
         )
     if backend.weight < 0:
         raise InvalidArgumentError(f"backend {backend.id!r}: weight must be >= 0")
+    if backend.input_cost_per_mtok < 0 or backend.output_cost_per_mtok < 0:
+        raise InvalidArgumentError(f"backend {backend.id!r}: prices must be >= 0")
     return backend
+
+
+def check_pool_routes(pool: PoolSpec, pools: Mapping[str, PoolSpec]) -> PoolSpec:
+    """pool's rules and split on their own, then the graph of every pool with pool in it
+    (replacing its stored self): targets exist, no cycles, chains short enough."""
+    for i, rule in enumerate(pool.rules):
+        check_name(f"pool {pool.name!r}: rules[{i}].target", rule.target)
+    for i, arm in enumerate(pool.splits):
+        check_name(f"pool {pool.name!r}: splits[{i}].target", arm.target)
+    try:
+        for i, rule in enumerate(pool.rules):
+            try:
+                check_rule(rule)
+            except RouteGraphError as exc:
+                raise RouteGraphError(f"rules[{i}]: {exc}") from None
+        check_splits(pool.splits, pool.split_header)
+        graph = {name: p.route_targets() for name, p in pools.items()}
+        graph[pool.name] = pool.route_targets()
+        check_route_graph(graph)
+    except RouteGraphError as exc:
+        raise InvalidArgumentError(f"pool {pool.name!r}: {exc}") from None
+    return pool
+
+
+def check_not_routed_to(name: str, pools: Mapping[str, PoolSpec]) -> None:
+    """A pool that other pools' rules or splits send to cannot go away under them."""
+    users = sorted(p.name for p in pools.values() if p.name != name and name in p.route_targets())
+    if users:
+        raise FailedPreconditionError(
+            f"pool {name!r} is a rule or split target of {', '.join(map(repr, users))}: "
+            "remove it from their rules/splits first (UpdatePool)"
+        )

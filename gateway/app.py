@@ -20,6 +20,7 @@ from gateway.controller_link import ControllerLink
 from gateway.errors import GatewayError, NotReadyError, error_response, handle_exception
 from gateway.metrics import GatewayMetrics
 from gateway.parsing import Endpoint, check_headers, parse_request, read_body
+from gateway.policies import PolicyRegistry
 from gateway.relay import Relay
 from gateway.routing import RoutingTable
 from gateway.settings import GatewaySettings
@@ -59,7 +60,7 @@ def create_app(
     FastAPI app (its .app), which owns the lifespan and the OpenAPI docs."""
     clock = clock or SystemClock()
     metrics = metrics or GatewayMetrics()
-    table = RoutingTable()
+    table = RoutingTable(registry=PolicyRegistry.load(settings.policy_plugins, clock=clock))
     usage = UsageTracker()
     upstream = upstream or build_upstream(
         settings.upstream_client,

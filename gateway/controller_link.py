@@ -136,6 +136,8 @@ class ControllerLink:
     async def _reports(self, backoff: Backoff) -> AsyncIterator[gateway_pb2.UsageReport]:
         while True:
             await asyncio.sleep(self._usage_interval_s)
-            yield self._usage.drain_report(self._gateway_id)
+            report = self._usage.drain_report(self._gateway_id)
+            report.routing_version = self._table.version
+            yield report
             # grpc asks for the next report only after it sent this one: the stream works.
             backoff.reset()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from llmpool.v1 import gateway_pb2
 
@@ -28,6 +31,12 @@ class Member:
     chat_url: str
     completions_url: str
     embeddings_url: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    # US dollars per million tokens; 0 when unknown.
+    input_cost_per_mtok: float = 0.0
+    output_cost_per_mtok: float = 0.0
+    # 0..1 as the engine reports it; negative when it does not say.
+    prefix_cache_hit_rate: float = -1.0
 
     @property
     def routable(self) -> bool:
@@ -72,4 +81,18 @@ def member_from_proto(msg: gateway_pb2.Member, model: str) -> Member:
         chat_url=base + "/v1/chat/completions",
         completions_url=base + "/v1/completions",
         embeddings_url=base + "/v1/embeddings",
+        labels=dict(msg.labels),
+        input_cost_per_mtok=msg.input_cost_per_mtok,
+        output_cost_per_mtok=msg.output_cost_per_mtok,
+        prefix_cache_hit_rate=msg.prefix_cache_hit_rate,
     )
+
+
+def idle_member(member_id: str, url: str = "http://127.0.0.1:1", **fields: Any) -> Member:
+    """A healthy member with no load, as a snapshot would give it, with fields replaced: for
+    tests, benchmarks and policy plugin authors."""
+    msg = gateway_pb2.Member(
+        id=member_id, url=url, weight=1, healthy=True, kind="openai", kv_usage=-1.0,
+        prefix_cache_hit_rate=-1.0,
+    )  # fmt: skip
+    return dataclasses.replace(member_from_proto(msg, ""), **fields)

@@ -66,9 +66,32 @@ class GatewayMetrics:
             "1 while the routing stream from the controller is up.",
             registry=r,
         )
+        self.split_requests = Counter(
+            "llmpool_gateway_split_requests",
+            "Requests an A/B split sent to one of its arms, by split model and arm (target pool).",
+            ["model", "arm"],
+            registry=r,
+        )
+        self.rule_matches = Counter(
+            "llmpool_gateway_rule_matches",
+            "Requests a content rule sent to another pool, by model and target pool.",
+            ["model", "target"],
+            registry=r,
+        )
+        # Children per (model, arm or target): the pools of the config bound them.
+        self._hops: dict[tuple[str, str, str], Counter] = {}
         # Label children per model, so the hot path does no .labels() lookup per request.
         # Bounded like the children themselves: by the models the routing table has held.
         self._models: dict[str, ModelMetrics] = {}
+
+    def hop(self, kind: str, model: str, target: str) -> Counter:
+        """The split_requests (kind "split") or rule_matches (kind "rule") child."""
+        key = (kind, model, target)
+        child = self._hops.get(key)
+        if child is None:
+            family = self.split_requests if kind == "split" else self.rule_matches
+            child = self._hops[key] = family.labels(model, target)
+        return child
 
     def model(self, model: str) -> ModelMetrics:
         """The label children of one model (made on first use, then reused)."""

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 
+import orjson
 from starlette.responses import Response
 
 from gateway.errors import ModelNotFoundError, NoHealthyMemberError, UpstreamError
 from gateway.members import Member
 from gateway.metrics import NO_BACKEND, UNKNOWN_MODEL, GatewayMetrics, ModelMetrics
 from gateway.parsing import ParsedRequest
-from gateway.policies import PickContext
+from gateway.policies import PickContext, Policy
 from gateway.responses import RawResponse
 from gateway.routing import Route, RoutingTable
 from gateway.streaming import StreamOutcome, StreamRelay
@@ -75,17 +77,28 @@ class Relay:
                 f"The model {req.model!r} does not exist here; GET /v1/models lists the models.",
                 param="model",
             )
+        ctx = PickContext(
+            model=req.model,
+            body=req.body,
+            payload=req.payload,
+            headers=headers,
+            in_flight=self._usage.in_flight,
+            reported_in_flight=self._usage.reported_in_flight,
+        )
+        asked = req.model
+        if route.redirects:
+            route, req = self._redirect(route, req, ctx)
         if not route.candidates:
             self.count_rejected(503, req.model)
             raise NoHealthyMemberError(
-                f"No healthy backend for model {req.model!r} right now; retry shortly.",
+                _no_member_message(route, asked),
                 headers={"Retry-After": self._retry_after},
             )
         mm = self._metrics.model(req.model)
         mm.in_flight.inc()
         handed_off = False
         try:
-            response = await self._try_members(route, req, mm, headers, started_at)
+            response = await self._try_members(route, req, mm, ctx, headers, started_at)
             handed_off = isinstance(response, StreamRelay)
             return response
         finally:
@@ -98,16 +111,10 @@ class Relay:
         route: Route,
         req: ParsedRequest,
         mm: ModelMetrics,
+        ctx: PickContext,
         headers: Mapping[str, str],
         started_at: float,
     ) -> Response:
-        ctx = PickContext(
-            model=req.model,
-            body=req.body,
-            payload=req.payload,
-            headers=headers,
-            in_flight=self._usage.in_flight,
-        )
         up_headers = _STREAM_HEADERS if req.stream else _JSON_HEADERS
         extra = {name: headers[name] for name in _FORWARDED if name in headers}
         if extra:
@@ -133,7 +140,7 @@ class Relay:
                     member.endpoint_url(path), req.body_for(member.upstream_model), up_headers
                 )
             except UpstreamTransportError as exc:
-                last_error = self._failed(member, req, sent_at, str(exc))
+                last_error = self._failed(member, req, sent_at, str(exc), route.policy)
                 continue
             except BaseException:
                 self._failed(member, req, sent_at, "cancelled", log_it=False)
@@ -141,22 +148,26 @@ class Relay:
             status = upstream.status_code
             if retryable_status(status):
                 detail = await _read_quietly(upstream)
-                last_error = self._failed(
-                    member, req, sent_at, f"answered HTTP {status}: {_snippet(detail)}"
-                )
+                error = f"answered HTTP {status}: {_snippet(detail)}"
+                last_error = self._failed(member, req, sent_at, error, route.policy)
                 continue
             if req.stream and status == 200:
-                return self._stream(member, req, mm, upstream, started_at, sent_at)
+                return self._stream(member, req, mm, upstream, started_at, sent_at, route.policy)
             try:
                 body = await upstream.read()
             except UpstreamTransportError as exc:
-                last_error = self._failed(member, req, sent_at, str(exc))
+                last_error = self._failed(member, req, sent_at, str(exc), route.policy)
                 continue
             except BaseException:
                 self._failed(member, req, sent_at, "cancelled", log_it=False)
                 raise
             tokens = usage_from_json(body) if status == 200 else NO_USAGE
             self._done(member, req, mm, status, sent_at, tokens, ok=status < 400)
+            if route.policy.observes and status < 400:
+                # Not streamed: the whole answer's time stands for the time to first token.
+                route.policy.observe(
+                    member.id, self._clock.monotonic() - sent_at, 0.0, tokens.prompt, True
+                )
             return RawResponse(
                 body,
                 status,
@@ -168,6 +179,22 @@ class Relay:
             f"Model {req.model!r}: {len(tried)} backend(s) failed; last error: {last_error}"
         )
 
+    def _redirect(
+        self, route: Route, req: ParsedRequest, ctx: PickContext
+    ) -> tuple[Route, ParsedRequest]:
+        """Applies route's rules and split. From here on the request is the target pool's:
+        its policy, metrics labels and usage, and its name in the body sent upstream (so the
+        response's `model` names the pool that served it)."""
+        target, hops = self._table.resolve(route, ctx)
+        for hop in hops:
+            self._metrics.hop(hop.kind, hop.source, hop.target).inc()
+        if target is route:
+            return route, req
+        payload = {**req.payload, "model": target.model}
+        body = orjson.dumps(payload)
+        ctx.model, ctx.body, ctx.payload = target.model, body, payload
+        return target, dataclasses.replace(req, model=target.model, body=body, payload=payload)
+
     def _stream(
         self,
         member: Member,
@@ -176,6 +203,7 @@ class Relay:
         upstream: UpstreamResponse,
         started_at: float,
         sent_at: float,
+        policy: Policy,
     ) -> StreamRelay:
         def on_done(outcome: StreamOutcome) -> None:
             now = self._clock.monotonic()
@@ -188,6 +216,8 @@ class Relay:
             self._done(
                 member, req, mm, 200, sent_at, outcome.usage, ok=ok, ttft_s=outcome.ttft_s, now=now
             )
+            if policy.observes:
+                observe_stream(policy, member.id, outcome, started_at, sent_at, now)
 
         return StreamRelay(
             upstream,
@@ -232,17 +262,55 @@ class Relay:
             mm.completion_tokens.inc(tokens.completion)
 
     def _failed(
-        self, member: Member, req: ParsedRequest, sent_at: float, error: str, log_it: bool = True
+        self,
+        member: Member,
+        req: ParsedRequest,
+        sent_at: float,
+        error: str,
+        policy: Policy | None = None,
+        log_it: bool = True,
     ) -> str:
-        self._usage.finished(
-            member.id, req.model, ok=False, latency_s=self._clock.monotonic() - sent_at
-        )
+        elapsed = self._clock.monotonic() - sent_at
+        self._usage.finished(member.id, req.model, ok=False, latency_s=elapsed)
+        if policy is not None and policy.observes:
+            policy.observe(member.id, elapsed, 0.0, 0, False)
         if log_it:
             log.warning(
                 "upstream try failed",
                 extra={"model": req.model, "member": member.id, "error": error},
             )
         return f"member {member.id} {error}"
+
+
+def observe_stream(
+    policy: Policy,
+    member_id: str,
+    outcome: StreamOutcome,
+    started_at: float,
+    sent_at: float,
+    now: float,
+) -> None:
+    """Tells the policy how a stream went: time to the first upstream chunk after sending, and
+    time per output token after it when the usage says how many tokens came."""
+    if outcome.ttft_s is None:
+        if outcome.error is not None:
+            policy.observe(member_id, now - sent_at, 0.0, 0, False)
+        # No byte before the client left: nothing known about the member.
+        return
+    ttft = outcome.ttft_s - (sent_at - started_at)
+    tokens = outcome.usage.completion
+    tpot = (now - sent_at - ttft) / (tokens - 1) if tokens > 1 else 0.0
+    policy.observe(member_id, ttft, tpot, outcome.usage.prompt, outcome.error is None)
+
+
+def _no_member_message(route: Route, asked: str) -> str:
+    if route.redirects:
+        return (
+            f"No rule or split of model {asked!r} sent this request anywhere that can serve it, "
+            "and it has no healthy backend of its own; retry shortly or check its rules."
+        )
+    via = "" if route.model == asked else f" (routed from {asked!r})"
+    return f"No healthy backend for model {route.model!r}{via} right now; retry shortly."
 
 
 async def _read_quietly(upstream: UpstreamResponse) -> bytes:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.members import Member, member_from_proto
-from gateway.policies import Policy, UnknownPolicyError, build_policy
+from gateway.policies import Policy, PolicyRegistry, UnknownPolicyError
+from gateway.policies.base import PickContext
+from gateway.rules import Hop, Rule, Split, compile_rules, compile_split, resolve
 from llmpool.v1 import gateway_pb2
 
 log = logging.getLogger(__name__)
@@ -27,13 +30,23 @@ class Route:
     # Healthy and not draining, in snapshot order: what policies choose from.
     candidates: tuple[Member, ...]
     member_ids: frozenset[str]
+    # Content rules and A/B split (gateway/rules.py); redirects: either is set.
+    rules: tuple[Rule, ...] = ()
+    split: Split | None = None
+    redirects: bool = False
 
 
 class RoutingTable:
     """Model name -> Route. Replaced by full snapshots, patched by deltas."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, rng: random.Random | None = None, registry: PolicyRegistry | None = None
+    ) -> None:
+        # Built at start-up with the plugins: the one place policies come from.
+        self.registry = registry or PolicyRegistry()
         self._routes: dict[str, Route] = {}
+        # Picks A/B arms for requests without a user key.
+        self._rng = rng or random.Random()
         self.version = 0
         self.received = False
         # When the controller built the snapshot in use; /v1/models reports it as "created".
@@ -78,7 +91,13 @@ class RoutingTable:
         self.received = True
         return True
 
+    def resolve(self, route: Route, ctx: PickContext) -> tuple[Route, tuple[Hop, ...]]:
+        """The route that serves this request after route's rules and split (gateway/rules.py)."""
+        return resolve(route, self._routes.get, ctx, self._rng)
+
     def _build_route(self, msg: gateway_pb2.ModelRoute, previous: Route | None) -> Route:
+        rules = compile_rules(msg.model, msg.rules)
+        split = compile_split(msg.splits, msg.split_header)
         members = tuple(member_from_proto(m, msg.model) for m in msg.members)
         params = dict(msg.policy_params)
         name = msg.policy or FALLBACK_POLICY
@@ -87,10 +106,15 @@ class RoutingTable:
             and previous.policy_name == name
             and previous.policy_params == params
         ):
-            # Keep the policy's state (round-robin position, caches) across load updates.
+            # Keep the policy's state (round-robin position, prefix index, EWMAs) across load
+            # updates: snapshots arrive on every load change.
             policy = previous.policy
         else:
             policy = self._make_policy(msg.model, name, params)
+        member_ids = frozenset(m.id for m in members)
+        if previous is None or policy is not previous.policy or member_ids != previous.member_ids:
+            policy.on_members(members)
+        policy.on_snapshot(members)
         return Route(
             model=msg.model,
             policy_name=name,
@@ -98,12 +122,15 @@ class RoutingTable:
             policy=policy,
             members=members,
             candidates=tuple(m for m in members if m.routable),
-            member_ids=frozenset(m.id for m in members),
+            member_ids=member_ids,
+            rules=rules,
+            split=split,
+            redirects=bool(rules or split),
         )
 
     def _make_policy(self, model: str, name: str, params: Mapping[str, str]) -> Policy:
         try:
-            return build_policy(name, params)
+            return self.registry.build(name, params)
         except UnknownPolicyError as exc:
             if name not in self._warned:
                 self._warned.add(name)
@@ -111,11 +138,11 @@ class RoutingTable:
                     "unknown routing policy, using round_robin",
                     extra={"model": model, "policy": name, "error": str(exc)},
                 )
-            return build_policy(FALLBACK_POLICY, {})
+            return self.registry.build(FALLBACK_POLICY, {})
         except ValueError as exc:
             # A known policy rejected its params: same fallback, a person must fix the pool.
             log.warning(
                 "bad routing policy params, using round_robin",
                 extra={"model": model, "policy": name, "error": str(exc)},
             )
-            return build_policy(FALLBACK_POLICY, {})
+            return self.registry.build(FALLBACK_POLICY, {})

@@ -8,11 +8,13 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from gateway.policies import PolicyPluginError, PolicyRegistry
 from gateway.upstream import DEFAULT_UPSTREAM_CLIENT, UPSTREAM_CLIENTS
 from llmpool.addr import split_host_port
-from llmpool.cliargs import add_logging_options, env_option
+from llmpool.cliargs import add_logging_options, env_help, env_option
 
 MIB = 1024 * 1024
+POLICY_PLUGINS_VAR = "LLMPOOL_GATEWAY_POLICY_PLUGINS"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +33,8 @@ class GatewaySettings:
     graceful_timeout_s: float = 30.0
     log_level: str = "info"
     log_json: bool = False
+    # MODULE:CLASS or NAME=MODULE:CLASS routing policies to load besides the entry points.
+    policy_plugins: tuple[str, ...] = ()
 
     @property
     def listen(self) -> str:
@@ -137,6 +141,17 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "how long in-flight requests may finish on shutdown",
         type=float,
     )
+    p.add_argument(
+        "--policy-plugin",
+        action="append",
+        default=None,
+        metavar="[NAME=]MODULE:CLASS",
+        help=env_help(
+            "routing policy class to load (repeatable; the flags replace the variable's list)",
+            POLICY_PLUGINS_VAR,
+            "comma-separated; default: none",
+        ),
+    )
     add_logging_options(p, env)
     return p
 
@@ -158,6 +173,16 @@ def parse_settings(argv: list[str], env: Mapping[str, str] | None = None) -> Gat
         parser.error("--workers must be at least 1")
     if args.usage_interval_s <= 0:
         parser.error("--usage-interval-s must be positive")
+    plugins = tuple(
+        args.policy_plugin
+        if args.policy_plugin is not None
+        else (s.strip() for s in environ.get(POLICY_PLUGINS_VAR, "").split(",") if s.strip())
+    )
+    try:
+        # Load them now: a broken plugin stops start-up with its name, not the first request.
+        PolicyRegistry.load(plugins)
+    except PolicyPluginError as exc:
+        parser.error(str(exc))
     return GatewaySettings(
         listen_host=host,
         listen_port=port,
@@ -173,4 +198,5 @@ def parse_settings(argv: list[str], env: Mapping[str, str] | None = None) -> Gat
         graceful_timeout_s=args.graceful_timeout_s,
         log_level=args.log_level,
         log_json=args.log_json,
+        policy_plugins=plugins,
     )

@@ -26,12 +26,20 @@ class UsageTracker:
 
     def __init__(self) -> None:
         self._in_flight: dict[str, int] = {}
+        # In flight per member as of the last report: the part of the controller's aggregate
+        # that is this gateway's own (policies subtract it, then add the live count).
+        self._reported: dict[str, int] = {}
         self._deltas: dict[tuple[str, str], _Delta] = {}
 
     @property
     def in_flight(self) -> Mapping[str, int]:
         """Requests in flight per member id (a live view)."""
         return self._in_flight
+
+    @property
+    def reported_in_flight(self) -> Mapping[str, int]:
+        """In flight per member id when the last report was made."""
+        return self._reported
 
     def started(self, member_id: str, model: str) -> None:
         self._in_flight[member_id] = self._in_flight.get(member_id, 0) + 1
@@ -70,6 +78,7 @@ class UsageTracker:
     def drain_report(self, gateway_id: str) -> gateway_pb2.UsageReport:
         """Everything since the last report; resets the deltas."""
         report = gateway_pb2.UsageReport(gateway_id=gateway_id)
+        self._reported = dict(self._in_flight)
         for key in list(self._deltas):
             member_id, model = key
             delta = self._deltas[key]

@@ -9,8 +9,13 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from llmpool.engines import template_problem
+from llmpool.rule_checks import RouteGraphError, check_route_graph, check_rule, check_splits
+
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
-Engine = Literal["sim", "llamacpp", "vllm", "sglang", "tgi", "openai"]
+# The names of llmpool.engines.ENGINES (a test keeps them equal): a Literal gives the JSON schema
+# and pydantic's message the list of choices.
+Engine = Literal["sim", "llamacpp", "llama-server", "vllm", "sglang", "tgi", "openai"]
 
 
 class ConfigError(ValueError):
@@ -34,12 +39,27 @@ class TemplateConfig(_Model):
     engine: Engine = "sim"
     command: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
-    health_path: str = "/health"
-    metrics_path: str = "/metrics"
+    # "" means the engine's own (docs/engines.md).
+    health_path: str = ""
+    metrics_path: str = ""
     ready_timeout_s: float = Field(default=60.0, gt=0)
     served_model: str = ""
     gpus: int = Field(default=0, ge=0)
     cpu_slots: int = Field(default=1, ge=0)
+    # What the engine's default command loads (a local path or a hub id), and extra arguments
+    # appended to it; both unused when command is given.
+    weights: str = ""
+    args: list[str] = Field(default_factory=list)
+    # US dollars per million tokens these replicas serve, for the cost policy.
+    input_cost_per_mtok: float = Field(default=0.0, ge=0)
+    output_cost_per_mtok: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _launchable(self) -> TemplateConfig:
+        problem = template_problem(self.engine, self.command, self.weights, self.args)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
 
 class BackendConfig(_Model):
@@ -54,6 +74,9 @@ class BackendConfig(_Model):
     zone: str = ""
     upstream_model: str = ""
     labels: dict[str, str] = Field(default_factory=dict)
+    # US dollars per million tokens, for the cost policy.
+    input_cost_per_mtok: float = Field(default=0.0, ge=0)
+    output_cost_per_mtok: float = Field(default=0.0, ge=0)
 
     _id = field_validator("id")(_check_name)
 
@@ -63,6 +86,35 @@ class BackendConfig(_Model):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"backend url {value!r} must start with http:// or https://")
         return value.rstrip("/")
+
+
+class RuleConfig(_Model):
+    """A content rule: requests matching every condition given go to the target pool."""
+
+    target: str
+    min_prompt_chars: int = Field(default=0, ge=0)
+    max_prompt_chars: int = Field(default=0, ge=0)
+    prompt_regex: str = ""
+    header: str = ""
+    header_regex: str = ""
+    metadata_key: str = ""
+    metadata_regex: str = ""
+
+    _target = field_validator("target")(_check_name)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RuleConfig:
+        check_rule(self)  # RouteGraphError is a ValueError: pydantic reports it
+        return self
+
+
+class SplitConfig(_Model):
+    """One arm of an A/B split: a pool and its relative weight (0 pauses the arm)."""
+
+    target: str
+    weight: int = Field(default=1, ge=0)
+
+    _target = field_validator("target")(_check_name)
 
 
 class PoolConfig(_Model):
@@ -75,8 +127,19 @@ class PoolConfig(_Model):
     template: TemplateConfig | None = None
     backends: list[BackendConfig] = Field(default_factory=list)
     description: str = ""
+    rules: list[RuleConfig] = Field(default_factory=list)
+    splits: list[SplitConfig] = Field(default_factory=list)
+    split_header: str = ""
 
     _name = field_validator("name")(_check_name)
+
+    @model_validator(mode="after")
+    def _splits_valid(self) -> PoolConfig:
+        try:
+            check_splits(self.splits, self.split_header)
+        except RouteGraphError as exc:
+            raise ValueError(f"pool {self.name!r}: {exc}") from None
+        return self
 
     @model_validator(mode="after")
     def _replicas_need_template(self) -> PoolConfig:
@@ -104,6 +167,10 @@ class Config(_Model):
                 if backend.id in seen_backends:
                     raise ValueError(f"backend {backend.id!r} is defined twice")
                 seen_backends.add(backend.id)
+        edges = {
+            p.name: [r.target for r in p.rules] + [a.target for a in p.splits] for p in self.pools
+        }
+        check_route_graph(edges)
         return self
 
     def backends(self) -> list[BackendConfig]:

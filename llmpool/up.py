@@ -49,7 +49,8 @@ def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> UpSetti
     parser = argparse.ArgumentParser(
         prog="llm-pool up",
         description="Run a controller, one agent and a gateway on this machine. With no --config, "
-        "serves the embedded default: pool 'sim-small' of 2 simulated replicas.",
+        "serves the embedded default: pool 'smollm2' (SmolLM2-135M on 2 llama.cpp replicas, "
+        "when the llamacpp extra is installed) and pool 'sim-small' of 2 simulated replicas.",
     )
     env_option(
         parser,
@@ -172,6 +173,9 @@ SMOLLM2_POOL = """
     template:
       engine: llamacpp
       ready_timeout_s: 180
+      # 135M parameters: a replica shares the cores with the others; with one slot each, a
+      # 2-core machine could not scale the pool to 3.
+      cpu_slots: 0
 """
 
 

@@ -90,6 +90,12 @@ def build_app(engine: Engine) -> Starlette:
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(engine.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    async def reset_prefix_cache(_: Request) -> Response:
+        # vLLM's endpoint of the same name: benchmarks start every run from a cold cache.
+        dropped = engine.scheduler.kv.reset_prefix_cache()
+        log.info("prefix cache reset", extra={"dropped_blocks": dropped})
+        return JsonResponse({"dropped_blocks": dropped})
+
     async def models(_: Request) -> Response:
         card = {
             "id": settings.model,
@@ -153,6 +159,7 @@ def build_app(engine: Engine) -> Starlette:
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/reset_prefix_cache", reset_prefix_cache, methods=["POST"]),
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),

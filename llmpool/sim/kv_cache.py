@@ -107,6 +107,15 @@ class KvCache:
                 self._used -= 1
         self._used -= allocation.private_blocks
 
+    def reset_prefix_cache(self) -> int:
+        """Forgets every cached block no running sequence holds; returns how many it dropped.
+        Blocks in use stay: they are part of running sequences, not a cache."""
+        dropped = len(self._evictable)
+        for h in self._evictable:
+            del self._refs[h]
+        self._evictable.clear()
+        return dropped
+
     def _take_block(self) -> None:
         if self.free_blocks > 0:
             return

@@ -47,14 +47,20 @@ class Job:
 
 async def stream_sse(job: Job, fmt: Formatter, include_usage: bool) -> AsyncIterator[bytes]:
     """OpenAI SSE: opening chunks, one chunk a token, the finish chunk, usage, [DONE].
-    Closing the iterator early (client gone) cancels the sequence and frees its blocks."""
+    The opening (the role chunk) goes out with the first token, after prefill, as vLLM's does:
+    otherwise a client's time to first chunk would not include prefill. Closing the iterator
+    early (client gone) cancels the sequence and frees its blocks."""
     completion = 0
     try:
-        for chunk in fmt.opening():
-            yield sse(chunk)
         async for index in job.generation.tokens():
+            if completion == 0:
+                for chunk in fmt.opening():
+                    yield sse(chunk)
             completion += 1
             yield sse(fmt.token(index, job.text(index)))
+        if completion == 0:
+            for chunk in fmt.opening():
+                yield sse(chunk)
         yield sse(fmt.closing())
         if include_usage:
             yield sse(fmt.usage_chunk(job.prompt_tokens, completion))

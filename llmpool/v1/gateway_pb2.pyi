@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from llmpool.v1 import types_pb2 as _types_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -105,12 +106,24 @@ class ModelRoute(_message.Message):
     POLICY_FIELD_NUMBER: _builtins.int
     POLICY_PARAMS_FIELD_NUMBER: _builtins.int
     MEMBERS_FIELD_NUMBER: _builtins.int
+    RULES_FIELD_NUMBER: _builtins.int
+    SPLITS_FIELD_NUMBER: _builtins.int
+    SPLIT_HEADER_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     policy: _builtins.str
+    split_header: _builtins.str
     @_builtins.property
     def policy_params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___Member]: ...
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.RouteRule]:
+        """The pool's content rules, A/B split arms and split key header (types.proto Pool); the
+        gateway resolves them per request before picking a member.
+        """
+
+    @_builtins.property
+    def splits(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.SplitArm]: ...
     def __init__(
         self,
         *,
@@ -118,10 +131,13 @@ class ModelRoute(_message.Message):
         policy: _builtins.str = ...,
         policy_params: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         members: _abc.Iterable[Global___Member] | None = ...,
+        rules: _abc.Iterable[_types_pb2.RouteRule] | None = ...,
+        splits: _abc.Iterable[_types_pb2.SplitArm] | None = ...,
+        split_header: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members", "model", b"model", "policy", b"policy", "policy_params", b"policy_params"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members", "model", b"model", "policy", b"policy", "policy_params", b"policy_params", "rules", b"rules", "split_header", b"split_header", "splits", b"splits"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -228,7 +244,12 @@ class UsageReport(_message.Message):
 
     GATEWAY_ID_FIELD_NUMBER: _builtins.int
     MEMBERS_FIELD_NUMBER: _builtins.int
+    ROUTING_VERSION_FIELD_NUMBER: _builtins.int
     gateway_id: _builtins.str
+    routing_version: _builtins.int
+    """Version of the routing snapshot the gateway routed with when it counted these: once it is
+    at least the one that marked a replica draining, in-flight 0 there means none will come.
+    """
     @_builtins.property
     def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___MemberUsage]: ...
     def __init__(
@@ -236,10 +257,11 @@ class UsageReport(_message.Message):
         *,
         gateway_id: _builtins.str = ...,
         members: _abc.Iterable[Global___MemberUsage] | None = ...,
+        routing_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway_id", b"gateway_id", "members", b"members"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway_id", b"gateway_id", "members", b"members", "routing_version", b"routing_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

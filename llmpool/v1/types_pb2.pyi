@@ -85,11 +85,13 @@ class ReplicaTemplate(_message.Message):
     INPUT_COST_PER_MTOK_FIELD_NUMBER: _builtins.int
     OUTPUT_COST_PER_MTOK_FIELD_NUMBER: _builtins.int
     engine: _builtins.str
-    """Engine kind: "sim", "llamacpp", "vllm", "sglang", "tgi" or "openai" (any compatible server)."""
+    """Engine kind: "sim", "llamacpp" (llama-cpp-python), "llama-server" (llama.cpp's binary), "vllm",
+    "sglang", "tgi" or "openai" (any compatible server).
+    """
     health_path: _builtins.str
-    """Path probed for readiness and liveness, e.g. "/health"."""
+    """Path probed for readiness and liveness, e.g. "/health"; empty means the engine's own."""
     metrics_path: _builtins.str
-    """Path of the engine's Prometheus metrics; empty when the engine has none."""
+    """Path of the engine's Prometheus metrics; empty means the engine's own (none for some)."""
     ready_timeout_s: _builtins.float
     served_model: _builtins.str
     """Model name the engine itself serves (sent upstream); empty means the pool's name."""
@@ -169,16 +171,35 @@ class Pool(_message.Message):
     REPLICAS_FIELD_NUMBER: _builtins.int
     TEMPLATE_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    RULES_FIELD_NUMBER: _builtins.int
+    SPLITS_FIELD_NUMBER: _builtins.int
+    SPLIT_HEADER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     policy: _builtins.str
     """Routing policy by registered name: "round_robin", "least_in_flight", ..."""
     replicas: _builtins.int
     """Desired number of managed replicas (0: only static backends)."""
     description: _builtins.str
+    split_header: _builtins.str
+    """Header whose value keys split stickiness when the request has no `user` field;
+    empty means "x-session-id".
+    """
     @_builtins.property
     def policy_params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def template(self) -> Global___ReplicaTemplate: ...
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___RouteRule]:
+        """Content rules, tried in order before anything else: the first that matches sends the
+        request to its target pool (docs/routing-rules.md).
+        """
+
+    @_builtins.property
+    def splits(self) -> _containers.RepeatedCompositeFieldContainer[Global___SplitArm]:
+        """A/B split: when no rule matched, a request goes to one arm's pool, chosen by weight and
+        sticky per user. Empty: the pool's own members serve.
+        """
+
     def __init__(
         self,
         *,
@@ -188,14 +209,94 @@ class Pool(_message.Message):
         replicas: _builtins.int = ...,
         template: Global___ReplicaTemplate | None = ...,
         description: _builtins.str = ...,
+        rules: _abc.Iterable[Global___RouteRule] | None = ...,
+        splits: _abc.Iterable[Global___SplitArm] | None = ...,
+        split_header: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["template", b"template"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "policy", b"policy", "policy_params", b"policy_params", "replicas", b"replicas", "template", b"template"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "policy", b"policy", "policy_params", b"policy_params", "replicas", b"replicas", "rules", b"rules", "split_header", b"split_header", "splits", b"splits", "template", b"template"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Pool: _TypeAlias = Pool  # noqa: Y015
+
+@_typing.final
+class RouteRule(_message.Message):
+    """Sends matching requests to another pool. Every condition that is set must hold; a rule with
+    none set matches every request. Regexes use Python `re` syntax and are searched (not anchored).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    MIN_PROMPT_CHARS_FIELD_NUMBER: _builtins.int
+    MAX_PROMPT_CHARS_FIELD_NUMBER: _builtins.int
+    PROMPT_REGEX_FIELD_NUMBER: _builtins.int
+    HEADER_FIELD_NUMBER: _builtins.int
+    HEADER_REGEX_FIELD_NUMBER: _builtins.int
+    METADATA_KEY_FIELD_NUMBER: _builtins.int
+    METADATA_REGEX_FIELD_NUMBER: _builtins.int
+    target: _builtins.str
+    """Pool that serves matching requests (its members, policy and upstream model name)."""
+    min_prompt_chars: _builtins.int
+    """Bounds on the prompt's length in characters (message contents, or prompt/input); 0: none."""
+    max_prompt_chars: _builtins.int
+    prompt_regex: _builtins.str
+    header: _builtins.str
+    """A request header (case-insensitive name) that must be present and match header_regex
+    (empty regex: present is enough).
+    """
+    header_regex: _builtins.str
+    metadata_key: _builtins.str
+    """A key of the request body's `metadata` object that must be present and match
+    metadata_regex (empty regex: present is enough).
+    """
+    metadata_regex: _builtins.str
+    def __init__(
+        self,
+        *,
+        target: _builtins.str = ...,
+        min_prompt_chars: _builtins.int = ...,
+        max_prompt_chars: _builtins.int = ...,
+        prompt_regex: _builtins.str = ...,
+        header: _builtins.str = ...,
+        header_regex: _builtins.str = ...,
+        metadata_key: _builtins.str = ...,
+        metadata_regex: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "header_regex", b"header_regex", "max_prompt_chars", b"max_prompt_chars", "metadata_key", b"metadata_key", "metadata_regex", b"metadata_regex", "min_prompt_chars", b"min_prompt_chars", "prompt_regex", b"prompt_regex", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouteRule: _TypeAlias = RouteRule  # noqa: Y015
+
+@_typing.final
+class SplitArm(_message.Message):
+    """One arm of an A/B split: a pool and its share of the traffic."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    target: _builtins.str
+    weight: _builtins.int
+    """Relative weight; 0 sends the arm nothing (paused), at least one arm needs more."""
+    def __init__(
+        self,
+        *,
+        target: _builtins.str = ...,
+        weight: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["target", b"target", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SplitArm: _TypeAlias = SplitArm  # noqa: Y015
 
 @_typing.final
 class Backend(_message.Message):

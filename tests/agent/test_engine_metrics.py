@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from agent.engine_metrics import NO_LOAD, EngineLoad, parse_engine_metrics
+from agent.engines import adapter_for
 
 SAMPLES = Path(__file__).parent / "samples"
 
@@ -88,3 +89,65 @@ def test_kv_usage_is_clamped_to_a_ratio() -> None:
 def test_garbage_raises_value_error() -> None:
     with pytest.raises(ValueError, match="Prometheus"):
         parse_engine_metrics("vllm", "vllm:num_requests_running{oops 1\n")
+
+
+def test_llama_server_current_build() -> None:
+    load = parse_engine_metrics("llama-server", sample("llama_server.txt"))
+    assert (load.running, load.waiting, load.kv_usage, load.known) == (4.0, 2.0, None, True)
+    assert load.prefix_cache_hits is None and load.prefix_cache_hit_rate is None
+
+
+def test_tgi_3_with_histograms_and_labelled_counters() -> None:
+    load = parse_engine_metrics("tgi", sample("tgi_3.txt"))
+    assert (load.running, load.waiting, load.kv_usage, load.known) == (12.0, 3.0, None, True)
+
+
+def test_sglang_tensor_parallel_ranks_count_once_and_priorities_are_not_added() -> None:
+    load = parse_engine_metrics("sglang", sample("sglang_tp2.txt"))
+    # Two TP ranks and a per-priority breakdown of 14 running requests are still 14.
+    assert (load.running, load.waiting) == (14.0, 3.0)
+    assert load.kv_usage == pytest.approx(0.61)
+    assert load.prefix_cache_hit_rate == pytest.approx(0.42)
+
+
+def test_sglang_data_parallel_ranks_add_up() -> None:
+    text = (
+        "# TYPE sglang:num_running_reqs gauge\n"
+        'sglang:num_running_reqs{dp_rank="0",tp_rank="0"} 3.0\n'
+        'sglang:num_running_reqs{dp_rank="0",tp_rank="1"} 3.0\n'
+        'sglang:num_running_reqs{dp_rank="1",tp_rank="0"} 5.0\n'
+        "# TYPE sglang:token_usage gauge\n"
+        'sglang:token_usage{dp_rank="0"} 0.2\n'
+        'sglang:token_usage{dp_rank="1"} 0.6\n'
+    )
+    load = parse_engine_metrics("sglang", text)
+    assert (load.running, load.waiting) == (8.0, 0.0)
+    assert load.kv_usage == pytest.approx(0.4)
+
+
+def test_created_series_and_unknown_families_are_ignored() -> None:
+    text = (
+        "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+        "# TYPE vllm:num_requests_running gauge\n"
+        'vllm:num_requests_running{engine="0",model_name="m"} 2.0\n'
+        "# HELP vllm:prefix_cache_hits Prefix cache hits, in terms of number of cached tokens.\n"
+        "# TYPE vllm:prefix_cache_hits counter\n"
+        'vllm:prefix_cache_hits_total{engine="0",model_name="m"} 64.0\n'
+        'vllm:prefix_cache_hits_created{engine="0",model_name="m"} 1.7640e+09\n'
+        "# TYPE http_requests_total counter\n"
+        'http_requests_total{handler="/v1/chat/completions"} 9.0\n'
+    )
+    load = parse_engine_metrics("vllm", text)
+    assert (load.running, load.waiting, load.prefix_cache_hits) == (2.0, 0.0, 64.0)
+    assert load.prefix_cache_queries is None and load.kv_usage is None
+
+
+def test_each_sample_parses_through_its_adapter() -> None:
+    for engine, name in [
+        ("vllm", "vllm.txt"),
+        ("sglang", "sglang.txt"),
+        ("tgi", "tgi_3.txt"),
+        ("llama-server", "llama_server.txt"),
+        ("sim", "vllm_dp2.txt"),
+    ]:
+        assert adapter_for(engine).parse_load(sample(name)).known, name

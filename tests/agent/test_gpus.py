@@ -11,7 +11,16 @@ from typing import Any
 import pytest
 
 from agent.app import Agent, AgentOptions
-from agent.gpus import GpuInfo, Nvml, discover, launch_env, offered_gpus, parse_gpus, select
+from agent.gpus import (
+    GpuInfo,
+    Nvml,
+    capacity,
+    discover,
+    launch_env,
+    offered_gpus,
+    parse_gpus,
+    select,
+)
 from llmpool.backoff import Backoff
 from llmpool.v1 import agent_pb2, types_pb2
 
@@ -151,22 +160,40 @@ async def test_offered_gpus_runs_nvml_off_the_loop_and_none_skips_it() -> None:
     assert await offered_gpus(None, lambda: None) == []
 
 
-def test_launch_env_maps_controller_numbers_to_host_devices() -> None:
+def test_launch_env_passes_host_numbers_and_pci_order(caplog: pytest.LogCaptureFixture) -> None:
     template = {"A": "1", "CUDA_VISIBLE_DEVICES": "7"}
-    # Placement wins; position 1 of the offered (2, 0) is device 0.
-    env = launch_env(template, {"CUDA_VISIBLE_DEVICES": "1,0"}, (2, 0))
-    assert env == {"A": "1", "CUDA_VISIBLE_DEVICES": "0,2", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    # Placement wins; its numbers are the host's own (Capacity.gpu_indices).
+    env = launch_env(template, {"CUDA_VISIBLE_DEVICES": "2,0"}, (2, 0))
+    assert env == {"A": "1", "CUDA_VISIBLE_DEVICES": "2,0", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
     # No GPU placement: the template's own value is left alone.
     assert launch_env(template, {}, (2, 0)) == template
     assert launch_env({}, {"CUDA_VISIBLE_DEVICES": ""}, (0,)) == {"CUDA_VISIBLE_DEVICES": ""}
     # A template's own device order wins.
     ordered = launch_env(
-        {"CUDA_DEVICE_ORDER": "FASTEST_FIRST"}, {"CUDA_VISIBLE_DEVICES": "0"}, (3,)
+        {"CUDA_DEVICE_ORDER": "FASTEST_FIRST"}, {"CUDA_VISIBLE_DEVICES": "3"}, (3,)
     )
     assert ordered == {"CUDA_DEVICE_ORDER": "FASTEST_FIRST", "CUDA_VISIBLE_DEVICES": "3"}
-    # Numbers the agent does not offer pass unchanged (the engine then fails visibly).
-    assert launch_env({}, {"CUDA_VISIBLE_DEVICES": "2"}, (0,)) == {"CUDA_VISIBLE_DEVICES": "2"}
-    assert launch_env({}, {"CUDA_VISIBLE_DEVICES": "1"}, None) == {"CUDA_VISIBLE_DEVICES": "1"}
+    # Numbers the agent does not offer pass unchanged, with a warning (the engine then fails
+    # visibly, with its own message).
+    caplog.set_level(logging.WARNING, logger="agent.gpus")
+    env = launch_env({}, {"CUDA_VISIBLE_DEVICES": "2"}, (0,))
+    assert env["CUDA_VISIBLE_DEVICES"] == "2"
+    assert any("does not offer" in r.message for r in caplog.records)
+
+
+def test_capacity_carries_host_numbers_memory_and_utilisation() -> None:
+    gpus = [
+        GpuInfo(
+            index=3, memory_total_bytes=80 * GIB, memory_used_bytes=GIB, utilization_percent=50
+        ),
+        GpuInfo(index=1, memory_total_bytes=40 * GIB),
+    ]
+    offer = capacity(gpus, cpu_slots=4)
+    assert (offer.gpus, offer.cpu_slots) == (2, 4)
+    assert list(offer.gpu_indices) == [3, 1]
+    assert list(offer.gpu_memory_bytes) == [80 * GIB, 40 * GIB]
+    assert list(offer.gpu_memory_used_bytes) == [GIB, 0]
+    assert list(offer.gpu_utilization) == [0.5, 0.0]
 
 
 async def test_agent_offers_gpus_and_the_engine_sees_its_devices(
@@ -200,6 +227,7 @@ async def test_agent_offers_gpus_and_the_engine_sees_its_devices(
         assert offered == [2, 1]
         assert register.capacity.gpus == 2 and register.capacity.cpu_slots == 2
         assert list(register.capacity.gpu_memory_bytes) == [80 * GIB, 80 * GIB]
+        assert list(register.capacity.gpu_indices) == [2, 1]
 
         command = fake_engine("--print-env", "CUDA_VISIBLE_DEVICES", "--print-env",
                               "CUDA_DEVICE_ORDER", "--print-env", "FROM_TEMPLATE")  # fmt: skip
@@ -211,8 +239,8 @@ async def test_agent_offers_gpus_and_the_engine_sees_its_devices(
                 template=types_pb2.ReplicaTemplate(
                     engine="vllm", command=list(command), env={"FROM_TEMPLATE": "yes"}, gpus=1
                 ),
-                # The controller's GPU 0 is the first one offered: host device 2.
-                env={"CUDA_VISIBLE_DEVICES": "0"},
+                # The controller hands out the host's numbers from Capacity.gpu_indices.
+                env={"CUDA_VISIBLE_DEVICES": "2"},
             )
         )
         assert (await fake_controller.expect("result")).ok

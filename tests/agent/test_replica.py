@@ -173,6 +173,21 @@ async def test_stop_gives_up_draining_after_drain_s(
     await until(lambda: not alive(ready.pid), what="process gone")
 
 
+async def test_a_second_stop_cuts_a_drain_short(
+    supervisor: Supervisor, fake_engine: Cmd, until: Until
+) -> None:
+    # The controller's "nothing in flight" for an engine that never reports itself idle.
+    ready = await start_ready(supervisor, until, fake_engine("--running", "5"))
+    first = asyncio.create_task(supervisor.stop("r1", drain_s=60))
+    await until(lambda: status_of(supervisor).state is ReplicaState.DRAINING, what="DRAINING")
+    assert not first.done()
+    second = asyncio.create_task(supervisor.stop("r1", drain_s=0))
+    stopped = await asyncio.wait_for(first, 10)
+    await asyncio.wait_for(second, 10)
+    assert stopped.state is ReplicaState.STOPPED
+    await until(lambda: not alive(ready.pid), what="process gone")
+
+
 async def test_stop_escalates_to_sigkill_when_term_is_ignored(
     supervisor: Supervisor, fake_engine: Cmd, until: Until
 ) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from agent.cli import build_parser, options_from_args, parse_labels
 from agent.convert import spec_from_proto, status_to_proto
+from agent.engines import adapter_for
 from agent.ports import PortAllocator, parse_port_range, port_is_free
 from agent.status import ReplicaState, ReplicaStatus
 from agent.template import ReplicaSpec, render, substitute, validate
@@ -36,7 +37,8 @@ def test_render_fills_command_and_env() -> None:
 
 
 def test_sim_with_empty_command_gets_default_and_pool_as_model() -> None:
-    launch = render(ReplicaSpec(replica_id="r", pool="sim-small"), "127.0.0.1", 5, python="/py")
+    spec = adapter_for("sim").fill(ReplicaSpec(replica_id="r", pool="sim-small"))
+    launch = render(spec, "127.0.0.1", 5, python="/py")
     assert launch.argv == (
         "/py", "-m", "llmpool.cli", "sim-engine", "--host", "127.0.0.1", "--port", "5",
         "--model", "sim-small",
@@ -48,7 +50,8 @@ def test_sim_with_empty_command_gets_default_and_pool_as_model() -> None:
     [
         (ReplicaSpec(replica_id="", pool="p"), "replica_id"),
         (ReplicaSpec(replica_id="r", pool="p", engine="tensorrt"), "not one of"),
-        (ReplicaSpec(replica_id="r", pool="p", engine="vllm"), "no command"),
+        (ReplicaSpec(replica_id="r", pool="p", engine="vllm"), "vllm' needs template.weights"),
+        (ReplicaSpec(replica_id="r", pool="p", engine="openai"), "no default command"),
         (ReplicaSpec(replica_id="r", pool="p", ready_timeout_s=0), "ready_timeout_s"),
     ],
 )
@@ -68,6 +71,19 @@ def test_spec_from_proto_merges_env_and_defaults() -> None:
     assert spec.engine == "sim" and spec.env == {"A": "1", "B": "placement"}
     assert spec.health_path == "/health" and spec.ready_timeout_s == 60.0
     assert spec.model == "p"
+
+
+def test_spec_from_proto_carries_weights_args_and_the_engines_paths() -> None:
+    template = types_pb2.ReplicaTemplate(
+        engine="openai", command=["srv", "{port}"], weights="org/m", args=["--x", "1"]
+    )
+    spec = spec_from_proto(agent_pb2.StartReplica(replica_id="r", pool="p", template=template))
+    assert (spec.weights, spec.args) == ("org/m", ("--x", "1"))
+    # Empty paths are the engine's: an OpenAI-compatible server has /v1/models and no metrics.
+    assert (spec.health_path, spec.metrics_path) == ("/v1/models", "")
+    template = types_pb2.ReplicaTemplate(engine="vllm", health_path="/ping", metrics_path="/m")
+    spec = spec_from_proto(agent_pb2.StartReplica(replica_id="r", pool="p", template=template))
+    assert (spec.health_path, spec.metrics_path) == ("/ping", "/m")
 
 
 def test_status_to_proto_maps_every_field() -> None:

@@ -1,12 +1,14 @@
 """Rendering the benchmark's tables and parsing wrk's output."""
 
 import math
+from pathlib import Path
 
 import pytest
 
 from bench import report, results, wrk
 from bench.machine import cpu_model, mem_total_bytes
 from bench.results import SystemResult
+from bench.run import write_report
 
 WRK_OUT = """Running 2s test @ http://127.0.0.1:1/v1/chat/completions
 WRKJSON {"requests":1000,"duration_us":2000000,"connect":0,"read":1,"write":0,"status":2,\
@@ -76,3 +78,17 @@ def test_machine_parsers() -> None:
     assert cpu_model("processor\t: 0\nmodel name\t: AMD EPYC 7B13\n") == "AMD EPYC 7B13"
     assert cpu_model("") == "unknown"
     assert mem_total_bytes("MemTotal:       1024 kB\n") == 1024 * 1024
+
+
+def test_gateway_report_keeps_the_sections_other_benchmarks_own(tmp_path: Path) -> None:
+    out = tmp_path / "benchmarks.md"
+    out.write_text(
+        "# old gateway text\n\n<!-- bench-routing:begin -->\nrouting\n<!-- bench-routing:end -->\n"
+    )
+    write_report(out, "# new gateway text\n")
+    assert out.read_text() == (
+        "# new gateway text\n\n<!-- bench-routing:begin -->\nrouting\n<!-- bench-routing:end -->\n"
+    )
+    fresh = tmp_path / "fresh.md"
+    write_report(fresh, "# only\n")
+    assert fresh.read_text() == "# only\n"

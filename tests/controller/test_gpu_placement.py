@@ -126,3 +126,30 @@ def test_unplaced_when_no_gpus_are_free() -> None:
     # A GPU host with free GPUs but no free slots does not take it either.
     decisions = decide(world([gpu_pool(1, gpus=1)], [agent("a", 4, slots=0)]), ids())
     assert starts(decisions) == [] and len(unplaced(decisions)) == 1
+
+
+def test_placement_hands_out_the_agents_own_gpu_numbers() -> None:
+    host = AgentView("a", True, 0.0, cpu_slots=8, gpus=2, gpu_indices=(4, 6), engines=("vllm",))
+    chosen = starts(decide(world([gpu_pool(2, 1)], [host]), ids()))
+    assert sorted(chosen) == [("a", (4,)), ("a", (6,))]
+    assert placement_env((6,)) == {"CUDA_VISIBLE_DEVICES": "6"}
+
+
+def test_placement_prefers_free_memory_and_skips_gpus_others_fill() -> None:
+    gib = 1 << 30
+    host = AgentView(
+        "a",
+        True,
+        0.0,
+        cpu_slots=8,
+        gpus=3,
+        gpu_indices=(0, 1, 2),
+        gpu_memory_bytes=(80 * gib, 80 * gib, 80 * gib),
+        # GPU 0: a foreign process holds 70 GiB; GPU 2 has more free memory than GPU 1.
+        gpu_memory_used_bytes=(70 * gib, 10 * gib, 1 * gib),
+        engines=("vllm",),
+    )
+    assert starts(decide(world([gpu_pool(1, 1)], [host]), ids())) == [("a", (2,))]
+    decisions = decide(world([gpu_pool(3, 1)], [host]), ids())
+    assert sorted(starts(decisions)) == [("a", (1,)), ("a", (2,))]
+    assert [u.missing for u in unplaced(decisions)] == [1]

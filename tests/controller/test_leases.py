@@ -84,3 +84,16 @@ def test_usage_in_flight_summed_across_gateways_and_expires() -> None:
     clock.advance(2)
     # g2's report is now 4 s old (> ttl 3 s): only g1's latest counts.
     assert usage.loads()["m"].in_flight == 1
+
+
+def test_a_report_with_capacity_refreshes_gpu_use_and_one_without_keeps_it() -> None:
+    registry = AgentRegistry(FakeClock(), 5, 15, Changes())
+    register(registry)
+    fresh = types_pb2.Capacity(
+        gpus=1, cpu_slots=2, gpu_indices=[3], gpu_memory_bytes=[100], gpu_memory_used_bytes=[60]
+    )
+    registry.report("a", [], fresh)
+    record = registry.get("a")
+    assert record is not None and list(record.capacity.gpu_memory_used_bytes) == [60]
+    registry.report("a", [])
+    assert list(record.capacity.gpu_indices) == [3]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+from controller.convert import specs_from_config
 from controller.metrics import ControllerMetrics
 from controller.model import Assignment, BackendSpec, PoolSpec, Template
 from controller.publisher import SnapshotPublisher
 from controller.snapshot import LiveReplica, Routes, build_routes, diff_routes, healthy_members
 from controller.usage import MemberLoad
 from llmpool.clock import FakeClock
+from llmpool.config import parse_config
 from llmpool.v1 import types_pb2
 
 POOLS = {
@@ -145,3 +147,36 @@ async def test_publisher_run_pushes_change_quickly() -> None:
         task.cancel()
         publisher.close()
     assert await sub.next_batch() is None
+
+
+def test_members_carry_prices_labels_and_prefix_hit_rate_from_config() -> None:
+    config = parse_config(
+        """
+pools:
+  - name: p
+    replicas: 1
+    template: {engine: sim, cpu_slots: 0, input_cost_per_mtok: 0.02, output_cost_per_mtok: 0.1}
+    backends:
+      - {id: remote, url: "http://api.example", labels: {tier: paid},
+         input_cost_per_mtok: 0.15, output_cost_per_mtok: 0.6}
+"""
+    )
+    pools, backends = specs_from_config(config)
+    live = types_pb2.ReplicaStatus(
+        replica_id="r1", pool="p", state=types_pb2.REPLICA_STATE_READY, url="http://h:2",
+        healthy=True, prefix_cache_hit_rate=0.75,
+    )  # fmt: skip
+    routes = build_routes(
+        {p.name: p for p in pools},
+        {b.id: b for b in backends},
+        {"r1": Assignment("r1", "p", "a")},
+        {"r1": LiveReplica(live, "a", True)},
+        {},
+    )
+    members = {m.id: m for m in routes["p"].members}
+    remote, replica = members["remote"], members["r1"]
+    assert (remote.input_cost_per_mtok, remote.output_cost_per_mtok) == (0.15, 0.6)
+    assert dict(remote.labels) == {"tier": "paid"}
+    assert remote.prefix_cache_hit_rate == -1.0  # a static backend does not say
+    assert (replica.input_cost_per_mtok, replica.output_cost_per_mtok) == (0.02, 0.1)
+    assert replica.prefix_cache_hit_rate == 0.75

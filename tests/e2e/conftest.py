@@ -148,13 +148,39 @@ class Cluster:
             timeout=timeout,
         )
 
+    def grpcurl_popen(self, *args: str) -> subprocess.Popen[str]:
+        """grpcurl as a running process (a followed stream): text stdout to read line by line."""
+        return subprocess.Popen(
+            [grpcurl_bin(), "-plaintext", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+
     def wait_ready(self, pool: str, replicas: int, timeout: float = 60.0) -> None:
         _wait(
-            lambda: httpx.get(f"http://{self.gateway}/readyz", timeout=2).status_code == 200,
+            self._or_exited(
+                lambda: httpx.get(f"http://{self.gateway}/readyz", timeout=2).status_code == 200
+            ),
             timeout,
             "gateway /readyz",
         )
-        _wait(lambda: len(self.ready_replicas(pool)) >= replicas, timeout, f"{replicas} READY")
+        self._assert_running()
+        _wait(
+            self._or_exited(lambda: len(self.ready_replicas(pool)) >= replicas),
+            timeout,
+            f"{replicas} READY",
+        )
+        self._assert_running()
+
+    def _or_exited(self, condition: Callable[[], bool]) -> Callable[[], bool]:
+        # A process that exited will not get ready: stop waiting at once, not at the deadline.
+        return lambda: any(not p.running() for p in self.procs) or condition()
+
+    def _assert_running(self) -> None:
+        for proc in self.procs:
+            assert proc.running(), f"{proc.name} exited:\n{proc.tail()}"
 
 
 def cli(*args: str) -> list[str]:

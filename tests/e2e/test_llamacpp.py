@@ -1,4 +1,6 @@
-"""`llm-pool up` with a real model: two llama_cpp.server replicas of SmolLM2-135M-Instruct.
+"""`llm-pool up --config` with a real model: the documented smollm2 pool (docs/llamacpp.md) on
+two llama_cpp.server replicas answers. The default config's acceptance checks (streams under
+concurrency, embeddings, kill -9, tail, scaling) are in test_llamacpp_acceptance.py.
 
 Needs the `llamacpp` extra (pip install -e '.[llamacpp]'); skipped without it.
 """
@@ -68,13 +70,3 @@ def test_smollm2_on_two_llamacpp_replicas(start_up: Any, tmp_path: Path) -> None
                 pieces.append(choice.delta.content)
     assert len(pieces) >= 2, pieces
     assert "".join(pieces).strip()
-
-
-def test_default_up_serves_smollm2_on_two_replicas(up_cluster: Any) -> None:
-    up_cluster.wait_ready("smollm2", 2, timeout=180)
-    client = openai.OpenAI(base_url=up_cluster.base_url, api_key="unused", max_retries=0)
-    assert "smollm2" in [m.id for m in client.models.list()]
-    chat = client.chat.completions.create(
-        model="smollm2", messages=MESSAGES, max_tokens=16, temperature=0
-    )
-    assert (chat.choices[0].message.content or "").strip()

@@ -71,6 +71,8 @@ async def test_usage_reports_reach_controller(
     assert sum(u.completion_tokens for u in usages) == 6
     assert any(u.mean_latency_ms > 0 for u in usages)
     assert {u.model for u in usages} == {"m1"}
+    # Each report says which routing snapshot the gateway counted with (drains rely on it).
+    assert controller.reports[-1].routing_version == 1
 
 
 async def test_keeps_serving_through_outage_and_reconnects(

@@ -65,3 +65,15 @@ def test_stream_tail_is_bounded_and_keeps_the_end() -> None:
         tail.add(b"%04d" % i)
     text = tail.text()
     assert text.endswith(b"0099") and 10 <= len(text) <= 14
+
+
+def test_reported_in_flight_is_what_the_last_report_said() -> None:
+    tracker = UsageTracker()
+    tracker.started("a", "m")
+    assert dict(tracker.reported_in_flight) == {}
+    tracker.drain_report("gw")
+    tracker.started("a", "m")
+    assert dict(tracker.reported_in_flight) == {"a": 1}
+    assert dict(tracker.in_flight) == {"a": 2}
+    tracker.drain_report("gw")
+    assert dict(tracker.reported_in_flight) == {"a": 2}

@@ -234,3 +234,26 @@ async def test_metrics_use_vllm_names_and_count_prefix_hits(sim_server: Start) -
     # The second request found the shared system prompt's full blocks in the cache.
     assert samples["vllm:prefix_cache_hits_total" + label] >= 16 * 5
     assert samples["vllm:e2e_request_latency_seconds_count" + label] == 2
+
+
+async def test_reset_prefix_cache_makes_the_next_request_cold(sim_server: Start) -> None:
+    server = await sim_server(block_size=16)
+    messages: Any = [{"role": "system", "content": "Shared context. " * 100}]
+    c = client(server)
+
+    async def hits() -> float:
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(url(server, "/metrics"))).text
+        for line in text.splitlines():
+            if line.startswith("vllm:prefix_cache_hits_total"):
+                return float(line.split(" ")[1])
+        raise AssertionError("no prefix_cache_hits_total in /metrics")
+
+    await c.chat.completions.create(model="sim", messages=messages, max_tokens=1)
+    async with httpx.AsyncClient() as http:
+        reset = await http.post(url(server, "/reset_prefix_cache"))
+    assert reset.status_code == 200 and reset.json()["dropped_blocks"] >= 5
+    await c.chat.completions.create(model="sim", messages=messages, max_tokens=1)
+    assert await hits() == 0  # the same prompt again found nothing cached
+    await c.chat.completions.create(model="sim", messages=messages, max_tokens=1)
+    assert await hits() >= 16 * 5

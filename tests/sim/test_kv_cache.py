@@ -77,3 +77,18 @@ def test_reviving_a_cached_block_does_not_count_it_as_free_space() -> None:
     # Pinning a and b leaves no room for a third block.
     assert not kv.can_allocate([b"a", b"b"], 1)
     assert kv.can_allocate([b"a", b"b"], 0)
+
+
+def test_reset_prefix_cache_drops_cached_blocks_but_keeps_pinned_ones() -> None:
+    kv = KvCache(8)
+    done = kv.allocate([b"a", b"b"], 0)
+    kv.release(done)
+    running = kv.allocate([b"a", b"c"], 1)  # revives a, pins it
+    assert kv.cached_blocks == 1  # b
+    assert kv.reset_prefix_cache() == 1
+    assert not kv.contains(b"b") and kv.contains(b"a") and kv.contains(b"c")
+    assert kv.prefix_hits([b"a", b"b"]) == 1
+    assert kv.used_blocks == 3 and kv.free_blocks == 5
+    kv.release(running)
+    assert kv.reset_prefix_cache() == 2
+    assert kv.free_blocks == 8 and kv.prefix_hits([b"a"]) == 0

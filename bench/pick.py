@@ -1,0 +1,190 @@
+"""`python -m bench.pick`: microbenchmark of one policy pick with 64 members (p50/p99 in us)."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import sys
+import time
+import tracemalloc
+from dataclasses import dataclass, replace
+
+from bench.stats import percentile
+from gateway.members import Member
+from gateway.policies import PickContext, Policy, PolicyRegistry
+from gateway.policies.prefix_index import PrefixIndex
+from llmpool.clock import SystemClock
+
+MEMBERS = 64
+BASE = Member(
+    id="",
+    url="http://h",
+    weight=1,
+    healthy=True,
+    draining=False,
+    zone="",
+    kind="openai",
+    upstream_model=None,
+    running=0,
+    waiting=0,
+    kv_usage=-1,
+    in_flight=0,
+    latency_ms=0,
+    chat_url="",
+    completions_url="",
+    embeddings_url="",
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    policy: str
+    workload: str
+    p50_us: float
+    p99_us: float
+
+
+def members(rng: random.Random) -> tuple[Member, ...]:
+    return tuple(
+        replace(
+            BASE,
+            id=f"replica-{i:02d}",
+            weight=rng.randint(1, 4),
+            running=rng.randint(0, 32),
+            waiting=rng.randint(0, 4),
+            kv_usage=rng.random(),
+            in_flight=rng.randint(0, 16),
+            latency_ms=rng.uniform(50, 500),
+            input_cost_per_mtok=rng.choice([0.0, 0.5, 1.0]),
+            output_cost_per_mtok=rng.choice([0.0, 1.5, 3.0]),
+        )
+        for i in range(MEMBERS)
+    )
+
+
+def word_text(rng: random.Random, chars: int) -> str:
+    words: list[str] = []
+    size = 0
+    while size < chars:
+        word = "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 9)))
+        words.append(word)
+        size += len(word) + 1
+    return " ".join(words)[:chars]
+
+
+def chat_contexts(
+    rng: random.Random, systems: list[str], count: int, in_flight: dict[str, int]
+) -> list[PickContext]:
+    """4 KB chat prompts: one of the shared 3 KB system prompts and a unique 1 KB question."""
+    return [
+        PickContext(
+            model="m",
+            payload={
+                "messages": [
+                    {"role": "system", "content": rng.choice(systems)},
+                    {"role": "user", "content": word_text(rng, 1024)},
+                ],
+                "user": f"user-{rng.randrange(10_000)}",
+            },
+            in_flight=in_flight,
+        )
+        for _ in range(count)
+    ]
+
+
+def time_picks(policy: Policy, pool: tuple[Member, ...], ctxs: list[PickContext]) -> list[float]:
+    pick = policy.pick
+    clock = time.perf_counter_ns
+    took: list[float] = []
+    gc.disable()
+    try:
+        for ctx in ctxs:
+            start = clock()
+            pick(pool, ctx)
+            took.append((clock() - start) / 1000.0)
+    finally:
+        gc.enable()
+    return sorted(took)
+
+
+def run(picks: int, seed: int) -> list[Row]:
+    rng = random.Random(seed)
+    pool = members(rng)
+    in_flight = {m.id: rng.randint(0, 8) for m in pool[::3]}
+    registry = PolicyRegistry(clock=SystemClock(), rng=random.Random(seed))
+    systems = [word_text(rng, 3072) for _ in range(256)]
+    rows: list[Row] = []
+    for name in registry.names():
+        policy = registry.build(name)
+        for m in pool:
+            policy.observe(m.id, rng.uniform(0.05, 0.5), rng.uniform(0.005, 0.05), 1000, True)
+        policy.on_members(pool)
+        workload = "4 KB chat prompts"
+        if name == "prefix_aware":
+            # Warm the index: every system prompt seen several times.
+            for ctx in chat_contexts(rng, systems, 2_000, in_flight):
+                policy.pick(pool, ctx)
+            workload += ", warmed index"
+        ctxs = chat_contexts(rng, systems, picks, in_flight)
+        took = time_picks(policy, pool, ctxs)
+        rows.append(Row(name, workload, percentile(took, 50), percentile(took, 99)))
+    return rows
+
+
+def hook_cost(calls: int) -> list[Row]:
+    """What the relay pays per request end: the `observes` check, plus observe() when set."""
+    registry = PolicyRegistry()
+    rows = []
+    for name in ("round_robin", "response_time"):
+        policy = registry.build(name)
+        clock = time.perf_counter_ns
+        start = clock()
+        for _ in range(calls):
+            if policy.observes:
+                policy.observe("replica-01", 0.12, 0.01, 100, True)
+        per_call = (clock() - start) / calls / 1000.0
+        rows.append(Row(name, "relay observe hook", per_call, per_call))
+    return rows
+
+
+def index_bytes_per_block(blocks: int = 50_000) -> float:
+    """Memory of the prefix index per block, measured with tracemalloc."""
+    rng = random.Random(1)
+    index = PrefixIndex(block_chars=64, max_blocks=blocks, max_prompt_blocks=1024, max_holders=8)
+    texts = [word_text(rng, 64 * 64) for _ in range(blocks // 64 + 1)]
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i, text in enumerate(texts):
+        index.insert(text, f"replica-{i % 64:02d}", index.match(text))
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return used / len(index)
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| policy | workload | p50 us | p99 us |",
+        "|---|---|---:|---:|",
+    ]
+    lines += [f"| {r.policy} | {r.workload} | {r.p50_us:.1f} | {r.p99_us:.1f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.pick", description=__doc__)
+    p.add_argument("--picks", type=int, default=20_000, help="timed picks per policy")
+    p.add_argument("--seed", type=int, default=5)
+    args = p.parse_args(argv)
+    rows = run(args.picks, args.seed) + hook_cost(1_000_000)
+    version = sys.version.split()[0]
+    print(f"Pick time, {MEMBERS} members ({args.picks} picks per policy, Python {version})")
+    print()
+    print(table(rows))
+    print()
+    print(f"prefix index: {index_bytes_per_block():.0f} bytes per block (64-char blocks)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,165 @@
+"""The Policy base class, the per-request PickContext and typed parameter reading."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, ClassVar
+
+from gateway.members import Member
+from gateway.policies.prompt import prefix_key, prompt_text
+from llmpool.clock import Clock, SystemClock
+
+
+class UnknownPolicyError(ValueError):
+    """No policy has this name (a ValueError, so callers may treat it as bad input)."""
+
+
+@dataclass
+class PickContext:
+    """What a policy may look at for one request; prompt texts are computed only if asked for."""
+
+    model: str
+    body: bytes = b""
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    # Lower-case header names.
+    headers: Mapping[str, str] = field(default_factory=dict)
+    # This gateway's own in-flight requests per member id (live view, not a copy).
+    in_flight: Mapping[str, int] = field(default_factory=dict)
+    # This gateway's own in-flight requests as of its last usage report, which the
+    # controller's aggregate (Member.in_flight) already counts.
+    reported_in_flight: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def user(self) -> str | None:
+        user = self.payload.get("user")
+        return user if isinstance(user, str) else None
+
+    @cached_property
+    def prompt_text(self) -> str:
+        """The prompt as plain text: chat message contents, or the completion prompt/input."""
+        return prompt_text(self.payload)
+
+    @cached_property
+    def prefix_key(self) -> str:
+        """The prompt with roles, in message order: a chat's next turn extends this text."""
+        return prefix_key(self.payload)
+
+
+class ParamReader:
+    """Reads a policy's string params into typed values; finish() rejects the ones not read."""
+
+    def __init__(self, policy: str, params: Mapping[str, str]) -> None:
+        self._policy = policy
+        self._params = params
+        self._read: set[str] = set()
+
+    def _raw(self, key: str) -> str | None:
+        self._read.add(key)
+        return self._params.get(key)
+
+    def _bad(self, key: str, value: str, why: str) -> ValueError:
+        return ValueError(f"policy {self._policy!r}: param {key}={value!r} is not valid: {why}")
+
+    def number(
+        self, key: str, default: float, *, min: float | None = None, max: float | None = None
+    ) -> float:
+        raw = self._raw(key)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise self._bad(key, raw, "expected a number") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise self._bad(key, raw, "expected a finite number")
+        if min is not None and value < min:
+            raise self._bad(key, raw, f"must be >= {min:g}")
+        if max is not None and value > max:
+            raise self._bad(key, raw, f"must be <= {max:g}")
+        return value
+
+    def integer(
+        self, key: str, default: int, *, min: int | None = None, max: int | None = None
+    ) -> int:
+        raw = self._raw(key)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise self._bad(key, raw, "expected an integer") from None
+        if min is not None and value < min:
+            raise self._bad(key, raw, f"must be >= {min}")
+        if max is not None and value > max:
+            raise self._bad(key, raw, f"must be <= {max}")
+        return value
+
+    def text(self, key: str, default: str) -> str:
+        raw = self._raw(key)
+        if raw is None:
+            return default
+        if not raw:
+            raise self._bad(key, raw, "must not be empty")
+        return raw
+
+    def finish(self) -> None:
+        unknown = sorted(set(self._params) - self._read)
+        if unknown:
+            known = ", ".join(sorted(self._read)) or "none"
+            raise ValueError(
+                f"policy {self._policy!r}: unknown param(s) {', '.join(unknown)}; it takes: {known}"
+            )
+
+
+class Policy:
+    """Base of every policy: `class X(Policy, name="x")` names it; a PolicyRegistry builds it.
+
+    Subclasses read their params in configure() and implement pick(); observe(), on_members()
+    and on_snapshot() are optional hooks (no-ops here)."""
+
+    name: ClassVar[str] = ""
+    # True when the subclass overrides observe(): the relay skips the call otherwise.
+    observes: ClassVar[bool] = False
+
+    def __init_subclass__(cls, name: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if name:
+            cls.name = name
+        cls.observes = cls.observe is not Policy.observe
+
+    def __init__(
+        self,
+        params: Mapping[str, str] | None = None,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.params: dict[str, str] = dict(params or {})
+        self.clock: Clock = clock or SystemClock()
+        self.rng = rng or random.Random()
+        reader = ParamReader(self.name or type(self).__name__, self.params)
+        self.configure(reader)
+        reader.finish()
+
+    def configure(self, params: ParamReader) -> None:
+        """Reads params (a bad or unknown one raises ValueError with a clear message)."""
+
+    def pick(self, candidates: Sequence[Member], ctx: PickContext) -> Member:
+        """Chooses one of candidates (never empty)."""
+        raise NotImplementedError
+
+    def observe(
+        self, member_id: str, ttft_s: float, tpot_s: float, prompt_tokens: int, ok: bool
+    ) -> None:
+        """A request to member_id ended: seconds to first byte (the whole answer when not
+        streamed), seconds per output token after it (0 when unknown), prompt tokens (0 when
+        unknown), and whether it succeeded."""
+
+    def on_members(self, members: Sequence[Member]) -> None:
+        """The route's member set changed: drop state kept for members no longer in it."""
+
+    def on_snapshot(self, members: Sequence[Member]) -> None:
+        """A snapshot rebuilt the route (fresh load figures in members)."""

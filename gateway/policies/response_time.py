@@ -1,0 +1,65 @@
+"""response_time: EWMA of TTFT and time per output token, power of two choices."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gateway.members import Member
+from gateway.policies.base import ParamReader, PickContext, Policy
+from gateway.policies.latency_stats import LatencyStats
+
+
+class ResponseTime(Policy, name="response_time"):
+    """Samples two candidates and takes the one with the lower expected response time.
+
+    Expected time = (TTFT EWMA + output_tokens x TPOT EWMA) x (1 + requests in flight), so a
+    fast member that is already busy does not take everything. Members never observed are
+    tried first (least in flight among them), and stale EWMAs decay toward the pool's."""
+
+    def configure(self, params: ParamReader) -> None:
+        self.stats = LatencyStats(
+            self.clock,
+            alpha=params.number("alpha", 0.3, min=0.01, max=1.0),
+            half_life_s=params.number("half_life_s", 30.0, min=0.001),
+            error_penalty_s=params.number("error_penalty_s", 5.0, min=0.0),
+        )
+        self.output_tokens = params.number("output_tokens", 100.0, min=0.0)
+        self._next = 0
+
+    def observe(
+        self, member_id: str, ttft_s: float, tpot_s: float, prompt_tokens: int, ok: bool
+    ) -> None:
+        self.stats.observe(member_id, ttft_s, tpot_s, ok)
+
+    def on_members(self, members: Sequence[Member]) -> None:
+        self.stats.keep_only(m.id for m in members)
+
+    def pick(self, candidates: Sequence[Member], ctx: PickContext) -> Member:
+        own = ctx.in_flight
+        stats = self.stats
+        n = len(candidates)
+        unseen = [m for m in candidates if m.id not in stats]
+        if unseen:
+            return self._least_loaded(unseen, ctx)
+        if n == 1:
+            return candidates[0]
+        i = self.rng.randrange(n)
+        j = self.rng.randrange(n - 1)
+        if j >= i:
+            j += 1
+        a, b = candidates[i], candidates[j]
+        score_a = self._expected(a) * (1 + own.get(a.id, 0) + a.in_flight)
+        score_b = self._expected(b) * (1 + own.get(b.id, 0) + b.in_flight)
+        return a if score_a <= score_b else b
+
+    def _expected(self, member: Member) -> float:
+        ttft = self.stats.ttft(member.id) or 0.0
+        return ttft + self.output_tokens * self.stats.tpot(member.id)
+
+    def _least_loaded(self, members: Sequence[Member], ctx: PickContext) -> Member:
+        own = ctx.in_flight
+        best = min(own.get(m.id, 0) + m.in_flight for m in members)
+        tied = [m for m in members if own.get(m.id, 0) + m.in_flight == best]
+        choice = tied[self._next % len(tied)]
+        self._next += 1
+        return choice

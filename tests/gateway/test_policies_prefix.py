@@ -1,0 +1,245 @@
+"""prefix_aware: longest-prefix preference, the cost rule under a hot prefix (spread only when
+the holder's queue costs more than a re-prefill), cold prompts to the least loaded, per-member
+capacity, the index's memory cap, multi-turn chats, and state surviving load-only snapshots."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from gateway.members import Member, idle_member
+from gateway.policies import PickContext, PolicyRegistry, PrefixAware
+from gateway.policies.prefix_index import PrefixIndex
+from gateway.routing import RoutingTable
+from llmpool.clock import FakeClock
+from llmpool.v1 import gateway_pb2
+
+SYSTEM = "You are a careful assistant for the billing team. " * 40  # ~2 KB shared prefix
+
+
+def mk(member_id: str, **fields: Any) -> Member:
+    return idle_member(member_id, **fields)
+
+
+def chat(*contents: str) -> PickContext:
+    # system, then user and assistant in turn.
+    roles = ["system"] + ["user", "assistant"] * len(contents)
+    messages = [{"role": roles[i], "content": c} for i, c in enumerate(contents)]
+    return PickContext(model="m", payload={"messages": messages})
+
+
+def prompt(text: str, in_flight: dict[str, int] | None = None) -> PickContext:
+    return PickContext(model="m", payload={"prompt": text}, in_flight=in_flight or {})
+
+
+def build(clock: FakeClock | None = None, **params: str) -> PrefixAware:
+    policy = PolicyRegistry(clock=clock or FakeClock()).build("prefix_aware", params)
+    assert isinstance(policy, PrefixAware)
+    return policy
+
+
+MEMBERS = [mk("a"), mk("b"), mk("c"), mk("d")]
+
+
+def test_same_prefix_sticks_and_new_prefixes_spread() -> None:
+    policy = build()
+    groups = [f"group {g} " * 60 + SYSTEM for g in range(4)]
+    first = [policy.pick(MEMBERS, prompt(g + "question 0")).id for g in groups]
+    # Nothing matches yet and loads tie: the four groups land on four members.
+    assert sorted(first) == ["a", "b", "c", "d"]
+    for q in range(1, 5):
+        again = [policy.pick(MEMBERS, prompt(g + f"question {q}")).id for g in groups]
+        assert again == first
+
+
+def test_longest_prefix_wins_over_most_recent_shorter_match() -> None:
+    policy = build()
+    deep = SYSTEM + "account 17 history " * 30
+    policy.pick([mk("a")], prompt(deep + "q1"))
+    # b was sent only the shared system prompt, and more recently.
+    policy.pick([mk("b")], prompt(SYSTEM + "unrelated " * 40))
+    assert policy.pick(MEMBERS, prompt(deep + "q2")).id == "a"
+    assert policy.pick(MEMBERS, prompt(SYSTEM + "unrelated " * 40 + "z")).id == "b"
+
+
+def test_multi_turn_chat_follows_its_earlier_turns() -> None:
+    policy = build()
+    turn1 = chat(SYSTEM, "What is my balance? " * 10)
+    home = policy.pick(MEMBERS, turn1).id
+    turn2 = chat(SYSTEM, "What is my balance? " * 10, "It is 12 dollars. " * 10, "And last month?")
+    turn3 = chat(
+        SYSTEM,
+        "What is my balance? " * 10,
+        "It is 12 dollars. " * 10,
+        "And last month?",
+        "It was 30 dollars.",
+        "Why the change?",
+    )
+    # Other members are less loaded, but not by enough to give up the cached history.
+    busy = {home: 3}
+    assert policy.pick(MEMBERS, _with(turn2, busy)).id == home
+    assert policy.pick(MEMBERS, _with(turn3, busy)).id == home
+
+
+def _with(ctx: PickContext, in_flight: dict[str, int]) -> PickContext:
+    return PickContext(model=ctx.model, payload=ctx.payload, in_flight=in_flight)
+
+
+def test_cold_prompt_goes_to_the_least_loaded_member_with_ties_in_turn() -> None:
+    policy = build()
+    loads = {"a": 2, "b": 0, "c": 0, "d": 1}
+    picks = [policy.pick(MEMBERS, prompt(f"unique question {i} " * 40, loads)).id for i in range(4)]
+    # Nobody holds these prompts: each costs the same prefill everywhere, so load decides.
+    assert picks == ["b", "c", "b", "c"]
+    # The aggregate over all gateways counts too (the larger of it and ours).
+    busy = [replace(m, in_flight=5.0) if m.id in ("b", "c") else m for m in MEMBERS]
+    assert policy.pick(busy, prompt("another cold one " * 40, loads)).id == "d"
+
+
+def test_hot_prefix_spreads_only_when_the_holders_queue_costs_more_than_a_re_prefill() -> None:
+    policy = build(request_blocks="4")
+    home = policy.pick(MEMBERS, prompt(SYSTEM + "q0")).id
+    blocks = policy.index.block_count(SYSTEM + "q1")
+    # cost(home) = 4 x its requests; cost(other) = a re-prefill of every block (+ its load).
+    at_par = blocks // 4
+    assert policy.pick(MEMBERS, prompt(SYSTEM + "q1", {home: at_par})).id == home
+    spilled = policy.pick(MEMBERS, prompt(SYSTEM + "q2", {home: at_par + 1})).id
+    assert spilled != home
+    # The second member now holds the prefix too: it spread rather than moved, and requests
+    # go to whichever holder is cheaper, never to a third member while those two are cheap.
+    match = policy.index.match(SYSTEM + "q3")
+    holders = {m for m, (depth, _) in match.depth.items() if depth == match.blocks}
+    assert holders == {home, spilled}
+    assert policy.pick(MEMBERS, prompt(SYSTEM + "q3", {home: at_par + 1, spilled: 1})).id == (
+        spilled
+    )
+    assert policy.pick(MEMBERS, prompt(SYSTEM + "q4")).id in holders
+
+
+def test_queued_prefill_of_other_prompts_counts_until_the_member_has_done_it() -> None:
+    clock = FakeClock()
+    policy = build(clock, prefill_tokens_per_s="1000", active_weight="0")
+    home = policy.pick(MEMBERS, prompt(SYSTEM + "q0")).id
+    # A long cold prompt of another prefix is sent to home and still in flight there.
+    long_cold = "a long unrelated document " * 200
+    policy.pick([mk(home)], prompt(long_cold, {home: 0}))
+    queued = policy.backlog_blocks(home)
+    assert queued == policy.index.block_count(long_cold)
+    spilled = policy.pick(MEMBERS, prompt(SYSTEM + "q1", {home: 1})).id
+    assert spilled != home
+    # 1,000 tokens/s = 4,000 characters/s: once that much time has passed it is prefilled,
+    # and home (1 request in flight) is cheaper again than the other holder (2).
+    clock.advance(queued * policy.index.block_chars / 4000 + 0.01)
+    assert policy.pick(MEMBERS, prompt(SYSTEM + "q2", {home: 1, spilled: 2})).id == home
+    assert policy.backlog_blocks(home) < 1
+
+
+def test_second_request_of_a_prefix_still_prefilling_waits_for_it_on_the_holder() -> None:
+    policy = build()
+    home = policy.pick(MEMBERS, prompt(SYSTEM + "q0")).id
+    assert policy.backlog_blocks(home) == policy.index.block_count(SYSTEM + "q0")
+    # The first prefill is under way (1 in flight, clock still): a second request shares it
+    # instead of starting the same prefill elsewhere...
+    assert policy.pick(MEMBERS, prompt(SYSTEM + "q1", {home: 1})).id == home
+    # ...while a different cold prompt queues behind nobody.
+    assert policy.pick(MEMBERS, prompt("other text " * 40, {home: 2})).id != home
+
+
+def test_requests_that_ended_leave_the_backlog() -> None:
+    policy = build()
+    home = policy.pick(MEMBERS, prompt("one prompt " * 40)).id
+    policy.pick([mk(home)], prompt("two prompt " * 40, {home: 1}))
+    assert policy.backlog_blocks(home) > 0
+    # Our in-flight count to home dropped to 0: both ended, nothing is queued there any more.
+    policy.pick(MEMBERS, prompt("three prompt " * 40, {}))
+    assert policy.backlog_blocks(home) == 0
+
+
+def test_index_forgets_what_a_member_cannot_cache() -> None:
+    # 40 tokens x 4 characters / 16-character blocks: each member holds 10 blocks.
+    policy = build(block_chars="16", member_capacity_tokens="40")
+    first, second = "first prompt of 160 chars " * 7, "second prompt, other text " * 7
+    policy.pick([mk("a")], prompt(first))
+    assert policy.index.match(first).depth == {"a": (10, 0)}
+    policy.pick([mk("a")], prompt(second))
+    # The member's cache holds the newest prompt; the index forgot the older one, as it does.
+    assert policy.index.held("a") == 10
+    assert policy.index.match(second).depth == {"a": (10, 0)}
+    assert policy.index.match(first).depth == {}
+
+
+def test_new_prefix_goes_where_it_evicts_nothing() -> None:
+    policy = build(block_chars="16", member_capacity_tokens="40", request_blocks="1")
+    policy.pick([mk("a")], prompt("a fills its cache " * 9))
+    assert policy.index.held("a") == 10
+    # b is a little busier, but a would have to evict a prompt it holds to take this one.
+    choice = policy.pick(MEMBERS[:2], prompt("a brand new prefix " * 9, {"b": 1}))
+    assert choice.id == "b"
+
+
+def test_index_cap_holds_and_evicts_least_recent_prompts_first() -> None:
+    policy = build(max_blocks="50", block_chars="16")
+    texts = [f"{i:04d} prompt number " * 8 for i in range(40)]  # 10 blocks each
+    for text in texts:
+        policy.pick(MEMBERS, prompt(text))
+        assert len(policy.index) <= 50
+    assert len(policy.index) == 50
+    # The per-member LRUs hold only blocks still in the index.
+    index = policy.index
+    assert sum(len(lru) for lru in index.held_by.values()) <= len(index) * index.max_holders
+    assert policy.index.match(texts[-1]).depth  # the newest is held
+    assert not policy.index.match(texts[0]).depth  # the oldest is gone
+
+
+def test_index_evicts_leaves_before_their_prefix() -> None:
+    index = PrefixIndex(block_chars=8, max_blocks=6, max_prompt_blocks=100, max_holders=4)
+    long_text = "abcdefgh" * 4 + "ijklmnop" * 4  # 8 blocks
+    match = index.match(long_text)
+    index.insert(long_text, "a", match)
+    assert len(index) == 6
+    # The first 6 blocks survive: the prompt still matches 6 deep.
+    assert index.match(long_text).depth == {"a": (6, 0)}
+
+
+def test_index_forgets_removed_members() -> None:
+    policy = build()
+    policy.pick([mk("a")], prompt(SYSTEM))
+    policy.pick([mk("b")], prompt(SYSTEM + "more " * 20))
+    policy.on_members([mk("b")])
+    assert set(policy.index.match(SYSTEM + "more " * 20).depth) == {"b"}
+    policy.on_members([mk("c")])
+    assert len(policy.index) == 0
+
+
+def test_short_prompt_has_no_blocks_and_does_not_touch_the_index() -> None:
+    policy = build()
+    assert policy.pick(MEMBERS, prompt("hi")).id == "a"
+    assert len(policy.index) == 0
+
+
+def _snapshot(version: int, loads: dict[str, float]) -> gateway_pb2.RoutingSnapshot:
+    members = [
+        gateway_pb2.Member(id=m, url=f"http://h/{m}", healthy=True, weight=1, in_flight=load)
+        for m, load in loads.items()
+    ]
+    route = gateway_pb2.ModelRoute(
+        model="m", policy="prefix_aware", policy_params={"request_blocks": "4"}, members=members
+    )
+    return gateway_pb2.RoutingSnapshot(version=version, full=True, routes=[route])
+
+
+def test_index_survives_load_only_snapshots_and_prunes_on_membership_change() -> None:
+    table = RoutingTable()
+    table.apply(_snapshot(1, {"a": 0, "b": 0}))
+    first = table.get("m")
+    assert first is not None
+    home = first.policy.pick(first.candidates, prompt(SYSTEM + "q")).id
+    table.apply(_snapshot(2, {"a": 1, "b": 2}))
+    second = table.get("m")
+    assert second is not None and second.policy is first.policy
+    assert isinstance(second.policy, PrefixAware) and len(second.policy.index) > 0
+    assert second.policy.pick(second.candidates, prompt(SYSTEM + "q2")).id == home
+    table.apply(_snapshot(3, {"x": 0}))
+    third = table.get("m")
+    assert third is not None and third.policy is first.policy
+    assert len(second.policy.index) == 0
