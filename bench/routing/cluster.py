@@ -35,6 +35,11 @@ class SimShape:
     max_num_seqs: int = 64
 
     @property
+    def report_interval_s(self) -> float:
+        """Wall seconds between agent reports: one simulated second."""
+        return 1.0 / self.speedup
+
+    @property
     def kv_tokens(self) -> int:
         """Tokens one engine's KV cache holds."""
         return self.kv_blocks * self.block_size
@@ -136,10 +141,13 @@ class Cluster:
             "warning",
         ]
         # `llm-pool up` passes its environment on to its children: the gateway loads the oracle
-        # plugin and the controller accepts pools that name it.
+        # plugin and the controller accepts pools that name it. Agents report (and scrape the
+        # engines) once a second of simulated time, as a deployment would in real time;
+        # at the default 1 s of wall time, load figures would be `speedup` times staler.
         env = {
             "LLMPOOL_GATEWAY_POLICY_PLUGINS": ORACLE_PLUGIN,
             "LLMPOOL_CONTROLLER_EXTRA_POLICIES": ORACLE_POLICY,
+            "LLMPOOL_REPORT_INTERVAL_S": f"{shape.report_interval_s:g}",
         }
         proc = await spawn("llm-pool-up", argv, workdir, env)
         cluster = cls(proc, gport, controller, shape)

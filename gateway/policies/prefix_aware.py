@@ -115,7 +115,10 @@ class PrefixAware(Policy, name="prefix_aware"):
     docs/policies.md). For each candidate:
 
         cost = new blocks      (the prompt's blocks it does not hold: prefill it must do)
-             + evicted blocks  (what those push out of a full cache: re-prefilled later)
+             + evicted blocks  (what those push out of a full cache: re-prefilled later;
+                                a block sent there more than once, a hot shared prefix or
+                                an earlier turn, costs hot_evict_weight, others
+                                evict_weight; the one-off blocks are taken as the oldest)
              + queued blocks   (new blocks of our requests to it not prefilled yet, drained
                                 at prefill_tokens_per_s in the order sent)
              + active_weight x new blocks of our requests still in flight there
@@ -141,6 +144,7 @@ class PrefixAware(Policy, name="prefix_aware"):
         )
         self.request_blocks = params.number("request_blocks", 4.0, min=0.0)
         self.evict_weight = params.number("evict_weight", 1.0, min=0.0)
+        self.hot_evict_weight = params.number("hot_evict_weight", 2.0, min=0.0)
         self.active_weight = params.number("active_weight", 0.5, min=0.0)
         prefill_rate = params.number("prefill_tokens_per_s", 8000.0, min=1.0)
         self.drain_blocks_per_s = prefill_rate * CHARS_PER_TOKEN / block_chars
@@ -170,6 +174,8 @@ class PrefixAware(Policy, name="prefix_aware"):
         backlogs = self._backlog
         per_request = self.request_blocks
         evict_weight = self.evict_weight
+        hot_evict_weight = self.hot_evict_weight
+        singles = index.singles
         active_weight = self.active_weight
         room = index.member_blocks or 0
         now = self.clock.monotonic()
@@ -197,7 +203,14 @@ class PrefixAware(Policy, name="prefix_aware"):
                 if new and room:
                     over = len(backlog.blocks_held) + new - room
                     if over > 0:
-                        cost += evict_weight * (over if over < new else new)
+                        if over > new:
+                            over = new
+                        # LRU takes the oldest first: the one-off blocks, then hot ones.
+                        hot = over - singles.get(mid, 0)
+                        if hot > 0:
+                            cost += evict_weight * (over - hot) + hot_evict_weight * hot
+                        else:
+                            cost += evict_weight * over
             cost += new
             # Ties: the deeper match, then the more recent holder, then in turn.
             if cost < best or (

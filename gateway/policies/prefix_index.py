@@ -33,7 +33,12 @@ class PrefixIndex:
     Each member also has its own LRU of at most member_blocks blocks (None: no per-member
     bound), mirroring an engine whose prefix cache evicts least recently used blocks: when a
     member is sent more than it can cache, the index forgets its oldest blocks, as the engine
-    does, instead of claiming prefixes the engine no longer has."""
+    does, instead of claiming prefixes the engine no longer has.
+
+    A member's block is "reused" once it was sent there a second time (a shared prefix, an
+    earlier turn of a chat); `singles` counts the member's blocks sent there only once (a
+    unique question, the newest turn), so a caller can tell a cache of hot shared prefixes
+    from one of stale one-off tails."""
 
     def __init__(
         self,
@@ -50,8 +55,10 @@ class PrefixIndex:
         self.max_holders = max_holders
         self.member_blocks = member_blocks
         self._blocks: OrderedDict[int, tuple[str, ...]] = OrderedDict()
-        # Per member: its blocks, least recently sent first (values unused). Read-only outside.
-        self.held_by: dict[str, OrderedDict[int, None]] = {}
+        # Per member: its blocks, least recently sent first -> reused. Read-only outside.
+        self.held_by: dict[str, OrderedDict[int, bool]] = {}
+        # Per member: how many of its blocks are not reused. Read-only outside.
+        self.singles: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._blocks)
@@ -121,36 +128,51 @@ class PrefixIndex:
         limit = self.max_holders
         get = blocks.get
         touch = blocks.move_to_end
+        mine_get = mine.get
         touch_mine = mine.move_to_end
+        singles = self.singles
+        single = singles.get(member_id, 0)
         for h in reversed(hashes):
             holders = get(h)
             if holders is None:
                 blocks[h] = (member_id,)
-                mine[h] = None
+                mine[h] = False
+                single += 1
                 continue
             touch(h)
             if holders[0] != member_id:
                 rest = tuple(m for m in holders if m != member_id)
                 if len(rest) >= limit:
                     # The least recent holder drops out of this block.
-                    dropped = held.get(rest[limit - 1])
-                    if dropped is not None:
-                        dropped.pop(h, None)
+                    self._unhold(rest[limit - 1], h)
                 blocks[h] = (member_id, *rest[: limit - 1])
-            try:
+            reused = mine_get(h)
+            if reused is None:
+                mine[h] = False
+                single += 1
+            else:
                 touch_mine(h)
-            except KeyError:
-                mine[h] = None
+                if not reused:
+                    mine[h] = True
+                    single -= 1
         cap = self.member_blocks
         if cap is not None:
             while len(mine) > cap:
-                self._drop(mine.popitem(last=False)[0], member_id)
+                h, reused = mine.popitem(last=False)
+                if not reused:
+                    single -= 1
+                self._drop(h, member_id)
+        singles[member_id] = single
         while len(blocks) > self.max_blocks:
             h, holders = blocks.popitem(last=False)
             for m in holders:
-                lru = held.get(m)
-                if lru is not None:
-                    lru.pop(h, None)
+                self._unhold(m, h)
+
+    def _unhold(self, member_id: str, h: int) -> None:
+        """member_id no longer holds block h (its entry in the block's holders is gone)."""
+        lru = self.held_by.get(member_id)
+        if lru is not None and lru.pop(h, True) is False:
+            self.singles[member_id] -= 1
 
     def _drop(self, h: int, member_id: str) -> None:
         holders = self._blocks.get(h)
@@ -166,6 +188,7 @@ class PrefixIndex:
         """Drops members not in keep; blocks no member holds any more go too."""
         for m in [m for m in self.held_by if m not in keep]:
             del self.held_by[m]
+            self.singles.pop(m, None)
         for h in list(self._blocks):
             holders = self._blocks[h]
             left = tuple(m for m in holders if m in keep)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from bench.routing import workloads as wl
 from bench.routing.cluster import SimShape
 from bench.routing.oracle import ORACLE_POLICY
-from bench.routing.run import policy_params
+from bench.routing.run import FULL, QUICK, header, policy_params
 from controller.validation import check_policy
 from gateway.policies import PolicyRegistry, PrefixAware
 from llmpool.errors import InvalidArgumentError
@@ -36,3 +38,46 @@ def test_controller_accepts_the_oracle_only_when_listed_as_an_extra_policy() -> 
     assert check_policy(ORACLE_POLICY, {}, (ORACLE_POLICY,)) == ORACLE_POLICY
     with pytest.raises(InvalidArgumentError, match="unknown routing policy 'bench_oracle'"):
         check_policy(ORACLE_POLICY, {}, ())
+
+
+def test_full_profile_gives_every_p99_at_least_300_requests_where_the_window_allows() -> None:
+    for rates in FULL.rates.values():
+        for rate in rates:
+            n = FULL.count(rate)
+            assert n <= FULL.max_requests
+            # Either 300 requests, or the longest arrival window this profile allows.
+            assert n >= FULL.min_requests or n == math.floor(rate * FULL.max_window_s)
+    assert FULL.count(4) == 200  # 50 simulated seconds at 4/s
+    assert FULL.count(8) == 300
+    assert FULL.count(32) == 400  # capped
+    # The quick profile keeps its fixed windows.
+    assert QUICK.count(8) == math.ceil(8 * QUICK.duration_s)
+
+
+def test_full_run_fits_in_about_20_minutes_of_arrivals_and_overheads() -> None:
+    # Wall seconds of arrivals per system over the whole sweep, plus ~2.5 s a run for
+    # switching, resets and drains (what the last full run spent): 10 systems (9 policies
+    # without aliases, the oracle, vllm-router).
+    per_system = sum(
+        FULL.count(rate) / rate / FULL.speedup + 2.5
+        for rates in FULL.rates.values()
+        for rate in rates
+    )
+    assert 10 * per_system < 22 * 60
+
+
+def test_header_says_how_many_requests_each_p99_rests_on() -> None:
+    shape = SimShape(speedup=FULL.speedup)
+    lines = header(
+        FULL,
+        shape,
+        wl.WorkloadShape(),
+        "make bench-routing",
+        1.0,
+        0.001,
+        0.05,
+        ["round_robin"],
+        {4.0: 200, 8.0: 300},
+    )
+    text = "\n".join(lines)
+    assert "200 at 4/s (50 s of arrivals), 300 at 8/s (38 s of arrivals)" in text

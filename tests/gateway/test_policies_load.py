@@ -104,14 +104,48 @@ def test_queue_aware_weighs_queue_kv_and_running() -> None:
     assert policy.pick(members, ctx()).id == "ok"
 
 
-def test_queue_aware_counts_its_own_picks_until_the_next_snapshot() -> None:
+def pick_and_send(policy: Policy, members: list[Member], own: dict[str, int]) -> str:
+    """A pick as the relay makes it: the chosen member's own in-flight count goes up."""
+    chosen = policy.pick(members, ctx(in_flight=own)).id
+    own[chosen] = own.get(chosen, 0) + 1
+    return chosen
+
+
+def test_queue_aware_counts_its_own_sends_until_the_member_reports_again() -> None:
     policy = build("queue_aware", kv_weight="0", running_weight="0")
     members = [mk("a"), mk("b")]
-    picks = [policy.pick(members, ctx()).id for _ in range(4)]
+    policy.on_snapshot(members)
+    own: dict[str, int] = {}
+    picks = [pick_and_send(policy, members, own) for _ in range(4)]
     assert sorted(picks) == ["a", "a", "b", "b"]
-    fresh = [mk("a", waiting=0), mk("b", waiting=3)]
+    # The engines now report: a's figures include the 2 sent there, b has 5 waiting.
+    fresh = [mk("a", waiting=2), mk("b", waiting=5)]
     policy.on_snapshot(fresh)
-    assert [policy.pick(fresh, ctx()).id for _ in range(3)] == ["a", "a", "a"]
+    assert [pick_and_send(policy, fresh, own) for _ in range(3)] == ["a", "a", "a"]
+
+
+def test_queue_aware_spreads_a_burst_while_snapshots_repeat_stale_figures() -> None:
+    # Snapshots come on every load change in the pool (another member's report, a gateway's
+    # usage), carrying these members' old figures: the burst must not herd onto the member
+    # that looked least busy when they were taken.
+    policy = build("queue_aware")
+    members = [mk("a", kv_usage=0.1)] + [mk(i, kv_usage=0.5) for i in "bcd"]
+    own: dict[str, int] = {}
+    for _ in range(8):
+        policy.on_snapshot(members)
+        pick_and_send(policy, members, own)
+    assert set(own) == {"a", "b", "c", "d"}
+    assert max(own.values()) <= 3
+
+
+def test_queue_aware_takes_finished_requests_off_stale_figures() -> None:
+    policy = build("queue_aware")
+    members = [mk("a", running=4), mk("b", running=3)]
+    policy.on_snapshot(members)
+    # a's 4 running are this gateway's: b looks less busy.
+    assert policy.pick(members, ctx(in_flight={"a": 4})).id == "b"
+    # a's requests all finished, b got one more; no report yet: a is now the idle one.
+    assert policy.pick(members, ctx(in_flight={"a": 0, "b": 1})).id == "a"
 
 
 def test_session_is_sticky_by_header_or_user() -> None:

@@ -177,6 +177,53 @@ def test_new_prefix_goes_where_it_evicts_nothing() -> None:
     assert choice.id == "b"
 
 
+def test_new_prefix_evicts_one_off_blocks_rather_than_hot_shared_ones() -> None:
+    # 80 tokens x 4 characters / 16-character blocks: each member holds 20 blocks.
+    policy = build(block_chars="16", member_capacity_tokens="80", request_blocks="1")
+    hot = [f"hot prefix {g} of ten blocks " * 6 for g in range(2)]
+    for text in hot * 2:  # a holds two prefixes, each sent twice: hot, shared
+        policy.pick([mk("a")], prompt(text[:160]))
+    for q in range(2):  # b holds two one-off prompts
+        policy.pick([mk("b")], prompt(f"{q} one-off question here " * 7))
+    index = policy.index
+    assert (index.held("a"), index.singles["a"]) == (20, 0)
+    assert (index.held("b"), index.singles["b"]) == (20, 20)
+    # Both are full and a new prefix evicts 10 blocks either way; b is busier, but a would
+    # push out a hot prefix its next request re-prefills, b only stale one-off tails.
+    members = [mk("a"), mk("b", in_flight=1)]
+    assert policy.pick(members, prompt("a brand new prefix " * 9)).id == "b"
+    # Weighing all evictions alike (the old rule) sends it to a, the less busy.
+    flat = build(
+        block_chars="16", member_capacity_tokens="80", request_blocks="1", hot_evict_weight="1"
+    )
+    for text in hot * 2:
+        flat.pick([mk("a")], prompt(text[:160]))
+    for q in range(2):
+        flat.pick([mk("b")], prompt(f"{q} one-off question here " * 7))
+    assert flat.pick(members, prompt("a brand new prefix " * 9)).id == "a"
+
+
+def test_index_counts_each_members_one_off_blocks() -> None:
+    index = PrefixIndex(
+        block_chars=8, max_blocks=100, max_prompt_blocks=100, max_holders=1, member_blocks=6
+    )
+    text = "abcdefgh" * 4  # 4 blocks
+    index.insert(text, "a", index.match(text))
+    assert index.singles["a"] == 4
+    index.insert(text, "a", index.match(text))
+    assert index.singles["a"] == 0  # all sent twice
+    other = "ijklmnop" * 4
+    index.insert(other, "a", index.match(other))
+    # 8 blocks over a cap of 6: the 2 oldest (reused) went; 4 new ones are one-off.
+    assert (index.held("a"), index.singles["a"]) == (6, 4)
+    # b takes the other prompt's blocks (one holder a block): a loses them, one-offs included.
+    index.insert(other, "b", index.match(other))
+    assert (index.held("a"), index.singles["a"]) == (2, 0)
+    assert index.singles["b"] == 4
+    index.forget({"b"})
+    assert "a" not in index.singles
+
+
 def test_index_cap_holds_and_evicts_least_recent_prompts_first() -> None:
     policy = build(max_blocks="50", block_chars="16")
     texts = [f"{i:04d} prompt number " * 8 for i in range(40)]  # 10 blocks each
