@@ -8,10 +8,8 @@ import logging
 from collections.abc import Callable
 
 from agent.attach_spec import AttachSpec
-from agent.engine_metrics import NO_LOAD, EngineLoad
-from agent.ewma import Ewma
-from agent.hit_rate import HitRate
 from agent.probe import ProbeError, Prober
+from agent.readings import EngineReadings
 from agent.replica import SupervisorSettings
 from agent.status import ReplicaState, ReplicaStatus
 from llmpool.clock import Clock
@@ -41,9 +39,7 @@ class AttachedEngine:
         self._state = ReplicaState.STARTING
         self._healthy = False
         self._message = "no health probe answered yet"
-        self._load: EngineLoad = NO_LOAD
-        self._hit_rate = HitRate()
-        self._latency = Ewma()
+        self._readings = EngineReadings()
         self._failures = 0
         # Monotonic time of the first failed probe of the current streak.
         self._failing_since: float | None = None
@@ -58,8 +54,7 @@ class AttachedEngine:
         return self._healthy
 
     def status(self) -> ReplicaStatus:
-        load = self._load
-        return ReplicaStatus(
+        return self._readings.status(
             replica_id=self.spec.replica_id,
             pool=self.spec.pool,
             engine=self.spec.engine,
@@ -67,11 +62,6 @@ class AttachedEngine:
             state=self._state,
             url=self.spec.url,
             healthy=self._healthy,
-            running=load.running,
-            waiting=load.waiting,
-            kv_usage=-1.0 if load.kv_usage is None else load.kv_usage,
-            prefix_cache_hit_rate=self._hit_rate.value,
-            latency_ms=self._latency.value or 0.0,
             restarts=0,
             message=self._message,
             pid=0,
@@ -83,7 +73,7 @@ class AttachedEngine:
     def probe_succeeded(self, rtt_s: float) -> None:
         self._failures = 0
         self._failing_since = None
-        self._latency.add(rtt_s * 1000)
+        self._readings.add_latency_ms(rtt_s * 1000)
         if self._state is ReplicaState.STARTING or not self._healthy:
             recovered = self._state is ReplicaState.READY
             self._state = ReplicaState.READY
@@ -127,12 +117,12 @@ class AttachedEngine:
         if not self.spec.metrics_path:
             return
         try:
-            self._load = await self._prober.load(
+            load = await self._prober.load(
                 self.spec.engine,
                 self.spec.url + self.spec.metrics_path,
                 self._settings.probe_timeout_s,
             )
-            self._hit_rate.update(self._load)
+            self._readings.set_load(load)
         except ProbeError as exc:
             # Keep the last known load; health probes decide about health.
             log.debug(

@@ -9,13 +9,11 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from agent.engine_metrics import NO_LOAD, EngineLoad
-from agent.ewma import Ewma
-from agent.hit_rate import HitRate
 from agent.log_ring import LogRing
 from agent.ports import PortAllocator
 from agent.probe import ProbeError, Prober
 from agent.process import pump_lines, spawn, terminate_group
+from agent.readings import EngineReadings
 from agent.status import ReplicaState, ReplicaStatus
 from agent.template import ReplicaSpec, render
 from llmpool.backoff import Backoff
@@ -74,9 +72,7 @@ class Replica:
         self._state = ReplicaState.STARTING
         self._healthy = False
         self._message = ""
-        self._load: EngineLoad = NO_LOAD
-        self._hit_rate = HitRate()
-        self._latency = Ewma()
+        self._readings = EngineReadings()
         self._restarts = 0
         self._port: int | None = None
         self._proc: asyncio.subprocess.Process | None = None
@@ -108,8 +104,7 @@ class Replica:
         return "" if self._port is None else f"http://{self._url_host()}:{self._port}"
 
     def status(self) -> ReplicaStatus:
-        load = self._load
-        return ReplicaStatus(
+        return self._readings.status(
             replica_id=self.spec.replica_id,
             pool=self.spec.pool,
             engine=self.spec.engine,
@@ -117,11 +112,6 @@ class Replica:
             state=self._state,
             url=self.url,
             healthy=self._healthy,
-            running=load.running,
-            waiting=load.waiting,
-            kv_usage=-1.0 if load.kv_usage is None else load.kv_usage,
-            prefix_cache_hit_rate=self._hit_rate.value,
-            latency_ms=self._latency.value or 0.0,
             restarts=self._restarts,
             message=self._message,
             pid=self.pid,
@@ -200,7 +190,7 @@ class Replica:
             self._ports.release(port)
             raise
         self._port, self._proc = port, proc
-        self._load = NO_LOAD
+        self._readings.forget_load()
         self._healthy = False
         self._pump = asyncio.create_task(pump_lines(proc, self.ring))
         self._set(ReplicaState.STARTING, message=note)
@@ -303,7 +293,7 @@ class Replica:
             await asyncio.sleep(self._settings.ready_poll_s)
         if not self.spec.ready_path:
             # A readiness path that generates would skew the probe latency.
-            self._latency.add(rtt * 1000)
+            self._readings.add_latency_ms(rtt * 1000)
         await self._refresh_load()
         self._ready_since = self._clock.monotonic()
         self._healthy = True
@@ -323,7 +313,7 @@ class Replica:
                     self._on_change()
             else:
                 failures = 0
-                self._latency.add(rtt * 1000)
+                self._readings.add_latency_ms(rtt * 1000)
                 if not self._healthy:
                     self._healthy = True
                     self._message = ""
@@ -335,10 +325,8 @@ class Replica:
             return
         url = self._probe_base() + self.spec.metrics_path
         try:
-            self._load = await self._prober.load(
-                self.spec.engine, url, self._settings.probe_timeout_s
-            )
-            self._hit_rate.update(self._load)
+            load = await self._prober.load(self.spec.engine, url, self._settings.probe_timeout_s)
+            self._readings.set_load(load)
         except ProbeError as exc:
             # Keep the last known load; health probes decide about health.
             log.debug(
@@ -354,7 +342,7 @@ class Replica:
         self._drain_deadline = started + drain_s
         while True:
             await self._refresh_load()
-            load = self._load
+            load = self._readings.load
             if load.known and load.running + load.waiting <= 0:
                 return
             proc = self._proc
