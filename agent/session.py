@@ -14,8 +14,8 @@ from agent.commands import CommandHandler
 from agent.convert import report_message, status_to_proto
 from agent.gpus import GpuInfo, capacity
 from agent.supervisor import Supervisor
-from agent.template import ENGINES
 from llmpool.backoff import Backoff
+from llmpool.engines import ENGINES
 from llmpool.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)

@@ -99,15 +99,18 @@ class Running:
             await proc.stop()
 
 
-async def wait_ready(port: int, procs: list[Proc], health: str, within_s: float) -> None:
-    """Waits until GET health answers 2xx and a chat request through the system succeeds."""
+async def wait_ready(
+    port: int, procs: list[Proc], health: str, within_s: float, body: bytes = PROBE_BODY
+) -> None:
+    """Waits until GET health answers 2xx and a chat request (body) through the system
+    succeeds."""
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         for proc in procs:
             if not proc.alive():
                 raise StartError(f"{proc.name} exited at start-up: {proc.tail(600)!r}")
         if await loadgen.get_ok(HOST, port, health) and await loadgen.post_ok(
-            HOST, port, CHAT_PATH, PROBE_BODY
+            HOST, port, CHAT_PATH, body
         ):
             return
         await asyncio.sleep(0.2)
@@ -253,28 +256,37 @@ async def start_litellm(mock_port: int, workdir: Path, workers: int) -> Running:
     return running
 
 
-async def start_vllm_router(mock_port: int, workdir: Path) -> Running:
+async def launch_vllm_router(
+    name: str,
+    worker_urls: list[str],
+    policy: str,
+    workdir: Path,
+    body: bytes = PROBE_BODY,
+    extra: tuple[str, ...] = (),
+) -> Running:
+    """vllm-router (its own venv) on a free port in front of worker_urls, once ready."""
     try:
         bindir = await venvs.ensure("vllm-router", venvs.VLLM_ROUTER_SPEC)
     except (RuntimeError, OSError, TimeoutError) as exc:
         raise StartError(f"could not install {venvs.VLLM_ROUTER_SPEC}: {exc}") from exc
     port = free_port()
     proc = await spawn(
-        "vllm-router",
+        name,
         [
             str(bindir / "vllm-router"),
             "--worker-urls",
-            f"http://{HOST}:{mock_port}",
+            *worker_urls,
             "--host",
             HOST,
             "--port",
             str(port),
             "--policy",
-            "round_robin",
+            policy,
             "--prometheus-host",
             HOST,
             "--prometheus-port",
             str(free_port()),
+            *extra,
             "--log-level",
             "warning",
         ],
@@ -282,11 +294,17 @@ async def start_vllm_router(mock_port: int, workdir: Path) -> Running:
     )
     running = Running(port, measured=[proc], version=venvs.VLLM_ROUTER_SPEC)
     try:
-        await wait_ready(port, [proc], "/health", 60)
+        await wait_ready(port, [proc], "/health", 60, body)
     except BaseException:
         await running.stop()
         raise
     return running
+
+
+async def start_vllm_router(mock_port: int, workdir: Path) -> Running:
+    return await launch_vllm_router(
+        "vllm-router", [f"http://{HOST}:{mock_port}"], "round_robin", workdir
+    )
 
 
 @dataclass(frozen=True)

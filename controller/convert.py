@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
 from google.protobuf.field_mask_pb2 import FieldMask
@@ -107,29 +108,12 @@ def template_from_config(t: TemplateConfig) -> Template:
 
 
 def rule_from_proto(msg: types_pb2.RouteRule) -> RouteRule:
-    return RouteRule(
-        target=msg.target,
-        min_prompt_chars=msg.min_prompt_chars,
-        max_prompt_chars=msg.max_prompt_chars,
-        prompt_regex=msg.prompt_regex,
-        header=msg.header,
-        header_regex=msg.header_regex,
-        metadata_key=msg.metadata_key,
-        metadata_regex=msg.metadata_regex,
-    )
+    # The dataclass mirrors the message field for field.
+    return RouteRule(**{f.name: getattr(msg, f.name) for f in dataclasses.fields(RouteRule)})
 
 
 def rule_to_proto(r: RouteRule) -> types_pb2.RouteRule:
-    return types_pb2.RouteRule(
-        target=r.target,
-        min_prompt_chars=r.min_prompt_chars,
-        max_prompt_chars=r.max_prompt_chars,
-        prompt_regex=r.prompt_regex,
-        header=r.header,
-        header_regex=r.header_regex,
-        metadata_key=r.metadata_key,
-        metadata_regex=r.metadata_regex,
-    )
+    return types_pb2.RouteRule(**dataclasses.asdict(r))
 
 
 def arm_to_proto(a: SplitArm) -> types_pb2.SplitArm:

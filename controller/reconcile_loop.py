@@ -56,7 +56,6 @@ class ReconcileLoop:
         drain_s: float = 10.0,
         interval_s: float = 1.0,
         usage: UsageAggregator | None = None,
-        drain_settle_s: float = 1.0,
         routing_version: Callable[[], int] | None = None,
     ) -> None:
         self._desired = desired
@@ -67,11 +66,10 @@ class ReconcileLoop:
         self._drain_s = drain_s
         self._interval_s = interval_s
         self._usage = usage
-        # The routing version published now: a drain ends only once every gateway routes with a
-        # newer one (which marks the replica draining). Without it, a drain waits drain_settle_s
-        # after the stop for the gateways' snapshots to catch up.
+        # The routing version published now: a drain ends early only once every gateway routes
+        # with a newer one (which marks the replica draining). Drains end early only with both
+        # usage and routing_version; otherwise a replica gets its whole drain_s.
         self._routing_version = routing_version
-        self._drain_settle_s = drain_settle_s
         # replica id -> (agent id, when its draining stop was sent, routing version that must be
         # applied), until the drain ends.
         self._draining: dict[str, tuple[str, float, int]] = {}
@@ -211,10 +209,10 @@ class ReconcileLoop:
         )
         if sent:
             self._stops_sent[replica_id] = now
-            if drain_s > 0 and replica_id not in self._draining:
+            version_now = self._routing_version
+            if drain_s > 0 and replica_id not in self._draining and version_now is not None:
                 # Read after put_assignment: any snapshot built from now on shows it draining.
-                version = 0 if self._routing_version is None else self._routing_version() + 1
-                self._draining[replica_id] = (agent_id, now, version)
+                self._draining[replica_id] = (agent_id, now, version_now() + 1)
         log.info(
             "stopping replica",
             extra={
@@ -241,8 +239,7 @@ class ReconcileLoop:
                 continue
             if found[1].state != types_pb2.REPLICA_STATE_DRAINING:
                 continue  # the agent has not taken the stop yet
-            settle = 0.0 if version else self._drain_settle_s
-            if not self._usage.quiet_since(replica_id, since + settle, version):
+            if not self._usage.quiet_since(replica_id, since, version):
                 continue
             del self._draining[replica_id]
             sent = self._registry.send(

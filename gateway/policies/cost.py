@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gateway.members import Member
-from gateway.policies.base import ParamReader, PickContext, Policy
-from gateway.policies.latency_stats import LatencyStats
+from gateway.policies.base import ParamReader, PickContext
+from gateway.policies.latency_stats import LatencyPolicy
 
 
-class Cost(Policy, name="cost"):
+class Cost(LatencyPolicy, name="cost"):
     """Cheapest by input_weight x input price + output_weight x output price (per million
     tokens, from the snapshot) among members whose latency is at most max_latency_ms; if none
     qualifies, the fastest. Latency: EWMA of observed time to first byte, else the snapshot's
@@ -19,21 +19,8 @@ class Cost(Policy, name="cost"):
         self.max_latency_ms = params.number("max_latency_ms", 10000.0, min=0.0)
         self.input_weight = params.number("input_weight", 1.0, min=0.0)
         self.output_weight = params.number("output_weight", 1.0, min=0.0)
-        self.stats = LatencyStats(
-            self.clock,
-            alpha=params.number("alpha", 0.3, min=0.01, max=1.0),
-            half_life_s=params.number("half_life_s", 60.0, min=0.001),
-            error_penalty_s=params.number("error_penalty_s", 5.0, min=0.0),
-        )
+        self.read_latency_params(params, half_life_s=60.0)
         self._next = 0
-
-    def observe(
-        self, member_id: str, ttft_s: float, tpot_s: float, prompt_tokens: int, ok: bool
-    ) -> None:
-        self.stats.observe(member_id, ttft_s, tpot_s, ok)
-
-    def on_members(self, members: Sequence[Member]) -> None:
-        self.stats.keep_only(m.id for m in members)
 
     def latency_ms(self, member: Member, now: float | None = None) -> float:
         seen = self.stats.ttft(member.id, now)

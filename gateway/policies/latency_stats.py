@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from gateway.members import Member
+from gateway.policies.base import ParamReader, Policy
 from llmpool.clock import Clock
 
 
@@ -91,3 +93,26 @@ class LatencyStats:
     def keep_only(self, member_ids: Iterable[str]) -> None:
         keep = set(member_ids)
         self._members = {k: v for k, v in self._members.items() if k in keep}
+
+
+class LatencyPolicy(Policy):
+    """Base of policies that learn each member's latency from observe() (not registered)."""
+
+    stats: LatencyStats
+
+    def read_latency_params(self, params: ParamReader, half_life_s: float) -> None:
+        """Builds self.stats from params alpha, half_life_s and error_penalty_s."""
+        self.stats = LatencyStats(
+            self.clock,
+            alpha=params.number("alpha", 0.3, min=0.01, max=1.0),
+            half_life_s=params.number("half_life_s", half_life_s, min=0.001),
+            error_penalty_s=params.number("error_penalty_s", 5.0, min=0.0),
+        )
+
+    def observe(
+        self, member_id: str, ttft_s: float, tpot_s: float, prompt_tokens: int, ok: bool
+    ) -> None:
+        self.stats.observe(member_id, ttft_s, tpot_s, ok)
+
+    def on_members(self, members: Sequence[Member]) -> None:
+        self.stats.keep_only(m.id for m in members)

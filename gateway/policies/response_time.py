@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gateway.members import Member
-from gateway.policies.base import ParamReader, PickContext, Policy
-from gateway.policies.latency_stats import LatencyStats
+from gateway.policies.base import ParamReader, PickContext
+from gateway.policies.latency_stats import LatencyPolicy
 
 
-class ResponseTime(Policy, name="response_time"):
+class ResponseTime(LatencyPolicy, name="response_time"):
     """Samples two candidates and takes the one with the lower expected response time.
 
     Expected time = (TTFT EWMA + output_tokens x TPOT EWMA) x (1 + requests in flight), so a
@@ -17,22 +17,9 @@ class ResponseTime(Policy, name="response_time"):
     tried first (least in flight among them), and stale EWMAs decay toward the pool's."""
 
     def configure(self, params: ParamReader) -> None:
-        self.stats = LatencyStats(
-            self.clock,
-            alpha=params.number("alpha", 0.3, min=0.01, max=1.0),
-            half_life_s=params.number("half_life_s", 30.0, min=0.001),
-            error_penalty_s=params.number("error_penalty_s", 5.0, min=0.0),
-        )
+        self.read_latency_params(params, half_life_s=30.0)
         self.output_tokens = params.number("output_tokens", 100.0, min=0.0)
         self._next = 0
-
-    def observe(
-        self, member_id: str, ttft_s: float, tpot_s: float, prompt_tokens: int, ok: bool
-    ) -> None:
-        self.stats.observe(member_id, ttft_s, tpot_s, ok)
-
-    def on_members(self, members: Sequence[Member]) -> None:
-        self.stats.keep_only(m.id for m in members)
 
     def pick(self, candidates: Sequence[Member], ctx: PickContext) -> Member:
         own = ctx.in_flight

@@ -6,10 +6,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TypeVar
 
+import grpc
 import pytest
 
 from controller.server import ControllerServer, ControllerSettings
 from llmpool.config import Config
+from llmpool.v1 import admin_pb2_grpc
 
 T = TypeVar("T")
 
@@ -36,3 +38,11 @@ async def controller(tmp_path: Path) -> AsyncIterator[ControllerServer]:
         yield server
     finally:
         await server.stop()
+
+
+@pytest.fixture()
+async def admin(
+    controller: ControllerServer,
+) -> AsyncIterator[admin_pb2_grpc.AdminServiceAsyncStub]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{controller.port}") as channel:
+        yield admin_pb2_grpc.AdminServiceStub(channel)  # type: ignore[misc]

@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import grpc
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 
 from controller.server import ControllerServer
 from llmpool.v1 import admin_pb2, admin_pb2_grpc, types_pb2
+from tests.support import refused
 
 TEMPLATE = types_pb2.ReplicaTemplate(engine="sim", command=["sim"], cpu_slots=1)
-
-
-@pytest.fixture()
-async def admin(
-    controller: ControllerServer,
-) -> AsyncIterator[admin_pb2_grpc.AdminServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{controller.port}") as channel:
-        yield admin_pb2_grpc.AdminServiceStub(channel)  # type: ignore[misc]
-
-
-async def refused(call: object) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await call  # type: ignore[misc]
-    return info.value
 
 
 def add(

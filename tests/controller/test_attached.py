@@ -25,7 +25,7 @@ from controller.usage import MemberLoad
 from llmpool.v1 import admin_pb2, admin_pb2_grpc, types_pb2
 from tests.controller.fake_agent import FakeAgent
 from tests.controller.test_reconciler import TEMPLATE, ids, pool, world
-from tests.support import eventually
+from tests.support import eventually, refused
 
 READY = types_pb2.REPLICA_STATE_READY
 STARTING = types_pb2.REPLICA_STATE_STARTING
@@ -160,14 +160,6 @@ def test_attached_members_go_with_their_agent_pool_or_stop() -> None:
 
 
 @pytest.fixture()
-async def admin(
-    controller: ControllerServer,
-) -> AsyncIterator[admin_pb2_grpc.AdminServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{controller.port}") as channel:
-        yield admin_pb2_grpc.AdminServiceStub(channel)  # type: ignore[misc]
-
-
-@pytest.fixture()
 async def watcher(controller: ControllerServer) -> AsyncIterator[FakeAgent]:
     agent = FakeAgent(f"127.0.0.1:{controller.port}", agent_id="watcher")
     await agent.connect([attached("att-1", "chat", message=""), attached("att-2", "nowhere")])
@@ -210,10 +202,10 @@ async def test_admin_lists_attached_replicas_counts_them_and_never_stops_them(
     assert await controller.reconciler.run_once() == []
     assert watcher.of("stop") == [] and watcher.of("start") == []
 
-    err = await _refused(admin.DrainBackend(admin_pb2.DrainBackendRequest(id="att-1")))
+    err = await refused(admin.DrainBackend(admin_pb2.DrainBackendRequest(id="att-1")))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "is attached: agent 'watcher' watches it" in (err.details() or "")
-    err = await _refused(_drain_tail(admin, "att-1"))
+    err = await refused(_drain_tail(admin, "att-1"))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "no logs here" in (err.details() or "")
     assert watcher.of("tail_logs") == []
@@ -249,12 +241,6 @@ async def test_attached_replicas_leave_routing_when_their_agent_goes_quiet(
         within=5,
         what="attached member dropped after the lease",
     )
-
-
-async def _refused(call: object) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await call  # type: ignore[misc]
-    return info.value
 
 
 async def _drain_tail(admin: admin_pb2_grpc.AdminServiceAsyncStub, rid: str) -> list[str]:

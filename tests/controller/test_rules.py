@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiosqlite
@@ -19,7 +18,7 @@ from controller.store import DB_FILE, SCHEMA_VERSION, Store
 from llmpool.config import ConfigError, parse_config
 from llmpool.rule_checks import MAX_ROUTE_HOPS, RouteGraphError, check_route_graph
 from llmpool.v1 import admin_pb2, admin_pb2_grpc, types_pb2
-from tests.support import eventually
+from tests.support import eventually, refused
 
 
 @pytest.mark.parametrize(
@@ -172,20 +171,6 @@ def test_snapshot_carries_rules_splits_and_header() -> None:
     assert chat.split_header == "x-user"
     # A pool with nothing of its own still has a route, so it is listed and answers 503.
     assert not chat.members and not routes["long"].rules
-
-
-@pytest.fixture()
-async def admin(
-    controller: ControllerServer,
-) -> AsyncIterator[admin_pb2_grpc.AdminServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{controller.port}") as channel:
-        yield admin_pb2_grpc.AdminServiceStub(channel)  # type: ignore[misc]
-
-
-async def refused(call: object) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await call  # type: ignore[misc]
-    return info.value
 
 
 def pool(name: str, **fields: object) -> admin_pb2.CreatePoolRequest:

