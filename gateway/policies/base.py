@@ -6,11 +6,13 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from gateway.members import Member
 from gateway.policies.prompt import prefix_key, prompt_text
 from llmpool.clock import Clock, SystemClock
+
+T = TypeVar("T")
 
 
 class UnknownPolicyError(ValueError):
@@ -31,6 +33,21 @@ class PickContext:
     # This gateway's own in-flight requests as of its last usage report, which the
     # controller's aggregate (Member.in_flight) already counts.
     reported_in_flight: Mapping[str, int] = field(default_factory=dict)
+
+    def loads(self, members: Sequence[Member]) -> list[float]:
+        """Requests in flight on each member, each counted once: this gateway's own (live) plus
+        the other gateways' (the controller's aggregate less what this gateway last reported,
+        which the aggregate already holds)."""
+        own = self.in_flight.get
+        reported = self.reported_in_flight.get
+        return [
+            own(mid := m.id, 0) + (d if (d := m.in_flight - reported(mid, 0)) > 0 else 0)
+            for m in members
+        ]
+
+    def load(self, member: Member) -> float:
+        """loads() of one member."""
+        return self.loads((member,))[0]
 
     @property
     def user(self) -> str | None:
@@ -121,6 +138,8 @@ class Policy:
     and on_snapshot() are optional hooks (no-ops here)."""
 
     name: ClassVar[str] = ""
+    # Position of in_turn(); per instance once it first moves.
+    _turn: int = 0
     # True when the subclass overrides observe(): the relay skips the call otherwise.
     observes: ClassVar[bool] = False
 
@@ -150,6 +169,20 @@ class Policy:
     def pick(self, candidates: Sequence[Member], ctx: PickContext) -> Member:
         """Chooses one of candidates (never empty)."""
         raise NotImplementedError
+
+    def in_turn(self, tied: Sequence[T]) -> T:
+        """One of tied (never empty), each in turn across calls, so equal choices share load."""
+        if len(tied) == 1:
+            return tied[0]
+        choice = tied[self._turn % len(tied)]
+        self._turn += 1
+        return choice
+
+    def least_loaded(self, candidates: Sequence[Member], ctx: PickContext) -> Member:
+        """The candidate with the fewest requests in flight (ctx.loads), ties in turn."""
+        loads = ctx.loads(candidates)
+        best = min(loads)
+        return self.in_turn([m for m, load in zip(candidates, loads, strict=True) if load == best])
 
     def observe(
         self, member_id: str, ttft_s: float, tpot_s: float, prompt_tokens: int, ok: bool

@@ -8,20 +8,11 @@ from gateway.members import Member
 from gateway.policies.base import ParamReader, PickContext, Policy
 
 
-def in_flight_load(member: Member, ctx: PickContext) -> float:
-    """Requests in flight: this gateway's own (live) plus the controller's aggregate."""
-    return ctx.in_flight.get(member.id, 0) + member.in_flight
-
-
 class RoundRobin(Policy, name="round_robin"):
     """Each candidate in turn."""
 
-    _next = 0
-
     def pick(self, candidates: Sequence[Member], ctx: PickContext) -> Member:
-        member = candidates[self._next % len(candidates)]
-        self._next += 1
-        return member
+        return self.in_turn(candidates)
 
 
 class WeightedRoundRobin(Policy, name="weighted_round_robin"):
@@ -64,26 +55,11 @@ class WeightedRoundRobin(Policy, name="weighted_round_robin"):
 
 
 class LeastConnections(Policy, name="least_connections"):
-    """Fewest requests in flight: this gateway's own, live, plus the other gateways' (the
-    controller's aggregate less what this gateway last reported, so ours count once); ties are
-    broken round robin so equal members share the load."""
-
-    _next = 0
+    """Fewest requests in flight (PickContext.load: this gateway's own, live, plus the other
+    gateways'); ties are broken in turn so equal members share the load."""
 
     def pick(self, candidates: Sequence[Member], ctx: PickContext) -> Member:
-        own, reported = ctx.in_flight, ctx.reported_in_flight
-        best_load = float("inf")
-        tied: list[Member] = []
-        for member in candidates:
-            others = member.in_flight - reported.get(member.id, 0)
-            load = own.get(member.id, 0) + (others if others > 0 else 0.0)
-            if load < best_load:
-                best_load, tied = load, [member]
-            elif load == best_load:
-                tied.append(member)
-        choice = tied[self._next % len(tied)]
-        self._next += 1
-        return choice
+        return self.least_loaded(candidates, ctx)
 
 
 class LeastInFlight(LeastConnections, name="least_in_flight"):

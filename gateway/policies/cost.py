@@ -13,14 +13,13 @@ class Cost(LatencyPolicy, name="cost"):
     """Cheapest by input_weight x input price + output_weight x output price (per million
     tokens, from the snapshot) among members whose latency is at most max_latency_ms; if none
     qualifies, the fastest. Latency: EWMA of observed time to first byte, else the snapshot's
-    latency_ms; a member with neither qualifies (it is tried). Ties: least in flight, in turn."""
+    latency_ms; a member with neither qualifies (it is tried). Ties: least loaded, in turn."""
 
     def configure(self, params: ParamReader) -> None:
         self.max_latency_ms = params.number("max_latency_ms", 10000.0, min=0.0)
         self.input_weight = params.number("input_weight", 1.0, min=0.0)
         self.output_weight = params.number("output_weight", 1.0, min=0.0)
         self.read_latency_params(params, half_life_s=60.0)
-        self._next = 0
 
     def latency_ms(self, member: Member, now: float | None = None) -> float:
         seen = self.stats.ttft(member.id, now)
@@ -39,14 +38,8 @@ class Cost(LatencyPolicy, name="cost"):
         if ok:
             prices = {i: self.price(candidates[i]) for i in ok}
             cheapest = min(prices.values())
-            tied = [i for i in ok if prices[i] <= cheapest + 1e-12]
+            tied = [candidates[i] for i in ok if prices[i] <= cheapest + 1e-12]
         else:
             fastest = min(latency)
-            tied = [i for i, ms in enumerate(latency) if ms <= fastest]
-        own = ctx.in_flight
-        loads = {i: own.get(candidates[i].id, 0) + candidates[i].in_flight for i in tied}
-        least = min(loads.values())
-        tied = [i for i in tied if loads[i] == least]
-        choice = candidates[tied[self._next % len(tied)]]
-        self._next += 1
-        return choice
+            tied = [candidates[i] for i, ms in enumerate(latency) if ms <= fastest]
+        return self.least_loaded(tied, ctx)

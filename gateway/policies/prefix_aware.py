@@ -122,7 +122,7 @@ class PrefixAware(Policy, name="prefix_aware"):
              + queued blocks   (new blocks of our requests to it not prefilled yet, drained
                                 at prefill_tokens_per_s in the order sent)
              + active_weight x new blocks of our requests still in flight there
-             + request_blocks x requests in flight (ours or the aggregate, the larger)
+             + request_blocks x requests in flight (PickContext.loads)
 
     Queued and active leave out this prompt's own prefix: its prefill, under way there, is
     shared rather than repeated elsewhere.
@@ -149,7 +149,6 @@ class PrefixAware(Policy, name="prefix_aware"):
         prefill_rate = params.number("prefill_tokens_per_s", 8000.0, min=1.0)
         self.drain_blocks_per_s = prefill_rate * CHARS_PER_TOKEN / block_chars
         self._backlog: dict[str, Backlog] = {}
-        self._next = 0
 
     def on_members(self, members: Sequence[Member]) -> None:
         keep = {m.id for m in members}
@@ -171,6 +170,7 @@ class PrefixAware(Policy, name="prefix_aware"):
         # The prompt's first block names its prefix; -1 for a prompt without blocks.
         prefix = match.hashes[0] if match.hashes else -1
         own = ctx.in_flight
+        loads = ctx.loads(candidates)
         backlogs = self._backlog
         per_request = self.request_blocks
         evict_weight = self.evict_weight
@@ -189,7 +189,7 @@ class PrefixAware(Policy, name="prefix_aware"):
         for i, m in enumerate(candidates):
             mid = m.id
             mine = own.get(mid, 0)
-            cost = per_request * (mine if mine > m.in_flight else m.in_flight)
+            cost = per_request * loads[i]
             backlog = backlogs.get(mid)
             held, rank = depth.get(mid, no_match) if depth else no_match
             new = blocks - held
@@ -219,11 +219,7 @@ class PrefixAware(Policy, name="prefix_aware"):
                 best, best_held, best_rank, tied, best_new = cost, held, rank, [i], new
             elif cost == best and held == best_held and rank == best_rank:
                 tied.append(i)
-        if len(tied) == 1:
-            choice = candidates[tied[0]]
-        else:
-            choice = candidates[tied[self._next % len(tied)]]
-            self._next += 1
+        choice = candidates[self.in_turn(tied)]
         backlog = backlogs.get(choice.id)
         if backlog is None:
             backlog = backlogs[choice.id] = Backlog()

@@ -17,7 +17,7 @@ class QueueAware(Policy, name="queue_aware"):
     snapshots come on every load change in the pool, so a member's figures are corrected by this
     gateway's own in-flight change since they last changed: requests sent since then join the
     queue, requests finished since then leave the queue first, then the running batch. A
-    member that reports no KV use counts as 0 there. Ties go round robin."""
+    member that reports no KV use counts as 0 there. Ties go in turn."""
 
     def configure(self, params: ParamReader) -> None:
         self.queue_weight = params.number("queue_weight", 2.0, min=0.0)
@@ -27,7 +27,6 @@ class QueueAware(Policy, name="queue_aware"):
         # when they were first seen (taken at the next pick: a snapshot carries no own counts).
         self._figures: dict[str, tuple[float, float, float]] = {}
         self._base: dict[str, int] = {}
-        self._next = 0
 
     def on_members(self, members: Sequence[Member]) -> None:
         keep = {m.id for m in members}
@@ -77,6 +76,4 @@ class QueueAware(Policy, name="queue_aware"):
                 best_cost, tied = cost, [m]
             elif cost <= best_cost + 1e-9:
                 tied.append(m)
-        choice = tied[self._next % len(tied)]
-        self._next += 1
-        return choice
+        return self.in_turn(tied)

@@ -19,15 +19,13 @@ class ResponseTime(LatencyPolicy, name="response_time"):
     def configure(self, params: ParamReader) -> None:
         self.read_latency_params(params, half_life_s=30.0)
         self.output_tokens = params.number("output_tokens", 100.0, min=0.0)
-        self._next = 0
 
     def pick(self, candidates: Sequence[Member], ctx: PickContext) -> Member:
-        own = ctx.in_flight
         stats = self.stats
         n = len(candidates)
         unseen = [m for m in candidates if m.id not in stats]
         if unseen:
-            return self._least_loaded(unseen, ctx)
+            return self.least_loaded(unseen, ctx)
         if n == 1:
             return candidates[0]
         i = self.rng.randrange(n)
@@ -35,18 +33,11 @@ class ResponseTime(LatencyPolicy, name="response_time"):
         if j >= i:
             j += 1
         a, b = candidates[i], candidates[j]
-        score_a = self._expected(a) * (1 + own.get(a.id, 0) + a.in_flight)
-        score_b = self._expected(b) * (1 + own.get(b.id, 0) + b.in_flight)
+        load_a, load_b = ctx.loads((a, b))
+        score_a = self._expected(a) * (1 + load_a)
+        score_b = self._expected(b) * (1 + load_b)
         return a if score_a <= score_b else b
 
     def _expected(self, member: Member) -> float:
         ttft = self.stats.ttft(member.id) or 0.0
         return ttft + self.output_tokens * self.stats.tpot(member.id)
-
-    def _least_loaded(self, members: Sequence[Member], ctx: PickContext) -> Member:
-        own = ctx.in_flight
-        best = min(own.get(m.id, 0) + m.in_flight for m in members)
-        tied = [m for m in members if own.get(m.id, 0) + m.in_flight == best]
-        choice = tied[self._next % len(tied)]
-        self._next += 1
-        return choice

@@ -15,7 +15,7 @@ class Session(Policy, name="session"):
 
     The key is the `header` request header, else the body's `user`. Keys are hashed onto a ring
     of the route's members (`vnodes` points each); a key takes the first member clockwise whose
-    in-flight count (own + aggregate) is below ceil(load_factor x (total + 1) / n), so no member
+    in-flight count (PickContext.loads) is below ceil(load_factor x (total + 1) / n), so no member
     holds more than load_factor times the mean. Requests without a key go to the least loaded."""
 
     def configure(self, params: ParamReader) -> None:
@@ -23,7 +23,6 @@ class Session(Policy, name="session"):
         self.load_factor = params.number("load_factor", 1.25, min=1.0)
         self.vnodes = params.integer("vnodes", 100, min=1, max=10000)
         self._ring = HashRing((), self.vnodes)
-        self._next = 0
 
     def on_members(self, members: Sequence[Member]) -> None:
         self._ring = HashRing((m.id for m in members), self.vnodes)
@@ -33,15 +32,10 @@ class Session(Policy, name="session"):
         return value if value else ctx.user
 
     def pick(self, candidates: Sequence[Member], ctx: PickContext) -> Member:
-        own = ctx.in_flight
-        loads = {m.id: own.get(m.id, 0) + m.in_flight for m in candidates}
         key = self.key(ctx)
         if key is None:
-            best = min(loads.values())
-            tied = [m for m in candidates if loads[m.id] == best]
-            choice = tied[self._next % len(tied)]
-            self._next += 1
-            return choice
+            return self.least_loaded(candidates, ctx)
+        loads = dict(zip((m.id for m in candidates), ctx.loads(candidates), strict=True))
         ring = self._ring
         if not ring.members.issuperset(loads):
             self._ring = ring = HashRing(ring.members | loads.keys(), self.vnodes)

@@ -126,9 +126,12 @@ def test_weighted_round_robin_weight_zero_gets_nothing_unless_all_are_zero() -> 
 def test_weighted_round_robin_forgets_removed_members() -> None:
     wrr = PolicyRegistry().build("weighted_round_robin")
     members = [mk("a", weight=3), mk("b", weight=1)]
-    wrr.pick(members, ctx())
+    # Smooth scores after a, a: a -2, b +2.
+    assert [wrr.pick(members, ctx()).id for _ in range(2)] == ["a", "a"]
     wrr.on_members([mk("b")])
-    assert set(wrr._score) <= {"b"}  # type: ignore[attr-defined]
+    # a comes back from 0 and b keeps its +2: a (3 vs 3, first wins), then b (2 vs 4), then a.
+    # Kept, a's -2 would make b first; b's +2 forgotten too would give a, a, b.
+    assert [wrr.pick(members, ctx()).id for _ in range(3)] == ["a", "b", "a"]
 
 
 def test_least_connections_adds_own_and_controller_counts() -> None:
@@ -148,6 +151,48 @@ def test_least_connections_counts_this_gateways_requests_once() -> None:
     assert [lc.pick(members, own).id for _ in range(2)] == ["a", "b"]
     # Adding the live count to the whole aggregate would count a's requests twice (5).
     assert lc.pick(members, PickContext(model="m", in_flight={"a": 2})).id == "b"
+
+
+def test_pick_context_load_counts_each_request_once() -> None:
+    member = mk("a", in_flight=5)
+    # The aggregate's 5 hold the 3 this gateway reported; 4 are live here now.
+    both = PickContext(model="m", in_flight={"a": 4}, reported_in_flight={"a": 3})
+    assert both.load(member) == 4 + 2
+    # Only ours: none elsewhere, and a report older than our latest ends cannot go negative.
+    assert PickContext(model="m", in_flight={"a": 1}, reported_in_flight={"a": 9}).load(member) == 1
+    assert PickContext(model="m").load(member) == 5
+    assert PickContext(model="m").load(mk("idle")) == 0
+
+
+@pytest.mark.parametrize(
+    "name", ["least_connections", "session", "cost", "response_time", "prefix_aware"]
+)
+def test_every_load_based_policy_counts_this_gateways_requests_once(name: str) -> None:
+    # a: 3 in flight, all this gateway's (reported and live); b: 4 from other gateways. Adding
+    # our live count to the aggregate, which already holds it, would make a look like 6.
+    members = [mk("a", in_flight=3), mk("b", in_flight=4)]
+    policy = PolicyRegistry().build(name)
+    policy.on_members(members)
+    context = PickContext(
+        model="m",
+        payload={"prompt": "hello"},
+        in_flight={"a": 3},
+        reported_in_flight={"a": 3},
+    )
+    assert policy.pick(members, context).id == "a"
+    # a: 2 from other gateways plus 2 of ours sent since our last report (4); b: 3 elsewhere.
+    # Taking the larger of ours and the aggregate would make a look like 2.
+    members = [mk("a", in_flight=2), mk("b", in_flight=3)]
+    policy = PolicyRegistry().build(name)
+    policy.on_members(members)
+    context = PickContext(model="m", payload={"prompt": "hello"}, in_flight={"a": 2})
+    assert policy.pick(members, context).id == "b"
+
+
+def test_in_turn_rotates_only_through_real_ties() -> None:
+    policy = PolicyRegistry().build("least_connections")
+    assert policy.in_turn(["x"]) == "x"
+    assert [policy.in_turn(["p", "q", "r"]) for _ in range(4)] == ["p", "q", "r", "p"]
 
 
 def test_least_connections_breaks_ties_in_turn() -> None:
