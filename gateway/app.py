@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,14 +12,13 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.accounting import Accounting
 from gateway.asgi import GatewayASGI
 from gateway.controller_link import ControllerLink
 from gateway.errors import GatewayError, NotReadyError, error_response, handle_exception
 from gateway.metrics import GatewayMetrics
-from gateway.parsing import Endpoint, check_headers, parse_request, read_body
 from gateway.policies import PolicyRegistry
 from gateway.relay import Relay
 from gateway.routing import RoutingTable
@@ -41,6 +40,7 @@ class GatewayParts:
     usage: UsageTracker
     metrics: GatewayMetrics
     upstream: UpstreamClient
+    accounting: Accounting
     relay: Relay
     link: ControllerLink | None
 
@@ -56,8 +56,8 @@ def create_app(
 ) -> GatewayASGI:
     """Builds the gateway. connect_controller=False leaves the table to the caller (tests).
 
-    The result is an ASGI app that serves the /v1 POST routes itself and hands the rest to a
-    FastAPI app (its .app), which owns the lifespan and the OpenAPI docs."""
+    The result is an ASGI app that serves the /v1 POST routes itself (gateway/asgi.py) and
+    hands the rest to a FastAPI app (its .app), which owns the lifespan and the OpenAPI docs."""
     clock = clock or SystemClock()
     metrics = metrics or GatewayMetrics()
     table = RoutingTable(registry=PolicyRegistry.load(settings.policy_plugins, clock=clock))
@@ -68,7 +68,8 @@ def create_app(
         timeout_s=settings.upstream_timeout_s,
         max_connections=settings.upstream_max_connections,
     )
-    relay = Relay(table=table, upstream=upstream, usage=usage, metrics=metrics, clock=clock)
+    accounting = Accounting(usage=usage, metrics=metrics, clock=clock, table=table)
+    relay = Relay(table=table, upstream=upstream, metrics=metrics, usage=usage, clock=clock)
     link = (
         ControllerLink(
             target=settings.controller,
@@ -82,7 +83,7 @@ def create_app(
         if connect_controller
         else None
     )
-    parts = GatewayParts(settings, table, usage, metrics, upstream, relay, link)
+    parts = GatewayParts(settings, table, usage, metrics, upstream, accounting, relay, link)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -106,16 +107,6 @@ def create_app(
     app.add_exception_handler(GatewayError, handle_exception)
     app.add_exception_handler(StarletteHTTPException, handle_exception)
     app.add_exception_handler(Exception, handle_exception)
-
-    for endpoint in Endpoint:
-        # GatewayASGI serves POSTs to these paths before FastAPI sees them; the routes stay so
-        # that other methods get FastAPI's 405 and the app works on its own too.
-        app.add_route(
-            endpoint.value,
-            _relay_endpoint(endpoint, relay, settings.max_body_bytes, clock),
-            methods=["POST"],
-            include_in_schema=False,
-        )
 
     @app.get("/v1/models", summary="Models this gateway routes (OpenAI list shape)")
     async def list_models() -> JSONResponse:
@@ -149,26 +140,7 @@ def create_app(
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return GatewayASGI(app, relay, settings.max_body_bytes, clock)
-
-
-def _relay_endpoint(
-    endpoint: Endpoint, relay: Relay, max_body_bytes: int, clock: Clock
-) -> Callable[[Request], Awaitable[Response]]:
-    async def handle(request: Request) -> Response:
-        started = clock.monotonic()
-        headers = request.headers
-        try:
-            check_headers(headers, max_body_bytes)
-            body = await read_body(request.stream(), max_body_bytes)
-            parsed = parse_request(endpoint, body)
-        except GatewayError as exc:
-            relay.count_rejected(exc.status)
-            raise
-        return await relay.handle(parsed, headers, started)
-
-    handle.__name__ = f"relay_{endpoint.name.lower()}"
-    return handle
+    return GatewayASGI(app, relay, accounting, settings.max_body_bytes)
 
 
 def parts_of(app: Any) -> GatewayParts:

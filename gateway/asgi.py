@@ -1,9 +1,9 @@
 """The gateway's ASGI entry: the three /v1 POST routes are served here, the rest by FastAPI.
 
 The hot path skips Starlette's routing, middleware stack and Request objects: one dict lookup
-on the path, headers decoded once, the body read straight from `receive`. Every other path and
-method (including GET on the /v1 POST paths, which FastAPI answers 405) goes to the FastAPI
-app, which keeps the OpenAPI docs, /v1/models, /healthz, /readyz and /metrics."""
+on the path, headers decoded once, the body read straight from `receive`. Other methods on those
+paths get 405 here; every other path goes to the FastAPI app, which keeps the OpenAPI docs,
+/v1/models, /healthz, /readyz and /metrics."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
-from gateway.errors import GatewayError, error_response, to_gateway_error
+from gateway.accounting import Accounting
+from gateway.errors import GatewayError, MethodNotAllowedError, error_response, to_gateway_error
 from gateway.parsing import (
     ClientDisconnected,
     Endpoint,
@@ -23,7 +24,6 @@ from gateway.parsing import (
     receive_body,
 )
 from gateway.relay import Relay
-from llmpool.clock import Clock
 
 log = logging.getLogger(__name__)
 
@@ -31,41 +31,53 @@ log = logging.getLogger(__name__)
 class GatewayASGI:
     """Dispatches POSTs to /v1/{chat/completions,completions,embeddings} to the relay."""
 
-    def __init__(self, app: FastAPI, relay: Relay, max_body_bytes: int, clock: Clock) -> None:
+    def __init__(
+        self, app: FastAPI, relay: Relay, accounting: Accounting, max_body_bytes: int
+    ) -> None:
         self.app = app
         # parts_of(app) and tests read app.state; it is the FastAPI app's.
         self.state = app.state
         self._relay = relay
+        self._accounting = accounting
         self._max_body_bytes = max_body_bytes
-        self._clock = clock
         self._endpoints = {endpoint.value: endpoint for endpoint in Endpoint}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
+        if scope["type"] == "http":
             endpoint = self._endpoints.get(scope["path"])
             if endpoint is not None:
-                await self._handle(endpoint, scope, receive, send)
+                if scope["method"] == "POST":
+                    await self._handle(endpoint, scope, receive, send)
+                else:
+                    await error_response(_method_not_allowed())(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
     async def _handle(self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
-        started = self._clock.monotonic()
-        headers = header_map(scope["headers"])
-        relay = self._relay
+        account = self._accounting.open()
         try:
             try:
+                headers = header_map(scope["headers"])
                 check_headers(headers, self._max_body_bytes)
                 body = await receive_body(receive, self._max_body_bytes)
                 parsed = parse_request(endpoint, body)
-            except GatewayError as exc:
-                relay.count_rejected(exc.status)
-                raise
-            response: Any = await relay.handle(parsed, headers, started)
-        except ClientDisconnected:
-            return  # Nobody to answer.
-        except Exception as exc:
-            err = to_gateway_error(exc)
-            if not isinstance(exc, GatewayError):
-                log.error("unhandled error", exc_info=exc, extra={"path": scope["path"]})
-            response = error_response(err)
-        await response(scope, receive, send)
+                response: Any = await self._relay.handle(parsed, headers, account)
+            except ClientDisconnected:
+                return  # Nobody to answer.
+            except Exception as exc:
+                err = to_gateway_error(exc)
+                if not isinstance(exc, GatewayError):
+                    log.error("unhandled error", exc_info=exc, extra={"path": scope["path"]})
+                account.failed(err.status)
+                response = error_response(err)
+            await response(scope, receive, send)
+        finally:
+            # A stream closes its account when it ends; anything else still open here was
+            # left by the client, or cancelled.
+            account.abandoned()
+
+
+def _method_not_allowed() -> MethodNotAllowedError:
+    return MethodNotAllowedError(
+        "Method not allowed here; allowed: POST.", headers={"Allow": "POST"}
+    )

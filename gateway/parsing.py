@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,18 +83,6 @@ def check_headers(headers: Mapping[str, str], max_body_bytes: int) -> None:
             raise BadRequestError("Content-Length is not a number.") from None
         if declared > max_body_bytes:
             raise _too_large(max_body_bytes)
-
-
-async def read_body(chunks: AsyncIterator[bytes], max_body_bytes: int) -> bytes:
-    """Reads the body, counting as it goes so that chunked bodies cannot exceed the limit."""
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in chunks:
-        size += len(chunk)
-        if size > max_body_bytes:
-            raise _too_large(max_body_bytes)
-        parts.append(chunk)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 async def receive_body(receive: Receive, max_body_bytes: int) -> bytes:

@@ -3,26 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Mapping
 
 import orjson
 from starlette.responses import Response
 
+from gateway.accounting import RequestAccount
 from gateway.errors import ModelNotFoundError, NoHealthyMemberError, UpstreamError
 from gateway.members import Member
-from gateway.metrics import NO_BACKEND, UNKNOWN_MODEL, GatewayMetrics, ModelMetrics
+from gateway.metrics import GatewayMetrics
 from gateway.parsing import ParsedRequest
-from gateway.policies import PickContext, Policy
+from gateway.policies import PickContext
 from gateway.responses import RawResponse
 from gateway.routing import Route, RoutingTable
-from gateway.streaming import StreamOutcome, StreamRelay
-from gateway.tokens import NO_USAGE, TokenUsage, usage_from_json
+from gateway.streaming import StreamRelay
+from gateway.tokens import NO_USAGE, usage_from_json
 from gateway.upstream import UpstreamClient, UpstreamResponse, UpstreamTransportError
 from gateway.usage import UsageTracker
 from llmpool.clock import Clock
-
-log = logging.getLogger(__name__)
 
 MEMBER_HEADER = "x-llmpool-member"
 _MEMBER_HEADER_RAW = MEMBER_HEADER.encode()
@@ -48,31 +46,28 @@ class Relay:
         *,
         table: RoutingTable,
         upstream: UpstreamClient,
-        usage: UsageTracker,
         metrics: GatewayMetrics,
+        usage: UsageTracker,
         clock: Clock,
         max_tries: int = 3,
         retry_after_s: int = 1,
     ) -> None:
         self._table = table
         self._upstream = upstream
-        self._usage = usage
         self._metrics = metrics
+        self._usage = usage
         self._clock = clock
         self._max_tries = max_tries
         self._retry_after = str(retry_after_s)
 
-    def count_rejected(self, status: int, model: str | None = None) -> None:
-        """Counts a request answered with an error before any member was chosen."""
-        label = model if model is not None and model in self._table else UNKNOWN_MODEL
-        self._metrics.model(label).requests(NO_BACKEND, status).inc()
-
     async def handle(
-        self, req: ParsedRequest, headers: Mapping[str, str], started_at: float
+        self, req: ParsedRequest, headers: Mapping[str, str], account: RequestAccount
     ) -> Response:
+        """The answer to req. Errors raise GatewayError; the caller closes the account for them
+        (account.failed), as it does for a client that leaves."""
+        account.model = req.model
         route = self._table.get(req.model)
         if route is None:
-            self.count_rejected(404)
             raise ModelNotFoundError(
                 f"The model {req.model!r} does not exist here; GET /v1/models lists the models.",
                 param="model",
@@ -88,32 +83,22 @@ class Relay:
         asked = req.model
         if route.redirects:
             route, req = self._redirect(route, req, ctx)
+            account.model = req.model
         if not route.candidates:
-            self.count_rejected(503, req.model)
             raise NoHealthyMemberError(
                 _no_member_message(route, asked),
                 headers={"Retry-After": self._retry_after},
             )
-        mm = self._metrics.model(req.model)
-        mm.in_flight.inc()
-        handed_off = False
-        try:
-            response = await self._try_members(route, req, mm, ctx, headers, started_at)
-            handed_off = isinstance(response, StreamRelay)
-            return response
-        finally:
-            if not handed_off:
-                mm.in_flight.dec()
-                mm.duration.observe(self._clock.monotonic() - started_at)
+        account.begin(req.model, route.policy)
+        return await self._try_members(route, req, ctx, headers, account)
 
     async def _try_members(
         self,
         route: Route,
         req: ParsedRequest,
-        mm: ModelMetrics,
         ctx: PickContext,
         headers: Mapping[str, str],
-        started_at: float,
+        account: RequestAccount,
     ) -> Response:
         up_headers = _STREAM_HEADERS if req.stream else _JSON_HEADERS
         extra = {name: headers[name] for name in _FORWARDED if name in headers}
@@ -122,59 +107,42 @@ class Relay:
         path = req.endpoint.value
         tried: list[str] = []
         last_error = "no member tried"
-        last_member = NO_BACKEND
         pool = route.candidates
         for attempt in range(self._max_tries):
             if attempt:
                 pool = tuple(m for m in route.candidates if m.id not in tried)
                 if not pool:
                     break
-                mm.retries.inc()
+                self._metrics.model(req.model).retries.inc()
             member = route.policy.pick(pool, ctx)
             tried.append(member.id)
-            last_member = member.id
-            sent_at = self._clock.monotonic()
-            self._usage.started(member.id, req.model)
+            account.sent(member)
             try:
                 upstream = await self._upstream.post(
                     member.endpoint_url(path), req.body_for(member.upstream_model), up_headers
                 )
             except UpstreamTransportError as exc:
-                last_error = self._failed(member, req, sent_at, str(exc), route.policy)
+                last_error = account.try_failed(str(exc))
                 continue
-            except BaseException:
-                self._failed(member, req, sent_at, "cancelled", log_it=False)
-                raise
             status = upstream.status_code
             if retryable_status(status):
                 detail = await _read_quietly(upstream)
-                error = f"answered HTTP {status}: {_snippet(detail)}"
-                last_error = self._failed(member, req, sent_at, error, route.policy)
+                last_error = account.try_failed(f"answered HTTP {status}: {_snippet(detail)}")
                 continue
             if req.stream and status == 200:
-                return self._stream(member, req, mm, upstream, started_at, sent_at, route.policy)
+                return self._stream(member, upstream, account)
             try:
                 body = await upstream.read()
             except UpstreamTransportError as exc:
-                last_error = self._failed(member, req, sent_at, str(exc), route.policy)
+                last_error = account.try_failed(str(exc))
                 continue
-            except BaseException:
-                self._failed(member, req, sent_at, "cancelled", log_it=False)
-                raise
-            tokens = usage_from_json(body) if status == 200 else NO_USAGE
-            self._done(member, req, mm, status, sent_at, tokens, ok=status < 400)
-            if route.policy.observes and status < 400:
-                # Not streamed: the whole answer's time stands for the time to first token.
-                route.policy.observe(
-                    member.id, self._clock.monotonic() - sent_at, 0.0, tokens.prompt, True
-                )
+            account.answered(status, usage_from_json(body) if status == 200 else NO_USAGE)
             return RawResponse(
                 body,
                 status,
                 upstream.content_type.encode("latin-1"),
                 [(_MEMBER_HEADER_RAW, member.id.encode())],
             )
-        mm.requests(last_member, 502).inc()
         raise UpstreamError(
             f"Model {req.model!r}: {len(tried)} backend(s) failed; last error: {last_error}"
         )
@@ -196,29 +164,8 @@ class Relay:
         return target, dataclasses.replace(req, model=target.model, body=body, payload=payload)
 
     def _stream(
-        self,
-        member: Member,
-        req: ParsedRequest,
-        mm: ModelMetrics,
-        upstream: UpstreamResponse,
-        started_at: float,
-        sent_at: float,
-        policy: Policy,
+        self, member: Member, upstream: UpstreamResponse, account: RequestAccount
     ) -> StreamRelay:
-        def on_done(outcome: StreamOutcome) -> None:
-            now = self._clock.monotonic()
-            mm.in_flight.dec()
-            mm.duration.observe(now - started_at)
-            if outcome.ttft_s is not None:
-                mm.ttft.observe(outcome.ttft_s)
-            # A client that went away is not the member's fault.
-            ok = outcome.error is None
-            self._done(
-                member, req, mm, 200, sent_at, outcome.usage, ok=ok, ttft_s=outcome.ttft_s, now=now
-            )
-            if policy.observes:
-                observe_stream(policy, member.id, outcome, started_at, sent_at, now)
-
         return StreamRelay(
             upstream,
             headers={
@@ -228,79 +175,9 @@ class Relay:
                 MEMBER_HEADER: member.id,
             },
             clock=self._clock,
-            started_at=started_at,
-            on_done=on_done,
+            started_at=account.started_at,
+            on_done=account.stream_ended,
         )
-
-    def _done(
-        self,
-        member: Member,
-        req: ParsedRequest,
-        mm: ModelMetrics,
-        status: int,
-        sent_at: float,
-        tokens: TokenUsage,
-        *,
-        ok: bool,
-        ttft_s: float | None = None,
-        now: float | None = None,
-    ) -> None:
-        end = self._clock.monotonic() if now is None else now
-        self._usage.finished(
-            member.id,
-            req.model,
-            ok=ok,
-            latency_s=end - sent_at,
-            ttft_s=ttft_s,
-            prompt_tokens=tokens.prompt,
-            completion_tokens=tokens.completion,
-        )
-        mm.requests(member.id, status).inc()
-        if tokens.prompt:
-            mm.prompt_tokens.inc(tokens.prompt)
-        if tokens.completion:
-            mm.completion_tokens.inc(tokens.completion)
-
-    def _failed(
-        self,
-        member: Member,
-        req: ParsedRequest,
-        sent_at: float,
-        error: str,
-        policy: Policy | None = None,
-        log_it: bool = True,
-    ) -> str:
-        elapsed = self._clock.monotonic() - sent_at
-        self._usage.finished(member.id, req.model, ok=False, latency_s=elapsed)
-        if policy is not None and policy.observes:
-            policy.observe(member.id, elapsed, 0.0, 0, False)
-        if log_it:
-            log.warning(
-                "upstream try failed",
-                extra={"model": req.model, "member": member.id, "error": error},
-            )
-        return f"member {member.id} {error}"
-
-
-def observe_stream(
-    policy: Policy,
-    member_id: str,
-    outcome: StreamOutcome,
-    started_at: float,
-    sent_at: float,
-    now: float,
-) -> None:
-    """Tells the policy how a stream went: time to the first upstream chunk after sending, and
-    time per output token after it when the usage says how many tokens came."""
-    if outcome.ttft_s is None:
-        if outcome.error is not None:
-            policy.observe(member_id, now - sent_at, 0.0, 0, False)
-        # No byte before the client left: nothing known about the member.
-        return
-    ttft = outcome.ttft_s - (sent_at - started_at)
-    tokens = outcome.usage.completion
-    tpot = (now - sent_at - ttft) / (tokens - 1) if tokens > 1 else 0.0
-    policy.observe(member_id, ttft, tpot, outcome.usage.prompt, outcome.error is None)
 
 
 def _no_member_message(route: Route, asked: str) -> str:

@@ -8,10 +8,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import orjson
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from gateway.errors import UpstreamError, error_body
 from gateway.tokens import NO_USAGE, StreamTail, TokenUsage, usage_from_sse
 from gateway.upstream import UpstreamResponse, UpstreamTransportError
 from llmpool.clock import Clock
@@ -104,18 +104,11 @@ class StreamRelay(Response):
         except UpstreamTransportError as exc:
             # Too late to retry or change the status: tell the client in-band, as OpenAI does.
             self._error = str(exc)
-            event = {
-                "error": {
-                    "message": f"upstream stream broke: {exc}",
-                    "type": "upstream_error",
-                    "param": None,
-                    "code": "upstream_failed",
-                }
-            }
+            event = error_body(UpstreamError(f"upstream stream broke: {exc}"))
             await send(
                 {
                     "type": "http.response.body",
-                    "body": b"data: " + orjson.dumps(event) + b"\n\n",
+                    "body": b"data: " + event + b"\n\n",
                     "more_body": True,
                 }
             )

@@ -101,8 +101,8 @@ class RecordingUpstream:
         pass
 
 
-def asgi_gateway(kit: Any, upstream: RecordingUpstream) -> httpx.AsyncClient:
-    app = create_app(GatewaySettings(), upstream=upstream, connect_controller=False)
+def asgi_gateway(kit: Any, upstream: RecordingUpstream, app: Any = None) -> httpx.AsyncClient:
+    app = app or create_app(GatewaySettings(), upstream=upstream, connect_controller=False)
     parts_of(app).table.apply(
         kit.snapshot(1, [kit.route("m1", [kit.member("a", "http://engine:1/v1")])])
     )
@@ -143,7 +143,7 @@ async def test_dispatch_forwards_what_it_should(kit: Any) -> None:
         await client.post("/v1/completions", json={"model": "m1", "prompt": "x", "stream": True})
         assert upstream.sent[-1][2]["accept"] == "text/event-stream"
 
-        # Not the hot path: FastAPI answers, still OpenAI-shaped.
+        # Other methods on a /v1 POST path: 405 from the dispatcher; other paths: FastAPI.
         wrong = await client.get("/v1/chat/completions")
         assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
         assert (await client.get("/healthz")).json() == {"status": "ok"}
@@ -155,8 +155,11 @@ async def test_dispatch_forwards_what_it_should(kit: Any) -> None:
 
 
 async def test_dispatch_maps_unexpected_errors_to_openai_500(kit: Any) -> None:
-    async with asgi_gateway(kit, RecordingUpstream(fail=RuntimeError("boom"))) as client:
+    upstream = RecordingUpstream(fail=RuntimeError("boom"))
+    app = create_app(GatewaySettings(), upstream=upstream, connect_controller=False)
+    async with asgi_gateway(kit, upstream, app) as client:
         resp = await client.post("/v1/chat/completions", json=CHAT)
+        page = (await client.get("/metrics")).text
     assert resp.status_code == 500
     assert resp.json()["error"] == {
         "message": "Internal error in the gateway; see its logs.",
@@ -164,6 +167,11 @@ async def test_dispatch_maps_unexpected_errors_to_openai_500(kit: Any) -> None:
         "param": None,
         "code": "internal_error",
     }
+    # Counted once, under the member whose try broke, and nothing is left in flight.
+    labels = {"model": "m1", "backend": "a", "status": "500"}
+    assert kit.metric(page, "llmpool_gateway_requests_total", **labels) == 1
+    assert kit.metric(page, "llmpool_gateway_in_flight_requests", model="m1") == 0
+    assert not parts_of(app).usage.in_flight
 
 
 @pytest.mark.parametrize("kind", UPSTREAM_CLIENTS)

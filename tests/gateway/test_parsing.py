@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import orjson
 import pytest
 from starlette.exceptions import HTTPException
@@ -16,7 +14,7 @@ from gateway.errors import (
     error_body,
     to_gateway_error,
 )
-from gateway.parsing import Endpoint, check_headers, parse_request, read_body
+from gateway.parsing import Endpoint, check_headers, parse_request
 from llmpool.errors import InvalidArgumentError, NotFoundError, UnavailableError
 
 
@@ -64,17 +62,6 @@ def test_check_headers() -> None:
         check_headers({"content-type": "application/json", "content-length": "11"}, 10)
     with pytest.raises(BadRequestError):
         check_headers({"content-type": "application/json", "content-length": "ten"}, 10)
-
-
-async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
-    for part in parts:
-        yield part
-
-
-async def test_read_body_counts_chunks() -> None:
-    assert await read_body(chunks(b"ab", b"cd"), 4) == b"abcd"
-    with pytest.raises(PayloadTooLargeError):
-        await read_body(chunks(b"ab", b"cd", b"e"), 4)
 
 
 def test_error_mapping() -> None:

@@ -1,0 +1,226 @@
+"""Per-request accounting: in-flight counts, metrics, usage and the policy's observe, once.
+
+A RequestAccount follows one request from arrival to its answer, whatever that is: a body, a
+stream, an error, or a client that left. Each try at a member opens with sent() and closes with
+try_failed() or the answer; the request closes exactly once, with answered(), stream_ended(),
+failed() or abandoned(), and every later close is a no-op. What a request costs or counts
+against (tokens, money, limits, spans) hangs on this object."""
+
+from __future__ import annotations
+
+import logging
+
+from gateway.members import Member
+from gateway.metrics import NO_BACKEND, UNKNOWN_MODEL, GatewayMetrics, ModelMetrics
+from gateway.policies import Policy
+from gateway.routing import RoutingTable
+from gateway.streaming import StreamOutcome
+from gateway.tokens import NO_USAGE, TokenUsage
+from gateway.usage import UsageTracker
+from llmpool.clock import Clock
+
+log = logging.getLogger(__name__)
+
+# nginx's "client closed request": the client left before its answer.
+CLIENT_CLOSED = 499
+
+
+class Accounting:
+    """What every request's account shares: usage counts, metrics, the clock, the table (whose
+    models bound the metric labels). Built once at start-up."""
+
+    def __init__(
+        self, *, usage: UsageTracker, metrics: GatewayMetrics, clock: Clock, table: RoutingTable
+    ) -> None:
+        self.usage = usage
+        self.metrics = metrics
+        self.clock = clock
+        self.table = table
+
+    def open(self) -> RequestAccount:
+        """The account of a request that arrives now."""
+        return RequestAccount(self, self.clock.monotonic())
+
+
+class RequestAccount:
+    """One request's bookkeeping (see the module docstring)."""
+
+    __slots__ = (
+        "_book",
+        "_finished",
+        "_member",
+        "_mm",
+        "_policy",
+        "_sent_at",
+        "_trying",
+        "model",
+        "started_at",
+    )
+
+    def __init__(self, book: Accounting, started_at: float) -> None:
+        self._book = book
+        self.started_at = started_at
+        # The pool the request is for, once known (after rules and splits, the target's).
+        self.model: str | None = None
+        self._mm: ModelMetrics | None = None
+        self._policy: Policy | None = None
+        # The member of the latest try, and whether that try is still open.
+        self._member: Member | None = None
+        self._sent_at = 0.0
+        self._trying = False
+        self._finished = False
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def begin(self, model: str, policy: Policy) -> None:
+        """The request will go to a member of model's pool: it is in flight from now."""
+        self.model = model
+        self._policy = policy
+        mm = self._mm = self._book.metrics.model(model)
+        mm.in_flight.inc()
+
+    def sent(self, member: Member) -> None:
+        """A try at member starts."""
+        self._member = member
+        self._trying = True
+        self._sent_at = self._book.clock.monotonic()
+        self._book.usage.started(member.id, self._model())
+
+    def try_failed(self, error: str) -> str:
+        """The open try failed before an answer (the request may be retried elsewhere): it
+        counts against the member, in usage and with the policy. Returns what to tell the
+        client should no other try succeed."""
+        member = self._end_try(ok=False)
+        elapsed = self._book.clock.monotonic() - self._sent_at
+        policy = self._policy
+        if policy is not None and policy.observes:
+            policy.observe(member.id, elapsed, 0.0, 0, False)
+        log.warning(
+            "upstream try failed",
+            extra={"model": self.model, "member": member.id, "error": error},
+        )
+        return f"member {member.id} {error}"
+
+    def answered(self, status: int, tokens: TokenUsage = NO_USAGE) -> None:
+        """The open try's member answered with a whole body of this status."""
+        if self._finished:
+            return
+        now = self._book.clock.monotonic()
+        ok = status < 400
+        member = self._end_try(ok=ok, now=now, tokens=tokens)
+        self._count(member.id, status, tokens)
+        policy = self._policy
+        if ok and policy is not None and policy.observes:
+            # Not streamed: the whole answer's time stands for the time to first token.
+            policy.observe(member.id, now - self._sent_at, 0.0, tokens.prompt, True)
+        self._close(now)
+
+    def stream_ended(self, outcome: StreamOutcome) -> None:
+        """The open try's stream ended: completed, broken upstream, or left by the client (not
+        the member's fault)."""
+        if self._finished:
+            return
+        now = self._book.clock.monotonic()
+        mm = self._mm
+        if mm is not None and outcome.ttft_s is not None:
+            mm.ttft.observe(outcome.ttft_s)
+        ok = outcome.error is None
+        member = self._end_try(ok=ok, now=now, tokens=outcome.usage, ttft_s=outcome.ttft_s)
+        self._count(member.id, 200, outcome.usage)
+        policy = self._policy
+        if policy is not None and policy.observes:
+            observe_stream(policy, member.id, outcome, self.started_at, self._sent_at, now)
+        self._close(now)
+
+    def failed(self, status: int) -> None:
+        """The gateway answers an error of its own: nothing to route to, every try failed, or
+        something broke. Counted under the last member tried, else under none."""
+        if self._finished:
+            return
+        if self._trying:
+            self._end_try(ok=False)
+        member = self._member
+        self._count(member.id if member is not None else NO_BACKEND, status, NO_USAGE)
+        self._close(self._book.clock.monotonic())
+
+    def abandoned(self) -> None:
+        """The client left (or the server cancelled the request) before an answer. A no-op for
+        an account already finished, so callers may always end with it."""
+        if self._finished:
+            return
+        member = self._member if self._trying else None
+        if self._trying:
+            self._end_try(ok=False)
+        self._count(member.id if member is not None else NO_BACKEND, CLIENT_CLOSED, NO_USAGE)
+        self._close(self._book.clock.monotonic())
+
+    # ---- internals
+
+    def _model(self) -> str:
+        return self.model if self.model is not None else UNKNOWN_MODEL
+
+    def _end_try(
+        self,
+        *,
+        ok: bool,
+        now: float | None = None,
+        tokens: TokenUsage = NO_USAGE,
+        ttft_s: float | None = None,
+    ) -> Member:
+        member = self._member
+        assert member is not None and self._trying, "no try is open"
+        self._trying = False
+        end = self._book.clock.monotonic() if now is None else now
+        self._book.usage.finished(
+            member.id,
+            self._model(),
+            ok=ok,
+            latency_s=end - self._sent_at,
+            ttft_s=ttft_s,
+            prompt_tokens=tokens.prompt,
+            completion_tokens=tokens.completion,
+        )
+        return member
+
+    def _count(self, backend: str, status: int, tokens: TokenUsage) -> None:
+        mm = self._mm
+        if mm is None:
+            # Not begun: label by the model only if the routing table knows it (bounded labels).
+            model = self.model
+            known = model is not None and model in self._book.table
+            mm = self._book.metrics.model(model if known and model else UNKNOWN_MODEL)
+        mm.requests(backend, status).inc()
+        if tokens.prompt:
+            mm.prompt_tokens.inc(tokens.prompt)
+        if tokens.completion:
+            mm.completion_tokens.inc(tokens.completion)
+
+    def _close(self, now: float) -> None:
+        self._finished = True
+        mm = self._mm
+        if mm is not None:
+            mm.in_flight.dec()
+            mm.duration.observe(now - self.started_at)
+
+
+def observe_stream(
+    policy: Policy,
+    member_id: str,
+    outcome: StreamOutcome,
+    started_at: float,
+    sent_at: float,
+    now: float,
+) -> None:
+    """Tells the policy how a stream went: time to the first upstream chunk after sending, and
+    time per output token after it when the usage says how many tokens came."""
+    if outcome.ttft_s is None:
+        if outcome.error is not None:
+            policy.observe(member_id, now - sent_at, 0.0, 0, False)
+        # No byte before the client left: nothing known about the member.
+        return
+    ttft = outcome.ttft_s - (sent_at - started_at)
+    tokens = outcome.usage.completion
+    tpot = (now - sent_at - ttft) / (tokens - 1) if tokens > 1 else 0.0
+    policy.observe(member_id, ttft, tpot, outcome.usage.prompt, outcome.error is None)
