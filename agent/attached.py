@@ -11,8 +11,8 @@ from agent.attach_spec import AttachSpec
 from agent.probe import ProbeError, Prober
 from agent.readings import EngineReadings
 from agent.replica import SupervisorSettings
-from agent.status import ReplicaState, ReplicaStatus
 from llmpool.clock import Clock
+from llmpool.status import ReplicaState, ReplicaStatus
 
 log = logging.getLogger(__name__)
 

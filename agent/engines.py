@@ -11,7 +11,7 @@ from types import MappingProxyType
 from agent.engine_metrics import EngineLoad, parse_engine_metrics
 from agent.gguf import GgufError, gguf_architecture
 from agent.template import ReplicaSpec
-from llmpool.engines import ENGINES, WEIGHTS_REQUIRED
+from llmpool.engines import ENGINES, unknown_engine, weights_problem
 from llmpool.errors import FailedPreconditionError, InvalidArgumentError
 from llmpool.models import smollm2_gguf_path
 
@@ -49,11 +49,8 @@ class EngineAdapter:
         if spec.command:
             uses_own_health = spec.health_path == self.health_path
             return dataclasses.replace(spec, ready_path=self.ready_path if uses_own_health else "")
-        if self.name in WEIGHTS_REQUIRED and not spec.weights:
-            raise InvalidArgumentError(
-                f"replica {spec.replica_id}: engine {self.name!r} needs template.weights (a local"
-                " path or a hub id of the model to load) when template.command is empty"
-            )
+        if ENGINES[self.name].needs_weights and not spec.weights:
+            raise InvalidArgumentError(f"replica {spec.replica_id}: {weights_problem(self.name)}")
         try:
             command = self.default_command(spec.weights, find_model)
         except FailedPreconditionError as exc:
@@ -184,7 +181,5 @@ def adapter_for(engine: str) -> EngineAdapter:
     """The adapter of an engine kind; InvalidArgumentError naming the known kinds otherwise."""
     adapter = ADAPTERS.get(engine)
     if adapter is None:
-        raise InvalidArgumentError(
-            f"unknown engine {engine!r}: known engines are {', '.join(ENGINES)}"
-        )
+        raise InvalidArgumentError(str(unknown_engine(engine)))
     return adapter

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-from llmpool.v1 import types_pb2
+from llmpool.capacity import Capacity
 
 log = logging.getLogger(__name__)
 
@@ -153,14 +153,14 @@ def launch_env(
     return env
 
 
-def capacity(gpus: Sequence[GpuInfo], cpu_slots: int) -> types_pb2.Capacity:
+def capacity(gpus: Sequence[GpuInfo], cpu_slots: int) -> Capacity:
     """What the agent offers: CPU slots and its GPUs by host number, with memory and
     utilisation (0..1) as last read."""
-    return types_pb2.Capacity(
+    return Capacity(
         gpus=len(gpus),
         cpu_slots=cpu_slots,
-        gpu_indices=[g.index for g in gpus],
-        gpu_memory_bytes=[g.memory_total_bytes for g in gpus],
-        gpu_memory_used_bytes=[g.memory_used_bytes for g in gpus],
-        gpu_utilization=[g.utilization_percent / 100.0 for g in gpus],
+        gpu_indices=tuple(g.index for g in gpus),
+        gpu_memory_bytes=tuple(g.memory_total_bytes for g in gpus),
+        gpu_memory_used_bytes=tuple(g.memory_used_bytes for g in gpus),
+        gpu_utilization=tuple(g.utilization_percent / 100.0 for g in gpus),
     )

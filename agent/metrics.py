@@ -9,7 +9,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from agent.gpus import GpuInfo
-from agent.status import ReplicaState, ReplicaStatus
+from llmpool.status import ReplicaState, ReplicaStatus
 
 
 class _ReplicaCollector(Collector):
@@ -31,6 +31,8 @@ class _ReplicaCollector(Collector):
             labels=["state"],
         )
         for state in ReplicaState:
+            if state is ReplicaState.UNSPECIFIED:
+                continue  # the controller's word for "not reported", never an agent's
             by_state.add_metric([state.value], sum(1 for s in statuses if s.state is state))
         yield by_state
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from agent.engine_metrics import NO_LOAD, EngineLoad
 from agent.ewma import Ewma
 from agent.hit_rate import HitRate
-from agent.status import ReplicaState, ReplicaStatus
+from llmpool.status import ReplicaState, ReplicaStatus
 
 
 class EngineReadings:

@@ -14,10 +14,10 @@ from agent.ports import PortAllocator
 from agent.probe import ProbeError, Prober
 from agent.process import pump_lines, spawn, terminate_group
 from agent.readings import EngineReadings
-from agent.status import ReplicaState, ReplicaStatus
 from agent.template import ReplicaSpec, render
 from llmpool.backoff import Backoff
 from llmpool.clock import Clock
+from llmpool.status import ReplicaState, ReplicaStatus
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from agent.commands import CommandHandler
-from agent.convert import report_message, status_to_proto
+from agent.convert import capacity_to_proto, report_message, status_to_proto
 from agent.gpus import GpuInfo, capacity
 from agent.supervisor import Supervisor
 from llmpool.backoff import Backoff
@@ -35,7 +35,7 @@ class AgentIdentity:
     cpu_slots: int = 1
     # The GPUs offered for placement, by host number, with their use as last read.
     gpus: tuple[GpuInfo, ...] = ()
-    engines: tuple[str, ...] = ENGINES
+    engines: tuple[str, ...] = tuple(ENGINES)
 
 
 class ControllerSession:
@@ -122,7 +122,7 @@ class ControllerSession:
                 agent_id=ident.agent_id,
                 hostname=ident.hostname,
                 labels=dict(ident.labels),
-                capacity=capacity(ident.gpus, ident.cpu_slots),
+                capacity=capacity_to_proto(capacity(ident.gpus, ident.cpu_slots)),
                 engines=list(ident.engines),
                 # Only what runs now; replicas stopped meanwhile go out in the first Report.
                 replicas=[status_to_proto(s) for s in self._supervisor.statuses()],

@@ -13,10 +13,10 @@ from agent.log_ring import LogRing
 from agent.ports import PortAllocator
 from agent.probe import Prober
 from agent.replica import Replica, SupervisorSettings
-from agent.status import ReplicaStatus
 from agent.template import ReplicaSpec, validate
 from llmpool.clock import Clock, SystemClock
 from llmpool.errors import FailedPreconditionError, NotFoundError, UnavailableError
+from llmpool.status import ReplicaStatus
 
 log = logging.getLogger(__name__)
 

@@ -7,15 +7,17 @@ import logging
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 
+from llmpool.capacity import Capacity
 from llmpool.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
     NotFoundError,
     UnavailableError,
 )
-from llmpool.v1 import agent_pb2, types_pb2
+from llmpool.status import ReplicaStatus
 
-from .agents import AgentRecord, AgentRegistry
+from .agents import AgentRegistry
+from .commands import CancelTailCommand, TailCommand
 from .desired import DesiredState
 from .model import BackendSpec, PoolSpec, Template
 from .publisher import SnapshotPublisher
@@ -35,22 +37,40 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ReplicaView:
-    """desired: the reconciler wants it running; always False for attached replicas, which it
-    neither starts nor stops (status.attached says so)."""
+    """One replica as ListReplicas shows it (mirrors llmpool.v1.ReplicaInfo). desired: the
+    reconciler wants it running; always False for attached replicas, which it neither starts
+    nor stops (status.attached says so)."""
 
-    status: types_pb2.ReplicaStatus
+    status: ReplicaStatus
     agent_id: str
     desired: bool
 
 
 @dataclass(frozen=True)
 class PoolStatusView:
+    """Mirrors llmpool.v1.PoolStatus; message says why a pool is short of replicas."""
+
     pool: PoolSpec
-    backends: list[BackendSpec]
-    replicas: list[ReplicaView]
+    backends: tuple[BackendSpec, ...]
+    replicas: tuple[ReplicaView, ...]
     healthy_members: int
     snapshot_version: int
     message: str = ""
+
+
+@dataclass(frozen=True)
+class AgentSummary:
+    """One agent as ListAgents shows it (mirrors llmpool.v1.AgentInfo)."""
+
+    agent_id: str
+    hostname: str
+    labels: dict[str, str]
+    capacity: Capacity
+    connected: bool
+    # Seconds since its last message.
+    last_seen_s: float
+    # Managed replicas placed on it plus the engines it watches (attached).
+    replicas: int
 
 
 class Admin:
@@ -84,8 +104,8 @@ class Admin:
         return backend
 
     async def add_backend(self, spec: BackendSpec) -> BackendSpec:
-        # proto3 has no presence: new backends start enabled, and weight 0 means the default 1.
-        spec = dataclasses.replace(spec, enabled=True, weight=spec.weight or 1, draining=False)
+        # weight and enabled have presence: unset they are 1 and true, given they count.
+        spec = dataclasses.replace(spec, draining=False)
         check_backend(spec)
         async with self._desired.lock:
             if spec.id in self._desired.backends:
@@ -214,8 +234,8 @@ class Admin:
     def pool_status(self, name: str) -> PoolStatusView:
         return PoolStatusView(
             pool=self.get_pool(name),
-            backends=self._desired.pool_backends(name),
-            replicas=self.list_replicas(name),
+            backends=tuple(self._desired.pool_backends(name)),
+            replicas=tuple(self.list_replicas(name)),
             healthy_members=healthy_members(self._publisher.routes.get(name)),
             snapshot_version=self._publisher.version,
             message=self._reconciler.unplaced.get(name, ""),
@@ -223,16 +243,25 @@ class Admin:
 
     # --- live state ---
 
-    def list_agents(self) -> list[AgentRecord]:
-        return self._registry.all()
-
-    def silent_s(self, record: AgentRecord) -> float:
-        return self._registry.silent_s(record)
-
-    def replicas_on(self, agent_id: str) -> int:
-        """Managed replicas placed on the agent plus the engines it watches (attached)."""
-        managed = sum(1 for a in self._desired.assignments.values() if a.agent_id == agent_id)
-        return managed + sum(1 for v in self._attached_views() if v.agent_id == agent_id)
+    def list_agents(self) -> list[AgentSummary]:
+        registry = self._registry
+        attached = self._attached_views()
+        views = []
+        for r in registry.all():
+            managed = sum(1 for a in self._desired.assignments.values() if a.agent_id == r.agent_id)
+            watched = sum(1 for v in attached if v.agent_id == r.agent_id)
+            views.append(
+                AgentSummary(
+                    agent_id=r.agent_id,
+                    hostname=r.hostname,
+                    labels=r.labels,
+                    capacity=r.capacity,
+                    connected=r.connected,
+                    last_seen_s=registry.silent_s(r),
+                    replicas=managed + watched,
+                )
+            )
+        return views
 
     def _refuse_attached(self, replica_id: str, unmanaged: bool, why: str) -> None:
         found = self._registry.find_replica(replica_id)
@@ -255,13 +284,11 @@ class Admin:
                 if pool and status.pool != pool:
                     continue
                 if status.pool not in self._desired.pools:
-                    shown = types_pb2.ReplicaStatus()
-                    shown.CopyFrom(status)
-                    shown.message = (
-                        f"pool {status.pool!r} does not exist: it is not routed until "
-                        "CreatePool makes it" + (f"; {status.message}" if status.message else "")
+                    status = dataclasses.replace(
+                        status,
+                        message=f"pool {status.pool!r} does not exist: it is not routed until "
+                        "CreatePool makes it" + (f"; {status.message}" if status.message else ""),
                     )
-                    status = shown
                 views.append(ReplicaView(status, record.agent_id, desired=False))
         return views
 
@@ -274,7 +301,7 @@ class Admin:
             record = self._registry.get(a.agent_id)
             status = record.replicas.get(a.replica_id) if record is not None else None
             if status is None:
-                status = types_pb2.ReplicaStatus(
+                status = ReplicaStatus(
                     replica_id=a.replica_id, pool=a.pool, message="not reported by its agent yet"
                 )
             views.append(ReplicaView(status, a.agent_id, a.desired))
@@ -295,15 +322,7 @@ class Admin:
         done = False
         try:
             sent = self._registry.send(
-                agent_id,
-                agent_pb2.ControllerMessage(
-                    tail_logs=agent_pb2.TailLogs(
-                        request_id=tail.request_id,
-                        replica_id=replica_id,
-                        lines=lines or 100,
-                        follow=follow,
-                    )
-                ),
+                agent_id, TailCommand(tail.request_id, replica_id, lines or 100, follow)
             )
             if not sent:
                 done = True
@@ -327,9 +346,4 @@ class Admin:
         finally:
             self._tails.close(tail.request_id)
             if not done:
-                self._registry.send(
-                    agent_id,
-                    agent_pb2.ControllerMessage(
-                        cancel_tail=agent_pb2.CancelTail(request_id=tail.request_id)
-                    ),
-                )
+                self._registry.send(agent_id, CancelTailCommand(tail.request_id))

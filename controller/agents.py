@@ -1,15 +1,23 @@
-"""Live state of agents: registration, reported replicas, command outboxes and leases."""
+"""Live state of agents: registration, reported replicas, command outboxes and leases.
+
+The registry is the agent stream's edge: it takes Register and Report messages and keeps their
+content in domain types, and turns the controller's commands into messages."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from llmpool.capacity import Capacity
 from llmpool.clock import Clock
+from llmpool.status import ReplicaStatus
 from llmpool.v1 import agent_pb2, types_pb2
 
 from .changes import Changes
+from .commands import AgentCommand
+from .convert import capacity_from_proto, command_to_proto, status_from_proto
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +42,13 @@ class AgentRecord:
     agent_id: str
     hostname: str
     labels: dict[str, str]
-    capacity: types_pb2.Capacity
+    capacity: Capacity
     engines: tuple[str, ...]
     last_seen: float
     # Wall-clock time of the latest Register: it lists everything the agent runs at that moment.
     registered_at: float = 0.0
     connected: bool = True
-    replicas: dict[str, types_pb2.ReplicaStatus] = field(default_factory=dict)
+    replicas: dict[str, ReplicaStatus] = field(default_factory=dict)
     connection: AgentConnection | None = None
 
 
@@ -60,17 +68,15 @@ class AgentRegistry:
         if old is not None and old.connection is not None and old.connection is not conn:
             # The agent reconnected before the old stream noticed; the newest stream wins.
             old.connection.close()
-        capacity = types_pb2.Capacity()
-        capacity.CopyFrom(msg.capacity)
         record = AgentRecord(
             agent_id=msg.agent_id,
             hostname=msg.hostname,
             labels=dict(msg.labels),
-            capacity=capacity,
+            capacity=capacity_from_proto(msg.capacity),
             engines=tuple(msg.engines),
             last_seen=self._clock.monotonic(),
             registered_at=self._clock.wall(),
-            replicas={r.replica_id: _copy(r) for r in msg.replicas},
+            replicas=_statuses(msg.replicas),
             connection=conn,
         )
         self._agents[msg.agent_id] = record
@@ -90,8 +96,8 @@ class AgentRegistry:
             return
         record.last_seen = self._clock.monotonic()
         if capacity is not None:
-            record.capacity.CopyFrom(capacity)
-        new = {r.replica_id: _copy(r) for r in replicas}
+            record.capacity = capacity_from_proto(capacity)
+        new = _statuses(replicas)
         if new != record.replicas:
             record.replicas = new
             self._changes.notify()
@@ -123,15 +129,15 @@ class AgentRegistry:
         record = self._agents.get(agent_id)
         return record is not None and self.silent_s(record) < self.lease_s
 
-    def send(self, agent_id: str, msg: agent_pb2.ControllerMessage) -> bool:
+    def send(self, agent_id: str, command: AgentCommand) -> bool:
         """Queues a command for a connected agent; False when it is not connected."""
         record = self._agents.get(agent_id)
         if record is None or record.connection is None:
             return False
-        record.connection.send(msg)
+        record.connection.send(command_to_proto(command))
         return True
 
-    def find_replica(self, replica_id: str) -> tuple[str, types_pb2.ReplicaStatus] | None:
+    def find_replica(self, replica_id: str) -> tuple[str, ReplicaStatus] | None:
         for record in self._agents.values():
             status = record.replicas.get(replica_id)
             if status is not None:
@@ -144,7 +150,5 @@ class AgentRegistry:
                 record.connection.close()
 
 
-def _copy(status: types_pb2.ReplicaStatus) -> types_pb2.ReplicaStatus:
-    out = types_pb2.ReplicaStatus()
-    out.CopyFrom(status)
-    return out
+def _statuses(replicas: Iterable[types_pb2.ReplicaStatus]) -> dict[str, ReplicaStatus]:
+    return {r.replica_id: status_from_proto(r) for r in replicas}

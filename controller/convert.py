@@ -1,223 +1,91 @@
-"""Conversions between protobuf messages and domain types, field masks included."""
+"""The controller's edge: protobuf messages to and from its domain types, and update masks.
+
+Pools, backends and templates convert field by field by name (llmpool.protoconv), so a field
+declared on the message, the dataclass and the config model needs nothing here."""
 
 from __future__ import annotations
 
-import dataclasses
+import uuid
 from collections.abc import Iterable
 
 from google.protobuf.field_mask_pb2 import FieldMask
 
-from llmpool.config import Config, RuleConfig, TemplateConfig
+from llmpool.capacity import Capacity
+from llmpool.config import Config
 from llmpool.errors import InvalidArgumentError
-from llmpool.v1 import types_pb2
+from llmpool.protoconv import from_data, from_proto, to_proto
+from llmpool.status import ReplicaStatus
+from llmpool.v1 import agent_pb2, types_pb2
 
-from .model import BackendSpec, PoolSpec, RouteRule, SplitArm, Template
-
-POOL_FIELDS = (
-    "policy",
-    "policy_params",
-    "replicas",
-    "template",
-    "description",
-    "rules",
-    "splits",
-    "split_header",
-)
-TEMPLATE_FIELDS = (
-    "engine",
-    "command",
-    "env",
-    "health_path",
-    "metrics_path",
-    "ready_timeout_s",
-    "served_model",
-    "gpus",
-    "cpu_slots",
-    "weights",
-    "args",
-    "input_cost_per_mtok",
-    "output_cost_per_mtok",
-)
-BACKEND_FIELDS = (
-    "pool",
-    "url",
-    "weight",
-    "enabled",
-    "kind",
-    "zone",
-    "upstream_model",
-    "labels",
-    "input_cost_per_mtok",
-    "output_cost_per_mtok",
-)
+from .commands import AgentCommand, CancelTailCommand, StartCommand, StopCommand, TailCommand
+from .model import BackendSpec, PoolSpec
 
 
-def template_from_proto(msg: types_pb2.ReplicaTemplate) -> Template:
-    # proto3 cannot tell unset from zero: fill the defaults a person would expect.
-    return Template(
-        engine=msg.engine or "sim",
-        command=tuple(msg.command),
-        env=dict(msg.env),
-        health_path=msg.health_path,
-        metrics_path=msg.metrics_path,
-        ready_timeout_s=msg.ready_timeout_s or 60.0,
-        served_model=msg.served_model,
-        gpus=msg.gpus,
-        cpu_slots=msg.cpu_slots,
-        weights=msg.weights,
-        args=tuple(msg.args),
-        input_cost_per_mtok=msg.input_cost_per_mtok,
-        output_cost_per_mtok=msg.output_cost_per_mtok,
-    )
+def _updatable(message: type[types_pb2.Pool | types_pb2.Backend], key: str) -> tuple[str, ...]:
+    return tuple(f.name for f in message.DESCRIPTOR.fields if f.name != key)
 
 
-def template_to_proto(t: Template) -> types_pb2.ReplicaTemplate:
-    return types_pb2.ReplicaTemplate(
-        engine=t.engine,
-        command=list(t.command),
-        env=t.env,
-        health_path=t.health_path,
-        metrics_path=t.metrics_path,
-        ready_timeout_s=t.ready_timeout_s,
-        served_model=t.served_model,
-        gpus=t.gpus,
-        cpu_slots=t.cpu_slots,
-        weights=t.weights,
-        args=list(t.args),
-        input_cost_per_mtok=t.input_cost_per_mtok,
-        output_cost_per_mtok=t.output_cost_per_mtok,
-    )
-
-
-def template_from_config(t: TemplateConfig) -> Template:
-    return Template(
-        engine=t.engine,
-        command=tuple(t.command),
-        env=dict(t.env),
-        health_path=t.health_path,
-        metrics_path=t.metrics_path,
-        ready_timeout_s=t.ready_timeout_s,
-        served_model=t.served_model,
-        gpus=t.gpus,
-        cpu_slots=t.cpu_slots,
-        weights=t.weights,
-        args=tuple(t.args),
-        input_cost_per_mtok=t.input_cost_per_mtok,
-        output_cost_per_mtok=t.output_cost_per_mtok,
-    )
-
-
-def rule_from_proto(msg: types_pb2.RouteRule) -> RouteRule:
-    # The dataclass mirrors the message field for field.
-    return RouteRule(**{f.name: getattr(msg, f.name) for f in dataclasses.fields(RouteRule)})
-
-
-def rule_to_proto(r: RouteRule) -> types_pb2.RouteRule:
-    return types_pb2.RouteRule(**dataclasses.asdict(r))
-
-
-def arm_to_proto(a: SplitArm) -> types_pb2.SplitArm:
-    return types_pb2.SplitArm(target=a.target, weight=a.weight)
-
-
-def rule_from_config(r: RuleConfig) -> RouteRule:
-    return RouteRule(**r.model_dump())
+# What an update may change: every field but the key.
+POOL_FIELDS = _updatable(types_pb2.Pool, "name")
+BACKEND_FIELDS = _updatable(types_pb2.Backend, "id")
+TEMPLATE_FIELDS = tuple(f.name for f in types_pb2.ReplicaTemplate.DESCRIPTOR.fields)
 
 
 def pool_from_proto(msg: types_pb2.Pool) -> PoolSpec:
-    return PoolSpec(
-        name=msg.name,
-        policy=msg.policy or "round_robin",
-        policy_params=dict(msg.policy_params),
-        replicas=msg.replicas,
-        template=template_from_proto(msg.template) if msg.HasField("template") else None,
-        description=msg.description,
-        rules=tuple(rule_from_proto(r) for r in msg.rules),
-        splits=tuple(SplitArm(a.target, a.weight) for a in msg.splits),
-        split_header=msg.split_header,
-    )
+    # Zero means unset in specs people write: a pool without a policy is round_robin, a
+    # template without an engine "sim" (llmpool.protoconv.from_proto).
+    return from_proto(PoolSpec, msg)
 
 
-def pool_to_proto(p: PoolSpec) -> types_pb2.Pool:
-    msg = types_pb2.Pool(
-        name=p.name,
-        policy=p.policy,
-        policy_params=p.policy_params,
-        replicas=p.replicas,
-        description=p.description,
-        rules=[rule_to_proto(r) for r in p.rules],
-        splits=[arm_to_proto(a) for a in p.splits],
-        split_header=p.split_header,
-    )
-    if p.template is not None:
-        msg.template.CopyFrom(template_to_proto(p.template))
-    return msg
+def pool_to_proto(pool: PoolSpec) -> types_pb2.Pool:
+    return to_proto(pool, types_pb2.Pool)
 
 
 def backend_from_proto(msg: types_pb2.Backend) -> BackendSpec:
-    return BackendSpec(
-        id=msg.id,
-        pool=msg.pool,
-        url=msg.url,
-        weight=msg.weight,
-        enabled=msg.enabled,
-        kind=msg.kind or "openai",
-        zone=msg.zone,
-        upstream_model=msg.upstream_model,
-        labels=dict(msg.labels),
-        input_cost_per_mtok=msg.input_cost_per_mtok,
-        output_cost_per_mtok=msg.output_cost_per_mtok,
-    )
+    return from_proto(BackendSpec, msg)
 
 
-def backend_to_proto(b: BackendSpec) -> types_pb2.Backend:
-    return types_pb2.Backend(
-        id=b.id,
-        pool=b.pool,
-        url=b.url,
-        weight=b.weight,
-        enabled=b.enabled,
-        kind=b.kind,
-        zone=b.zone,
-        upstream_model=b.upstream_model,
-        labels=b.labels,
-        input_cost_per_mtok=b.input_cost_per_mtok,
-        output_cost_per_mtok=b.output_cost_per_mtok,
-    )
+def backend_to_proto(backend: BackendSpec) -> types_pb2.Backend:
+    return to_proto(backend, types_pb2.Backend)
 
 
 def specs_from_config(config: Config) -> tuple[list[PoolSpec], list[BackendSpec]]:
-    pools = [
-        PoolSpec(
-            name=p.name,
-            policy=p.policy,
-            policy_params=dict(p.policy_params),
-            replicas=p.replicas,
-            template=template_from_config(p.template) if p.template else None,
-            description=p.description,
-            rules=tuple(rule_from_config(r) for r in p.rules),
-            splits=tuple(SplitArm(a.target, a.weight) for a in p.splits),
-            split_header=p.split_header,
-        )
-        for p in config.pools
-    ]
-    backends = [
-        BackendSpec(
-            id=b.id,
-            pool=b.pool,
-            url=b.url,
-            weight=b.weight,
-            enabled=b.enabled,
-            kind=b.kind,
-            zone=b.zone,
-            upstream_model=b.upstream_model,
-            labels=dict(b.labels),
-            input_cost_per_mtok=b.input_cost_per_mtok,
-            output_cost_per_mtok=b.output_cost_per_mtok,
-        )
-        for b in config.backends()
-    ]
+    pools = [from_data(PoolSpec, p.model_dump()) for p in config.pools]
+    backends = [from_data(BackendSpec, b.model_dump()) for b in config.backends()]
     return pools, backends
+
+
+def status_from_proto(msg: types_pb2.ReplicaStatus) -> ReplicaStatus:
+    return from_proto(ReplicaStatus, msg, zeros=True)
+
+
+def status_to_proto(status: ReplicaStatus) -> types_pb2.ReplicaStatus:
+    return to_proto(status, types_pb2.ReplicaStatus)
+
+
+def capacity_from_proto(msg: types_pb2.Capacity) -> Capacity:
+    return from_proto(Capacity, msg, zeros=True)
+
+
+def capacity_to_proto(capacity: Capacity) -> types_pb2.Capacity:
+    return to_proto(capacity, types_pb2.Capacity)
+
+
+def command_to_proto(command: AgentCommand) -> agent_pb2.ControllerMessage:
+    """The message that carries command to its agent (start and stop get a fresh command id,
+    which the agent's answer names)."""
+    if isinstance(command, StartCommand):
+        return agent_pb2.ControllerMessage(
+            start=to_proto(command, agent_pb2.StartReplica, command_id=uuid.uuid4().hex)
+        )
+    if isinstance(command, StopCommand):
+        return agent_pb2.ControllerMessage(
+            stop=to_proto(command, agent_pb2.StopReplica, command_id=uuid.uuid4().hex)
+        )
+    if isinstance(command, TailCommand):
+        return agent_pb2.ControllerMessage(tail_logs=to_proto(command, agent_pb2.TailLogs))
+    assert isinstance(command, CancelTailCommand)
+    return agent_pb2.ControllerMessage(cancel_tail=to_proto(command, agent_pb2.CancelTail))
 
 
 def _set_fields(msg: types_pb2.Pool | types_pb2.Backend | types_pb2.ReplicaTemplate) -> set[str]:

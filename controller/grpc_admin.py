@@ -7,9 +7,10 @@ from typing import Any
 
 import grpc
 
+from llmpool.protoconv import to_proto
 from llmpool.v1 import admin_pb2, admin_pb2_grpc, types_pb2
 
-from .admin import Admin, ReplicaView
+from .admin import Admin
 from .convert import (
     BACKEND_FIELDS,
     POOL_FIELDS,
@@ -21,10 +22,6 @@ from .convert import (
 )
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
-
-
-def _replica_info(view: ReplicaView) -> admin_pb2.ReplicaInfo:
-    return admin_pb2.ReplicaInfo(status=view.status, agent_id=view.agent_id, desired=view.desired)
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
@@ -103,15 +100,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def GetPoolStatus(
         self, request: admin_pb2.GetPoolStatusRequest, context: Ctx
     ) -> admin_pb2.PoolStatus:
-        view = self._admin.pool_status(request.name)
-        return admin_pb2.PoolStatus(
-            pool=pool_to_proto(view.pool),
-            backends=[backend_to_proto(b) for b in view.backends],
-            replicas=[_replica_info(r) for r in view.replicas],
-            healthy_members=view.healthy_members,
-            snapshot_version=view.snapshot_version,
-            message=view.message,
-        )
+        return to_proto(self._admin.pool_status(request.name), admin_pb2.PoolStatus)
 
     async def ScalePool(self, request: admin_pb2.ScalePoolRequest, context: Ctx) -> types_pb2.Pool:
         return pool_to_proto(await self._admin.scale_pool(request.name, request.replicas))
@@ -119,25 +108,16 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ListAgents(
         self, request: admin_pb2.ListAgentsRequest, context: Ctx
     ) -> admin_pb2.ListAgentsResponse:
-        agents = [
-            admin_pb2.AgentInfo(
-                agent_id=r.agent_id,
-                hostname=r.hostname,
-                labels=r.labels,
-                capacity=r.capacity,
-                connected=r.connected,
-                last_seen_s=self._admin.silent_s(r),
-                replicas=self._admin.replicas_on(r.agent_id),
-            )
-            for r in self._admin.list_agents()
-        ]
+        agents = [to_proto(a, admin_pb2.AgentInfo) for a in self._admin.list_agents()]
         return admin_pb2.ListAgentsResponse(agents=agents)
 
     async def ListReplicas(
         self, request: admin_pb2.ListReplicasRequest, context: Ctx
     ) -> admin_pb2.ListReplicasResponse:
         views = self._admin.list_replicas(request.pool)
-        return admin_pb2.ListReplicasResponse(replicas=[_replica_info(v) for v in views])
+        return admin_pb2.ListReplicasResponse(
+            replicas=[to_proto(v, admin_pb2.ReplicaInfo) for v in views]
+        )
 
     async def TailLogs(  # type: ignore[override]
         self, request: admin_pb2.TailLogsRequest, context: Ctx

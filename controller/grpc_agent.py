@@ -11,10 +11,11 @@ from typing import Any
 import grpc
 
 from llmpool.errors import InvalidArgumentError
+from llmpool.protoconv import from_proto
 from llmpool.v1 import agent_pb2, agent_pb2_grpc
 
 from .agents import AgentConnection, AgentRegistry
-from .tails import LogTails
+from .tails import LogChunk, LogTails
 from .validation import check_name
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     continue
                 self._registry.touch(agent_id)
                 if kind == "log_chunk":
-                    self._tails.deliver(agent_id, msg.log_chunk)
+                    self._tails.deliver(agent_id, from_proto(LogChunk, msg.log_chunk, zeros=True))
                 elif kind == "result" and not msg.result.ok:
                     log.warning(
                         "agent command failed",

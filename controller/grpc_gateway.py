@@ -7,10 +7,11 @@ from typing import Any
 
 import grpc
 
+from llmpool.protoconv import from_proto, to_proto
 from llmpool.v1 import gateway_pb2, gateway_pb2_grpc
 
 from .publisher import SnapshotPublisher
-from .usage import UsageAggregator
+from .usage import UsageAggregator, UsageReport
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
@@ -26,8 +27,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         sub = self._publisher.subscribe(request.gateway_id or context.peer())
         try:
             while (batch := await sub.next_batch()) is not None:
-                for snap in batch:
-                    yield snap
+                for update in batch:
+                    yield to_proto(update, gateway_pb2.RoutingSnapshot)
         finally:
             self._publisher.unsubscribe(sub)
 
@@ -35,5 +36,5 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request_iterator: AsyncIterator[gateway_pb2.UsageReport], context: Ctx
     ) -> gateway_pb2.UsageAck:
         async for report in request_iterator:
-            self._usage.record(report)
+            self._usage.record(from_proto(UsageReport, report, zeros=True))
         return gateway_pb2.UsageAck()

@@ -7,14 +7,26 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from llmpool.clock import Clock
-from llmpool.v1 import gateway_pb2
 
 from .metrics import ControllerMetrics
-from .snapshot import Routes, diff_routes
+from .snapshot import ModelRoute, Routes, diff_routes
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RoutingUpdate:
+    """One message of a WatchRouting stream (mirrors llmpool.v1.RoutingSnapshot): every route
+    when full, else the routes that changed and the models that went away."""
+
+    version: int
+    full: bool
+    routes: tuple[ModelRoute, ...]
+    removed_models: tuple[str, ...] = ()
+    created_unix_ms: int = 0
 
 
 class Subscriber:
@@ -24,14 +36,12 @@ class Subscriber:
     def __init__(self, gateway_id: str, max_pending: int) -> None:
         self.gateway_id = gateway_id
         self._max_pending = max_pending
-        self._pending: deque[gateway_pb2.RoutingSnapshot] = deque()
+        self._pending: deque[RoutingUpdate] = deque()
         self._event = asyncio.Event()
         self.closed = False
         self.overflows = 0
 
-    def offer(
-        self, snap: gateway_pb2.RoutingSnapshot, full: Callable[[], gateway_pb2.RoutingSnapshot]
-    ) -> None:
+    def offer(self, snap: RoutingUpdate, full: Callable[[], RoutingUpdate]) -> None:
         if len(self._pending) >= self._max_pending:
             self._pending.clear()
             self._pending.append(full())
@@ -44,7 +54,7 @@ class Subscriber:
         self.closed = True
         self._event.set()
 
-    async def next_batch(self) -> list[gateway_pb2.RoutingSnapshot] | None:
+    async def next_batch(self) -> list[RoutingUpdate] | None:
         """What is pending, waiting for something; None once closed."""
         while not self._pending:
             if self.closed:
@@ -79,11 +89,11 @@ class SnapshotPublisher:
         # Seeded from the wall clock so versions keep rising across controller restarts.
         self.version = int(clock.wall() * 1000)
 
-    def full_snapshot(self) -> gateway_pb2.RoutingSnapshot:
-        return gateway_pb2.RoutingSnapshot(
+    def full_snapshot(self) -> RoutingUpdate:
+        return RoutingUpdate(
             version=self.version,
             full=True,
-            routes=[self.routes[m] for m in sorted(self.routes)],
+            routes=tuple(self.routes[m] for m in sorted(self.routes)),
             created_unix_ms=int(self._clock.wall() * 1000),
         )
 
@@ -109,11 +119,11 @@ class SnapshotPublisher:
         self.routes = new
         self.version += 1
         self._metrics.snapshot_version.set(self.version)
-        delta = gateway_pb2.RoutingSnapshot(
+        delta = RoutingUpdate(
             version=self.version,
             full=False,
-            routes=changed,
-            removed_models=removed,
+            routes=tuple(changed),
+            removed_models=tuple(removed),
             created_unix_ms=int(self._clock.wall() * 1000),
         )
         for sub in self._subscribers:

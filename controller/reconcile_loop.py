@@ -7,14 +7,13 @@ import contextlib
 import dataclasses
 import logging
 import secrets
-import uuid
 from collections.abc import Callable
 
 from llmpool.clock import Clock
-from llmpool.v1 import agent_pb2, types_pb2
+from llmpool.status import ReplicaState
 
 from .agents import AgentRegistry
-from .convert import template_to_proto
+from .commands import StartCommand, StopCommand
 from .desired import DesiredState
 from .metrics import ControllerMetrics
 from .model import Assignment
@@ -85,11 +84,7 @@ class ReconcileLoop:
                 agent_id=r.agent_id,
                 connected=r.connected,
                 silent_s=self._registry.silent_s(r),
-                cpu_slots=r.capacity.cpu_slots,
-                gpus=r.capacity.gpus,
-                gpu_indices=tuple(r.capacity.gpu_indices),
-                gpu_memory_bytes=tuple(r.capacity.gpu_memory_bytes),
-                gpu_memory_used_bytes=tuple(r.capacity.gpu_memory_used_bytes),
+                capacity=r.capacity,
                 engines=r.engines,
                 registered_at=r.registered_at,
                 replicas=r.replicas,
@@ -146,15 +141,7 @@ class ReconcileLoop:
             )
             self._registry.send(
                 d.agent_id,
-                agent_pb2.ControllerMessage(
-                    start=agent_pb2.StartReplica(
-                        command_id=uuid.uuid4().hex,
-                        replica_id=d.replica_id,
-                        pool=d.pool,
-                        template=template_to_proto(d.template),
-                        env=placement_env(d.gpu_indices),
-                    )
-                ),
+                StartCommand(d.replica_id, d.pool, d.template, placement_env(d.gpu_indices)),
             )
             log.info(
                 "starting replica",
@@ -199,14 +186,7 @@ class ReconcileLoop:
         last = self._stops_sent.get(replica_id)
         if last is not None and now - last < self._registry.lease_s:
             return current is not None and current.desired
-        sent = self._registry.send(
-            agent_id,
-            agent_pb2.ControllerMessage(
-                stop=agent_pb2.StopReplica(
-                    command_id=uuid.uuid4().hex, replica_id=replica_id, drain_s=drain_s
-                )
-            ),
-        )
+        sent = self._registry.send(agent_id, StopCommand(replica_id, drain_s))
         if sent:
             self._stops_sent[replica_id] = now
             version_now = self._routing_version
@@ -234,22 +214,15 @@ class ReconcileLoop:
         now = self._clock.monotonic()
         for replica_id, (agent_id, since, version) in list(self._draining.items()):
             found = self._registry.find_replica(replica_id)
-            if found is None or found[1].state == types_pb2.REPLICA_STATE_STOPPED:
+            if found is None or found[1].state is ReplicaState.STOPPED:
                 del self._draining[replica_id]
                 continue
-            if found[1].state != types_pb2.REPLICA_STATE_DRAINING:
+            if found[1].state is not ReplicaState.DRAINING:
                 continue  # the agent has not taken the stop yet
             if not self._usage.quiet_since(replica_id, since, version):
                 continue
             del self._draining[replica_id]
-            sent = self._registry.send(
-                agent_id,
-                agent_pb2.ControllerMessage(
-                    stop=agent_pb2.StopReplica(
-                        command_id=uuid.uuid4().hex, replica_id=replica_id, drain_s=0.0
-                    )
-                ),
-            )
+            sent = self._registry.send(agent_id, StopCommand(replica_id, 0.0))
             log.info(
                 "drain done: nothing in flight",
                 extra={"replica_id": replica_id, "drained_s": round(now - since, 2), "sent": sent},
@@ -263,14 +236,8 @@ class ReconcileLoop:
         counts: dict[tuple[str, str], int] = {}
         for a in self._desired.assignments.values():
             found = self._registry.find_replica(a.replica_id)
-            state = "unknown"
-            if found is not None:
-                state = _state_name(found[1].state)
+            state = "unknown" if found is None else found[1].state.value
             counts[(a.pool, state)] = counts.get((a.pool, state), 0) + 1
         self._metrics.replicas.clear()
         for (pool, state), n in counts.items():
             self._metrics.replicas.labels(pool, state).set(n)
-
-
-def _state_name(state: types_pb2.ReplicaState.ValueType) -> str:
-    return types_pb2.ReplicaState.Name(state).removeprefix("REPLICA_STATE_").lower()

@@ -2,46 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from llmpool.v1 import types_pb2
+from llmpool.status import ReplicaState
 
-from .model import Assignment, PoolSpec, Template
+from .model import Assignment, Template
+from .placement import Usage, place, why_unplaced
+from .world import AgentView, World
 
-ReplicaState = types_pb2.ReplicaState
-_GOING_AWAY = (types_pb2.REPLICA_STATE_DRAINING, types_pb2.REPLICA_STATE_STOPPED)
+__all__ = [
+    "AdoptReplica",
+    "AgentView",
+    "Decision",
+    "ForgetReplica",
+    "StartReplica",
+    "StopReplica",
+    "Unplaced",
+    "World",
+    "decide",
+]
 
-
-@dataclass(frozen=True)
-class AgentView:
-    """What the reconciler needs of one agent, read from the registry."""
-
-    agent_id: str
-    connected: bool
-    silent_s: float
-    cpu_slots: int = 0
-    gpus: int = 0
-    # The agent's host numbers of its GPUs (empty from agents that do not say: then 0..gpus-1)
-    # and, where known, each one's memory in bytes and memory in use by anything.
-    gpu_indices: tuple[int, ...] = ()
-    gpu_memory_bytes: tuple[int, ...] = ()
-    gpu_memory_used_bytes: tuple[int, ...] = ()
-    engines: tuple[str, ...] = ()
-    registered_at: float = 0.0
-    replicas: Mapping[str, types_pb2.ReplicaStatus] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class World:
-    pools: Mapping[str, PoolSpec]
-    assignments: Mapping[str, Assignment]
-    agents: Mapping[str, AgentView]
-    now: float
-    since_start_s: float
-    lease_s: float
-    lost_after_s: float
-    drain_s: float = 10.0
+_GOING_AWAY = (ReplicaState.DRAINING, ReplicaState.STOPPED)
 
 
 @dataclass(frozen=True)
@@ -94,86 +76,10 @@ def _template_of(world: World, pool: str) -> Template | None:
     return spec.template if spec is not None else None
 
 
-class _Usage:
-    """Slots and GPUs taken on each agent by the replicas the controller keeps, and which GPU
-    numbers they hold (a replica adopted or stored without numbers counts, but holds none)."""
-
-    def __init__(self) -> None:
-        self.slots: dict[str, int] = {}
-        self.gpus: dict[str, int] = {}
-        self.held: dict[str, set[int]] = {}
-
-    def charge(
-        self, agent_id: str, template: Template | None, gpu_indices: tuple[int, ...] = ()
-    ) -> None:
-        if template is None:
-            return
-        self.slots[agent_id] = self.slots.get(agent_id, 0) + template.cpu_slots
-        self.gpus[agent_id] = self.gpus.get(agent_id, 0) + max(template.gpus, len(gpu_indices))
-        self.held.setdefault(agent_id, set()).update(gpu_indices)
-
-    def free_gpus(self, agent: AgentView) -> list[int]:
-        """GPU numbers of the agent that no kept replica holds and that something else has not
-        mostly filled, the most free memory first (then the lowest number)."""
-        held = self.held.get(agent.agent_id, set())
-        indices = agent.gpu_indices or tuple(range(agent.gpus))
-        free: list[tuple[int, int]] = []
-        for pos, index in enumerate(indices):
-            if index in held:
-                continue
-            total = _at(agent.gpu_memory_bytes, pos)
-            used = _at(agent.gpu_memory_used_bytes, pos)
-            if total and used > total * _GPU_TAKEN_SHARE:
-                continue
-            free.append((-(total - used), index))
-        return [index for _, index in sorted(free)]
-
-
-# A GPU whose memory is this full though no replica of ours holds it is someone else's.
-_GPU_TAKEN_SHARE = 0.5
-
-
-def _at(values: tuple[int, ...], pos: int) -> int:
-    return values[pos] if pos < len(values) else 0
-
-
-@dataclass(frozen=True)
-class Placement:
-    agent_id: str
-    gpu_indices: tuple[int, ...] = ()
-
-
-def place(world: World, template: Template, usage: _Usage) -> Placement | None:
-    """The live agent with the most free cpu slots that runs the engine and has the GPUs the
-    template asks for (the lowest free numbers); None if none fits."""
-    best: tuple[int, str] | None = None
-    chosen: tuple[int, ...] = ()
-    for agent in world.agents.values():
-        if not agent.connected or agent.silent_s >= world.lease_s:
-            continue
-        if agent.engines and template.engine not in agent.engines:
-            continue
-        free_slots = agent.cpu_slots - usage.slots.get(agent.agent_id, 0)
-        free_gpus = agent.gpus - usage.gpus.get(agent.agent_id, 0)
-        free_indices = usage.free_gpus(agent) if template.gpus else []
-        if (
-            free_slots < template.cpu_slots
-            or free_gpus < template.gpus
-            or len(free_indices) < template.gpus
-        ):
-            continue
-        # Most free slots wins; ties go to the smallest id so the choice is deterministic.
-        key = (-free_slots, agent.agent_id)
-        if best is None or key < best:
-            best = key
-            chosen = tuple(free_indices[: template.gpus])
-    return None if best is None else Placement(best[1], chosen)
-
-
 def decide(world: World, new_id: Callable[[str], str]) -> list[Decision]:
     decisions: list[Decision] = []
     in_grace = world.since_start_s < world.lease_s
-    usage = _Usage()
+    usage = Usage()
     active: dict[str, list[Assignment]] = {name: [] for name in world.pools}
 
     def lost(agent_id: str) -> bool:
@@ -193,10 +99,10 @@ def decide(world: World, new_id: Callable[[str], str]) -> list[Decision]:
             # Adopted before the agent said it only watches it: not ours to count or stop.
             decisions.append(ForgetReplica(a.replica_id, "attached"))
             continue
-        if status is not None and status.state == types_pb2.REPLICA_STATE_STOPPED:
+        if status is not None and status.state is ReplicaState.STOPPED:
             decisions.append(ForgetReplica(a.replica_id, "stopped"))
             continue
-        reporting = agent is not None and agent.connected and agent.silent_s < world.lease_s
+        reporting = agent is not None and agent.live(world.lease_s)
         if agent is not None and reporting and status is None:
             if not a.desired:
                 decisions.append(ForgetReplica(a.replica_id, "gone after drain"))
@@ -247,7 +153,7 @@ def decide(world: World, new_id: Callable[[str], str]) -> list[Decision]:
             while missing > 0:
                 placement = place(world, pool.template, usage)
                 if placement is None:
-                    decisions.append(Unplaced(name, missing, _why_unplaced(world, pool.template)))
+                    decisions.append(Unplaced(name, missing, why_unplaced(world, pool.template)))
                     break
                 decisions.append(
                     StartReplica(
@@ -261,16 +167,3 @@ def decide(world: World, new_id: Callable[[str], str]) -> list[Decision]:
                 usage.charge(placement.agent_id, pool.template, placement.gpu_indices)
                 missing -= 1
     return decisions
-
-
-def _why_unplaced(world: World, template: Template) -> str:
-    live = any(a.connected and a.silent_s < world.lease_s for a in world.agents.values())
-    return _no_room(template) if live else "no agent is connected"
-
-
-def _no_room(template: Template) -> str:
-    return (
-        f"no connected agent has room for a {template.engine!r} replica needing "
-        f"{template.cpu_slots} cpu slot(s) and {template.gpus} GPU(s); add an agent or lower "
-        "the pool's replicas"
-    )

@@ -1,47 +1,85 @@
-"""Pure routing-table builder (desired + live + usage -> ModelRoute per model) and diff."""
+"""Pure routing-table builder (desired + live + usage -> a ModelRoute per model) and diff.
+
+Routes and members are domain types that mirror llmpool.v1.ModelRoute and Member; the gateway
+service converts them (llmpool.protoconv). A member takes every field of the same name from
+its backend, or from its replica's status and its pool's template, so a field added to both
+sides reaches gateways with no line here."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-from llmpool.v1 import gateway_pb2, types_pb2
+from llmpool.protoconv import shared_fields
+from llmpool.status import ReplicaState, ReplicaStatus
 
-from .convert import arm_to_proto, rule_to_proto
-from .model import Assignment, BackendSpec, PoolSpec, Template
+from .model import Assignment, BackendSpec, PoolSpec, RouteRule, SplitArm, Template
 from .usage import MemberLoad
 
-Routes = dict[str, gateway_pb2.ModelRoute]
 _NO_LOAD = MemberLoad()
+
+
+@dataclass(frozen=True)
+class RouteMember:
+    """One place a model's requests can go, as gateways get it (mirrors llmpool.v1.Member)."""
+
+    id: str
+    url: str
+    weight: int = 1
+    healthy: bool = True
+    draining: bool = False
+    zone: str = ""
+    kind: str = "openai"
+    # Model name to send upstream; "" means the pool's.
+    upstream_model: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    running: float = 0.0
+    waiting: float = 0.0
+    # 0..1; negative when unknown.
+    kv_usage: float = -1.0
+    prefix_cache_hit_rate: float = -1.0
+    # Summed over every gateway's latest report.
+    in_flight: float = 0.0
+    latency_ms: float = 0.0
+    input_cost_per_mtok: float = 0.0
+    output_cost_per_mtok: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModelRoute:
+    """Everything a gateway needs to route one model (mirrors llmpool.v1.ModelRoute)."""
+
+    model: str
+    policy: str
+    policy_params: Mapping[str, str] = field(default_factory=dict)
+    members: tuple[RouteMember, ...] = ()
+    rules: tuple[RouteRule, ...] = ()
+    splits: tuple[SplitArm, ...] = ()
+    split_header: str = ""
+
+
+Routes = dict[str, ModelRoute]
 
 
 @dataclass(frozen=True)
 class LiveReplica:
     """A replica's latest status from its agent, and whether that agent's lease is valid."""
 
-    status: types_pb2.ReplicaStatus
+    status: ReplicaStatus
     agent_id: str
     lease_valid: bool
     zone: str = ""
 
 
-def _backend_member(b: BackendSpec, load: MemberLoad) -> gateway_pb2.Member:
-    return gateway_pb2.Member(
-        id=b.id,
-        url=b.url,
-        weight=b.weight,
-        healthy=not b.draining,
-        zone=b.zone,
-        kind=b.kind,
-        upstream_model=b.upstream_model,
-        in_flight=load.in_flight,
-        latency_ms=load.latency_ms,
-        draining=b.draining,
-        labels=b.labels,
-        input_cost_per_mtok=b.input_cost_per_mtok,
-        output_cost_per_mtok=b.output_cost_per_mtok,
-        kv_usage=-1.0,
-        prefix_cache_hit_rate=-1.0,
+def _backend_member(b: BackendSpec, load: MemberLoad) -> RouteMember:
+    return RouteMember(
+        **{
+            **shared_fields(b, RouteMember),
+            "healthy": not b.draining,
+            "in_flight": load.in_flight,
+            "latency_ms": load.latency_ms,
+        }
     )
 
 
@@ -52,34 +90,29 @@ def _live_member(
     load: MemberLoad,
     draining: bool,
     template: Template | None,
-) -> gateway_pb2.Member:
-    """A member for a replica an agent reports, managed or attached."""
+) -> RouteMember:
+    """A member for a replica an agent reports, managed or attached: its template's fields
+    (prices), then its status's (URL, load), then what the controller decides."""
     s = live.status
-    healthy = live.lease_valid and s.state == types_pb2.REPLICA_STATE_READY and s.healthy
-    return gateway_pb2.Member(
+    healthy = live.lease_valid and s.state is ReplicaState.READY and s.healthy
+    values: dict[str, Any] = shared_fields(template, RouteMember) if template else {}
+    values.update(shared_fields(s, RouteMember))
+    values.update(
         id=member_id,
-        url=s.url,
-        weight=1,
         healthy=healthy and not draining,
+        draining=draining,
         zone=live.zone,
-        kind="openai",
         upstream_model=upstream_model,
-        running=s.running,
-        waiting=s.waiting,
-        kv_usage=s.kv_usage,
-        prefix_cache_hit_rate=s.prefix_cache_hit_rate,
         in_flight=load.in_flight,
         latency_ms=load.latency_ms or s.latency_ms,
-        draining=draining,
-        input_cost_per_mtok=template.input_cost_per_mtok if template else 0.0,
-        output_cost_per_mtok=template.output_cost_per_mtok if template else 0.0,
     )
+    return RouteMember(**values)
 
 
 def _replica_member(
     a: Assignment, live: LiveReplica, pool: PoolSpec, load: MemberLoad
-) -> gateway_pb2.Member:
-    draining = not a.desired or live.status.state == types_pb2.REPLICA_STATE_DRAINING
+) -> RouteMember:
+    draining = not a.desired or live.status.state is ReplicaState.DRAINING
     upstream = pool.template.served_model if pool.template else ""
     return _live_member(a.replica_id, live, upstream, load, draining, pool.template)
 
@@ -92,7 +125,7 @@ def routed_attached(live: LiveReplica, pools: Mapping[str, PoolSpec]) -> bool:
         and s.pool in pools
         and bool(s.url)
         and live.lease_valid
-        and s.state != types_pb2.REPLICA_STATE_STOPPED
+        and s.state is not ReplicaState.STOPPED
     )
 
 
@@ -105,7 +138,7 @@ def build_routes(
 ) -> Routes:
     """Every pool appears, even with no members, so gateways answer 503 rather than 404.
     Members: static backends, managed replicas (by assignment) and attached replicas."""
-    by_pool: dict[str, list[gateway_pb2.Member]] = {name: [] for name in pools}
+    by_pool: dict[str, list[RouteMember]] = {name: [] for name in pools}
     for b in sorted(backends.values(), key=lambda b: b.id):
         if b.pool in by_pool and b.enabled:
             by_pool[b.pool].append(_backend_member(b, loads.get(b.id, _NO_LOAD)))
@@ -130,27 +163,20 @@ def build_routes(
                 template=pools[replica.status.pool].template,
             )
         )
-    routes: Routes = {}
-    for name in sorted(pools):
-        pool, members = pools[name], by_pool[name]
-        routes[name] = gateway_pb2.ModelRoute(
-            model=name,
-            policy=pool.policy,
-            policy_params=pool.policy_params,
-            members=members,
-            rules=[rule_to_proto(r) for r in pool.rules],
-            splits=[arm_to_proto(a) for a in pool.splits],
-            split_header=pool.split_header,
+    return {
+        name: ModelRoute(
+            **shared_fields(pools[name], ModelRoute), model=name, members=tuple(by_pool[name])
         )
-    return routes
+        for name in sorted(pools)
+    }
 
 
-def diff_routes(old: Routes, new: Routes) -> tuple[list[gateway_pb2.ModelRoute], list[str]]:
+def diff_routes(old: Routes, new: Routes) -> tuple[list[ModelRoute], list[str]]:
     """Routes that are new or changed, and models that are gone."""
     changed = [route for model, route in sorted(new.items()) if old.get(model) != route]
     removed = sorted(model for model in old if model not in new)
     return changed, removed
 
 
-def healthy_members(route: gateway_pb2.ModelRoute | None) -> int:
+def healthy_members(route: ModelRoute | None) -> int:
     return 0 if route is None else sum(1 for m in route.members if m.healthy and not m.draining)

@@ -3,45 +3,30 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from pathlib import Path
-from typing import Any
 
 import aiosqlite
 import orjson
 
 from llmpool.errors import FailedPreconditionError
+from llmpool.protoconv import from_json, to_json
 
-from .model import Assignment, BackendSpec, PoolSpec, RouteRule, SplitArm, Template
+from .model import Assignment, BackendSpec, PoolSpec
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DB_FILE = "controller.sqlite3"
 
+# Pools and backends are stored whole as JSON (llmpool.protoconv), so a new field of theirs needs
+# no column and no migration: rows written before it load with its default.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pools (
     name TEXT PRIMARY KEY,
-    policy TEXT NOT NULL,
-    policy_params TEXT NOT NULL,
-    replicas INTEGER NOT NULL,
-    template TEXT,
-    description TEXT NOT NULL,
-    rules TEXT NOT NULL DEFAULT '[]',
-    splits TEXT NOT NULL DEFAULT '[]',
-    split_header TEXT NOT NULL DEFAULT ''
+    spec TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS backends (
     id TEXT PRIMARY KEY,
     pool TEXT NOT NULL,
-    url TEXT NOT NULL,
-    weight INTEGER NOT NULL,
-    enabled INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    zone TEXT NOT NULL,
-    upstream_model TEXT NOT NULL,
-    labels TEXT NOT NULL,
-    draining INTEGER NOT NULL,
-    input_cost_per_mtok REAL NOT NULL DEFAULT 0,
-    output_cost_per_mtok REAL NOT NULL DEFAULT 0
+    spec TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS replicas (
     replica_id TEXT PRIMARY KEY,
@@ -66,34 +51,26 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE backends ADD COLUMN input_cost_per_mtok REAL NOT NULL DEFAULT 0",
         "ALTER TABLE backends ADD COLUMN output_cost_per_mtok REAL NOT NULL DEFAULT 0",
     ),
+    # A column per field becomes one JSON document per row (SQLite's JSON functions).
+    5: (
+        "CREATE TABLE pools_v5 (name TEXT PRIMARY KEY, spec TEXT NOT NULL)",
+        "INSERT INTO pools_v5 SELECT name, json_object('name', name, 'policy', policy, "
+        "'policy_params', json(policy_params), 'replicas', replicas, 'template', json(template), "
+        "'description', description, 'rules', json(rules), 'splits', json(splits), "
+        "'split_header', split_header) FROM pools",
+        "DROP TABLE pools",
+        "ALTER TABLE pools_v5 RENAME TO pools",
+        "CREATE TABLE backends_v5 (id TEXT PRIMARY KEY, pool TEXT NOT NULL, spec TEXT NOT NULL)",
+        "INSERT INTO backends_v5 SELECT id, pool, json_object('id', id, 'pool', pool, "
+        "'url', url, 'weight', weight, 'enabled', json(iif(enabled, 'true', 'false')), "
+        "'kind', kind, 'zone', zone, 'upstream_model', upstream_model, 'labels', json(labels), "
+        "'draining', json(iif(draining, 'true', 'false')), "
+        "'input_cost_per_mtok', input_cost_per_mtok, "
+        "'output_cost_per_mtok', output_cost_per_mtok) FROM backends",
+        "DROP TABLE backends",
+        "ALTER TABLE backends_v5 RENAME TO backends",
+    ),
 }
-
-
-def _template_json(t: Template | None) -> str | None:
-    return None if t is None else orjson.dumps(dataclasses.asdict(t)).decode()
-
-
-def _template_load(text: str | None) -> Template | None:
-    if text is None:
-        return None
-    data: dict[str, Any] = orjson.loads(text)
-    data["command"] = tuple(data.get("command", ()))
-    # Rows written before templates had args load with the field's default.
-    data["args"] = tuple(data.get("args", ()))
-    return Template(**data)
-
-
-def _rules_json(p: PoolSpec) -> tuple[str, str]:
-    rules = [dataclasses.asdict(r) for r in p.rules]
-    splits = [dataclasses.asdict(a) for a in p.splits]
-    return orjson.dumps(rules).decode(), orjson.dumps(splits).decode()
-
-
-def _rules_load(rules: str, splits: str) -> tuple[tuple[RouteRule, ...], tuple[SplitArm, ...]]:
-    return (
-        tuple(RouteRule(**r) for r in orjson.loads(rules)),
-        tuple(SplitArm(**a) for a in orjson.loads(splits)),
-    )
 
 
 class Store:
@@ -155,52 +132,14 @@ class Store:
         return not row or int(row[0]) == 0
 
     async def load_pools(self) -> list[PoolSpec]:
-        async with self._db.execute(
-            "SELECT name, policy, policy_params, replicas, template, description, "
-            "rules, splits, split_header FROM pools"
-        ) as cur:
+        async with self._db.execute("SELECT spec FROM pools") as cur:
             rows = await cur.fetchall()
-        pools = []
-        for r in rows:
-            rules, splits = _rules_load(r[6], r[7])
-            pools.append(
-                PoolSpec(
-                    name=r[0],
-                    policy=r[1],
-                    policy_params=orjson.loads(r[2]),
-                    replicas=int(r[3]),
-                    template=_template_load(r[4]),
-                    description=r[5],
-                    rules=rules,
-                    splits=splits,
-                    split_header=r[8],
-                )
-            )
-        return pools
+        return [from_json(PoolSpec, r[0]) for r in rows]
 
     async def load_backends(self) -> list[BackendSpec]:
-        async with self._db.execute(
-            "SELECT id, pool, url, weight, enabled, kind, zone, upstream_model, labels, draining, "
-            "input_cost_per_mtok, output_cost_per_mtok FROM backends"
-        ) as cur:
+        async with self._db.execute("SELECT spec FROM backends") as cur:
             rows = await cur.fetchall()
-        return [
-            BackendSpec(
-                id=r[0],
-                pool=r[1],
-                url=r[2],
-                weight=int(r[3]),
-                enabled=bool(r[4]),
-                kind=r[5],
-                zone=r[6],
-                upstream_model=r[7],
-                labels=orjson.loads(r[8]),
-                draining=bool(r[9]),
-                input_cost_per_mtok=float(r[10]),
-                output_cost_per_mtok=float(r[11]),
-            )
-            for r in rows
-        ]
+        return [from_json(BackendSpec, r[0]) for r in rows]
 
     async def load_assignments(self) -> list[Assignment]:
         async with self._db.execute(
@@ -214,18 +153,7 @@ class Store:
 
     async def put_pool(self, p: PoolSpec) -> None:
         await self._db.execute(
-            "INSERT OR REPLACE INTO pools (name, policy, policy_params, replicas, template, "
-            "description, rules, splits, split_header) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                p.name,
-                p.policy,
-                orjson.dumps(p.policy_params).decode(),
-                p.replicas,
-                _template_json(p.template),
-                p.description,
-                *_rules_json(p),
-                p.split_header,
-            ),
+            "INSERT OR REPLACE INTO pools (name, spec) VALUES (?, ?)", (p.name, to_json(p).decode())
         )
         await self._db.commit()
 
@@ -237,21 +165,8 @@ class Store:
 
     async def put_backend(self, b: BackendSpec) -> None:
         await self._db.execute(
-            "INSERT OR REPLACE INTO backends VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                b.id,
-                b.pool,
-                b.url,
-                b.weight,
-                int(b.enabled),
-                b.kind,
-                b.zone,
-                b.upstream_model,
-                orjson.dumps(b.labels).decode(),
-                int(b.draining),
-                b.input_cost_per_mtok,
-                b.output_cost_per_mtok,
-            ),
+            "INSERT OR REPLACE INTO backends (id, pool, spec) VALUES (?, ?, ?)",
+            (b.id, b.pool, to_json(b).decode()),
         )
         await self._db.commit()
 

@@ -6,7 +6,17 @@ import asyncio
 import uuid
 from dataclasses import dataclass, field
 
-from llmpool.v1 import agent_pb2
+
+@dataclass(frozen=True)
+class LogChunk:
+    """Log lines an agent sent for one tail request (mirrors llmpool.v1.LogChunk)."""
+
+    request_id: str
+    replica_id: str = ""
+    lines: tuple[str, ...] = ()
+    # The tail is over (the replica stopped, or it was not following).
+    done: bool = False
+    error: str = ""
 
 
 @dataclass
@@ -14,7 +24,7 @@ class Tail:
     request_id: str
     agent_id: str
     # None: the agent went away; no more chunks will come.
-    chunks: asyncio.Queue[agent_pb2.LogChunk | None] = field(default_factory=asyncio.Queue)
+    chunks: asyncio.Queue[LogChunk | None] = field(default_factory=asyncio.Queue)
 
 
 class LogTails:
@@ -29,7 +39,7 @@ class LogTails:
     def close(self, request_id: str) -> None:
         self._tails.pop(request_id, None)
 
-    def deliver(self, agent_id: str, chunk: agent_pb2.LogChunk) -> None:
+    def deliver(self, agent_id: str, chunk: LogChunk) -> None:
         tail = self._tails.get(chunk.request_id)
         # Chunks for a tail that ended or belongs to another agent are dropped.
         if tail is not None and tail.agent_id == agent_id:

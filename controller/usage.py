@@ -5,9 +5,34 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmpool.clock import Clock
-from llmpool.v1 import gateway_pb2
 
 from .metrics import ControllerMetrics
+
+
+@dataclass(frozen=True)
+class MemberUsage:
+    """What one gateway sent one member since its last report (mirrors llmpool.v1.MemberUsage);
+    in_flight is the count at the report."""
+
+    member_id: str
+    model: str = ""
+    in_flight: int = 0
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    mean_latency_ms: float = 0.0
+    mean_ttft_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    """One gateway's report (mirrors llmpool.v1.UsageReport): every member with requests in
+    flight or finished since the last one, and the routing version it applies."""
+
+    gateway_id: str
+    members: tuple[MemberUsage, ...] = ()
+    routing_version: int = 0
 
 
 @dataclass(frozen=True)
@@ -35,7 +60,7 @@ class UsageAggregator:
         # routing version it had applied.
         self._reported_at: dict[str, tuple[float, int]] = {}
 
-    def record(self, report: gateway_pb2.UsageReport) -> None:
+    def record(self, report: UsageReport) -> None:
         now = self._clock.monotonic()
         self._reported_at[report.gateway_id] = (now, report.routing_version)
         for m in report.members:

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from gateway.policies.registry import BUILTIN_POLICIES, PolicyPluginError, validate_policy
 from llmpool.config import NAME_RE
-from llmpool.engines import ENGINES, template_problem
+from llmpool.engines import template_problem
 from llmpool.errors import FailedPreconditionError, InvalidArgumentError
 from llmpool.rule_checks import RouteGraphError, check_route_graph, check_rule, check_splits
 
@@ -15,7 +15,6 @@ from .model import BackendSpec, PoolSpec, Template
 
 # The gateway's built-in routing policies; installed `llmpool.policies` entry points count too.
 KNOWN_POLICIES: tuple[str, ...] = tuple(sorted(cls.name for cls in BUILTIN_POLICIES))
-KNOWN_ENGINES: tuple[str, ...] = ENGINES
 KNOWN_BACKEND_KINDS: tuple[str, ...] = ("openai",)
 
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmpool.protoconv import from_proto
 from llmpool.v1 import gateway_pb2
 
 
@@ -62,29 +63,18 @@ def base_url(url: str) -> str:
 
 
 def member_from_proto(msg: gateway_pb2.Member, model: str) -> Member:
+    """Every field of the message by name (llmpool.protoconv), plus what the hot path would
+    otherwise work out per request."""
     base = base_url(msg.url)
     upstream = msg.upstream_model if msg.upstream_model and msg.upstream_model != model else None
-    return Member(
-        id=msg.id,
-        url=msg.url,
-        weight=msg.weight,
-        healthy=msg.healthy,
-        draining=msg.draining,
-        zone=msg.zone,
-        kind=msg.kind,
+    return from_proto(
+        Member,
+        msg,
+        zeros=True,
         upstream_model=upstream,
-        running=msg.running,
-        waiting=msg.waiting,
-        kv_usage=msg.kv_usage,
-        in_flight=msg.in_flight,
-        latency_ms=msg.latency_ms,
         chat_url=base + "/v1/chat/completions",
         completions_url=base + "/v1/completions",
         embeddings_url=base + "/v1/embeddings",
-        labels=dict(msg.labels),
-        input_cost_per_mtok=msg.input_cost_per_mtok,
-        output_cost_per_mtok=msg.output_cost_per_mtok,
-        prefix_cache_hit_rate=msg.prefix_cache_hit_rate,
     )
 
 

@@ -1,18 +1,39 @@
-"""Engine kinds every service knows by name, and what a template of each must give to be started."""
+"""The engine kinds every service knows by name: one table that config validation, the controller
+and the agent read, and what a template of each must give to be started."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+
+@dataclass(frozen=True)
+class EngineKind:
+    name: str
+    # Its default command loads template.weights: it has no model of its own.
+    needs_weights: bool = False
+    # It has no default command: the template's command is the only way to start it.
+    needs_command: bool = False
+
 
 # "llamacpp" is llama-cpp-python's llama_cpp.server; "llama-server" is llama.cpp's own binary;
-# "openai" is any OpenAI-compatible server started by the template's command.
-ENGINES: tuple[str, ...] = ("sim", "llamacpp", "llama-server", "vllm", "sglang", "tgi", "openai")
-
-# Engines whose default command loads template.weights: they have no model of their own.
-WEIGHTS_REQUIRED: frozenset[str] = frozenset({"llama-server", "vllm", "sglang", "tgi"})
-
-# Engines with no default command: the template's command is the only way to start them.
-COMMAND_REQUIRED: frozenset[str] = frozenset({"openai"})
+# "openai" is any OpenAI-compatible server started by the template's command. The agent's
+# adapters (agent/engines.py) cover every name here; a test keeps them equal.
+ENGINES: Mapping[str, EngineKind] = MappingProxyType(
+    {
+        kind.name: kind
+        for kind in (
+            EngineKind("sim"),
+            EngineKind("llamacpp"),
+            EngineKind("llama-server", needs_weights=True),
+            EngineKind("vllm", needs_weights=True),
+            EngineKind("sglang", needs_weights=True),
+            EngineKind("tgi", needs_weights=True),
+            EngineKind("openai", needs_command=True),
+        )
+    }
+)
 
 
 def unknown_engine(engine: str) -> str | None:
@@ -22,24 +43,28 @@ def unknown_engine(engine: str) -> str | None:
     return f"unknown engine {engine!r}: known engines are {', '.join(ENGINES)}"
 
 
+def weights_problem(engine: str) -> str:
+    return (
+        f"engine {engine!r} needs template.weights (a local path or a hub id of the model to"
+        " load) when template.command is empty"
+    )
+
+
 def launch_problem(engine: str, command: Sequence[str], weights: str) -> str | None:
     """Why a template of engine with this command and weights cannot be started; None when it
     can. The controller (at AddPool, UpdatePool and config load) and the agent both ask."""
-    unknown = unknown_engine(engine)
-    if unknown is not None:
-        return unknown
+    kind = ENGINES.get(engine)
+    if kind is None:
+        return unknown_engine(engine)
     if command:
         return None
-    if engine in COMMAND_REQUIRED:
+    if kind.needs_command:
         return (
             f"engine {engine!r} has no default command: set template.command to the server's"
             " argv, with {host} {port} {model} where they go"
         )
-    if engine in WEIGHTS_REQUIRED and not weights:
-        return (
-            f"engine {engine!r} needs template.weights (a local path or a hub id of the model to"
-            " load) when template.command is empty"
-        )
+    if kind.needs_weights and not weights:
+        return weights_problem(engine)
     return None
 
 

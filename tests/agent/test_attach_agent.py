@@ -16,9 +16,9 @@ from prometheus_client.exposition import generate_latest
 from agent.attach_spec import AttachSpec
 from agent.metrics import AgentMetrics
 from agent.session import ControllerSession
-from agent.status import ReplicaState, ReplicaStatus
 from agent.supervisor import Supervisor
 from llmpool.errors import FailedPreconditionError
+from llmpool.status import ReplicaState, ReplicaStatus
 from llmpool.v1 import agent_pb2, types_pb2
 from tests.agent.conftest import FAKE_ENGINE
 from tests.support import free_port

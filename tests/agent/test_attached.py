@@ -11,8 +11,8 @@ from agent.attached import AttachedEngine
 from agent.engine_metrics import EngineLoad
 from agent.probe import ProbeError, Prober
 from agent.replica import SupervisorSettings
-from agent.status import ReplicaState
 from llmpool.clock import FakeClock
+from llmpool.status import ReplicaState
 
 LOAD = EngineLoad(running=2, waiting=1, kv_usage=0.5)
 

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import get_args
 
 import pytest
 
-from agent import template
 from agent.engines import ADAPTERS, adapter_for
 from agent.gguf import GgufError, read_architecture
-from agent.template import ReplicaSpec, render
-from controller.validation import KNOWN_ENGINES
-from llmpool.config import Engine
+from agent.template import ReplicaSpec, render, validate
+from controller.model import Template
+from controller.validation import check_template
+from llmpool.config import ConfigError, parse_config
 from llmpool.engines import ENGINES
 from llmpool.errors import FailedPreconditionError, InvalidArgumentError
 from tests.agent.gguf_header import gguf_header, kv_string, kv_strings, kv_uint32
@@ -31,10 +30,22 @@ def argv(engine: str, weights: str = "", args: tuple[str, ...] = ()) -> tuple[st
 
 
 def test_every_engine_name_agrees_everywhere() -> None:
-    assert tuple(ADAPTERS) == ENGINES
-    assert get_args(Engine) == ENGINES
-    assert KNOWN_ENGINES == ENGINES == template.ENGINES
+    # One table (llmpool.engines.ENGINES): the agent has an adapter for each kind in it, and
+    # the config and the controller accept exactly its kinds.
+    assert tuple(ADAPTERS) == tuple(ENGINES)
     assert all(adapter_for(name).name == name for name in ENGINES)
+    for kind in ENGINES.values():
+        command = ("x",) if kind.needs_command else ()
+        weights = "w" if kind.needs_weights else ""
+        check_template("p", Template(engine=kind.name, command=command, weights=weights))
+        template = f"{{engine: {kind.name}, command: {list(command)}, weights: '{weights}'}}"
+        config = parse_config(f"pools:\n  - name: p\n    template: {template}\n")
+        assert config.pools[0].template is not None
+        assert config.pools[0].template.engine == kind.name
+    with pytest.raises(ConfigError, match="known engines are " + ", ".join(ENGINES)):
+        parse_config("pools:\n  - name: p\n    template: {engine: trt}\n")
+    with pytest.raises(InvalidArgumentError, match="unknown engine 'trt'"):
+        check_template("p", Template(engine="trt"))
 
 
 def test_the_registry_cannot_be_changed() -> None:
@@ -94,7 +105,7 @@ def test_engines_without_a_model_of_their_own_need_weights(engine: str) -> None:
     ):
         adapter_for(engine).fill(spec, never)
     with pytest.raises(InvalidArgumentError, match=r"needs template\.weights"):
-        template.validate(spec)
+        validate(spec)
 
 
 def test_openai_engine_has_no_default_command() -> None:

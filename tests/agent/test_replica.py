@@ -17,12 +17,12 @@ from agent.metrics import AgentMetrics
 from agent.ports import PortAllocator
 from agent.probe import Prober
 from agent.replica import SupervisorSettings
-from agent.status import ReplicaState, ReplicaStatus
 from agent.supervisor import Supervisor
 from agent.template import ReplicaSpec
 from llmpool.backoff import Backoff
 from llmpool.clock import FakeClock
 from llmpool.errors import FailedPreconditionError, NotFoundError, UnavailableError
+from llmpool.status import ReplicaState, ReplicaStatus
 
 Cmd = Callable[..., tuple[str, ...]]
 Until = Callable[..., Awaitable[Any]]

@@ -44,7 +44,7 @@ async def test_register_welcome_and_periodic_reports(
     assert register.agent_id == "agent-1" and register.hostname == "host-1"
     assert dict(register.labels) == {"zone": "a"}
     assert register.capacity.cpu_slots == 4 and register.capacity.gpus == 0
-    assert tuple(register.engines) == ENGINES
+    assert tuple(register.engines) == tuple(ENGINES)
     assert list(register.replicas) == []
     # The Welcome's interval (0.2 s) replaces the agent's own 5 s.
     await fake_controller.expect("report", within=3)

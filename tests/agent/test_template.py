@@ -10,9 +10,9 @@ from agent.cli import build_parser, options_from_args, parse_labels
 from agent.convert import spec_from_proto, status_to_proto
 from agent.engines import adapter_for
 from agent.ports import PortAllocator, parse_port_range, port_is_free
-from agent.status import ReplicaState, ReplicaStatus
 from agent.template import ReplicaSpec, render, substitute, validate
 from llmpool.errors import InvalidArgumentError, UnavailableError
+from llmpool.status import ReplicaState, ReplicaStatus
 from llmpool.v1 import agent_pb2, types_pb2
 
 
@@ -49,7 +49,7 @@ def test_sim_with_empty_command_gets_default_and_pool_as_model() -> None:
     ("spec", "needle"),
     [
         (ReplicaSpec(replica_id="", pool="p"), "replica_id"),
-        (ReplicaSpec(replica_id="r", pool="p", engine="tensorrt"), "not one of"),
+        (ReplicaSpec(replica_id="r", pool="p", engine="tensorrt"), "unknown engine .tensorrt."),
         (ReplicaSpec(replica_id="r", pool="p", engine="vllm"), "vllm' needs template.weights"),
         (ReplicaSpec(replica_id="r", pool="p", engine="openai"), "no default command"),
         (ReplicaSpec(replica_id="r", pool="p", ready_timeout_s=0), "ready_timeout_s"),

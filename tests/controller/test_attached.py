@@ -9,6 +9,7 @@ from typing import TypeVar
 import grpc
 import pytest
 
+from controller.convert import status_to_proto
 from controller.model import Assignment, BackendSpec, PoolSpec
 from controller.reconciler import (
     AdoptReplica,
@@ -22,14 +23,16 @@ from controller.reconciler import (
 from controller.server import ControllerServer
 from controller.snapshot import LiveReplica, build_routes, healthy_members
 from controller.usage import MemberLoad
+from llmpool.capacity import Capacity
+from llmpool.status import ReplicaState, ReplicaStatus
 from llmpool.v1 import admin_pb2, admin_pb2_grpc, types_pb2
 from tests.controller.fake_agent import FakeAgent
 from tests.controller.test_reconciler import TEMPLATE, ids, pool, world
 from tests.support import eventually, refused
 
-READY = types_pb2.REPLICA_STATE_READY
-STARTING = types_pb2.REPLICA_STATE_STARTING
-STOPPED = types_pb2.REPLICA_STATE_STOPPED
+READY = ReplicaState.READY
+STARTING = ReplicaState.STARTING
+STOPPED = ReplicaState.STOPPED
 D = TypeVar("D")
 
 
@@ -40,23 +43,23 @@ def of(kind: type[D], decisions: list[Decision]) -> list[D]:
 def attached(
     rid: str = "att-1",
     pool_name: str = "p",
-    state: int = READY,
+    state: ReplicaState = READY,
     healthy: bool = True,
     message: str = "",
-) -> types_pb2.ReplicaStatus:
-    return types_pb2.ReplicaStatus(
-        replica_id=rid, pool=pool_name, state=state, healthy=healthy,  # type: ignore[arg-type]
+) -> ReplicaStatus:
+    return ReplicaStatus(
+        replica_id=rid, pool=pool_name, state=state, healthy=healthy,
         url=f"http://10.0.0.5:8000/{rid}", attached=True, engine="vllm", served_model="served",
         running=3, waiting=2, kv_usage=0.25, latency_ms=7.0, message=message,
     )  # fmt: skip
 
 
-def agent_with(*statuses: types_pb2.ReplicaStatus, slots: int = 4) -> AgentView:
+def agent_with(*statuses: ReplicaStatus, slots: int = 4) -> AgentView:
     return AgentView(
         "a",
         True,
         0.0,
-        cpu_slots=slots,
+        Capacity(cpu_slots=slots),
         engines=("sim",),
         replicas={s.replica_id: s for s in statuses},
     )
@@ -90,8 +93,8 @@ def test_attached_replicas_take_no_capacity() -> None:
 
 
 def test_managed_replicas_are_still_adopted_and_stopped_beside_attached_ones() -> None:
-    managed = types_pb2.ReplicaStatus(replica_id="m-1", pool="p", state=READY)
-    stray = types_pb2.ReplicaStatus(replica_id="m-2", pool="gone", state=READY)
+    managed = ReplicaStatus(replica_id="m-1", pool="p", state=READY)
+    stray = ReplicaStatus(replica_id="m-2", pool="gone", state=READY)
     decisions = decide(world([pool(1)], [agent_with(attached(), managed, stray)]), ids())
     assert [d.replica_id for d in of(AdoptReplica, decisions)] == ["m-1"]
     assert [d.replica_id for d in of(StopReplica, decisions)] == ["m-2"]
@@ -110,12 +113,12 @@ def test_an_assignment_for_an_attached_replica_is_forgotten_not_stopped() -> Non
 POOLS = {"p": PoolSpec(name="p", replicas=1, template=TEMPLATE)}
 
 
-def live(status: types_pb2.ReplicaStatus, lease_valid: bool = True) -> LiveReplica:
+def live(status: ReplicaStatus, lease_valid: bool = True) -> LiveReplica:
     return LiveReplica(status, "a", lease_valid, "z1")
 
 
 def test_attached_members_are_routed_beside_backends_and_managed_replicas() -> None:
-    managed = types_pb2.ReplicaStatus(
+    managed = ReplicaStatus(
         replica_id="m-1", pool="p", state=READY, healthy=True, url="http://127.0.0.1:9"
     )
     routes = build_routes(
@@ -162,7 +165,9 @@ def test_attached_members_go_with_their_agent_pool_or_stop() -> None:
 @pytest.fixture()
 async def watcher(controller: ControllerServer) -> AsyncIterator[FakeAgent]:
     agent = FakeAgent(f"127.0.0.1:{controller.port}", agent_id="watcher")
-    await agent.connect([attached("att-1", "chat", message=""), attached("att-2", "nowhere")])
+    await agent.connect(
+        [status_to_proto(attached("att-1", "chat")), status_to_proto(attached("att-2", "nowhere"))]
+    )
     try:
         yield agent
     finally:
@@ -216,7 +221,7 @@ async def test_attached_replicas_leave_routing_when_their_agent_goes_quiet(
 ) -> None:
     await admin.CreatePool(admin_pb2.CreatePoolRequest(pool=types_pb2.Pool(name="chat")))
     agent = FakeAgent(f"127.0.0.1:{controller.port}", agent_id="watcher")
-    await agent.connect([attached("att-1", "chat")])
+    await agent.connect([status_to_proto(attached("att-1", "chat"))])
     try:
         await eventually(
             lambda: healthy_members(controller.publisher.routes.get("chat")) == 1,
@@ -228,7 +233,7 @@ async def test_attached_replicas_leave_routing_when_their_agent_goes_quiet(
             lambda: list(controller.publisher.routes["chat"].members) == [],
             what="attached member gone",
         )
-        agent.report([attached("att-1", "chat")])
+        agent.report([status_to_proto(attached("att-1", "chat"))])
         await eventually(
             lambda: healthy_members(controller.publisher.routes.get("chat")) == 1,
             what="attached member back",

@@ -16,10 +16,11 @@ from controller.reconciler import (
     World,
     decide,
 )
-from llmpool.v1 import types_pb2
+from llmpool.capacity import Capacity
+from llmpool.status import ReplicaState, ReplicaStatus
 
-READY = types_pb2.REPLICA_STATE_READY
-STOPPED = types_pb2.REPLICA_STATE_STOPPED
+READY = ReplicaState.READY
+STOPPED = ReplicaState.STOPPED
 
 
 def ids() -> Callable[[str], str]:
@@ -33,15 +34,14 @@ def gpu_pool(replicas: int, gpus: int, name: str = "p") -> PoolSpec:
 
 
 def agent(
-    agent_id: str, gpus: int, slots: int = 8, states: dict[str, int] | None = None
+    agent_id: str, gpus: int, slots: int = 8, states: dict[str, ReplicaState] | None = None
 ) -> AgentView:
     statuses = {
-        rid: types_pb2.ReplicaStatus(replica_id=rid, pool="p", state=state)
+        rid: ReplicaStatus(replica_id=rid, pool="p", state=state)
         for rid, state in (states or {}).items()
     }
-    return AgentView(
-        agent_id, True, 0.0, cpu_slots=slots, gpus=gpus, engines=("vllm",), replicas=statuses
-    )
+    capacity = Capacity(cpu_slots=slots, gpus=gpus)
+    return AgentView(agent_id, True, 0.0, capacity, engines=("vllm",), replicas=statuses)
 
 
 def world(
@@ -129,7 +129,8 @@ def test_unplaced_when_no_gpus_are_free() -> None:
 
 
 def test_placement_hands_out_the_agents_own_gpu_numbers() -> None:
-    host = AgentView("a", True, 0.0, cpu_slots=8, gpus=2, gpu_indices=(4, 6), engines=("vllm",))
+    capacity = Capacity(cpu_slots=8, gpus=2, gpu_indices=(4, 6))
+    host = AgentView("a", True, 0.0, capacity, engines=("vllm",))
     chosen = starts(decide(world([gpu_pool(2, 1)], [host]), ids()))
     assert sorted(chosen) == [("a", (4,)), ("a", (6,))]
     assert placement_env((6,)) == {"CUDA_VISIBLE_DEVICES": "6"}
@@ -141,12 +142,14 @@ def test_placement_prefers_free_memory_and_skips_gpus_others_fill() -> None:
         "a",
         True,
         0.0,
-        cpu_slots=8,
-        gpus=3,
-        gpu_indices=(0, 1, 2),
-        gpu_memory_bytes=(80 * gib, 80 * gib, 80 * gib),
-        # GPU 0: a foreign process holds 70 GiB; GPU 2 has more free memory than GPU 1.
-        gpu_memory_used_bytes=(70 * gib, 10 * gib, 1 * gib),
+        Capacity(
+            cpu_slots=8,
+            gpus=3,
+            gpu_indices=(0, 1, 2),
+            gpu_memory_bytes=(80 * gib, 80 * gib, 80 * gib),
+            # GPU 0: a foreign process holds 70 GiB; GPU 2 has more free memory than GPU 1.
+            gpu_memory_used_bytes=(70 * gib, 10 * gib, 1 * gib),
+        ),
         engines=("vllm",),
     )
     assert starts(decide(world([gpu_pool(1, 1)], [host]), ids())) == [("a", (2,))]

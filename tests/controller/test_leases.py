@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from controller.agents import AgentConnection, AgentRegistry
 from controller.changes import Changes
+from controller.commands import CancelTailCommand, StopCommand
 from controller.metrics import ControllerMetrics
-from controller.usage import UsageAggregator
+from controller.usage import MemberUsage, UsageAggregator, UsageReport
 from llmpool.clock import FakeClock
-from llmpool.v1 import agent_pb2, gateway_pb2, types_pb2
+from llmpool.v1 import agent_pb2, types_pb2
 
 
 def register(registry: AgentRegistry, agent_id: str = "a") -> AgentConnection:
@@ -51,11 +52,14 @@ def test_disconnect_only_by_current_stream_and_send() -> None:
     registry.disconnect("a", old)
     record = registry.get("a")
     assert record is not None and record.connected
-    assert registry.send("a", agent_pb2.ControllerMessage(cancel_tail=agent_pb2.CancelTail()))
+    assert registry.send("a", CancelTailCommand("t1"))
     assert new.outbox.qsize() == 1
+    # The registry is the edge: the command leaves as the agent protocol's message.
+    sent = new.outbox.get_nowait()
+    assert sent == agent_pb2.ControllerMessage(cancel_tail=agent_pb2.CancelTail(request_id="t1"))
     registry.disconnect("a", new)
     assert not record.connected
-    assert not registry.send("a", agent_pb2.ControllerMessage())
+    assert not registry.send("a", StopCommand("r1", 0.0))
 
 
 def test_usage_in_flight_summed_across_gateways_and_expires() -> None:
@@ -64,11 +68,9 @@ def test_usage_in_flight_summed_across_gateways_and_expires() -> None:
     usage = UsageAggregator(clock, metrics, ttl_s=3)
     for gw, n in (("g1", 2), ("g2", 3)):
         usage.record(
-            gateway_pb2.UsageReport(
+            UsageReport(
                 gateway_id=gw,
-                members=[
-                    gateway_pb2.MemberUsage(member_id="m", model="p", in_flight=n, requests=4)
-                ],
+                members=(MemberUsage(member_id="m", model="p", in_flight=n, requests=4),),
             )
         )
     assert usage.loads()["m"].in_flight == 5
@@ -76,11 +78,7 @@ def test_usage_in_flight_summed_across_gateways_and_expires() -> None:
         metrics.registry.get_sample_value("llmpool_controller_requests_total", {"model": "p"}) == 8
     )
     clock.advance(2)
-    usage.record(
-        gateway_pb2.UsageReport(
-            gateway_id="g1", members=[gateway_pb2.MemberUsage(member_id="m", in_flight=1)]
-        )
-    )
+    usage.record(UsageReport(gateway_id="g1", members=(MemberUsage(member_id="m", in_flight=1),)))
     clock.advance(2)
     # g2's report is now 4 s old (> ttl 3 s): only g1's latest counts.
     assert usage.loads()["m"].in_flight == 1

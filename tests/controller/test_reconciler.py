@@ -17,10 +17,11 @@ from controller.reconciler import (
     World,
     decide,
 )
-from llmpool.v1 import types_pb2
+from llmpool.capacity import Capacity
+from llmpool.status import ReplicaState, ReplicaStatus
 
 TEMPLATE = Template(engine="sim", command=("sim",), cpu_slots=1)
-READY = types_pb2.REPLICA_STATE_READY
+READY = ReplicaState.READY
 
 
 def ids() -> Callable[[str], str]:
@@ -32,14 +33,23 @@ def pool(replicas: int, name: str = "p") -> PoolSpec:
     return PoolSpec(name=name, replicas=replicas, template=TEMPLATE)
 
 
-def agent(agent_id: str, slots: int = 4, silent_s: float = 0.0, **replicas: int) -> AgentView:
+def agent(
+    agent_id: str, slots: int = 4, silent_s: float = 0.0, **replicas: ReplicaState
+) -> AgentView:
     statuses = {
-        rid.replace("_", "-"): types_pb2.ReplicaStatus(
+        rid.replace("_", "-"): ReplicaStatus(
             replica_id=rid.replace("_", "-"), pool="p", state=state
         )
         for rid, state in replicas.items()
     }
-    return AgentView(agent_id, True, silent_s, cpu_slots=slots, engines=("sim",), replicas=statuses)
+    return AgentView(
+        agent_id,
+        True,
+        silent_s,
+        capacity=Capacity(cpu_slots=slots),
+        engines=("sim",),
+        replicas=statuses,
+    )
 
 
 def world(
@@ -81,7 +91,7 @@ def test_scale_up_places_on_agent_with_most_free_slots() -> None:
 
 
 def test_no_capacity_or_wrong_engine_starts_nothing_and_says_why() -> None:
-    other = AgentView("gpu", True, 0.0, cpu_slots=8, engines=("vllm",))
+    other = AgentView("gpu", True, 0.0, capacity=Capacity(cpu_slots=8), engines=("vllm",))
     full = agent("full", slots=0)
     decisions = decide(world([pool(2)], [other, full]), ids())
     assert of(StartReplica, decisions) == []
@@ -125,7 +135,7 @@ def test_silent_but_not_lost_agent_keeps_its_replicas() -> None:
 
 def test_failed_replica_is_left_to_its_agent() -> None:
     assignments = [Assignment("p-1", "p", "a", True, 100.0)]
-    w = world([pool(1)], [agent("a", p_1=types_pb2.REPLICA_STATE_FAILED), agent("b")], assignments)
+    w = world([pool(1)], [agent("a", p_1=ReplicaState.FAILED), agent("b")], assignments)
     assert decide(w, ids()) == []
 
 
@@ -149,8 +159,10 @@ def test_unknown_replica_adopted_when_pool_needs_it_else_stopped() -> None:
 
 
 def test_unknown_replica_of_unknown_pool_is_stopped() -> None:
-    stray = types_pb2.ReplicaStatus(replica_id="q-1", pool="nope", state=READY)
-    a = AgentView("a", True, 0.0, cpu_slots=4, engines=("sim",), replicas={"q-1": stray})
+    stray = ReplicaStatus(replica_id="q-1", pool="nope", state=READY)
+    a = AgentView(
+        "a", True, 0.0, capacity=Capacity(cpu_slots=4), engines=("sim",), replicas={"q-1": stray}
+    )
     assert decide(world([], [a]), ids()) == [StopReplica("q-1", "a", 0.0, "unknown replica")]
 
 
@@ -185,7 +197,7 @@ def test_deleted_pool_replicas_are_stopped() -> None:
 
 def test_stopped_report_forgets_and_replaces() -> None:
     assignments = [Assignment("p-1", "p", "a", True, 100.0)]
-    w = world([pool(1)], [agent("a", p_1=types_pb2.REPLICA_STATE_STOPPED)], assignments)
+    w = world([pool(1)], [agent("a", p_1=ReplicaState.STOPPED)], assignments)
     decisions = decide(w, ids())
     assert decisions[0] == ForgetReplica("p-1", "stopped")
     assert len(of(StartReplica, decisions)) == 1
@@ -195,7 +207,9 @@ def test_assignment_missing_from_a_later_register_is_forgotten_at_once() -> None
     # Placed at 990 (e.g. while the agent was shutting down); the agent registered again at 995
     # without it: it does not run it, so it is replaced without waiting lost_after_s.
     assignments = [Assignment("p-1", "p", "a", True, 990.0)]
-    back = AgentView("a", True, 0.0, cpu_slots=4, engines=("sim",), registered_at=995.0)
+    back = AgentView(
+        "a", True, 0.0, capacity=Capacity(cpu_slots=4), engines=("sim",), registered_at=995.0
+    )
     decisions = decide(world([pool(1)], [back], assignments), ids())
     assert decisions[0] == ForgetReplica("p-1", "agent does not run it")
     assert len(of(StartReplica, decisions)) == 1

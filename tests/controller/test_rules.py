@@ -157,7 +157,7 @@ async def test_version_2_data_dir_gets_empty_rules_and_takes_new_ones(tmp_path: 
     async with aiosqlite.connect(tmp_path / DB_FILE) as db:
         async with db.execute("PRAGMA user_version") as cur:
             row = await cur.fetchone()
-    assert row is not None and row[0] == SCHEMA_VERSION == 4
+    assert row is not None and row[0] == SCHEMA_VERSION == 5
 
 
 def test_snapshot_carries_rules_splits_and_header() -> None:
@@ -223,7 +223,7 @@ async def test_admin_refuses_bad_rules_with_actionable_errors(
             pool("a", rules=[types_pb2.RouteRule(target="b", prompt_regex="[")]),
             "rules[0]: prompt_regex '[' is not a valid regex",
         ),
-        (pool("a", splits=[types_pb2.SplitArm(target="b")]), "weight 0"),
+        (pool("a", splits=[types_pb2.SplitArm(target="b", weight=0)]), "weight 0"),
         (pool("a", split_header="no spaces"), "not a valid HTTP header name"),
     ]
     for request, needle in cases:

@@ -12,7 +12,7 @@ from controller.snapshot import LiveReplica, Routes, build_routes, diff_routes, 
 from controller.usage import MemberLoad
 from llmpool.clock import FakeClock
 from llmpool.config import parse_config
-from llmpool.v1 import types_pb2
+from llmpool.status import ReplicaState, ReplicaStatus
 
 POOLS = {
     "p": PoolSpec(
@@ -28,10 +28,10 @@ BACKENDS = {
 
 
 def status(
-    rid: str, state: int = types_pb2.REPLICA_STATE_READY, healthy: bool = True
-) -> types_pb2.ReplicaStatus:
-    return types_pb2.ReplicaStatus(
-        replica_id=rid, pool="p", state=state, url=f"http://127.0.0.1:9/{rid}", healthy=healthy,  # type: ignore[arg-type]
+    rid: str, state: ReplicaState = ReplicaState.READY, healthy: bool = True
+) -> ReplicaStatus:
+    return ReplicaStatus(
+        replica_id=rid, pool="p", state=state, url=f"http://127.0.0.1:9/{rid}", healthy=healthy,
         running=2, waiting=1, kv_usage=0.5,
     )  # fmt: skip
 
@@ -47,9 +47,7 @@ def test_builder_members_health_and_load() -> None:
     live = {
         "r-ok": LiveReplica(status("r-ok"), "a", True, "z1"),
         "r-expired": LiveReplica(status("r-expired"), "b", False),
-        "r-starting": LiveReplica(
-            status("r-starting", types_pb2.REPLICA_STATE_STARTING, False), "a", True
-        ),
+        "r-starting": LiveReplica(status("r-starting", ReplicaState.STARTING, False), "a", True),
         "r-draining": LiveReplica(status("r-draining"), "a", True),
     }
     loads = {"r-ok": MemberLoad(in_flight=5, latency_ms=12.0), "b-on": MemberLoad(in_flight=1)}
@@ -162,8 +160,8 @@ pools:
 """
     )
     pools, backends = specs_from_config(config)
-    live = types_pb2.ReplicaStatus(
-        replica_id="r1", pool="p", state=types_pb2.REPLICA_STATE_READY, url="http://h:2",
+    live = ReplicaStatus(
+        replica_id="r1", pool="p", state=ReplicaState.READY, url="http://h:2",
         healthy=True, prefix_cache_hit_rate=0.75,
     )  # fmt: skip
     routes = build_routes(

@@ -8,19 +8,13 @@ import aiosqlite
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 
-from controller.convert import (
-    mask_paths,
-    pool_from_proto,
-    pool_to_proto,
-    specs_from_config,
-    template_from_proto,
-    template_to_proto,
-)
+from controller.convert import mask_paths, pool_from_proto, pool_to_proto, specs_from_config
 from controller.model import PoolSpec, Template
 from controller.store import DB_FILE, Store
 from controller.validation import check_pool
 from llmpool.config import ConfigError, parse_config
 from llmpool.errors import InvalidArgumentError
+from llmpool.protoconv import from_proto, to_proto
 from llmpool.v1 import types_pb2
 
 VLLM = Template(
@@ -93,7 +87,7 @@ def test_admin_validation_refuses_with_a_reason(template: Template, needle: str)
 
 
 def test_proto_round_trip_and_update_mask() -> None:
-    assert template_from_proto(template_to_proto(VLLM)) == VLLM
+    assert from_proto(Template, to_proto(VLLM, types_pb2.ReplicaTemplate)) == VLLM
     msg = pool_to_proto(PoolSpec(name="p", replicas=1, template=VLLM))
     assert pool_from_proto(msg).template == VLLM
     paths = mask_paths(
@@ -117,7 +111,10 @@ async def test_store_round_trip_and_rows_from_before_weights(tmp_path: Path) -> 
     old += '"metrics_path": "/metrics", "ready_timeout_s": 60.0, "served_model": "", '
     old += '"gpus": 0, "cpu_slots": 1}'
     async with aiosqlite.connect(tmp_path / DB_FILE) as db:
-        await db.execute("UPDATE pools SET template = ? WHERE name = 'old'", (old,))
+        await db.execute(
+            "UPDATE pools SET spec = json_set(spec, '$.template', json(?)) WHERE name = 'old'",
+            (old,),
+        )
         await db.commit()
     again = await Store.open(tmp_path)
     try:
