@@ -16,8 +16,8 @@ from agent.gpus import Nvml, load_nvml, offered_gpus
 from agent.metrics import AgentMetrics
 from agent.ports import PortAllocator
 from agent.probe import Prober
-from agent.replica import SupervisorSettings
 from agent.session import AgentIdentity, ControllerSession
+from agent.settings import SupervisorSettings
 from agent.supervisor import Supervisor
 from llmpool.backoff import Backoff
 from llmpool.clock import Clock, SystemClock

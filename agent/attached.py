@@ -10,7 +10,7 @@ from collections.abc import Callable
 from agent.attach_spec import AttachSpec
 from agent.probe import ProbeError, Prober
 from agent.readings import EngineReadings
-from agent.replica import SupervisorSettings
+from agent.settings import SupervisorSettings
 from llmpool.clock import Clock
 from llmpool.status import ReplicaState, ReplicaStatus
 
@@ -162,4 +162,4 @@ class AttachedEngine:
                 # Watching must outlive any surprise; it shows as failed probes.
                 self.probe_failed(f"{type(exc).__name__}: {exc}")
             # Read each time: the controller's Welcome may change the interval.
-            await asyncio.sleep(self._settings.probe_interval_s)
+            await self._clock.sleep(self._settings.probe_interval_s)

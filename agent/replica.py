@@ -1,50 +1,26 @@
-"""One supervised replica: spawn, readiness and liveness probes, load, restarts, drain and stop."""
+"""One supervised replica's I/O: spawn, readiness and liveness probes, load, restarts, drain and
+stop. Its transitions, and how long each wait lasts, are agent/lifecycle.py's; every wait sleeps
+on the injected clock."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
+from agent.lifecycle import ReplicaLifecycle
 from agent.log_ring import LogRing
 from agent.ports import PortAllocator
 from agent.probe import ProbeError, Prober
 from agent.process import pump_lines, spawn, terminate_group
 from agent.readings import EngineReadings
+from agent.settings import SupervisorSettings
 from agent.template import ReplicaSpec, render
-from llmpool.backoff import Backoff
 from llmpool.clock import Clock
 from llmpool.status import ReplicaState, ReplicaStatus
 
 log = logging.getLogger(__name__)
-
-
-def _restart_backoff() -> Backoff:
-    return Backoff(base=0.5, cap=30.0)
-
-
-@dataclass
-class SupervisorSettings:
-    """Knobs of every replica on this agent. probe_interval_s may change at run time (Welcome)."""
-
-    # Address engines bind ({host}) and the host in the URLs the agent reports and probes.
-    engine_host: str = "127.0.0.1"
-    advertise_host: str = "127.0.0.1"
-    probe_interval_s: float = 1.0
-    ready_poll_s: float = 0.25
-    probe_timeout_s: float = 2.0
-    # Consecutive failed liveness probes before a READY replica is marked unhealthy.
-    unhealthy_after: int = 3
-    kill_timeout_s: float = 10.0
-    # A replica READY this long before it fails restarts with the shortest backoff again.
-    stable_s: float = 30.0
-    drain_poll_s: float = 0.2
-    log_lines: int = 1000
-    python: str = sys.executable
-    backoff: Callable[[], Backoff] = field(default=_restart_backoff)
 
 
 class Replica:
@@ -62,37 +38,35 @@ class Replica:
     ) -> None:
         self.spec = spec
         self.ring = LogRing(settings.log_lines)
+        self.life = ReplicaLifecycle(
+            ready_timeout_s=spec.ready_timeout_s,
+            unhealthy_after=settings.unhealthy_after,
+            stable_s=settings.stable_s,
+            backoff=settings.backoff(),
+            clock=clock,
+            on_change=on_change,
+        )
         self._settings = settings
         self._ports = ports
         self._prober = prober
         self._clock = clock
-        self._on_change = on_change
         self._on_restart = on_restart
-        self._backoff = settings.backoff()
-        self._state = ReplicaState.STARTING
-        self._healthy = False
-        self._message = ""
         self._readings = EngineReadings()
-        self._restarts = 0
         self._port: int | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._pump: asyncio.Task[None] | None = None
         self._run_task: asyncio.Task[None] | None = None
-        self._ready_since: float | None = None
-        self._stopping = False
         self._stopped = asyncio.Event()
-        # Loop time a running drain ends at; a later stop may bring it forward.
-        self._drain_deadline: float | None = None
 
     # ---- view
 
     @property
     def state(self) -> ReplicaState:
-        return self._state
+        return self.life.state
 
     @property
     def stopping(self) -> bool:
-        return self._stopping
+        return self.life.stopping
 
     @property
     def pid(self) -> int:
@@ -104,16 +78,17 @@ class Replica:
         return "" if self._port is None else f"http://{self._url_host()}:{self._port}"
 
     def status(self) -> ReplicaStatus:
+        life = self.life
         return self._readings.status(
             replica_id=self.spec.replica_id,
             pool=self.spec.pool,
             engine=self.spec.engine,
             served_model=self.spec.model,
-            state=self._state,
+            state=life.state,
             url=self.url,
-            healthy=self._healthy,
-            restarts=self._restarts,
-            message=self._message,
+            healthy=life.healthy,
+            restarts=life.restarts,
+            message=life.message,
             pid=self.pid,
         )
 
@@ -130,16 +105,10 @@ class Replica:
     async def stop(self, drain_s: float) -> None:
         """DRAINING, let in-flight requests end (at most drain_s), end the process group. A stop
         while draining can shorten the drain: the controller's word that nothing is in flight."""
-        if self._stopping:
-            if self._drain_deadline is not None:
-                until = asyncio.get_running_loop().time() + drain_s
-                self._drain_deadline = min(self._drain_deadline, until)
+        if not self.life.stop(drain_s):
             await self._stopped.wait()
             return
-        self._stopping = True
-        was_ready = self._state is ReplicaState.READY
-        self._set(ReplicaState.DRAINING, message="stop requested")
-        if was_ready and drain_s > 0:
+        if self.life.draining:
             await self._drain(drain_s)
         if self._run_task is not None:
             self._run_task.cancel()
@@ -147,9 +116,7 @@ class Replica:
                 await self._run_task
         code = await self._end_process()
         self.ring.close()
-        note = "stopped" if code is None else f"stopped (exit code {code})"
-        self._healthy = False
-        self._set(ReplicaState.STOPPED, message=note)
+        self.life.stopped(code)
         log.info("replica stopped", extra={"replica_id": self.spec.replica_id, "exit_code": code})
         self._stopped.set()
 
@@ -168,12 +135,6 @@ class Replica:
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self._port}"
 
-    def _set(self, state: ReplicaState, message: str | None = None) -> None:
-        if message is not None:
-            self._message = message
-        self._state = state
-        self._on_change()
-
     async def _launch(self, note: str = "") -> asyncio.subprocess.Process:
         port = self._ports.acquire()
         launch = render(self.spec, self._settings.engine_host, port, self._settings.python)
@@ -191,9 +152,8 @@ class Replica:
             raise
         self._port, self._proc = port, proc
         self._readings.forget_load()
-        self._healthy = False
         self._pump = asyncio.create_task(pump_lines(proc, self.ring))
-        self._set(ReplicaState.STARTING, message=note)
+        self.life.launched(note)
         log.info(
             "replica spawned",
             extra={"replica_id": self.spec.replica_id, "pid": proc.pid, "port": port},
@@ -220,38 +180,28 @@ class Replica:
     async def _run(self, proc: asyncio.subprocess.Process) -> None:
         while True:
             reason = await self._watch(proc)
-            if self._stopping:
+            if self.life.stopping:
                 # stop() ends the process itself; an exit while draining is no failure.
                 return
-            self._healthy = False
-            self._set(ReplicaState.FAILED, message=reason)
+            delay = self.life.failed(reason)
             log.warning(
                 "replica failed", extra={"replica_id": self.spec.replica_id, "reason": reason}
             )
             await self._end_process()
             self._port = None
-            ready_since = self._ready_since
-            if (
-                ready_since is not None
-                and self._clock.monotonic() - ready_since >= self._settings.stable_s
-            ):
-                self._backoff.reset()
-            self._ready_since = None
-            proc = await self._relaunch(reason)
+            proc = await self._relaunch(reason, delay)
 
-    async def _relaunch(self, reason: str) -> asyncio.subprocess.Process:
+    async def _relaunch(self, reason: str, delay: float) -> asyncio.subprocess.Process:
         while True:
-            delay = self._backoff.delay()
-            self._message = f"{reason}; restarting in {delay:.1f}s"
-            await asyncio.sleep(delay)
-            self._restarts += 1
+            await self._clock.sleep(delay)
+            restarts = self.life.restarting()
             self._on_restart(self.spec.pool)
             try:
-                return await self._launch(note=f"restart {self._restarts} after: {reason}")
+                return await self._launch(note=f"restart {restarts} after: {reason}")
             except Exception as exc:
                 # Whatever went wrong, keep trying: the replica is wanted until stop().
                 reason = f"cannot start: {exc}"
-                self._set(ReplicaState.FAILED, message=reason)
+                delay = self.life.failed(reason)
 
     async def _watch(self, proc: asyncio.subprocess.Process) -> str:
         """Runs the probes until the process exits or never gets ready; returns why it ended."""
@@ -279,45 +229,31 @@ class Replica:
         health_url = self._probe_base() + self.spec.health_path
         # Some engines answer their liveness path before they can generate (spec.ready_path).
         ready_url = self._probe_base() + (self.spec.ready_path or self.spec.health_path)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.spec.ready_timeout_s
-        last_error = "no answer yet"
+        life, settings, clock = self.life, self._settings, self._clock
         while True:
             try:
-                rtt = await self._prober.health(ready_url, self._settings.probe_timeout_s)
+                rtt = await self._prober.health(ready_url, settings.probe_timeout_s)
                 break
             except ProbeError as exc:
-                last_error = str(exc)
-            if loop.time() >= deadline:
-                return f"not ready within {self.spec.ready_timeout_s:g}s: {last_error}"
-            await asyncio.sleep(self._settings.ready_poll_s)
+                overdue = life.not_ready(str(exc))
+            if overdue is not None:
+                return overdue
+            await clock.sleep(settings.ready_poll_s)
         if not self.spec.ready_path:
             # A readiness path that generates would skew the probe latency.
             self._readings.add_latency_ms(rtt * 1000)
         await self._refresh_load()
-        self._ready_since = self._clock.monotonic()
-        self._healthy = True
-        if not self._stopping:
-            self._set(ReplicaState.READY, message="")
+        if life.ready():
             log.info("replica ready", extra={"replica_id": self.spec.replica_id, "url": self.url})
-        failures = 0
         while True:
-            await asyncio.sleep(self._settings.probe_interval_s)
+            await clock.sleep(settings.probe_interval_s)
             try:
-                rtt = await self._prober.health(health_url, self._settings.probe_timeout_s)
+                rtt = await self._prober.health(health_url, settings.probe_timeout_s)
             except ProbeError as exc:
-                failures += 1
-                if failures >= self._settings.unhealthy_after and self._healthy:
-                    self._healthy = False
-                    self._message = f"{failures} failed health probes: {exc}"
-                    self._on_change()
+                life.probe_failed(str(exc))
             else:
-                failures = 0
+                life.probe_succeeded()
                 self._readings.add_latency_ms(rtt * 1000)
-                if not self._healthy:
-                    self._healthy = True
-                    self._message = ""
-                    self._on_change()
             await self._refresh_load()
 
     async def _refresh_load(self) -> None:
@@ -337,27 +273,21 @@ class Replica:
         """Waits until the engine has no running or waiting request, at most drain_s. Engines that
         report no load wait until the controller, which hears the gateways' in-flight counts,
         sends a shorter stop (see stop()), or drain_s passes."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        self._drain_deadline = started + drain_s
         while True:
             await self._refresh_load()
             load = self._readings.load
-            if load.known and load.running + load.waiting <= 0:
-                return
             proc = self._proc
-            if proc is None or proc.returncode is not None:
+            gone = proc is None or proc.returncode is not None
+            why = self.life.drain_over(gone or (load.known and load.running + load.waiting <= 0))
+            if why is not None:
+                if why != "idle":
+                    log.info(
+                        f"drain {why}",
+                        extra={
+                            "replica_id": self.spec.replica_id,
+                            "drain_s": drain_s,
+                            "drained_s": round(self.life.drained_s(), 2),
+                        },
+                    )
                 return
-            remaining = self._drain_deadline - loop.time()
-            if remaining <= 0:
-                cut = self._drain_deadline < started + drain_s
-                log.info(
-                    "drain ended by the controller" if cut else "drain timed out",
-                    extra={
-                        "replica_id": self.spec.replica_id,
-                        "drain_s": drain_s,
-                        "drained_s": round(loop.time() - started, 2),
-                    },
-                )
-                return
-            await asyncio.sleep(min(self._settings.drain_poll_s, remaining))
+            await self._clock.sleep(min(self._settings.drain_poll_s, self.life.drain_left()))

@@ -12,7 +12,8 @@ from agent.engines import adapter_for
 from agent.log_ring import LogRing
 from agent.ports import PortAllocator
 from agent.probe import Prober
-from agent.replica import Replica, SupervisorSettings
+from agent.replica import Replica
+from agent.settings import SupervisorSettings
 from agent.template import ReplicaSpec, validate
 from llmpool.clock import Clock, SystemClock
 from llmpool.errors import FailedPreconditionError, NotFoundError, UnavailableError

@@ -26,22 +26,13 @@ from llmpool.v1 import (
     gateway_pb2_grpc,
 )
 
-from .admin import Admin
-from .agents import AgentRegistry
-from .changes import Changes
-from .convert import specs_from_config
-from .desired import DesiredState
 from .grpc_admin import AdminServicer
 from .grpc_agent import AgentServicer
 from .grpc_errors import ErrorInterceptor
 from .grpc_gateway import GatewayServicer
 from .metrics import ControllerMetrics
-from .publisher import SnapshotPublisher
-from .reconcile_loop import ReconcileLoop
-from .snapshot import LiveReplica, Routes, build_routes
+from .parts import ControllerParts, build_parts
 from .store import Store
-from .tails import LogTails
-from .usage import UsageAggregator
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +68,18 @@ class ControllerServer:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.metrics = ControllerMetrics()
-        self.changes = Changes()
         self.port = 0
         self.metrics_port = 0
-        self._store: Store | None = None
+        self._parts: ControllerParts | None = None
         self._server: grpc.aio.Server | None = None
         self._metrics_server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def parts(self) -> ControllerParts:
+        if self._parts is None:
+            raise RuntimeError("the controller is not started")
+        return self._parts
 
     def _seed(self) -> Config | None:
         if self.settings.config is not None:
@@ -97,55 +93,30 @@ class ControllerServer:
         host, port = split_host_port(s.listen)
         metrics_host, metrics_port = split_host_port(s.metrics_listen)
         seed = self._seed()
-        self._store = await Store.open(s.data_dir)
-        desired = DesiredState(self._store, self.changes)
-        await desired.load(specs_from_config(seed) if seed is not None else None)
-
-        self.registry = AgentRegistry(self.clock, s.lease_s, 3 * s.lease_s, self.changes)
-        self.usage = UsageAggregator(
-            self.clock, self.metrics, ttl_s=max(5.0, 5 * s.report_interval_s)
-        )
-        self.tails = LogTails()
-        self.desired = desired
-
-        def build() -> Routes:
-            return build_routes(
-                desired.pools,
-                desired.backends,
-                desired.assignments,
-                self._live(),
-                self.usage.loads(),
+        store = await Store.open(s.data_dir)
+        try:
+            self._parts = parts = await build_parts(
+                store=store,
+                seed=seed,
+                clock=self.clock,
+                metrics=self.metrics,
+                lease_s=s.lease_s,
+                report_interval_s=s.report_interval_s,
+                drain_s=s.drain_s,
+                extra_policies=s.extra_policies,
             )
-
-        self.publisher = SnapshotPublisher(build, self.changes.listener(), self.clock, self.metrics)
-        self.publisher.publish()
-        self.reconciler = ReconcileLoop(
-            desired,
-            self.registry,
-            self.changes.listener(),
-            self.clock,
-            self.metrics,
-            s.drain_s,
-            usage=self.usage,
-            routing_version=lambda: self.publisher.version,
-        )
-        self.admin = Admin(
-            desired,
-            self.registry,
-            self.reconciler,
-            self.publisher,
-            self.tails,
-            extra_policies=s.extra_policies,
-        )
+        except BaseException:
+            await store.close()
+            raise
 
         server = grpc.aio.server(interceptors=[ErrorInterceptor()])
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.admin), server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(parts.admin), server)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentServicer(self.registry, self.tails, uuid.uuid4().hex[:12], s.report_interval_s),
+            AgentServicer(parts.registry, parts.tails, uuid.uuid4().hex[:12], s.report_interval_s),
             server,
         )
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(
-            GatewayServicer(self.publisher, self.usage), server
+            GatewayServicer(parts.publisher, parts.usage), server
         )
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -167,8 +138,8 @@ class ControllerServer:
         )
         self.metrics_port = int(self._metrics_server.sockets[0].getsockname()[1])
         self._tasks = [
-            asyncio.create_task(self.publisher.run(), name="snapshot-publisher"),
-            asyncio.create_task(self.reconciler.run(), name="reconciler"),
+            asyncio.create_task(parts.publisher.run(), name="snapshot-publisher"),
+            asyncio.create_task(parts.reconciler.run(), name="reconciler"),
         ]
         log.info(
             "controller listening",
@@ -179,20 +150,12 @@ class ControllerServer:
             },
         )
 
-    def _live(self) -> dict[str, LiveReplica]:
-        live: dict[str, LiveReplica] = {}
-        for record in self.registry.all():
-            valid = self.registry.lease_valid(record.agent_id)
-            zone = record.labels.get("zone", "")
-            for rid, status in record.replicas.items():
-                live[rid] = LiveReplica(status, record.agent_id, valid, zone)
-        return live
-
     async def stop(self) -> None:
         """Graceful: gateways' and agents' streams end, in-flight RPCs get grace_s, store closed."""
-        if hasattr(self, "publisher"):
-            self.publisher.close()
-            self.registry.close_all()
+        parts = self._parts
+        if parts is not None:
+            parts.publisher.close()
+            parts.registry.close_all()
         started = self._server is not None
         if self._server is not None:
             await self._server.stop(self.settings.grace_s)
@@ -207,9 +170,9 @@ class ControllerServer:
             self._metrics_server.close()
             await self._metrics_server.wait_closed()
             self._metrics_server = None
-        if self._store is not None:
-            await self._store.close()
-            self._store = None
+        if parts is not None:
+            await parts.store.close()
+            self._parts = None
         if started:
             log.info("controller stopped")
 

@@ -4,10 +4,11 @@ the error of a gRPC call that must fail."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -67,6 +68,27 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(_timed_out(within, what, condition, last))
         await asyncio.sleep(interval)
+
+
+def _runs(task: asyncio.Task[Any], packages: tuple[str, ...]) -> bool:
+    """The task runs a coroutine defined in one of packages (not the test's, grpc's, ...)."""
+    frame = getattr(task.get_coro(), "cr_frame", None)
+    return frame is not None and str(frame.f_globals.get("__name__", "")).startswith(packages)
+
+
+@contextlib.asynccontextmanager
+async def no_task_leaks(*packages: str, within: float = 5.0) -> AsyncIterator[None]:
+    """Fails when tasks of `packages` (e.g. "gateway.") started inside the block are still
+    running shortly after it: whatever starts a task must end it when it stops."""
+    before = asyncio.all_tasks()
+    yield
+    current = asyncio.current_task()
+
+    def leaked() -> list[asyncio.Task[Any]]:
+        fresh = asyncio.all_tasks() - before
+        return [t for t in fresh if t is not current and not t.done() and _runs(t, packages)]
+
+    await eventually(lambda: not leaked(), within, what=f"tasks of {packages} to end (leak)")
 
 
 async def refused(call: object) -> grpc.aio.AioRpcError:

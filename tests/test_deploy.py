@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli import build_parser as agent_parser
-from agent.replica import SupervisorSettings
+from agent.settings import SupervisorSettings
 from controller.cli import build_parser as controller_parser
 from gateway.settings import build_parser as gateway_parser
 from gateway.workers import KILL_AFTER_S

@@ -4,6 +4,7 @@ and waiting for a condition with a deadline (no fixed sleeps)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sys
 import time
@@ -17,13 +18,13 @@ import pytest
 
 from agent.ports import PortAllocator
 from agent.probe import Prober
-from agent.replica import SupervisorSettings
 from agent.session import AgentIdentity, ControllerSession
+from agent.settings import SupervisorSettings
 from agent.supervisor import Supervisor
 from llmpool.backoff import Backoff
-from llmpool.clock import SystemClock
+from llmpool.clock import Clock, FakeClock, SystemClock
 from llmpool.v1 import agent_pb2, agent_pb2_grpc
-from tests.support import eventually
+from tests.support import eventually, no_task_leaks
 
 FAKE_ENGINE = Path(__file__).parent / "fake_engine.py"
 PORT_RANGE = (41000, 48999)
@@ -71,29 +72,61 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-def _ours(task: asyncio.Task[Any]) -> bool:
-    """A task running code of the agent package (not the test's, grpc's or httpx's)."""
-    frame = getattr(task.get_coro(), "cr_frame", None)
-    return frame is not None and str(frame.f_globals.get("__name__", "")).startswith("agent.")
+@contextlib.asynccontextmanager
+async def supervised(
+    settings: SupervisorSettings, http: httpx.AsyncClient, clock: Clock
+) -> AsyncIterator[Supervisor]:
+    """A supervisor whose replicas are all stopped at the end; asserts no task leaked."""
+    ports = PortAllocator("127.0.0.1", *PORT_RANGE)
+    async with no_task_leaks("agent."):
+        sup = Supervisor(settings, ports, Prober(http, clock), clock)
+        try:
+            yield sup
+        finally:
+            await sup.shutdown()
 
 
 @pytest.fixture
 async def supervisor(
     settings: SupervisorSettings, http: httpx.AsyncClient
 ) -> AsyncIterator[Supervisor]:
-    """A supervisor whose replicas are all stopped at teardown; asserts no task leaked."""
-    sup = Supervisor(settings, PortAllocator("127.0.0.1", *PORT_RANGE), Prober(http, SystemClock()))
-    before = asyncio.all_tasks()
-    try:
+    async with supervised(settings, http, SystemClock()) as sup:
         yield sup
-    finally:
-        await sup.shutdown()
-        current = asyncio.current_task()
 
-        def quiet() -> bool:
-            return not [t for t in asyncio.all_tasks() - before if t is not current and _ours(t)]
 
-        await eventually(quiet, within=5, what="supervisor tasks to end (leak)")
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def fake_time_supervisor(
+    settings: SupervisorSettings, http: httpx.AsyncClient, clock: FakeClock
+) -> AsyncIterator[Supervisor]:
+    """A supervisor on the `clock` fixture: its replicas' waits (readiness polls, probe
+    intervals, backoff, drains) end only when the test moves that clock."""
+    async with supervised(settings, http, clock) as sup:
+        yield sup
+
+
+async def advance_until(
+    clock: FakeClock, condition: Callable[[], Any], step: float = 0.05, what: str = ""
+) -> Any:
+    """Waits (with a real deadline) for condition while moving the fake clock on by `step`
+    between looks: the replica's time passes only as the test lets it."""
+
+    def look() -> Any:
+        value = condition()
+        if not value:
+            clock.advance(step)
+        return value
+
+    return await eventually(look, what=what)
+
+
+@pytest.fixture
+def tick() -> Callable[..., Awaitable[Any]]:
+    return advance_until
 
 
 class FakeController(agent_pb2_grpc.AgentServiceServicer):

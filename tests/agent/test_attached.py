@@ -10,7 +10,7 @@ from agent.attach_spec import AttachSpec
 from agent.attached import AttachedEngine
 from agent.engine_metrics import EngineLoad
 from agent.probe import ProbeError, Prober
-from agent.replica import SupervisorSettings
+from agent.settings import SupervisorSettings
 from llmpool.clock import FakeClock
 from llmpool.status import ReplicaState
 

@@ -14,18 +14,15 @@ import pytest
 from prometheus_client.exposition import generate_latest
 
 from agent.metrics import AgentMetrics
-from agent.ports import PortAllocator
-from agent.probe import Prober
-from agent.replica import SupervisorSettings
 from agent.supervisor import Supervisor
 from agent.template import ReplicaSpec
-from llmpool.backoff import Backoff
 from llmpool.clock import FakeClock
 from llmpool.errors import FailedPreconditionError, NotFoundError, UnavailableError
 from llmpool.status import ReplicaState, ReplicaStatus
 
 Cmd = Callable[..., tuple[str, ...]]
 Until = Callable[..., Awaitable[Any]]
+Tick = Callable[..., Awaitable[Any]]
 
 
 def alive(pid: int) -> bool:
@@ -99,36 +96,42 @@ async def test_unspawnable_command_fails_the_start_and_leaves_nothing(
 
 
 async def test_kill_9_is_failed_at_once_then_restarted_with_a_new_pid(
-    supervisor: Supervisor, fake_engine: Cmd, until: Until
+    fake_time_supervisor: Supervisor, fake_engine: Cmd, tick: Tick, until: Until, clock: FakeClock
 ) -> None:
-    # A visible backoff (0.25 s) so that the FAILED state can be observed before the restart.
-    supervisor.settings.backoff = lambda: Backoff(base=0.5, cap=1.0, jitter=lambda: 0.0)
-    ready = await start_ready(supervisor, until, fake_engine())
-    supervisor.changed.clear()
+    sup = fake_time_supervisor
+    assert await sup.start(make_spec(fake_engine())) is True
+    ready = await tick(clock, lambda: (s := status_of(sup)).state is ReplicaState.READY and s)
+    sup.changed.clear()
     os.kill(ready.pid, signal.SIGKILL)
+    # The backoff waits on the fake clock: FAILED holds until the test moves it.
     failed = await until(
-        lambda: (s := status_of(supervisor)).state is ReplicaState.FAILED and s, what="FAILED"
+        lambda: (s := status_of(sup)).state is ReplicaState.FAILED and s, what="FAILED"
     )
-    assert "signal 9" in failed.message and not failed.healthy
-    assert supervisor.changed.is_set()
-    again = await until(
-        lambda: (s := status_of(supervisor)).state is ReplicaState.READY and s, what="READY again"
+    assert "signal 9" in failed.message and "restarting in" in failed.message
+    assert not failed.healthy and sup.changed.is_set()
+    assert status_of(sup).restarts == 0
+    again = await tick(
+        clock, lambda: (s := status_of(sup)).state is ReplicaState.READY and s, what="READY"
     )
     assert again.pid != ready.pid and alive(again.pid)
     assert again.restarts == 1
-    assert supervisor.restarts_by_pool == {"chat": 1}
+    assert sup.restarts_by_pool == {"chat": 1}
 
 
 async def test_never_ready_is_killed_failed_and_retried(
-    supervisor: Supervisor, fake_engine: Cmd, until: Until
+    fake_time_supervisor: Supervisor, fake_engine: Cmd, tick: Tick, until: Until, clock: FakeClock
 ) -> None:
-    cmd = fake_engine("--health", "503")
-    await supervisor.start(make_spec(cmd, ready_timeout_s=0.5))
-    first_pid = status_of(supervisor).pid
-    await until(lambda: status_of(supervisor).restarts >= 1, what="a restart")
+    sup = fake_time_supervisor
+    await sup.start(make_spec(fake_engine("--health", "503"), ready_timeout_s=30))
+    first_pid = status_of(sup).pid
+    # It answers 503 for as long as the clock allows; 30 s pass in fake time only.
+    replica = sup.replica("r1")
+    await tick(clock, lambda: "HTTP 503" in replica.life.last_error, what="a 503 answer")
+    clock.advance(30.0)
+    await tick(clock, lambda: status_of(sup).restarts >= 1, what="a restart")
     await until(lambda: not alive(first_pid), what="the never-ready process to be gone")
-    restarted = status_of(supervisor)
-    assert "not ready within 0.5s" in restarted.message and "HTTP 503" in restarted.message
+    restarted = status_of(sup)
+    assert "not ready within 30s" in restarted.message and "HTTP 503" in restarted.message
     assert restarted.state is not ReplicaState.READY
 
 
@@ -162,13 +165,20 @@ async def test_stop_drains_until_the_engine_is_idle(
 
 
 async def test_stop_gives_up_draining_after_drain_s(
-    supervisor: Supervisor, fake_engine: Cmd, until: Until
+    fake_time_supervisor: Supervisor, fake_engine: Cmd, tick: Tick, until: Until, clock: FakeClock
 ) -> None:
-    ready = await start_ready(supervisor, until, fake_engine("--running", "5"))
-    loop = asyncio.get_running_loop()
-    began = loop.time()
-    stopped = await asyncio.wait_for(supervisor.stop("r1", drain_s=0.4), 10)
-    assert loop.time() - began >= 0.4
+    sup = fake_time_supervisor
+    await sup.start(make_spec(fake_engine("--running", "5")))
+    ready = await tick(clock, lambda: (s := status_of(sup)).state is ReplicaState.READY and s)
+    stopping = asyncio.create_task(sup.stop("r1", drain_s=600))
+    await until(lambda: status_of(sup).state is ReplicaState.DRAINING, what="DRAINING")
+    await until(lambda: clock.sleepers == 2, what="the probe and drain loops waiting")
+    clock.advance(599.0)
+    # Both loops looked again (busy, inside the drain) and went back to waiting.
+    await until(lambda: clock.sleepers == 2, what="the loops to wait again")
+    assert not stopping.done() and alive(ready.pid)
+    clock.advance(1.0)
+    stopped = await asyncio.wait_for(stopping, 10)
     assert stopped.state is ReplicaState.STOPPED
     await until(lambda: not alive(ready.pid), what="process gone")
 
@@ -239,39 +249,6 @@ async def test_shutdown_stops_every_replica(
     assert supervisor.statuses() == []
     await until(lambda: not any(alive(p) for p in pids), what="both processes gone")
     assert {s.replica_id for s in supervisor.take_report()} == {"a", "b"}
-
-
-async def test_restart_backoff_grows_and_resets_after_a_stable_run(
-    fake_engine: Cmd, until: Until, http: httpx.AsyncClient
-) -> None:
-    clock = FakeClock()
-    settings = SupervisorSettings(
-        probe_interval_s=0.1, ready_poll_s=0.05, stable_s=30.0,
-        backoff=lambda: Backoff(base=0.2, cap=10.0, jitter=lambda: 0.0),
-    )  # fmt: skip
-    sup = Supervisor(settings, PortAllocator("127.0.0.1", 41000, 48999), Prober(http, clock), clock)
-    try:
-
-        async def crash_and_read_delay(restarts: int) -> str:
-            ready = await until(
-                lambda: (s := status_of(sup)).state is ReplicaState.READY and s.restarts == restarts
-                and s, what=f"READY after {restarts} restarts",
-            )  # fmt: skip
-            os.kill(ready.pid, signal.SIGKILL)
-            failed = await until(
-                lambda: "restarting in" in (m := status_of(sup).message) and m, what="FAILED"
-            )
-            return str(failed.rsplit("restarting in ", 1)[1])
-
-        await sup.start(make_spec(fake_engine()))
-        assert await crash_and_read_delay(0) == "0.1s"
-        assert await crash_and_read_delay(1) == "0.2s"
-        # READY for stable_s before failing: the next restart is quick again.
-        await until(lambda: status_of(sup).state is ReplicaState.READY, what="READY")
-        clock.advance(31)
-        assert await crash_and_read_delay(2) == "0.1s"
-    finally:
-        await sup.shutdown()
 
 
 async def test_shutdown_refuses_later_starts(supervisor: Supervisor, fake_engine: Cmd) -> None:

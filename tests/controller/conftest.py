@@ -12,6 +12,7 @@ import pytest
 from controller.server import ControllerServer, ControllerSettings
 from llmpool.config import Config
 from llmpool.v1 import admin_pb2_grpc
+from tests.support import no_task_leaks
 
 T = TypeVar("T")
 
@@ -32,12 +33,14 @@ def make_settings(
 
 @pytest.fixture()
 async def controller(tmp_path: Path) -> AsyncIterator[ControllerServer]:
-    server = ControllerServer(make_settings(tmp_path / "data"))
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
+    """A started controller, stopped at teardown; fails the test if a task of it lives on."""
+    async with no_task_leaks("controller."):
+        server = ControllerServer(make_settings(tmp_path / "data"))
+        await server.start()
+        try:
+            yield server
+        finally:
+            await server.stop()
 
 
 @pytest.fixture()

@@ -120,11 +120,11 @@ async def test_delete_pool_removes_backends_and_enable_ends_drain(
     await admin.AddBackend(add("b1", "p"))
     await admin.AddBackend(add("b2", "p"))
     msg = await admin.DrainBackend(admin_pb2.DrainBackendRequest(id="b1"))
-    assert "draining" in msg.message and controller.desired.backends["b1"].draining
+    assert "draining" in msg.message and controller.parts.desired.backends["b1"].draining
     off = await admin.SetBackendEnabled(admin_pb2.SetBackendEnabledRequest(id="b1", enabled=False))
     assert not off.enabled
     on = await admin.SetBackendEnabled(admin_pb2.SetBackendEnabledRequest(id="b1", enabled=True))
-    assert on.enabled and not controller.desired.backends["b1"].draining
+    assert on.enabled and not controller.parts.desired.backends["b1"].draining
     await admin.DeletePool(admin_pb2.DeletePoolRequest(name="p"))
     listed = await admin.ListBackends(admin_pb2.ListBackendsRequest())
     assert list(listed.backends) == []

@@ -204,7 +204,7 @@ async def test_admin_lists_attached_replicas_counts_them_and_never_stops_them(
     assert [(a.agent_id, a.replicas) for a in agents] == [("watcher", 2)]
 
     # Reconcile passes decide nothing about them, and no command reaches the agent.
-    assert await controller.reconciler.run_once() == []
+    assert await controller.parts.reconciler.run_once() == []
     assert watcher.of("stop") == [] and watcher.of("start") == []
 
     err = await refused(admin.DrainBackend(admin_pb2.DrainBackendRequest(id="att-1")))
@@ -224,25 +224,25 @@ async def test_attached_replicas_leave_routing_when_their_agent_goes_quiet(
     await agent.connect([status_to_proto(attached("att-1", "chat"))])
     try:
         await eventually(
-            lambda: healthy_members(controller.publisher.routes.get("chat")) == 1,
+            lambda: healthy_members(controller.parts.publisher.routes.get("chat")) == 1,
             what="attached member routed",
         )
         # The agent's last report drops it (as an agent does when it stops watching).
         agent.report([])
         await eventually(
-            lambda: list(controller.publisher.routes["chat"].members) == [],
+            lambda: list(controller.parts.publisher.routes["chat"].members) == [],
             what="attached member gone",
         )
         agent.report([status_to_proto(attached("att-1", "chat"))])
         await eventually(
-            lambda: healthy_members(controller.publisher.routes.get("chat")) == 1,
+            lambda: healthy_members(controller.parts.publisher.routes.get("chat")) == 1,
             what="attached member back",
         )
     finally:
         await agent.close()
     # Silent past its lease (1 s here): out of routing, like its own replicas.
     await eventually(
-        lambda: list(controller.publisher.routes["chat"].members) == [],
+        lambda: list(controller.parts.publisher.routes["chat"].members) == [],
         within=5,
         what="attached member dropped after the lease",
     )

@@ -133,7 +133,9 @@ async def test_gpu_replicas_get_cuda_visible_devices(controller: ControllerServe
             return "1 replica(s) not placed" in status.message and "GPU" in status.message
 
         await eventually(says_why, what="unplaced reason naming GPUs")
-        stored = {a.replica_id: a.gpu_indices for a in controller.desired.assignments.values()}
+        stored = {
+            a.replica_id: a.gpu_indices for a in controller.parts.desired.assignments.values()
+        }
         assert sorted(stored.values()) == [(0,), (1,)]
     await agent.close()
 
@@ -158,7 +160,9 @@ async def test_watch_routing_sees_add_backend_as_a_delta(controller: ControllerS
 
 
 async def test_usage_reports_reach_snapshot_in_flight(controller: ControllerServer) -> None:
-    await controller.admin.add_backend(BackendSpec(id="b1", pool="p", url="http://127.0.0.1:9"))
+    await controller.parts.admin.add_backend(
+        BackendSpec(id="b1", pool="p", url="http://127.0.0.1:9")
+    )
     async with grpc.aio.insecure_channel(target(controller)) as channel:
         gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
         report = gateway_pb2.UsageReport(
@@ -167,14 +171,14 @@ async def test_usage_reports_reach_snapshot_in_flight(controller: ControllerServ
         )
         await gateway.ReportUsage(iter([report]))
     await eventually(
-        lambda: controller.publisher.routes["p"].members[0].in_flight == 4, what="in_flight"
+        lambda: controller.parts.publisher.routes["p"].members[0].in_flight == 4, what="in_flight"
     )
 
 
 async def test_tail_logs_forwarded_and_cancelled(controller: ControllerServer) -> None:
     agent = FakeAgent(target(controller))
     await agent.connect(replicas=[ready("p-aaaaaa")])
-    await eventually(lambda: controller.registry.get("agent-1"))
+    await eventually(lambda: controller.parts.registry.get("agent-1"))
     async with grpc.aio.insecure_channel(target(controller)) as channel:
         admin = admin_pb2_grpc.AdminServiceStub(channel)
         tail = admin.TailLogs(admin_pb2.TailLogsRequest(replica_id="p-aaaaaa", follow=True))
@@ -193,7 +197,7 @@ async def test_tail_logs_forwarded_and_cancelled(controller: ControllerServer) -
         cancels = await eventually(lambda: agent.of("cancel_tail"), what="CancelTail")
         assert cancels[0].cancel_tail.request_id == cmd.request_id
         await agent.close()
-        await eventually(lambda: not controller.registry.get("agent-1").connected)  # type: ignore[union-attr]
+        await eventually(lambda: not controller.parts.registry.get("agent-1").connected)  # type: ignore[union-attr]
         err = None
         try:
             await admin.TailLogs(admin_pb2.TailLogsRequest(replica_id="p-aaaaaa")).read()
@@ -244,7 +248,7 @@ async def test_grpcurl_list_and_add_backend(controller: ControllerServer) -> Non
     code, out = await grpcurl("-d", body, target(controller), "llmpool.v1.AdminService/AddBackend")
     assert code == 0, out
     assert json.loads(out)["enabled"] is True
-    assert controller.desired.backends["cli-b"].pool == "cli"
+    assert controller.parts.desired.backends["cli-b"].pool == "cli"
     code, out = await grpcurl("-d", body, target(controller), "llmpool.v1.AdminService/AddBackend")
     assert code != 0 and "AlreadyExists" in out
 
@@ -255,30 +259,30 @@ async def test_restart_keeps_state_and_waits_for_agents(tmp_path: Path) -> None:
     await server.start()
     agent = FakeAgent(target(server))
     await agent.connect()
-    await server.admin.create_pool(
+    await server.parts.admin.create_pool(
         pool_from_proto(types_pb2.Pool(name="p", replicas=1, template=TEMPLATE))
     )
     rid = (await eventually(lambda: agent.of("start")))[0].start.replica_id
     agent.report([ready(rid)])
-    await eventually(lambda: server.registry.find_replica(rid))
+    await eventually(lambda: server.parts.registry.find_replica(rid))
     await agent.close()
     await server.stop()
 
     again = ControllerServer(settings)
     await again.start()
     try:
-        assert set(again.desired.assignments) == {rid}
+        assert set(again.parts.desired.assignments) == {rid}
         back = FakeAgent(target(again))
         await back.connect(replicas=[ready(rid)])
-        await eventually(lambda: again.registry.get("agent-1"))
+        await eventually(lambda: again.parts.registry.get("agent-1"))
         # Past the restart grace (lease 0.5 s), the re-announced replica is kept:
         # nothing new started or stopped.
-        await eventually(lambda: again.reconciler.world().since_start_s > 0.6, within=3)
+        await eventually(lambda: again.parts.reconciler.world().since_start_s > 0.6, within=3)
         back.report([ready(rid)])
-        await eventually(lambda: again.registry.lease_valid("agent-1"))
-        await again.reconciler.run_once()
+        await eventually(lambda: again.parts.registry.lease_valid("agent-1"))
+        await again.parts.reconciler.run_once()
         assert back.of("start") == [] and back.of("stop") == []
-        assert set(again.desired.assignments) == {rid}
+        assert set(again.parts.desired.assignments) == {rid}
         await back.close()
     finally:
         await again.stop()

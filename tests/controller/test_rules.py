@@ -203,11 +203,11 @@ async def test_admin_round_trip_and_snapshot(
     assert not cleared.splits and list(cleared.rules) == [rule]
 
     def carried() -> bool:
-        route = controller.publisher.routes.get("ab")
+        route = controller.parts.publisher.routes.get("ab")
         return route is not None and not route.splits and route.policy == "least_in_flight"
 
     await eventually(carried, 5, "the snapshot follows the update")
-    route = controller.publisher.routes["ab"]
+    route = controller.parts.publisher.routes["ab"]
     assert [r.target for r in route.rules] == ["long"]
 
 

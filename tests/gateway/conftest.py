@@ -23,7 +23,7 @@ from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from llmpool.backoff import Backoff
 from llmpool.v1 import gateway_pb2, gateway_pb2_grpc
-from tests.support import eventually, free_port
+from tests.support import eventually, free_port, no_task_leaks
 
 wait_until = eventually
 
@@ -375,9 +375,10 @@ async def gateway_factory() -> AsyncIterator[GatewayFactory]:
         started.append(server)
         return server
 
-    yield make
-    for server in started:
-        await server.stop()
+    async with no_task_leaks("gateway."):
+        yield make
+        for server in started:
+            await server.stop()
 
 
 @pytest.fixture

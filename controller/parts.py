@@ -1,0 +1,100 @@
+"""Builds the controller's objects once at start-up and holds them in one typed object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmpool.clock import Clock
+from llmpool.config import Config
+
+from .admin import Admin
+from .agents import AgentRegistry
+from .changes import Changes
+from .convert import specs_from_config
+from .desired import DesiredState
+from .metrics import ControllerMetrics
+from .publisher import SnapshotPublisher
+from .reconcile_loop import ReconcileLoop
+from .snapshot import LiveReplica, Routes, build_routes
+from .store import Store
+from .tails import LogTails
+from .usage import UsageAggregator
+
+
+@dataclass(frozen=True)
+class ControllerParts:
+    """The objects behind one controller, wired to each other; the server adds gRPC and runs
+    the loops. Tests read them through ControllerServer.parts."""
+
+    clock: Clock
+    metrics: ControllerMetrics
+    changes: Changes
+    store: Store
+    desired: DesiredState
+    registry: AgentRegistry
+    usage: UsageAggregator
+    tails: LogTails
+    publisher: SnapshotPublisher
+    reconciler: ReconcileLoop
+    admin: Admin
+
+
+async def build_parts(
+    *,
+    store: Store,
+    seed: Config | None,
+    clock: Clock,
+    metrics: ControllerMetrics,
+    lease_s: float,
+    report_interval_s: float,
+    drain_s: float,
+    extra_policies: tuple[str, ...],
+) -> ControllerParts:
+    """Loads the desired state (seeding an empty store from the config) and builds the rest."""
+    changes = Changes()
+    desired = DesiredState(store, changes)
+    await desired.load(specs_from_config(seed) if seed is not None else None)
+    registry = AgentRegistry(clock, lease_s, 3 * lease_s, changes)
+    usage = UsageAggregator(clock, metrics, ttl_s=max(5.0, 5 * report_interval_s))
+
+    def live() -> dict[str, LiveReplica]:
+        replicas: dict[str, LiveReplica] = {}
+        for record in registry.all():
+            valid = registry.lease_valid(record.agent_id)
+            zone = record.labels.get("zone", "")
+            for rid, status in record.replicas.items():
+                replicas[rid] = LiveReplica(status, record.agent_id, valid, zone)
+        return replicas
+
+    def build() -> Routes:
+        return build_routes(
+            desired.pools, desired.backends, desired.assignments, live(), usage.loads()
+        )
+
+    publisher = SnapshotPublisher(build, changes.listener(), clock, metrics)
+    publisher.publish()
+    reconciler = ReconcileLoop(
+        desired,
+        registry,
+        changes.listener(),
+        clock,
+        metrics,
+        drain_s,
+        usage=usage,
+        routing_version=lambda: publisher.version,
+    )
+    tails = LogTails()
+    admin = Admin(desired, registry, reconciler, publisher, tails, extra_policies=extra_policies)
+    return ControllerParts(
+        clock=clock,
+        metrics=metrics,
+        changes=changes,
+        store=store,
+        desired=desired,
+        registry=registry,
+        usage=usage,
+        tails=tails,
+        publisher=publisher,
+        reconciler=reconciler,
+        admin=admin,
+    )
