@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 
 from agent.attach_spec import AttachSpec
+from agent.health import ProbedHealth
 from agent.probe import ProbeError, Prober
 from agent.readings import EngineReadings
 from agent.settings import SupervisorSettings
@@ -35,23 +36,22 @@ class AttachedEngine:
         self._settings = settings
         self._prober = prober
         self._clock = clock
-        self._on_change = on_change
-        self._state = ReplicaState.STARTING
-        self._healthy = False
-        self._message = "no health probe answered yet"
+        self.health = ProbedHealth(
+            unhealthy_after=settings.unhealthy_after,
+            clock=clock,
+            on_change=on_change,
+            message="no health probe answered yet",
+        )
         self._readings = EngineReadings()
-        self._failures = 0
-        # Monotonic time of the first failed probe of the current streak.
-        self._failing_since: float | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
     def state(self) -> ReplicaState:
-        return self._state
+        return self.health.state
 
     @property
     def healthy(self) -> bool:
-        return self._healthy
+        return self.health.healthy
 
     def status(self) -> ReplicaStatus:
         return self._readings.status(
@@ -59,11 +59,11 @@ class AttachedEngine:
             pool=self.spec.pool,
             engine=self.spec.engine,
             served_model=self.spec.model,
-            state=self._state,
+            state=self.health.state,
             url=self.spec.url,
-            healthy=self._healthy,
+            healthy=self.health.healthy,
             restarts=0,
-            message=self._message,
+            message=self.health.message,
             pid=0,
             attached=True,
         )
@@ -71,37 +71,28 @@ class AttachedEngine:
     # ---- the state machine (no I/O; probe_once feeds it)
 
     def probe_succeeded(self, rtt_s: float) -> None:
-        self._failures = 0
-        self._failing_since = None
         self._readings.add_latency_ms(rtt_s * 1000)
-        if self._state is ReplicaState.STARTING or not self._healthy:
-            recovered = self._state is ReplicaState.READY
-            self._state = ReplicaState.READY
-            self._healthy = True
-            self._message = ""
+        health = self.health
+        if health.state is ReplicaState.STARTING:
+            health.enter(ReplicaState.READY, "", healthy=True)
             log.info(
-                "attached engine recovered" if recovered else "attached engine ready",
+                "attached engine ready",
                 extra={"replica_id": self.spec.replica_id, "url": self.spec.url},
             )
-            self._on_change()
+        elif health.answered():
+            log.info(
+                "attached engine recovered",
+                extra={"replica_id": self.spec.replica_id, "url": self.spec.url},
+            )
 
     def probe_failed(self, error: str) -> None:
-        now = self._clock.monotonic()
-        if self._failing_since is None:
-            self._failing_since = now
-        self._failures += 1
-        if self._state is ReplicaState.STARTING:
-            self._message = f"not answering yet: {error}"
-            return
-        failing_s = now - self._failing_since
-        self._message = f"{self._failures} failed health probes in {failing_s:.1f}s: {error}"
-        if self._healthy and self._failures >= self._settings.unhealthy_after:
-            self._healthy = False
+        if self.health.state is ReplicaState.STARTING:
+            self.health.note(f"not answering yet: {error}")
+        elif self.health.unanswered(error):
             log.warning(
                 "attached engine unhealthy",
                 extra={"replica_id": self.spec.replica_id, "url": self.spec.url, "error": error},
             )
-            self._on_change()
 
     # ---- I/O
 
@@ -150,9 +141,7 @@ class AttachedEngine:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._healthy = False
-        self._state = ReplicaState.STOPPED
-        self._message = "no longer watched"
+        self.health.enter(ReplicaState.STOPPED, "no longer watched", healthy=False)
 
     async def _run(self) -> None:
         while True:

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from agent.health import ProbedHealth
 from llmpool.backoff import Backoff
 from llmpool.clock import Clock
 from llmpool.status import ReplicaState
 
 
-class ReplicaLifecycle:
+class ReplicaLifecycle(ProbedHealth):
     """STARTING until the readiness probe answers (FAILED if it does not within
-    ready_timeout_s), then READY, unhealthy after `unhealthy_after` failed liveness probes in a
-    row and healthy again on the next good one; FAILED when the process ends, then STARTING
-    again after a backoff that starts over once a run lasted stable_s; DRAINING on a stop, then
-    STOPPED. on_change fires on state and health changes."""
+    ready_timeout_s), then READY, with health from liveness probes (answered() and
+    unanswered(), agent/health.py); FAILED when the process ends, then STARTING again after a
+    backoff that starts over once a run lasted stable_s; DRAINING on a stop, then STOPPED.
+    on_change fires on state and health changes."""
 
     def __init__(
         self,
@@ -30,17 +31,11 @@ class ReplicaLifecycle:
         clock: Clock,
         on_change: Callable[[], None],
     ) -> None:
+        super().__init__(unhealthy_after=unhealthy_after, clock=clock, on_change=on_change)
         self._ready_timeout_s = ready_timeout_s
-        self._unhealthy_after = unhealthy_after
         self._stable_s = stable_s
         self._backoff = backoff
-        self._clock = clock
-        self._on_change = on_change
-        self._state = ReplicaState.STARTING
-        self._healthy = False
-        self._message = ""
         self._restarts = 0
-        self._failures = 0
         self.last_error = ""
         self._ready_by = 0.0
         self._ready_since: float | None = None
@@ -52,18 +47,6 @@ class ReplicaLifecycle:
         self._drain_by = 0.0
 
     # ---- view
-
-    @property
-    def state(self) -> ReplicaState:
-        return self._state
-
-    @property
-    def healthy(self) -> bool:
-        return self._healthy
-
-    @property
-    def message(self) -> str:
-        return self._message
 
     @property
     def restarts(self) -> int:
@@ -82,11 +65,9 @@ class ReplicaLifecycle:
 
     def launched(self, note: str = "") -> None:
         """A process was spawned: STARTING until it answers its readiness probe."""
-        self._healthy = False
-        self._failures = 0
         self.last_error = "no answer yet"
         self._ready_by = self._clock.monotonic() + self._ready_timeout_s
-        self._set(ReplicaState.STARTING, note)
+        self.enter(ReplicaState.STARTING, note, healthy=False)
 
     def not_ready(self, error: str) -> str | None:
         """A readiness probe failed. Returns why to give up on this process once its time to
@@ -100,34 +81,16 @@ class ReplicaLifecycle:
         """The readiness probe answered: healthy, and READY unless a stop began meanwhile.
         True when it became READY."""
         self._ready_since = self._clock.monotonic()
-        self._healthy = True
-        self._failures = 0
         if self._stopping:
+            self._healthy = True  # it may serve what is in flight, but stays DRAINING
             return False
-        self._set(ReplicaState.READY, "")
+        self.enter(ReplicaState.READY, "", healthy=True)
         return True
-
-    def probe_succeeded(self) -> None:
-        """A liveness probe answered."""
-        self._failures = 0
-        if not self._healthy:
-            self._healthy = True
-            self._message = ""
-            self._on_change()
-
-    def probe_failed(self, error: str) -> None:
-        """A liveness probe failed."""
-        self._failures += 1
-        if self._failures >= self._unhealthy_after and self._healthy:
-            self._healthy = False
-            self._message = f"{self._failures} failed health probes: {error}"
-            self._on_change()
 
     def failed(self, reason: str) -> float:
         """The process exited or never got ready (outside a stop): FAILED. Returns the wait
         before the next start; the backoff starts over after a run of stable_s."""
-        self._healthy = False
-        self._set(ReplicaState.FAILED, reason)
+        self.enter(ReplicaState.FAILED, reason, healthy=False)
         since = self._ready_since
         if since is not None and self._clock.monotonic() - since >= self._stable_s:
             self._backoff.reset()
@@ -156,7 +119,7 @@ class ReplicaLifecycle:
         if self._state is ReplicaState.READY and drain_s > 0:
             self._drain_from = now
             self._drain_asked_by = self._drain_by = now + drain_s
-        self._set(ReplicaState.DRAINING, "stop requested")
+        self.enter(ReplicaState.DRAINING, "stop requested")
         return True
 
     def drain_over(self, idle: bool) -> str | None:
@@ -179,16 +142,6 @@ class ReplicaLifecycle:
         return self._drain_by - self._clock.monotonic()
 
     def stopped(self, exit_code: int | None) -> None:
-        self._healthy = False
         self._drain_from = None
-        self._set(
-            ReplicaState.STOPPED,
-            "stopped" if exit_code is None else f"stopped (exit code {exit_code})",
-        )
-
-    # ---- internals
-
-    def _set(self, state: ReplicaState, message: str) -> None:
-        self._message = message
-        self._state = state
-        self._on_change()
+        note = "stopped" if exit_code is None else f"stopped (exit code {exit_code})"
+        self.enter(ReplicaState.STOPPED, note, healthy=False)

@@ -250,9 +250,9 @@ class Replica:
             try:
                 rtt = await self._prober.health(health_url, settings.probe_timeout_s)
             except ProbeError as exc:
-                life.probe_failed(str(exc))
+                life.unanswered(str(exc))
             else:
-                life.probe_succeeded()
+                life.answered()
                 self._readings.add_latency_ms(rtt * 1000)
             await self._refresh_load()
 

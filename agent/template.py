@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from llmpool.engines import launch_problem
 from llmpool.errors import InvalidArgumentError
+from llmpool.specs import Template
 
 __all__ = ["Launch", "ReplicaSpec", "render", "substitute", "validate"]
 
@@ -16,23 +17,17 @@ __all__ = ["Launch", "ReplicaSpec", "render", "substitute", "validate"]
 _PLACEHOLDER = re.compile(r"\{(port|host|model|replica_id|pool|python)\}")
 
 
-@dataclass(frozen=True)
-class ReplicaSpec:
-    """What the controller asked to run: one replica of a pool from its template."""
+@dataclass(frozen=True, kw_only=True)
+class ReplicaSpec(Template):
+    """What the controller asked to run: one replica of a pool from its template (every field
+    of which it has), with the placement's env merged into the template's (placement wins)."""
 
     replica_id: str
     pool: str
-    engine: str = "sim"
-    command: tuple[str, ...] = ()
-    # Template env and placement env (placement wins on the same key).
-    env: Mapping[str, str] = field(default_factory=dict)
+    # A spec made here without paths probes the usual ones; the controller's empty paths are
+    # replaced with the engine's own on arrival (agent/convert.py).
     health_path: str = "/health"
     metrics_path: str = "/metrics"
-    ready_timeout_s: float = 60.0
-    served_model: str = ""
-    # What the engine's default command loads, and what is appended to it; unused with command.
-    weights: str = ""
-    args: tuple[str, ...] = ()
     # Polled until the replica is first ready, when the engine's readiness differs from its
     # liveness (SGLang); "" polls health_path for both.
     ready_path: str = ""

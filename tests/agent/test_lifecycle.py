@@ -55,15 +55,21 @@ def test_liveness_failures_mark_unhealthy_and_one_answer_recovers() -> None:
     life.launched()
     life.ready()
     before = changes.count
-    life.probe_failed("HTTP 500")
-    life.probe_failed("HTTP 500")
+    assert life.unanswered("HTTP 500") is False
+    clock.advance(1.0)
+    assert life.unanswered("HTTP 500") is False
     assert life.healthy and changes.count == before
-    life.probe_succeeded()  # the streak starts over
-    for _ in range(3):
-        life.probe_failed("timed out")
+    assert life.message == "2 failed health probes in 1.0s: HTTP 500"
+    assert life.answered() is False  # healthy all along; the streak starts over
+    assert life.message == ""
+    for _ in range(2):
+        life.unanswered("timed out")
+        clock.advance(1.0)
+    assert life.unanswered("timed out") is True
     assert not life.healthy and life.state is ReplicaState.READY
-    assert life.message == "3 failed health probes: timed out" and changes.count == before + 1
-    life.probe_succeeded()
+    assert life.message == "3 failed health probes in 2.0s: timed out"
+    assert changes.count == before + 1
+    assert life.answered() is True
     assert life.healthy and life.message == "" and changes.count == before + 2
 
 
