@@ -23,6 +23,10 @@ class Session(Policy, name="session"):
         self.load_factor = params.number("load_factor", 1.25, min=1.0)
         self.vnodes = params.integer("vnodes", 100, min=1, max=10000)
         self._ring = HashRing((), self.vnodes)
+        # The candidates tuple last seen (one per snapshot, or per retry) and each member's
+        # position in it, so a pick does no per-member dict building.
+        self._seen: Sequence[Member] = ()
+        self._positions: dict[str, int] = {}
 
     def on_members(self, members: Sequence[Member]) -> None:
         self._ring = HashRing((m.id for m in members), self.vnodes)
@@ -35,12 +39,19 @@ class Session(Policy, name="session"):
         key = self.key(ctx)
         if key is None:
             return self.least_loaded(candidates, ctx)
-        loads = dict(zip((m.id for m in candidates), ctx.loads(candidates), strict=True))
-        ring = self._ring
-        if not ring.members.issuperset(loads):
-            self._ring = ring = HashRing(ring.members | loads.keys(), self.vnodes)
-        cap = math.ceil(self.load_factor * (sum(loads.values()) + 1) / len(candidates))
-        chosen = ring.first(key, lambda m: m in loads and loads[m] < cap)
-        if chosen is None:  # Cannot happen (some load is below the mean), but stay total.
-            chosen = min(loads, key=loads.__getitem__)
-        return next(m for m in candidates if m.id == chosen)
+        positions = self._positions_of(candidates)
+        loads = ctx.loads(candidates)
+        cap = math.ceil(self.load_factor * (sum(loads) + 1) / len(candidates))
+        chosen = self._ring.first(
+            key, lambda m: (i := positions.get(m)) is not None and loads[i] < cap
+        )
+        # None cannot happen (some load is below the mean), but stay total.
+        return candidates[positions[chosen] if chosen is not None else loads.index(min(loads))]
+
+    def _positions_of(self, candidates: Sequence[Member]) -> dict[str, int]:
+        if candidates is not self._seen:
+            self._seen = candidates
+            self._positions = {m.id: i for i, m in enumerate(candidates)}
+            if not self._ring.members.issuperset(self._positions):
+                self._ring = HashRing(self._ring.members | self._positions.keys(), self.vnodes)
+        return self._positions
