@@ -59,16 +59,8 @@ def status_from_proto(msg: types_pb2.ReplicaStatus) -> ReplicaStatus:
     return from_proto(ReplicaStatus, msg, zeros=True)
 
 
-def status_to_proto(status: ReplicaStatus) -> types_pb2.ReplicaStatus:
-    return to_proto(status, types_pb2.ReplicaStatus)
-
-
 def capacity_from_proto(msg: types_pb2.Capacity) -> Capacity:
     return from_proto(Capacity, msg, zeros=True)
-
-
-def capacity_to_proto(capacity: Capacity) -> types_pb2.Capacity:
-    return to_proto(capacity, types_pb2.Capacity)
 
 
 def command_to_proto(command: AgentCommand) -> agent_pb2.ControllerMessage:

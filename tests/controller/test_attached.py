@@ -9,7 +9,7 @@ from typing import TypeVar
 import grpc
 import pytest
 
-from controller.convert import status_to_proto
+from agent.convert import status_to_proto
 from controller.model import Assignment, BackendSpec, PoolSpec
 from controller.reconciler import (
     AdoptReplica,
