@@ -188,7 +188,6 @@ class PrefixAware(Policy, name="prefix_aware"):
         best_new = blocks
         for i, m in enumerate(candidates):
             mid = m.id
-            mine = own.get(mid, 0)
             cost = per_request * loads[i]
             backlog = backlogs.get(mid)
             held, rank = depth.get(mid, no_match) if depth else no_match
@@ -196,6 +195,7 @@ class PrefixAware(Policy, name="prefix_aware"):
             if backlog is not None:
                 entries = backlog.entries
                 if entries:
+                    mine = own.get(mid, 0)
                     # Draining more often than every millisecond changes nothing that matters.
                     if len(entries) > mine or now - backlog.last > 0.001:
                         backlog.update(mine, now, rate)
