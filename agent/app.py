@@ -22,6 +22,7 @@ from agent.supervisor import Supervisor
 from llmpool.backoff import Backoff
 from llmpool.clock import Clock, SystemClock
 from llmpool.metrics_http import serve_metrics
+from llmpool.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class AgentOptions:
     gpu_refresh_s: float = 10.0
     # Engines to watch but not start (--attach).
     attach: tuple[AttachSpec, ...] = ()
+    # Mutual TLS to the controller; None: plaintext (the CLI needs --insecure for it).
+    tls: TlsFiles | None = None
 
 
 class Agent:
@@ -87,6 +90,8 @@ class Agent:
         )
         self.session = ControllerSession(
             options.controller,
+            # Read now: missing certificate files stop the agent at start, not on each retry.
+            options.tls.channel_credentials() if options.tls is not None else None,
             AgentIdentity(
                 agent_id=options.agent_id,
                 hostname=options.hostname,

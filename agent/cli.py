@@ -16,7 +16,9 @@ from agent.gpus import parse_gpus
 from agent.ports import parse_port_range
 from llmpool.addr import split_host_port
 from llmpool.cliargs import add_logging_options, env_help, env_option, run_until_signal
+from llmpool.errors import LLMPoolError
 from llmpool.logs import setup_logging
+from llmpool.tls import add_tls_options, tls_from_args
 
 LABELS_VAR = "LLMPOOL_AGENT_LABELS"
 
@@ -156,6 +158,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "output lines kept per replica",
         type=int,
     )
+    add_tls_options(p, env, role="agent", what="the controller connection")
     add_logging_options(p, env)
     return p
 
@@ -187,7 +190,12 @@ def options_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Agent
         raise ValueError("--log-lines must be >= 1")
     if args.cpu_slots < 0:
         raise ValueError("--cpu-slots must be >= 0")
+    try:
+        tls = tls_from_args(args, role="agent", address=args.controller)
+    except ValueError as exc:
+        raise ValueError(f"--controller: {exc}") from None
     return AgentOptions(
+        tls=tls,
         controller=args.controller,
         agent_id=args.agent_id,
         hostname=hostname,
@@ -219,6 +227,9 @@ def main(argv: list[str]) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         asyncio.run(run_until_signal(lambda stop: run_agent(options, stop)))
+    except LLMPoolError as exc:
+        print(f"llm-pool agent: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         # Typically the metrics port is taken.
         print(f"llm-pool agent: {exc}", file=sys.stderr)

@@ -45,6 +45,7 @@ class ControllerSession:
     def __init__(
         self,
         target: str,
+        credentials: grpc.ChannelCredentials | None,
         identity: AgentIdentity,
         supervisor: Supervisor,
         report_interval_s: float = 1.0,
@@ -54,6 +55,7 @@ class ControllerSession:
         coalesce_s: float = 0.05,
     ) -> None:
         self._target = target
+        self._credentials = credentials
         # Replaced by the agent once its GPUs are known, before run().
         self.identity = identity
         self._supervisor = supervisor
@@ -145,7 +147,12 @@ class ControllerSession:
     async def _serve_once(self) -> None:
         outbox: Outbox = asyncio.Queue()
         outbox.put_nowait(self._register())
-        async with grpc.aio.insecure_channel(self._target) as channel:
+        channel = (
+            grpc.aio.insecure_channel(self._target)
+            if self._credentials is None
+            else grpc.aio.secure_channel(self._target, self._credentials)
+        )
+        async with channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
             call = stub.Connect(self._requests(outbox))
             try:

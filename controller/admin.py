@@ -17,6 +17,9 @@ from llmpool.errors import (
 from llmpool.status import ReplicaStatus
 
 from .agents import AgentRegistry
+from .audit import AuditLog
+from .audit_event import AuditEvent, AuditQuery
+from .auth import LOCAL, Caller
 from .commands import CancelTailCommand, TailCommand
 from .desired import DesiredState
 from .model import BackendSpec, PoolSpec, Template
@@ -24,6 +27,7 @@ from .publisher import SnapshotPublisher
 from .reconcile_loop import ReconcileLoop
 from .snapshot import healthy_members
 from .tails import LogTails
+from .tokens import TokenBook, TokenRecord
 from .validation import (
     check_backend,
     check_name,
@@ -81,8 +85,12 @@ class Admin:
         reconciler: ReconcileLoop,
         publisher: SnapshotPublisher,
         tails: LogTails,
+        audit: AuditLog,
+        tokens: TokenBook,
         extra_policies: Collection[str] = (),
     ) -> None:
+        self._audit = audit
+        self._tokens = tokens
         # Policy names only gateways know (their --policy-plugin): accepted unchecked.
         self._extra_policies = tuple(extra_policies)
         self._desired = desired
@@ -103,7 +111,7 @@ class Admin:
             raise NotFoundError(f"backend {backend_id!r} not found: ListBackends shows the ids")
         return backend
 
-    async def add_backend(self, spec: BackendSpec) -> BackendSpec:
+    async def add_backend(self, spec: BackendSpec, by: Caller = LOCAL) -> BackendSpec:
         # weight and enabled have presence: unset they are 1 and true, given they count.
         spec = dataclasses.replace(spec, draining=False)
         check_backend(spec)
@@ -117,9 +125,12 @@ class Admin:
                 log.info("pool created for backend", extra={"pool": spec.pool})
             await self._desired.put_backend(spec)
         log.info("backend added", extra={"backend_id": spec.id, "pool": spec.pool})
+        await self._audit.record(by, "AddBackend", f"backend/{spec.id}", after=spec)
         return spec
 
-    async def update_backend(self, spec: BackendSpec, paths: set[str]) -> BackendSpec:
+    async def update_backend(
+        self, spec: BackendSpec, paths: set[str], by: Caller = LOCAL
+    ) -> BackendSpec:
         async with self._desired.lock:
             current = self.get_backend(spec.id)
             updated = dataclasses.replace(current, **{p: getattr(spec, p) for p in paths})
@@ -128,32 +139,44 @@ class Admin:
                 await self._desired.put_pool(PoolSpec(name=updated.pool))
             await self._desired.put_backend(updated)
         log.info("backend updated", extra={"backend_id": spec.id, "fields": sorted(paths)})
+        await self._audit.record(
+            by, "UpdateBackend", f"backend/{spec.id}", before=current, after=updated
+        )
         return updated
 
-    async def delete_backend(self, backend_id: str) -> None:
+    async def delete_backend(self, backend_id: str, by: Caller = LOCAL) -> None:
         async with self._desired.lock:
-            self.get_backend(backend_id)
+            current = self.get_backend(backend_id)
             await self._desired.delete_backend(backend_id)
         log.info("backend deleted", extra={"backend_id": backend_id})
+        await self._audit.record(by, "DeleteBackend", f"backend/{backend_id}", before=current)
 
-    async def set_backend_enabled(self, backend_id: str, enabled: bool) -> BackendSpec:
+    async def set_backend_enabled(
+        self, backend_id: str, enabled: bool, by: Caller = LOCAL
+    ) -> BackendSpec:
         async with self._desired.lock:
             # Enabling also ends a drain: the person wants it to take traffic again.
-            updated = dataclasses.replace(
-                self.get_backend(backend_id), enabled=enabled, draining=False
-            )
+            current = self.get_backend(backend_id)
+            updated = dataclasses.replace(current, enabled=enabled, draining=False)
             await self._desired.put_backend(updated)
         log.info(
             "backend enabled" if enabled else "backend disabled", extra={"backend_id": backend_id}
         )
+        await self._audit.record(
+            by, "SetBackendEnabled", f"backend/{backend_id}", before=current, after=updated
+        )
         return updated
 
-    async def drain(self, member_id: str, drain_s: float) -> str:
+    async def drain(self, member_id: str, drain_s: float, by: Caller = LOCAL) -> str:
         async with self._desired.lock:
             backend = self._desired.backends.get(member_id)
             if backend is not None:
-                await self._desired.put_backend(dataclasses.replace(backend, draining=True))
+                draining = dataclasses.replace(backend, draining=True)
+                await self._desired.put_backend(draining)
                 log.info("backend draining", extra={"backend_id": member_id})
+                await self._audit.record(
+                    by, "DrainBackend", f"backend/{member_id}", before=backend, after=draining
+                )
                 return (
                     f"backend {member_id!r} is draining: gateways send it nothing new; "
                     "SetBackendEnabled(enabled=true) undoes it"
@@ -170,6 +193,9 @@ class Admin:
                     "ListBackends and ListReplicas show the ids"
                 )
             await self._reconciler.stop(member_id, assignment.agent_id, drain_s, "admin drain")
+        await self._audit.record(
+            by, "DrainBackend", f"replica/{member_id}", detail=f"drain {drain_s:g}s"
+        )
         return (
             f"replica {member_id!r} is draining and stops after {drain_s:g}s; "
             "a replacement starts if its pool is below its replica count"
@@ -186,7 +212,7 @@ class Admin:
             raise NotFoundError(f"pool {name!r} not found: ListPools shows the names")
         return pool
 
-    async def create_pool(self, spec: PoolSpec) -> PoolSpec:
+    async def create_pool(self, spec: PoolSpec, by: Caller = LOCAL) -> PoolSpec:
         check_pool(spec, self._extra_policies)
         async with self._desired.lock:
             if spec.name in self._desired.pools:
@@ -196,9 +222,10 @@ class Admin:
             check_pool_routes(spec, self._desired.pools)
             await self._desired.put_pool(spec)
         log.info("pool created", extra={"pool": spec.name, "replicas": spec.replicas})
+        await self._audit.record(by, "CreatePool", f"pool/{spec.name}", after=spec)
         return spec
 
-    async def update_pool(self, spec: PoolSpec, paths: set[str]) -> PoolSpec:
+    async def update_pool(self, spec: PoolSpec, paths: set[str], by: Caller = LOCAL) -> PoolSpec:
         async with self._desired.lock:
             current = self.get_pool(spec.name)
             changes = {p: getattr(spec, p) for p in paths if "." not in p}
@@ -213,23 +240,49 @@ class Admin:
             check_pool_routes(updated, self._desired.pools)
             await self._desired.put_pool(updated)
         log.info("pool updated", extra={"pool": spec.name, "fields": sorted(paths)})
+        await self._audit.record(
+            by, "UpdatePool", f"pool/{spec.name}", before=current, after=updated
+        )
         return updated
 
-    async def delete_pool(self, name: str) -> None:
+    async def delete_pool(self, name: str, by: Caller = LOCAL) -> None:
         async with self._desired.lock:
-            self.get_pool(name)
+            current = self.get_pool(name)
             check_not_routed_to(name, self._desired.pools)
             await self._desired.delete_pool(name)
         log.info("pool deleted", extra={"pool": name})
+        await self._audit.record(by, "DeletePool", f"pool/{name}", before=current)
 
-    async def scale_pool(self, name: str, replicas: int) -> PoolSpec:
+    async def scale_pool(self, name: str, replicas: int, by: Caller = LOCAL) -> PoolSpec:
         async with self._desired.lock:
+            current = self.get_pool(name)
             updated = check_pool(
-                dataclasses.replace(self.get_pool(name), replicas=replicas), self._extra_policies
+                dataclasses.replace(current, replicas=replicas), self._extra_policies
             )
             await self._desired.put_pool(updated)
         log.info("pool scaled", extra={"pool": name, "replicas": replicas})
+        await self._audit.record(by, "ScalePool", f"pool/{name}", before=current, after=updated)
         return updated
+
+    # --- tokens and audit ---
+
+    async def create_token(
+        self, name: str, role: str, ttl_s: float, by: Caller = LOCAL
+    ) -> tuple[TokenRecord, str]:
+        record, token = await self._tokens.create(name, role, ttl_s)
+        await self._audit.record(by, "CreateToken", f"token/{record.id}", after=_public(record))
+        return _public(record), token
+
+    def list_tokens(self) -> list[TokenRecord]:
+        return [_public(r) for r in self._tokens.list()]
+
+    async def revoke_token(self, token_id: str, by: Caller = LOCAL) -> TokenRecord:
+        record = _public(await self._tokens.revoke(token_id))
+        await self._audit.record(by, "RevokeToken", f"token/{token_id}", before=record)
+        return record
+
+    async def audit_events(self, query: AuditQuery) -> list[AuditEvent]:
+        return await self._audit.query(query)
 
     def pool_status(self, name: str) -> PoolStatusView:
         return PoolStatusView(
@@ -347,3 +400,8 @@ class Admin:
             self._tails.close(tail.request_id)
             if not done:
                 self._registry.send(agent_id, CancelTailCommand(tail.request_id))
+
+
+def _public(record: TokenRecord) -> TokenRecord:
+    """The record without its hash: what admin answers and audit events show."""
+    return dataclasses.replace(record, secret_sha256="")

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from llmpool.cliargs import add_logging_options, env_option, run_until_signal
 from llmpool.config import ConfigError
+from llmpool.errors import LLMPoolError
 from llmpool.logs import setup_logging
+from llmpool.tls import add_tls_options, tls_from_args
 
 from .server import ControllerSettings, serve
 
@@ -85,6 +87,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "comma-separated routing policy names that only gateways load (--policy-plugin); "
         "pools may use them, their params unchecked",
     )
+    add_tls_options(p, env, role="controller", what="the gRPC listener")
     add_logging_options(p, env)
     return p
 
@@ -99,6 +102,7 @@ def settings_from_args(args: argparse.Namespace) -> ControllerSettings:
         report_interval_s=args.report_interval_s,
         drain_s=args.drain_s,
         extra_policies=tuple(n.strip() for n in args.extra_policies.split(",") if n.strip()),
+        tls=tls_from_args(args, role="controller", address=args.listen),
     )
 
 
@@ -113,9 +117,16 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         settings = settings_from_args(args)
+    except ValueError as exc:
+        log.error("bad flags", extra={"error": str(exc)})
+        return 2
+    try:
         asyncio.run(run_until_signal(lambda stop: serve(settings, stop)))
     except ConfigError as exc:
         log.error("bad config", extra={"error": str(exc)})
+        return 2
+    except LLMPoolError as exc:
+        log.error("cannot start the controller", extra={"error": str(exc)})
         return 2
     except OSError as exc:
         log.error("cannot start the controller", extra={"error": str(exc)})

@@ -11,6 +11,8 @@ from llmpool.protoconv import to_proto
 from llmpool.v1 import admin_pb2, admin_pb2_grpc, types_pb2
 
 from .admin import Admin
+from .audit_event import AuditQuery
+from .auth import Authenticator, Caller
 from .convert import (
     BACKEND_FIELDS,
     POOL_FIELDS,
@@ -25,8 +27,13 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, admin: Admin) -> None:
+    def __init__(self, admin: Admin, auth: Authenticator) -> None:
         self._admin = admin
+        self._auth = auth
+
+    def _by(self, context: Ctx) -> Caller:
+        # Already authenticated by the interceptor; read again (cached) for the audit log.
+        return self._auth.caller(context)
 
     async def ListBackends(
         self, request: admin_pb2.ListBackendsRequest, context: Ctx
@@ -42,31 +49,38 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def AddBackend(
         self, request: admin_pb2.AddBackendRequest, context: Ctx
     ) -> types_pb2.Backend:
-        added = await self._admin.add_backend(backend_from_proto(request.backend))
+        added = await self._admin.add_backend(
+            backend_from_proto(request.backend), by=self._by(context)
+        )
         return backend_to_proto(added)
 
     async def UpdateBackend(
         self, request: admin_pb2.UpdateBackendRequest, context: Ctx
     ) -> types_pb2.Backend:
         paths = mask_paths(request.update_mask, request.backend, BACKEND_FIELDS, "backend")
-        updated = await self._admin.update_backend(backend_from_proto(request.backend), paths)
+        updated = await self._admin.update_backend(
+            backend_from_proto(request.backend), paths, by=self._by(context)
+        )
         return backend_to_proto(updated)
 
     async def DeleteBackend(
         self, request: admin_pb2.DeleteBackendRequest, context: Ctx
     ) -> admin_pb2.DeleteBackendResponse:
-        await self._admin.delete_backend(request.id)
+        await self._admin.delete_backend(request.id, by=self._by(context))
         return admin_pb2.DeleteBackendResponse()
 
     async def SetBackendEnabled(
         self, request: admin_pb2.SetBackendEnabledRequest, context: Ctx
     ) -> types_pb2.Backend:
-        return backend_to_proto(await self._admin.set_backend_enabled(request.id, request.enabled))
+        updated = await self._admin.set_backend_enabled(
+            request.id, request.enabled, by=self._by(context)
+        )
+        return backend_to_proto(updated)
 
     async def DrainBackend(
         self, request: admin_pb2.DrainBackendRequest, context: Ctx
     ) -> admin_pb2.DrainBackendResponse:
-        message = await self._admin.drain(request.id, request.drain_s)
+        message = await self._admin.drain(request.id, request.drain_s, by=self._by(context))
         return admin_pb2.DrainBackendResponse(message=message)
 
     async def ListPools(
@@ -82,19 +96,22 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def CreatePool(
         self, request: admin_pb2.CreatePoolRequest, context: Ctx
     ) -> types_pb2.Pool:
-        return pool_to_proto(await self._admin.create_pool(pool_from_proto(request.pool)))
+        created = await self._admin.create_pool(pool_from_proto(request.pool), by=self._by(context))
+        return pool_to_proto(created)
 
     async def UpdatePool(
         self, request: admin_pb2.UpdatePoolRequest, context: Ctx
     ) -> types_pb2.Pool:
         paths = mask_paths(request.update_mask, request.pool, POOL_FIELDS, "pool")
-        updated = await self._admin.update_pool(pool_from_proto(request.pool), paths)
+        updated = await self._admin.update_pool(
+            pool_from_proto(request.pool), paths, by=self._by(context)
+        )
         return pool_to_proto(updated)
 
     async def DeletePool(
         self, request: admin_pb2.DeletePoolRequest, context: Ctx
     ) -> admin_pb2.DeletePoolResponse:
-        await self._admin.delete_pool(request.name)
+        await self._admin.delete_pool(request.name, by=self._by(context))
         return admin_pb2.DeletePoolResponse()
 
     async def GetPoolStatus(
@@ -103,7 +120,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return to_proto(self._admin.pool_status(request.name), admin_pb2.PoolStatus)
 
     async def ScalePool(self, request: admin_pb2.ScalePoolRequest, context: Ctx) -> types_pb2.Pool:
-        return pool_to_proto(await self._admin.scale_pool(request.name, request.replicas))
+        scaled = await self._admin.scale_pool(request.name, request.replicas, by=self._by(context))
+        return pool_to_proto(scaled)
 
     async def ListAgents(
         self, request: admin_pb2.ListAgentsRequest, context: Ctx
@@ -125,3 +143,42 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         lines = self._admin.tail_logs(request.replica_id, request.lines, request.follow)
         async for line in lines:
             yield admin_pb2.LogLine(replica_id=request.replica_id, line=line)
+
+    async def ListAuditEvents(
+        self, request: admin_pb2.ListAuditEventsRequest, context: Ctx
+    ) -> admin_pb2.ListAuditEventsResponse:
+        query = AuditQuery(
+            since=request.since,
+            until=request.until,
+            actor=request.actor,
+            object=request.object,
+            before_id=request.before_id,
+            limit=request.limit,
+        )
+        events = await self._admin.audit_events(query)
+        return admin_pb2.ListAuditEventsResponse(
+            events=[to_proto(e, admin_pb2.AuditEvent) for e in events]
+        )
+
+    async def CreateToken(
+        self, request: admin_pb2.CreateTokenRequest, context: Ctx
+    ) -> admin_pb2.CreateTokenResponse:
+        record, token = await self._admin.create_token(
+            request.name, request.role, request.ttl_s, by=self._by(context)
+        )
+        return admin_pb2.CreateTokenResponse(
+            info=to_proto(record, admin_pb2.TokenInfo), token=token
+        )
+
+    async def ListTokens(
+        self, request: admin_pb2.ListTokensRequest, context: Ctx
+    ) -> admin_pb2.ListTokensResponse:
+        return admin_pb2.ListTokensResponse(
+            tokens=[to_proto(r, admin_pb2.TokenInfo) for r in self._admin.list_tokens()]
+        )
+
+    async def RevokeToken(
+        self, request: admin_pb2.RevokeTokenRequest, context: Ctx
+    ) -> admin_pb2.TokenInfo:
+        record = await self._admin.revoke_token(request.id, by=self._by(context))
+        return to_proto(record, admin_pb2.TokenInfo)

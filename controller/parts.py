@@ -9,6 +9,7 @@ from llmpool.config import Config
 
 from .admin import Admin
 from .agents import AgentRegistry
+from .audit import AuditLog
 from .changes import Changes
 from .convert import specs_from_config
 from .desired import DesiredState
@@ -18,6 +19,7 @@ from .reconcile_loop import ReconcileLoop
 from .snapshot import LiveReplica, Routes, build_routes
 from .store import Store
 from .tails import LogTails
+from .tokens import TokenBook
 from .usage import UsageAggregator
 
 
@@ -37,6 +39,8 @@ class ControllerParts:
     publisher: SnapshotPublisher
     reconciler: ReconcileLoop
     admin: Admin
+    audit: AuditLog
+    tokens: TokenBook
 
 
 async def build_parts(
@@ -84,7 +88,19 @@ async def build_parts(
         routing_version=lambda: publisher.version,
     )
     tails = LogTails()
-    admin = Admin(desired, registry, reconciler, publisher, tails, extra_policies=extra_policies)
+    audit = AuditLog(store, clock)
+    tokens = TokenBook(store, clock)
+    await tokens.load()
+    admin = Admin(
+        desired,
+        registry,
+        reconciler,
+        publisher,
+        tails,
+        audit,
+        tokens,
+        extra_policies=extra_policies,
+    )
     return ControllerParts(
         clock=clock,
         metrics=metrics,
@@ -97,4 +113,6 @@ async def build_parts(
         publisher=publisher,
         reconciler=reconciler,
         admin=admin,
+        audit=audit,
+        tokens=tokens,
     )

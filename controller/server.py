@@ -17,6 +17,7 @@ from llmpool.addr import split_host_port
 from llmpool.clock import Clock, SystemClock
 from llmpool.config import Config, load_config
 from llmpool.metrics_http import serve_metrics
+from llmpool.tls import TlsFiles
 from llmpool.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -26,8 +27,10 @@ from llmpool.v1 import (
     gateway_pb2_grpc,
 )
 
+from .auth import Authenticator
 from .grpc_admin import AdminServicer
 from .grpc_agent import AgentServicer
+from .grpc_auth import AuthInterceptor
 from .grpc_errors import ErrorInterceptor
 from .grpc_gateway import GatewayServicer
 from .metrics import ControllerMetrics
@@ -40,6 +43,18 @@ SERVICE_NAMES = (
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
     gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name,
+)
+
+
+# Bounds on what one peer can make the controller hold: a message's size (a pool spec with its
+# rules is kilobytes), concurrent streams per connection, and connections kept alive when idle.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+GRPC_SERVER_OPTIONS = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_concurrent_streams", 100),
+    ("grpc.max_connection_idle_ms", 10 * 60 * 1000),
+    ("grpc.http2.max_ping_strikes", 2),
 )
 
 
@@ -59,6 +74,10 @@ class ControllerSettings:
     grace_s: float = 3.0
     # Routing policy names that only gateways load (--policy-plugin), accepted unchecked.
     extra_policies: tuple[str, ...] = ()
+    # Mutual TLS: the controller's certificate and key and the CA that clients' certificates
+    # must have. None is plaintext with no authentication, which the CLI allows only with
+    # --insecure (and off loopback only with --insecure-allow-remote).
+    tls: TlsFiles | None = None
 
 
 class ControllerServer:
@@ -93,6 +112,8 @@ class ControllerServer:
         host, port = split_host_port(s.listen)
         metrics_host, metrics_port = split_host_port(s.metrics_listen)
         seed = self._seed()
+        # Read before anything opens: a missing certificate is an error, never plaintext.
+        credentials = s.tls.server_credentials() if s.tls is not None else None
         store = await Store.open(s.data_dir)
         try:
             self._parts = parts = await build_parts(
@@ -109,8 +130,13 @@ class ControllerServer:
             await store.close()
             raise
 
-        server = grpc.aio.server(interceptors=[ErrorInterceptor()])
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(parts.admin), server)
+        auth = Authenticator(tls=credentials is not None, tokens=parts.tokens)
+        # Outermost first: no handler, error mapping included, runs for an unauthorised call.
+        server = grpc.aio.server(
+            interceptors=[AuthInterceptor(auth, parts.audit), ErrorInterceptor()],
+            options=GRPC_SERVER_OPTIONS,
+        )
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(parts.admin, auth), server)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
             AgentServicer(parts.registry, parts.tails, uuid.uuid4().hex[:12], s.report_interval_s),
             server,
@@ -127,7 +153,11 @@ class ControllerServer:
         )
         self._server = server
         try:
-            self.port = server.add_insecure_port(f"{_bracket(host)}:{port}")
+            address = f"{_bracket(host)}:{port}"
+            if credentials is None:
+                self.port = server.add_insecure_port(address)
+            else:
+                self.port = server.add_secure_port(address, credentials)
         except RuntimeError:
             self.port = 0
         if self.port == 0:
@@ -147,6 +177,7 @@ class ControllerServer:
                 "listen": f"{host}:{self.port}",
                 "metrics": f"{metrics_host}:{self.metrics_port}",
                 "data_dir": str(s.data_dir),
+                "tls": "mutual" if credentials is not None else "off (--insecure)",
             },
         )
 

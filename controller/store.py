@@ -11,9 +11,11 @@ import orjson
 from llmpool.errors import FailedPreconditionError
 from llmpool.protoconv import from_json, to_json
 
+from .audit_event import AuditEvent, AuditQuery
 from .model import Assignment, BackendSpec, PoolSpec
+from .tokens import TokenRecord
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 DB_FILE = "controller.sqlite3"
 
 # Pools and backends are stored whole as JSON (llmpool.protoconv), so a new field of theirs needs
@@ -36,6 +38,51 @@ CREATE TABLE IF NOT EXISTS replicas (
     created_at REAL NOT NULL,
     gpu_indices TEXT NOT NULL DEFAULT '[]'
 );
+CREATE TABLE IF NOT EXISTS audit_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL,
+    actor TEXT NOT NULL,
+    role TEXT NOT NULL,
+    action TEXT NOT NULL,
+    object TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    before TEXT NOT NULL,
+    after TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_events_time ON audit_events (time);
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    secret_sha256 TEXT NOT NULL
+)
+"""
+
+_AUDIT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL,
+    actor TEXT NOT NULL,
+    role TEXT NOT NULL,
+    action TEXT NOT NULL,
+    object TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    before TEXT NOT NULL,
+    after TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_events_time ON audit_events (time);
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    secret_sha256 TEXT NOT NULL
+)
 """
 
 # Version reached -> the statements that bring the previous version's tables to it. A new
@@ -70,6 +117,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "DROP TABLE backends",
         "ALTER TABLE backends_v5 RENAME TO backends",
     ),
+    6: tuple(s for s in _AUDIT_SCHEMA.split(";") if s.strip()),
 }
 
 
@@ -200,3 +248,65 @@ class Store:
             await self.put_pool(p)
         for b in backends:
             await self.put_backend(b)
+
+    async def add_audit_event(self, e: AuditEvent, keep: int) -> int:
+        """Appends one event and drops the oldest beyond `keep`; returns the event's id."""
+        cur = await self._db.execute(
+            "INSERT INTO audit_events "
+            "(time, actor, role, action, object, outcome, detail, before, after) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (e.time, e.actor, e.role, e.action, e.object, e.outcome, e.detail, e.before, e.after),
+        )
+        event_id = int(cur.lastrowid or 0)
+        await cur.close()
+        if event_id % 256 == 0:
+            await self._db.execute("DELETE FROM audit_events WHERE id <= ?", (event_id - keep,))
+        await self._db.commit()
+        return event_id
+
+    async def audit_events(self, q: AuditQuery) -> list[AuditEvent]:
+        """Newest first, filtered by time range, actor and object (exact, or a kind such as
+        "pool" for every pool)."""
+        where: list[str] = ["1"]
+        args: list[object] = []
+        if q.since:
+            where.append("time >= ?")
+            args.append(q.since)
+        if q.until:
+            where.append("time < ?")
+            args.append(q.until)
+        if q.actor:
+            where.append("actor = ?")
+            args.append(q.actor)
+        if q.object:
+            where.append("(object = ? OR substr(object, 1, ?) = ?)")
+            args += [q.object, len(q.object) + 1, q.object + "/"]
+        if q.before_id:
+            where.append("id < ?")
+            args.append(q.before_id)
+        sql = (
+            "SELECT id, time, actor, role, action, object, outcome, detail, before, after "
+            f"FROM audit_events WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?"
+        )
+        async with self._db.execute(sql, (*args, q.limit)) as cur:
+            rows = await cur.fetchall()
+        return [AuditEvent(*r) for r in rows]
+
+    async def load_tokens(self) -> list[TokenRecord]:
+        async with self._db.execute(
+            "SELECT id, name, role, created_at, expires_at, secret_sha256 FROM tokens"
+        ) as cur:
+            rows = await cur.fetchall()
+        return [TokenRecord(r[0], r[1], r[2], float(r[3]), float(r[4]), r[5]) for r in rows]
+
+    async def put_token(self, t: TokenRecord) -> None:
+        await self._db.execute(
+            "INSERT INTO tokens (id, name, role, created_at, expires_at, secret_sha256) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (t.id, t.name, t.role, t.created_at, t.expires_at, t.secret_sha256),
+        )
+        await self._db.commit()
+
+    async def delete_token(self, token_id: str) -> None:
+        await self._db.execute("DELETE FROM tokens WHERE id = ?", (token_id,))
+        await self._db.commit()

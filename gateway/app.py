@@ -73,6 +73,11 @@ def create_app(
     link = (
         ControllerLink(
             target=settings.controller,
+            credentials=(
+                settings.controller_tls.channel_credentials()
+                if settings.controller_tls is not None
+                else None
+            ),
             gateway_id=settings.gateway_id,
             table=table,
             usage=usage,

@@ -30,6 +30,7 @@ class ControllerLink:
         self,
         *,
         target: str,
+        credentials: grpc.ChannelCredentials | None,
         gateway_id: str,
         table: RoutingTable,
         usage: UsageTracker,
@@ -38,6 +39,7 @@ class ControllerLink:
         backoff_factory: Callable[[], Backoff] = Backoff,
     ) -> None:
         self._target = target
+        self._credentials = credentials
         self._gateway_id = gateway_id
         self._table = table
         self._usage = usage
@@ -51,7 +53,11 @@ class ControllerLink:
         self.sessions = 0
 
     async def start(self) -> None:
-        self._channel = grpc.aio.insecure_channel(self._target)
+        self._channel = (
+            grpc.aio.insecure_channel(self._target)
+            if self._credentials is None
+            else grpc.aio.secure_channel(self._target, self._credentials)
+        )
         stub: GatewayServiceAsyncStub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
         self._tasks = [
             asyncio.create_task(self._watch_loop(stub), name="gateway-watch-routing"),

@@ -47,6 +47,8 @@ def uvicorn_config(settings: GatewaySettings, app: GatewayASGI) -> uvicorn.Confi
         timeout_keep_alive=KEEP_ALIVE_S,
         backlog=LISTEN_BACKLOG,
         timeout_graceful_shutdown=max(1, int(settings.graceful_timeout_s)),
+        ssl_certfile=settings.https_cert or None,
+        ssl_keyfile=settings.https_key or None,
     )
 
 

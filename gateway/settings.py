@@ -12,6 +12,7 @@ from gateway.policies import PolicyPluginError, PolicyRegistry
 from gateway.upstream import DEFAULT_UPSTREAM_CLIENT, UPSTREAM_CLIENTS
 from llmpool.addr import split_host_port
 from llmpool.cliargs import add_logging_options, env_help, env_option
+from llmpool.tls import TlsFiles, add_tls_options, tls_from_args
 
 MIB = 1024 * 1024
 POLICY_PLUGINS_VAR = "LLMPOOL_GATEWAY_POLICY_PLUGINS"
@@ -35,6 +36,11 @@ class GatewaySettings:
     log_json: bool = False
     # MODULE:CLASS or NAME=MODULE:CLASS routing policies to load besides the entry points.
     policy_plugins: tuple[str, ...] = ()
+    # Mutual TLS to the controller; None: plaintext (the CLI needs --insecure for it).
+    controller_tls: TlsFiles | None = None
+    # HTTPS for clients when both are set (PEM files); plain HTTP otherwise.
+    https_cert: str = ""
+    https_key: str = ""
 
     @property
     def listen(self) -> str:
@@ -152,6 +158,16 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
             "comma-separated; default: none",
         ),
     )
+    env_option(
+        p,
+        "--https-cert",
+        env,
+        "LLMPOOL_GATEWAY_HTTPS_CERT",
+        "",
+        "PEM certificate (chain) to serve HTTPS with; needs --https-key",
+    )
+    env_option(p, "--https-key", env, "LLMPOOL_GATEWAY_HTTPS_KEY", "", "PEM private key for HTTPS")
+    add_tls_options(p, env, role="gateway", what="the controller connection")
     add_logging_options(p, env)
     return p
 
@@ -167,6 +183,15 @@ def parse_settings(argv: list[str], env: Mapping[str, str] | None = None) -> Gat
         split_host_port(args.controller)
     except ValueError as exc:
         parser.error(str(exc))
+    try:
+        controller_tls = tls_from_args(args, role="gateway", address=args.controller)
+    except ValueError as exc:
+        parser.error(f"--controller: {exc}")
+    if bool(args.https_cert) != bool(args.https_key):
+        parser.error("--https-cert and --https-key go together")
+    for path in (args.https_cert, args.https_key):
+        if path and not os.path.isfile(path):
+            parser.error(f"{path}: no such file (HTTPS certificate or key)")
     if args.max_body_bytes <= 0:
         parser.error("--max-body-bytes must be positive")
     if args.workers < 1:
@@ -199,4 +224,7 @@ def parse_settings(argv: list[str], env: Mapping[str, str] | None = None) -> Gat
         log_level=args.log_level,
         log_json=args.log_json,
         policy_plugins=plugins,
+        controller_tls=controller_tls,
+        https_cert=args.https_cert,
+        https_key=args.https_key,
     )

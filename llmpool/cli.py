@@ -12,6 +12,7 @@ commands:
   controller  the control plane: desired state, routing snapshots, admin gRPC API
   agent       supervises model servers on this host and reports them to the controller
   gateway     OpenAI-compatible HTTP gateway
+  certs       a CA and certificates for mutual TLS between the parts
   sim-engine  a simulated OpenAI-compatible engine with batching and a prefix cache
 
 `llm-pool COMMAND --help` lists each command's options; every address is also an
@@ -37,6 +38,10 @@ def _entry(command: str) -> Callable[[list[str]], int] | None:
         from llmpool.sim.cli import main as sim_main
 
         return sim_main
+    if command == "certs":
+        from llmpool.certs_cli import main as certs_main
+
+        return certs_main
     if command == "up":
         from llmpool.up import main as up_main
 

@@ -9,6 +9,7 @@ import importlib.util
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,11 +18,13 @@ from pathlib import Path
 import grpc
 
 from llmpool.addr import split_host_port
+from llmpool.certs import ensure_local_pki
 from llmpool.cliargs import add_logging_options, env_option, run_until_signal
 from llmpool.config import ConfigError, default_config_text, load_config
 from llmpool.errors import FailedPreconditionError
 from llmpool.logs import setup_logging
 from llmpool.models import smollm2_gguf_path
+from llmpool.tls import TlsFiles
 
 log = logging.getLogger("llmpool.up")
 
@@ -125,10 +128,41 @@ def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> UpSetti
     )
 
 
+UP_ROLES = ("controller", "agent", "gateway", "admin")
+
+
+def tls_dir(s: UpSettings) -> Path:
+    return s.data_dir / "tls"
+
+
+def ensure_certificates(s: UpSettings) -> None:
+    """The CA and the certificates of the three parts and of an admin (for grpcurl), made in
+    the data dir on first start: the default is mutual TLS with nothing for the user to do."""
+    host, _ = split_host_port(s.controller_listen)
+    hosts = tuple(h for h in (host, socket.gethostname()) if h not in ("0.0.0.0", "::"))
+    if ensure_local_pki(tls_dir(s), UP_ROLES, hosts):
+        log.info(
+            "made a CA and certificates for mutual TLS",
+            extra={"dir": str(tls_dir(s)), "admin_cert": str(tls_dir(s) / "admin.crt")},
+        )
+
+
 def child_commands(s: UpSettings, config_path: Path) -> dict[str, list[str]]:
     """The argv of each child; explicit flags so that stray environment cannot split the tree."""
     cli = [sys.executable, "-m", "llmpool.cli"]
     logging_flags = ["--log-level", s.log_level, "--log-json" if s.log_json else "--no-log-json"]
+
+    def tls(role: str) -> list[str]:
+        files = TlsFiles.in_dir(tls_dir(s), role)
+        return [
+            "--tls-ca",
+            str(files.ca),
+            "--tls-cert",
+            str(files.cert),
+            "--tls-key",
+            str(files.key),
+        ]
+
     return {
         "controller": [
             *cli,
@@ -141,6 +175,7 @@ def child_commands(s: UpSettings, config_path: Path) -> dict[str, list[str]]:
             str(config_path),
             "--metrics-listen",
             s.controller_metrics_listen,
+            *tls("controller"),
             *logging_flags,
         ],
         "agent": [
@@ -150,6 +185,7 @@ def child_commands(s: UpSettings, config_path: Path) -> dict[str, list[str]]:
             s.controller_listen,
             "--metrics-listen",
             s.agent_metrics_listen,
+            *tls("agent"),
             *logging_flags,
         ],
         "gateway": [
@@ -159,9 +195,15 @@ def child_commands(s: UpSettings, config_path: Path) -> dict[str, list[str]]:
             s.gateway_listen,
             "--controller",
             s.controller_listen,
+            *tls("gateway"),
             *logging_flags,
         ],
     }
+
+
+def child_env() -> dict[str, str]:
+    """This environment without the switches to plaintext: `up` is always mutual TLS."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("LLMPOOL_INSECURE")}
 
 
 # Added to the embedded default when the `llamacpp` extra is installed: a real model.
@@ -209,8 +251,8 @@ def resolve_config(s: UpSettings) -> Path:
     return path
 
 
-async def _wait_controller(address: str, wait_s: float) -> bool:
-    async with grpc.aio.insecure_channel(address) as channel:
+async def _wait_controller(address: str, tls: TlsFiles, wait_s: float) -> bool:
+    async with grpc.aio.secure_channel(address, tls.channel_credentials()) as channel:
         try:
             await asyncio.wait_for(channel.channel_ready(), wait_s)
             return True
@@ -235,23 +277,28 @@ async def _stop(name: str, proc: asyncio.subprocess.Process) -> None:
 async def run(s: UpSettings, stop: asyncio.Event) -> int:
     """Runs the three children until `stop` is set or one of them exits."""
     config_path = resolve_config(s)
+    ensure_certificates(s)
     commands = child_commands(s, config_path)
 
     children: dict[str, asyncio.subprocess.Process] = {}
     exit_code = 0
     try:
-        children["controller"] = await asyncio.create_subprocess_exec(*commands["controller"])
-        if not await _wait_controller(s.controller_listen, 20.0):
+        children["controller"] = await asyncio.create_subprocess_exec(
+            *commands["controller"], env=child_env()
+        )
+        admin = TlsFiles.in_dir(tls_dir(s), "admin")
+        if not await _wait_controller(s.controller_listen, admin, 20.0):
             log.error("controller did not come up", extra={"address": s.controller_listen})
             return 1
         for name in ("agent", "gateway"):
-            children[name] = await asyncio.create_subprocess_exec(*commands[name])
+            children[name] = await asyncio.create_subprocess_exec(*commands[name], env=child_env())
         log.info(
             "llm-pool up",
             extra={
                 "gateway": f"http://{s.gateway_listen}/v1",
                 "controller": s.controller_listen,
                 "data_dir": str(s.data_dir),
+                "admin_cert": str(tls_dir(s) / "admin.crt"),
             },
         )
         waits = {asyncio.ensure_future(p.wait()): n for n, p in children.items()}

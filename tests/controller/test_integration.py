@@ -301,14 +301,14 @@ async def test_metrics_endpoint(controller: ControllerServer) -> None:
         assert name in body
 
 
-async def test_cli_serves_and_exits_zero_on_sigterm(tmp_path: Path) -> None:
+async def test_cli_serves_and_exits_zero_on_sigterm(tmp_path: Path, pki: Path) -> None:
     config = tmp_path / "pools.yaml"
     config.write_text("pools:\n  - name: from-yaml\n")
     env = dict(os.environ, LLMPOOL_CONTROLLER_LISTEN="127.0.0.1:0")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "llmpool.cli", "controller",
         "--data-dir", str(tmp_path / "data"), "--config", str(config),
-        "--metrics-listen", "127.0.0.1:0",
+        "--metrics-listen", "127.0.0.1:0", "--tls-dir", str(pki),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
     )  # fmt: skip
     assert proc.stdout is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ import grpc
 import httpx
 import pytest
 
+from llmpool.tls import TlsFiles
 from llmpool.v1 import admin_pb2, admin_pb2_grpc, types_pb2
 from tests.support import free_port as _free_port
 from tests.support import wait_for as _wait
@@ -67,11 +69,16 @@ class Proc:
     argv: list[str]
     log_path: Path
     popen: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] | None = None
 
     def start(self) -> Proc:
         log = self.log_path.open("ab")
         self.popen = subprocess.Popen(
-            self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            self.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env,
         )
         log.close()
         return self
@@ -111,13 +118,28 @@ class Cluster:
     procs: list[Proc] = field(default_factory=list)
     # Process name -> host:port of its /metrics (the gateway serves it on its own port).
     metrics: dict[str, str] = field(default_factory=dict)
+    # The CA and certificates the controller trusts (mutual TLS); None for --insecure.
+    tls_dir: Path | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://{self.gateway}/v1"
 
-    def admin(self) -> admin_pb2_grpc.AdminServiceStub:
-        return admin_pb2_grpc.AdminServiceStub(grpc.insecure_channel(self.controller))
+    def admin(self, role: str = "admin") -> admin_pb2_grpc.AdminServiceStub:
+        if self.tls_dir is None:
+            return admin_pb2_grpc.AdminServiceStub(grpc.insecure_channel(self.controller))
+        creds = TlsFiles.in_dir(self.tls_dir, role).channel_credentials()
+        return admin_pb2_grpc.AdminServiceStub(grpc.secure_channel(self.controller, creds))
+
+    def grpcurl_auth(self, role: str | None = "admin") -> list[str]:
+        """grpcurl's flags for the certificate of `role` (None: TLS with no client certificate)."""
+        if self.tls_dir is None:
+            return ["-plaintext"]
+        flags = ["-cacert", str(self.tls_dir / "ca.crt")]
+        if role is not None:
+            files = TlsFiles.in_dir(self.tls_dir, role)
+            flags += ["-cert", str(files.cert), "-key", str(files.key)]
+        return flags
 
     def replicas(self, pool: str) -> list[Any]:
         stub = self.admin()
@@ -140,9 +162,12 @@ class Cluster:
         resp.raise_for_status()
         return resp.text
 
-    def grpcurl(self, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    def grpcurl(
+        self, *args: str, timeout: float = 20, role: str | None = "admin"
+    ) -> subprocess.CompletedProcess[str]:
+        """grpcurl as the holder of `role`'s certificate (None: no client certificate)."""
         return subprocess.run(
-            [grpcurl_bin(), "-plaintext", *args],
+            [grpcurl_bin(), *self.grpcurl_auth(role), *args],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -151,7 +176,7 @@ class Cluster:
     def grpcurl_popen(self, *args: str) -> subprocess.Popen[str]:
         """grpcurl as a running process (a followed stream): text stdout to read line by line."""
         return subprocess.Popen(
-            [grpcurl_bin(), "-plaintext", *args],
+            [grpcurl_bin(), *self.grpcurl_auth(), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
@@ -234,7 +259,13 @@ class _Launcher:
         )  # fmt: skip
         proc = Proc("up", argv, self._root / f"up{n}.log").start()
         self._started.append(proc)
-        return Cluster(gateway=gateway, controller=controller, procs=[proc], metrics=metrics)
+        return Cluster(
+            gateway=gateway,
+            controller=controller,
+            procs=[proc],
+            metrics=metrics,
+            tls_dir=self._root / f"data{n}" / "tls",
+        )
 
     def stop_all(self) -> None:
         for proc in self._started:
@@ -255,13 +286,18 @@ def start_up(tmp_path: Path) -> Iterator[_Launcher]:
 
 
 @pytest.fixture()
-def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
-    """spawn(name, *cli_args) starts `llm-pool CLI_ARGS`; at the end all are stopped, newest
-    first, and none may leave a process behind."""
+def spawn(tmp_path: Path, pki: Path) -> Iterator[Callable[..., Proc]]:
+    """spawn(name, *cli_args) starts `llm-pool CLI_ARGS` with LLMPOOL_TLS_DIR set to the test
+    CA (each part finds its own certificate there: mutual TLS); at the end all are stopped,
+    newest first, and none may leave a process behind."""
     procs: list[Proc] = []
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("LLMPOOL_")},
+        "LLMPOOL_TLS_DIR": str(pki),
+    }
 
     def start(name: str, *args: str) -> Proc:
-        proc = Proc(name, cli(*args), tmp_path / f"{name}.log").start()
+        proc = Proc(name, cli(*args), tmp_path / f"{name}.log", env=env).start()
         procs.append(proc)
         return proc
 
@@ -276,9 +312,10 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
 
 
 @pytest.fixture()
-def cluster_of() -> Callable[..., Cluster]:
-    """Builds the client-side view of processes a test started itself."""
-    return Cluster
+def cluster_of(pki: Path) -> Callable[..., Cluster]:
+    """Builds the client-side view of processes a test started itself (with spawn: the test
+    CA's certificates)."""
+    return functools.partial(Cluster, tls_dir=pki)
 
 
 @pytest.fixture(scope="module")

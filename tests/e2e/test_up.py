@@ -6,12 +6,15 @@ import json
 import os
 import re
 import signal
+import subprocess
 import threading
 from typing import Any
 
 import httpx
 import openai
 import pytest
+
+from tests.e2e.conftest import cli, grpcurl_bin
 
 pytestmark = pytest.mark.e2e
 
@@ -155,6 +158,48 @@ def test_grpcurl_lists_services_and_adds_a_backend_live(up_cluster: Any, wait: A
         )
         assert done.returncode == 0, done.stderr
     wait(lambda: "sim-extra" not in up_cluster.model_ids(), 5.0, "sim-extra gone")
+
+
+def test_grpcurl_needs_a_certificate_and_a_viewer_may_only_read(up_cluster: Any) -> None:
+    admin_api = "llmpool.v1.AdminService"
+    anonymous = up_cluster.grpcurl(up_cluster.controller, f"{admin_api}/ListPools", role=None)
+    assert anonymous.returncode != 0
+    plaintext = subprocess.run(
+        [grpcurl_bin(), "-plaintext", up_cluster.controller, f"{admin_api}/ListPools"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert plaintext.returncode != 0
+
+    # A viewer's certificate, made as a user would, with the CA that `up` made.
+    made = subprocess.run(
+        [*cli("certs", "issue", "--dir", str(up_cluster.tls_dir), "--role", "viewer")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    pools = up_cluster.grpcurl(up_cluster.controller, f"{admin_api}/ListPools", role="viewer")
+    assert pools.returncode == 0, pools.stderr
+    assert "sim-small" in {p["name"] for p in json.loads(pools.stdout)["pools"]}
+    body = {"backend": {"id": "sneaky", "pool": "sim-small", "url": "http://10.9.9.9:80"}}
+    denied = up_cluster.grpcurl(
+        "-d", json.dumps(body), up_cluster.controller, f"{admin_api}/AddBackend", role="viewer"
+    )
+    assert denied.returncode != 0
+    assert "PermissionDenied" in denied.stderr, denied.stderr
+
+    audit = up_cluster.grpcurl(
+        "-d", json.dumps({"actor": "viewer"}), up_cluster.controller,
+        f"{admin_api}/ListAuditEvents",
+    )  # fmt: skip
+    assert audit.returncode == 0, audit.stderr
+    events = json.loads(audit.stdout)["events"]
+    assert any(
+        e["action"] == "AddBackend" and e["outcome"] == "denied" and e["role"] == "viewer"
+        for e in events
+    ), events
 
 
 def test_killed_replica_is_restarted_without_failed_requests(up_cluster: Any, wait: Any) -> None:

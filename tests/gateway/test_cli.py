@@ -70,6 +70,7 @@ async def test_process_serves_and_stops_on_sigterm(kit: Any) -> None:
         "--controller",
         f"127.0.0.1:{kit.free_port()}",
         "--log-json",
+        "--insecure",
         stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stderr is not None

@@ -90,6 +90,7 @@ async def start_gateway(controller: Any, port: int) -> Gateway:
         "--graceful-timeout-s",
         "5",
         "--log-json",
+        "--insecure",
         env={**os.environ, "LLMPOOL_GATEWAY_WORKERS": "2"},
         stderr=asyncio.subprocess.PIPE,
     )
