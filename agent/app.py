@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from agent.allow import EngineAllowList
 from agent.attach_spec import AttachSpec
 from agent.gpus import Nvml, load_nvml, offered_gpus
 from agent.metrics import AgentMetrics
@@ -53,6 +54,8 @@ class AgentOptions:
     attach: tuple[AttachSpec, ...] = ()
     # Mutual TLS to the controller; None: plaintext (the CLI needs --insecure for it).
     tls: TlsFiles | None = None
+    # Engine commands allowed besides the built-in engines' (--allow-engine).
+    allow_engines: tuple[tuple[str, ...], ...] = ()
 
 
 class Agent:
@@ -76,6 +79,7 @@ class Agent:
             advertise_host=options.advertise_host,
             probe_interval_s=options.report_interval_s,
             log_lines=options.log_lines,
+            allow=EngineAllowList.with_extra(options.allow_engines),
         )
         self.supervisor = Supervisor(
             self.settings,

@@ -10,6 +10,7 @@ import socket
 import sys
 from collections.abc import Mapping
 
+from agent.allow import parse_entries
 from agent.app import AgentOptions, run_agent
 from agent.attach_spec import ATTACH_VAR, parse_attach_all
 from agent.gpus import parse_gpus
@@ -21,6 +22,7 @@ from llmpool.logs import setup_logging
 from llmpool.tls import add_tls_options, tls_from_args
 
 LABELS_VAR = "LLMPOOL_AGENT_LABELS"
+ALLOW_VAR = "LLMPOOL_AGENT_ALLOW_ENGINES"
 
 
 def parse_labels(items: list[str]) -> dict[str, str]:
@@ -74,6 +76,19 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
             "label for placement, repeatable; added to those of the variable, e.g. zone=a,rack=3",
             LABELS_VAR,
             "default: none",
+        ),
+    )
+    p.add_argument(
+        "--allow-engine",
+        action="append",
+        default=[],
+        metavar="COMMAND",
+        help=env_help(
+            "let templates run this command: an argv prefix such as '/opt/vllm/bin/vllm serve' "
+            "or '{python} -m my_server' (repeatable; the built-in engines' commands are always "
+            "allowed, shells never); added to those of the variable (';' between entries)",
+            ALLOW_VAR,
+            "default: the built-in engines only",
         ),
     )
     p.add_argument(
@@ -183,6 +198,11 @@ def options_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Agent
     except ValueError as exc:
         raise ValueError(f"--gpus: {exc}") from None
     labels = parse_labels([env.get(LABELS_VAR, ""), *args.label])
+    listed = [e for e in env.get(ALLOW_VAR, "").split(";") if e.strip()] + args.allow_engine
+    try:
+        allow = parse_entries(listed)
+    except ValueError as exc:
+        raise ValueError(f"--allow-engine: {exc}") from None
     attach = parse_attach_all(args.attach, args.agent_id, env.get(ATTACH_VAR, ""))
     if args.report_interval_s <= 0:
         raise ValueError("--report-interval-s must be > 0")
@@ -196,6 +216,7 @@ def options_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Agent
         raise ValueError(f"--controller: {exc}") from None
     return AgentOptions(
         tls=tls,
+        allow_engines=allow,
         controller=args.controller,
         agent_id=args.agent_id,
         hostname=hostname,

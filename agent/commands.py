@@ -97,7 +97,7 @@ class CommandHandler:
                 "start replica failed", extra={"replica_id": cmd.replica_id, "error": error}
             )
         self._report_now()
-        self._send(result_message(cmd.command_id, error))
+        self._send(result_message(cmd.command_id, error, cmd.replica_id, cmd.pool))
 
     async def _stop(self, cmd: agent_pb2.StopReplica) -> None:
         error = ""

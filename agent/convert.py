@@ -53,9 +53,13 @@ def report_message(
     )
 
 
-def result_message(command_id: str, error: str = "") -> agent_pb2.AgentMessage:
+def result_message(
+    command_id: str, error: str = "", replica_id: str = "", pool: str = ""
+) -> agent_pb2.AgentMessage:
     return agent_pb2.AgentMessage(
-        result=agent_pb2.CommandResult(command_id=command_id, ok=not error, error=error)
+        result=agent_pb2.CommandResult(
+            command_id=command_id, ok=not error, error=error, replica_id=replica_id, pool=pool
+        )
     )
 
 

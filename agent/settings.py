@@ -6,6 +6,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from agent.allow import EngineAllowList
 from llmpool.backoff import Backoff
 
 
@@ -32,3 +33,5 @@ class SupervisorSettings:
     log_lines: int = 1000
     python: str = sys.executable
     backoff: Callable[[], Backoff] = field(default=restart_backoff)
+    # The engine commands this agent runs (agent/allow.py): the built-in engines' by default.
+    allow: EngineAllowList = field(default_factory=EngineAllowList)

@@ -81,6 +81,11 @@ class Supervisor:
         # Filling in the default command reads model files: off the loop, and before the checks
         # below so that nothing can slip in between them and the insert.
         spec = await asyncio.to_thread(adapter_for(spec.engine).fill, spec)
+        refused = self.settings.allow.problem(spec.command, spec.env)
+        if refused is not None:
+            raise FailedPreconditionError(
+                f"replica {spec.replica_id} refused by this agent: {refused}"
+            )
         if self._closed:
             raise UnavailableError(f"replica {spec.replica_id}: this agent is shutting down")
         existing = self._replicas.get(spec.replica_id)

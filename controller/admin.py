@@ -291,7 +291,14 @@ class Admin:
             replicas=tuple(self.list_replicas(name)),
             healthy_members=healthy_members(self._publisher.routes.get(name)),
             snapshot_version=self._publisher.version,
-            message=self._reconciler.unplaced.get(name, ""),
+            message="; ".join(
+                m
+                for m in (
+                    self._reconciler.unplaced.get(name, ""),
+                    self._registry.start_failures.get(name, ""),
+                )
+                if m
+            ),
         )
 
     # --- live state ---

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from llmpool.capacity import Capacity
 from llmpool.clock import Clock
-from llmpool.status import ReplicaStatus
+from llmpool.status import ReplicaState, ReplicaStatus
 from llmpool.v1 import agent_pb2, types_pb2
 
 from .changes import Changes
@@ -62,6 +62,9 @@ class AgentRegistry:
         self.lost_after_s = lost_after_s
         self._changes = changes
         self._agents: dict[str, AgentRecord] = {}
+        # Pool -> why an agent refused or failed its last start there (GetPoolStatus shows it
+        # until a replica of the pool is ready).
+        self.start_failures: dict[str, str] = {}
 
     def register(self, msg: agent_pb2.Register, conn: AgentConnection) -> AgentRecord:
         old = self._agents.get(msg.agent_id)
@@ -98,9 +101,19 @@ class AgentRegistry:
         if capacity is not None:
             record.capacity = capacity_from_proto(capacity)
         new = _statuses(replicas)
+        if self.start_failures:
+            for status in new.values():
+                if status.state is ReplicaState.READY:
+                    self.start_failures.pop(status.pool, None)
         if new != record.replicas:
             record.replicas = new
             self._changes.notify()
+
+    def start_failed(self, agent_id: str, replica_id: str, pool: str, error: str) -> None:
+        if pool in self.start_failures or len(self.start_failures) < _MAX_FAILURES:
+            self.start_failures[pool] = (
+                f"agent {agent_id} did not start replica {replica_id}: {error[:_MAX_ERROR]}"
+            )
 
     def touch(self, agent_id: str) -> None:
         record = self._agents.get(agent_id)
@@ -148,6 +161,11 @@ class AgentRegistry:
         for record in self._agents.values():
             if record.connection is not None:
                 record.connection.close()
+
+
+# Bounds on what agents' errors can make the controller keep.
+_MAX_FAILURES = 1000
+_MAX_ERROR = 500
 
 
 def _statuses(replicas: Iterable[types_pb2.ReplicaStatus]) -> dict[str, ReplicaStatus]:

@@ -93,6 +93,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 if kind == "log_chunk":
                     self._tails.deliver(agent_id, from_proto(LogChunk, msg.log_chunk, zeros=True))
                 elif kind == "result" and not msg.result.ok:
+                    if msg.result.replica_id and msg.result.pool:
+                        self._registry.start_failed(
+                            agent_id, msg.result.replica_id, msg.result.pool, msg.result.error
+                        )
                     log.warning(
                         "agent command failed",
                         extra={

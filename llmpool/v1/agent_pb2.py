@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from llmpool.v1 import types_pb2 as llmpool_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16llmpool/v1/agent.proto\x12\nllmpool.v1\x1a\x16llmpool/v1/types.proto\"\xbd\x01\n\x0c\x41gentMessage\x12(\n\x08register\x18\x01 \x01(\x0b\x32\x14.llmpool.v1.RegisterH\x00\x12$\n\x06report\x18\x02 \x01(\x0b\x32\x12.llmpool.v1.ReportH\x00\x12)\n\tlog_chunk\x18\x03 \x01(\x0b\x32\x14.llmpool.v1.LogChunkH\x00\x12+\n\x06result\x18\x04 \x01(\x0b\x32\x19.llmpool.v1.CommandResultH\x00\x42\x05\n\x03msg\"\xf5\x01\n\x08Register\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x30\n\x06labels\x18\x03 \x03(\x0b\x32 .llmpool.v1.Register.LabelsEntry\x12&\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32\x14.llmpool.v1.Capacity\x12\x0f\n\x07\x65ngines\x18\x05 \x03(\t\x12+\n\x08replicas\x18\x06 \x03(\x0b\x32\x19.llmpool.v1.ReplicaStatus\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"]\n\x06Report\x12+\n\x08replicas\x18\x01 \x03(\x0b\x32\x19.llmpool.v1.ReplicaStatus\x12&\n\x08\x63\x61pacity\x18\x02 \x01(\x0b\x32\x14.llmpool.v1.Capacity\"^\n\x08LogChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nreplica_id\x18\x02 \x01(\t\x12\r\n\x05lines\x18\x03 \x03(\t\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12\r\n\x05\x65rror\x18\x05 \x01(\t\">\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\xf0\x01\n\x11\x43ontrollerMessage\x12&\n\x07welcome\x18\x01 \x01(\x0b\x32\x13.llmpool.v1.WelcomeH\x00\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x18.llmpool.v1.StartReplicaH\x00\x12\'\n\x04stop\x18\x03 \x01(\x0b\x32\x17.llmpool.v1.StopReplicaH\x00\x12)\n\ttail_logs\x18\x04 \x01(\x0b\x32\x14.llmpool.v1.TailLogsH\x00\x12-\n\x0b\x63\x61ncel_tail\x18\x05 \x01(\x0b\x32\x16.llmpool.v1.CancelTailH\x00\x42\x05\n\x03msg\"L\n\x07Welcome\x12\x15\n\rcontroller_id\x18\x01 \x01(\t\x12\x19\n\x11report_interval_s\x18\x02 \x01(\x01\x12\x0f\n\x07lease_s\x18\x03 \x01(\x01\"\xcf\x01\n\x0cStartReplica\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x12\n\nreplica_id\x18\x02 \x01(\t\x12\x0c\n\x04pool\x18\x03 \x01(\t\x12-\n\x08template\x18\x04 \x01(\x0b\x32\x1b.llmpool.v1.ReplicaTemplate\x12.\n\x03\x65nv\x18\x05 \x03(\x0b\x32!.llmpool.v1.StartReplica.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"F\n\x0bStopReplica\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x12\n\nreplica_id\x18\x02 \x01(\t\x12\x0f\n\x07\x64rain_s\x18\x03 \x01(\x01\"Q\n\x08TailLogs\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nreplica_id\x18\x02 \x01(\t\x12\r\n\x05lines\x18\x03 \x01(\r\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\" \n\nCancelTail\x12\x12\n\nrequest_id\x18\x01 \x01(\t2V\n\x0c\x41gentService\x12\x46\n\x07\x43onnect\x12\x18.llmpool.v1.AgentMessage\x1a\x1d.llmpool.v1.ControllerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16llmpool/v1/agent.proto\x12\nllmpool.v1\x1a\x16llmpool/v1/types.proto\"\xbd\x01\n\x0c\x41gentMessage\x12(\n\x08register\x18\x01 \x01(\x0b\x32\x14.llmpool.v1.RegisterH\x00\x12$\n\x06report\x18\x02 \x01(\x0b\x32\x12.llmpool.v1.ReportH\x00\x12)\n\tlog_chunk\x18\x03 \x01(\x0b\x32\x14.llmpool.v1.LogChunkH\x00\x12+\n\x06result\x18\x04 \x01(\x0b\x32\x19.llmpool.v1.CommandResultH\x00\x42\x05\n\x03msg\"\xf5\x01\n\x08Register\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x30\n\x06labels\x18\x03 \x03(\x0b\x32 .llmpool.v1.Register.LabelsEntry\x12&\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32\x14.llmpool.v1.Capacity\x12\x0f\n\x07\x65ngines\x18\x05 \x03(\t\x12+\n\x08replicas\x18\x06 \x03(\x0b\x32\x19.llmpool.v1.ReplicaStatus\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"]\n\x06Report\x12+\n\x08replicas\x18\x01 \x03(\x0b\x32\x19.llmpool.v1.ReplicaStatus\x12&\n\x08\x63\x61pacity\x18\x02 \x01(\x0b\x32\x14.llmpool.v1.Capacity\"^\n\x08LogChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nreplica_id\x18\x02 \x01(\t\x12\r\n\x05lines\x18\x03 \x03(\t\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"`\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x12\n\nreplica_id\x18\x04 \x01(\t\x12\x0c\n\x04pool\x18\x05 \x01(\t\"\xf0\x01\n\x11\x43ontrollerMessage\x12&\n\x07welcome\x18\x01 \x01(\x0b\x32\x13.llmpool.v1.WelcomeH\x00\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x18.llmpool.v1.StartReplicaH\x00\x12\'\n\x04stop\x18\x03 \x01(\x0b\x32\x17.llmpool.v1.StopReplicaH\x00\x12)\n\ttail_logs\x18\x04 \x01(\x0b\x32\x14.llmpool.v1.TailLogsH\x00\x12-\n\x0b\x63\x61ncel_tail\x18\x05 \x01(\x0b\x32\x16.llmpool.v1.CancelTailH\x00\x42\x05\n\x03msg\"L\n\x07Welcome\x12\x15\n\rcontroller_id\x18\x01 \x01(\t\x12\x19\n\x11report_interval_s\x18\x02 \x01(\x01\x12\x0f\n\x07lease_s\x18\x03 \x01(\x01\"\xcf\x01\n\x0cStartReplica\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x12\n\nreplica_id\x18\x02 \x01(\t\x12\x0c\n\x04pool\x18\x03 \x01(\t\x12-\n\x08template\x18\x04 \x01(\x0b\x32\x1b.llmpool.v1.ReplicaTemplate\x12.\n\x03\x65nv\x18\x05 \x03(\x0b\x32!.llmpool.v1.StartReplica.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"F\n\x0bStopReplica\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x12\n\nreplica_id\x18\x02 \x01(\t\x12\x0f\n\x07\x64rain_s\x18\x03 \x01(\x01\"Q\n\x08TailLogs\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nreplica_id\x18\x02 \x01(\t\x12\r\n\x05lines\x18\x03 \x01(\r\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\" \n\nCancelTail\x12\x12\n\nrequest_id\x18\x01 \x01(\t2V\n\x0c\x41gentService\x12\x46\n\x07\x43onnect\x12\x18.llmpool.v1.AgentMessage\x1a\x1d.llmpool.v1.ControllerMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,21 +47,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOGCHUNK']._serialized_start=597
   _globals['_LOGCHUNK']._serialized_end=691
   _globals['_COMMANDRESULT']._serialized_start=693
-  _globals['_COMMANDRESULT']._serialized_end=755
-  _globals['_CONTROLLERMESSAGE']._serialized_start=758
-  _globals['_CONTROLLERMESSAGE']._serialized_end=998
-  _globals['_WELCOME']._serialized_start=1000
-  _globals['_WELCOME']._serialized_end=1076
-  _globals['_STARTREPLICA']._serialized_start=1079
-  _globals['_STARTREPLICA']._serialized_end=1286
-  _globals['_STARTREPLICA_ENVENTRY']._serialized_start=1244
-  _globals['_STARTREPLICA_ENVENTRY']._serialized_end=1286
-  _globals['_STOPREPLICA']._serialized_start=1288
-  _globals['_STOPREPLICA']._serialized_end=1358
-  _globals['_TAILLOGS']._serialized_start=1360
-  _globals['_TAILLOGS']._serialized_end=1441
-  _globals['_CANCELTAIL']._serialized_start=1443
-  _globals['_CANCELTAIL']._serialized_end=1475
-  _globals['_AGENTSERVICE']._serialized_start=1477
-  _globals['_AGENTSERVICE']._serialized_end=1563
+  _globals['_COMMANDRESULT']._serialized_end=789
+  _globals['_CONTROLLERMESSAGE']._serialized_start=792
+  _globals['_CONTROLLERMESSAGE']._serialized_end=1032
+  _globals['_WELCOME']._serialized_start=1034
+  _globals['_WELCOME']._serialized_end=1110
+  _globals['_STARTREPLICA']._serialized_start=1113
+  _globals['_STARTREPLICA']._serialized_end=1320
+  _globals['_STARTREPLICA_ENVENTRY']._serialized_start=1278
+  _globals['_STARTREPLICA_ENVENTRY']._serialized_end=1320
+  _globals['_STOPREPLICA']._serialized_start=1322
+  _globals['_STOPREPLICA']._serialized_end=1392
+  _globals['_TAILLOGS']._serialized_start=1394
+  _globals['_TAILLOGS']._serialized_end=1475
+  _globals['_CANCELTAIL']._serialized_start=1477
+  _globals['_CANCELTAIL']._serialized_end=1509
+  _globals['_AGENTSERVICE']._serialized_start=1511
+  _globals['_AGENTSERVICE']._serialized_end=1597
 # @@protoc_insertion_point(module_scope)

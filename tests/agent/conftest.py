@@ -16,6 +16,7 @@ import grpc
 import httpx
 import pytest
 
+from agent.allow import EngineAllowList
 from agent.ports import PortAllocator
 from agent.probe import Prober
 from agent.session import AgentIdentity, ControllerSession
@@ -56,6 +57,8 @@ def fast_settings(**overrides: Any) -> SupervisorSettings:
         "kill_timeout_s": 3.0,
         "drain_poll_s": 0.05,
         "backoff": lambda: Backoff(base=0.05, cap=0.2, jitter=lambda: 0.0),
+        # The fake engine is what these tests run, as an operator would allow their own.
+        "allow": EngineAllowList.with_extra([(sys.executable, str(FAKE_ENGINE))]),
     }
     values.update(overrides)
     return SupervisorSettings(**values)

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from llmpool.v1 import agent_pb2, types_pb2
+from tests.agent.conftest import FAKE_ENGINE
 
 Until = Callable[..., Awaitable[Any]]
 Cmd = Callable[..., tuple[str, ...]]
@@ -64,6 +65,8 @@ async def agent_process(controller_port: int) -> AsyncIterator[AgentProcess]:
         "LLMPOOL_AGENT_PORT_RANGE": "41000-48999",
         # The fake controller speaks plaintext on loopback.
         "LLMPOOL_INSECURE": "1",
+        # The fake engine, allowed as an operator allows their own server.
+        "LLMPOOL_AGENT_ALLOW_ENGINES": f"{sys.executable} {FAKE_ENGINE}",
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "llmpool.cli", "agent",

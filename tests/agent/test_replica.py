@@ -4,6 +4,7 @@ restart, drain and stop, liveness, logs and metrics."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 from collections.abc import Awaitable, Callable
@@ -13,6 +14,7 @@ import httpx
 import pytest
 from prometheus_client.exposition import generate_latest
 
+from agent.allow import EngineAllowList, parse_entries
 from agent.metrics import AgentMetrics
 from agent.supervisor import Supervisor
 from agent.template import ReplicaSpec
@@ -90,9 +92,44 @@ async def test_start_is_idempotent_and_unknown_ids_are_errors(
 async def test_unspawnable_command_fails_the_start_and_leaves_nothing(
     supervisor: Supervisor,
 ) -> None:
+    supervisor.settings.allow = EngineAllowList.with_extra([("/nonexistent/engine-binary",)])
     with pytest.raises(FailedPreconditionError, match="cannot start engine"):
         await supervisor.start(make_spec(("/nonexistent/engine-binary", "{port}")))
     assert supervisor.statuses() == []
+
+
+@pytest.mark.parametrize(
+    ("command", "env", "why"),
+    [
+        (("/bin/sh", "-c", "touch /tmp/pwned"), {}, "runs other programs"),
+        (("bash", "-c", "id"), {}, "runs other programs"),
+        (("/usr/bin/env", "python3", "-c", "1"), {}, "runs other programs"),
+        (("{python}", "-c", "import os"), {}, "is not an engine this agent may run"),
+        (("/tmp/vllm", "serve", "m"), {}, "is not an engine this agent may run"),
+        (("vllm", "serve", "m"), {"LD_PRELOAD": "/tmp/x.so"}, "LD_PRELOAD"),
+        (("vllm", "serve", "m"), {"PYTHONPATH": "/tmp"}, "PYTHONPATH"),
+    ],
+)
+async def test_commands_outside_the_allow_list_are_refused_and_nothing_runs(
+    supervisor: Supervisor, command: tuple[str, ...], env: dict[str, str], why: str
+) -> None:
+    spec = dataclasses.replace(make_spec(command), env=env)
+    with pytest.raises(FailedPreconditionError, match="refused by this agent") as info:
+        await supervisor.start(spec)
+    assert why in str(info.value)
+    assert supervisor.statuses() == []
+
+
+def test_allow_entries_are_argv_prefixes_and_never_shells() -> None:
+    allow = EngineAllowList.with_extra(parse_entries(["/opt/vllm/bin/vllm serve"]))
+    assert allow.problem(("/opt/vllm/bin/vllm", "serve", "m"), {}) is None
+    assert allow.problem(("vllm", "serve", "m"), {"CUDA_VISIBLE_DEVICES": "0"}) is None
+    assert allow.problem(("{python}", "-m", "llama_cpp.server", "--model", "x"), {}) is None
+    assert allow.problem(("/opt/vllm/bin/vllm", "bench"), {}) is not None
+    with pytest.raises(ValueError, match="runs other programs"):
+        parse_entries(["/bin/bash /opt/run.sh"])
+    with pytest.raises(ValueError, match="absolute"):
+        parse_entries(["bin/server"])
 
 
 async def test_kill_9_is_failed_at_once_then_restarted_with_a_new_pid(

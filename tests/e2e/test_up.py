@@ -202,6 +202,37 @@ def test_grpcurl_needs_a_certificate_and_a_viewer_may_only_read(up_cluster: Any)
     ), events
 
 
+def test_agent_refuses_a_shell_template_and_the_pool_status_says_why(
+    up_cluster: Any, wait: Any, tmp_path: Any
+) -> None:
+    admin_api = "llmpool.v1.AdminService"
+    marker = tmp_path / "pwned"
+    pool = {
+        "name": "evil",
+        "replicas": 1,
+        "template": {"engine": "openai", "command": ["/bin/sh", "-c", f"touch {marker}"]},
+    }
+    made = up_cluster.grpcurl(
+        "-d", json.dumps({"pool": pool}), up_cluster.controller, f"{admin_api}/CreatePool"
+    )
+    assert made.returncode == 0, made.stderr
+
+    def refused() -> str:
+        done = up_cluster.grpcurl(
+            "-d", json.dumps({"name": "evil"}), up_cluster.controller, f"{admin_api}/GetPoolStatus"
+        )
+        message = json.loads(done.stdout).get("message", "") if done.returncode == 0 else ""
+        return message if "refused by this agent" in message else ""
+
+    message = wait(refused, 20.0, "the refusal in GetPoolStatus")
+    assert "/bin/sh" in message and "runs other programs" in message, message
+    assert not marker.exists()
+    deleted = up_cluster.grpcurl(
+        "-d", json.dumps({"name": "evil"}), up_cluster.controller, f"{admin_api}/DeletePool"
+    )
+    assert deleted.returncode == 0, deleted.stderr
+
+
 def test_killed_replica_is_restarted_without_failed_requests(up_cluster: Any, wait: Any) -> None:
     victim = up_cluster.ready_replicas("sim-small")[0].status
     client = client_for(up_cluster)
