@@ -20,6 +20,7 @@ from .agents import AgentRegistry
 from .audit import AuditLog
 from .audit_event import AuditEvent, AuditQuery
 from .auth import LOCAL, Caller
+from .backend_urls import BackendUrlPolicy
 from .commands import CancelTailCommand, TailCommand
 from .desired import DesiredState
 from .model import BackendSpec, PoolSpec, Template
@@ -88,7 +89,9 @@ class Admin:
         audit: AuditLog,
         tokens: TokenBook,
         extra_policies: Collection[str] = (),
+        urls: BackendUrlPolicy | None = None,
     ) -> None:
+        self._urls = urls or BackendUrlPolicy()
         self._audit = audit
         self._tokens = tokens
         # Policy names only gateways know (their --policy-plugin): accepted unchecked.
@@ -115,6 +118,7 @@ class Admin:
         # weight and enabled have presence: unset they are 1 and true, given they count.
         spec = dataclasses.replace(spec, draining=False)
         check_backend(spec)
+        spec = dataclasses.replace(spec, url=await self._urls.check(spec.url))
         async with self._desired.lock:
             if spec.id in self._desired.backends:
                 raise AlreadyExistsError(
@@ -131,6 +135,8 @@ class Admin:
     async def update_backend(
         self, spec: BackendSpec, paths: set[str], by: Caller = LOCAL
     ) -> BackendSpec:
+        if "url" in paths:
+            spec = dataclasses.replace(spec, url=await self._urls.check(spec.url))
         async with self._desired.lock:
             current = self.get_backend(spec.id)
             updated = dataclasses.replace(current, **{p: getattr(spec, p) for p in paths})

@@ -15,6 +15,7 @@ from llmpool.errors import LLMPoolError
 from llmpool.logs import setup_logging
 from llmpool.tls import add_tls_options, tls_from_args
 
+from .backend_urls import parse_allow
 from .server import ControllerSettings, serve
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,24 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "comma-separated routing policy names that only gateways load (--policy-plugin); "
         "pools may use them, their params unchecked",
     )
+    env_option(
+        p,
+        "--backend-allow",
+        env,
+        "LLMPOOL_CONTROLLER_BACKEND_ALLOW",
+        "",
+        "comma-separated networks, hosts, *.domains (each optionally :PORT) that backends added "
+        "through the admin API may point at besides public addresses: loopback, link-local "
+        "and private ranges need an entry, e.g. 10.0.0.0/8,127.0.0.1:8080",
+    )
+    env_option(
+        p,
+        "--backend-schemes",
+        env,
+        "LLMPOOL_CONTROLLER_BACKEND_SCHEMES",
+        "http,https",
+        "comma-separated URL schemes backends may use",
+    )
     add_tls_options(p, env, role="controller", what="the gRPC listener")
     add_logging_options(p, env)
     return p
@@ -103,7 +122,17 @@ def settings_from_args(args: argparse.Namespace) -> ControllerSettings:
         drain_s=args.drain_s,
         extra_policies=tuple(n.strip() for n in args.extra_policies.split(",") if n.strip()),
         tls=tls_from_args(args, role="controller", address=args.listen),
+        backend_allow=parse_allow(args.backend_allow.split(",")),
+        backend_schemes=_schemes(args.backend_schemes),
     )
+
+
+def _schemes(text: str) -> tuple[str, ...]:
+    schemes = tuple(s.strip().lower() for s in text.split(",") if s.strip())
+    unknown = [s for s in schemes if s not in ("http", "https")]
+    if unknown or not schemes:
+        raise ValueError(f"--backend-schemes {text!r}: choose among http, https")
+    return schemes
 
 
 def main(argv: list[str]) -> int:

@@ -10,6 +10,7 @@ from llmpool.config import Config
 from .admin import Admin
 from .agents import AgentRegistry
 from .audit import AuditLog
+from .backend_urls import BackendUrlPolicy
 from .changes import Changes
 from .convert import specs_from_config
 from .desired import DesiredState
@@ -53,6 +54,7 @@ async def build_parts(
     report_interval_s: float,
     drain_s: float,
     extra_policies: tuple[str, ...],
+    urls: BackendUrlPolicy | None = None,
 ) -> ControllerParts:
     """Loads the desired state (seeding an empty store from the config) and builds the rest."""
     changes = Changes()
@@ -100,6 +102,7 @@ async def build_parts(
         audit,
         tokens,
         extra_policies=extra_policies,
+        urls=urls,
     )
     return ControllerParts(
         clock=clock,

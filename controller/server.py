@@ -28,6 +28,7 @@ from llmpool.v1 import (
 )
 
 from .auth import Authenticator
+from .backend_urls import AllowEntry, BackendUrlPolicy
 from .grpc_admin import AdminServicer
 from .grpc_agent import AgentServicer
 from .grpc_auth import AuthInterceptor
@@ -78,6 +79,9 @@ class ControllerSettings:
     # must have. None is plaintext with no authentication, which the CLI allows only with
     # --insecure (and off loopback only with --insecure-allow-remote).
     tls: TlsFiles | None = None
+    # Backend URLs the admin API accepts besides public addresses (controller/backend_urls.py).
+    backend_allow: tuple[AllowEntry, ...] = ()
+    backend_schemes: tuple[str, ...] = ("http", "https")
 
 
 class ControllerServer:
@@ -125,6 +129,7 @@ class ControllerServer:
                 report_interval_s=s.report_interval_s,
                 drain_s=s.drain_s,
                 extra_policies=s.extra_policies,
+                urls=BackendUrlPolicy(s.backend_allow, s.backend_schemes),
             )
         except BaseException:
             await store.close()

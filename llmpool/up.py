@@ -45,6 +45,7 @@ class UpSettings:
     config: Path | None
     log_level: str
     log_json: bool
+    backend_allow: str = ""
 
 
 def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> UpSettings:
@@ -104,6 +105,15 @@ def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> UpSetti
         "YAML config that seeds the store on first start",
         shown="the embedded sim-small config",
     )
+    env_option(
+        parser,
+        "--backend-allow",
+        environ,
+        "LLMPOOL_CONTROLLER_BACKEND_ALLOW",
+        "",
+        "comma-separated networks or host:port that backends added through the admin API may "
+        "point at besides public addresses, e.g. 127.0.0.1:8080 for a server on this machine",
+    )
     add_logging_options(parser, environ)
     args = parser.parse_args(argv)
     for flag in (
@@ -125,6 +135,7 @@ def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> UpSetti
         config=Path(args.config) if args.config else None,
         log_level=args.log_level,
         log_json=args.log_json,
+        backend_allow=args.backend_allow,
     )
 
 
@@ -175,6 +186,8 @@ def child_commands(s: UpSettings, config_path: Path) -> dict[str, list[str]]:
             str(config_path),
             "--metrics-listen",
             s.controller_metrics_listen,
+            "--backend-allow",
+            s.backend_allow,
             *tls("controller"),
             *logging_flags,
         ],

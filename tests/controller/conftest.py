@@ -9,6 +9,7 @@ from typing import TypeVar
 import grpc
 import pytest
 
+from controller.backend_urls import parse_allow
 from controller.server import ControllerServer, ControllerSettings
 from llmpool.config import Config
 from llmpool.v1 import admin_pb2_grpc
@@ -28,6 +29,8 @@ def make_settings(
         lease_s=lease_s,
         report_interval_s=0.2,
         grace_s=0.5,
+        # As a deployment whose backends are on its own networks would allow them.
+        backend_allow=parse_allow(["127.0.0.0/8", "10.0.0.0/8"]),
     )
 
 

@@ -331,7 +331,9 @@ def module_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Launcher]:
 def up_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """One `llm-pool up` of the default config for a module's tests, both replicas READY."""
     launcher = _Launcher(tmp_path_factory.mktemp("up"))
-    cluster = launcher()
+    # Backends on this machine may be added live (the replicas' own addresses); the rest of
+    # the default refusals hold.
+    cluster = launcher("--backend-allow", "127.0.0.1")
     try:
         cluster.wait_ready("sim-small", 2)
     except AssertionError:

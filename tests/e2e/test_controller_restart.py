@@ -26,6 +26,7 @@ def test_gateway_and_agent_ride_out_a_controller_restart(
     controller_args = (
         "controller", "--listen", controller_addr, "--data-dir", str(tmp_path / "data"),
         "--config", str(config), "--metrics-listen", "127.0.0.1:0",
+        "--backend-allow", "127.0.0.1",
     )  # fmt: skip
     controller = spawn("controller", *controller_args)
     spawn("agent", "agent", "--controller", controller_addr, "--metrics-listen", "127.0.0.1:0")

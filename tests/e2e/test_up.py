@@ -145,12 +145,20 @@ def test_grpcurl_lists_services_and_adds_a_backend_live(up_cluster: Any, wait: A
     )
     assert chat.choices[0].message.content
 
-    bad = up_cluster.grpcurl(
-        "-d", json.dumps({"backend": {"id": "bad", "pool": "p", "url": "ftp://x"}}),
-        up_cluster.controller, "llmpool.v1.AdminService/AddBackend",
-    )  # fmt: skip
-    assert bad.returncode != 0
-    assert "InvalidArgument" in bad.stderr, bad.stderr
+    for url in (
+        "ftp://x",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]:8000",
+        "http://0x7f000001:8000",
+        f"{replica_url}/v1?",
+        f"{replica_url}/#",
+    ):
+        bad = up_cluster.grpcurl(
+            "-d", json.dumps({"backend": {"id": "bad", "pool": "p", "url": url}}),
+            up_cluster.controller, "llmpool.v1.AdminService/AddBackend",
+        )  # fmt: skip
+        assert bad.returncode != 0, url
+        assert "InvalidArgument" in bad.stderr, bad.stderr
 
     for call, body in (("DeleteBackend", {"id": "extra-1"}), ("DeletePool", {"name": "sim-extra"})):
         done = up_cluster.grpcurl(
