@@ -88,10 +88,11 @@ class RequestAccount:
         self._sent_at = self._book.clock.monotonic()
         self._book.usage.started(member.id, self._model())
 
-    def try_failed(self, error: str) -> str:
+    def try_failed(self, error: str, detail: str = "") -> str:
         """The open try failed before an answer (the request may be retried elsewhere): it
-        counts against the member, in usage and with the policy. Returns what to tell the
-        client should no other try succeed."""
+        counts against the member, in usage and with the policy. `error` is a fixed phrase
+        that clients may see; `detail` (addresses, exception text) goes to the log only.
+        Returns what to tell the client should no other try succeed."""
         member = self._end_try(ok=False)
         elapsed = self._book.clock.monotonic() - self._sent_at
         policy = self._policy
@@ -99,7 +100,7 @@ class RequestAccount:
             policy.observe(member.id, elapsed, 0.0, 0, False)
         log.warning(
             "upstream try failed",
-            extra={"model": self.model, "member": member.id, "error": error},
+            extra={"model": self.model, "member": member.id, "error": error, "detail": detail},
         )
         return f"member {member.id} {error}"
 

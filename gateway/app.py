@@ -69,7 +69,14 @@ def create_app(
         max_connections=settings.upstream_max_connections,
     )
     accounting = Accounting(usage=usage, metrics=metrics, clock=clock, table=table)
-    relay = Relay(table=table, upstream=upstream, metrics=metrics, usage=usage, clock=clock)
+    relay = Relay(
+        table=table,
+        upstream=upstream,
+        metrics=metrics,
+        usage=usage,
+        clock=clock,
+        max_body_bytes=settings.max_upstream_body_bytes,
+    )
     link = (
         ControllerLink(
             target=settings.controller,

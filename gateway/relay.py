@@ -18,7 +18,13 @@ from gateway.responses import RawResponse
 from gateway.routing import Route, RoutingTable
 from gateway.streaming import StreamRelay
 from gateway.tokens import NO_USAGE, usage_from_json
-from gateway.upstream import UpstreamClient, UpstreamResponse, UpstreamTransportError
+from gateway.upstream import (
+    UpstreamClient,
+    UpstreamResponse,
+    UpstreamTimeoutError,
+    UpstreamTooLargeError,
+    UpstreamTransportError,
+)
 from gateway.usage import UsageTracker
 from llmpool.clock import Clock
 
@@ -51,7 +57,9 @@ class Relay:
         clock: Clock,
         max_tries: int = 3,
         retry_after_s: int = 1,
+        max_body_bytes: int = 64 * 1024 * 1024,
     ) -> None:
+        self._max_body_bytes = max_body_bytes
         self._table = table
         self._upstream = upstream
         self._metrics = metrics
@@ -122,25 +130,26 @@ class Relay:
                     member.endpoint_url(path), req.body_for(member.upstream_model), up_headers
                 )
             except UpstreamTransportError as exc:
-                last_error = account.try_failed(str(exc))
+                last_error = account.try_failed(_failure(exc), str(exc))
                 continue
             status = upstream.status_code
             if retryable_status(status):
-                detail = await _read_quietly(upstream)
-                last_error = account.try_failed(f"answered HTTP {status}: {_snippet(detail)}")
+                # Read a little so that the connection can be reused; never shown to anyone.
+                await _drain_quietly(upstream)
+                last_error = account.try_failed(f"answered HTTP {status}")
                 continue
             if req.stream and status == 200:
                 return self._stream(member, upstream, account)
             try:
-                body = await upstream.read()
+                body = await upstream.read(self._max_body_bytes)
             except UpstreamTransportError as exc:
-                last_error = account.try_failed(str(exc))
+                last_error = account.try_failed(_failure(exc), str(exc))
                 continue
             account.answered(status, usage_from_json(body) if status == 200 else NO_USAGE)
             return RawResponse(
                 body,
                 status,
-                upstream.content_type.encode("latin-1"),
+                upstream.content_type.encode(),
                 [(_MEMBER_HEADER_RAW, member.id.encode())],
             )
         raise UpstreamError(
@@ -190,13 +199,21 @@ def _no_member_message(route: Route, asked: str) -> str:
     return f"No healthy backend for model {route.model!r}{via} right now; retry shortly."
 
 
-async def _read_quietly(upstream: UpstreamResponse) -> bytes:
+# An error answer larger than this is not read: the connection is dropped instead.
+_ERROR_BODY_BYTES = 4096
+
+
+async def _drain_quietly(upstream: UpstreamResponse) -> None:
     try:
-        return await upstream.read()
+        await upstream.read(_ERROR_BODY_BYTES)
     except UpstreamTransportError:
-        return b""
+        pass
 
 
-def _snippet(body: bytes, limit: int = 200) -> str:
-    text = body[:limit].decode("utf-8", errors="replace").strip()
-    return text + ("..." if len(body) > limit else "")
+def _failure(exc: UpstreamTransportError) -> str:
+    """What a client may hear of a failed try: a fixed phrase, no address or upstream text."""
+    if isinstance(exc, UpstreamTimeoutError):
+        return "timed out"
+    if isinstance(exc, UpstreamTooLargeError):
+        return "answered more than the gateway accepts"
+    return "could not be reached"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-import re
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from gateway.members import Member
 from gateway.policies.base import PickContext
+from llmpool.linear_regex import Pattern, RegexError, compile_linear
 from llmpool.rule_checks import MAX_ROUTE_HOPS
 from llmpool.v1 import types_pb2
 
@@ -29,11 +29,11 @@ class Rule:
     target: str
     min_chars: int = 0
     max_chars: int = 0
-    prompt_re: re.Pattern[str] | None = None
+    prompt_re: Pattern | None = None
     header: str = ""
-    header_re: re.Pattern[str] | None = None
+    header_re: Pattern | None = None
     metadata_key: str = ""
-    metadata_re: re.Pattern[str] | None = None
+    metadata_re: Pattern | None = None
 
     def matches(self, ctx: PickContext) -> bool:
         """Cheap conditions first; the prompt text is built only if a condition needs it."""
@@ -122,7 +122,7 @@ def compile_rules(model: str, msgs: Sequence[types_pb2.RouteRule]) -> tuple[Rule
                     metadata_re=_compile(msg.metadata_regex),
                 )
             )
-        except re.error as exc:
+        except RegexError as exc:
             log.warning(
                 "routing rule dropped", extra={"model": model, "rule": i, "error": str(exc)}
             )
@@ -139,8 +139,8 @@ def compile_split(arms: Sequence[types_pb2.SplitArm], header: str) -> Split | No
     )
 
 
-def _compile(pattern: str) -> re.Pattern[str] | None:
-    return re.compile(pattern) if pattern else None
+def _compile(pattern: str) -> Pattern | None:
+    return compile_linear(pattern) if pattern else None
 
 
 class Routable(Protocol):

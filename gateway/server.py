@@ -13,6 +13,7 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.asgi import GatewayASGI
+from gateway.connections import ConnectionLimits, bounded_protocol, raise_open_files_limit
 from gateway.listen import LISTEN_BACKLOG, announce, bind_socket
 from gateway.settings import GatewaySettings
 
@@ -33,10 +34,16 @@ class _Server(uvicorn.Server):
 
 
 def uvicorn_config(settings: GatewaySettings, app: GatewayASGI) -> uvicorn.Config:
+    limits = ConnectionLimits(
+        max_header_bytes=settings.max_header_bytes,
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        max_connections=settings.max_connections,
+    )
     return uvicorn.Config(
         app,
         loop="none",
-        http="httptools",
+        http=bounded_protocol(limits),
         ws="none",
         lifespan="on",
         log_config=None,
@@ -61,6 +68,9 @@ async def serve(
     """Serves until SIGTERM/SIGINT, then lets in-flight requests finish (bounded).
 
     With `sock` (a worker of several) the socket is the parent's, which also announced it."""
+    # Each connection is a file: the usual soft limit (1024) would refuse them long before
+    # max_connections.
+    raise_open_files_limit(settings.max_connections + 1024)
     own = sock is None
     if sock is None:
         sock = bind_socket(settings.listen_host, settings.listen_port)

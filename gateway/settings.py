@@ -25,6 +25,12 @@ class GatewaySettings:
     controller: str = "127.0.0.1:50051"
     gateway_id: str = ""
     max_body_bytes: int = 10 * MIB
+    # A non-streaming upstream answer larger than this is a failed try (502), not buffered.
+    max_upstream_body_bytes: int = 64 * MIB
+    max_header_bytes: int = 64 * 1024
+    header_timeout_s: float = 15.0
+    body_timeout_s: float = 30.0
+    max_connections: int = 10_000
     upstream_connect_timeout_s: float = 5.0
     upstream_timeout_s: float = 600.0
     upstream_max_connections: int = 1024
@@ -83,6 +89,53 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "largest request body accepted",
         type=int,
         shown=f"{10 * MIB} (10 MiB)",
+    )
+    env_option(
+        p,
+        "--max-upstream-body-bytes",
+        env,
+        "LLMPOOL_GATEWAY_MAX_UPSTREAM_BODY_BYTES",
+        64 * MIB,
+        "largest non-streaming answer taken from a member; a larger one fails the try (502)",
+        type=int,
+        shown=f"{64 * MIB} (64 MiB)",
+    )
+    env_option(
+        p,
+        "--max-header-bytes",
+        env,
+        "LLMPOOL_GATEWAY_MAX_HEADER_BYTES",
+        64 * 1024,
+        "largest request line plus headers (431 beyond)",
+        type=int,
+    )
+    env_option(
+        p,
+        "--header-timeout-s",
+        env,
+        "LLMPOOL_GATEWAY_HEADER_TIMEOUT_S",
+        15.0,
+        "a request's headers must arrive within this long of its first byte (idle connections "
+        "that send nothing are closed after it too)",
+        type=float,
+    )
+    env_option(
+        p,
+        "--body-timeout-s",
+        env,
+        "LLMPOOL_GATEWAY_BODY_TIMEOUT_S",
+        30.0,
+        "longest pause while a request body arrives",
+        type=float,
+    )
+    env_option(
+        p,
+        "--max-connections",
+        env,
+        "LLMPOOL_GATEWAY_MAX_CONNECTIONS",
+        10_000,
+        "client connections open at once per process; more are closed at once",
+        type=int,
     )
     env_option(
         p,
@@ -192,8 +245,23 @@ def parse_settings(argv: list[str], env: Mapping[str, str] | None = None) -> Gat
     for path in (args.https_cert, args.https_key):
         if path and not os.path.isfile(path):
             parser.error(f"{path}: no such file (HTTPS certificate or key)")
-    if args.max_body_bytes <= 0:
-        parser.error("--max-body-bytes must be positive")
+    for flag in (
+        "max_body_bytes",
+        "max_upstream_body_bytes",
+        "max_header_bytes",
+        "max_connections",
+    ):
+        if getattr(args, flag) <= 0:
+            parser.error(f"--{flag.replace('_', '-')} must be positive")
+    for flag in (
+        "header_timeout_s",
+        "body_timeout_s",
+        "upstream_connect_timeout_s",
+        "upstream_timeout_s",
+    ):
+        value = getattr(args, flag)
+        if not 0 < value < float("inf"):
+            parser.error(f"--{flag.replace('_', '-')} must be a positive number")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     if args.usage_interval_s <= 0:
@@ -214,6 +282,11 @@ def parse_settings(argv: list[str], env: Mapping[str, str] | None = None) -> Gat
         controller=args.controller,
         gateway_id=args.gateway_id or default_gateway_id(),
         max_body_bytes=args.max_body_bytes,
+        max_upstream_body_bytes=args.max_upstream_body_bytes,
+        max_header_bytes=args.max_header_bytes,
+        header_timeout_s=args.header_timeout_s,
+        body_timeout_s=args.body_timeout_s,
+        max_connections=args.max_connections,
         upstream_connect_timeout_s=args.upstream_connect_timeout_s,
         upstream_timeout_s=args.upstream_timeout_s,
         upstream_max_connections=args.upstream_max_connections,

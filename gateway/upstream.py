@@ -14,6 +14,18 @@ class UpstreamTimeoutError(UpstreamTransportError):
     pass
 
 
+class UpstreamTooLargeError(UpstreamTransportError):
+    """The answer is larger than the gateway takes; the connection was dropped unread."""
+
+
+def safe_content_type(value: str | None) -> str:
+    """The upstream Content-Type if it is printable ASCII (it goes into our response headers),
+    else application/json: bytes we cannot re-encode never become a 500."""
+    if not value or len(value) > 256 or not value.isascii() or not value.isprintable():
+        return "application/json"
+    return value
+
+
 class UpstreamResponse(Protocol):
     """A response whose headers have arrived and whose body has not been read yet."""
 
@@ -23,7 +35,9 @@ class UpstreamResponse(Protocol):
     @property
     def content_type(self) -> str: ...
 
-    async def read(self) -> bytes: ...
+    async def read(self, limit: int) -> bytes:
+        """The whole body, or UpstreamTooLargeError (the connection closed) past `limit` bytes."""
+        ...
 
     def iter_bytes(self) -> AsyncIterator[bytes]: ...
 

@@ -8,7 +8,13 @@ from collections.abc import AsyncIterator, Mapping
 import aiohttp
 from yarl import URL
 
-from gateway.upstream import UpstreamResponse, UpstreamTimeoutError, UpstreamTransportError
+from gateway.upstream import (
+    UpstreamResponse,
+    UpstreamTimeoutError,
+    UpstreamTooLargeError,
+    UpstreamTransportError,
+    safe_content_type,
+)
 
 
 def _wrap(exc: BaseException) -> UpstreamTransportError:
@@ -34,17 +40,33 @@ class _AiohttpResponse:
 
     @property
     def content_type(self) -> str:
-        return self._response.headers.get("Content-Type", "application/json")
+        return safe_content_type(self._response.headers.get("Content-Type"))
 
-    async def read(self) -> bytes:
+    async def read(self, limit: int) -> bytes:
+        response = self._response
+        declared = response.content_length
         try:
-            return await self._response.read()
+            if declared is not None and declared > limit:
+                response.close()
+                raise UpstreamTooLargeError(f"upstream body of {declared} bytes is over {limit}")
+            if declared is not None:
+                return await response.read()
+            parts: list[bytes] = []
+            size = 0
+            content = response.content
+            while chunk := await content.readany():
+                size += len(chunk)
+                if size > limit:
+                    response.close()
+                    raise UpstreamTooLargeError(f"upstream body is over {limit} bytes")
+                parts.append(chunk)
+            return b"".join(parts)
         except _ERRORS as exc:
-            self._response.close()
+            response.close()
             raise _wrap(exc) from exc
         finally:
             # Back to the pool when the body was read whole; a no-op after close().
-            self._response.release()
+            response.release()
 
     async def iter_bytes(self) -> AsyncIterator[bytes]:
         content = self._response.content

@@ -6,7 +6,13 @@ from collections.abc import AsyncIterator, Mapping
 
 import httpx
 
-from gateway.upstream import UpstreamResponse, UpstreamTimeoutError, UpstreamTransportError
+from gateway.upstream import (
+    UpstreamResponse,
+    UpstreamTimeoutError,
+    UpstreamTooLargeError,
+    UpstreamTransportError,
+    safe_content_type,
+)
 
 
 def _wrap(exc: httpx.HTTPError) -> UpstreamTransportError:
@@ -25,12 +31,18 @@ class _HttpxResponse:
 
     @property
     def content_type(self) -> str:
-        ctype: str = self._response.headers.get("content-type", "application/json")
-        return ctype
+        return safe_content_type(self._response.headers.get("content-type"))
 
-    async def read(self) -> bytes:
+    async def read(self, limit: int) -> bytes:
+        parts: list[bytes] = []
+        size = 0
         try:
-            return await self._response.aread()
+            async for chunk in self._response.aiter_raw():
+                size += len(chunk)
+                if size > limit:
+                    raise UpstreamTooLargeError(f"upstream body is over {limit} bytes")
+                parts.append(chunk)
+            return b"".join(parts)
         except httpx.HTTPError as exc:
             raise _wrap(exc) from exc
         finally:

@@ -6,6 +6,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
+from llmpool.linear_regex import Pattern, RegexError, compile_linear
+
 # Pools a request may pass through by rules and splits before members are picked; the gateway
 # stops there, so the controller refuses longer chains instead of letting them end silently.
 MAX_ROUTE_HOPS = 4
@@ -57,14 +59,14 @@ def _longest(
     return best
 
 
-def check_regex(what: str, pattern: str) -> re.Pattern[str] | None:
-    """Compiles a rule's regex (None for empty); RouteGraphError says what is wrong with it."""
+def check_regex(what: str, pattern: str) -> Pattern | None:
+    """Compiles a rule's regex (None for empty) with RE2; RouteGraphError says what is wrong."""
     if not pattern:
         return None
     try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise RouteGraphError(f"{what} {pattern!r} is not a valid regex: {exc}") from None
+        return compile_linear(pattern)
+    except RegexError as exc:
+        raise RouteGraphError(f"{what} {pattern[:100]!r} is not a valid regex: {exc}") from None
 
 
 class RuleLike(Protocol):

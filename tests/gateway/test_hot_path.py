@@ -74,7 +74,7 @@ class _Recorded:
     def content_type(self) -> str:
         return "application/json"
 
-    async def read(self) -> bytes:
+    async def read(self, limit: int) -> bytes:
         return self._body
 
     async def iter_bytes(self) -> AsyncIterator[bytes]:
@@ -183,7 +183,8 @@ async def test_upstream_client_reads_streams_and_closes(kind: str, engines: Any,
         resp = await client.post(engine.url + "/v1/chat/completions", orjson.dumps(CHAT), headers)
         assert resp.status_code == 200 and resp.content_type == "application/json"
         assert (
-            orjson.loads(await resp.read())["choices"][0]["message"]["content"] == "hello from e1"
+            orjson.loads(await resp.read(1 << 20))["choices"][0]["message"]["content"]
+            == "hello from e1"
         )
 
         stream = await client.post(
@@ -275,7 +276,7 @@ class _Chunks:
     def content_type(self) -> str:
         return "text/event-stream"
 
-    async def read(self) -> bytes:
+    async def read(self, limit: int) -> bytes:
         return b""
 
     async def iter_bytes(self) -> AsyncIterator[bytes]:
