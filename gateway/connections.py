@@ -30,6 +30,9 @@ _431_BODY = (
 )
 
 
+_LINGER_S = 1.0
+
+
 @dataclass(frozen=True)
 class ConnectionLimits:
     max_header_bytes: int = 64 * 1024
@@ -109,9 +112,13 @@ def bounded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             if self._header_bytes <= self._limits.max_header_bytes:
                 return True
             self._oversized = True
-            self._disarm()
             self.transport.write(_431 % (len(_431_BODY), _431_BODY))
-            self.transport.close()
+            # A lingering close: closing now, with the client's bytes unread, would send a
+            # reset that can destroy the 431 before the client reads it. Send FIN, read and
+            # drop what still comes for a moment, then close.
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self._arm(_LINGER_S)
             return False
 
         def on_headers_complete(self) -> None:
