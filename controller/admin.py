@@ -11,6 +11,7 @@ from llmpool.capacity import Capacity
 from llmpool.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
+    InvalidArgumentError,
     NotFoundError,
     UnavailableError,
 )
@@ -38,6 +39,9 @@ from .validation import (
 )
 
 log = logging.getLogger(__name__)
+
+MAX_DRAIN_S = 86400.0
+MAX_TAIL_LINES = 10_000
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,8 @@ class Admin:
         return updated
 
     async def drain(self, member_id: str, drain_s: float, by: Caller = LOCAL) -> str:
+        if not 0 <= drain_s <= MAX_DRAIN_S:
+            raise InvalidArgumentError(f"drain_s must be from 0 to {MAX_DRAIN_S:g} seconds")
         async with self._desired.lock:
             backend = self._desired.backends.get(member_id)
             if backend is not None:
@@ -376,6 +382,8 @@ class Admin:
     async def tail_logs(self, replica_id: str, lines: int, follow: bool) -> AsyncIterator[str]:
         """Lines from the replica's agent; tells the agent to stop when the caller goes away."""
         check_name("replica_id", replica_id)
+        if lines > MAX_TAIL_LINES:
+            raise InvalidArgumentError(f"lines must be at most {MAX_TAIL_LINES}")
         assignment = self._desired.assignments.get(replica_id)
         self._refuse_attached(
             replica_id, assignment is None, "it has no logs here; read them where it runs"

@@ -6,6 +6,7 @@ from collections.abc import Collection, Mapping
 from urllib.parse import urlsplit
 
 from gateway.policies.registry import BUILTIN_POLICIES, PolicyPluginError, validate_policy
+from llmpool.bounds import check_bounds
 from llmpool.config import NAME_RE
 from llmpool.engines import template_problem
 from llmpool.errors import FailedPreconditionError, InvalidArgumentError
@@ -30,8 +31,11 @@ def check_name(what: str, value: str) -> str:
 
 
 def check_url(value: str) -> str:
-    """A base URL like http://127.0.0.1:8001 (no trailing slash kept)."""
+    """A base URL like http://127.0.0.1:8001 (no trailing slash kept); the admin API checks its
+    address too (controller/backend_urls.py)."""
     parts = urlsplit(value)
+    if "?" in value or "#" in value:
+        raise InvalidArgumentError(f"url {value[:200]!r}: a backend URL has no query or fragment")
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise InvalidArgumentError(
             f"url {value!r} is not valid: give a base URL like http://127.0.0.1:8001"
@@ -59,7 +63,7 @@ def check_template(pool: str, template: Template) -> Template:
     problem = template_problem(template.engine, template.command, template.weights, template.args)
     if problem is not None:
         raise InvalidArgumentError(f"pool {pool!r}: {problem}")
-    if template.ready_timeout_s <= 0:
+    if not template.ready_timeout_s > 0:
         raise InvalidArgumentError(f"pool {pool!r}: template.ready_timeout_s must be > 0")
     if template.input_cost_per_mtok < 0 or template.output_cost_per_mtok < 0:
         raise InvalidArgumentError(f"pool {pool!r}: template prices must be >= 0")
@@ -68,6 +72,7 @@ def check_template(pool: str, template: Template) -> Template:
 
 def check_pool(pool: PoolSpec, extra_policies: Collection[str] = ()) -> PoolSpec:
     check_name("pool name", pool.name)
+    check_bounds(pool, f"pool {pool.name!r}")
     check_policy(pool.policy, pool.policy_params, extra_policies)
     if pool.template is not None:
         check_template(pool.name, pool.template)
@@ -82,6 +87,7 @@ def check_pool(pool: PoolSpec, extra_policies: Collection[str] = ()) -> PoolSpec
 def check_backend(backend: BackendSpec) -> BackendSpec:
     check_name("backend id", backend.id)
     check_name("backend pool", backend.pool)
+    check_bounds(backend, f"backend {backend.id!r}")
     check_url(backend.url)
     if backend.kind not in KNOWN_BACKEND_KINDS:
         raise InvalidArgumentError(

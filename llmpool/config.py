@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from llmpool.engines import template_problem
 from llmpool.rule_checks import RouteGraphError, check_route_graph, check_rule, check_splits
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+# \Z, not $: "$" also matches before a final newline, which let "evil\n" through.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}\Z")
 
 
 class ConfigError(ValueError):
@@ -20,7 +21,7 @@ class ConfigError(ValueError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _check_name(value: str) -> str:
@@ -195,9 +196,13 @@ def parse_config(text: str, source: str = "<config>") -> Config:
 
 def load_config(path: Path) -> Config:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8"
+        ) from None
     return parse_config(text, str(path))
 
 

@@ -11,7 +11,7 @@ from llmpool.linear_regex import Pattern, RegexError, compile_linear
 # Pools a request may pass through by rules and splits before members are picked; the gateway
 # stops there, so the controller refuses longer chains instead of letting them end silently.
 MAX_ROUTE_HOPS = 4
-HEADER_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+HEADER_RE = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+\Z")
 
 
 class RouteGraphError(ValueError):

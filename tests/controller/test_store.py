@@ -12,7 +12,7 @@ from controller.convert import specs_from_config
 from controller.desired import DesiredState
 from controller.model import Assignment, BackendSpec, PoolSpec, Template
 from controller.store import DB_FILE, SCHEMA_VERSION, Store
-from llmpool.config import parse_config
+from llmpool.config import ConfigError, load_config, parse_config
 from llmpool.errors import FailedPreconditionError
 
 POOL = PoolSpec(
@@ -130,3 +130,19 @@ async def test_version_1_data_dir_is_migrated_and_keeps_its_rows(tmp_path: Path)
         async with db.execute("PRAGMA user_version") as cur:
             row = await cur.fetchone()
     assert row is not None and row[0] == SCHEMA_VERSION
+
+
+def test_config_refuses_nan_infinity_names_with_newlines_and_non_utf8(tmp_path: Path) -> None:
+    for text, what in (
+        ("pools:\n  - name: p\n    backends:\n      - {id: b, url: 'http://x', "
+         "input_cost_per_mtok: .nan}\n", "input_cost_per_mtok"),
+        ("pools:\n  - name: p\n    template: {engine: sim, ready_timeout_s: .inf}\n",
+         "ready_timeout_s"),
+        ('pools:\n  - name: "evil\\n"\n', "name"),
+    ):  # fmt: skip
+        with pytest.raises(ConfigError, match=what):
+            parse_config(text)
+    latin1 = tmp_path / "pools.yaml"
+    latin1.write_bytes("pools:\n  - name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="UTF-8"):
+        load_config(latin1)
