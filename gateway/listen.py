@@ -33,5 +33,7 @@ def announce(settings: GatewaySettings, sock: socket.socket) -> None:
             "controller": settings.controller,
             "gateway_id": settings.gateway_id,
             "workers": settings.workers,
+            "scheme": "https" if settings.https_cert else "http",
+            "controller_tls": "mutual" if settings.controller_tls is not None else "off",
         },
     )

@@ -5,14 +5,19 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import ssl
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from gateway.settings import MIB, parse_settings
+from llmpool.certs import issue
+from llmpool.tls import TlsFiles
+from tests.support import make_pki
 
 
 def test_settings_from_env_and_flags() -> None:
@@ -97,3 +102,49 @@ async def test_process_serves_and_stops_on_sigterm(kit: Any) -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_https_with_a_certificate_and_mutual_tls_to_the_controller(
+    kit: Any, tmp_path: Path
+) -> None:
+    """The gateway serves HTTPS with --https-cert/--https-key and, by default, reaches the
+    controller over mutual TLS (here: a controller that speaks mTLS with the same CA)."""
+    from controller.server import ControllerServer, ControllerSettings
+
+    pki = make_pki(tmp_path / "pki")
+    issue(pki, "gateway", "gw-https", ("127.0.0.1",), out=tmp_path / "web")
+    controller = ControllerServer(
+        ControllerSettings(
+            listen="127.0.0.1:0",
+            metrics_listen="127.0.0.1:0",
+            data_dir=tmp_path / "data",
+            tls=TlsFiles.in_dir(pki, "controller"),
+        )
+    )
+    await controller.start()
+    port = kit.free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMPOOL_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "llmpool.cli", "gateway",
+        "--listen", f"127.0.0.1:{port}", "--controller", f"127.0.0.1:{controller.port}",
+        "--tls-dir", str(pki),
+        "--https-cert", str(tmp_path / "web" / "gw-https.crt"),
+        "--https-key", str(tmp_path / "web" / "gw-https.key"),
+        stderr=asyncio.subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    try:
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        async with httpx.AsyncClient(verify=ctx, trust_env=False) as http:
+
+            async def ready() -> bool:
+                # Ready means a routing snapshot came over mutual TLS.
+                return (await http.get(f"https://127.0.0.1:{port}/readyz")).status_code == 200
+
+            await kit.wait_until(ready, 20, "ready over HTTPS")
+        async with httpx.AsyncClient(trust_env=False) as plain:
+            with pytest.raises(httpx.HTTPError):
+                await plain.get(f"http://127.0.0.1:{port}/healthz")
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 15)
+        await controller.stop()
