@@ -149,7 +149,8 @@ async def start_llmpool(mock_port: int, workdir: Path, workers: int) -> Running:
     cfg.write_text(llmpool_config(mock_port))
     data = workdir / f"llmpool-data-{workers}w"
     cport, gport = free_port(), free_port()
-    env = {"LLMPOOL_LOG_LEVEL": "warning"}
+    # Plaintext gRPC on loopback: the benchmark measures the HTTP path, not the control link.
+    env = {"LLMPOOL_LOG_LEVEL": "warning", "LLMPOOL_INSECURE": "1"}
     python = sys.executable
     controller = await spawn(
         f"llmpool-controller-{workers}w",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import resource
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,11 @@ _431_BODY = (
 
 
 _LINGER_S = 1.0
+_HEAD, _BODY = "head", "body"
+
+
+class _HeadTooLargeError(Exception):
+    pass
 
 
 @dataclass(frozen=True)
@@ -49,10 +55,14 @@ def bounded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self._header_bytes = 0
+            # Reading a request's head (_HEAD), its body (_BODY), or answering (_ANSWER).
+            self._phase = _HEAD
+            self._head_bytes = 0
             self._oversized = False
+            # One timer per connection, re-armed only when it fires: a request moves the
+            # deadline with a float store, not a new timer (timers cost on the hot path).
+            self._deadline = math.inf
             self._timer: asyncio.TimerHandle | None = None
-            self._in_request = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -63,54 +73,45 @@ def bounded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 transport.abort()
                 return
             # A connection that sends nothing is closed like one that sends too slowly.
-            self._arm(self._limits.header_timeout_s)
+            self._deadline = self.loop.time() + self._limits.header_timeout_s
+            self._timer = self.loop.call_at(self._deadline, self._check)
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-        def _arm(self, seconds: float) -> None:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = self.loop.call_later(seconds, self._expire)
-
-        def _disarm(self) -> None:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
+            super().connection_lost(exc)
 
-        def _expire(self) -> None:
+        def _check(self) -> None:
             self._timer = None
-            if not self.transport.is_closing():
+            if self.transport.is_closing():
+                return
+            now = self.loop.time()
+            if now >= self._deadline:
                 self.transport.close()
+                return
+            # Not due: wake at the deadline, or now and then while nothing is timed.
+            wake = min(self._deadline, now + self._limits.header_timeout_s)
+            self._timer = self.loop.call_at(wake, self._check)
 
         def data_received(self, data: bytes) -> None:
             if self._oversized:
                 return
-            if not self._in_request and self._timer is None:
-                # The first byte of the next request on a kept-alive connection.
-                self._arm(self._limits.header_timeout_s)
+            phase = self._phase
+            if phase is _HEAD:
+                if self._deadline == math.inf:
+                    # The first byte of the next request on a kept-alive connection.
+                    self._deadline = self.loop.time() + self._limits.header_timeout_s
+                self._head_bytes += len(data)
+            elif phase is _BODY:
+                self._deadline = self.loop.time() + self._limits.body_timeout_s
             super().data_received(data)
+            # Still reading the head after this read: bytes so far are head bytes (a body in
+            # the same read would have ended the head first).
+            if self._phase is _HEAD and self._head_bytes > self._limits.max_header_bytes:
+                self._refuse_head()
 
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self._header_bytes = 0
-            self._in_request = True
-
-        def on_url(self, url: bytes) -> None:
-            if self._count(len(url)):
-                super().on_url(url)
-
-        def on_header(self, name: bytes, value: bytes) -> None:
-            if self._count(len(name) + len(value) + 4):
-                super().on_header(name, value)
-
-        def _count(self, n: int) -> bool:
-            if self._oversized:
-                return False
-            self._header_bytes += n
-            if self._header_bytes <= self._limits.max_header_bytes:
-                return True
+        def _refuse_head(self) -> None:
             self._oversized = True
             self.transport.write(_431 % (len(_431_BODY), _431_BODY))
             # A lingering close: closing now, with the client's bytes unread, would send a
@@ -118,32 +119,37 @@ def bounded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             # drop what still comes for a moment, then close.
             if self.transport.can_write_eof():
                 self.transport.write_eof()
-            self._arm(_LINGER_S)
-            return False
+            self._deadline = self.loop.time() + _LINGER_S
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.loop.call_at(self._deadline, self._check)
 
         def on_headers_complete(self) -> None:
-            if self._oversized:
-                return
-            # Headers are in; from here the body may not stall (reset on every chunk).
-            self._arm(self._limits.body_timeout_s)
+            # The reads so far over the bound may hold body bytes too: only then is the head
+            # measured exactly (a whole head larger than the bound can arrive in one read).
+            if self._head_bytes > self._limits.max_header_bytes and (
+                len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+                > self._limits.max_header_bytes
+            ):
+                self._refuse_head()
+                # Stops the parser: no request is started (uvicorn's 400 is skipped below).
+                raise _HeadTooLargeError
+            # Headers are in; from here the body may not stall (each read moves the deadline).
+            self._phase = _BODY
+            self._deadline = self.loop.time() + self._limits.body_timeout_s
             super().on_headers_complete()
 
-        def on_body(self, body: bytes) -> None:
-            if self._oversized:
-                return
-            self._arm(self._limits.body_timeout_s)
-            super().on_body(body)
+        def send_400_response(self, msg: str) -> None:
+            if not self._oversized:
+                super().send_400_response(msg)
 
         def on_message_complete(self) -> None:
-            if self._oversized:
-                return
-            # The request is in: a long generation is bounded by the upstream timeouts.
-            self._disarm()
+            # The request is in: a long generation is bounded by the upstream timeouts. The
+            # next bytes are the next request's head, timed from its first byte.
+            self._phase = _HEAD
+            self._head_bytes = 0
+            self._deadline = math.inf
             super().on_message_complete()
-
-        def on_response_complete(self) -> None:
-            self._in_request = False
-            super().on_response_complete()
 
     return BoundedProtocol
 

@@ -17,7 +17,10 @@ from google.protobuf import field_mask_pb2
 from bench.routing.engine_stats import EngineCounters, parse_counters
 from bench.routing.oracle import ORACLE_POLICY
 from bench.systems import HOST, Proc, StartError, free_port, spawn
+from llmpool.certs import ensure_local_pki
 from llmpool.sim.costs import CostModel
+from llmpool.tls import TlsFiles
+from llmpool.up import UP_ROLES
 from llmpool.v1 import admin_pb2, admin_pb2_grpc, types_pb2
 
 POOL = "bench-routing"
@@ -104,12 +107,14 @@ def config_yaml(shape: SimShape, policy: str = "round_robin") -> str:
 class Cluster:
     """A running `llm-pool up`; every control action goes through the admin gRPC API."""
 
-    def __init__(self, proc: Proc, gateway_port: int, controller: str, shape: SimShape) -> None:
+    def __init__(
+        self, proc: Proc, gateway_port: int, controller: str, shape: SimShape, tls: TlsFiles
+    ) -> None:
         self.proc = proc
         self.gateway_port = gateway_port
         self.controller = controller
         self.shape = shape
-        self._channel = grpc.aio.insecure_channel(controller)
+        self._channel = grpc.aio.secure_channel(controller, tls.channel_credentials())
         self.admin = admin_pb2_grpc.AdminServiceStub(self._channel)
         self.http = httpx.AsyncClient(timeout=10.0)
         self.engine_urls: list[str] = []
@@ -149,8 +154,12 @@ class Cluster:
             "LLMPOOL_CONTROLLER_EXTRA_POLICIES": ORACLE_POLICY,
             "LLMPOOL_REPORT_INTERVAL_S": f"{shape.report_interval_s:g}",
         }
+        # The certificates `up` would make on its first start, made first so that the admin
+        # client has its own (mutual TLS, as for any user).
+        tls_dir = workdir / "data" / "tls"
+        ensure_local_pki(tls_dir, UP_ROLES)
         proc = await spawn("llm-pool-up", argv, workdir, env)
-        cluster = cls(proc, gport, controller, shape)
+        cluster = cls(proc, gport, controller, shape, TlsFiles.in_dir(tls_dir, "admin"))
         try:
             await cluster.wait_ready(90.0)
         except BaseException:

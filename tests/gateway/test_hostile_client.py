@@ -118,6 +118,19 @@ async def test_huge_headers_get_431_and_the_connection_closes(gateway: Gateway) 
     assert (gateway.rss_kib() - before_kib) < 8 * 1024
 
 
+async def test_a_large_body_in_the_same_read_as_small_headers_is_no_431(
+    gateway: Gateway,
+) -> None:
+    content = "x" * (200 * 1024)
+    body = orjson.dumps({"model": "m1", "messages": [{"role": "user", "content": content}]})
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
+        b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    answer = await exchange(gateway.port, request)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+
+
 async def test_idle_slow_and_short_connections_are_closed(gateway: Gateway) -> None:
     # Connected, sends nothing.
     idle_r, idle_w = await asyncio.open_connection("127.0.0.1", gateway.port)
