@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +17,13 @@ from gateway.app import parts_of
 CHAT = {"model": "m1", "messages": [{"role": "user", "content": "hi"}]}
 SECRET = b"SECRET-UPSTREAM-TEXT"
 CAP = 1024 * 1024
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
 
 
 class HostileUpstream:
@@ -100,7 +108,10 @@ async def test_oversized_answers_end_in_502_without_upstream_bytes(
 ) -> None:
     async with HostileUpstream(behave) as upstream:
         gw = await gateway_to(upstream.url)
+        before = rss_mib()
         resp = await http.post(f"{gw.url}/v1/chat/completions", json=CHAT)
+        # Without the cap the endless body alone is 128 MiB held at once.
+        assert rss_mib() - before < 48
     assert resp.status_code == 502
     error = resp.json()["error"]
     assert error["code"] == "upstream_failed"
