@@ -18,7 +18,7 @@ class AuditEvent:
     action: str
     # "kind/key", such as "backend/gpu-1", or the full method of a denied call.
     object: str
-    # "ok" or "denied".
+    # "ok", "denied" (the role may not) or "unauthenticated" (a bad token or certificate).
     outcome: str
     detail: str = ""
     before: str = ""

@@ -66,6 +66,17 @@ class Authenticator:
             raise AuthError("no client certificate")
         return self._from_cert(pems[0])
 
+    def peer(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        """The certificate's identity when there is one, else the peer address (for the audit
+        log of a call that could not be authenticated)."""
+        pems = list(context.auth_context().get("x509_pem_cert") or ()) if self._tls else []
+        if pems:
+            try:
+                return self._from_cert(pems[0]).identity
+            except AuthError:
+                pass
+        return str(context.peer())[:100]
+
     def _from_cert(self, pem: bytes) -> Caller:
         if pem in self._cache:
             self._cache.move_to_end(pem)

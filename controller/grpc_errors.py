@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -17,6 +16,8 @@ from llmpool.errors import (
     NotFoundError,
     UnavailableError,
 )
+
+from .grpc_wrap import rewrap
 
 log = logging.getLogger(__name__)
 
@@ -80,17 +81,4 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         # Health and reflection are grpc's own handlers (some write via context): left as they are.
         if handler is None or not handler_call_details.method.startswith("/llmpool.v1."):
             return handler
-        h: Any = handler
-        kw = {
-            "request_deserializer": h.request_deserializer,
-            "response_serializer": h.response_serializer,
-        }
-        if h.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(_wrap_unary(h.unary_unary), **kw)
-        if h.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(_wrap_unary(h.stream_unary), **kw)
-        if h.unary_stream is not None and inspect.isasyncgenfunction(h.unary_stream):
-            return grpc.unary_stream_rpc_method_handler(_wrap_stream(h.unary_stream), **kw)
-        if h.stream_stream is not None and inspect.isasyncgenfunction(h.stream_stream):
-            return grpc.stream_stream_rpc_method_handler(_wrap_stream(h.stream_stream), **kw)
-        return handler
+        return rewrap(handler, _wrap_unary, _wrap_stream)  # type: ignore[no-any-return]

@@ -43,6 +43,12 @@ class ControllerMetrics:
             ["action"],
             registry=r,
         )
+        self.rpc_refused = Counter(
+            "llmpool_controller_rpc_refused_total",
+            "Calls refused by authentication or RBAC",
+            ["reason"],
+            registry=r,
+        )
         self.requests = Counter(
             "llmpool_controller_requests_total",
             "Requests gateways reported, by model",

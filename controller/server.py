@@ -138,7 +138,7 @@ class ControllerServer:
         auth = Authenticator(tls=credentials is not None, tokens=parts.tokens)
         # Outermost first: no handler, error mapping included, runs for an unauthorised call.
         server = grpc.aio.server(
-            interceptors=[AuthInterceptor(auth, parts.audit), ErrorInterceptor()],
+            interceptors=[AuthInterceptor(auth, parts.audit, self.metrics), ErrorInterceptor()],
             options=GRPC_SERVER_OPTIONS,
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(parts.admin, auth), server)

@@ -18,26 +18,8 @@ from .tokens import TokenRecord
 SCHEMA_VERSION = 6
 DB_FILE = "controller.sqlite3"
 
-# Pools and backends are stored whole as JSON (llmpool.protoconv), so a new field of theirs needs
-# no column and no migration: rows written before it load with its default.
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS pools (
-    name TEXT PRIMARY KEY,
-    spec TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS backends (
-    id TEXT PRIMARY KEY,
-    pool TEXT NOT NULL,
-    spec TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS replicas (
-    replica_id TEXT PRIMARY KEY,
-    pool TEXT NOT NULL,
-    agent_id TEXT NOT NULL,
-    desired INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    gpu_indices TEXT NOT NULL DEFAULT '[]'
-);
+# Schema version 6: the audit log and the admin API's bearer tokens (hashes only).
+_V6_TABLES = """
 CREATE TABLE IF NOT EXISTS audit_events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     time REAL NOT NULL,
@@ -61,29 +43,30 @@ CREATE TABLE IF NOT EXISTS tokens (
 )
 """
 
-_AUDIT_SCHEMA = """
-CREATE TABLE IF NOT EXISTS audit_events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    time REAL NOT NULL,
-    actor TEXT NOT NULL,
-    role TEXT NOT NULL,
-    action TEXT NOT NULL,
-    object TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    detail TEXT NOT NULL,
-    before TEXT NOT NULL,
-    after TEXT NOT NULL
+# Pools and backends are stored whole as JSON (llmpool.protoconv), so a new field of theirs needs
+# no column and no migration: rows written before it load with its default.
+_SCHEMA = (
+    """
+CREATE TABLE IF NOT EXISTS pools (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS audit_events_time ON audit_events (time);
-CREATE TABLE IF NOT EXISTS tokens (
+CREATE TABLE IF NOT EXISTS backends (
     id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    role TEXT NOT NULL,
+    pool TEXT NOT NULL,
+    spec TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS replicas (
+    replica_id TEXT PRIMARY KEY,
+    pool TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    desired INTEGER NOT NULL,
     created_at REAL NOT NULL,
-    expires_at REAL NOT NULL,
-    secret_sha256 TEXT NOT NULL
-)
+    gpu_indices TEXT NOT NULL DEFAULT '[]'
+);
 """
+    + _V6_TABLES
+)
 
 # Version reached -> the statements that bring the previous version's tables to it. A new
 # data dir gets _SCHEMA as it stands and needs none of them.
@@ -117,7 +100,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "DROP TABLE backends",
         "ALTER TABLE backends_v5 RENAME TO backends",
     ),
-    6: tuple(s for s in _AUDIT_SCHEMA.split(";") if s.strip()),
+    6: tuple(s for s in _V6_TABLES.split(";") if s.strip()),
 }
 
 

@@ -703,7 +703,7 @@ class AuditEvent(_message.Message):
     action: _builtins.str
     object: _builtins.str
     outcome: _builtins.str
-    """"ok" or "denied"."""
+    """"ok", "denied" (the caller's role may not) or "unauthenticated" (a bad token)."""
     detail: _builtins.str
     before: _builtins.str
     """JSON documents of the object before and after the change ("" where there is none)."""

@@ -217,6 +217,22 @@ async def test_a_token_grants_its_role_until_revoked(secure: ControllerServer, p
         err = await refused(viewer.ListPools(admin_pb2.ListPoolsRequest(), metadata=bearer))
         assert err.code() == grpc.StatusCode.UNAUTHENTICATED
         assert made.token not in (err.details() or "")
+    # The revoked token's call is in the audit log under the certificate that carried it.
+    by_viewer = await secure.parts.admin.audit_events(AuditQuery(actor="viewer"))
+    assert ("ListPools", "unauthenticated") in [(e.action, e.outcome) for e in by_viewer]
+    metrics = secure.metrics.registry
+    assert (
+        metrics.get_sample_value(
+            "llmpool_controller_rpc_refused_total", {"reason": "unauthenticated"}
+        )
+        == 2
+    )
+    assert (
+        metrics.get_sample_value(
+            "llmpool_controller_rpc_refused_total", {"reason": "permission_denied"}
+        )
+        == 1
+    )
     events = await secure.parts.admin.audit_events(AuditQuery(actor="ops@example"))
     assert [(e.action, e.outcome) for e in events] == [
         ("DeletePool", "denied"),
