@@ -16,6 +16,7 @@ from agent.gpus import GpuInfo, capacity
 from agent.supervisor import Supervisor
 from llmpool.backoff import Backoff
 from llmpool.engines import ENGINES
+from llmpool.tls import aio_channel
 from llmpool.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -147,12 +148,7 @@ class ControllerSession:
     async def _serve_once(self) -> None:
         outbox: Outbox = asyncio.Queue()
         outbox.put_nowait(self._register())
-        channel = (
-            grpc.aio.insecure_channel(self._target)
-            if self._credentials is None
-            else grpc.aio.secure_channel(self._target, self._credentials)
-        )
-        async with channel:
+        async with aio_channel(self._target, self._credentials) as channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
             call = stub.Connect(self._requests(outbox))
             try:

@@ -262,6 +262,8 @@ class Admin:
             current = self.get_pool(name)
             check_not_routed_to(name, self._desired.pools)
             await self._desired.delete_pool(name)
+        # A pool made again under this name starts without the old one's start failures.
+        self._registry.start_failures.pop(name, None)
         log.info("pool deleted", extra={"pool": name})
         await self._audit.record(by, "DeletePool", f"pool/{name}", before=current)
 

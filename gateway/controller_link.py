@@ -15,6 +15,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.routing import RoutingTable
 from gateway.usage import UsageTracker
 from llmpool.backoff import Backoff
+from llmpool.tls import aio_channel
 from llmpool.v1 import gateway_pb2, gateway_pb2_grpc
 
 if TYPE_CHECKING:
@@ -53,11 +54,7 @@ class ControllerLink:
         self.sessions = 0
 
     async def start(self) -> None:
-        self._channel = (
-            grpc.aio.insecure_channel(self._target)
-            if self._credentials is None
-            else grpc.aio.secure_channel(self._target, self._credentials)
-        )
+        self._channel = aio_channel(self._target, self._credentials)
         stub: GatewayServiceAsyncStub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
         self._tasks = [
             asyncio.create_task(self._watch_loop(stub), name="gateway-watch-routing"),

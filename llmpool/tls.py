@@ -67,12 +67,12 @@ class TlsFiles:
         )
 
 
-def aio_channel(target: str, tls: TlsFiles | None, **kwargs: object) -> grpc.aio.Channel:
-    """A grpc.aio channel to `target`: mutual TLS when `tls` is set, else plaintext."""
-    options = kwargs.pop("options", None)
-    if tls is None:
-        return grpc.aio.insecure_channel(target, options=options)  # type: ignore[arg-type]
-    return grpc.aio.secure_channel(target, tls.channel_credentials(), options=options)  # type: ignore[arg-type]
+def aio_channel(target: str, credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
+    """A grpc.aio channel to `target`: TLS with `credentials` (TlsFiles.channel_credentials(),
+    read once at start-up), plaintext when they are None (--insecure)."""
+    if credentials is None:
+        return grpc.aio.insecure_channel(target)
+    return grpc.aio.secure_channel(target, credentials)
 
 
 def is_loopback(host: str) -> bool:

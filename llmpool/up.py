@@ -15,8 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
 from llmpool.addr import split_host_port
 from llmpool.certs import ensure_local_pki
 from llmpool.cliargs import add_logging_options, env_option, run_until_signal
@@ -24,7 +22,7 @@ from llmpool.config import ConfigError, default_config_text, load_config
 from llmpool.errors import FailedPreconditionError
 from llmpool.logs import setup_logging
 from llmpool.models import smollm2_gguf_path
-from llmpool.tls import TlsFiles
+from llmpool.tls import TlsFiles, aio_channel
 
 log = logging.getLogger("llmpool.up")
 
@@ -265,7 +263,7 @@ def resolve_config(s: UpSettings) -> Path:
 
 
 async def _wait_controller(address: str, tls: TlsFiles, wait_s: float) -> bool:
-    async with grpc.aio.secure_channel(address, tls.channel_credentials()) as channel:
+    async with aio_channel(address, tls.channel_credentials()) as channel:
         try:
             await asyncio.wait_for(channel.channel_ready(), wait_s)
             return True
