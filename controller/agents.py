@@ -142,6 +142,14 @@ class AgentRegistry:
         record = self._agents.get(agent_id)
         return record is not None and self.silent_s(record) < self.lease_s
 
+    def routable(self, agent_id: str) -> bool:
+        """Whether gateways may send to this agent's replicas: its lease holds and its stream
+        is open. A closed stream is certain news (the agent or its host went away), unlike
+        silence, so it takes the replicas out of routing at once; replacing them still waits
+        for the lease (the agent may come straight back)."""
+        record = self._agents.get(agent_id)
+        return record is not None and record.connected and self.silent_s(record) < self.lease_s
+
     def send(self, agent_id: str, command: AgentCommand) -> bool:
         """Queues a command for a connected agent; False when it is not connected."""
         record = self._agents.get(agent_id)

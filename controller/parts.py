@@ -66,7 +66,7 @@ async def build_parts(
     def live() -> dict[str, LiveReplica]:
         replicas: dict[str, LiveReplica] = {}
         for record in registry.all():
-            valid = registry.lease_valid(record.agent_id)
+            valid = registry.routable(record.agent_id)
             zone = record.labels.get("zone", "")
             for rid, status in record.replicas.items():
                 replicas[rid] = LiveReplica(status, record.agent_id, valid, zone)

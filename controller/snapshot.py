@@ -64,11 +64,12 @@ Routes = dict[str, ModelRoute]
 
 @dataclass(frozen=True)
 class LiveReplica:
-    """A replica's latest status from its agent, and whether that agent's lease is valid."""
+    """A replica's latest status from its agent, and whether gateways may reach that agent's
+    replicas (lease valid and stream open: AgentRegistry.routable)."""
 
     status: ReplicaStatus
     agent_id: str
-    lease_valid: bool
+    routable: bool
     zone: str = ""
 
 
@@ -94,7 +95,7 @@ def _live_member(
     """A member for a replica an agent reports, managed or attached: its template's fields
     (prices), then its status's (URL, load), then what the controller decides."""
     s = live.status
-    healthy = live.lease_valid and s.state is ReplicaState.READY and s.healthy
+    healthy = live.routable and s.state is ReplicaState.READY and s.healthy
     values: dict[str, Any] = shared_fields(template, RouteMember) if template else {}
     values.update(shared_fields(s, RouteMember))
     values.update(
@@ -118,13 +119,13 @@ def _replica_member(
 
 
 def routed_attached(live: LiveReplica, pools: Mapping[str, PoolSpec]) -> bool:
-    """An attached replica is routed while its pool exists and its agent's lease holds."""
+    """An attached replica is routed while its pool exists and its agent is routable."""
     s = live.status
     return (
         s.attached
         and s.pool in pools
         and bool(s.url)
-        and live.lease_valid
+        and live.routable
         and s.state is not ReplicaState.STOPPED
     )
 

@@ -121,7 +121,15 @@ def create_app(
     app.add_exception_handler(Exception, handle_exception)
 
     @app.get("/v1/models", summary="Models this gateway routes (OpenAI list shape)")
-    async def list_models() -> JSONResponse:
+    async def list_models() -> Response:
+        if not table.received:
+            # An empty list would tell clients that nothing is served here, which is not known.
+            return error_response(
+                NotReadyError(
+                    "This gateway has no routing from the controller yet; retry shortly.",
+                    headers={"Retry-After": "1"},
+                )
+            )
         created = table.created_s
         data = [
             {"id": name, "object": "model", "created": created, "owned_by": "llm-pool"}

@@ -9,7 +9,12 @@ import orjson
 from starlette.responses import Response
 
 from gateway.accounting import RequestAccount
-from gateway.errors import ModelNotFoundError, NoHealthyMemberError, UpstreamError
+from gateway.errors import (
+    ModelNotFoundError,
+    NoHealthyMemberError,
+    NotReadyError,
+    UpstreamError,
+)
 from gateway.members import Member
 from gateway.metrics import GatewayMetrics
 from gateway.parsing import ParsedRequest
@@ -76,6 +81,13 @@ class Relay:
         account.model = req.model
         route = self._table.get(req.model)
         if route is None:
+            if not self._table.received:
+                # Without routing we cannot tell an unknown model from a known one: a client
+                # that retries (as told) gets served once the first snapshot is in.
+                raise NotReadyError(
+                    "This gateway has no routing from the controller yet; retry shortly.",
+                    headers={"Retry-After": self._retry_after},
+                )
             raise ModelNotFoundError(
                 f"The model {req.model!r} does not exist here; GET /v1/models lists the models.",
                 param="model",

@@ -113,8 +113,8 @@ def test_an_assignment_for_an_attached_replica_is_forgotten_not_stopped() -> Non
 POOLS = {"p": PoolSpec(name="p", replicas=1, template=TEMPLATE)}
 
 
-def live(status: ReplicaStatus, lease_valid: bool = True) -> LiveReplica:
-    return LiveReplica(status, "a", lease_valid, "z1")
+def live(status: ReplicaStatus, routable: bool = True) -> LiveReplica:
+    return LiveReplica(status, "a", routable, "z1")
 
 
 def test_attached_members_are_routed_beside_backends_and_managed_replicas() -> None:
@@ -149,7 +149,7 @@ def test_attached_member_health_follows_its_status() -> None:
 
 def test_attached_members_go_with_their_agent_pool_or_stop() -> None:
     cases = {
-        "lease expired": {"att-1": live(attached(), lease_valid=False)},
+        "lease expired": {"att-1": live(attached(), routable=False)},
         "no such pool": {"att-1": live(attached(pool_name="nowhere"))},
         "stopped": {"att-1": live(attached(state=STOPPED, healthy=False))},
     }

@@ -326,3 +326,37 @@ async def test_cli_serves_and_exits_zero_on_sigterm(tmp_path: Path, pki: Path) -
             await proc.wait()
     assert proc.returncode == 0, "".join(lines) + rest.decode()
     assert "controller stopped" in rest.decode()
+
+
+async def test_a_closed_agent_stream_unroutes_its_replicas_at_once_and_replaces_after_the_lease(
+    tmp_path: Path,
+) -> None:
+    # A long lease: the replica leaves routing on the disconnect, not on silence.
+    server = ControllerServer(make_settings(tmp_path / "data", lease_s=30.0))
+    await server.start()
+    try:
+        parts = server.parts
+        agent = FakeAgent(target(server))
+        await agent.connect()
+        await parts.admin.create_pool(
+            pool_from_proto(types_pb2.Pool(name="p", replicas=1, template=TEMPLATE))
+        )
+        start = (await eventually(lambda: agent.of("start"), what="StartReplica"))[0].start
+        agent.report([ready(start.replica_id)])
+
+        def healthy() -> int:
+            route = parts.publisher.routes.get("p")
+            return sum(1 for m in route.members if m.healthy) if route else 0
+
+        await eventually(lambda: healthy() == 1, what="routed")
+        await agent.close()
+        await eventually(lambda: healthy() == 0, within=2, what="unrouted on the disconnect")
+        # Still within the lease: the assignment stays (it may come back and be adopted).
+        assert set(parts.desired.assignments) == {start.replica_id}
+        back = FakeAgent(target(server))
+        await back.connect([ready(start.replica_id)])
+        await eventually(lambda: healthy() == 1, what="routed again after it came back")
+        assert set(parts.desired.assignments) == {start.replica_id}
+        await back.close()
+    finally:
+        await server.stop()

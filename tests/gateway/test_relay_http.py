@@ -261,3 +261,26 @@ async def test_no_healthy_member_503_with_retry_after(
     assert resp.headers["retry-after"] == "1"
     assert resp.json()["error"]["code"] == "no_healthy_backend"
     assert e1.requests == []
+
+
+async def test_without_a_snapshot_every_model_is_503_with_retry_after_never_404(
+    gateway_factory: Any, http: httpx.AsyncClient
+) -> None:
+    # The controller is unreachable: no routing has arrived, so no model is known or unknown.
+    gw = await gateway_factory()
+    chat = await http.post(f"{gw.url}/v1/chat/completions", json=CHAT)
+    assert chat.status_code == 503
+    assert chat.headers["retry-after"] == "1"
+    assert chat.json()["error"]["code"] == "not_ready"
+    models = await http.get(f"{gw.url}/v1/models")
+    assert models.status_code == 503 and "retry-after" in models.headers
+
+
+async def test_with_a_snapshot_an_unknown_model_is_404(
+    kit: Any, engines: Any, controller: Any, gateway_factory: Any, http: httpx.AsyncClient
+) -> None:
+    e1 = await engines("e1")
+    gw = await start(kit, gateway_factory, controller, [kit.route("m1", [kit.member("a", e1.url)])])
+    resp = await http.post(f"{gw.url}/v1/chat/completions", json={**CHAT, "model": "nope"})
+    assert resp.status_code == 404
+    assert resp.json()["error"]["code"] == "model_not_found"
