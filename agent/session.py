@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -150,7 +151,11 @@ class ControllerSession:
         outbox.put_nowait(self._register())
         async with aio_channel(self._target, self._credentials) as channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
-            call = stub.Connect(self._requests(outbox))
+            # Requests go out through call.write() from a task of ours. (A request iterator
+            # would leave gRPC's own consumer task pending on our queue when the stream ends:
+            # "Task was destroyed but it is pending!" on every reconnect.)
+            call = stub.Connect()  # type: ignore[call-arg]
+            writer = asyncio.create_task(self._write(call, outbox), name="agent-stream-writer")
             try:
                 responses = call.__aiter__()
                 try:
@@ -169,24 +174,31 @@ class ControllerSession:
                     "connected to controller",
                     extra={"controller": self._target, "controller_id": self.controller_id},
                 )
-                await self._exchange(responses, outbox)
+                await self._exchange(responses, outbox, writer)
             finally:
                 call.cancel()
+                writer.cancel()
+                await asyncio.gather(writer, return_exceptions=True)
 
     @staticmethod
-    async def _requests(outbox: Outbox) -> AsyncIterator[agent_pb2.AgentMessage]:
-        """The stream's request side; None ends it (half-close). task_done() runs when gRPC
-        asks for the next message, that is once the previous one was written."""
+    async def _write(call: Any, outbox: Outbox) -> None:
+        """The stream's request side; None ends it (half-close). task_done() runs once a
+        message is written, so outbox.join() waits for the last report to leave."""
         while True:
             msg = await outbox.get()
-            if msg is None:
+            try:
+                if msg is None:
+                    await call.done_writing()
+                    return
+                await call.write(msg)
+            finally:
                 outbox.task_done()
-                return
-            yield msg
-            outbox.task_done()
 
     async def _exchange(
-        self, responses: AsyncIterator[agent_pb2.ControllerMessage], outbox: Outbox
+        self,
+        responses: AsyncIterator[agent_pb2.ControllerMessage],
+        outbox: Outbox,
+        writer: asyncio.Task[None],
     ) -> None:
         handler = CommandHandler(
             self._supervisor,
@@ -200,7 +212,9 @@ class ControllerSession:
         ]
         closing = asyncio.create_task(self._closing.wait())
         try:
-            done, _ = await asyncio.wait([*tasks, closing], return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                [*tasks, writer, closing], return_when=asyncio.FIRST_COMPLETED
+            )
             if closing in done:
                 outbox.put_nowait(self._report())
                 outbox.put_nowait(None)

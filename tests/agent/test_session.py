@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
+import pytest
 
 from agent.session import ControllerSession
 from agent.supervisor import Supervisor
@@ -130,7 +133,7 @@ async def test_tail_logs_once_and_follow(
 
 async def test_reconnects_and_reannounces_running_replicas(
     fake_controller: Any, session: ControllerSession, fake_engine: Cmd, controller_port: int,
-    until: Until,
+    until: Until, caplog: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
     await fake_controller.expect("register")
     fake_controller.send(start=start_msg(fake_engine()))
@@ -150,6 +153,11 @@ async def test_reconnects_and_reannounces_running_replicas(
         await restarted.expect("report", has(READY))
     finally:
         await restarted.stop()
+    # The ended stream left no task of gRPC's behind to be destroyed while pending.
+    gc.collect()
+    await asyncio.sleep(0)
+    destroyed = [r for r in caplog.records if "destroyed but it is pending" in r.getMessage()]
+    assert not destroyed, destroyed[0].getMessage()
 
 
 async def test_agent_keeps_retrying_until_a_controller_listens(
