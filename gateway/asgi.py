@@ -7,6 +7,7 @@ paths get 405 here; every other path goes to the FastAPI app, which keeps the Op
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -14,6 +15,7 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from gateway.accounting import Accounting
+from gateway.connections import CLIENT_GONE, CLIENT_TASK
 from gateway.errors import GatewayError, MethodNotAllowedError, error_response, to_gateway_error
 from gateway.parsing import (
     ClientDisconnected,
@@ -55,6 +57,8 @@ class GatewayASGI:
 
     async def _handle(self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
         account = self._accounting.open()
+        # The connection cancels this task if its client leaves (gateway/connections.py).
+        task = scope[CLIENT_TASK] = asyncio.current_task()
         try:
             try:
                 headers = header_map(scope["headers"])
@@ -71,6 +75,10 @@ class GatewayASGI:
                 account.failed(err.status)
                 response = error_response(err)
             await response(scope, receive, send)
+        except asyncio.CancelledError:
+            # The client left: the upstream request was cancelled with us; nobody to answer.
+            if not scope.get(CLIENT_GONE) or task is None or task.uncancel() > 0:
+                raise
         finally:
             # A stream closes its account when it ends; anything else still open here was
             # left by the client, or cancelled.

@@ -31,6 +31,12 @@ _431_BODY = (
 )
 
 
+# Scope keys shared with the app (gateway/asgi.py): the task serving the request, and whether
+# its client went away. uvicorn does not cancel an app whose client left; we do, so that the
+# upstream request ends with it, plain or streaming, before or after its headers.
+CLIENT_TASK = "llmpool.task"
+CLIENT_GONE = "llmpool.client_gone"
+
 _LINGER_S = 1.0
 _HEAD, _BODY = "head", "body"
 
@@ -80,6 +86,12 @@ def bounded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete:
+                task: asyncio.Task[None] | None = cycle.scope.get(CLIENT_TASK)  # type: ignore[assignment]
+                if task is not None and not task.done():
+                    cycle.scope[CLIENT_GONE] = True  # type: ignore[literal-required]
+                    task.cancel()
             super().connection_lost(exc)
 
         def _check(self) -> None:

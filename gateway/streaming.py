@@ -9,8 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.responses import Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
+from gateway.connections import CLIENT_GONE
 from gateway.errors import UpstreamError, error_body
 from gateway.tokens import NO_USAGE, StreamTail, TokenUsage, usage_from_sse
 from gateway.upstream import UpstreamResponse, UpstreamTransportError
@@ -33,7 +34,8 @@ class StreamRelay(Response):
 
     Backpressure: the next upstream chunk is read only after the server accepted the last
     one (uvicorn's send waits while the socket is paused). Cancellation: a client disconnect
-    stops the copy at once and closes the upstream response, so the engine sees it too."""
+    cancels the serving task (gateway/connections.py), which stops the copy at once and
+    closes the upstream response, so the engine sees it too."""
 
     def __init__(
         self,
@@ -56,24 +58,20 @@ class StreamRelay(Response):
         self._completed = False
         self._disconnected = False
         self._error: str | None = None
-        self._done = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # The copy runs in the server's own task; one watch task per stream waits for the
-        # client's disconnect and cancels this task (no second task, no asyncio.wait).
         task = asyncio.current_task()
         assert task is not None
-        watch = asyncio.get_running_loop().create_task(self._watch(receive, task))
         try:
             await self._pump(send)
         except asyncio.CancelledError:
-            # Ours (the client left) is absorbed; anyone else's cancel goes on up.
-            if not self._disconnected or task.uncancel() > 0:
+            # The client left (the connection cancelled us): absorbed; any other cancel goes up.
+            if not scope.get(CLIENT_GONE) or task.uncancel() > 0:
                 raise
+            self._disconnected = True
         except Exception as exc:
             log.error("stream relay failed", exc_info=exc)
         finally:
-            watch.cancel()
             with contextlib.suppress(Exception):
                 await self._upstream.aclose()
             self._finish()
@@ -114,16 +112,4 @@ class StreamRelay(Response):
             )
         else:
             self._completed = True
-        self._done = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def _watch(self, receive: Receive, relay_task: asyncio.Task[object]) -> None:
-        while True:
-            message: Message = await receive()
-            if message["type"] == "http.disconnect":
-                # uvicorn also answers http.disconnect once the response is complete; only a
-                # disconnect before that stops the copy.
-                if not self._done:
-                    self._disconnected = True
-                    relay_task.cancel()
-                return

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.app import create_app
+from gateway.connections import ConnectionLimits, bounded_protocol
 from gateway.settings import GatewaySettings
 from llmpool.backoff import Backoff
 from llmpool.v1 import gateway_pb2, gateway_pb2_grpc
@@ -50,6 +51,8 @@ class InProcessServer:
         config = uvicorn.Config(
             self.app,
             loop="none",
+            # The gateway's own connection protocol: client disconnects cancel the request.
+            http=bounded_protocol(ConnectionLimits()),
             lifespan="on",
             log_config=None,
             access_log=False,

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from gateway.app import parts_of
+from tests.support import eventually
 
 CHAT = {"model": "m1", "messages": [{"role": "user", "content": "hi"}]}
 SECRET = b"SECRET-UPSTREAM-TEXT"
@@ -137,3 +139,41 @@ async def test_an_undecodable_content_type_is_replaced_not_a_500(
         resp = await http.post(f"{gw.url}/v1/chat/completions", json=CHAT)
     assert resp.status_code == 200
     assert resp.headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_client_that_leaves_ends_the_upstream_request_before_its_headers(
+    gateway_to: Any, stream: bool
+) -> None:
+    """The member never answers; the client gives up. The gateway's request to the member is
+    closed (the engine would stop generating), not left running for the 600 s timeout."""
+    upstream_closed = asyncio.Event()
+    arrived = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await reader.readuntil(b"\r\n\r\n")
+            arrived.set()
+            while await reader.read(65536):
+                pass
+        upstream_closed.set()
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        gw = await gateway_to(f"http://127.0.0.1:{port}")
+        payload = orjson.dumps({**CHAT, "stream": stream})
+        _, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(payload), payload)
+        )
+        await writer.drain()
+        await asyncio.wait_for(arrived.wait(), 10)
+        writer.close()  # the client leaves before any answer
+        await asyncio.wait_for(upstream_closed.wait(), 10)
+        parts = parts_of(gw.app)
+        await eventually(lambda: not parts.usage.in_flight, what="nothing left in flight")
+    finally:
+        server.close()

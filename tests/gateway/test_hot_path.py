@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from gateway.app import create_app, parts_of
+from gateway.connections import CLIENT_GONE
 from gateway.errors import PayloadTooLargeError
 from gateway.parsing import ClientDisconnected, header_map, receive_body
 from gateway.settings import GatewaySettings
@@ -300,7 +301,6 @@ async def test_stream_relay_backpressure_and_disconnect() -> None:
     )
     sent: list[dict[str, Any]] = []
     unblock = asyncio.Event()
-    disconnect = asyncio.Event()
     body_sent = asyncio.Event()
 
     async def send(message: dict[str, Any]) -> None:
@@ -310,16 +310,19 @@ async def test_stream_relay_backpressure_and_disconnect() -> None:
             await unblock.wait()  # A client that does not read: the server's send waits.
 
     async def receive() -> dict[str, Any]:
-        await disconnect.wait()
-        return {"type": "http.disconnect"}
+        raise AssertionError("the relay does not read the request side")
 
-    task = asyncio.ensure_future(relay({"type": "http"}, receive, send))
+    scope: dict[str, Any] = {"type": "http"}
+    task = asyncio.ensure_future(relay(scope, receive, send))
     await asyncio.wait_for(body_sent.wait(), 5)
     for _ in range(20):
         await asyncio.sleep(0)
     # Backpressure: one chunk handed over and waiting; the next one not even read upstream.
     assert upstream.pulled == 1 and len(sent) == 2
-    disconnect.set()
+    # The client leaves: the connection marks the scope and cancels the serving task.
+    scope[CLIENT_GONE] = True
+    task.cancel()
     await asyncio.wait_for(task, 5)
+    assert not task.cancelled()  # absorbed: nobody is left to answer
     assert upstream.closed and upstream.pulled == 1
     assert outcomes[0].client_disconnected and not outcomes[0].completed
