@@ -26,9 +26,8 @@ from gateway.tokens import NO_USAGE, usage_from_json
 from gateway.upstream import (
     UpstreamClient,
     UpstreamResponse,
-    UpstreamTimeoutError,
-    UpstreamTooLargeError,
     UpstreamTransportError,
+    failure_phrase,
 )
 from gateway.usage import UsageTracker
 from llmpool.clock import Clock
@@ -142,7 +141,7 @@ class Relay:
                     member.endpoint_url(path), req.body_for(member.upstream_model), up_headers
                 )
             except UpstreamTransportError as exc:
-                last_error = account.try_failed(_failure(exc), str(exc))
+                last_error = account.try_failed(failure_phrase(exc), str(exc))
                 continue
             status = upstream.status_code
             if retryable_status(status):
@@ -155,7 +154,7 @@ class Relay:
             try:
                 body = await upstream.read(self._max_body_bytes)
             except UpstreamTransportError as exc:
-                last_error = account.try_failed(_failure(exc), str(exc))
+                last_error = account.try_failed(failure_phrase(exc), str(exc))
                 continue
             account.answered(status, usage_from_json(body) if status == 200 else NO_USAGE)
             return RawResponse(
@@ -220,12 +219,3 @@ async def _drain_quietly(upstream: UpstreamResponse) -> None:
         await upstream.read(_ERROR_BODY_BYTES)
     except UpstreamTransportError:
         pass
-
-
-def _failure(exc: UpstreamTransportError) -> str:
-    """What a client may hear of a failed try: a fixed phrase, no address or upstream text."""
-    if isinstance(exc, UpstreamTimeoutError):
-        return "timed out"
-    if isinstance(exc, UpstreamTooLargeError):
-        return "answered more than the gateway accepts"
-    return "could not be reached"

@@ -14,7 +14,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.connections import CLIENT_GONE
 from gateway.errors import UpstreamError, error_body
 from gateway.tokens import NO_USAGE, StreamTail, TokenUsage, usage_from_sse
-from gateway.upstream import UpstreamResponse, UpstreamTransportError
+from gateway.upstream import UpstreamResponse, UpstreamTransportError, failure_phrase
 from llmpool.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,8 @@ class StreamRelay(Response):
         except UpstreamTransportError as exc:
             # Too late to retry or change the status: tell the client in-band, as OpenAI does.
             self._error = str(exc)
-            event = error_body(UpstreamError(f"upstream stream broke: {exc}"))
+            log.warning("upstream stream broke", extra={"error": str(exc)})
+            event = error_body(UpstreamError(f"The upstream stream broke: {failure_phrase(exc)}."))
             await send(
                 {
                     "type": "http.response.body",

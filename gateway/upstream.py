@@ -18,6 +18,16 @@ class UpstreamTooLargeError(UpstreamTransportError):
     """The answer is larger than the gateway takes; the connection was dropped unread."""
 
 
+def failure_phrase(exc: UpstreamTransportError) -> str:
+    """What a client may hear of a failed try: a fixed phrase, no address or upstream text
+    (those go to the log)."""
+    if isinstance(exc, UpstreamTimeoutError):
+        return "timed out"
+    if isinstance(exc, UpstreamTooLargeError):
+        return "answered more than the gateway accepts"
+    return "could not be reached"
+
+
 def safe_content_type(value: str | None) -> str:
     """The upstream Content-Type if it is printable ASCII (it goes into our response headers),
     else application/json: bytes we cannot re-encode never become a 500."""
