@@ -21,10 +21,12 @@ import os
 import signal
 import socket
 import sys
+from pathlib import Path
 
 from gateway.listen import announce, bind_socket
 from gateway.settings import GatewaySettings
 from llmpool.logs import setup_logging
+from llmpool.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +39,22 @@ def worker_settings(settings: GatewaySettings, index: int) -> GatewaySettings:
     return dataclasses.replace(settings, gateway_id=f"{settings.gateway_id}-w{index}", workers=1)
 
 
+def encode_settings(settings: GatewaySettings) -> str:
+    """Settings as JSON for a worker's command line (decode_settings reverses it)."""
+    return json.dumps(dataclasses.asdict(settings), default=str)
+
+
+def decode_settings(text: str) -> GatewaySettings:
+    data = json.loads(text)
+    tls = data.pop("controller_tls", None)
+    return GatewaySettings(
+        **{**data, "policy_plugins": tuple(data.get("policy_plugins", ()))},
+        controller_tls=TlsFiles(**{k: Path(v) for k, v in tls.items()}) if tls else None,
+    )
+
+
 def worker_command(settings: GatewaySettings, index: int, fd: int) -> list[str]:
-    encoded = json.dumps(dataclasses.asdict(worker_settings(settings, index)))
+    encoded = encode_settings(worker_settings(settings, index))
     return [
         sys.executable,
         "-m",
@@ -133,7 +149,7 @@ def worker_main(argv: list[str]) -> int:
     p.add_argument("--settings", required=True)
     args = p.parse_args(argv)
     _die_with_parent(args.parent)
-    settings = GatewaySettings(**json.loads(args.settings))
+    settings = decode_settings(args.settings)
     setup_logging("gateway", settings.log_level, settings.log_json)
     sock = socket.socket(fileno=args.fd)
     sock.setblocking(False)

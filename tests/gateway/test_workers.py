@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from gateway.settings import GatewaySettings, parse_settings
-from gateway.workers import worker_command, worker_settings
+from gateway.workers import decode_settings, encode_settings, worker_command, worker_settings
+from llmpool.tls import TlsFiles
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -167,3 +168,16 @@ async def test_workers_die_with_a_killed_parent(kit: Any, controller: Any) -> No
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_worker_settings_survive_the_command_line_with_tls_and_every_field(tmp_path: Path) -> None:
+    settings = GatewaySettings(
+        gateway_id="gw",
+        workers=2,
+        controller_tls=TlsFiles.in_dir(tmp_path, "gateway"),
+        policy_plugins=("a:B",),
+        max_connections=123,
+        https_cert="/c.pem",
+        https_key="/k.pem",
+    )
+    assert decode_settings(encode_settings(settings)) == settings
