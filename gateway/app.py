@@ -31,6 +31,14 @@ from llmpool.clock import Clock, SystemClock
 log = logging.getLogger(__name__)
 
 
+@dataclass(slots=True)
+class ServingState:
+    """draining: SIGTERM arrived; /readyz says not ready while the gateway still serves, so
+    load balancers move away before it stops accepting (gateway/server.py)."""
+
+    draining: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class GatewayParts:
     """The objects behind one app, kept on app.state.parts for tests and the server."""
@@ -43,6 +51,7 @@ class GatewayParts:
     accounting: Accounting
     relay: Relay
     link: ControllerLink | None
+    serving: ServingState
 
 
 def create_app(
@@ -95,7 +104,10 @@ def create_app(
         if connect_controller
         else None
     )
-    parts = GatewayParts(settings, table, usage, metrics, upstream, accounting, relay, link)
+    serving = ServingState()
+    parts = GatewayParts(
+        settings, table, usage, metrics, upstream, accounting, relay, link, serving
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -143,6 +155,10 @@ def create_app(
 
     @app.get("/readyz", summary="Readiness: 200 once a routing snapshot has been received")
     async def readyz() -> Response:
+        if serving.draining:
+            return error_response(
+                NotReadyError("Draining: the gateway is shutting down; send requests elsewhere.")
+            )
         if not table.received:
             return error_response(
                 NotReadyError("No routing snapshot from the controller yet; check --controller.")

@@ -15,8 +15,14 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from gateway.accounting import Accounting
-from gateway.connections import CLIENT_GONE, CLIENT_TASK
-from gateway.errors import GatewayError, MethodNotAllowedError, error_response, to_gateway_error
+from gateway.connections import CANCEL_REASON, CLIENT_TASK, SHUTTING_DOWN
+from gateway.errors import (
+    GatewayError,
+    MethodNotAllowedError,
+    ShuttingDownError,
+    error_response,
+    to_gateway_error,
+)
 from gateway.parsing import (
     ClientDisconnected,
     Endpoint,
@@ -68,6 +74,16 @@ class GatewayASGI:
                 response: Any = await self._relay.handle(parsed, headers, account)
             except ClientDisconnected:
                 return  # Nobody to answer.
+            except asyncio.CancelledError:
+                # The gateway is stopping and the graceful timeout is up: say so, in time.
+                if scope.get(CANCEL_REASON) != SHUTTING_DOWN or task is None or task.uncancel():
+                    raise
+                stopping = ShuttingDownError(
+                    "The gateway is shutting down; retry (another gateway will answer).",
+                    headers={"Retry-After": "1"},
+                )
+                account.failed(stopping.status)
+                response = error_response(stopping)
             except Exception as exc:
                 err = to_gateway_error(exc)
                 if not isinstance(exc, GatewayError):
@@ -77,7 +93,7 @@ class GatewayASGI:
             await response(scope, receive, send)
         except asyncio.CancelledError:
             # The client left: the upstream request was cancelled with us; nobody to answer.
-            if not scope.get(CLIENT_GONE) or task is None or task.uncancel() > 0:
+            if not scope.get(CANCEL_REASON) or task is None or task.uncancel() > 0:
                 raise
         finally:
             # A stream closes its account when it ends; anything else still open here was

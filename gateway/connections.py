@@ -31,11 +31,14 @@ _431_BODY = (
 )
 
 
-# Scope keys shared with the app (gateway/asgi.py): the task serving the request, and whether
-# its client went away. uvicorn does not cancel an app whose client left; we do, so that the
-# upstream request ends with it, plain or streaming, before or after its headers.
+# Scope keys shared with the app (gateway/asgi.py): the task serving the request, and why it
+# was cancelled. uvicorn does not cancel an app whose client left; we do, so that the upstream
+# request ends with it, plain or streaming, before or after its headers. At the end of a
+# graceful shutdown what is still open is cancelled with SHUTTING_DOWN and answers so.
 CLIENT_TASK = "llmpool.task"
-CLIENT_GONE = "llmpool.client_gone"
+CANCEL_REASON = "llmpool.cancel_reason"
+CLIENT_GONE = "client_gone"
+SHUTTING_DOWN = "shutting_down"
 
 _LINGER_S = 1.0
 _HEAD, _BODY = "head", "body"
@@ -86,12 +89,7 @@ def bounded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-            cycle = self.cycle
-            if cycle is not None and not cycle.response_complete:
-                task: asyncio.Task[None] | None = cycle.scope.get(CLIENT_TASK)  # type: ignore[assignment]
-                if task is not None and not task.done():
-                    cycle.scope[CLIENT_GONE] = True  # type: ignore[literal-required]
-                    task.cancel()
+            cancel_request(self, CLIENT_GONE)
             super().connection_lost(exc)
 
         def _check(self) -> None:
@@ -164,6 +162,20 @@ def bounded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             super().on_message_complete()
 
     return BoundedProtocol
+
+
+def cancel_request(connection: Any, reason: str) -> bool:
+    """Cancels the task serving `connection`'s unfinished response, saying why in its scope.
+    True when there was one."""
+    cycle = getattr(connection, "cycle", None)
+    if cycle is None or cycle.response_complete:
+        return False
+    task: asyncio.Task[None] | None = cycle.scope.get(CLIENT_TASK)
+    if task is None or task.done() or cycle.scope.get(CANCEL_REASON):
+        return False
+    cycle.scope[CANCEL_REASON] = reason
+    task.cancel()
+    return True
 
 
 def raise_open_files_limit(wanted: int) -> int:

@@ -84,6 +84,12 @@ class NotReadyError(GatewayError):
     code = "not_ready"
 
 
+class ShuttingDownError(GatewayError):
+    status = 503
+    type = "service_unavailable"
+    code = "shutting_down"
+
+
 class UpstreamError(GatewayError):
     status = 502
     type = "upstream_error"

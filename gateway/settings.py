@@ -38,6 +38,8 @@ class GatewaySettings:
     workers: int = 1
     usage_interval_s: float = 1.0
     graceful_timeout_s: float = 30.0
+    # On SIGTERM: seconds of "not ready" while still accepting, before the listener closes.
+    drain_delay_s: float = 5.0
     log_level: str = "info"
     log_json: bool = False
     # MODULE:CLASS or NAME=MODULE:CLASS routing policies to load besides the entry points.
@@ -200,6 +202,16 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "how long in-flight requests may finish on shutdown",
         type=float,
     )
+    env_option(
+        p,
+        "--drain-delay-s",
+        env,
+        "LLMPOOL_GATEWAY_DRAIN_DELAY_S",
+        5.0,
+        "on SIGTERM, /readyz answers 503 at once but new requests are still served this long, "
+        "so load balancers move away before the listener closes (SIGINT skips it)",
+        type=float,
+    )
     p.add_argument(
         "--policy-plugin",
         action="append",
@@ -294,6 +306,7 @@ def parse_settings(argv: list[str], env: Mapping[str, str] | None = None) -> Gat
         workers=args.workers,
         usage_interval_s=args.usage_interval_s,
         graceful_timeout_s=args.graceful_timeout_s,
+        drain_delay_s=args.drain_delay_s,
         log_level=args.log_level,
         log_json=args.log_json,
         policy_plugins=plugins,

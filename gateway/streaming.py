@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.connections import CLIENT_GONE
-from gateway.errors import UpstreamError, error_body
+from gateway.connections import CANCEL_REASON, SHUTTING_DOWN
+from gateway.errors import GatewayError, ShuttingDownError, UpstreamError, error_body
 from gateway.tokens import NO_USAGE, StreamTail, TokenUsage, usage_from_sse
 from gateway.upstream import UpstreamResponse, UpstreamTransportError, failure_phrase
 from llmpool.clock import Clock
@@ -65,10 +65,19 @@ class StreamRelay(Response):
         try:
             await self._pump(send)
         except asyncio.CancelledError:
-            # The client left (the connection cancelled us): absorbed; any other cancel goes up.
-            if not scope.get(CLIENT_GONE) or task.uncancel() > 0:
+            # Ours (the client left, or the gateway stops) is absorbed; any other cancel goes up.
+            reason = scope.get(CANCEL_REASON)
+            if not reason or task.uncancel() > 0:
                 raise
-            self._disconnected = True
+            if reason == SHUTTING_DOWN:
+                self._error = "the gateway shut down"
+                with contextlib.suppress(Exception):
+                    await self._end_with(
+                        ShuttingDownError("The gateway is shutting down; the stream ends here."),
+                        send,
+                    )
+            else:
+                self._disconnected = True
         except Exception as exc:
             log.error("stream relay failed", exc_info=exc)
         finally:
@@ -103,14 +112,16 @@ class StreamRelay(Response):
             # Too late to retry or change the status: tell the client in-band, as OpenAI does.
             self._error = str(exc)
             log.warning("upstream stream broke", extra={"error": str(exc)})
-            event = error_body(UpstreamError(f"The upstream stream broke: {failure_phrase(exc)}."))
-            await send(
-                {
-                    "type": "http.response.body",
-                    "body": b"data: " + event + b"\n\n",
-                    "more_body": True,
-                }
+            await self._end_with(
+                UpstreamError(f"The upstream stream broke: {failure_phrase(exc)}."), send
             )
-        else:
-            self._completed = True
+            return
+        self._completed = True
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    @staticmethod
+    async def _end_with(error: GatewayError, send: Send) -> None:
+        """Too late to change the status: the error goes in-band, as OpenAI does, then the end."""
+        event = b"data: " + error_body(error) + b"\n\n"
+        await send({"type": "http.response.body", "body": event, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -106,7 +106,7 @@ async def _supervise(settings: GatewaySettings, sock: socket.socket) -> int:
             code = 1
         stopping.cancel()
     finally:
-        await _stop_all(procs, settings.graceful_timeout_s + KILL_AFTER_S)
+        await _stop_all(procs, settings.drain_delay_s + settings.graceful_timeout_s + KILL_AFTER_S)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
     return code

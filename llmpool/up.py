@@ -206,6 +206,9 @@ def child_commands(s: UpSettings, config_path: Path) -> dict[str, list[str]]:
             s.gateway_listen,
             "--controller",
             s.controller_listen,
+            # One machine, no load balancer to move away: stop accepting at once.
+            "--drain-delay-s",
+            "0",
             *tls("gateway"),
             *logging_flags,
         ],

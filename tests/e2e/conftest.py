@@ -294,6 +294,8 @@ def spawn(tmp_path: Path, pki: Path) -> Iterator[Callable[..., Proc]]:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("LLMPOOL_")},
         "LLMPOOL_TLS_DIR": str(pki),
+        # No load balancer in front: gateways stop accepting at once on SIGTERM.
+        "LLMPOOL_GATEWAY_DRAIN_DELAY_S": "0",
     }
 
     def start(name: str, *args: str) -> Proc:

@@ -76,6 +76,8 @@ async def test_process_serves_and_stops_on_sigterm(kit: Any) -> None:
         f"127.0.0.1:{kit.free_port()}",
         "--log-json",
         "--insecure",
+        "--drain-delay-s",
+        "0",
         stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stderr is not None

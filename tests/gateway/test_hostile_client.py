@@ -46,6 +46,7 @@ async def gateway(kit: Any, engines: Any, controller: Any) -> AsyncIterator[Gate
         sys.executable, "-m", "llmpool.cli", "gateway",
         "--listen", f"127.0.0.1:{port}", "--controller", f"127.0.0.1:{controller.port}",
         "--insecure", "--header-timeout-s", str(TIMEOUT_S), "--body-timeout-s", str(TIMEOUT_S),
+        "--drain-delay-s", "0",
         "--max-body-bytes", str(256 * 1024), "--log-level", "error",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, env=env,
     )  # fmt: skip

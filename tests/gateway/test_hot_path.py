@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from gateway.app import create_app, parts_of
-from gateway.connections import CLIENT_GONE
+from gateway.connections import CANCEL_REASON, CLIENT_GONE
 from gateway.errors import PayloadTooLargeError
 from gateway.parsing import ClientDisconnected, header_map, receive_body
 from gateway.settings import GatewaySettings
@@ -320,7 +320,7 @@ async def test_stream_relay_backpressure_and_disconnect() -> None:
     # Backpressure: one chunk handed over and waiting; the next one not even read upstream.
     assert upstream.pulled == 1 and len(sent) == 2
     # The client leaves: the connection marks the scope and cancels the serving task.
-    scope[CLIENT_GONE] = True
+    scope[CANCEL_REASON] = CLIENT_GONE
     task.cancel()
     await asyncio.wait_for(task, 5)
     assert not task.cancelled()  # absorbed: nobody is left to answer

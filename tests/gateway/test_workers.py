@@ -92,6 +92,8 @@ async def start_gateway(controller: Any, port: int) -> Gateway:
         "5",
         "--log-json",
         "--insecure",
+        "--drain-delay-s",
+        "0",
         env={**os.environ, "LLMPOOL_GATEWAY_WORKERS": "2"},
         stderr=asyncio.subprocess.PIPE,
     )
