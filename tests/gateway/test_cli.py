@@ -131,7 +131,7 @@ async def test_https_with_a_certificate_and_mutual_tls_to_the_controller(
         "--listen", f"127.0.0.1:{port}", "--controller", f"127.0.0.1:{controller.port}",
         "--tls-dir", str(pki),
         "--https-cert", str(tmp_path / "web" / "gw-https.crt"),
-        "--https-key", str(tmp_path / "web" / "gw-https.key"),
+        "--https-key", str(tmp_path / "web" / "gw-https.key"), "--drain-delay-s", "0",
         stderr=asyncio.subprocess.DEVNULL, env=env,
     )  # fmt: skip
     try:
