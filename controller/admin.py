@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 
@@ -319,11 +320,11 @@ class Admin:
 
     def list_agents(self) -> list[AgentSummary]:
         registry = self._registry
-        attached = self._attached_views()
+        # One pass over replicas, not one per agent: linear in agents plus replicas.
+        per_agent = Counter(a.agent_id for a in self._desired.assignments.values())
+        per_agent.update(v.agent_id for v in self._attached_views())
         views = []
         for r in registry.all():
-            managed = sum(1 for a in self._desired.assignments.values() if a.agent_id == r.agent_id)
-            watched = sum(1 for v in attached if v.agent_id == r.agent_id)
             views.append(
                 AgentSummary(
                     agent_id=r.agent_id,
@@ -332,7 +333,7 @@ class Admin:
                     capacity=r.capacity,
                     connected=r.connected,
                     last_seen_s=registry.silent_s(r),
-                    replicas=managed + watched,
+                    replicas=per_agent[r.agent_id],
                 )
             )
         return views
