@@ -64,7 +64,8 @@ def bounded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            # Reading a request's head (_HEAD), its body (_BODY), or answering (_ANSWER).
+            # Reading a request's head (_HEAD) or its body (_BODY); after the body, _HEAD again
+            # with no deadline until the next request's first byte.
             self._phase = _HEAD
             self._head_bytes = 0
             self._oversized = False
