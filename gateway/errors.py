@@ -84,6 +84,12 @@ class NotReadyError(GatewayError):
     code = "not_ready"
 
 
+class RateLimitedError(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limited"
+
+
 class ShuttingDownError(GatewayError):
     status = 503
     type = "service_unavailable"

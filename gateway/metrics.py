@@ -56,6 +56,12 @@ class GatewayMetrics:
             ["model"],
             registry=r,
         )
+        self.cooldowns = Counter(
+            "llmpool_gateway_member_cooldowns",
+            "Times a member answered 429 or 503 with Retry-After and was left alone that long.",
+            ["model"],
+            registry=r,
+        )
         self.snapshot_version = Gauge(
             "llmpool_gateway_snapshot_version",
             "Version of the routing snapshot in use (0: none yet).",

@@ -9,10 +9,12 @@ import orjson
 from starlette.responses import Response
 
 from gateway.accounting import RequestAccount
+from gateway.cooldowns import Cooldowns, retry_after_s
 from gateway.errors import (
     ModelNotFoundError,
     NoHealthyMemberError,
     NotReadyError,
+    RateLimitedError,
     UpstreamError,
 )
 from gateway.members import Member
@@ -62,8 +64,10 @@ class Relay:
         max_tries: int = 3,
         retry_after_s: int = 1,
         max_body_bytes: int = 64 * 1024 * 1024,
+        cooldowns: Cooldowns | None = None,
     ) -> None:
         self._max_body_bytes = max_body_bytes
+        self._cooldowns = cooldowns or Cooldowns(clock)
         self._table = table
         self._upstream = upstream
         self._metrics = metrics
@@ -126,10 +130,13 @@ class Relay:
         path = req.endpoint.value
         tried: list[str] = []
         last_error = "no member tried"
-        pool = route.candidates
+        cooldowns = self._cooldowns
+        pool = cooldowns.available(route.candidates)
+        if not pool:
+            raise self._all_cooling(req.model, route)
         for attempt in range(self._max_tries):
             if attempt:
-                pool = tuple(m for m in route.candidates if m.id not in tried)
+                pool = cooldowns.available(tuple(m for m in route.candidates if m.id not in tried))
                 if not pool:
                     break
                 self._metrics.model(req.model).retries.inc()
@@ -145,6 +152,12 @@ class Relay:
                 continue
             status = upstream.status_code
             if retryable_status(status):
+                if status in (429, 503):
+                    # The member said when to come back: leave it alone until then.
+                    asked = retry_after_s(upstream.header("retry-after"), self._clock.wall())
+                    if asked is not None:
+                        cooldowns.cool(member.id, asked)
+                        self._metrics.cooldowns.labels(req.model).inc()
                 # Read a little so that the connection can be reused; never shown to anyone.
                 await _drain_quietly(upstream)
                 last_error = account.try_failed(f"answered HTTP {status}")
@@ -163,8 +176,17 @@ class Relay:
                 upstream.content_type.encode(),
                 [(_MEMBER_HEADER_RAW, member.id.encode())],
             )
+        if not cooldowns.available(route.candidates):
+            raise self._all_cooling(req.model, route)
         raise UpstreamError(
             f"Model {req.model!r}: {len(tried)} backend(s) failed; last error: {last_error}"
+        )
+
+    def _all_cooling(self, model: str, route: Route) -> RateLimitedError:
+        wait = self._cooldowns.wait_s(route.candidates)
+        return RateLimitedError(
+            f"Every backend of model {model!r} asked to wait; retry in {wait} s.",
+            headers={"Retry-After": str(wait)},
         )
 
     def _redirect(

@@ -45,6 +45,10 @@ class UpstreamResponse(Protocol):
     @property
     def content_type(self) -> str: ...
 
+    def header(self, name: str) -> str | None:
+        """A response header's value (None when absent)."""
+        ...
+
     async def read(self, limit: int) -> bytes:
         """The whole body, or UpstreamTooLargeError (the connection closed) past `limit` bytes."""
         ...

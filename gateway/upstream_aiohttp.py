@@ -38,6 +38,10 @@ class _AiohttpResponse:
     def status_code(self) -> int:
         return self._response.status
 
+    def header(self, name: str) -> str | None:
+        value: str | None = self._response.headers.get(name)
+        return value
+
     @property
     def content_type(self) -> str:
         return safe_content_type(self._response.headers.get("Content-Type"))

@@ -29,6 +29,10 @@ class _HttpxResponse:
     def status_code(self) -> int:
         return self._response.status_code
 
+    def header(self, name: str) -> str | None:
+        value: str | None = self._response.headers.get(name)
+        return value
+
     @property
     def content_type(self) -> str:
         return safe_content_type(self._response.headers.get("content-type"))

@@ -81,6 +81,7 @@ class FakeEngine:
     def __init__(self, name: str) -> None:
         self.name = name
         self.status = 200  # Non-200 answers every request with this status and an error body.
+        self.error_headers: dict[str, str] = {}
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.chunks = 3
@@ -109,7 +110,9 @@ class FakeEngine:
         self.headers.append(dict(request.headers))
         if self.status != 200:
             return JSONResponse(
-                {"error": {"message": f"{self.name} says {self.status}"}}, status_code=self.status
+                {"error": {"message": f"{self.name} says {self.status}"}},
+                status_code=self.status,
+                headers=self.error_headers,
             )
         doc: dict[str, Any] = body
         return doc

@@ -284,3 +284,35 @@ async def test_with_a_snapshot_an_unknown_model_is_404(
     resp = await http.post(f"{gw.url}/v1/chat/completions", json={**CHAT, "model": "nope"})
     assert resp.status_code == 404
     assert resp.json()["error"]["code"] == "model_not_found"
+
+
+async def test_a_429_with_retry_after_cools_the_member_down_for_that_long(
+    kit: Any, engines: Any, controller: Any, gateway_factory: Any, http: httpx.AsyncClient
+) -> None:
+    limited = await engines("limited")
+    limited.status = 429
+    limited.error_headers = {"Retry-After": "30"}
+    healthy = await engines("healthy")
+    gw = await start(
+        kit,
+        gateway_factory,
+        controller,
+        [
+            kit.route("m1", [kit.member("a", limited.url), kit.member("b", healthy.url)]),
+            kit.route("solo", [kit.member("c", limited.url, upstream_model="m1")]),
+        ],
+    )
+    for _ in range(10):
+        resp = await http.post(f"{gw.url}/v1/chat/completions", json=CHAT)
+        assert resp.status_code == 200
+    # Asked once, answered "wait 30 s", and left alone since.
+    assert len(limited.requests) == 1 and len(healthy.requests) == 10
+    metrics = (await http.get(f"{gw.url}/metrics")).text
+    assert kit.metric(metrics, "llmpool_gateway_member_cooldowns_total", model="m1") == 1
+
+    # A model whose only member is cooling down answers 429 with when to come back.
+    first = await http.post(f"{gw.url}/v1/chat/completions", json={**CHAT, "model": "solo"})
+    assert first.status_code == 429 and 25 <= int(first.headers["retry-after"]) <= 30
+    again = await http.post(f"{gw.url}/v1/chat/completions", json={**CHAT, "model": "solo"})
+    assert again.status_code == 429 and again.json()["error"]["code"] == "rate_limited"
+    assert len(limited.requests) == 2
