@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import secrets
 from collections.abc import Callable
 
@@ -56,7 +57,11 @@ class ReconcileLoop:
         interval_s: float = 1.0,
         usage: UsageAggregator | None = None,
         routing_version: Callable[[], int] | None = None,
+        min_gap_s: float = 0.05,
     ) -> None:
+        # Changes within min_gap_s of a pass join the next one: a thousand agents reporting
+        # each second make a pass every 50 ms, not a thousand back to back.
+        self._min_gap_s = min_gap_s
         self._desired = desired
         self._registry = registry
         self._changed = changed
@@ -112,10 +117,15 @@ class ReconcileLoop:
         return applied
 
     async def run(self) -> None:
+        last = -math.inf
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), self._interval_s)
+            gap = last + self._min_gap_s - self._clock.monotonic()
+            if gap > 0:
+                await self._clock.sleep(gap)
             self._changed.clear()
+            last = self._clock.monotonic()
             try:
                 await self.run_once()
             except Exception:
@@ -234,9 +244,12 @@ class ReconcileLoop:
         self._metrics.agents.labels("connected").set(connected)
         self._metrics.agents.labels("disconnected").set(len(agents) - connected)
         counts: dict[tuple[str, str], int] = {}
+        by_id = {r.agent_id: r for r in agents}
         for a in self._desired.assignments.values():
-            found = self._registry.find_replica(a.replica_id)
-            state = "unknown" if found is None else found[1].state.value
+            # The assignment's own agent, not a search of every agent per replica.
+            record = by_id.get(a.agent_id)
+            status = record.replicas.get(a.replica_id) if record is not None else None
+            state = "unknown" if status is None else status.state.value
             counts[(a.pool, state)] = counts.get((a.pool, state), 0) + 1
         self._metrics.replicas.clear()
         for (pool, state), n in counts.items():
