@@ -61,23 +61,23 @@ class Authenticator:
             return Caller(record.name, record.role, "token")
         if not self._tls:
             return Caller("anonymous", INSECURE_ROLE, "insecure")
-        pems = list(context.auth_context().get("x509_pem_cert") or ())
-        if not pems:
-            raise AuthError("no client certificate")
-        return self._from_cert(pems[0])
+        return self._from_cert(context)
 
     def peer(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
         """The certificate's identity when there is one, else the peer address (for the audit
         log of a call that could not be authenticated)."""
-        pems = list(context.auth_context().get("x509_pem_cert") or ()) if self._tls else []
-        if pems:
+        if self._tls:
             try:
-                return self._from_cert(pems[0]).identity
+                return self._from_cert(context).identity
             except AuthError:
                 pass
         return str(context.peer())[:100]
 
-    def _from_cert(self, pem: bytes) -> Caller:
+    def _from_cert(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
+        pems = list(context.auth_context().get("x509_pem_cert") or ())
+        if not pems:
+            raise AuthError("no client certificate")
+        pem = pems[0]
         if pem in self._cache:
             self._cache.move_to_end(pem)
             found = self._cache[pem]

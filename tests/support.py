@@ -117,3 +117,26 @@ def make_pki(directory: Path) -> Path:
     as the components' --tls-dir defaults expect)."""
     ensure_local_pki(directory, PKI_ROLES)
     return directory
+
+
+def examples(strategy: Any, count: int) -> list[Any]:
+    """`count` values drawn from a hypothesis strategy, the same ones on every run. Collected
+    first, then used: the systems under test live on the test's event loop, which hypothesis's
+    synchronous @given cannot drive."""
+    from hypothesis import HealthCheck, given, settings
+
+    found: list[Any] = []
+
+    @settings(
+        max_examples=count,
+        database=None,
+        derandomize=True,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(strategy)
+    def collect(value: Any) -> None:
+        found.append(value)
+
+    collect()
+    return found

@@ -6,11 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controller.server import ControllerServer
 from llmpool.v1 import admin_pb2, admin_pb2_grpc, types_pb2
+from tests.support import examples
 
 ACTIONABLE = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -68,24 +68,6 @@ BACKEND = st.builds(
 )
 
 
-def generate(count: int) -> list[tuple[str, Any, Any]]:
-    found: list[tuple[str, Any, Any]] = []
-
-    @settings(
-        max_examples=count,
-        database=None,
-        derandomize=True,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(st.tuples(st.sampled_from(["pool", "backend"]), POOL, BACKEND))
-    def collect(call: tuple[str, Any, Any]) -> None:
-        found.append(call)
-
-    collect()
-    return found
-
-
 def _same(sent: Any, got: Any, field: str) -> bool:
     a, b = getattr(sent, field), getattr(got, field)
     return bool(a == b or (isinstance(a, str) and a.rstrip("/") == b))
@@ -96,7 +78,7 @@ async def test_generated_admin_calls_get_actionable_answers_and_echo_what_they_s
 ) -> None:
     problems: list[str] = []
     accepted = {"pool": 0, "backend": 0}
-    calls = generate(300)
+    calls = examples(st.tuples(st.sampled_from(["pool", "backend"]), POOL, BACKEND), 300)
     for kind, pool, backend in calls:
         try:
             if kind == "pool":

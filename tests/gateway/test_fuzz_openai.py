@@ -7,10 +7,10 @@ import asyncio
 from typing import Any
 
 import httpx
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.app import parts_of
+from tests.support import examples
 
 JSON_LEAF = st.one_of(
     st.none(),
@@ -65,25 +65,6 @@ REQUEST = st.one_of(
 )
 
 
-def generate(count: int) -> list[tuple[str, Any]]:
-    found: list[tuple[str, Any]] = []
-
-    # Collected first, then sent: the gateway under test lives on the test's event loop.
-    @settings(
-        max_examples=count,
-        database=None,
-        derandomize=True,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(REQUEST)
-    def collect(request: tuple[str, Any]) -> None:
-        found.append(request)
-
-    collect()
-    return found
-
-
 async def test_generated_requests_never_get_a_5xx_of_the_gateways_own(
     kit: Any, engines: Any, controller: Any, gateway_factory: Any, http: httpx.AsyncClient
 ) -> None:
@@ -91,7 +72,7 @@ async def test_generated_requests_never_get_a_5xx_of_the_gateways_own(
     controller.full = kit.snapshot(1, [kit.route("m1", [kit.member("a", engine.url)])])
     gw = await gateway_factory(f"127.0.0.1:{controller.port}")
     await kit.wait_until(lambda: parts_of(gw.app).table.received, what="first snapshot")
-    requests = generate(400)
+    requests = examples(REQUEST, 400)
     assert len(requests) >= 300
     failures: list[str] = []
 
