@@ -28,6 +28,7 @@ from .desired import DesiredState
 from .model import BackendSpec, PoolSpec, Template
 from .publisher import SnapshotPublisher
 from .reconcile_loop import ReconcileLoop
+from .restart_grace import RestartGrace
 from .snapshot import healthy_members
 from .tails import LogTails
 from .tokens import TokenBook, TokenRecord
@@ -95,7 +96,9 @@ class Admin:
         tokens: TokenBook,
         extra_policies: Collection[str] = (),
         urls: BackendUrlPolicy | None = None,
+        grace: RestartGrace | None = None,
     ) -> None:
+        self._grace = grace
         self._urls = urls or BackendUrlPolicy()
         self._audit = audit
         self._tokens = tokens
@@ -311,6 +314,7 @@ class Admin:
                 for m in (
                     self._reconciler.unplaced.get(name, ""),
                     self._registry.start_failures.get(name, ""),
+                    self._grace.message() if self._grace is not None else "",
                 )
                 if m
             ),

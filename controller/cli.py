@@ -62,6 +62,16 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     env_option(
         p,
+        "--restart-grace-s",
+        env,
+        "LLMPOOL_RESTART_GRACE_S",
+        -1.0,
+        "after a restart, seconds the agents that ran replicas get to come back before those "
+        "replicas are replaced; routing stays as gateways had it meanwhile (negative: 3 leases)",
+        type=float,
+    )
+    env_option(
+        p,
         "--report-interval-s",
         env,
         "LLMPOOL_REPORT_INTERVAL_S",
@@ -120,6 +130,7 @@ def settings_from_args(args: argparse.Namespace) -> ControllerSettings:
         lease_s=args.lease_s,
         report_interval_s=args.report_interval_s,
         drain_s=args.drain_s,
+        restart_grace_s=None if args.restart_grace_s < 0 else args.restart_grace_s,
         extra_policies=tuple(n.strip() for n in args.extra_policies.split(",") if n.strip()),
         tls=tls_from_args(args, role="controller", address=args.listen),
         backend_allow=parse_allow(args.backend_allow.split(",")),

@@ -17,6 +17,7 @@ from .desired import DesiredState
 from .metrics import ControllerMetrics
 from .publisher import SnapshotPublisher
 from .reconcile_loop import ReconcileLoop
+from .restart_grace import RestartGrace
 from .snapshot import LiveReplica, Routes, build_routes
 from .store import Store
 from .tails import LogTails
@@ -42,6 +43,7 @@ class ControllerParts:
     admin: Admin
     audit: AuditLog
     tokens: TokenBook
+    grace: RestartGrace
 
 
 async def build_parts(
@@ -55,12 +57,20 @@ async def build_parts(
     drain_s: float,
     extra_policies: tuple[str, ...],
     urls: BackendUrlPolicy | None = None,
+    restart_grace_s: float | None = None,
 ) -> ControllerParts:
     """Loads the desired state (seeding an empty store from the config) and builds the rest."""
     changes = Changes()
     desired = DesiredState(store, changes)
     await desired.load(specs_from_config(seed) if seed is not None else None)
     registry = AgentRegistry(clock, lease_s, 3 * lease_s, changes)
+    # The agents the store says run our replicas; by default three leases to come back.
+    grace = RestartGrace(
+        {a.agent_id for a in desired.assignments.values()},
+        3 * lease_s if restart_grace_s is None else restart_grace_s,
+        clock,
+        lambda agent_id: registry.get(agent_id) is not None,
+    )
     usage = UsageAggregator(clock, metrics, ttl_s=max(5.0, 5 * report_interval_s))
 
     def live() -> dict[str, LiveReplica]:
@@ -77,7 +87,9 @@ async def build_parts(
             desired.pools, desired.backends, desired.assignments, live(), usage.loads()
         )
 
-    publisher = SnapshotPublisher(build, changes.listener(), clock, metrics)
+    publisher = SnapshotPublisher(
+        build, changes.listener(), clock, metrics, provisional=lambda: not grace.settled()
+    )
     publisher.publish()
     reconciler = ReconcileLoop(
         desired,
@@ -88,6 +100,7 @@ async def build_parts(
         drain_s,
         usage=usage,
         routing_version=lambda: publisher.version,
+        grace=grace,
     )
     tails = LogTails()
     audit = AuditLog(store, clock)
@@ -103,6 +116,7 @@ async def build_parts(
         tokens,
         extra_policies=extra_policies,
         urls=urls,
+        grace=grace,
     )
     return ControllerParts(
         clock=clock,
@@ -118,4 +132,5 @@ async def build_parts(
         admin=admin,
         audit=audit,
         tokens=tokens,
+        grace=grace,
     )

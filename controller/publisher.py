@@ -27,6 +27,9 @@ class RoutingUpdate:
     routes: tuple[ModelRoute, ...]
     removed_models: tuple[str, ...] = ()
     created_unix_ms: int = 0
+    # A restarted controller still waiting for agents (controller/restart_grace.py): members
+    # may be missing, so gateways merge this into what they hold.
+    provisional: bool = False
 
 
 class Subscriber:
@@ -76,7 +79,10 @@ class SnapshotPublisher:
         coalesce_s: float = 0.015,
         refresh_s: float = 1.0,
         max_pending: int = 64,
+        provisional: Callable[[], bool] = lambda: False,
     ) -> None:
+        self._provisional = provisional
+        self._was_provisional = provisional()
         self._build = build
         self._changed = changed
         self._clock = clock
@@ -95,6 +101,7 @@ class SnapshotPublisher:
             full=True,
             routes=tuple(self.routes[m] for m in sorted(self.routes)),
             created_unix_ms=int(self._clock.wall() * 1000),
+            provisional=self._was_provisional,
         )
 
     def subscribe(self, gateway_id: str) -> Subscriber:
@@ -111,20 +118,32 @@ class SnapshotPublisher:
         log.info("gateway stopped watching routes", extra={"gateway_id": sub.gateway_id})
 
     def publish(self) -> bool:
-        """Rebuilds the table; when it changed, bumps the version and queues a delta."""
+        """Rebuilds the table; when it changed, bumps the version and queues a delta. When a
+        restart's grace ends, every gateway gets the whole table, no longer provisional: from
+        then on a member missing is a decision."""
         new = self._build()
         changed, removed = diff_routes(self.routes, new)
-        if not changed and not removed:
+        settled_now = self._was_provisional and not self._provisional()
+        if not changed and not removed and not settled_now:
             return False
         self.routes = new
         self.version += 1
         self._metrics.snapshot_version.set(self.version)
+        if settled_now:
+            self._was_provisional = False
+            log.info(
+                "restart grace over: routing tables are final", extra={"version": self.version}
+            )
+            for sub in self._subscribers:
+                sub.offer(self.full_snapshot(), self.full_snapshot)
+            return True
         delta = RoutingUpdate(
             version=self.version,
             full=False,
             routes=tuple(changed),
             removed_models=tuple(removed),
             created_unix_ms=int(self._clock.wall() * 1000),
+            provisional=self._was_provisional,
         )
         for sub in self._subscribers:
             sub.offer(delta, self.full_snapshot)

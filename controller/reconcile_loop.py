@@ -29,6 +29,7 @@ from .reconciler import (
     World,
     decide,
 )
+from .restart_grace import RestartGrace
 from .usage import UsageAggregator
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,9 @@ class ReconcileLoop:
         usage: UsageAggregator | None = None,
         routing_version: Callable[[], int] | None = None,
         min_gap_s: float = 0.05,
+        grace: RestartGrace | None = None,
     ) -> None:
+        self._grace = grace
         # Changes within min_gap_s of a pass join the next one: a thousand agents reporting
         # each second make a pass every 50 ms, not a thousand back to back.
         self._min_gap_s = min_gap_s
@@ -77,7 +80,6 @@ class ReconcileLoop:
         # replica id -> (agent id, when its draining stop was sent, routing version that must be
         # applied), until the drain ends.
         self._draining: dict[str, tuple[str, float, int]] = {}
-        self._started_at = clock.monotonic()
         # replica id -> when a stop was last sent; repeats within a lease are dropped.
         self._stops_sent: dict[str, float] = {}
         # pool -> why it is short of replicas, from the last pass.
@@ -101,10 +103,10 @@ class ReconcileLoop:
             assignments=dict(self._desired.assignments),
             agents=agents,
             now=self._clock.wall(),
-            since_start_s=self._clock.monotonic() - self._started_at,
             lease_s=self._registry.lease_s,
             lost_after_s=self._registry.lost_after_s,
             drain_s=self._drain_s,
+            returning=frozenset(self._grace.waiting_for()) if self._grace else frozenset(),
         )
 
     async def run_once(self) -> list[Decision]:

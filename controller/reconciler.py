@@ -78,15 +78,15 @@ def _template_of(world: World, pool: str) -> Template | None:
 
 def decide(world: World, new_id: Callable[[str], str]) -> list[Decision]:
     decisions: list[Decision] = []
-    in_grace = world.since_start_s < world.lease_s
     usage = Usage()
     active: dict[str, list[Assignment]] = {name: [] for name in world.pools}
 
     def lost(agent_id: str) -> bool:
         agent = world.agents.get(agent_id)
         if agent is None:
-            # After a restart, agents get lease_s to come back before their replicas are replaced.
-            return not in_grace
+            # After a restart, agents get the restart grace to come back before their replicas
+            # are replaced.
+            return agent_id not in world.returning
         return agent.silent_s >= world.lost_after_s
 
     for a in sorted(world.assignments.values(), key=lambda a: (a.created_at, a.replica_id)):

@@ -71,6 +71,9 @@ class ControllerSettings:
     report_interval_s: float = 1.0
     # Drain given to replicas stopped by scale-down.
     drain_s: float = 10.0
+    # After a restart, how long agents named in the store get to come back before their
+    # replicas are replaced (controller/restart_grace.py); None: three leases.
+    restart_grace_s: float | None = None
     # Seconds in-flight RPCs get on shutdown.
     grace_s: float = 3.0
     # Routing policy names that only gateways load (--policy-plugin), accepted unchecked.
@@ -130,6 +133,7 @@ class ControllerServer:
                 drain_s=s.drain_s,
                 extra_policies=s.extra_policies,
                 urls=BackendUrlPolicy(s.backend_allow, s.backend_schemes),
+                restart_grace_s=s.restart_grace_s,
             )
         except BaseException:
             await store.close()

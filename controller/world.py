@@ -35,7 +35,9 @@ class World:
     assignments: Mapping[str, Assignment]
     agents: Mapping[str, AgentView]
     now: float
-    since_start_s: float
     lease_s: float
     lost_after_s: float
     drain_s: float = 10.0
+    # Agents a restarted controller still waits for (controller/restart_grace.py): their
+    # replicas are neither forgotten nor replaced yet.
+    returning: frozenset[str] = frozenset()

@@ -53,6 +53,9 @@ class RoutingTable:
         self.created_s = 0
         # Unknown policy names already warned about, so a bad pool logs once, not per snapshot.
         self._warned: set[str] = set()
+        # Model -> members held before a restarted controller's provisional snapshots, kept
+        # alongside theirs until a snapshot that is final (gateway.proto RoutingSnapshot).
+        self._carried: dict[str, tuple[Member, ...]] = {}
 
     def get(self, model: str) -> Route | None:
         return self._routes.get(model)
@@ -80,11 +83,27 @@ class RoutingTable:
                 "routing delta before any full snapshot", extra={"version": snapshot.version}
             )
         old = self._routes
-        routes = {} if snapshot.full else dict(old)
-        for name in snapshot.removed_models:
-            routes.pop(name, None)
+        merging = snapshot.provisional and self.received
+        if merging and not self._carried:
+            self._carried = {name: route.members for name, route in old.items()}
+            log.info(
+                "controller restarted: merging its routing into the table held until it settles",
+                extra={"version": snapshot.version, "models": len(old)},
+            )
+        elif not snapshot.provisional and self._carried:
+            self._carried = {}
+            log.info(
+                "controller settled: its routing is final", extra={"version": snapshot.version}
+            )
+        # A provisional table removes nothing: what it lacks may be an agent not yet back.
+        routes = dict(old) if merging or not snapshot.full else {}
+        if not merging:
+            for name in snapshot.removed_models:
+                routes.pop(name, None)
         for msg in snapshot.routes:
-            routes[msg.model] = self._build_route(msg, old.get(msg.model))
+            routes[msg.model] = self._build_route(
+                msg, old.get(msg.model), self._carried.get(msg.model, ())
+            )
         self._routes = routes
         self.version = snapshot.version
         self.created_s = snapshot.created_unix_ms // 1000
@@ -95,10 +114,18 @@ class RoutingTable:
         """The route that serves this request after route's rules and split (gateway/rules.py)."""
         return resolve(route, self._routes.get, ctx, self._rng)
 
-    def _build_route(self, msg: gateway_pb2.ModelRoute, previous: Route | None) -> Route:
+    def _build_route(
+        self,
+        msg: gateway_pb2.ModelRoute,
+        previous: Route | None,
+        carried: tuple[Member, ...] = (),
+    ) -> Route:
         rules = compile_rules(msg.model, msg.rules)
         split = compile_split(msg.splits, msg.split_header)
         members = tuple(member_from_proto(m, msg.model) for m in msg.members)
+        if carried:
+            have = {m.id for m in members}
+            members += tuple(m for m in carried if m.id not in have)
         params = dict(msg.policy_params)
         name = msg.policy or FALLBACK_POLICY
         if (

@@ -51,12 +51,18 @@ class RoutingSnapshot(_message.Message):
     ROUTES_FIELD_NUMBER: _builtins.int
     REMOVED_MODELS_FIELD_NUMBER: _builtins.int
     CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    PROVISIONAL_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     full: _builtins.bool
     """True: routes is the whole table and replaces it. False: routes replace those
     models only, and removed_models are dropped.
     """
     created_unix_ms: _builtins.int
+    provisional: _builtins.bool
+    """True while a restarted controller still waits for the agents it expects: a member missing
+    here may be on an agent not yet back, so a gateway merges this into the table it holds
+    (keeping members it has) instead of replacing it, until a snapshot that is not provisional.
+    """
     @_builtins.property
     def routes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelRoute]: ...
     @_builtins.property
@@ -69,10 +75,11 @@ class RoutingSnapshot(_message.Message):
         routes: _abc.Iterable[Global___ModelRoute] | None = ...,
         removed_models: _abc.Iterable[_builtins.str] | None = ...,
         created_unix_ms: _builtins.int = ...,
+        provisional: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_unix_ms", b"created_unix_ms", "full", b"full", "removed_models", b"removed_models", "routes", b"routes", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_unix_ms", b"created_unix_ms", "full", b"full", "provisional", b"provisional", "removed_models", b"removed_models", "routes", b"routes", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -52,7 +52,6 @@ def world(
         assignments={a.replica_id: a for a in assignments or []},
         agents={a.agent_id: a for a in agents},
         now=1000.0,
-        since_start_s=100.0,
         lease_s=5.0,
         lost_after_s=15.0,
     )

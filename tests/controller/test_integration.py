@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -16,6 +17,11 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from controller.convert import pool_from_proto
 from controller.model import BackendSpec
 from controller.server import ControllerServer
+from gateway.controller_link import ControllerLink
+from gateway.metrics import GatewayMetrics
+from gateway.routing import RoutingTable
+from gateway.usage import UsageTracker
+from llmpool.backoff import Backoff
 from llmpool.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -275,9 +281,9 @@ async def test_restart_keeps_state_and_waits_for_agents(tmp_path: Path) -> None:
         back = FakeAgent(target(again))
         await back.connect(replicas=[ready(rid)])
         await eventually(lambda: again.parts.registry.get("agent-1"))
-        # Past the restart grace (lease 0.5 s), the re-announced replica is kept:
-        # nothing new started or stopped.
-        await eventually(lambda: again.parts.reconciler.world().since_start_s > 0.6, within=3)
+        # The only expected agent is back: the grace is over, the re-announced replica is
+        # kept, nothing new started or stopped.
+        assert again.parts.grace.settled()
         back.report([ready(rid)])
         await eventually(lambda: again.parts.registry.lease_valid("agent-1"))
         await again.parts.reconciler.run_once()
@@ -360,3 +366,104 @@ async def test_a_closed_agent_stream_unroutes_its_replicas_at_once_and_replaces_
         await back.close()
     finally:
         await server.stop()
+
+
+async def _linked_table(server: ControllerServer) -> tuple[RoutingTable, ControllerLink]:
+    """A gateway's routing table fed by a real ControllerLink (no HTTP side needed)."""
+    table = RoutingTable()
+    link = ControllerLink(
+        target=target(server), credentials=None, gateway_id="gw", table=table,
+        usage=UsageTracker(), metrics=GatewayMetrics(),
+        backoff_factory=lambda: Backoff(base=0.05, cap=0.2),
+    )  # fmt: skip
+    await link.start()
+    return table, link
+
+
+def _candidates(table: RoutingTable, model: str) -> list[str]:
+    route = table.get(model)
+    return [] if route is None else [m.id for m in route.candidates]
+
+
+async def test_a_restart_never_empties_a_gateways_table(tmp_path: Path) -> None:
+    """The restarted controller's first tables lack the replica of an agent not yet back: the
+    gateway keeps routing to it; the agent comes back inside the grace and keeps its replica."""
+    settings = make_settings(tmp_path / "data", lease_s=0.5)
+    server = ControllerServer(dataclasses.replace(settings, restart_grace_s=60.0))
+    await server.start()
+    agent = FakeAgent(target(server))
+    await agent.connect()
+    await server.parts.admin.create_pool(
+        pool_from_proto(types_pb2.Pool(name="p", replicas=1, template=TEMPLATE))
+    )
+    rid = (await eventually(lambda: agent.of("start")))[0].start.replica_id
+    agent.report([ready(rid)])
+    table, link = await _linked_table(server)
+    try:
+        await eventually(lambda: _candidates(table, "p") == [rid], what="replica routed")
+        await agent.close()
+        await server.stop()
+
+        again = ControllerServer(dataclasses.replace(server.settings, listen=target(server)))
+        await again.start()
+        try:
+            await eventually(lambda: link.sessions == 2, what="gateway reconnected")
+            assert not again.parts.grace.settled()
+            # The restart's table has no member for p yet; the gateway still routes to rid.
+            assert again.parts.publisher.routes["p"].members == ()
+            assert _candidates(table, "p") == [rid]
+            status = again.parts.admin.pool_status("p")
+            assert "waiting up to" in status.message and "agent-1" in status.message
+            # The reconciler neither forgets nor replaces the replica meanwhile.
+            await again.parts.reconciler.run_once()
+            assert set(again.parts.desired.assignments) == {rid}
+
+            back = FakeAgent(target(again))
+            await back.connect(replicas=[ready(rid)])
+            await eventually(lambda: again.parts.grace.settled(), what="grace over")
+            await eventually(lambda: not table._carried, what="final table")
+            assert _candidates(table, "p") == [rid]
+            await again.parts.reconciler.run_once()
+            assert back.of("start") == [] and back.of("stop") == []
+            await back.close()
+        finally:
+            await again.stop()
+    finally:
+        await link.close()
+
+
+async def test_an_agent_that_never_returns_is_dropped_when_the_grace_ends(tmp_path: Path) -> None:
+    # A lease long enough that agent-2 need not report to stay placeable.
+    settings = make_settings(tmp_path / "data", lease_s=5.0)
+    server = ControllerServer(settings)
+    await server.start()
+    agent = FakeAgent(target(server))
+    await agent.connect()
+    await server.parts.admin.create_pool(
+        pool_from_proto(types_pb2.Pool(name="p", replicas=1, template=TEMPLATE))
+    )
+    rid = (await eventually(lambda: agent.of("start")))[0].start.replica_id
+    agent.report([ready(rid)])
+    table, link = await _linked_table(server)
+    try:
+        await eventually(lambda: _candidates(table, "p") == [rid], what="replica routed")
+        await agent.close()
+        await server.stop()
+        again = ControllerServer(
+            dataclasses.replace(settings, listen=target(server), restart_grace_s=1.0)
+        )
+        await again.start()
+        try:
+            # (gRPC shares the subchannel: connect once the gateway's link found it up.)
+            await eventually(lambda: link.sessions == 2, what="gateway reconnected")
+            other = FakeAgent(target(again), agent_id="agent-2")
+            await other.connect()
+            # After the grace the table is final: rid is gone and a replacement starts.
+            await eventually(lambda: again.parts.grace.settled(), within=5, what="grace over")
+            await eventually(lambda: _candidates(table, "p") == [], within=5, what="rid dropped")
+            await eventually(lambda: other.of("start"), within=5, what="replacement started")
+            await other.close()
+        finally:
+            await again.stop()
+    finally:
+        await link.close()

@@ -56,7 +56,7 @@ def world(
     pools: list[PoolSpec],
     agents: list[AgentView],
     assignments: list[Assignment] = (),  # type: ignore[assignment]
-    since_start_s: float = 100.0,
+    returning: frozenset[str] = frozenset(),
     now: float = 1000.0,
 ) -> World:
     return World(
@@ -64,7 +64,7 @@ def world(
         assignments={a.replica_id: a for a in assignments},
         agents={a.agent_id: a for a in agents},
         now=now,
-        since_start_s=since_start_s,
+        returning=returning,
         lease_s=5.0,
         lost_after_s=15.0,
         drain_s=7.0,
@@ -141,9 +141,9 @@ def test_failed_replica_is_left_to_its_agent() -> None:
 
 def test_restart_grace_waits_for_agents_then_replaces() -> None:
     assignments = [Assignment("p-1", "p", "away", True, 100.0)]
-    in_grace = world([pool(1)], [agent("b")], assignments, since_start_s=2.0)
+    in_grace = world([pool(1)], [agent("b")], assignments, returning=frozenset({"away"}))
     assert decide(in_grace, ids()) == []
-    after = world([pool(1)], [agent("b")], assignments, since_start_s=6.0)
+    after = world([pool(1)], [agent("b")], assignments)
     decisions = decide(after, ids())
     assert ForgetReplica("p-1", "agent lost") in decisions
     assert len(of(StartReplica, decisions)) == 1

@@ -242,10 +242,12 @@ def snapshot(
     *,
     full: bool = True,
     removed: list[str] | None = None,
+    provisional: bool = False,
 ) -> gateway_pb2.RoutingSnapshot:
     return gateway_pb2.RoutingSnapshot(
         version=version,
         full=full,
+        provisional=provisional,
         routes=routes,
         removed_models=removed or [],
         created_unix_ms=1_700_000_000_000,

@@ -130,3 +130,41 @@ def test_unknown_policy_falls_back_and_logs_once(
     assert route is not None and isinstance(route.policy, RoundRobin)
     warnings = [r for r in caplog.records if "unknown routing policy" in r.getMessage()]
     assert len(warnings) == 1
+
+
+def test_a_restarted_controllers_provisional_tables_merge_until_final(kit: Any) -> None:
+    """Members missing from a provisional table may be on agents not yet back: the gateway keeps
+    them (and models it lacks) until a final table, which then decides."""
+    table = RoutingTable()
+    held = [kit.member("r1", "http://h:1"), kit.member("r2", "http://h:2")]
+    table.apply(kit.snapshot(10, [kit.route("a", held), kit.route("b", [])]))
+
+    # The restart's first table: pool a without members, b gone, c new.
+    table.apply(kit.snapshot(20, [kit.route("a", []), kit.route("c", [])], provisional=True))
+    route_a = table.get("a")
+    assert route_a is not None and [m.id for m in route_a.candidates] == ["r1", "r2"]
+    assert table.models() == ["a", "b", "c"]
+
+    # One agent is back: its replica's fresh state wins, the other one is still carried.
+    back = kit.member("r1", "http://h:1", in_flight=3.0)
+    table.apply(kit.snapshot(21, [kit.route("a", [back])], full=False, provisional=True))
+    route_a = table.get("a")
+    assert route_a is not None and [(m.id, m.in_flight) for m in route_a.members] == [
+        ("r1", 3.0),
+        ("r2", 0.0),
+    ]
+
+    # Final: what it says goes, removals included.
+    table.apply(kit.snapshot(22, [kit.route("a", [back]), kit.route("c", [])]))
+    route_a = table.get("a")
+    assert route_a is not None and [m.id for m in route_a.members] == ["r1"]
+    assert table.models() == ["a", "c"]
+
+
+def test_a_new_gateway_takes_a_provisional_table_as_it_is(kit: Any) -> None:
+    table = RoutingTable()
+    table.apply(kit.snapshot(20, [kit.route("a", [])], provisional=True))
+    assert table.received and table.models() == ["a"]
+    # Nothing was carried: a later final table replaces it as usual.
+    table.apply(kit.snapshot(21, [kit.route("b", [])]))
+    assert table.models() == ["b"]
