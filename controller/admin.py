@@ -32,6 +32,7 @@ from .restart_grace import RestartGrace
 from .snapshot import healthy_members
 from .tails import LogTails
 from .tokens import TokenBook, TokenRecord
+from .usage import MemberCondition, UsageAggregator
 from .validation import (
     check_backend,
     check_name,
@@ -67,6 +68,7 @@ class PoolStatusView:
     healthy_members: int
     snapshot_version: int
     message: str = ""
+    member_conditions: tuple[MemberCondition, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,9 @@ class Admin:
         extra_policies: Collection[str] = (),
         urls: BackendUrlPolicy | None = None,
         grace: RestartGrace | None = None,
+        usage: UsageAggregator | None = None,
     ) -> None:
+        self._usage = usage
         self._grace = grace
         self._urls = urls or BackendUrlPolicy()
         self._audit = audit
@@ -303,7 +307,12 @@ class Admin:
         return await self._audit.query(query)
 
     def pool_status(self, name: str) -> PoolStatusView:
+        route = self._publisher.routes.get(name)
+        member_ids = {m.id for m in route.members} if route is not None else set()
         return PoolStatusView(
+            member_conditions=(
+                tuple(self._usage.conditions(member_ids)) if self._usage is not None else ()
+            ),
             pool=self.get_pool(name),
             backends=tuple(self._desired.pool_backends(name)),
             replicas=tuple(self.list_replicas(name)),

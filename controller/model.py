@@ -44,6 +44,10 @@ class PoolSpec:
     rules: tuple[RouteRule, ...] = ()
     splits: tuple[SplitArm, ...] = ()
     split_header: str = ""
+    # Passive health in the gateways (types.proto Pool).
+    ttfb_timeout_s: float = 30.0
+    eject_after_failures: int = 5
+    eject_base_s: float = 5.0
 
     def route_targets(self) -> set[str]:
         """Pools this pool's rules and split arms send requests to."""

@@ -117,6 +117,7 @@ async def build_parts(
         extra_policies=extra_policies,
         urls=urls,
         grace=grace,
+        usage=usage,
     )
     return ControllerParts(
         clock=clock,

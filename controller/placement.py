@@ -19,12 +19,16 @@ class Usage:
         self.slots: dict[str, int] = {}
         self.gpus: dict[str, int] = {}
         self.held: dict[str, set[int]] = {}
+        # Replicas kept on each agent: ties in free room go to the agent with fewest, so a
+        # pool's replicas spread over hosts (a host lost takes fewer of them).
+        self.replicas: dict[str, int] = {}
 
     def charge(
         self, agent_id: str, template: Template | None, gpu_indices: tuple[int, ...] = ()
     ) -> None:
         if template is None:
             return
+        self.replicas[agent_id] = self.replicas.get(agent_id, 0) + 1
         self.slots[agent_id] = self.slots.get(agent_id, 0) + template.cpu_slots
         self.gpus[agent_id] = self.gpus.get(agent_id, 0) + max(template.gpus, len(gpu_indices))
         self.held.setdefault(agent_id, set()).update(gpu_indices)
@@ -60,7 +64,7 @@ class Placement:
 def place(world: World, template: Template, usage: Usage) -> Placement | None:
     """The live agent with the most free cpu slots that runs the engine and has the GPUs the
     template asks for (the lowest free numbers); None if none fits."""
-    best: tuple[int, str] | None = None
+    best: tuple[int, int, str] | None = None
     chosen: tuple[int, ...] = ()
     for agent in world.agents.values():
         if not agent.live(world.lease_s):
@@ -76,12 +80,13 @@ def place(world: World, template: Template, usage: Usage) -> Placement | None:
             or len(free_indices) < template.gpus
         ):
             continue
-        # Most free slots wins; ties go to the smallest id so the choice is deterministic.
-        key = (-free_slots, agent.agent_id)
+        # Most free slots wins, then fewest replicas; the smallest id breaks ties so that the
+        # choice is deterministic.
+        key = (-free_slots, usage.replicas.get(agent.agent_id, 0), agent.agent_id)
         if best is None or key < best:
             best = key
             chosen = tuple(free_indices[: template.gpus])
-    return None if best is None else Placement(best[1], chosen)
+    return None if best is None else Placement(best[2], chosen)
 
 
 def why_unplaced(world: World, template: Template) -> str:

@@ -87,7 +87,9 @@ def decide(world: World, new_id: Callable[[str], str]) -> list[Decision]:
             # After a restart, agents get the restart grace to come back before their replicas
             # are replaced.
             return agent_id not in world.returning
-        return agent.silent_s >= world.lost_after_s
+        # A closed stream is certain news: its replicas go after a lease. A silent agent whose
+        # stream is open may be stalled (paused, swapping): it gets lost_after_s.
+        return agent.silent_s >= (world.lease_s if not agent.connected else world.lost_after_s)
 
     for a in sorted(world.assignments.values(), key=lambda a: (a.created_at, a.replica_id)):
         agent = world.agents.get(a.agent_id)

@@ -57,6 +57,9 @@ class ModelRoute:
     rules: tuple[RouteRule, ...] = ()
     splits: tuple[SplitArm, ...] = ()
     split_header: str = ""
+    ttfb_timeout_s: float = 30.0
+    eject_after_failures: int = 5
+    eject_base_s: float = 5.0
 
 
 Routes = dict[str, ModelRoute]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from llmpool.clock import Clock
@@ -26,6 +27,17 @@ class MemberUsage:
 
 
 @dataclass(frozen=True)
+class MemberCondition:
+    """A member one gateway keeps out of its picks (mirrors llmpool.v1.MemberCondition)."""
+
+    member_id: str
+    condition: str = ""
+    seconds_left: float = 0.0
+    ejections: int = 0
+    gateway_id: str = ""
+
+
+@dataclass(frozen=True)
 class UsageReport:
     """One gateway's report (mirrors llmpool.v1.UsageReport): every member with requests in
     flight or finished since the last one, and the routing version it applies."""
@@ -33,6 +45,11 @@ class UsageReport:
     gateway_id: str
     members: tuple[MemberUsage, ...] = ()
     routing_version: int = 0
+    conditions: tuple[MemberCondition, ...] = ()
+
+
+# Conditions kept per gateway report at most.
+_MAX_CONDITIONS = 1000
 
 
 @dataclass(frozen=True)
@@ -59,10 +76,18 @@ class UsageAggregator:
         # gateway id -> when its latest report came (whatever members it listed) and the
         # routing version it had applied.
         self._reported_at: dict[str, tuple[float, int]] = {}
+        # gateway id -> the members it keeps out of its picks, from its latest report.
+        self._conditions: dict[str, tuple[MemberCondition, ...]] = {}
 
     def record(self, report: UsageReport) -> None:
         now = self._clock.monotonic()
         self._reported_at[report.gateway_id] = (now, report.routing_version)
+        # Each report lists them in full: the latest replaces the previous.
+        if report.conditions or report.gateway_id in self._conditions:
+            self._conditions[report.gateway_id] = tuple(
+                dataclasses.replace(c, gateway_id=report.gateway_id)
+                for c in report.conditions[:_MAX_CONDITIONS]
+            )
         for m in report.members:
             self._latest[(report.gateway_id, m.member_id)] = _Observed(
                 m.in_flight, m.mean_latency_ms, now
@@ -95,6 +120,18 @@ class UsageAggregator:
             )
             for member, total in in_flight.items()
         }
+
+    def conditions(self, member_ids: set[str]) -> list[MemberCondition]:
+        """What gateways heard from within ttl_s say about these members."""
+        now = self._clock.monotonic()
+        found: list[MemberCondition] = []
+        for gateway, conditions in list(self._conditions.items()):
+            at = self._reported_at.get(gateway)
+            if at is None or now - at[0] > self._ttl_s:
+                del self._conditions[gateway]
+                continue
+            found.extend(c for c in conditions if c.member_id in member_ids)
+        return sorted(found, key=lambda c: (c.member_id, c.gateway_id))
 
     def quiet_since(self, member_id: str, since: float, min_version: int = 0) -> bool:
         """True when every gateway heard from within ttl_s has reported after `since` (monotonic),

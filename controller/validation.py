@@ -74,6 +74,11 @@ def check_pool(pool: PoolSpec, extra_policies: Collection[str] = ()) -> PoolSpec
     check_name("pool name", pool.name)
     check_bounds(pool, f"pool {pool.name!r}")
     check_policy(pool.policy, pool.policy_params, extra_policies)
+    if not pool.ttfb_timeout_s > 0 or not pool.eject_base_s > 0:
+        raise InvalidArgumentError(
+            f"pool {pool.name!r}: ttfb_timeout_s and eject_base_s must be > 0 "
+            "(0 or unset: the defaults)"
+        )
     if pool.template is not None:
         check_template(pool.name, pool.template)
     if pool.replicas > 0 and pool.template is None:

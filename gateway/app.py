@@ -17,8 +17,10 @@ from starlette.responses import Response
 from gateway.accounting import Accounting
 from gateway.asgi import GatewayASGI
 from gateway.controller_link import ControllerLink
+from gateway.cooldowns import Cooldowns
 from gateway.errors import GatewayError, NotReadyError, error_response, handle_exception
 from gateway.metrics import GatewayMetrics
+from gateway.outliers import Outliers
 from gateway.policies import PolicyRegistry
 from gateway.relay import Relay
 from gateway.routing import RoutingTable
@@ -27,6 +29,7 @@ from gateway.upstream import UpstreamClient, build_upstream
 from gateway.usage import UsageTracker
 from llmpool.backoff import Backoff
 from llmpool.clock import Clock, SystemClock
+from llmpool.v1 import types_pb2
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,24 @@ class GatewayParts:
     serving: ServingState
 
 
+def member_conditions(outliers: Outliers, cooldowns: Cooldowns) -> list[types_pb2.MemberCondition]:
+    """What this gateway tells the controller about members it keeps out (GetPoolStatus)."""
+    found = [
+        types_pb2.MemberCondition(
+            member_id=e.member_id,
+            condition="ejected",
+            seconds_left=e.seconds_left,
+            ejections=e.ejections,
+        )
+        for e in outliers.ejected()
+    ]
+    found.extend(
+        types_pb2.MemberCondition(member_id=member_id, condition="cooling", seconds_left=left)
+        for member_id, left in cooldowns.cooling_members()
+    )
+    return found
+
+
 def create_app(
     settings: GatewaySettings,
     *,
@@ -78,6 +99,10 @@ def create_app(
         max_connections=settings.upstream_max_connections,
     )
     accounting = Accounting(usage=usage, metrics=metrics, clock=clock, table=table)
+    cooldowns = Cooldowns(clock)
+    outliers = Outliers(clock)
+    metrics.cooling.set_function(cooldowns.cooling)
+    metrics.ejected.set_function(lambda: sum(1 for _ in outliers.ejected()))
     relay = Relay(
         table=table,
         upstream=upstream,
@@ -85,6 +110,8 @@ def create_app(
         usage=usage,
         clock=clock,
         max_body_bytes=settings.max_upstream_body_bytes,
+        cooldowns=cooldowns,
+        outliers=outliers,
     )
     link = (
         ControllerLink(
@@ -100,6 +127,7 @@ def create_app(
             metrics=metrics,
             usage_interval_s=settings.usage_interval_s,
             backoff_factory=backoff_factory,
+            conditions=lambda: member_conditions(outliers, cooldowns),
         )
         if connect_controller
         else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING
 
 import grpc
@@ -16,7 +16,7 @@ from gateway.routing import RoutingTable
 from gateway.usage import UsageTracker
 from llmpool.backoff import Backoff
 from llmpool.tls import aio_channel
-from llmpool.v1 import gateway_pb2, gateway_pb2_grpc
+from llmpool.v1 import gateway_pb2, gateway_pb2_grpc, types_pb2
 
 if TYPE_CHECKING:
     from llmpool.v1.gateway_pb2_grpc import GatewayServiceAsyncStub
@@ -38,7 +38,10 @@ class ControllerLink:
         metrics: GatewayMetrics,
         usage_interval_s: float = 1.0,
         backoff_factory: Callable[[], Backoff] = Backoff,
+        conditions: Callable[[], Iterable[types_pb2.MemberCondition]] = tuple,
     ) -> None:
+        # Members this gateway keeps out of its picks, sent in full with every usage report.
+        self._conditions = conditions
         self._target = target
         self._credentials = credentials
         self._gateway_id = gateway_id
@@ -141,6 +144,7 @@ class ControllerLink:
             await asyncio.sleep(self._usage_interval_s)
             report = self._usage.drain_report(self._gateway_id)
             report.routing_version = self._table.version
+            report.conditions.extend(self._conditions())
             yield report
             # grpc asks for the next report only after it sent this one: the stream works.
             backoff.reset()

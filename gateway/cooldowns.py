@@ -65,6 +65,11 @@ class Cooldowns:
         soonest = min((self._until.get(m.id, now) for m in members), default=now)
         return max(1, math.ceil(soonest - now))
 
+    def cooling_members(self) -> list[tuple[str, float]]:
+        """(member id, seconds left) of members cooling down now."""
+        now = self._clock.monotonic()
+        return sorted((k, t - now) for k, t in self._until.items() if t > now)
+
     def cooling(self) -> int:
         now = self._clock.monotonic()
         return sum(1 for t in self._until.values() if t > now)

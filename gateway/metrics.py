@@ -62,6 +62,34 @@ class GatewayMetrics:
             ["model"],
             registry=r,
         )
+        self.ejections = Counter(
+            "llmpool_gateway_member_ejections",
+            "Times a member was ejected from this gateway's picks after failing (passive health).",
+            ["model"],
+            registry=r,
+        )
+        self.ejected = Gauge(
+            "llmpool_gateway_members_ejected",
+            "Members ejected or waiting for their probe on this gateway now.",
+            registry=r,
+        )
+        self.cooling = Gauge(
+            "llmpool_gateway_members_cooling",
+            "Members cooling down after Retry-After on this gateway now.",
+            registry=r,
+        )
+        self.ttfb_timeouts = Counter(
+            "llmpool_gateway_ttfb_timeouts",
+            "Tries that had no first byte within the pool's ttfb_timeout_s (counted as failed).",
+            ["model"],
+            registry=r,
+        )
+        self.retry_budget_exhausted = Counter(
+            "llmpool_gateway_retry_budget_exhausted",
+            "Failed tries not retried because retries were already at their budget.",
+            ["model"],
+            registry=r,
+        )
         self.snapshot_version = Gauge(
             "llmpool_gateway_snapshot_version",
             "Version of the routing snapshot in use (0: none yet).",

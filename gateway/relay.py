@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import Mapping
+import logging
+from collections.abc import AsyncIterator, Mapping
 
 import orjson
 from starlette.responses import Response
@@ -19,9 +21,11 @@ from gateway.errors import (
 )
 from gateway.members import Member
 from gateway.metrics import GatewayMetrics
-from gateway.parsing import ParsedRequest
+from gateway.outliers import Outliers
+from gateway.parsing import Endpoint, ParsedRequest
 from gateway.policies import PickContext
 from gateway.responses import RawResponse
+from gateway.retry_budget import RetryBudget
 from gateway.routing import Route, RoutingTable
 from gateway.streaming import StreamRelay
 from gateway.tokens import NO_USAGE, usage_from_json
@@ -33,6 +37,8 @@ from gateway.upstream import (
 )
 from gateway.usage import UsageTracker
 from llmpool.clock import Clock
+
+log = logging.getLogger(__name__)
 
 MEMBER_HEADER = "x-llmpool-member"
 _MEMBER_HEADER_RAW = MEMBER_HEADER.encode()
@@ -65,7 +71,11 @@ class Relay:
         retry_after_s: int = 1,
         max_body_bytes: int = 64 * 1024 * 1024,
         cooldowns: Cooldowns | None = None,
+        outliers: Outliers | None = None,
+        budget: RetryBudget | None = None,
     ) -> None:
+        self._outliers = outliers or Outliers(clock)
+        self._budget = budget or RetryBudget(clock)
         self._max_body_bytes = max_body_bytes
         self._cooldowns = cooldowns or Cooldowns(clock)
         self._table = table
@@ -131,56 +141,121 @@ class Relay:
         tried: list[str] = []
         last_error = "no member tried"
         cooldowns = self._cooldowns
+        outliers = self._outliers
+        self._budget.deposit()
         pool = cooldowns.available(route.candidates)
         if not pool:
             raise self._all_cooling(req.model, route)
+        pool = outliers.available(pool)
+        deadline = _first_byte_deadline(route.ttfb_timeout_s, req)
         for attempt in range(self._max_tries):
             if attempt:
                 pool = cooldowns.available(tuple(m for m in route.candidates if m.id not in tried))
                 if not pool:
                     break
+                if not self._budget.withdraw():
+                    self._metrics.retry_budget_exhausted.labels(req.model).inc()
+                    break
+                pool = outliers.available(pool)
                 self._metrics.model(req.model).retries.inc()
             member = route.policy.pick(pool, ctx)
             tried.append(member.id)
             account.sent(member)
+            probe = outliers.picked(member.id)
             try:
-                upstream = await self._upstream.post(
-                    member.endpoint_url(path), req.body_for(member.upstream_model), up_headers
-                )
-            except UpstreamTransportError as exc:
-                last_error = account.try_failed(failure_phrase(exc), str(exc))
+                answer = await self._try(member, route, req, path, up_headers, deadline, account)
+            except BaseException:
+                if probe:
+                    # Cancelled (the client left): the probe proved nothing either way.
+                    outliers.released(member.id)
+                raise
+            if isinstance(answer, str):
+                last_error = answer
                 continue
-            status = upstream.status_code
-            if retryable_status(status):
-                if status in (429, 503):
-                    # The member said when to come back: leave it alone until then.
-                    asked = retry_after_s(upstream.header("retry-after"), self._clock.wall())
-                    if asked is not None:
-                        cooldowns.cool(member.id, asked)
-                        self._metrics.cooldowns.labels(req.model).inc()
-                # Read a little so that the connection can be reused; never shown to anyone.
-                await _drain_quietly(upstream)
-                last_error = account.try_failed(f"answered HTTP {status}")
-                continue
-            if req.stream and status == 200:
-                return self._stream(member, upstream, account)
-            try:
-                body = await upstream.read(self._max_body_bytes)
-            except UpstreamTransportError as exc:
-                last_error = account.try_failed(failure_phrase(exc), str(exc))
-                continue
-            account.answered(status, usage_from_json(body) if status == 200 else NO_USAGE)
-            return RawResponse(
-                body,
-                status,
-                upstream.content_type.encode(),
-                [(_MEMBER_HEADER_RAW, member.id.encode())],
-            )
+            return answer
         if not cooldowns.available(route.candidates):
             raise self._all_cooling(req.model, route)
         raise UpstreamError(
             f"Model {req.model!r}: {len(tried)} backend(s) failed; last error: {last_error}"
         )
+
+    async def _try(
+        self,
+        member: Member,
+        route: Route,
+        req: ParsedRequest,
+        path: str,
+        up_headers: Mapping[str, str],
+        deadline: float | None,
+        account: RequestAccount,
+    ) -> Response | str:
+        """One try: the response, or what went wrong (counted against the member) for a retry."""
+        upstream: UpstreamResponse | None = None
+        chunks: AsyncIterator[bytes] | None = None
+        first = b""
+        try:
+            async with asyncio.timeout(deadline):
+                upstream = await self._upstream.post(
+                    member.endpoint_url(path), req.body_for(member.upstream_model), up_headers
+                )
+                if req.stream and upstream.status_code == 200:
+                    # Wait for the stream's first bytes here, while another member can still
+                    # take the request; the client gets headers once the member has begun.
+                    chunks = upstream.iter_bytes()
+                    first = await anext(chunks, b"")
+        except TimeoutError:
+            if upstream is not None:
+                await upstream.aclose()
+            self._metrics.ttfb_timeouts.labels(req.model).inc()
+            self._failed(member, route, req.model)
+            return account.try_failed(
+                f"sent no first byte within {route.ttfb_timeout_s:g} s", "ttfb deadline"
+            )
+        except UpstreamTransportError as exc:
+            if upstream is not None:
+                await upstream.aclose()
+            self._failed(member, route, req.model)
+            return account.try_failed(failure_phrase(exc), str(exc))
+        status = upstream.status_code
+        if retryable_status(status):
+            cooled = False
+            if status in (429, 503):
+                # The member said when to come back: leave it alone until then.
+                asked = retry_after_s(upstream.header("retry-after"), self._clock.wall())
+                if asked is not None:
+                    cooled = True
+                    self._cooldowns.cool(member.id, asked)
+                    self._metrics.cooldowns.labels(req.model).inc()
+            if cooled:
+                self._outliers.released(member.id)
+            else:
+                self._failed(member, route, req.model)
+            # Read a little so that the connection can be reused; never shown to anyone.
+            await _drain_quietly(upstream)
+            return account.try_failed(f"answered HTTP {status}")
+        self._outliers.success(member.id)
+        if chunks is not None:
+            return self._stream(member, upstream, first, chunks, account)
+        try:
+            body = await upstream.read(self._max_body_bytes)
+        except UpstreamTransportError as exc:
+            self._failed(member, route, req.model)
+            return account.try_failed(failure_phrase(exc), str(exc))
+        account.answered(status, usage_from_json(body) if status == 200 else NO_USAGE)
+        return RawResponse(
+            body,
+            status,
+            upstream.content_type.encode(),
+            [(_MEMBER_HEADER_RAW, member.id.encode())],
+        )
+
+    def _failed(self, member: Member, route: Route, model: str) -> None:
+        if self._outliers.failure(member.id, route.ejection):
+            self._metrics.ejections.labels(model).inc()
+            log.warning(
+                "member ejected after failures",
+                extra={"model": model, "member": member.id},
+            )
 
     def _all_cooling(self, model: str, route: Route) -> RateLimitedError:
         wait = self._cooldowns.wait_s(route.candidates)
@@ -206,10 +281,17 @@ class Relay:
         return target, dataclasses.replace(req, model=target.model, body=body, payload=payload)
 
     def _stream(
-        self, member: Member, upstream: UpstreamResponse, account: RequestAccount
+        self,
+        member: Member,
+        upstream: UpstreamResponse,
+        first: bytes,
+        chunks: AsyncIterator[bytes],
+        account: RequestAccount,
     ) -> StreamRelay:
         return StreamRelay(
             upstream,
+            first=first,
+            chunks=chunks,
             headers={
                 "content-type": upstream.content_type,
                 "cache-control": "no-cache",
@@ -220,6 +302,24 @@ class Relay:
             started_at=account.started_at,
             on_done=account.stream_ended,
         )
+
+
+# A non-streamed generation's first byte is its whole answer: it gets this long per token asked
+# for on top of the deadline (a floor on decode speed that any engine keeps).
+_SECONDS_PER_TOKEN = 0.2
+
+
+def _first_byte_deadline(ttfb_s: float, req: ParsedRequest) -> float | None:
+    """Seconds the try has for its first byte; None (only the upstream timeout) for a
+    non-streamed generation with no max_tokens, whose length nothing bounds."""
+    if req.stream or req.endpoint is Endpoint.EMBEDDINGS:
+        return ttfb_s
+    asked = req.payload.get("max_completion_tokens") or req.payload.get("max_tokens")
+    if type(asked) is not int or asked <= 0:
+        return None
+    n = req.payload.get("n")
+    choices = n if type(n) is int and n > 1 else 1
+    return ttfb_s + asked * choices * _SECONDS_PER_TOKEN
 
 
 def _no_member_message(route: Route, asked: str) -> str:

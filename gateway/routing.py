@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.members import Member, member_from_proto
+from gateway.outliers import DEFAULT_EJECTION, EjectionSettings
 from gateway.policies import Policy, PolicyRegistry, UnknownPolicyError
 from gateway.policies.base import PickContext
 from gateway.rules import Hop, Rule, Split, compile_rules, compile_split, resolve
@@ -16,6 +17,8 @@ from llmpool.v1 import gateway_pb2
 log = logging.getLogger(__name__)
 
 FALLBACK_POLICY = "round_robin"
+# A pool's first-byte deadline when its route does not say (types.proto Pool.ttfb_timeout_s).
+DEFAULT_TTFB_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +37,9 @@ class Route:
     rules: tuple[Rule, ...] = ()
     split: Split | None = None
     redirects: bool = False
+    # Passive health (gateway/outliers.py and the relay's first-byte deadline).
+    ttfb_timeout_s: float = DEFAULT_TTFB_S
+    ejection: EjectionSettings = DEFAULT_EJECTION
 
 
 class RoutingTable:
@@ -153,6 +159,15 @@ class RoutingTable:
             rules=rules,
             split=split,
             redirects=bool(rules or split),
+            ttfb_timeout_s=msg.ttfb_timeout_s or DEFAULT_TTFB_S,
+            ejection=EjectionSettings(
+                consecutive=(
+                    msg.eject_after_failures
+                    if msg.HasField("eject_after_failures")
+                    else DEFAULT_EJECTION.consecutive
+                ),
+                base_s=msg.eject_base_s or DEFAULT_EJECTION.base_s,
+            ),
         )
 
     def _make_policy(self, model: str, name: str, params: Mapping[str, str]) -> Policy:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from starlette.responses import Response
@@ -41,6 +41,8 @@ class StreamRelay(Response):
         self,
         upstream: UpstreamResponse,
         *,
+        first: bytes = b"",
+        chunks: AsyncIterator[bytes] | None = None,
         headers: dict[str, str],
         clock: Clock,
         started_at: float,
@@ -50,6 +52,9 @@ class StreamRelay(Response):
         self.background = None
         self.raw_headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
         self._upstream = upstream
+        # The relay already read the first chunk (its first-byte deadline); the rest follows.
+        self._first = first
+        self._chunks = chunks if chunks is not None else upstream.iter_bytes()
         self._clock = clock
         self._started_at = started_at
         self._on_done = on_done
@@ -82,6 +87,9 @@ class StreamRelay(Response):
             log.error("stream relay failed", exc_info=exc)
         finally:
             with contextlib.suppress(Exception):
+                closing = getattr(self._chunks, "aclose", None)
+                if closing is not None:
+                    await closing()
                 await self._upstream.aclose()
             self._finish()
 
@@ -103,7 +111,11 @@ class StreamRelay(Response):
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         try:
             add = self._tail.add
-            async for chunk in self._upstream.iter_bytes():
+            if self._first:
+                self._ttft = self._clock.monotonic() - self._started_at
+                add(self._first)
+                await send({"type": "http.response.body", "body": self._first, "more_body": True})
+            async for chunk in self._chunks:
                 if self._ttft is None:
                     self._ttft = self._clock.monotonic() - self._started_at
                 add(chunk)

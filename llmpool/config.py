@@ -129,6 +129,10 @@ class PoolConfig(_Model):
     rules: list[RuleConfig] = Field(default_factory=list)
     splits: list[SplitConfig] = Field(default_factory=list)
     split_header: str = ""
+    # Passive health in the gateways: first-byte deadline, ejection after failures in a row.
+    ttfb_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    eject_after_failures: int = Field(default=5, ge=0, le=1000)
+    eject_base_s: float = Field(default=5.0, gt=0, le=300)
 
     _name = field_validator("name")(_check_name)
 

@@ -406,6 +406,7 @@ class PoolStatus(_message.Message):
     HEALTHY_MEMBERS_FIELD_NUMBER: _builtins.int
     SNAPSHOT_VERSION_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    MEMBER_CONDITIONS_FIELD_NUMBER: _builtins.int
     healthy_members: _builtins.int
     snapshot_version: _builtins.int
     message: _builtins.str
@@ -416,6 +417,12 @@ class PoolStatus(_message.Message):
     def backends(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Backend]: ...
     @_builtins.property
     def replicas(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicaInfo]: ...
+    @_builtins.property
+    def member_conditions(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.MemberCondition]:
+        """Members of the pool that gateways keep out of their picks now (passive health), per
+        gateway, as they last reported.
+        """
+
     def __init__(
         self,
         *,
@@ -425,10 +432,11 @@ class PoolStatus(_message.Message):
         healthy_members: _builtins.int = ...,
         snapshot_version: _builtins.int = ...,
         message: _builtins.str = ...,
+        member_conditions: _abc.Iterable[_types_pb2.MemberCondition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["pool", b"pool"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backends", b"backends", "healthy_members", b"healthy_members", "message", b"message", "pool", b"pool", "replicas", b"replicas", "snapshot_version", b"snapshot_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backends", b"backends", "healthy_members", b"healthy_members", "member_conditions", b"member_conditions", "message", b"message", "pool", b"pool", "replicas", b"replicas", "snapshot_version", b"snapshot_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

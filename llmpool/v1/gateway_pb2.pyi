@@ -116,9 +116,16 @@ class ModelRoute(_message.Message):
     RULES_FIELD_NUMBER: _builtins.int
     SPLITS_FIELD_NUMBER: _builtins.int
     SPLIT_HEADER_FIELD_NUMBER: _builtins.int
+    TTFB_TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    EJECT_AFTER_FAILURES_FIELD_NUMBER: _builtins.int
+    EJECT_BASE_S_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     policy: _builtins.str
     split_header: _builtins.str
+    ttfb_timeout_s: _builtins.float
+    """The pool's passive-health settings (types.proto Pool); zero means the gateway's default."""
+    eject_after_failures: _builtins.int
+    eject_base_s: _builtins.float
     @_builtins.property
     def policy_params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -141,12 +148,17 @@ class ModelRoute(_message.Message):
         rules: _abc.Iterable[_types_pb2.RouteRule] | None = ...,
         splits: _abc.Iterable[_types_pb2.SplitArm] | None = ...,
         split_header: _builtins.str = ...,
+        ttfb_timeout_s: _builtins.float = ...,
+        eject_after_failures: _builtins.int | None = ...,
+        eject_base_s: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "eject_after_failures", b"eject_after_failures"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members", "model", b"model", "policy", b"policy", "policy_params", b"policy_params", "rules", b"rules", "split_header", b"split_header", "splits", b"splits"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "eject_after_failures", b"eject_after_failures", "eject_base_s", b"eject_base_s", "members", b"members", "model", b"model", "policy", b"policy", "policy_params", b"policy_params", "rules", b"rules", "split_header", b"split_header", "splits", b"splits", "ttfb_timeout_s", b"ttfb_timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__eject_after_failures: _TypeAlias = _typing.Literal["eject_after_failures"]  # noqa: Y015
+    _WhichOneofArgType__eject_after_failures: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__eject_after_failures) -> _WhichOneofReturnType__eject_after_failures | None: ...
 
 Global___ModelRoute: _TypeAlias = ModelRoute  # noqa: Y015
 
@@ -252,6 +264,7 @@ class UsageReport(_message.Message):
     GATEWAY_ID_FIELD_NUMBER: _builtins.int
     MEMBERS_FIELD_NUMBER: _builtins.int
     ROUTING_VERSION_FIELD_NUMBER: _builtins.int
+    CONDITIONS_FIELD_NUMBER: _builtins.int
     gateway_id: _builtins.str
     routing_version: _builtins.int
     """Version of the routing snapshot the gateway routed with when it counted these: once it is
@@ -259,16 +272,21 @@ class UsageReport(_message.Message):
     """
     @_builtins.property
     def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___MemberUsage]: ...
+    @_builtins.property
+    def conditions(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.MemberCondition]:
+        """Members this gateway keeps out of its picks now (ejected or cooling down), in full."""
+
     def __init__(
         self,
         *,
         gateway_id: _builtins.str = ...,
         members: _abc.Iterable[Global___MemberUsage] | None = ...,
         routing_version: _builtins.int = ...,
+        conditions: _abc.Iterable[_types_pb2.MemberCondition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway_id", b"gateway_id", "members", b"members", "routing_version", b"routing_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conditions", b"conditions", "gateway_id", b"gateway_id", "members", b"members", "routing_version", b"routing_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -185,6 +185,9 @@ class Pool(_message.Message):
     RULES_FIELD_NUMBER: _builtins.int
     SPLITS_FIELD_NUMBER: _builtins.int
     SPLIT_HEADER_FIELD_NUMBER: _builtins.int
+    TTFB_TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    EJECT_AFTER_FAILURES_FIELD_NUMBER: _builtins.int
+    EJECT_BASE_S_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     policy: _builtins.str
     """Routing policy by registered name: "round_robin", "least_in_flight", ..."""
@@ -195,6 +198,16 @@ class Pool(_message.Message):
     """Header whose value keys split stickiness when the request has no `user` field;
     empty means "x-session-id".
     """
+    ttfb_timeout_s: _builtins.float
+    """Passive health, applied by each gateway on its own: a try with no first byte of the answer
+    within ttfb_timeout_s counts as failed and, as nothing has reached the client, is retried
+    on another member (0: 30 s). For a non-streamed generation the first byte is the whole
+    answer, so it gets max_tokens / 5 s more. A member failing eject_after_failures tries in a
+    row (unset: 5; 0: never) is left out for eject_base_s (0: 5 s), doubling with each
+    ejection in a row up to 300 s; then one request probes it.
+    """
+    eject_after_failures: _builtins.int
+    eject_base_s: _builtins.float
     @_builtins.property
     def policy_params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -223,12 +236,17 @@ class Pool(_message.Message):
         rules: _abc.Iterable[Global___RouteRule] | None = ...,
         splits: _abc.Iterable[Global___SplitArm] | None = ...,
         split_header: _builtins.str = ...,
+        ttfb_timeout_s: _builtins.float = ...,
+        eject_after_failures: _builtins.int | None = ...,
+        eject_base_s: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["template", b"template"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "eject_after_failures", b"eject_after_failures", "template", b"template"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "policy", b"policy", "policy_params", b"policy_params", "replicas", b"replicas", "rules", b"rules", "split_header", b"split_header", "splits", b"splits", "template", b"template"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "description", b"description", "eject_after_failures", b"eject_after_failures", "eject_base_s", b"eject_base_s", "name", b"name", "policy", b"policy", "policy_params", b"policy_params", "replicas", b"replicas", "rules", b"rules", "split_header", b"split_header", "splits", b"splits", "template", b"template", "ttfb_timeout_s", b"ttfb_timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__eject_after_failures: _TypeAlias = _typing.Literal["eject_after_failures"]  # noqa: Y015
+    _WhichOneofArgType__eject_after_failures: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__eject_after_failures) -> _WhichOneofReturnType__eject_after_failures | None: ...
 
 Global___Pool: _TypeAlias = Pool  # noqa: Y015
 
@@ -520,3 +538,40 @@ class Capacity(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Capacity: _TypeAlias = Capacity  # noqa: Y015
+
+@_typing.final
+class MemberCondition(_message.Message):
+    """A member one gateway keeps out of its picks for now (passive health): "ejected" after
+    failures (then probed), or "cooling" after a Retry-After.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    CONDITION_FIELD_NUMBER: _builtins.int
+    SECONDS_LEFT_FIELD_NUMBER: _builtins.int
+    EJECTIONS_FIELD_NUMBER: _builtins.int
+    GATEWAY_ID_FIELD_NUMBER: _builtins.int
+    member_id: _builtins.str
+    condition: _builtins.str
+    seconds_left: _builtins.float
+    ejections: _builtins.int
+    """Ejections in a row (each doubles the next); 0 for cooling."""
+    gateway_id: _builtins.str
+    """The gateway that reports it (set by the controller)."""
+    def __init__(
+        self,
+        *,
+        member_id: _builtins.str = ...,
+        condition: _builtins.str = ...,
+        seconds_left: _builtins.float = ...,
+        ejections: _builtins.int = ...,
+        gateway_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "ejections", b"ejections", "gateway_id", b"gateway_id", "member_id", b"member_id", "seconds_left", b"seconds_left"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemberCondition: _TypeAlias = MemberCondition  # noqa: Y015

@@ -467,3 +467,25 @@ async def test_an_agent_that_never_returns_is_dropped_when_the_grace_ends(tmp_pa
             await again.stop()
     finally:
         await link.close()
+
+
+async def test_pool_status_shows_what_gateways_keep_out(controller: ControllerServer) -> None:
+    from controller.usage import MemberCondition, UsageReport
+
+    await controller.parts.admin.create_pool(pool_from_proto(types_pb2.Pool(name="p")))
+    await controller.parts.admin.add_backend(
+        BackendSpec(id="b1", pool="p", url="http://127.0.0.1:9")
+    )
+    publisher = controller.parts.publisher
+    await eventually(lambda: publisher.routes["p"].members, what="b1 routed")
+    controller.parts.usage.record(
+        UsageReport("gw-1", conditions=(MemberCondition("b1", "ejected", 3.0, 2),))
+    )
+    async with grpc.aio.insecure_channel(target(controller)) as channel:
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        status = await admin.GetPoolStatus(admin_pb2.GetPoolStatusRequest(name="p"))
+    (condition,) = status.member_conditions
+    assert (condition.member_id, condition.condition, condition.gateway_id) == (
+        "b1", "ejected", "gw-1",
+    )  # fmt: skip
+    assert condition.ejections == 2 and condition.seconds_left == 3.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable
 
@@ -218,3 +219,19 @@ def test_assignment_missing_from_a_later_register_is_forgotten_at_once() -> None
 def test_pool_with_no_agent_connected_says_so() -> None:
     [short] = of(Unplaced, decide(world([pool(2)], []), ids()))
     assert short.reason == "no agent is connected"  # type: ignore[attr-defined]
+
+
+def test_a_disconnected_agents_replicas_are_replaced_after_one_lease() -> None:
+    """A closed stream is certain: one lease, not lost_after_s, before replacing."""
+    assignments = [Assignment("p-1", "p", "gone", True, 100.0)]
+    gone = dataclasses.replace(agent("gone", silent_s=5.0, p_1=READY), connected=False)
+    decisions = decide(world([pool(1)], [gone, agent("b")], assignments), ids())
+    assert ForgetReplica("p-1", "agent lost") in decisions
+    assert [d.agent_id for d in of(StartReplica, decisions)] == ["b"]  # type: ignore[attr-defined]
+
+
+def test_replicas_spread_over_agents_when_room_ties() -> None:
+    roomless = [agent("a", slots=0), agent("b", slots=0)]
+    free = PoolSpec(name="p", replicas=4, template=Template(engine="sim", cpu_slots=0))
+    starts = of(StartReplica, decide(world([free], roomless), ids()))
+    assert sorted(d.agent_id for d in starts) == ["a", "a", "b", "b"]  # type: ignore[attr-defined]

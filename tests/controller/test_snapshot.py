@@ -178,3 +178,18 @@ pools:
     assert remote.prefix_cache_hit_rate == -1.0  # a static backend does not say
     assert (replica.input_cost_per_mtok, replica.output_cost_per_mtok) == (0.02, 0.1)
     assert replica.prefix_cache_hit_rate == 0.75
+
+
+def test_gateways_conditions_are_kept_per_gateway_and_expire() -> None:
+    from controller.usage import MemberCondition, UsageAggregator, UsageReport
+
+    clock = FakeClock()
+    usage = UsageAggregator(clock, ControllerMetrics(), ttl_s=5.0)
+    ejected = MemberCondition("r1", "ejected", 4.0, 1)
+    usage.record(UsageReport("g1", conditions=(ejected,)))
+    usage.record(UsageReport("g2", conditions=(MemberCondition("other", "cooling", 2.0),)))
+    assert [(c.member_id, c.gateway_id) for c in usage.conditions({"r1"})] == [("r1", "g1")]
+    usage.record(UsageReport("g1"))  # g1 lets it back in: its next report lists none
+    assert usage.conditions({"r1", "other"}) == [MemberCondition("other", "cooling", 2.0, 0, "g2")]
+    clock.advance(6.0)  # g2 went quiet
+    assert usage.conditions({"other"}) == []

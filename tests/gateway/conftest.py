@@ -88,6 +88,9 @@ class FakeEngine:
         # When set, chunk i is sent only after gates[i] is set (one-for-one relay tests).
         self.gates: list[asyncio.Event] | None = None
         self.stream_forever = False
+        # Set: accepts requests and answers none (until cleared), a hung engine.
+        self._healed = asyncio.Event()
+        self._healed.set()
         self.disconnected = asyncio.Event()
         self.stream_started = asyncio.Event()
         self.server = InProcessServer(
@@ -104,10 +107,22 @@ class FakeEngine:
     def url(self) -> str:
         return self.server.url
 
+    @property
+    def hang(self) -> bool:
+        return not self._healed.is_set()
+
+    @hang.setter
+    def hang(self, value: bool) -> None:
+        if value:
+            self._healed.clear()
+        else:
+            self._healed.set()
+
     async def _record(self, request: Request) -> dict[str, Any] | Response:
         body = orjson.loads(await request.body())
         self.requests.append(body)
         self.headers.append(dict(request.headers))
+        await self._healed.wait()
         if self.status != 200:
             return JSONResponse(
                 {"error": {"message": f"{self.name} says {self.status}"}},
@@ -231,9 +246,9 @@ def member(
 
 
 def route(
-    model: str, members: list[gateway_pb2.Member], policy: str = "round_robin"
+    model: str, members: list[gateway_pb2.Member], policy: str = "round_robin", **fields: Any
 ) -> gateway_pb2.ModelRoute:
-    return gateway_pb2.ModelRoute(model=model, policy=policy, members=members)
+    return gateway_pb2.ModelRoute(model=model, policy=policy, members=members, **fields)
 
 
 def snapshot(

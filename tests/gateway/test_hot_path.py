@@ -245,6 +245,8 @@ async def test_relay_through_each_client(
     controller.full = kit.snapshot(1, [kit.route("m1", [kit.member("a", e1.url)])])
     gw = await gateway_factory(f"127.0.0.1:{controller.port}", upstream_client=kind)
     await kit.wait_until(lambda: parts_of(gw.app).table.received, what="first snapshot")
+    # The gateway answers with headers once the member sent its first chunk.
+    e1.gates[0].set()
     async with (
         httpx.AsyncClient(trust_env=False, timeout=10) as http,
         http.stream("POST", gw.url + "/v1/chat/completions", json={**CHAT, "stream": True}) as r,

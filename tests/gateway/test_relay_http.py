@@ -200,6 +200,8 @@ async def test_stream_relayed_one_chunk_at_a_time(
     e1.chunks = 3
     e1.gates = [asyncio.Event() for _ in range(3)]
     gw = await start(kit, gateway_factory, controller, [kit.route("m1", [kit.member("a", e1.url)])])
+    # Headers go out with the member's first chunk (until then another member could serve).
+    e1.gates[0].set()
     async with http.stream(
         "POST", gw.url + "/v1/chat/completions", json={**CHAT, "stream": True}
     ) as resp:
