@@ -380,16 +380,11 @@ async def _linked_table(server: ControllerServer) -> tuple[RoutingTable, Control
     return table, link
 
 
-def _candidates(table: RoutingTable, model: str) -> list[str]:
-    route = table.get(model)
-    return [] if route is None else [m.id for m in route.candidates]
-
-
-async def test_a_restart_never_empties_a_gateways_table(tmp_path: Path) -> None:
-    """The restarted controller's first tables lack the replica of an agent not yet back: the
-    gateway keeps routing to it; the agent comes back inside the grace and keeps its replica."""
-    settings = make_settings(tmp_path / "data", lease_s=0.5)
-    server = ControllerServer(dataclasses.replace(settings, restart_grace_s=60.0))
+async def _routed_then_stopped(
+    server: ControllerServer,
+) -> tuple[RoutingTable, ControllerLink, str]:
+    """Starts server, places one replica of pool p on agent-1, waits until a linked gateway
+    table routes to it, then stops agent and controller: the table and link live on."""
     await server.start()
     agent = FakeAgent(target(server))
     await agent.connect()
@@ -401,9 +396,27 @@ async def test_a_restart_never_empties_a_gateways_table(tmp_path: Path) -> None:
     table, link = await _linked_table(server)
     try:
         await eventually(lambda: _candidates(table, "p") == [rid], what="replica routed")
+    except BaseException:
+        await link.close()
+        raise
+    finally:
         await agent.close()
         await server.stop()
+    return table, link, rid
 
+
+def _candidates(table: RoutingTable, model: str) -> list[str]:
+    route = table.get(model)
+    return [] if route is None else [m.id for m in route.candidates]
+
+
+async def test_a_restart_never_empties_a_gateways_table(tmp_path: Path) -> None:
+    """The restarted controller's first tables lack the replica of an agent not yet back: the
+    gateway keeps routing to it; the agent comes back inside the grace and keeps its replica."""
+    settings = make_settings(tmp_path / "data", lease_s=0.5)
+    server = ControllerServer(dataclasses.replace(settings, restart_grace_s=60.0))
+    table, link, rid = await _routed_then_stopped(server)
+    try:
         again = ControllerServer(dataclasses.replace(server.settings, listen=target(server)))
         await again.start()
         try:
@@ -436,19 +449,8 @@ async def test_an_agent_that_never_returns_is_dropped_when_the_grace_ends(tmp_pa
     # A lease long enough that agent-2 need not report to stay placeable.
     settings = make_settings(tmp_path / "data", lease_s=5.0)
     server = ControllerServer(settings)
-    await server.start()
-    agent = FakeAgent(target(server))
-    await agent.connect()
-    await server.parts.admin.create_pool(
-        pool_from_proto(types_pb2.Pool(name="p", replicas=1, template=TEMPLATE))
-    )
-    rid = (await eventually(lambda: agent.of("start")))[0].start.replica_id
-    agent.report([ready(rid)])
-    table, link = await _linked_table(server)
+    table, link, _ = await _routed_then_stopped(server)
     try:
-        await eventually(lambda: _candidates(table, "p") == [rid], what="replica routed")
-        await agent.close()
-        await server.stop()
         again = ControllerServer(
             dataclasses.replace(settings, listen=target(server), restart_grace_s=1.0)
         )
