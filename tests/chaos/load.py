@@ -102,11 +102,12 @@ def _one(client: openai.OpenAI, gateway: str, stream: bool) -> Outcome:
         return Outcome(started, time.monotonic(), gateway, True, result)
     except openai.APIStatusError as exc:
         return Outcome(started, time.monotonic(), gateway, stream, "failed", str(exc)[:200])
+    except openai.APIConnectionError as exc:
+        return Outcome(started, time.monotonic(), gateway, stream, "cut" if stream else "failed",
+                       str(exc)[:200])  # fmt: skip
     except openai.APIError as exc:
-        # The openai client raises APIError for an error event inside a stream.
-        kind = "error_event" if stream and "stream" not in type(exc).__name__.lower() else "failed"
-        if isinstance(exc, openai.APIConnectionError):
-            kind = "cut" if stream else "failed"
+        # The openai client raises a plain APIError for an error event inside a stream.
+        kind = "error_event" if stream else "failed"
         return Outcome(started, time.monotonic(), gateway, stream, kind, str(exc)[:200])
     except Exception as exc:
         kind = "cut" if stream else "failed"
