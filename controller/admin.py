@@ -22,6 +22,7 @@ from .agents import AgentRegistry
 from .audit import AuditLog
 from .audit_event import AuditEvent, AuditQuery
 from .auth import LOCAL, Caller
+from .autoscale_loop import Autoscaler, AutoscaleView
 from .backend_urls import BackendUrlPolicy
 from .commands import CancelTailCommand, TailCommand
 from .desired import DesiredState
@@ -69,6 +70,7 @@ class PoolStatusView:
     snapshot_version: int
     message: str = ""
     member_conditions: tuple[MemberCondition, ...] = ()
+    autoscale: AutoscaleView | None = None
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,9 @@ class Admin:
         urls: BackendUrlPolicy | None = None,
         grace: RestartGrace | None = None,
         usage: UsageAggregator | None = None,
+        autoscaler: Autoscaler | None = None,
     ) -> None:
+        self._autoscaler = autoscaler
         self._usage = usage
         self._grace = grace
         self._urls = urls or BackendUrlPolicy()
@@ -310,6 +314,7 @@ class Admin:
         route = self._publisher.routes.get(name)
         member_ids = {m.id for m in route.members} if route is not None else set()
         return PoolStatusView(
+            autoscale=self._autoscaler.status(name) if self._autoscaler is not None else None,
             member_conditions=(
                 tuple(self._usage.conditions(member_ids)) if self._usage is not None else ()
             ),

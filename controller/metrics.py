@@ -67,3 +67,21 @@ class ControllerMetrics:
             ["model", "type"],
             registry=r,
         )
+        self.autoscale_events = Counter(
+            "llmpool_controller_autoscale_events_total",
+            "Replica counts the autoscaler changed, by pool and direction (up, down)",
+            ["pool", "direction"],
+            registry=r,
+        )
+        self.autoscale_recommended = Gauge(
+            "llmpool_controller_autoscale_recommended_replicas",
+            "Replicas an autoscaled pool's load asks for now, before windows and bounds",
+            ["pool"],
+            registry=r,
+        )
+        self.pool_desired_replicas = Gauge(
+            "llmpool_controller_pool_desired_replicas",
+            "Replicas each pool asks for now (set by people or the autoscaler)",
+            ["pool"],
+            registry=r,
+        )

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llmpool.specs import Template
+from llmpool.specs import Autoscale, Template
 
-__all__ = ["Assignment", "BackendSpec", "PoolSpec", "RouteRule", "SplitArm", "Template"]
+__all__ = [
+    "Assignment",
+    "Autoscale",
+    "BackendSpec",
+    "PoolSpec",
+    "RouteRule",
+    "SplitArm",
+    "Template",
+]
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,8 @@ class PoolSpec:
     ttfb_timeout_s: float = 30.0
     eject_after_failures: int = 5
     eject_base_s: float = 5.0
+    autoscale: Autoscale | None = None
+    ttft_slo_ms: float = 0.0
 
     def route_targets(self) -> set[str]:
         """Pools this pool's rules and split arms send requests to."""

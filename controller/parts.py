@@ -10,6 +10,7 @@ from llmpool.config import Config
 from .admin import Admin
 from .agents import AgentRegistry
 from .audit import AuditLog
+from .autoscale_loop import Autoscaler
 from .backend_urls import BackendUrlPolicy
 from .changes import Changes
 from .convert import specs_from_config
@@ -44,6 +45,7 @@ class ControllerParts:
     audit: AuditLog
     tokens: TokenBook
     grace: RestartGrace
+    autoscaler: Autoscaler
 
 
 async def build_parts(
@@ -102,6 +104,7 @@ async def build_parts(
         routing_version=lambda: publisher.version,
         grace=grace,
     )
+    autoscaler = Autoscaler(desired, registry, usage, clock, metrics, grace=grace)
     tails = LogTails()
     audit = AuditLog(store, clock)
     tokens = TokenBook(store, clock)
@@ -118,6 +121,7 @@ async def build_parts(
         urls=urls,
         grace=grace,
         usage=usage,
+        autoscaler=autoscaler,
     )
     return ControllerParts(
         clock=clock,
@@ -134,4 +138,5 @@ async def build_parts(
         audit=audit,
         tokens=tokens,
         grace=grace,
+        autoscaler=autoscaler,
     )

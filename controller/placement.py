@@ -19,16 +19,26 @@ class Usage:
         self.slots: dict[str, int] = {}
         self.gpus: dict[str, int] = {}
         self.held: dict[str, set[int]] = {}
-        # Replicas kept on each agent: ties in free room go to the agent with fewest, so a
-        # pool's replicas spread over hosts (a host lost takes fewer of them).
+        # Replicas kept on each agent, and each pool's per agent and per zone: a pool's
+        # replicas spread over zones, then hosts (a zone or host lost takes fewer of them).
         self.replicas: dict[str, int] = {}
+        self.pool_agents: dict[tuple[str, str], int] = {}
+        self.pool_zones: dict[tuple[str, str], int] = {}
 
     def charge(
-        self, agent_id: str, template: Template | None, gpu_indices: tuple[int, ...] = ()
+        self,
+        agent_id: str,
+        template: Template | None,
+        gpu_indices: tuple[int, ...] = (),
+        *,
+        pool: str = "",
+        zone: str = "",
     ) -> None:
         if template is None:
             return
         self.replicas[agent_id] = self.replicas.get(agent_id, 0) + 1
+        self.pool_agents[pool, agent_id] = self.pool_agents.get((pool, agent_id), 0) + 1
+        self.pool_zones[pool, zone] = self.pool_zones.get((pool, zone), 0) + 1
         self.slots[agent_id] = self.slots.get(agent_id, 0) + template.cpu_slots
         self.gpus[agent_id] = self.gpus.get(agent_id, 0) + max(template.gpus, len(gpu_indices))
         self.held.setdefault(agent_id, set()).update(gpu_indices)
@@ -61,10 +71,11 @@ class Placement:
     gpu_indices: tuple[int, ...] = ()
 
 
-def place(world: World, template: Template, usage: Usage) -> Placement | None:
-    """The live agent with the most free cpu slots that runs the engine and has the GPUs the
-    template asks for (the lowest free numbers); None if none fits."""
-    best: tuple[int, int, str] | None = None
+def place(world: World, template: Template, usage: Usage, pool: str = "") -> Placement | None:
+    """A live agent that runs the engine and has the room and GPUs the template asks for (the
+    lowest free numbers): in the zone with fewest of the pool's replicas, then on the agent with
+    fewest of them, then with the most free cpu slots; None if none fits."""
+    best: tuple[int, int, int, int, str] | None = None
     chosen: tuple[int, ...] = ()
     for agent in world.agents.values():
         if not agent.live(world.lease_s):
@@ -80,13 +91,19 @@ def place(world: World, template: Template, usage: Usage) -> Placement | None:
             or len(free_indices) < template.gpus
         ):
             continue
-        # Most free slots wins, then fewest replicas; the smallest id breaks ties so that the
-        # choice is deterministic.
-        key = (-free_slots, usage.replicas.get(agent.agent_id, 0), agent.agent_id)
+        # Spread first (zones, then hosts), then most free slots, then fewest replicas of any
+        # pool; the smallest id breaks ties so that the choice is deterministic.
+        key = (
+            usage.pool_zones.get((pool, agent.zone), 0),
+            usage.pool_agents.get((pool, agent.agent_id), 0),
+            -free_slots,
+            usage.replicas.get(agent.agent_id, 0),
+            agent.agent_id,
+        )
         if best is None or key < best:
             best = key
             chosen = tuple(free_indices[: template.gpus])
-    return None if best is None else Placement(best[2], chosen)
+    return None if best is None else Placement(best[-1], chosen)
 
 
 def why_unplaced(world: World, template: Template) -> str:

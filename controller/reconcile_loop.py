@@ -95,6 +95,7 @@ class ReconcileLoop:
                 engines=r.engines,
                 registered_at=r.registered_at,
                 replicas=r.replicas,
+                zone=r.labels.get("zone", ""),
             )
             for r in self._registry.all()
         }
@@ -256,3 +257,6 @@ class ReconcileLoop:
         self._metrics.replicas.clear()
         for (pool, state), n in counts.items():
             self._metrics.replicas.labels(pool, state).set(n)
+        self._metrics.pool_desired_replicas.clear()
+        for name, spec in self._desired.pools.items():
+            self._metrics.pool_desired_replicas.labels(name).set(spec.replicas)

@@ -76,6 +76,11 @@ def _template_of(world: World, pool: str) -> Template | None:
     return spec.template if spec is not None else None
 
 
+def _zone(world: World, agent_id: str) -> str:
+    agent = world.agents.get(agent_id)
+    return agent.zone if agent is not None else ""
+
+
 def decide(world: World, new_id: Callable[[str], str]) -> list[Decision]:
     decisions: list[Decision] = []
     usage = Usage()
@@ -115,7 +120,9 @@ def decide(world: World, new_id: Callable[[str], str]) -> list[Decision]:
                 decisions.append(ForgetReplica(a.replica_id, "agent does not run it"))
                 continue
         template = _template_of(world, a.pool)
-        usage.charge(a.agent_id, template, a.gpu_indices)
+        usage.charge(
+            a.agent_id, template, a.gpu_indices, pool=a.pool, zone=_zone(world, a.agent_id)
+        )
         if not a.desired:
             # A stop that never reached the agent (it was away): say it again.
             if reporting and status is not None and status.state not in _GOING_AWAY:
@@ -139,7 +146,7 @@ def decide(world: World, new_id: Callable[[str], str]) -> list[Decision]:
                 active[pool.name].append(
                     Assignment(rid, pool.name, agent.agent_id, True, world.now)
                 )
-                usage.charge(agent.agent_id, pool.template)
+                usage.charge(agent.agent_id, pool.template, pool=pool.name, zone=agent.zone)
             else:
                 decisions.append(StopReplica(rid, agent.agent_id, 0.0, "unknown replica"))
 
@@ -153,7 +160,7 @@ def decide(world: World, new_id: Callable[[str], str]) -> list[Decision]:
         elif pool.template is not None:
             missing = pool.replicas - len(have)
             while missing > 0:
-                placement = place(world, pool.template, usage)
+                placement = place(world, pool.template, usage, name)
                 if placement is None:
                     decisions.append(Unplaced(name, missing, why_unplaced(world, pool.template)))
                     break
@@ -166,6 +173,12 @@ def decide(world: World, new_id: Callable[[str], str]) -> list[Decision]:
                         placement.gpu_indices,
                     )
                 )
-                usage.charge(placement.agent_id, pool.template, placement.gpu_indices)
+                usage.charge(
+                    placement.agent_id,
+                    pool.template,
+                    placement.gpu_indices,
+                    pool=name,
+                    zone=_zone(world, placement.agent_id),
+                )
                 missing -= 1
     return decisions

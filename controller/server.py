@@ -179,6 +179,7 @@ class ControllerServer:
         self._tasks = [
             asyncio.create_task(parts.publisher.run(), name="snapshot-publisher"),
             asyncio.create_task(parts.reconciler.run(), name="reconciler"),
+            asyncio.create_task(parts.autoscaler.run(), name="autoscaler"),
         ]
         log.info(
             "controller listening",

@@ -60,9 +60,18 @@ class ModelRoute:
     ttfb_timeout_s: float = 30.0
     eject_after_failures: int = 5
     eject_base_s: float = 5.0
+    # Seconds gateways hold a request while the pool has no member (a pool scaled to zero).
+    hold_s: float = 0.0
 
 
 Routes = dict[str, ModelRoute]
+
+
+def hold_s(pool: PoolSpec) -> float:
+    """How long gateways hold a request for a pool with no member: a pool the autoscaler may
+    take to zero gets its cold start; any other answers 503 at once."""
+    a = pool.autoscale
+    return a.cold_start_timeout_s if a is not None and a.min_replicas == 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -169,7 +178,10 @@ def build_routes(
         )
     return {
         name: ModelRoute(
-            **shared_fields(pools[name], ModelRoute), model=name, members=tuple(by_pool[name])
+            **shared_fields(pools[name], ModelRoute),
+            model=name,
+            members=tuple(by_pool[name]),
+            hold_s=hold_s(pools[name]),
         )
         for name in sorted(pools)
     }

@@ -46,10 +46,21 @@ class UsageReport:
     members: tuple[MemberUsage, ...] = ()
     routing_version: int = 0
     conditions: tuple[MemberCondition, ...] = ()
+    # Requests held now for want of any member, per model (a pool scaled to zero).
+    held: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
-# Conditions kept per gateway report at most.
+# Conditions and held models kept per gateway report at most; models with activity kept.
 _MAX_CONDITIONS = 1000
+_MAX_MODELS = 10_000
+
+
+@dataclass(frozen=True)
+class Activity:
+    """A model's requests finished since the autoscaler last looked, and their mean TTFT."""
+
+    requests: int = 0
+    ttft_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +89,10 @@ class UsageAggregator:
         self._reported_at: dict[str, tuple[float, int]] = {}
         # gateway id -> the members it keeps out of its picks, from its latest report.
         self._conditions: dict[str, tuple[MemberCondition, ...]] = {}
+        # gateway id -> requests it holds per model, from its latest report.
+        self._held: dict[str, dict[str, int]] = {}
+        # model -> [requests, TTFT ms summed over requests that had one, how many had one].
+        self._activity: dict[str, list[float]] = {}
 
     def record(self, report: UsageReport) -> None:
         now = self._clock.monotonic()
@@ -88,11 +103,21 @@ class UsageAggregator:
                 dataclasses.replace(c, gateway_id=report.gateway_id)
                 for c in report.conditions[:_MAX_CONDITIONS]
             )
+        if report.held or report.gateway_id in self._held:
+            self._held[report.gateway_id] = {
+                model: n for model, n in list(report.held.items())[:_MAX_CONDITIONS] if n > 0
+            }
         for m in report.members:
             self._latest[(report.gateway_id, m.member_id)] = _Observed(
                 m.in_flight, m.mean_latency_ms, now
             )
             model = m.model or "unknown"
+            if m.requests and (model in self._activity or len(self._activity) < _MAX_MODELS):
+                seen = self._activity.setdefault(model, [0.0, 0.0, 0.0])
+                seen[0] += m.requests
+                if m.mean_ttft_ms > 0:
+                    seen[1] += m.mean_ttft_ms * m.requests
+                    seen[2] += m.requests
             if m.requests:
                 self._metrics.requests.labels(model).inc(m.requests)
             if m.errors:
@@ -119,6 +144,27 @@ class UsageAggregator:
                 latency_ms=sum(latencies.get(member, [])) / max(1, len(latencies.get(member, []))),
             )
             for member, total in in_flight.items()
+        }
+
+    def held(self) -> dict[str, int]:
+        """Requests held per model, summed over gateways heard from within ttl_s."""
+        now = self._clock.monotonic()
+        total: dict[str, int] = {}
+        for gateway, held in list(self._held.items()):
+            at = self._reported_at.get(gateway)
+            if at is None or now - at[0] > self._ttl_s:
+                del self._held[gateway]
+                continue
+            for model, n in held.items():
+                total[model] = total.get(model, 0) + n
+        return total
+
+    def take_activity(self) -> dict[str, Activity]:
+        """Per model, what gateways finished since the previous call (which it resets)."""
+        taken, self._activity = self._activity, {}
+        return {
+            model: Activity(int(n), ttft / timed if timed else None)
+            for model, (n, ttft, timed) in taken.items()
         }
 
     def conditions(self, member_ids: set[str]) -> list[MemberCondition]:

@@ -11,6 +11,7 @@ from llmpool.config import NAME_RE
 from llmpool.engines import template_problem
 from llmpool.errors import FailedPreconditionError, InvalidArgumentError
 from llmpool.rule_checks import RouteGraphError, check_route_graph, check_rule, check_splits
+from llmpool.specs import autoscale_problem
 
 from .model import BackendSpec, PoolSpec, Template
 
@@ -81,6 +82,12 @@ def check_pool(pool: PoolSpec, extra_policies: Collection[str] = ()) -> PoolSpec
         )
     if pool.template is not None:
         check_template(pool.name, pool.template)
+    if pool.ttft_slo_ms < 0:
+        raise InvalidArgumentError(f"pool {pool.name!r}: ttft_slo_ms must be >= 0")
+    if pool.autoscale is not None:
+        problem = autoscale_problem(pool.autoscale, pool.ttft_slo_ms, pool.template is not None)
+        if problem is not None:
+            raise InvalidArgumentError(f"pool {pool.name!r}: {problem}")
     if pool.replicas > 0 and pool.template is None:
         raise InvalidArgumentError(
             f"pool {pool.name!r} asks for {pool.replicas} replicas but has no template: "

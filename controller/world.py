@@ -23,6 +23,8 @@ class AgentView:
     engines: tuple[str, ...] = ()
     registered_at: float = 0.0
     replicas: Mapping[str, ReplicaStatus] = field(default_factory=dict)
+    # The agent's "zone" label: placement spreads each pool's replicas over zones.
+    zone: str = ""
 
     def live(self, lease_s: float) -> bool:
         """Connected and heard from within the lease: it can take new replicas."""

@@ -19,6 +19,7 @@ from gateway.asgi import GatewayASGI
 from gateway.controller_link import ControllerLink
 from gateway.cooldowns import Cooldowns
 from gateway.errors import GatewayError, NotReadyError, error_response, handle_exception
+from gateway.holds import Holds
 from gateway.metrics import GatewayMetrics
 from gateway.outliers import Outliers
 from gateway.policies import PolicyRegistry
@@ -103,6 +104,8 @@ def create_app(
     outliers = Outliers(clock)
     metrics.cooling.set_function(cooldowns.cooling)
     metrics.ejected.set_function(lambda: sum(1 for _ in outliers.ejected()))
+    holds = Holds(table, metrics, settings.max_held_requests)
+    metrics.held.set_function(holds.total)
     relay = Relay(
         table=table,
         upstream=upstream,
@@ -112,6 +115,7 @@ def create_app(
         max_body_bytes=settings.max_upstream_body_bytes,
         cooldowns=cooldowns,
         outliers=outliers,
+        holds=holds,
     )
     link = (
         ControllerLink(
@@ -128,6 +132,7 @@ def create_app(
             usage_interval_s=settings.usage_interval_s,
             backoff_factory=backoff_factory,
             conditions=lambda: member_conditions(outliers, cooldowns),
+            held=holds.counts,
         )
         if connect_controller
         else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 import grpc
@@ -39,7 +39,10 @@ class ControllerLink:
         usage_interval_s: float = 1.0,
         backoff_factory: Callable[[], Backoff] = Backoff,
         conditions: Callable[[], Iterable[types_pb2.MemberCondition]] = tuple,
+        held: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
+        # Requests held per model for want of a member: they ask the autoscaler for a replica.
+        self._held = held
         # Members this gateway keeps out of its picks, sent in full with every usage report.
         self._conditions = conditions
         self._target = target
@@ -145,6 +148,7 @@ class ControllerLink:
             report = self._usage.drain_report(self._gateway_id)
             report.routing_version = self._table.version
             report.conditions.extend(self._conditions())
+            report.held.update(self._held())
             yield report
             # grpc asks for the next report only after it sent this one: the stream works.
             backoff.reset()

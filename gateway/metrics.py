@@ -90,6 +90,18 @@ class GatewayMetrics:
             ["model"],
             registry=r,
         )
+        self.held = Gauge(
+            "llmpool_gateway_requests_held",
+            "Requests waiting on this gateway for a pool with no member to start one.",
+            registry=r,
+        )
+        self.held_requests = Counter(
+            "llmpool_gateway_held_requests",
+            "Requests held for want of any member, by how the wait ended (served, timeout, "
+            "full: refused as too many were held).",
+            ["model", "outcome"],
+            registry=r,
+        )
         self.snapshot_version = Gauge(
             "llmpool_gateway_snapshot_version",
             "Version of the routing snapshot in use (0: none yet).",

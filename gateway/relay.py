@@ -19,6 +19,7 @@ from gateway.errors import (
     RateLimitedError,
     UpstreamError,
 )
+from gateway.holds import Holds
 from gateway.members import Member
 from gateway.metrics import GatewayMetrics
 from gateway.outliers import Outliers
@@ -73,7 +74,9 @@ class Relay:
         cooldowns: Cooldowns | None = None,
         outliers: Outliers | None = None,
         budget: RetryBudget | None = None,
+        holds: Holds | None = None,
     ) -> None:
+        self._holds = holds
         self._outliers = outliers or Outliers(clock)
         self._budget = budget or RetryBudget(clock)
         self._max_body_bytes = max_body_bytes
@@ -118,10 +121,13 @@ class Relay:
             route, req = self._redirect(route, req, ctx)
             account.model = req.model
         if not route.candidates:
-            raise NoHealthyMemberError(
-                _no_member_message(route, asked),
-                headers={"Retry-After": self._retry_after},
-            )
+            if route.hold_s <= 0 or self._holds is None:
+                raise NoHealthyMemberError(
+                    _no_member_message(route, asked),
+                    headers={"Retry-After": self._retry_after},
+                )
+            # A pool scaled to zero: wait for its first replica (the wait asks for one).
+            route = await self._holds.wait(route)
         account.begin(req.model, route.policy)
         return await self._try_members(route, req, ctx, headers, account)
 

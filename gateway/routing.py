@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Mapping
@@ -40,6 +41,8 @@ class Route:
     # Passive health (gateway/outliers.py and the relay's first-byte deadline).
     ttfb_timeout_s: float = DEFAULT_TTFB_S
     ejection: EjectionSettings = DEFAULT_EJECTION
+    # Seconds a request may wait for a member when there is none (a pool scaled to zero).
+    hold_s: float = 0.0
 
 
 class RoutingTable:
@@ -62,6 +65,14 @@ class RoutingTable:
         # Model -> members held before a restarted controller's provisional snapshots, kept
         # alongside theirs until a snapshot that is final (gateway.proto RoutingSnapshot).
         self._carried: dict[str, tuple[Member, ...]] = {}
+        # Set (and replaced) by every applied snapshot: requests held for a member wait on it.
+        self._applied: asyncio.Event | None = None
+
+    async def next_change(self) -> None:
+        """Returns once the next snapshot has been applied."""
+        if self._applied is None:
+            self._applied = asyncio.Event()
+        await self._applied.wait()
 
     def get(self, model: str) -> Route | None:
         return self._routes.get(model)
@@ -114,6 +125,9 @@ class RoutingTable:
         self.version = snapshot.version
         self.created_s = snapshot.created_unix_ms // 1000
         self.received = True
+        if self._applied is not None:
+            self._applied.set()
+            self._applied = None
         return True
 
     def resolve(self, route: Route, ctx: PickContext) -> tuple[Route, tuple[Hop, ...]]:
@@ -168,6 +182,7 @@ class RoutingTable:
                 ),
                 base_s=msg.eject_base_s or DEFAULT_EJECTION.base_s,
             ),
+            hold_s=msg.hold_s,
         )
 
     def _make_policy(self, model: str, name: str, params: Mapping[str, str]) -> Policy:

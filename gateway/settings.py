@@ -40,6 +40,8 @@ class GatewaySettings:
     graceful_timeout_s: float = 30.0
     # On SIGTERM: seconds of "not ready" while still accepting, before the listener closes.
     drain_delay_s: float = 5.0
+    # Requests held at once for pools with no member yet (scaled to zero); more get 503.
+    max_held_requests: int = 1000
     log_level: str = "info"
     log_json: bool = False
     # MODULE:CLASS or NAME=MODULE:CLASS routing policies to load besides the entry points.
@@ -212,6 +214,16 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "so load balancers move away before the listener closes (SIGINT skips it)",
         type=float,
     )
+    env_option(
+        p,
+        "--max-held-requests",
+        env,
+        "LLMPOOL_GATEWAY_MAX_HELD_REQUESTS",
+        1000,
+        "requests held at once while a pool scaled to zero starts its first replica (each "
+        "waits up to the pool's autoscale.cold_start_timeout_s); more are answered 503",
+        type=int,
+    )
     p.add_argument(
         "--policy-plugin",
         action="append",
@@ -274,6 +286,8 @@ def parse_settings(argv: list[str], env: Mapping[str, str] | None = None) -> Gat
         value = getattr(args, flag)
         if not 0 < value < float("inf"):
             parser.error(f"--{flag.replace('_', '-')} must be a positive number")
+    if args.max_held_requests < 0:
+        parser.error("--max-held-requests must be 0 (hold none) or more")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     if args.usage_interval_s <= 0:
@@ -307,6 +321,7 @@ def parse_settings(argv: list[str], env: Mapping[str, str] | None = None) -> Gat
         usage_interval_s=args.usage_interval_s,
         graceful_timeout_s=args.graceful_timeout_s,
         drain_delay_s=args.drain_delay_s,
+        max_held_requests=args.max_held_requests,
         log_level=args.log_level,
         log_json=args.log_json,
         policy_plugins=plugins,

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from llmpool.engines import template_problem
 from llmpool.rule_checks import RouteGraphError, check_route_graph, check_rule, check_splits
+from llmpool.specs import Autoscale, autoscale_problem
 
 # \Z, not $: "$" also matches before a final newline, which let "evil\n" through.
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}\Z")
@@ -107,6 +108,21 @@ class RuleConfig(_Model):
         return self
 
 
+class AutoscaleConfig(_Model):
+    """Replicas sized to load between min_replicas and max_replicas (docs/autoscaling.md)."""
+
+    min_replicas: int = Field(default=1, ge=0, le=1000)
+    max_replicas: int = Field(ge=1, le=1000)
+    metric: Literal["waiting", "kv", "ttft"] = "waiting"
+    # 0: the metric's default (waiting 2 per replica, kv 0.8, ttft the pool's ttft_slo_ms).
+    target: float = Field(default=0.0, ge=0, le=3_600_000)
+    up_window_s: float = Field(default=10.0, ge=0, le=86400)
+    down_window_s: float = Field(default=300.0, ge=0, le=86400)
+    up_cooldown_s: float = Field(default=30.0, ge=0, le=86400)
+    down_cooldown_s: float = Field(default=60.0, ge=0, le=86400)
+    cold_start_timeout_s: float = Field(default=120.0, gt=0, le=3600)
+
+
 class SplitConfig(_Model):
     """One arm of an A/B split: a pool and its relative weight (0 pauses the arm)."""
 
@@ -133,8 +149,23 @@ class PoolConfig(_Model):
     ttfb_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     eject_after_failures: int = Field(default=5, ge=0, le=1000)
     eject_base_s: float = Field(default=5.0, gt=0, le=300)
+    autoscale: AutoscaleConfig | None = None
+    # The time to first token the pool promises, ms (0: none); the "ttft" autoscale metric.
+    ttft_slo_ms: float = Field(default=0.0, ge=0, le=3_600_000)
 
     _name = field_validator("name")(_check_name)
+
+    @model_validator(mode="after")
+    def _autoscale_valid(self) -> PoolConfig:
+        if self.autoscale is not None:
+            problem = autoscale_problem(
+                Autoscale(**self.autoscale.model_dump()),
+                self.ttft_slo_ms,
+                self.template is not None,
+            )
+            if problem is not None:
+                raise ValueError(f"pool {self.name!r}: {problem}")
+        return self
 
     @model_validator(mode="after")
     def _splits_valid(self) -> PoolConfig:

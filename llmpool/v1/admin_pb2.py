@@ -26,7 +26,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from llmpool.v1 import types_pb2 as llmpool_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16llmpool/v1/admin.proto\x12\nllmpool.v1\x1a google/protobuf/field_mask.proto\x1a\x16llmpool/v1/types.proto\"#\n\x13ListBackendsRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\"=\n\x14ListBackendsResponse\x12%\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32\x13.llmpool.v1.Backend\"\x1f\n\x11GetBackendRequest\x12\n\n\x02id\x18\x01 \x01(\t\"9\n\x11\x41\x64\x64\x42\x61\x63kendRequest\x12$\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0b\x32\x13.llmpool.v1.Backend\"m\n\x14UpdateBackendRequest\x12$\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0b\x32\x13.llmpool.v1.Backend\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"\"\n\x14\x44\x65leteBackendRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteBackendResponse\"7\n\x18SetBackendEnabledRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x02 \x01(\x08\"2\n\x13\x44rainBackendRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x64rain_s\x18\x02 \x01(\x01\"\'\n\x14\x44rainBackendResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\"\x12\n\x10ListPoolsRequest\"4\n\x11ListPoolsResponse\x12\x1f\n\x05pools\x18\x01 \x03(\x0b\x32\x10.llmpool.v1.Pool\"\x1e\n\x0eGetPoolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"3\n\x11\x43reatePoolRequest\x12\x1e\n\x04pool\x18\x01 \x01(\x0b\x32\x10.llmpool.v1.Pool\"d\n\x11UpdatePoolRequest\x12\x1e\n\x04pool\x18\x01 \x01(\x0b\x32\x10.llmpool.v1.Pool\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"!\n\x11\x44\x65letePoolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x14\n\x12\x44\x65letePoolResponse\"$\n\x14GetPoolStatusRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"2\n\x10ScalePoolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08replicas\x18\x02 \x01(\r\"\xfa\x01\n\nPoolStatus\x12\x1e\n\x04pool\x18\x01 \x01(\x0b\x32\x10.llmpool.v1.Pool\x12%\n\x08\x62\x61\x63kends\x18\x02 \x03(\x0b\x32\x13.llmpool.v1.Backend\x12)\n\x08replicas\x18\x03 \x03(\x0b\x32\x17.llmpool.v1.ReplicaInfo\x12\x17\n\x0fhealthy_members\x18\x04 \x01(\r\x12\x18\n\x10snapshot_version\x18\x05 \x01(\x04\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x36\n\x11member_conditions\x18\x07 \x03(\x0b\x32\x1b.llmpool.v1.MemberCondition\"[\n\x0bReplicaInfo\x12)\n\x06status\x18\x01 \x01(\x0b\x32\x19.llmpool.v1.ReplicaStatus\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x65sired\x18\x03 \x01(\x08\"\x13\n\x11ListAgentsRequest\";\n\x12ListAgentsResponse\x12%\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x15.llmpool.v1.AgentInfo\"\xf3\x01\n\tAgentInfo\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x31\n\x06labels\x18\x03 \x03(\x0b\x32!.llmpool.v1.AgentInfo.LabelsEntry\x12&\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32\x14.llmpool.v1.Capacity\x12\x11\n\tconnected\x18\x05 \x01(\x08\x12\x13\n\x0blast_seen_s\x18\x06 \x01(\x01\x12\x10\n\x08replicas\x18\x07 \x01(\r\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"#\n\x13ListReplicasRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\"A\n\x14ListReplicasResponse\x12)\n\x08replicas\x18\x01 \x03(\x0b\x32\x17.llmpool.v1.ReplicaInfo\"D\n\x0fTailLogsRequest\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\r\n\x05lines\x18\x02 \x01(\r\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"+\n\x07LogLine\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0c\n\x04line\x18\x02 \x01(\t\"w\n\x16ListAuditEventsRequest\x12\r\n\x05since\x18\x01 \x01(\x01\x12\r\n\x05until\x18\x02 \x01(\x01\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06object\x18\x04 \x01(\t\x12\x11\n\tbefore_id\x18\x05 \x01(\x04\x12\r\n\x05limit\x18\x06 \x01(\r\"\xa3\x01\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x0e\n\x06object\x18\x06 \x01(\t\x12\x0f\n\x07outcome\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\x12\x0e\n\x06\x62\x65\x66ore\x18\t \x01(\t\x12\r\n\x05\x61\x66ter\x18\n \x01(\t\"A\n\x17ListAuditEventsResponse\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.llmpool.v1.AuditEvent\"?\n\x12\x43reateTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\r\n\x05ttl_s\x18\x03 \x01(\x01\"[\n\tTokenInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\x01\x12\x12\n\nexpires_at\x18\x05 \x01(\x01\"I\n\x13\x43reateTokenResponse\x12#\n\x04info\x18\x01 \x01(\x0b\x32\x15.llmpool.v1.TokenInfo\x12\r\n\x05token\x18\x02 \x01(\t\"\x13\n\x11ListTokensRequest\";\n\x12ListTokensResponse\x12%\n\x06tokens\x18\x01 \x03(\x0b\x32\x15.llmpool.v1.TokenInfo\" \n\x12RevokeTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t2\x9b\x0c\n\x0c\x41\x64minService\x12Q\n\x0cListBackends\x12\x1f.llmpool.v1.ListBackendsRequest\x1a .llmpool.v1.ListBackendsResponse\x12@\n\nGetBackend\x12\x1d.llmpool.v1.GetBackendRequest\x1a\x13.llmpool.v1.Backend\x12@\n\nAddBackend\x12\x1d.llmpool.v1.AddBackendRequest\x1a\x13.llmpool.v1.Backend\x12\x46\n\rUpdateBackend\x12 .llmpool.v1.UpdateBackendRequest\x1a\x13.llmpool.v1.Backend\x12T\n\rDeleteBackend\x12 .llmpool.v1.DeleteBackendRequest\x1a!.llmpool.v1.DeleteBackendResponse\x12N\n\x11SetBackendEnabled\x12$.llmpool.v1.SetBackendEnabledRequest\x1a\x13.llmpool.v1.Backend\x12Q\n\x0c\x44rainBackend\x12\x1f.llmpool.v1.DrainBackendRequest\x1a .llmpool.v1.DrainBackendResponse\x12H\n\tListPools\x12\x1c.llmpool.v1.ListPoolsRequest\x1a\x1d.llmpool.v1.ListPoolsResponse\x12\x37\n\x07GetPool\x12\x1a.llmpool.v1.GetPoolRequest\x1a\x10.llmpool.v1.Pool\x12=\n\nCreatePool\x12\x1d.llmpool.v1.CreatePoolRequest\x1a\x10.llmpool.v1.Pool\x12=\n\nUpdatePool\x12\x1d.llmpool.v1.UpdatePoolRequest\x1a\x10.llmpool.v1.Pool\x12K\n\nDeletePool\x12\x1d.llmpool.v1.DeletePoolRequest\x1a\x1e.llmpool.v1.DeletePoolResponse\x12I\n\rGetPoolStatus\x12 .llmpool.v1.GetPoolStatusRequest\x1a\x16.llmpool.v1.PoolStatus\x12;\n\tScalePool\x12\x1c.llmpool.v1.ScalePoolRequest\x1a\x10.llmpool.v1.Pool\x12K\n\nListAgents\x12\x1d.llmpool.v1.ListAgentsRequest\x1a\x1e.llmpool.v1.ListAgentsResponse\x12Q\n\x0cListReplicas\x12\x1f.llmpool.v1.ListReplicasRequest\x1a .llmpool.v1.ListReplicasResponse\x12>\n\x08TailLogs\x12\x1b.llmpool.v1.TailLogsRequest\x1a\x13.llmpool.v1.LogLine0\x01\x12Z\n\x0fListAuditEvents\x12\".llmpool.v1.ListAuditEventsRequest\x1a#.llmpool.v1.ListAuditEventsResponse\x12N\n\x0b\x43reateToken\x12\x1e.llmpool.v1.CreateTokenRequest\x1a\x1f.llmpool.v1.CreateTokenResponse\x12K\n\nListTokens\x12\x1d.llmpool.v1.ListTokensRequest\x1a\x1e.llmpool.v1.ListTokensResponse\x12\x44\n\x0bRevokeToken\x12\x1e.llmpool.v1.RevokeTokenRequest\x1a\x15.llmpool.v1.TokenInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16llmpool/v1/admin.proto\x12\nllmpool.v1\x1a google/protobuf/field_mask.proto\x1a\x16llmpool/v1/types.proto\"#\n\x13ListBackendsRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\"=\n\x14ListBackendsResponse\x12%\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32\x13.llmpool.v1.Backend\"\x1f\n\x11GetBackendRequest\x12\n\n\x02id\x18\x01 \x01(\t\"9\n\x11\x41\x64\x64\x42\x61\x63kendRequest\x12$\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0b\x32\x13.llmpool.v1.Backend\"m\n\x14UpdateBackendRequest\x12$\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0b\x32\x13.llmpool.v1.Backend\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"\"\n\x14\x44\x65leteBackendRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteBackendResponse\"7\n\x18SetBackendEnabledRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x02 \x01(\x08\"2\n\x13\x44rainBackendRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x64rain_s\x18\x02 \x01(\x01\"\'\n\x14\x44rainBackendResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\"\x12\n\x10ListPoolsRequest\"4\n\x11ListPoolsResponse\x12\x1f\n\x05pools\x18\x01 \x03(\x0b\x32\x10.llmpool.v1.Pool\"\x1e\n\x0eGetPoolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"3\n\x11\x43reatePoolRequest\x12\x1e\n\x04pool\x18\x01 \x01(\x0b\x32\x10.llmpool.v1.Pool\"d\n\x11UpdatePoolRequest\x12\x1e\n\x04pool\x18\x01 \x01(\x0b\x32\x10.llmpool.v1.Pool\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"!\n\x11\x44\x65letePoolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x14\n\x12\x44\x65letePoolResponse\"$\n\x14GetPoolStatusRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"2\n\x10ScalePoolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08replicas\x18\x02 \x01(\r\"\xaa\x02\n\nPoolStatus\x12\x1e\n\x04pool\x18\x01 \x01(\x0b\x32\x10.llmpool.v1.Pool\x12%\n\x08\x62\x61\x63kends\x18\x02 \x03(\x0b\x32\x13.llmpool.v1.Backend\x12)\n\x08replicas\x18\x03 \x03(\x0b\x32\x17.llmpool.v1.ReplicaInfo\x12\x17\n\x0fhealthy_members\x18\x04 \x01(\r\x12\x18\n\x10snapshot_version\x18\x05 \x01(\x04\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x36\n\x11member_conditions\x18\x07 \x03(\x0b\x32\x1b.llmpool.v1.MemberCondition\x12.\n\tautoscale\x18\x08 \x01(\x0b\x32\x1b.llmpool.v1.AutoscaleStatus\"\xb5\x01\n\x0f\x41utoscaleStatus\x12\x10\n\x08replicas\x18\x01 \x01(\r\x12\x13\n\x0brecommended\x18\x02 \x01(\r\x12\x0e\n\x06metric\x18\x03 \x01(\t\x12\r\n\x05value\x18\x04 \x01(\x01\x12\r\n\x05ready\x18\x05 \x01(\r\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x11\n\tlast_from\x18\x07 \x01(\r\x12\x0f\n\x07last_to\x18\x08 \x01(\r\x12\x19\n\x11last_scaled_s_ago\x18\t \x01(\x01\"[\n\x0bReplicaInfo\x12)\n\x06status\x18\x01 \x01(\x0b\x32\x19.llmpool.v1.ReplicaStatus\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x65sired\x18\x03 \x01(\x08\"\x13\n\x11ListAgentsRequest\";\n\x12ListAgentsResponse\x12%\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x15.llmpool.v1.AgentInfo\"\xf3\x01\n\tAgentInfo\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x31\n\x06labels\x18\x03 \x03(\x0b\x32!.llmpool.v1.AgentInfo.LabelsEntry\x12&\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32\x14.llmpool.v1.Capacity\x12\x11\n\tconnected\x18\x05 \x01(\x08\x12\x13\n\x0blast_seen_s\x18\x06 \x01(\x01\x12\x10\n\x08replicas\x18\x07 \x01(\r\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"#\n\x13ListReplicasRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\"A\n\x14ListReplicasResponse\x12)\n\x08replicas\x18\x01 \x03(\x0b\x32\x17.llmpool.v1.ReplicaInfo\"D\n\x0fTailLogsRequest\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\r\n\x05lines\x18\x02 \x01(\r\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"+\n\x07LogLine\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0c\n\x04line\x18\x02 \x01(\t\"w\n\x16ListAuditEventsRequest\x12\r\n\x05since\x18\x01 \x01(\x01\x12\r\n\x05until\x18\x02 \x01(\x01\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06object\x18\x04 \x01(\t\x12\x11\n\tbefore_id\x18\x05 \x01(\x04\x12\r\n\x05limit\x18\x06 \x01(\r\"\xa3\x01\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x0e\n\x06object\x18\x06 \x01(\t\x12\x0f\n\x07outcome\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\x12\x0e\n\x06\x62\x65\x66ore\x18\t \x01(\t\x12\r\n\x05\x61\x66ter\x18\n \x01(\t\"A\n\x17ListAuditEventsResponse\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.llmpool.v1.AuditEvent\"?\n\x12\x43reateTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\r\n\x05ttl_s\x18\x03 \x01(\x01\"[\n\tTokenInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\x01\x12\x12\n\nexpires_at\x18\x05 \x01(\x01\"I\n\x13\x43reateTokenResponse\x12#\n\x04info\x18\x01 \x01(\x0b\x32\x15.llmpool.v1.TokenInfo\x12\r\n\x05token\x18\x02 \x01(\t\"\x13\n\x11ListTokensRequest\";\n\x12ListTokensResponse\x12%\n\x06tokens\x18\x01 \x03(\x0b\x32\x15.llmpool.v1.TokenInfo\" \n\x12RevokeTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t2\x9b\x0c\n\x0c\x41\x64minService\x12Q\n\x0cListBackends\x12\x1f.llmpool.v1.ListBackendsRequest\x1a .llmpool.v1.ListBackendsResponse\x12@\n\nGetBackend\x12\x1d.llmpool.v1.GetBackendRequest\x1a\x13.llmpool.v1.Backend\x12@\n\nAddBackend\x12\x1d.llmpool.v1.AddBackendRequest\x1a\x13.llmpool.v1.Backend\x12\x46\n\rUpdateBackend\x12 .llmpool.v1.UpdateBackendRequest\x1a\x13.llmpool.v1.Backend\x12T\n\rDeleteBackend\x12 .llmpool.v1.DeleteBackendRequest\x1a!.llmpool.v1.DeleteBackendResponse\x12N\n\x11SetBackendEnabled\x12$.llmpool.v1.SetBackendEnabledRequest\x1a\x13.llmpool.v1.Backend\x12Q\n\x0c\x44rainBackend\x12\x1f.llmpool.v1.DrainBackendRequest\x1a .llmpool.v1.DrainBackendResponse\x12H\n\tListPools\x12\x1c.llmpool.v1.ListPoolsRequest\x1a\x1d.llmpool.v1.ListPoolsResponse\x12\x37\n\x07GetPool\x12\x1a.llmpool.v1.GetPoolRequest\x1a\x10.llmpool.v1.Pool\x12=\n\nCreatePool\x12\x1d.llmpool.v1.CreatePoolRequest\x1a\x10.llmpool.v1.Pool\x12=\n\nUpdatePool\x12\x1d.llmpool.v1.UpdatePoolRequest\x1a\x10.llmpool.v1.Pool\x12K\n\nDeletePool\x12\x1d.llmpool.v1.DeletePoolRequest\x1a\x1e.llmpool.v1.DeletePoolResponse\x12I\n\rGetPoolStatus\x12 .llmpool.v1.GetPoolStatusRequest\x1a\x16.llmpool.v1.PoolStatus\x12;\n\tScalePool\x12\x1c.llmpool.v1.ScalePoolRequest\x1a\x10.llmpool.v1.Pool\x12K\n\nListAgents\x12\x1d.llmpool.v1.ListAgentsRequest\x1a\x1e.llmpool.v1.ListAgentsResponse\x12Q\n\x0cListReplicas\x12\x1f.llmpool.v1.ListReplicasRequest\x1a .llmpool.v1.ListReplicasResponse\x12>\n\x08TailLogs\x12\x1b.llmpool.v1.TailLogsRequest\x1a\x13.llmpool.v1.LogLine0\x01\x12Z\n\x0fListAuditEvents\x12\".llmpool.v1.ListAuditEventsRequest\x1a#.llmpool.v1.ListAuditEventsResponse\x12N\n\x0b\x43reateToken\x12\x1e.llmpool.v1.CreateTokenRequest\x1a\x1f.llmpool.v1.CreateTokenResponse\x12K\n\nListTokens\x12\x1d.llmpool.v1.ListTokensRequest\x1a\x1e.llmpool.v1.ListTokensResponse\x12\x44\n\x0bRevokeToken\x12\x1e.llmpool.v1.RevokeTokenRequest\x1a\x15.llmpool.v1.TokenInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -74,43 +74,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCALEPOOLREQUEST']._serialized_start=966
   _globals['_SCALEPOOLREQUEST']._serialized_end=1016
   _globals['_POOLSTATUS']._serialized_start=1019
-  _globals['_POOLSTATUS']._serialized_end=1269
-  _globals['_REPLICAINFO']._serialized_start=1271
-  _globals['_REPLICAINFO']._serialized_end=1362
-  _globals['_LISTAGENTSREQUEST']._serialized_start=1364
-  _globals['_LISTAGENTSREQUEST']._serialized_end=1383
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=1385
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=1444
-  _globals['_AGENTINFO']._serialized_start=1447
-  _globals['_AGENTINFO']._serialized_end=1690
-  _globals['_AGENTINFO_LABELSENTRY']._serialized_start=1645
-  _globals['_AGENTINFO_LABELSENTRY']._serialized_end=1690
-  _globals['_LISTREPLICASREQUEST']._serialized_start=1692
-  _globals['_LISTREPLICASREQUEST']._serialized_end=1727
-  _globals['_LISTREPLICASRESPONSE']._serialized_start=1729
-  _globals['_LISTREPLICASRESPONSE']._serialized_end=1794
-  _globals['_TAILLOGSREQUEST']._serialized_start=1796
-  _globals['_TAILLOGSREQUEST']._serialized_end=1864
-  _globals['_LOGLINE']._serialized_start=1866
-  _globals['_LOGLINE']._serialized_end=1909
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=1911
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=2030
-  _globals['_AUDITEVENT']._serialized_start=2033
-  _globals['_AUDITEVENT']._serialized_end=2196
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=2198
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=2263
-  _globals['_CREATETOKENREQUEST']._serialized_start=2265
-  _globals['_CREATETOKENREQUEST']._serialized_end=2328
-  _globals['_TOKENINFO']._serialized_start=2330
-  _globals['_TOKENINFO']._serialized_end=2421
-  _globals['_CREATETOKENRESPONSE']._serialized_start=2423
-  _globals['_CREATETOKENRESPONSE']._serialized_end=2496
-  _globals['_LISTTOKENSREQUEST']._serialized_start=2498
-  _globals['_LISTTOKENSREQUEST']._serialized_end=2517
-  _globals['_LISTTOKENSRESPONSE']._serialized_start=2519
-  _globals['_LISTTOKENSRESPONSE']._serialized_end=2578
-  _globals['_REVOKETOKENREQUEST']._serialized_start=2580
-  _globals['_REVOKETOKENREQUEST']._serialized_end=2612
-  _globals['_ADMINSERVICE']._serialized_start=2615
-  _globals['_ADMINSERVICE']._serialized_end=4178
+  _globals['_POOLSTATUS']._serialized_end=1317
+  _globals['_AUTOSCALESTATUS']._serialized_start=1320
+  _globals['_AUTOSCALESTATUS']._serialized_end=1501
+  _globals['_REPLICAINFO']._serialized_start=1503
+  _globals['_REPLICAINFO']._serialized_end=1594
+  _globals['_LISTAGENTSREQUEST']._serialized_start=1596
+  _globals['_LISTAGENTSREQUEST']._serialized_end=1615
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=1617
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=1676
+  _globals['_AGENTINFO']._serialized_start=1679
+  _globals['_AGENTINFO']._serialized_end=1922
+  _globals['_AGENTINFO_LABELSENTRY']._serialized_start=1877
+  _globals['_AGENTINFO_LABELSENTRY']._serialized_end=1922
+  _globals['_LISTREPLICASREQUEST']._serialized_start=1924
+  _globals['_LISTREPLICASREQUEST']._serialized_end=1959
+  _globals['_LISTREPLICASRESPONSE']._serialized_start=1961
+  _globals['_LISTREPLICASRESPONSE']._serialized_end=2026
+  _globals['_TAILLOGSREQUEST']._serialized_start=2028
+  _globals['_TAILLOGSREQUEST']._serialized_end=2096
+  _globals['_LOGLINE']._serialized_start=2098
+  _globals['_LOGLINE']._serialized_end=2141
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=2143
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=2262
+  _globals['_AUDITEVENT']._serialized_start=2265
+  _globals['_AUDITEVENT']._serialized_end=2428
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=2430
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=2495
+  _globals['_CREATETOKENREQUEST']._serialized_start=2497
+  _globals['_CREATETOKENREQUEST']._serialized_end=2560
+  _globals['_TOKENINFO']._serialized_start=2562
+  _globals['_TOKENINFO']._serialized_end=2653
+  _globals['_CREATETOKENRESPONSE']._serialized_start=2655
+  _globals['_CREATETOKENRESPONSE']._serialized_end=2728
+  _globals['_LISTTOKENSREQUEST']._serialized_start=2730
+  _globals['_LISTTOKENSREQUEST']._serialized_end=2749
+  _globals['_LISTTOKENSRESPONSE']._serialized_start=2751
+  _globals['_LISTTOKENSRESPONSE']._serialized_end=2810
+  _globals['_REVOKETOKENREQUEST']._serialized_start=2812
+  _globals['_REVOKETOKENREQUEST']._serialized_end=2844
+  _globals['_ADMINSERVICE']._serialized_start=2847
+  _globals['_ADMINSERVICE']._serialized_end=4410
 # @@protoc_insertion_point(module_scope)

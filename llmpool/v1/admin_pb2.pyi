@@ -407,6 +407,7 @@ class PoolStatus(_message.Message):
     SNAPSHOT_VERSION_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     MEMBER_CONDITIONS_FIELD_NUMBER: _builtins.int
+    AUTOSCALE_FIELD_NUMBER: _builtins.int
     healthy_members: _builtins.int
     snapshot_version: _builtins.int
     message: _builtins.str
@@ -423,6 +424,10 @@ class PoolStatus(_message.Message):
         gateway, as they last reported.
         """
 
+    @_builtins.property
+    def autoscale(self) -> Global___AutoscaleStatus:
+        """The autoscaler's view of the pool, when the pool has an autoscale policy."""
+
     def __init__(
         self,
         *,
@@ -433,14 +438,64 @@ class PoolStatus(_message.Message):
         snapshot_version: _builtins.int = ...,
         message: _builtins.str = ...,
         member_conditions: _abc.Iterable[_types_pb2.MemberCondition] | None = ...,
+        autoscale: Global___AutoscaleStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["pool", b"pool"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["autoscale", b"autoscale", "pool", b"pool"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backends", b"backends", "healthy_members", b"healthy_members", "member_conditions", b"member_conditions", "message", b"message", "pool", b"pool", "replicas", b"replicas", "snapshot_version", b"snapshot_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["autoscale", b"autoscale", "backends", b"backends", "healthy_members", b"healthy_members", "member_conditions", b"member_conditions", "message", b"message", "pool", b"pool", "replicas", b"replicas", "snapshot_version", b"snapshot_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PoolStatus: _TypeAlias = PoolStatus  # noqa: Y015
+
+@_typing.final
+class AutoscaleStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    RECOMMENDED_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    READY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    LAST_FROM_FIELD_NUMBER: _builtins.int
+    LAST_TO_FIELD_NUMBER: _builtins.int
+    LAST_SCALED_S_AGO_FIELD_NUMBER: _builtins.int
+    replicas: _builtins.int
+    """Replicas the pool has now (the pool's replicas), and what the metric asks for this second,
+    before the windows, cooldowns and the floor and ceiling.
+    """
+    recommended: _builtins.int
+    metric: _builtins.str
+    value: _builtins.float
+    """The metric per READY replica now (waiting requests, KV use 0..1, or TTFT in ms)."""
+    ready: _builtins.int
+    reason: _builtins.str
+    """The last decision, for people: why it scaled or why it holds."""
+    last_from: _builtins.int
+    """The last scaling: from, to, and seconds ago (negative: none since the controller started)."""
+    last_to: _builtins.int
+    last_scaled_s_ago: _builtins.float
+    def __init__(
+        self,
+        *,
+        replicas: _builtins.int = ...,
+        recommended: _builtins.int = ...,
+        metric: _builtins.str = ...,
+        value: _builtins.float = ...,
+        ready: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        last_from: _builtins.int = ...,
+        last_to: _builtins.int = ...,
+        last_scaled_s_ago: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_from", b"last_from", "last_scaled_s_ago", b"last_scaled_s_ago", "last_to", b"last_to", "metric", b"metric", "ready", b"ready", "reason", b"reason", "recommended", b"recommended", "replicas", b"replicas", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AutoscaleStatus: _TypeAlias = AutoscaleStatus  # noqa: Y015
 
 @_typing.final
 class ReplicaInfo(_message.Message):

@@ -119,6 +119,7 @@ class ModelRoute(_message.Message):
     TTFB_TIMEOUT_S_FIELD_NUMBER: _builtins.int
     EJECT_AFTER_FAILURES_FIELD_NUMBER: _builtins.int
     EJECT_BASE_S_FIELD_NUMBER: _builtins.int
+    HOLD_S_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     policy: _builtins.str
     split_header: _builtins.str
@@ -126,6 +127,10 @@ class ModelRoute(_message.Message):
     """The pool's passive-health settings (types.proto Pool); zero means the gateway's default."""
     eject_after_failures: _builtins.int
     eject_base_s: _builtins.float
+    hold_s: _builtins.float
+    """Seconds to hold a request while the pool has no member, waiting for one to start (a pool
+    scaled to zero); 0: answer 503 at once.
+    """
     @_builtins.property
     def policy_params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -151,10 +156,11 @@ class ModelRoute(_message.Message):
         ttfb_timeout_s: _builtins.float = ...,
         eject_after_failures: _builtins.int | None = ...,
         eject_base_s: _builtins.float = ...,
+        hold_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "eject_after_failures", b"eject_after_failures"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "eject_after_failures", b"eject_after_failures", "eject_base_s", b"eject_base_s", "members", b"members", "model", b"model", "policy", b"policy", "policy_params", b"policy_params", "rules", b"rules", "split_header", b"split_header", "splits", b"splits", "ttfb_timeout_s", b"ttfb_timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "eject_after_failures", b"eject_after_failures", "eject_base_s", b"eject_base_s", "hold_s", b"hold_s", "members", b"members", "model", b"model", "policy", b"policy", "policy_params", b"policy_params", "rules", b"rules", "split_header", b"split_header", "splits", b"splits", "ttfb_timeout_s", b"ttfb_timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__eject_after_failures: _TypeAlias = _typing.Literal["eject_after_failures"]  # noqa: Y015
     _WhichOneofArgType__eject_after_failures: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures"]  # noqa: Y015
@@ -261,10 +267,31 @@ Global___Member: _TypeAlias = Member  # noqa: Y015
 class UsageReport(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class HeldEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     GATEWAY_ID_FIELD_NUMBER: _builtins.int
     MEMBERS_FIELD_NUMBER: _builtins.int
     ROUTING_VERSION_FIELD_NUMBER: _builtins.int
     CONDITIONS_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
     gateway_id: _builtins.str
     routing_version: _builtins.int
     """Version of the routing snapshot the gateway routed with when it counted these: once it is
@@ -276,6 +303,12 @@ class UsageReport(_message.Message):
     def conditions(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.MemberCondition]:
         """Members this gateway keeps out of its picks now (ejected or cooling down), in full."""
 
+    @_builtins.property
+    def held(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Requests held now for want of any member, per model (a pool scaled to zero): they ask the
+        autoscaler for a first replica.
+        """
+
     def __init__(
         self,
         *,
@@ -283,10 +316,11 @@ class UsageReport(_message.Message):
         members: _abc.Iterable[Global___MemberUsage] | None = ...,
         routing_version: _builtins.int = ...,
         conditions: _abc.Iterable[_types_pb2.MemberCondition] | None = ...,
+        held: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conditions", b"conditions", "gateway_id", b"gateway_id", "members", b"members", "routing_version", b"routing_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conditions", b"conditions", "gateway_id", b"gateway_id", "held", b"held", "members", b"members", "routing_version", b"routing_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

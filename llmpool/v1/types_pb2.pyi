@@ -188,6 +188,8 @@ class Pool(_message.Message):
     TTFB_TIMEOUT_S_FIELD_NUMBER: _builtins.int
     EJECT_AFTER_FAILURES_FIELD_NUMBER: _builtins.int
     EJECT_BASE_S_FIELD_NUMBER: _builtins.int
+    AUTOSCALE_FIELD_NUMBER: _builtins.int
+    TTFT_SLO_MS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     policy: _builtins.str
     """Routing policy by registered name: "round_robin", "least_in_flight", ..."""
@@ -208,6 +210,10 @@ class Pool(_message.Message):
     """
     eject_after_failures: _builtins.int
     eject_base_s: _builtins.float
+    ttft_slo_ms: _builtins.float
+    """The time to first token the pool promises, milliseconds (0: none). The "ttft" autoscale
+    metric scales on it.
+    """
     @_builtins.property
     def policy_params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -222,6 +228,12 @@ class Pool(_message.Message):
     def splits(self) -> _containers.RepeatedCompositeFieldContainer[Global___SplitArm]:
         """A/B split: when no rule matched, a request goes to one arm's pool, chosen by weight and
         sticky per user. Empty: the pool's own members serve.
+        """
+
+    @_builtins.property
+    def autoscale(self) -> Global___Autoscale:
+        """Replicas sized to load between a floor and a ceiling (docs/autoscaling.md); unset: `replicas`
+        is fixed. While it is set, `replicas` is what the autoscaler last chose.
         """
 
     def __init__(
@@ -239,16 +251,97 @@ class Pool(_message.Message):
         ttfb_timeout_s: _builtins.float = ...,
         eject_after_failures: _builtins.int | None = ...,
         eject_base_s: _builtins.float = ...,
+        autoscale: Global___Autoscale | None = ...,
+        ttft_slo_ms: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "eject_after_failures", b"eject_after_failures", "template", b"template"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "autoscale", b"autoscale", "eject_after_failures", b"eject_after_failures", "template", b"template"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "description", b"description", "eject_after_failures", b"eject_after_failures", "eject_base_s", b"eject_base_s", "name", b"name", "policy", b"policy", "policy_params", b"policy_params", "replicas", b"replicas", "rules", b"rules", "split_header", b"split_header", "splits", b"splits", "template", b"template", "ttfb_timeout_s", b"ttfb_timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "autoscale", b"autoscale", "description", b"description", "eject_after_failures", b"eject_after_failures", "eject_base_s", b"eject_base_s", "name", b"name", "policy", b"policy", "policy_params", b"policy_params", "replicas", b"replicas", "rules", b"rules", "split_header", b"split_header", "splits", b"splits", "template", b"template", "ttfb_timeout_s", b"ttfb_timeout_s", "ttft_slo_ms", b"ttft_slo_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__eject_after_failures: _TypeAlias = _typing.Literal["eject_after_failures"]  # noqa: Y015
     _WhichOneofArgType__eject_after_failures: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__eject_after_failures) -> _WhichOneofReturnType__eject_after_failures | None: ...
 
 Global___Pool: _TypeAlias = Pool  # noqa: Y015
+
+@_typing.final
+class Autoscale(_message.Message):
+    """How an autoscaled pool follows its load. The controller recommends a replica count every
+    second from the pool's READY replicas and gateways' reports; scaling up needs every
+    recommendation over up_window_s to agree, scaling down every one over down_window_s (so a
+    burst does not start replicas and a lull does not stop them).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIN_REPLICAS_FIELD_NUMBER: _builtins.int
+    MAX_REPLICAS_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    UP_WINDOW_S_FIELD_NUMBER: _builtins.int
+    DOWN_WINDOW_S_FIELD_NUMBER: _builtins.int
+    UP_COOLDOWN_S_FIELD_NUMBER: _builtins.int
+    DOWN_COOLDOWN_S_FIELD_NUMBER: _builtins.int
+    COLD_START_TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    min_replicas: _builtins.int
+    """Floor (unset: 1; 0 scales to zero after down_window_s with no request at all) and ceiling."""
+    max_replicas: _builtins.int
+    metric: _builtins.str
+    """"waiting" (requests queued in the engines per replica, the default), "kv" (KV cache use,
+    0..1, averaged) or "ttft" (gateways' mean time to first token against ttft_slo_ms).
+    """
+    target: _builtins.float
+    """The metric's value per replica to keep to; 0: waiting 2, kv 0.8, ttft the pool's SLO."""
+    up_window_s: _builtins.float
+    """Stabilisation windows (unset: 10 s up, 300 s down), the least time between two scale-ups
+    (unset: 30 s) and from any scaling to a scale-down (unset: 60 s).
+    """
+    down_window_s: _builtins.float
+    up_cooldown_s: _builtins.float
+    down_cooldown_s: _builtins.float
+    cold_start_timeout_s: _builtins.float
+    """A pool scaled to zero: how long gateways hold a request while its first replica starts
+    (0: 120 s).
+    """
+    def __init__(
+        self,
+        *,
+        min_replicas: _builtins.int | None = ...,
+        max_replicas: _builtins.int = ...,
+        metric: _builtins.str = ...,
+        target: _builtins.float = ...,
+        up_window_s: _builtins.float | None = ...,
+        down_window_s: _builtins.float | None = ...,
+        up_cooldown_s: _builtins.float | None = ...,
+        down_cooldown_s: _builtins.float | None = ...,
+        cold_start_timeout_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_down_cooldown_s", b"_down_cooldown_s", "_down_window_s", b"_down_window_s", "_min_replicas", b"_min_replicas", "_up_cooldown_s", b"_up_cooldown_s", "_up_window_s", b"_up_window_s", "down_cooldown_s", b"down_cooldown_s", "down_window_s", b"down_window_s", "min_replicas", b"min_replicas", "up_cooldown_s", b"up_cooldown_s", "up_window_s", b"up_window_s"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_down_cooldown_s", b"_down_cooldown_s", "_down_window_s", b"_down_window_s", "_min_replicas", b"_min_replicas", "_up_cooldown_s", b"_up_cooldown_s", "_up_window_s", b"_up_window_s", "cold_start_timeout_s", b"cold_start_timeout_s", "down_cooldown_s", b"down_cooldown_s", "down_window_s", b"down_window_s", "max_replicas", b"max_replicas", "metric", b"metric", "min_replicas", b"min_replicas", "target", b"target", "up_cooldown_s", b"up_cooldown_s", "up_window_s", b"up_window_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__down_cooldown_s: _TypeAlias = _typing.Literal["down_cooldown_s"]  # noqa: Y015
+    _WhichOneofArgType__down_cooldown_s: _TypeAlias = _typing.Literal["_down_cooldown_s", b"_down_cooldown_s"]  # noqa: Y015
+    _WhichOneofReturnType__down_window_s: _TypeAlias = _typing.Literal["down_window_s"]  # noqa: Y015
+    _WhichOneofArgType__down_window_s: _TypeAlias = _typing.Literal["_down_window_s", b"_down_window_s"]  # noqa: Y015
+    _WhichOneofReturnType__min_replicas: _TypeAlias = _typing.Literal["min_replicas"]  # noqa: Y015
+    _WhichOneofArgType__min_replicas: _TypeAlias = _typing.Literal["_min_replicas", b"_min_replicas"]  # noqa: Y015
+    _WhichOneofReturnType__up_cooldown_s: _TypeAlias = _typing.Literal["up_cooldown_s"]  # noqa: Y015
+    _WhichOneofArgType__up_cooldown_s: _TypeAlias = _typing.Literal["_up_cooldown_s", b"_up_cooldown_s"]  # noqa: Y015
+    _WhichOneofReturnType__up_window_s: _TypeAlias = _typing.Literal["up_window_s"]  # noqa: Y015
+    _WhichOneofArgType__up_window_s: _TypeAlias = _typing.Literal["_up_window_s", b"_up_window_s"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__down_cooldown_s) -> _WhichOneofReturnType__down_cooldown_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__down_window_s) -> _WhichOneofReturnType__down_window_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_replicas) -> _WhichOneofReturnType__min_replicas | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__up_cooldown_s) -> _WhichOneofReturnType__up_cooldown_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__up_window_s) -> _WhichOneofReturnType__up_window_s | None: ...
+
+Global___Autoscale: _TypeAlias = Autoscale  # noqa: Y015
 
 @_typing.final
 class RouteRule(_message.Message):

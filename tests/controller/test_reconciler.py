@@ -235,3 +235,20 @@ def test_replicas_spread_over_agents_when_room_ties() -> None:
     free = PoolSpec(name="p", replicas=4, template=Template(engine="sim", cpu_slots=0))
     starts = of(StartReplica, decide(world([free], roomless), ids()))
     assert sorted(d.agent_id for d in starts) == ["a", "a", "b", "b"]  # type: ignore[attr-defined]
+
+
+def test_a_pool_spreads_over_hosts_before_filling_the_roomiest() -> None:
+    starts = of(StartReplica, decide(world([pool(4)], [agent("big", 8), agent("small", 4)]), ids()))
+    assert sorted(d.agent_id for d in starts) == ["big", "big", "small", "small"]  # type: ignore[attr-defined]
+
+
+def test_a_pool_spreads_over_zones_then_hosts() -> None:
+    agents = [
+        dataclasses.replace(agent("a1", 8), zone="a"),
+        dataclasses.replace(agent("a2", 8), zone="a"),
+        dataclasses.replace(agent("b1", 2), zone="b"),
+    ]
+    starts = of(StartReplica, decide(world([pool(4)], agents), ids()))
+    placed = [d.agent_id for d in starts]  # type: ignore[attr-defined]
+    # Zone b gets half though its one host is the smallest; zone a's two share the rest.
+    assert sorted(placed) == ["a1", "a2", "b1", "b1"]
