@@ -15,7 +15,7 @@ from agent.commands import CommandHandler
 from agent.convert import capacity_to_proto, report_message, status_to_proto
 from agent.gpus import GpuInfo, capacity
 from agent.supervisor import Supervisor
-from llmpool.backoff import Backoff
+from llmpool.backoff import Backoff, reconnect_backoff
 from llmpool.engines import ENGINES
 from llmpool.tls import aio_channel
 from llmpool.v1 import agent_pb2, agent_pb2_grpc
@@ -62,7 +62,7 @@ class ControllerSession:
         self.identity = identity
         self._supervisor = supervisor
         self.report_interval_s = report_interval_s
-        self._backoff = backoff or Backoff(base=0.2, cap=10.0)
+        self._backoff = backoff or reconnect_backoff()
         self._on_connected = on_connected
         self._welcome_timeout_s = welcome_timeout_s
         self._coalesce_s = coalesce_s

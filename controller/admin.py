@@ -282,6 +282,14 @@ class Admin:
     async def scale_pool(self, name: str, replicas: int, by: Caller = LOCAL) -> PoolSpec:
         async with self._desired.lock:
             current = self.get_pool(name)
+            auto = current.autoscale
+            if auto is not None and not auto.min_replicas <= replicas <= auto.max_replicas:
+                # The autoscaler would move it back within a second: say so instead.
+                raise FailedPreconditionError(
+                    f"pool {name!r} is autoscaled between {auto.min_replicas} and "
+                    f"{auto.max_replicas} replicas; scale within that, or change or remove its "
+                    "autoscale policy (UpdatePool, path autoscale)"
+                )
             updated = check_pool(
                 dataclasses.replace(current, replicas=replicas), self._extra_policies
             )

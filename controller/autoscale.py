@@ -16,8 +16,10 @@ from dataclasses import dataclass
 
 from .model import Autoscale
 
-# How much history is kept beyond the longer window, and at most how many entries.
+# At most how many recommendations are kept (one a second over the longer window).
 _MAX_HISTORY = 4000
+# A scale-down on "waiting" leaves each remaining replica's batch at most this full.
+DOWN_FILL = 0.8
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,8 @@ class ScaleState:
     history: tuple[tuple[float, int], ...] = ()
     last_up_at: float = -math.inf
     last_down_at: float = -math.inf
-    # The most requests one replica was seen decoding at once while requests waited: what one
-    # replica holds before it queues (0 until seen).
+    # The most requests one replica was seen decoding at once (exactly that while requests
+    # waited): what one replica holds before it queues.
     batch: float = 0.0
     # When the first step ran: a window is only judged once the history spans it, so a
     # restarted controller does not scale on one second of signals.
@@ -97,10 +99,11 @@ def recommend(
 ) -> Recommendation:
     """Replicas the load asks for now, before windows, cooldowns and the floor and ceiling.
 
-    `waiting`: all the demand (decoding + queued + held) divided by what one replica should
-    carry: its batch (the most it was seen decoding while others waited, else the most seen
-    decoding now) plus the queue the target allows. So a pool that queues past its target grows,
-    and one whose demand would fit in fewer replicas shrinks, however big the engine's batch.
+    `waiting`: past the target (waiting requests per READY replica), all the demand (decoding +
+    queued + held) divided by what one replica should carry: its batch (the most one was seen
+    decoding) plus the queue the target allows. Within the target, fewer replicas only when the
+    demand fits their batches DOWN_FILL full, so a scale-down does not start a queue (the
+    waiting time, and so the demand, grows once a batch is full).
     `kv` and `ttft`: proportional (replicas x value / target), as HPA does.
     Any request in flight or held keeps at least one replica."""
     target = policy.target_for(ttft_slo_ms)
@@ -109,13 +112,22 @@ def recommend(
     ready = max(s.ready, 0)
     if policy.metric == "waiting":
         demand = max(s.running + s.waiting, s.in_flight) + s.held
-        per_replica = max(batch, s.peak_running, 1.0) + target
-        wanted = math.ceil(demand / per_replica - 1e-9)
+        size = max(batch, s.peak_running, 1.0)
         value = s.waiting / ready if ready else float(s.held)
-        why = (
-            f"{demand:g} requests (decoding, queued or held) at {per_replica:g} per replica "
-            f"(batch {max(batch, s.peak_running, 1.0):g} + {target:g} waiting)"
-        )
+        if not ready or value > target:
+            wanted = math.ceil(demand / (size + target) - 1e-9)
+            why = (
+                f"{demand:g} requests (decoding, queued or held) at {size:g} decoding + "
+                f"{target:g} waiting per replica"
+            )
+        else:
+            # Fewer replicas only when what runs fits their batches with room to spare: a
+            # queue grows without bound once a replica's batch is full all the time.
+            wanted = min(ready, math.ceil(demand / (size * DOWN_FILL) - 1e-9))
+            why = (
+                f"{demand:g} requests, {value:g} waiting per replica (target {target:g}); "
+                f"a replica decodes {size:g}"
+            )
     elif policy.metric == "kv":
         value = s.kv_usage if s.kv_usage is not None else 0.0
         wanted = math.ceil(ready * value / target - 1e-9) if target > 0 else ready
@@ -139,8 +151,10 @@ def step(
     now: float,
 ) -> tuple[ScaleDecision, ScaleState, Recommendation]:
     """One autoscale step for one pool: the decision, the state to keep, the recommendation."""
-    batch = state.batch
-    if signals.waiting > 0 and signals.peak_running > batch:
+    # The most one replica decodes at once: the most seen, or exactly what runs while requests
+    # queue (then the batch is full, whatever it was believed to be).
+    batch = max(state.batch, signals.peak_running)
+    if signals.waiting > 0 and signals.peak_running > 0:
         batch = signals.peak_running
     rec = recommend(policy, ttft_slo_ms, signals, batch)
     horizon = now - max(policy.up_window_s, policy.down_window_s)

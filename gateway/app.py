@@ -28,7 +28,7 @@ from gateway.routing import RoutingTable
 from gateway.settings import GatewaySettings
 from gateway.upstream import UpstreamClient, build_upstream
 from gateway.usage import UsageTracker
-from llmpool.backoff import Backoff
+from llmpool.backoff import Backoff, reconnect_backoff
 from llmpool.clock import Clock, SystemClock
 from llmpool.v1 import types_pb2
 
@@ -83,7 +83,7 @@ def create_app(
     upstream: UpstreamClient | None = None,
     metrics: GatewayMetrics | None = None,
     connect_controller: bool = True,
-    backoff_factory: Callable[[], Backoff] = Backoff,
+    backoff_factory: Callable[[], Backoff] = reconnect_backoff,
 ) -> GatewayASGI:
     """Builds the gateway. connect_controller=False leaves the table to the caller (tests).
 

@@ -14,7 +14,7 @@ import grpc.aio
 from gateway.metrics import GatewayMetrics
 from gateway.routing import RoutingTable
 from gateway.usage import UsageTracker
-from llmpool.backoff import Backoff
+from llmpool.backoff import Backoff, reconnect_backoff
 from llmpool.tls import aio_channel
 from llmpool.v1 import gateway_pb2, gateway_pb2_grpc, types_pb2
 
@@ -37,7 +37,7 @@ class ControllerLink:
         usage: UsageTracker,
         metrics: GatewayMetrics,
         usage_interval_s: float = 1.0,
-        backoff_factory: Callable[[], Backoff] = Backoff,
+        backoff_factory: Callable[[], Backoff] = reconnect_backoff,
         conditions: Callable[[], Iterable[types_pb2.MemberCondition]] = tuple,
         held: Callable[[], Mapping[str, int]] = dict,
     ) -> None:

@@ -30,3 +30,10 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+def reconnect_backoff() -> Backoff:
+    """Agents' and gateways' reconnects to the controller: capped at 3 s, so all are back
+    within about 3 s of a controller restart (a longer cap made recovery wait on the backoff,
+    not the controller); full jitter spreads a thousand agents over those 3 s."""
+    return Backoff(base=0.2, cap=3.0)

@@ -34,8 +34,11 @@ class Load:
     """Workers that loop over gateways (taken from `gateways()` each time, so gateways may come
     and go), alternating plain and streaming requests, until stop()."""
 
-    def __init__(self, gateways: Callable[[], list[str]], workers: int = 3) -> None:
+    def __init__(
+        self, gateways: Callable[[], list[str]], workers: int = 3, model: str = "chaos"
+    ) -> None:
         self._gateways = gateways
+        self._model = model
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.outcomes: list[Outcome] = []
@@ -72,18 +75,18 @@ class Load:
                 client = clients[gateway] = openai.OpenAI(
                     base_url=f"http://{gateway}/v1", api_key="unused", max_retries=0, timeout=60
                 )
-            outcome = _one(client, gateway, stream=n % 2 == 1)
+            outcome = _one(client, gateway, self._model, stream=n % 2 == 1)
             with self._lock:
                 self.outcomes.append(outcome)
             time.sleep(0.02)
 
 
-def _one(client: openai.OpenAI, gateway: str, stream: bool) -> Outcome:
+def _one(client: openai.OpenAI, gateway: str, model: str, stream: bool) -> Outcome:
     started = time.monotonic()
     try:
         if not stream:
             chat = client.chat.completions.create(
-                model="chaos",
+                model=model,
                 messages=MESSAGES,
                 max_tokens=8,  # type: ignore[arg-type]
             )
@@ -91,7 +94,7 @@ def _one(client: openai.OpenAI, gateway: str, stream: bool) -> Outcome:
             return Outcome(started, time.monotonic(), gateway, False, result)
         finished = False
         for chunk in client.chat.completions.create(
-            model="chaos",
+            model=model,
             messages=MESSAGES,
             max_tokens=8,
             stream=True,  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ end of the run (tests/chaos/conftest.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -32,6 +33,32 @@ pools:
     ttfb_timeout_s: 3
     eject_after_failures: 3
     eject_base_s: 2
+    template:
+      engine: sim
+      command: ["{python}", "-m", "llmpool.cli", "sim-engine", "--host", "{host}", "--port",
+                "{port}", "--model", "{model}", "--speedup", "20"]
+      health_path: /health
+      metrics_path: /metrics
+      ready_timeout_s: 30
+      cpu_slots: 0
+  # Batches 2: three clients fit one replica (a queue of 1, the target), six need two.
+  - name: auto
+    replicas: 1
+    autoscale: {min_replicas: 1, max_replicas: 2, metric: waiting, target: 1, up_window_s: 2,
+                down_window_s: 6, up_cooldown_s: 2, down_cooldown_s: 4}
+    template:
+      engine: sim
+      command: ["{python}", "-m", "llmpool.cli", "sim-engine", "--host", "{host}", "--port",
+                "{port}", "--model", "{model}", "--speedup", "1", "--max-num-seqs", "2"]
+      health_path: /health
+      metrics_path: /metrics
+      ready_timeout_s: 30
+      cpu_slots: 0
+  # Scaled to zero until a request comes, and back to zero 5 s after the last.
+  - name: cold
+    replicas: 0
+    autoscale: {min_replicas: 0, max_replicas: 1, down_window_s: 5, down_cooldown_s: 0,
+                cold_start_timeout_s: 30}
     template:
       engine: sim
       command: ["{python}", "-m", "llmpool.cli", "sim-engine", "--host", "{host}", "--port",
@@ -69,20 +96,20 @@ class Rig:
         return self.spawn(
             name, "controller", "--listen", self.controller_addr, "--data-dir",
             str(self.tmp / "data"), "--config", str(self.tmp / "chaos.yaml"),
-            "--metrics-listen", "127.0.0.1:0", "--backend-allow", "127.0.0.1",
+            "--metrics-listen", "127.0.0.1:0", "--backend-allow", "127.0.0.1", "--log-json",
         )  # fmt: skip
 
     def _agent(self, name: str) -> Any:
         return self.spawn(
             f"agent-{name}-{time.monotonic_ns()}", "agent", "--controller", self.controller_addr,
-            "--agent-id", name, "--metrics-listen", "127.0.0.1:0",
+            "--agent-id", name, "--metrics-listen", "127.0.0.1:0", "--log-json",
         )  # fmt: skip
 
     def add_gateway(self, name: str) -> str:
         addr = f"127.0.0.1:{self.ports()}"
         self.gateways[addr] = self.spawn(
             f"gateway-{name}", "gateway", "--listen", addr, "--controller", self.controller_addr,
-            "--gateway-id", name, "--drain-delay-s", "1",
+            "--gateway-id", name, "--drain-delay-s", "1", "--log-json",
         )  # fmt: skip
         return addr
 
@@ -136,7 +163,11 @@ class Rig:
     def record(
         self, fault: str, load: Load, since: float, recovery_s: float | None, **extra: Any
     ) -> list[Outcome]:
-        seen = load.since(since)
+        return self.record_seen(fault, load.since(since), recovery_s, **extra)
+
+    def record_seen(
+        self, fault: str, seen: list[Outcome], recovery_s: float | None, **extra: Any
+    ) -> list[Outcome]:
         plain = [o for o in seen if not o.stream]
         streams = [o for o in seen if o.stream]
         row = {
@@ -152,6 +183,17 @@ class Rig:
         }
         self.rows.append(row)
         return seen
+
+    def tries_after(self, members: set[str], noticed: float) -> list[float]:
+        """Seconds after `noticed` (wall clock) of every failed try any gateway logged at one
+        of `members` since then: tries that reached a dead replica."""
+        late = []
+        for proc in self.gateways.values():
+            for entry in _log_entries(proc.log_path):
+                if entry.get("msg") == "upstream try failed" and entry.get("member") in members:
+                    if entry["ts"] >= noticed:
+                        late.append(entry["ts"] - noticed)
+        return sorted(late)
 
     def check(self, ok: bool, what: str) -> None:
         if not ok:
@@ -219,14 +261,34 @@ def _run_faults(rig: Rig, load: Load, member: FakeMember) -> None:
 
     # 1. kill -9 of a replica: its agent restarts it; retries hide the gap.
     t = time.monotonic()
-    os.kill(_replica_pids(rig, "a1")[0], signal.SIGKILL)
+    [victim, *_] = [r for r in rig.ready() if r.agent_id == "a1" and r.status.pid]
+    os.kill(victim.status.pid, signal.SIGKILL)
     recovery = rig.wait_full(30, t, drop_within=5)
     _phase(1)
-    seen = rig.record("kill -9 replica", load, t, recovery)
+    noticed = _logged_at(rig.agents["a1"].log_path, "replica failed", victim.status.replica_id)
+    late = rig.tries_after({victim.status.replica_id}, noticed)
+    seen = rig.record("kill -9 replica", load, t, recovery, **_late_columns(late))
     _expect_no_plain_failures(rig, "kill -9 replica", seen)
     rig.check(recovery <= 10, f"kill -9 replica: full capacity after {recovery:.1f} s")
+    _expect_no_late_tries(rig, "kill -9 replica", late)
 
-    # 2. SIGSTOP of an agent past its lease: its replicas leave routing, then come back.
+    # 2. kill -9 of an agent: its engines die with it (they get SIGKILL when their parent
+    # dies); a supervisor (systemd) starts it again a second later and it gets new replicas.
+    t = time.monotonic()
+    lost = {r.status.replica_id for r in rig.ready() if r.agent_id == "a2"}
+    rig.agents["a2"].stop(signal.SIGKILL)
+    _phase(1)
+    rig.agents["a2"] = rig._agent("a2")
+    recovery = rig.wait_full(30, t, drop_within=5)
+    _phase(1)
+    noticed = _logged_at(rig.controller.log_path, "agent disconnected", "a2")
+    late = rig.tries_after(lost, noticed)
+    seen = rig.record("kill -9 agent, restarted", load, t, recovery, **_late_columns(late))
+    _expect_no_plain_failures(rig, "kill -9 agent", seen)
+    rig.check(recovery <= 10, f"kill -9 agent: full capacity after {recovery:.1f} s")
+    _expect_no_late_tries(rig, "kill -9 agent", late)
+
+    # 3. SIGSTOP of an agent past its lease: its replicas leave routing, then come back.
     t = time.monotonic()
     stopped = rig.agents["a2"]
     os.kill(stopped.pid, signal.SIGSTOP)
@@ -238,7 +300,7 @@ def _run_faults(rig: Rig, load: Load, member: FakeMember) -> None:
     _expect_no_plain_failures(rig, "SIGSTOP agent", seen)
     rig.check(recovery <= 10, f"SIGSTOP agent: full capacity {recovery:.1f} s after SIGCONT")
 
-    # 3. A member that accepts and never answers: one deadline per gateway, then ejected.
+    # 4. A member that accepts and never answers: one deadline per gateway, then ejected.
     _add_backend(rig, member.url)
     member.mode = "hang"
     t = time.monotonic()
@@ -248,7 +310,7 @@ def _run_faults(rig: Rig, load: Load, member: FakeMember) -> None:
     slow = [o for o in seen if o.seconds > PLAIN_DEADLINE_S + 2]
     rig.check(not slow, f"member hangs: {len(slow)} requests past the first-byte deadline")
 
-    # 4. A member answering 429 with Retry-After 5: at most one try per gateway per 5 s.
+    # 5. A member answering 429 with Retry-After 5: at most one try per gateway per 5 s.
     member.mode = "429"
     t = time.monotonic()
     _phase(10)
@@ -258,7 +320,7 @@ def _run_faults(rig: Rig, load: Load, member: FakeMember) -> None:
     # Each gateway may have it half-open or ejected from the hang: at most 3 windows each.
     rig.check(tries <= 2 * 3, f"member 429: {tries} tries in 10 s (Retry-After 5)")
 
-    # 5. A member answering 500: ejected after 3 failures, back by itself when healthy.
+    # 6. A member answering 500: ejected after 3 failures, back by itself when healthy.
     member.mode = "500"
     t = time.monotonic()
     _phase(8)
@@ -276,7 +338,7 @@ def _run_faults(rig: Rig, load: Load, member: FakeMember) -> None:
     rig.check(back > 0, "member 500: not back in rotation 8 s after it healed")
     _delete_backend(rig)
 
-    # 6. Scale up and down under load.
+    # 7. Scale up and down under load.
     t = time.monotonic()
     _scale(rig, REPLICAS + 2)
     up = _wait(lambda: len(rig.ready()) >= REPLICAS + 2, 30, t)
@@ -288,7 +350,9 @@ def _run_faults(rig: Rig, load: Load, member: FakeMember) -> None:
     )
     _expect_no_plain_failures(rig, "scale", seen)
 
-    # 7. SIGTERM of a gateway with streams in flight: they finish or end with an error event.
+    _autoscale_rows(rig)
+
+    # 8. SIGTERM of a gateway with streams in flight: they finish or end with an error event.
     t = time.monotonic()
     doomed = rig.gateways[rig.live_gateways()[1]]
     doomed.stop(signal.SIGTERM)
@@ -297,7 +361,7 @@ def _run_faults(rig: Rig, load: Load, member: FakeMember) -> None:
     _expect_no_plain_failures(rig, "SIGTERM gateway", seen)
     rig.add_gateway("g2b")
 
-    # 8. kill -9 of the controller, back after 10 s; a gateway starts while it is down.
+    # 9. kill -9 of the controller, back after 10 s; a gateway starts while it is down.
     t = time.monotonic()
     rig.controller.stop(signal.SIGKILL)
     _phase(3)
@@ -310,18 +374,134 @@ def _run_faults(rig: Rig, load: Load, member: FakeMember) -> None:
     seen = rig.record("kill -9 controller 10 s", load, t, recovery)
     # (recovery: from the restart, until the new gateway serves and the pool is whole)
     _expect_no_plain_failures(rig, "controller restart", seen)
+    rig.check(recovery <= 10, f"controller restart: full capacity {recovery:.1f} s after it")
     late_ok = [o for o in seen if o.gateway == late and o.result == "ok"]
     rig.check(bool(late_ok), "controller restart: the gateway started meanwhile never served")
 
-    # 9. Host loss: agent a1 and its engines gone for good; replaced on a2.
+    # 10. Host loss: agent a1 and its engines gone for good; replaced on a2.
     t = time.monotonic()
+    lost = {r.status.replica_id for r in rig.cluster.replicas("chaos") if r.agent_id == "a1"}
     _kill_tree(rig.agents["a1"], signal.SIGKILL)
     recovery = rig.wait_full(60, t, drop_within=5)
     _phase(1)
-    seen = rig.record("host loss (kill -9 agent + engines)", load, t, recovery)
+    noticed = _logged_at(rig.controller.log_path, "agent disconnected", "a1")
+    late = rig.tries_after(lost, noticed)
+    seen = rig.record(
+        "host loss (kill -9 agent + engines)", load, t, recovery, **_late_columns(late)
+    )
     _expect_no_plain_failures(rig, "host loss", seen)
+    _expect_no_late_tries(rig, "host loss", late)
     # Lease (5 s) + a simulated engine's start (about 2 s) + reconcile passes.
     rig.check(recovery <= 15, f"host loss: replaced after {recovery:.1f} s")
+
+
+def _autoscale_rows(rig: Rig) -> None:
+    """Load on pool "auto" doubles, then stops; a request comes for pool "cold" (at zero)."""
+    wait_for(lambda: len(rig.cluster.ready_replicas("auto")) == 1, 30, "auto: one replica")
+    base = Load(rig.serving_gateways, workers=3, model="auto").start()
+    _phase(4)
+    steady = len(rig.cluster.replicas("auto"))
+    t = time.monotonic()
+    more = Load(rig.serving_gateways, workers=3, model="auto").start()
+    try:
+        decided = _wait(lambda: _pool(rig, "auto").replicas == 2, 40, t)
+        ready = _wait(lambda: len(rig.cluster.ready_replicas("auto")) == 2, 40, t)
+        served = _wait(lambda: _all_served(rig, "auto", 2), 40, t)
+        _phase(1)
+    finally:
+        more.stop()
+        base.stop()
+    t_stop = time.monotonic()
+    down = _wait(lambda: _pool(rig, "auto").replicas == 1, 40, t_stop)
+    removed = _wait(lambda: len(rig.cluster.replicas("auto")) == 1, 40, t_stop)
+    status = _admin(rig).GetPoolStatus(admin_pb2.GetPoolStatusRequest(name="auto"), timeout=2)
+    seen = rig.record_seen(
+        "load doubles then stops (autoscaler)",
+        base.outcomes + more.outcomes,
+        None,
+        **{
+            "up s": round(decided, 1),
+            "ready s": round(ready, 1),
+            "in traffic s": round(served, 1),
+            "down s": round(down, 1),
+            "removed s": round(removed, 1),
+        },
+    )
+    _expect_no_plain_failures(rig, "autoscaler", seen)
+    rig.check(steady == 1, f"autoscaler: {steady} replicas under the steady load, not 1")
+    rig.check(served < 30, f"autoscaler: second replica in traffic after {served:.1f} s")
+    # The down window (6 s) plus a report or two; the drain ends once nothing is in flight.
+    rig.check(6 <= down < 15, f"autoscaler: scaled down {down:.1f} s after the load stopped")
+    rig.check(removed < 30, f"autoscaler: replica removed {removed:.1f} s after the load stopped")
+    rig.check(
+        (status.autoscale.last_from, status.autoscale.last_to) == (2, 1),
+        f"autoscaler: GetPoolStatus shows {status.autoscale}",
+    )
+
+    assert rig.cluster.replicas("cold") == []
+    t = time.monotonic()
+    cold = Load(rig.serving_gateways, workers=2, model="cold").start()
+    first = _wait(lambda: any(o.result == "ok" for o in cold.since(t)), 40, t)
+    _phase(1)
+    cold.stop()
+    t_stop = time.monotonic()
+    to_zero = _wait(lambda: rig.cluster.replicas("cold") == [], 40, t_stop)
+    seen = rig.record_seen(
+        "request for a pool at zero",
+        cold.outcomes,
+        None,
+        **{"first answer s": round(first, 1), "to zero s": round(to_zero, 1)},
+    )
+    _expect_no_plain_failures(rig, "scale from zero", seen)
+    rig.check(first < 20, f"scale from zero: first answer after {first:.1f} s")
+    rig.check(to_zero < 20, f"scale from zero: back to zero {to_zero:.1f} s after the last request")
+
+
+def _pool(rig: Rig, name: str) -> Any:
+    return _admin(rig).GetPool(admin_pb2.GetPoolRequest(name=name), timeout=2)
+
+
+def _all_served(rig: Rig, pool: str, n: int) -> bool:
+    """n READY replicas of the pool, each of which has finished a request."""
+    ready = rig.cluster.ready_replicas(pool)
+    return len(ready) >= n and all(_finished(r.status.url) > 0 for r in ready)
+
+
+def _finished(url: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=2).text
+    prefix = "vllm:e2e_request_latency_seconds_count"
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def _log_entries(path: Path) -> Iterator[dict[str, Any]]:
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            try:
+                yield json.loads(line)
+            except ValueError:
+                continue
+
+
+def _logged_at(path: Path, msg: str, about: str) -> float:
+    """Wall-clock time of the last log entry `msg` naming `about` (a replica or agent id)."""
+    found = [
+        e["ts"]
+        for e in _log_entries(path)
+        if e.get("msg") == msg and about in (e.get("replica_id"), e.get("agent_id"))
+    ]
+    assert found, f"{path.name}: no {msg!r} for {about}"
+    return float(found[-1])
+
+
+def _late_columns(late: list[float]) -> dict[str, Any]:
+    """Tries at the dead replica after its agent (or the controller) noticed: how many, and
+    the last one's lag."""
+    return {"tries at dead": len(late), "last try s": round(late[-1], 2) if late else "-"}
+
+
+def _expect_no_late_tries(rig: Rig, fault: str, late: list[float]) -> None:
+    over = [x for x in late if x > 1.0]
+    rig.check(not over, f"{fault}: tries at a dead replica {over} s after it was noticed")
 
 
 def _expect_no_plain_failures(rig: Rig, fault: str, seen: list[Outcome]) -> None:

@@ -127,9 +127,9 @@ def test_no_scale_down_before_the_whole_down_window_is_quiet() -> None:
     pool = Pool(replicas=3)
     pool.run(30, saturated(4, 18))  # 3 replicas each decoding 4 with 2 waiting: the target
     assert pool.decisions == []
-    pool.run(19, saturated(4, 6))  # now one replica's worth
+    pool.run(19, saturated(4, 3))  # now what one replica's batch holds with room to spare
     assert pool.decisions == []
-    pool.run(2, saturated(4, 6))
+    pool.run(2, saturated(4, 3))
     assert pool.scaled_at() == [(50.0, 1)]
     assert isinstance(pool.decisions[0][1], ScaleDown)
 
@@ -207,9 +207,9 @@ def test_the_batch_learned_under_a_queue_sizes_a_later_scale_down() -> None:
     pool.run(3, saturated(8, 40))  # batch 8 seen full with a queue
     assert pool.state.batch == 8
     before = pool.replicas
-    # 24 requests over the replicas it has now: each decodes fewer than 8, but the learned batch
-    # says 24 fit in 24 / (8 + 2) -> 3 replicas.
-    pool.run(15, saturated(8, 24))
+    # 16 requests over the replicas it has now: each decodes fewer than 8, but the learned batch
+    # says 16 fit in 3 replicas at 80% of their batch (16 / 6.4 -> 3).
+    pool.run(15, saturated(8, 16))
     assert before > 3 and pool.replicas == 3
 
 
@@ -230,3 +230,19 @@ def test_recommendations_per_metric(
     policy = Autoscale(min_replicas=0, max_replicas=8, metric=metric)
     rec = recommend(policy, slo, signals, batch=0)
     assert rec.replicas == want, rec.why
+
+
+def test_demand_that_one_batch_holds_only_when_full_keeps_two_replicas() -> None:
+    """Two replicas batching 2 carry 3 requests. One replica could take them only with its batch
+    always full, and then the queue, and the demand with it, grows: no scale-down (and no
+    scale-up again a minute later)."""
+    policy = Autoscale(
+        min_replicas=1, max_replicas=2, target=1, up_window_s=0, down_window_s=5,
+        down_cooldown_s=0,
+    )  # fmt: skip
+    pool = Pool(policy, replicas=2)
+    pool.run(3, saturated(2, 8))  # the batch (2) is learned while requests queue
+    pool.run(30, saturated(2, 3))
+    assert pool.replicas == 2 and pool.decisions == []
+    pool.run(6, saturated(2, 1))  # one request fits one replica's batch with room
+    assert pool.replicas == 1
