@@ -155,50 +155,53 @@ class Autoscaler:
         loads = self._usage.loads()
         held = self._usage.held()
         activity = self._usage.take_activity()
-        sums: dict[str, dict[str, float]] = {
-            p: {
-                "ready": 0,
-                "running": 0,
-                "waiting": 0,
-                "peak": 0,
-                "in_flight": 0,
-                "kv": 0,
-                "kvn": 0,
-            }
-            for p in pools
-        }
+        sums = {p: _Sums() for p in pools}
         for a in self._desired.assignments.values():
             acc = sums.get(a.pool)
             if acc is None or not a.desired:
                 continue
             load = loads.get(a.replica_id)
             if load is not None:
-                acc["in_flight"] += load.in_flight
+                acc.in_flight += load.in_flight
             found = live.get(a.replica_id)
             if found is None:
                 continue
             status, routable = found
-            if not (routable and status.healthy and status.state is ReplicaState.READY):
-                continue
-            acc["ready"] += 1
-            acc["running"] += max(status.running, 0.0)
-            acc["waiting"] += max(status.waiting, 0.0)
-            acc["peak"] = max(acc["peak"], status.running)
-            if status.kv_usage >= 0:
-                acc["kv"] += status.kv_usage
-                acc["kvn"] += 1
-        result: dict[str, PoolSignals] = {}
-        for name, acc in sums.items():
-            seen = activity.get(name, _NO_ACTIVITY)
-            result[name] = PoolSignals(
-                ready=int(acc["ready"]),
-                running=acc["running"],
-                waiting=acc["waiting"],
-                peak_running=acc["peak"],
-                in_flight=acc["in_flight"],
+            if routable and status.healthy and status.state is ReplicaState.READY:
+                acc.add(status)
+        return {
+            name: PoolSignals(
+                ready=acc.ready,
+                running=acc.running,
+                waiting=acc.waiting,
+                peak_running=acc.peak,
+                in_flight=acc.in_flight,
                 held=held.get(name, 0),
-                kv_usage=acc["kv"] / acc["kvn"] if acc["kvn"] else None,
-                ttft_ms=seen.ttft_ms,
-                requests=seen.requests,
+                kv_usage=acc.kv / acc.kv_reporting if acc.kv_reporting else None,
+                ttft_ms=activity.get(name, _NO_ACTIVITY).ttft_ms,
+                requests=activity.get(name, _NO_ACTIVITY).requests,
             )
-        return result
+            for name, acc in sums.items()
+        }
+
+
+@dataclass(slots=True)
+class _Sums:
+    """One pool's READY replicas' load, summed while gathering signals."""
+
+    ready: int = 0
+    running: float = 0.0
+    waiting: float = 0.0
+    peak: float = 0.0
+    in_flight: float = 0.0
+    kv: float = 0.0
+    kv_reporting: int = 0
+
+    def add(self, status: ReplicaStatus) -> None:
+        self.ready += 1
+        self.running += max(status.running, 0.0)
+        self.waiting += max(status.waiting, 0.0)
+        self.peak = max(self.peak, status.running)
+        if status.kv_usage >= 0:
+            self.kv += status.kv_usage
+            self.kv_reporting += 1

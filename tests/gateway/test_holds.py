@@ -12,6 +12,7 @@ import pytest
 
 from gateway.app import parts_of
 
+
 def _held(gw: Any) -> int:
     holds = parts_of(gw.app).relay._holds
     assert holds is not None
