@@ -81,6 +81,9 @@ class BackendSpec:
     # US dollars per million tokens (the cost policy; cost accounting later).
     input_cost_per_mtok: float = 0.0
     output_cost_per_mtok: float = 0.0
+    # A credential name (never the key: gateways resolve it) and Azure's api-version.
+    credential: str = ""
+    api_version: str = ""
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,8 @@ class RouteMember:
     latency_ms: float = 0.0
     input_cost_per_mtok: float = 0.0
     output_cost_per_mtok: float = 0.0
+    credential: str = ""
+    api_version: str = ""
 
 
 @dataclass(frozen=True)

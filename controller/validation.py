@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from gateway.policies.registry import BUILTIN_POLICIES, PolicyPluginError, validate_policy
 from llmpool.bounds import check_bounds
-from llmpool.config import NAME_RE
+from llmpool.config import NAME_RE, credential_name_problem
 from llmpool.engines import template_problem
 from llmpool.errors import FailedPreconditionError, InvalidArgumentError
 from llmpool.rule_checks import RouteGraphError, check_route_graph, check_rule, check_splits
@@ -17,7 +17,7 @@ from .model import BackendSpec, PoolSpec, Template
 
 # The gateway's built-in routing policies; installed `llmpool.policies` entry points count too.
 KNOWN_POLICIES: tuple[str, ...] = tuple(sorted(cls.name for cls in BUILTIN_POLICIES))
-KNOWN_BACKEND_KINDS: tuple[str, ...] = ("openai",)
+KNOWN_BACKEND_KINDS: tuple[str, ...] = ("openai", "azure", "anthropic")
 
 
 def check_name(what: str, value: str) -> str:
@@ -101,6 +101,9 @@ def check_backend(backend: BackendSpec) -> BackendSpec:
     check_name("backend pool", backend.pool)
     check_bounds(backend, f"backend {backend.id!r}")
     check_url(backend.url)
+    problem = credential_name_problem(backend.credential)
+    if problem:
+        raise InvalidArgumentError(f"backend {backend.id!r}: {problem}")
     if backend.kind not in KNOWN_BACKEND_KINDS:
         raise InvalidArgumentError(
             f"backend {backend.id!r}: unknown kind {backend.kind!r}: "

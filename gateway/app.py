@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -18,11 +21,13 @@ from gateway.accounting import Accounting
 from gateway.asgi import GatewayASGI
 from gateway.controller_link import ControllerLink
 from gateway.cooldowns import Cooldowns
+from gateway.credentials import Credentials
 from gateway.errors import GatewayError, NotReadyError, error_response, handle_exception
 from gateway.holds import Holds
 from gateway.metrics import GatewayMetrics
 from gateway.outliers import Outliers
 from gateway.policies import PolicyRegistry
+from gateway.providers import build_providers
 from gateway.relay import Relay
 from gateway.routing import RoutingTable
 from gateway.settings import GatewaySettings
@@ -84,6 +89,7 @@ def create_app(
     metrics: GatewayMetrics | None = None,
     connect_controller: bool = True,
     backoff_factory: Callable[[], Backoff] = reconnect_backoff,
+    environ: Mapping[str, str] | None = None,
 ) -> GatewayASGI:
     """Builds the gateway. connect_controller=False leaves the table to the caller (tests).
 
@@ -91,7 +97,16 @@ def create_app(
     hands the rest to a FastAPI app (its .app), which owns the lifespan and the OpenAPI docs."""
     clock = clock or SystemClock()
     metrics = metrics or GatewayMetrics()
-    table = RoutingTable(registry=PolicyRegistry.load(settings.policy_plugins, clock=clock))
+    credentials = Credentials(
+        os.environ if environ is None else environ,
+        Path(settings.secrets_dir) if settings.secrets_dir else None,
+        on_change=lambda: table.recheck(),
+    )
+    table = RoutingTable(
+        registry=PolicyRegistry.load(settings.policy_plugins, clock=clock),
+        usable=lambda m: credentials.has(m.credential),
+    )
+    metrics.missing_credentials.set_function(credentials.missing)
     usage = UsageTracker()
     upstream = upstream or build_upstream(
         settings.upstream_client,
@@ -116,6 +131,8 @@ def create_app(
         cooldowns=cooldowns,
         outliers=outliers,
         holds=holds,
+        providers=build_providers(),
+        credentials=credentials,
     )
     link = (
         ControllerLink(
@@ -146,9 +163,13 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if link is not None:
             await link.start()
+        watcher = asyncio.create_task(credentials.watch(), name="gateway-credentials")
         try:
             yield
         finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
             if link is not None:
                 await link.close()
             await upstream.aclose()

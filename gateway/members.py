@@ -38,6 +38,9 @@ class Member:
     output_cost_per_mtok: float = 0.0
     # 0..1 as the engine reports it; negative when it does not say.
     prefix_cache_hit_rate: float = -1.0
+    # The API key's name (gateway/credentials.py resolves it) and Azure's api-version.
+    credential: str = ""
+    api_version: str = ""
 
     @property
     def routable(self) -> bool:

@@ -90,6 +90,12 @@ class GatewayMetrics:
             ["model"],
             registry=r,
         )
+        self.missing_credentials = Gauge(
+            "llmpool_gateway_missing_credentials",
+            "Credentials that members name and this gateway cannot find (those members are "
+            "left out of its routing).",
+            registry=r,
+        )
         self.held = Gauge(
             "llmpool_gateway_requests_held",
             "Requests waiting on this gateway for a pool with no member to start one.",

@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from gateway.accounting import RequestAccount
 from gateway.cooldowns import Cooldowns, retry_after_s
+from gateway.credentials import Credentials
 from gateway.errors import (
     ModelNotFoundError,
     NoHealthyMemberError,
@@ -25,6 +26,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.outliers import Outliers
 from gateway.parsing import Endpoint, ParsedRequest
 from gateway.policies import PickContext
+from gateway.providers import Provider, build_providers
 from gateway.responses import RawResponse
 from gateway.retry_budget import RetryBudget
 from gateway.routing import Route, RoutingTable
@@ -75,8 +77,12 @@ class Relay:
         outliers: Outliers | None = None,
         budget: RetryBudget | None = None,
         holds: Holds | None = None,
+        providers: Mapping[str, Provider] | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self._holds = holds
+        self._providers = providers if providers is not None else build_providers()
+        self._credentials = credentials
         self._outliers = outliers or Outliers(clock)
         self._budget = budget or RetryBudget(clock)
         self._max_body_bytes = max_body_bytes
@@ -199,15 +205,31 @@ class Relay:
         upstream: UpstreamResponse | None = None
         chunks: AsyncIterator[bytes] | None = None
         first = b""
+        provider: Provider | None = None
+        if member.kind == "openai" and not member.credential:
+            # The hot path: local engines and open endpoints get the client's bytes as they are.
+            url, body, headers = (
+                member.endpoint_url(path),
+                req.body_for(member.upstream_model),
+                up_headers,
+            )
+        else:
+            provider = self._providers.get(member.kind)
+            key = self._credentials.get(member.credential) if self._credentials else None
+            if provider is None or (member.credential and key is None):
+                why = "has no credential on this gateway" if provider else "is of an unknown kind"
+                return account.try_failed(why)
+            call = provider.prepare(member, req, up_headers, key)
+            url, body, headers = call.url, call.body, call.headers
         try:
             async with asyncio.timeout(deadline):
-                upstream = await self._upstream.post(
-                    member.endpoint_url(path), req.body_for(member.upstream_model), up_headers
-                )
+                upstream = await self._upstream.post(url, body, headers)
                 if req.stream and upstream.status_code == 200:
                     # Wait for the stream's first bytes here, while another member can still
                     # take the request; the client gets headers once the member has begun.
                     chunks = upstream.iter_bytes()
+                    if provider is not None and provider.translates:
+                        chunks = provider.stream(chunks, req.model, _wants_usage(req))
                     first = await anext(chunks, b"")
         except TimeoutError:
             if upstream is not None:
@@ -225,7 +247,7 @@ class Relay:
         status = upstream.status_code
         if retryable_status(status):
             cooled = False
-            if status in (429, 503):
+            if status in (429, 503, 529):
                 # The member said when to come back: leave it alone until then.
                 asked = retry_after_s(upstream.header("retry-after"), self._clock.wall())
                 if asked is not None:
@@ -247,13 +269,20 @@ class Relay:
         except UpstreamTransportError as exc:
             self._failed(member, route, req.model)
             return account.try_failed(failure_phrase(exc), str(exc))
+        content_type = upstream.content_type.encode()
+        if provider is not None and provider.translates:
+            try:
+                body = (
+                    provider.answer(body, req.model)
+                    if status == 200
+                    else provider.error(status, body)
+                )
+            except (ValueError, TypeError, AttributeError):
+                self._failed(member, route, req.model)
+                return account.try_failed("answered with a body it could not translate")
+            content_type = b"application/json"
         account.answered(status, usage_from_json(body) if status == 200 else NO_USAGE)
-        return RawResponse(
-            body,
-            status,
-            upstream.content_type.encode(),
-            [(_MEMBER_HEADER_RAW, member.id.encode())],
-        )
+        return RawResponse(body, status, content_type, [(_MEMBER_HEADER_RAW, member.id.encode())])
 
     def _failed(self, member: Member, route: Route, model: str) -> None:
         if self._outliers.failure(member.id, route.ejection):
@@ -326,6 +355,11 @@ def _first_byte_deadline(ttfb_s: float, req: ParsedRequest) -> float | None:
     n = req.payload.get("n")
     choices = n if type(n) is int and n > 1 else 1
     return ttfb_s + asked * choices * _SECONDS_PER_TOKEN
+
+
+def _wants_usage(req: ParsedRequest) -> bool:
+    options = req.payload.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
 
 
 def _no_member_message(route: Route, asked: str) -> str:

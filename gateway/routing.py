@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from gateway.members import Member, member_from_proto
@@ -49,8 +50,13 @@ class RoutingTable:
     """Model name -> Route. Replaced by full snapshots, patched by deltas."""
 
     def __init__(
-        self, rng: random.Random | None = None, registry: PolicyRegistry | None = None
+        self,
+        rng: random.Random | None = None,
+        registry: PolicyRegistry | None = None,
+        usable: Callable[[Member], bool] | None = None,
     ) -> None:
+        # Whether this gateway can send to a member at all (it has the member's credential).
+        self._usable = usable
         # Built at start-up with the plugins: the one place policies come from.
         self.registry = registry or PolicyRegistry()
         self._routes: dict[str, Route] = {}
@@ -130,6 +136,19 @@ class RoutingTable:
             self._applied = None
         return True
 
+    def _candidates(self, members: tuple[Member, ...]) -> tuple[Member, ...]:
+        usable = self._usable
+        if usable is None:
+            return tuple(m for m in members if m.routable)
+        return tuple(m for m in members if m.routable and usable(m))
+
+    def recheck(self) -> None:
+        """Works out every route's candidates again (a credential appeared or went)."""
+        self._routes = {
+            name: dataclasses.replace(route, candidates=self._candidates(route.members))
+            for name, route in self._routes.items()
+        }
+
     def resolve(self, route: Route, ctx: PickContext) -> tuple[Route, tuple[Hop, ...]]:
         """The route that serves this request after route's rules and split (gateway/rules.py)."""
         return resolve(route, self._routes.get, ctx, self._rng)
@@ -168,7 +187,7 @@ class RoutingTable:
             policy_params=params,
             policy=policy,
             members=members,
-            candidates=tuple(m for m in members if m.routable),
+            candidates=self._candidates(members),
             member_ids=member_ids,
             rules=rules,
             split=split,

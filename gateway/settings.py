@@ -40,6 +40,8 @@ class GatewaySettings:
     graceful_timeout_s: float = 30.0
     # On SIGTERM: seconds of "not ready" while still accepting, before the listener closes.
     drain_delay_s: float = 5.0
+    # A file per credential (API keys of remote backends), re-read when it changes.
+    secrets_dir: str = ""
     # Requests held at once for pools with no member yet (scaled to zero); more get 503.
     max_held_requests: int = 1000
     log_level: str = "info"
@@ -216,6 +218,16 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     env_option(
         p,
+        "--secrets-dir",
+        env,
+        "LLMPOOL_GATEWAY_SECRETS_DIR",
+        "",
+        "directory with a file per credential that backends name (the file's name is the "
+        "credential's, its content the key), re-read when it changes; credentials are also "
+        "read from LLMPOOL_CREDENTIAL_<NAME> variables",
+    )
+    env_option(
+        p,
         "--max-held-requests",
         env,
         "LLMPOOL_GATEWAY_MAX_HELD_REQUESTS",
@@ -286,6 +298,8 @@ def parse_settings(argv: list[str], env: Mapping[str, str] | None = None) -> Gat
         value = getattr(args, flag)
         if not 0 < value < float("inf"):
             parser.error(f"--{flag.replace('_', '-')} must be a positive number")
+    if args.secrets_dir and not os.path.isdir(args.secrets_dir):
+        parser.error(f"--secrets-dir {args.secrets_dir}: no such directory")
     if args.max_held_requests < 0:
         parser.error("--max-held-requests must be 0 (hold none) or more")
     if args.workers < 1:
@@ -322,6 +336,7 @@ def parse_settings(argv: list[str], env: Mapping[str, str] | None = None) -> Gat
         graceful_timeout_s=args.graceful_timeout_s,
         drain_delay_s=args.drain_delay_s,
         max_held_requests=args.max_held_requests,
+        secrets_dir=args.secrets_dir,
         log_level=args.log_level,
         log_json=args.log_json,
         policy_plugins=plugins,

@@ -17,6 +17,19 @@ from llmpool.specs import Autoscale, autoscale_problem
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}\Z")
 
 
+CREDENTIAL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+
+
+def credential_name_problem(name: str) -> str | None:
+    """Why a credential name cannot be used (it names a file and an environment variable)."""
+    if name and not CREDENTIAL_RE.match(name):
+        return (
+            f"credential {name[:80]!r} is not a valid name: use 1-64 letters, digits and . _ - "
+            "(the name of a key, never the key itself)"
+        )
+    return None
+
+
 class ConfigError(ValueError):
     """The config file cannot be used; the message says where and why."""
 
@@ -70,15 +83,26 @@ class BackendConfig(_Model):
     pool: str = ""
     weight: int = Field(default=1, ge=0)
     enabled: bool = True
-    kind: Literal["openai"] = "openai"
+    kind: Literal["openai", "azure", "anthropic"] = "openai"
     zone: str = ""
     upstream_model: str = ""
     labels: dict[str, str] = Field(default_factory=dict)
     # US dollars per million tokens, for the cost policy.
     input_cost_per_mtok: float = Field(default=0.0, ge=0)
     output_cost_per_mtok: float = Field(default=0.0, ge=0)
+    # The name of the API key gateways send (docs/providers.md); never the key itself.
+    credential: str = ""
+    api_version: str = ""
 
     _id = field_validator("id")(_check_name)
+
+    @field_validator("credential")
+    @classmethod
+    def _credential(cls, value: str) -> str:
+        problem = credential_name_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("url")
     @classmethod

@@ -33,7 +33,13 @@ from llmpool.status import ReplicaState, ReplicaStatus
 from llmpool.v1 import gateway_pb2, types_pb2
 
 # Fields whose value must be one the system accepts; every other field gets sample().
-BACKEND_VALUES = {"id": "b1", "url": "http://127.0.0.1:9", "kind": "openai", "pool": "p"}
+BACKEND_VALUES = {
+    "id": "b1",
+    "url": "http://127.0.0.1:9",
+    "kind": "openai",
+    "pool": "p",
+    "credential": "openai-prod",
+}
 # Two templates: weights and args shape an engine's default command, so they go without one.
 TEMPLATE_VALUES = [
     {"engine": "vllm", "command": [], "weights": "org/model", "args": ["--x", "1"]},

@@ -463,6 +463,8 @@ class Backend(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     INPUT_COST_PER_MTOK_FIELD_NUMBER: _builtins.int
     OUTPUT_COST_PER_MTOK_FIELD_NUMBER: _builtins.int
+    CREDENTIAL_FIELD_NUMBER: _builtins.int
+    API_VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     pool: _builtins.str
     url: _builtins.str
@@ -472,13 +474,21 @@ class Backend(_message.Message):
     enabled: _builtins.bool
     """Unset means true: a backend added without it takes traffic."""
     kind: _builtins.str
-    """Wire protocol: "openai" today; "anthropic", "azure" later."""
+    """Wire protocol: "openai" (any OpenAI-compatible API), "azure" (Azure OpenAI) or
+    "anthropic" (the Messages API); docs/providers.md.
+    """
     zone: _builtins.str
     upstream_model: _builtins.str
     """Model name sent upstream; empty means the pool's name."""
     input_cost_per_mtok: _builtins.float
     """Price in US dollars per million tokens, for the cost policy and cost accounting."""
     output_cost_per_mtok: _builtins.float
+    credential: _builtins.str
+    """Name of the credential (API key) gateways send with requests to it; each gateway resolves
+    it on its own host (environment or secrets directory). The key never reaches the controller.
+    """
+    api_version: _builtins.str
+    """Azure OpenAI: the api-version of deployment URLs; empty or "v1": the v1 API."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -495,10 +505,12 @@ class Backend(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         input_cost_per_mtok: _builtins.float = ...,
         output_cost_per_mtok: _builtins.float = ...,
+        credential: _builtins.str = ...,
+        api_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_weight", b"_weight", "enabled", b"enabled", "weight", b"weight"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_weight", b"_weight", "enabled", b"enabled", "id", b"id", "input_cost_per_mtok", b"input_cost_per_mtok", "kind", b"kind", "labels", b"labels", "output_cost_per_mtok", b"output_cost_per_mtok", "pool", b"pool", "upstream_model", b"upstream_model", "url", b"url", "weight", b"weight", "zone", b"zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_weight", b"_weight", "api_version", b"api_version", "credential", b"credential", "enabled", b"enabled", "id", b"id", "input_cost_per_mtok", b"input_cost_per_mtok", "kind", b"kind", "labels", b"labels", "output_cost_per_mtok", b"output_cost_per_mtok", "pool", b"pool", "upstream_model", b"upstream_model", "url", b"url", "weight", b"weight", "zone", b"zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
     _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015

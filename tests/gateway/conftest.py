@@ -382,7 +382,9 @@ async def gateway_factory() -> AsyncIterator[GatewayFactory]:
     """Starts a real gateway (create_app on uvicorn) wired to a controller address."""
     started: list[InProcessServer] = []
 
-    async def make(controller_addr: str = "", **overrides: Any) -> InProcessServer:
+    async def make(
+        controller_addr: str = "", environ: dict[str, str] | None = None, **overrides: Any
+    ) -> InProcessServer:
         settings = GatewaySettings(
             listen_port=0,
             controller=controller_addr or f"127.0.0.1:{free_port()}",
@@ -392,7 +394,9 @@ async def gateway_factory() -> AsyncIterator[GatewayFactory]:
             upstream_timeout_s=10.0,
             **overrides,
         )
-        app = create_app(settings, backoff_factory=lambda: Backoff(base=0.05, cap=0.2))
+        app = create_app(
+            settings, backoff_factory=lambda: Backoff(base=0.05, cap=0.2), environ=environ or {}
+        )
         server = InProcessServer(app)
         await server.start()
         started.append(server)
