@@ -261,6 +261,17 @@ class Relay:
             # Read a little so that the connection can be reused; never shown to anyone.
             await _drain_quietly(upstream)
             return account.try_failed(f"answered HTTP {status}")
+        if status in (401, 403) and member.credential:
+            # The provider refused this gateway's key, not the client's request: never show the
+            # client its answer (it may quote part of the key) or a 401 about a key it did not
+            # send; another member may serve.
+            self._failed(member, route, req.model)
+            await _drain_quietly(upstream)
+            log.warning(
+                "member refused this gateway's credential",
+                extra={"member": member.id, "credential": member.credential, "status": status},
+            )
+            return account.try_failed("refused the gateway's credential")
         self._outliers.success(member.id)
         if chunks is not None:
             return self._stream(member, upstream, first, chunks, account)

@@ -222,3 +222,20 @@ async def test_a_member_whose_credential_is_missing_is_left_out_until_it_appears
     page = (await http.get(gw.url + "/metrics")).text
     assert kit.metric(page, "llmpool_gateway_missing_credentials") == 0
     assert KEY not in page
+
+
+async def test_a_key_the_provider_refuses_is_never_shown_to_the_client(
+    kit: Any, controller: Any, gateway_factory: Any, providers: Any
+) -> None:
+    wrong = await providers("openai", "sk-some-other-key")
+    good = await providers("openai", KEY)
+    members = [remote("wrong", wrong.url, "openai"), remote("good", good.url, "openai")]
+    gw = await gateway_for(kit, controller, gateway_factory, members)
+    for _ in range(4):
+        answer = await client(gw).chat.completions.create(model="m1", messages=CHAT)  # type: ignore[arg-type]
+        assert answer.choices[0].message.content == "Hello from the fake OpenAI API."
+    only = await gateway_for(kit, controller, gateway_factory, [remote("w", wrong.url, "openai")])
+    with pytest.raises(openai.APIStatusError) as raised:
+        await client(only).chat.completions.create(model="m1", messages=CHAT)  # type: ignore[arg-type]
+    assert raised.value.status_code == 502
+    assert "Incorrect API key" not in str(raised.value) and KEY not in str(raised.value)
