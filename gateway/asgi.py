@@ -20,6 +20,7 @@ from gateway.errors import (
     GatewayError,
     MethodNotAllowedError,
     ShuttingDownError,
+    anthropic_error_response,
     error_response,
     to_gateway_error,
 )
@@ -89,7 +90,10 @@ class GatewayASGI:
                 if not isinstance(exc, GatewayError):
                     log.error("unhandled error", exc_info=exc, extra={"path": scope["path"]})
                 account.failed(err.status)
-                response = error_response(err)
+                if endpoint is Endpoint.MESSAGES:
+                    response = anthropic_error_response(err)
+                else:
+                    response = error_response(err)
             await response(scope, receive, send)
         except asyncio.CancelledError:
             # The client left: the upstream request was cancelled with us; nobody to answer.

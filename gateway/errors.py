@@ -108,6 +108,42 @@ def error_body(exc: GatewayError) -> bytes:
     )
 
 
+# The Messages API's error types by status, for Anthropic clients (/v1/messages).
+ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error_body(status: int, message: str) -> bytes:
+    kind = ANTHROPIC_ERROR_TYPES.get(status, "api_error")
+    return orjson.dumps({"type": "error", "error": {"type": kind, "message": message[:2000]}})
+
+
+def sse_error_event(exc: GatewayError) -> bytes:
+    """A stream's in-band error, as OpenAI sends it."""
+    return b"data: " + error_body(exc) + b"\n\n"
+
+
+def anthropic_error_event(exc: GatewayError) -> bytes:
+    """A stream's in-band error, as the Messages API sends it."""
+    return b"event: error\ndata: " + anthropic_error_body(exc.status, exc.message) + b"\n\n"
+
+
+def anthropic_error_response(exc: GatewayError) -> Response:
+    return Response(
+        anthropic_error_body(exc.status, exc.message),
+        status_code=exc.status,
+        headers=exc.headers,
+        media_type="application/json",
+    )
+
+
 def error_response(exc: GatewayError) -> Response:
     return Response(
         error_body(exc),

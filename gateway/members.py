@@ -75,6 +75,8 @@ def member_from_proto(msg: gateway_pb2.Member, model: str) -> Member:
         msg,
         zeros=True,
         upstream_model=upstream,
+        # A member that does not say speaks OpenAI's API (engines, OpenAI-compatible servers).
+        kind=msg.kind or "openai",
         chat_url=base + "/v1/chat/completions",
         completions_url=base + "/v1/completions",
         embeddings_url=base + "/v1/embeddings",

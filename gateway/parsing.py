@@ -19,6 +19,8 @@ class Endpoint(enum.Enum):
     CHAT = "/v1/chat/completions"
     COMPLETIONS = "/v1/completions"
     EMBEDDINGS = "/v1/embeddings"
+    # Anthropic's Messages API, for Anthropic clients (gateway/providers/messages_in.py).
+    MESSAGES = "/v1/messages"
 
     @property
     def streams(self) -> bool:
@@ -33,6 +35,7 @@ _REQUIRED = {
     Endpoint.CHAT: "messages",
     Endpoint.COMPLETIONS: "prompt",
     Endpoint.EMBEDDINGS: "input",
+    Endpoint.MESSAGES: "messages",
 }
 
 
@@ -142,7 +145,13 @@ def parse_request(endpoint: Endpoint, body: bytes) -> ParsedRequest:
         )
     field = endpoint.required_field
     value = payload.get(field)
-    if endpoint is Endpoint.CHAT:
+    if endpoint is Endpoint.MESSAGES:
+        asked = payload.get("max_tokens")
+        if type(asked) is not int or asked < 1:
+            raise BadRequestError(
+                "'max_tokens' is required: a positive integer.", param="max_tokens"
+            )
+    if endpoint is Endpoint.CHAT or endpoint is Endpoint.MESSAGES:
         if not isinstance(value, list) or not value:
             raise BadRequestError(
                 "'messages' is required and must be a non-empty array.", param="messages"

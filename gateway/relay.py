@@ -19,6 +19,8 @@ from gateway.errors import (
     NotReadyError,
     RateLimitedError,
     UpstreamError,
+    anthropic_error_event,
+    sse_error_event,
 )
 from gateway.holds import Holds
 from gateway.members import Member
@@ -26,7 +28,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.outliers import Outliers
 from gateway.parsing import Endpoint, ParsedRequest
 from gateway.policies import PickContext
-from gateway.providers import Provider, build_providers
+from gateway.providers import Provider, Translator, build_providers
 from gateway.responses import RawResponse
 from gateway.retry_budget import RetryBudget
 from gateway.routing import Route, RoutingTable
@@ -42,6 +44,8 @@ from gateway.usage import UsageTracker
 from llmpool.clock import Clock
 
 log = logging.getLogger(__name__)
+
+MESSAGES = Endpoint.MESSAGES
 
 MEMBER_HEADER = "x-llmpool-member"
 _MEMBER_HEADER_RAW = MEMBER_HEADER.encode()
@@ -205,8 +209,8 @@ class Relay:
         upstream: UpstreamResponse | None = None
         chunks: AsyncIterator[bytes] | None = None
         first = b""
-        provider: Provider | None = None
-        if member.kind == "openai" and not member.credential:
+        translator: Translator | None = None
+        if member.kind == "openai" and not member.credential and req.endpoint is not MESSAGES:
             # The hot path: local engines and open endpoints get the client's bytes as they are.
             url, body, headers = (
                 member.endpoint_url(path),
@@ -220,7 +224,7 @@ class Relay:
                 why = "has no credential on this gateway" if provider else "is of an unknown kind"
                 return account.try_failed(why)
             call = provider.prepare(member, req, up_headers, key)
-            url, body, headers = call.url, call.body, call.headers
+            url, body, headers, translator = call.url, call.body, call.headers, call.translator
         try:
             async with asyncio.timeout(deadline):
                 upstream = await self._upstream.post(url, body, headers)
@@ -228,8 +232,8 @@ class Relay:
                     # Wait for the stream's first bytes here, while another member can still
                     # take the request; the client gets headers once the member has begun.
                     chunks = upstream.iter_bytes()
-                    if provider is not None and provider.translates:
-                        chunks = provider.stream(chunks, req.model, _wants_usage(req))
+                    if translator is not None:
+                        chunks = translator.stream(chunks, req.model, _wants_usage(req))
                     first = await anext(chunks, b"")
         except TimeoutError:
             if upstream is not None:
@@ -274,19 +278,19 @@ class Relay:
             return account.try_failed("refused the gateway's credential")
         self._outliers.success(member.id)
         if chunks is not None:
-            return self._stream(member, upstream, first, chunks, account)
+            return self._stream(member, upstream, first, chunks, account, req.endpoint)
         try:
             body = await upstream.read(self._max_body_bytes)
         except UpstreamTransportError as exc:
             self._failed(member, route, req.model)
             return account.try_failed(failure_phrase(exc), str(exc))
         content_type = upstream.content_type.encode()
-        if provider is not None and provider.translates:
+        if translator is not None:
             try:
                 body = (
-                    provider.answer(body, req.model)
+                    translator.answer(body, req.model)
                     if status == 200
-                    else provider.error(status, body)
+                    else translator.error(status, body)
                 )
             except (ValueError, TypeError, AttributeError):
                 self._failed(member, route, req.model)
@@ -333,6 +337,7 @@ class Relay:
         first: bytes,
         chunks: AsyncIterator[bytes],
         account: RequestAccount,
+        endpoint: Endpoint,
     ) -> StreamRelay:
         return StreamRelay(
             upstream,
@@ -347,6 +352,7 @@ class Relay:
             clock=self._clock,
             started_at=account.started_at,
             on_done=account.stream_ended,
+            error_event=anthropic_error_event if endpoint is MESSAGES else sse_error_event,
         )
 
 

@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.connections import CANCEL_REASON, SHUTTING_DOWN
-from gateway.errors import GatewayError, ShuttingDownError, UpstreamError, error_body
+from gateway.errors import GatewayError, ShuttingDownError, UpstreamError, sse_error_event
 from gateway.tokens import NO_USAGE, StreamTail, TokenUsage, usage_from_sse
 from gateway.upstream import UpstreamResponse, UpstreamTransportError, failure_phrase
 from llmpool.clock import Clock
@@ -47,7 +47,10 @@ class StreamRelay(Response):
         clock: Clock,
         started_at: float,
         on_done: Callable[[StreamOutcome], None],
+        error_event: Callable[[GatewayError], bytes] = sse_error_event,
     ) -> None:
+        # How an error goes in-band: OpenAI's data line, or the Messages API's error event.
+        self._error_event = error_event
         self.status_code = 200
         self.background = None
         self.raw_headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
@@ -131,9 +134,8 @@ class StreamRelay(Response):
         self._completed = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    @staticmethod
-    async def _end_with(error: GatewayError, send: Send) -> None:
+    async def _end_with(self, error: GatewayError, send: Send) -> None:
         """Too late to change the status: the error goes in-band, as OpenAI does, then the end."""
-        event = b"data: " + error_body(error) + b"\n\n"
+        event = self._error_event(error)
         await send({"type": "http.response.body", "body": event, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -25,8 +25,21 @@ def usage_from_object(doc: Any) -> TokenUsage | None:
     usage = doc.get("usage")
     if not isinstance(usage, dict):
         return None
-    prompt = usage.get("prompt_tokens", 0)
-    completion = usage.get("completion_tokens", 0)
+    if "input_tokens" in usage:
+        # The Messages API's usage (answers to Anthropic clients); cache reads and writes are
+        # prompt tokens too.
+        prompt = sum(
+            n if isinstance(n, int) else 0
+            for n in (
+                usage.get("input_tokens", 0),
+                usage.get("cache_read_input_tokens", 0),
+                usage.get("cache_creation_input_tokens", 0),
+            )
+        )
+        completion = usage.get("output_tokens", 0)
+    else:
+        prompt = usage.get("prompt_tokens", 0)
+        completion = usage.get("completion_tokens", 0)
     return TokenUsage(
         prompt=prompt if isinstance(prompt, int) else 0,
         completion=completion if isinstance(completion, int) else 0,

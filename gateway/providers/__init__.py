@@ -1,15 +1,16 @@
 """Remote API kinds a member may speak (types.proto Backend.kind): each module builds the
-upstream request, translates the answer back to OpenAI's shape, and maps the provider's errors.
-Members of kind "openai" without a credential never come here: the relay sends their bytes as
+upstream request, translates the answer back to the shape the client asked in (OpenAI's, or
+Anthropic's for /v1/messages), and maps the provider's errors. OpenAI-compatible members
+without a credential asked in OpenAI's shape never come here: the relay sends their bytes as
 they are (the hot path)."""
 
 from __future__ import annotations
 
 from gateway.providers.anthropic import AnthropicProvider
-from gateway.providers.base import Provider, UpstreamCall
+from gateway.providers.base import Provider, Translator, UpstreamCall
 from gateway.providers.openai import AzureProvider, OpenAIProvider
 
-__all__ = ["Provider", "UpstreamCall", "build_providers"]
+__all__ = ["Provider", "Translator", "UpstreamCall", "build_providers"]
 
 
 def build_providers() -> dict[str, Provider]:

@@ -41,17 +41,25 @@ _MAX_EVENT_BYTES = 4 * 1024 * 1024
 
 class AnthropicProvider:
     kind = "anthropic"
-    translates = True
+
+    def __init__(self) -> None:
+        self._to_chat = MessagesToChat()
 
     def prepare(
         self, member: Member, req: ParsedRequest, headers: Mapping[str, str], key: str | None
     ) -> UpstreamCall:
-        if req.endpoint is not Endpoint.CHAT:
+        translator: MessagesToChat | None = self._to_chat
+        if req.endpoint is Endpoint.MESSAGES:
+            # An Anthropic client: its request goes as it is (the model name aside).
+            body = req.body_for(member.upstream_model)
+            translator = None
+        elif req.endpoint is Endpoint.CHAT:
+            body = orjson.dumps(to_anthropic(req.payload, member.upstream_model or req.model))
+        else:
             raise BadRequestError(
                 f"Model {req.model!r} is served by Anthropic, which has chat completions only.",
                 code="unsupported_by_backend",
             )
-        body = to_anthropic(req.payload, member.upstream_model or req.model)
         out = {
             "content-type": "application/json",
             "accept": headers.get("accept", "application/json"),
@@ -62,7 +70,11 @@ class AnthropicProvider:
                 out[name] = headers[name]
         if key:
             out["x-api-key"] = key
-        return UpstreamCall(base_url(member.url) + "/v1/messages", orjson.dumps(body), out)
+        return UpstreamCall(base_url(member.url) + "/v1/messages", body, out, translator)
+
+
+class MessagesToChat:
+    """Translates an Anthropic member's answers for an OpenAI client."""
 
     def answer(self, body: bytes, model: str) -> bytes:
         msg = orjson.loads(body)

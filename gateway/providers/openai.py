@@ -1,39 +1,40 @@
-"""OpenAI-compatible APIs (OpenAI, Together, Groq, a remote vLLM) and Azure OpenAI: the body
-passes as it is; only the URL and the credential header differ."""
+"""OpenAI-compatible APIs (OpenAI, Together, Groq, a remote vLLM, local engines) and Azure
+OpenAI: the body passes as it is; only the URL and the credential header differ. Anthropic
+clients' requests (/v1/messages) are translated to chat completions here."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from urllib.parse import quote
 
+import orjson
+
 from gateway.members import Member, base_url
-from gateway.parsing import ParsedRequest
+from gateway.parsing import Endpoint, ParsedRequest
 from gateway.providers.base import UpstreamCall
+from gateway.providers.messages_in import ChatToMessages, to_chat
+
+_TO_MESSAGES = ChatToMessages()
 
 
 class OpenAIProvider:
     kind = "openai"
-    translates = False
 
     def prepare(
         self, member: Member, req: ParsedRequest, headers: Mapping[str, str], key: str | None
     ) -> UpstreamCall:
         if key:
             headers = {**headers, "authorization": f"Bearer {key}"}
+        if req.endpoint is Endpoint.MESSAGES:
+            body = orjson.dumps(to_chat(req.payload, member.upstream_model or req.model))
+            url = self.url(member, req, Endpoint.CHAT)
+            return UpstreamCall(url, body, headers, _TO_MESSAGES)
         return UpstreamCall(
-            member.endpoint_url(req.endpoint.value), req.body_for(member.upstream_model), headers
+            self.url(member, req, req.endpoint), req.body_for(member.upstream_model), headers
         )
 
-    def answer(self, body: bytes, model: str) -> bytes:
-        return body
-
-    def stream(
-        self, chunks: AsyncIterator[bytes], model: str, include_usage: bool
-    ) -> AsyncIterator[bytes]:
-        return chunks
-
-    def error(self, status: int, body: bytes) -> bytes:
-        return body
+    def url(self, member: Member, req: ParsedRequest, endpoint: Endpoint) -> str:
+        return member.endpoint_url(endpoint.value)
 
 
 class AzureProvider(OpenAIProvider):
@@ -51,17 +52,18 @@ class AzureProvider(OpenAIProvider):
         if key:
             auth = ("authorization", key) if key.startswith("Bearer ") else ("api-key", key)
             headers = {**headers, auth[0]: auth[1]}
-        operation = req.endpoint.value.removeprefix("/v1/")
+        return super().prepare(member, req, headers, None)
+
+    def url(self, member: Member, req: ParsedRequest, endpoint: Endpoint) -> str:
+        operation = endpoint.value.removeprefix("/v1/")
         base = base_url(member.url)
         if base.endswith("/openai"):
             base = base[: -len("/openai")]
         version = member.api_version
         if version and version != "v1":
             deployment = quote(member.upstream_model or req.model, safe="")
-            url = (
+            return (
                 f"{base}/openai/deployments/{deployment}/{operation}"
                 f"?api-version={quote(version, safe='')}"
             )
-        else:
-            url = f"{base}/openai/v1/{operation}"
-        return UpstreamCall(url, req.body_for(member.upstream_model), headers)
+        return f"{base}/openai/v1/{operation}"

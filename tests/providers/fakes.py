@@ -117,7 +117,7 @@ class FakeProvider:
             }
             return JSONResponse(error, 400)
         last = body["messages"][-1]["content"]
-        answered_tool = any(b.get("type") == "tool_result" for b in last)
+        answered_tool = isinstance(last, list) and any(b.get("type") == "tool_result" for b in last)
         use_tool = bool(body.get("tools")) and not answered_tool
         if body.get("stream"):
             name = "anthropic_stream_tool.sse" if use_tool else "anthropic_stream_text.sse"
@@ -139,8 +139,10 @@ def _messages_problem(body: dict[str, Any]) -> str | None:
             return 'messages: roles must alternate between "user" and "assistant"'
     tool_ids = set()
     for m in messages:
+        if isinstance(m.get("content"), str):
+            continue
         if not isinstance(m.get("content"), list):
-            return "messages.content: expected a list of blocks"
+            return "messages.content: expected text or a list of blocks"
         for block in m["content"]:
             kind = block.get("type")
             if kind not in ("text", "image", "tool_use", "tool_result"):

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from gateway.errors import BadRequestError
-from gateway.providers.anthropic import AnthropicProvider
+from gateway.providers.anthropic import MessagesToChat
 from gateway.providers.anthropic_request import to_anthropic
 from tests.providers.fakes import fixture
 
@@ -94,7 +94,7 @@ async def _events(name: str, size: int) -> AsyncIterator[bytes]:
 @pytest.mark.parametrize("size", [7, 64, 100_000])
 def test_stream_events_become_openai_chunks(size: int) -> None:
     async def collect() -> list[bytes]:
-        stream = AnthropicProvider().stream(_events("anthropic_stream_tool.sse", size), "m1", True)
+        stream = MessagesToChat().stream(_events("anthropic_stream_tool.sse", size), "m1", True)
         return [c async for c in stream]
 
     out = asyncio.run(collect())
@@ -120,7 +120,7 @@ def test_an_error_event_ends_the_stream_in_band() -> None:
         yield b"event: error\ndata: " + orjson.dumps(error) + b"\n\n"
 
     async def collect() -> list[bytes]:
-        return [c async for c in AnthropicProvider().stream(events(), "m1", False)]
+        return [c async for c in MessagesToChat().stream(events(), "m1", False)]
 
     out = asyncio.run(collect())
     assert orjson.loads(out[-1][6:])["error"]["type"] == "server_error"
@@ -128,10 +128,10 @@ def test_an_error_event_ends_the_stream_in_band() -> None:
 
 
 def test_answer_with_tool_use_and_cache_usage() -> None:
-    doc = orjson.loads(AnthropicProvider().answer(fixture("anthropic_tool_use.json"), "m1"))
+    doc = orjson.loads(MessagesToChat().answer(fixture("anthropic_tool_use.json"), "m1"))
     message = doc["choices"][0]["message"]
     assert message["content"] == "Let me look that up."
     assert orjson.loads(message["tool_calls"][0]["function"]["arguments"])["city"] == "Lisbon"
     assert doc["choices"][0]["finish_reason"] == "tool_calls"
-    cached = orjson.loads(AnthropicProvider().answer(fixture("anthropic_message.json"), "m1"))
+    cached = orjson.loads(MessagesToChat().answer(fixture("anthropic_message.json"), "m1"))
     assert cached["usage"]["prompt_tokens_details"]["cached_tokens"] == 4
