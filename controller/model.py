@@ -58,10 +58,15 @@ class PoolSpec:
     eject_base_s: float = 5.0
     autoscale: Autoscale | None = None
     ttft_slo_ms: float = 0.0
+    # Pools that serve, in order, when this one cannot or is saturated (types.proto Pool).
+    fallbacks: tuple[str, ...] = ()
+    spill_waiting: float = 0.0
 
     def route_targets(self) -> set[str]:
-        """Pools this pool's rules and split arms send requests to."""
-        return {r.target for r in self.rules} | {a.target for a in self.splits}
+        """Pools this pool's rules, split arms and fallbacks send requests to."""
+        return (
+            {r.target for r in self.rules} | {a.target for a in self.splits} | set(self.fallbacks)
+        )
 
 
 @dataclass(frozen=True)

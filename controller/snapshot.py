@@ -64,6 +64,8 @@ class ModelRoute:
     eject_base_s: float = 5.0
     # Seconds gateways hold a request while the pool has no member (a pool scaled to zero).
     hold_s: float = 0.0
+    fallbacks: tuple[str, ...] = ()
+    spill_waiting: float = 0.0
 
 
 Routes = dict[str, ModelRoute]

@@ -123,6 +123,10 @@ def check_pool_routes(pool: PoolSpec, pools: Mapping[str, PoolSpec]) -> PoolSpec
         check_name(f"pool {pool.name!r}: rules[{i}].target", rule.target)
     for i, arm in enumerate(pool.splits):
         check_name(f"pool {pool.name!r}: splits[{i}].target", arm.target)
+    for i, name in enumerate(pool.fallbacks):
+        check_name(f"pool {pool.name!r}: fallbacks[{i}]", name)
+    if len(set(pool.fallbacks)) != len(pool.fallbacks):
+        raise InvalidArgumentError(f"pool {pool.name!r}: fallbacks lists a pool twice")
     try:
         for i, rule in enumerate(pool.rules):
             try:
@@ -143,6 +147,6 @@ def check_not_routed_to(name: str, pools: Mapping[str, PoolSpec]) -> None:
     users = sorted(p.name for p in pools.values() if p.name != name and name in p.route_targets())
     if users:
         raise FailedPreconditionError(
-            f"pool {name!r} is a rule or split target of {', '.join(map(repr, users))}: "
-            "remove it from their rules/splits first (UpdatePool)"
+            f"pool {name!r} is a rule, split or fallback target of "
+            f"{', '.join(map(repr, users))}: remove it from them first (UpdatePool)"
         )

@@ -81,6 +81,12 @@ class RequestAccount:
         mm = self._mm = self._book.metrics.model(model)
         mm.in_flight.inc()
 
+    def switch(self, model: str, policy: Policy) -> None:
+        """The request moves on to another pool (a fallback): in flight there from now."""
+        if self._mm is not None:
+            self._mm.in_flight.dec()
+        self.begin(model, policy)
+
     def sent(self, member: Member) -> None:
         """A try at member starts."""
         self._member = member

@@ -90,6 +90,13 @@ class GatewayMetrics:
             ["model"],
             registry=r,
         )
+        self.spilled = Counter(
+            "llmpool_gateway_spilled_requests",
+            "Requests a fallback pool served, by the pool asked for, the pool that served and why "
+            "(no_member, failed: every member failed before the first byte, saturated).",
+            ["spilled_from", "model", "reason"],
+            registry=r,
+        )
         self.missing_credentials = Gauge(
             "llmpool_gateway_missing_credentials",
             "Credentials that members name and this gateway cannot find (those members are "

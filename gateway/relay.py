@@ -10,10 +10,12 @@ from collections.abc import AsyncIterator, Mapping
 import orjson
 from starlette.responses import Response
 
+from gateway import fallbacks
 from gateway.accounting import RequestAccount
 from gateway.cooldowns import Cooldowns, retry_after_s
 from gateway.credentials import Credentials
 from gateway.errors import (
+    GatewayError,
     ModelNotFoundError,
     NoHealthyMemberError,
     NotReadyError,
@@ -130,6 +132,8 @@ class Relay:
         if route.redirects:
             route, req = self._redirect(route, req, ctx)
             account.model = req.model
+        if route.fallbacks:
+            return await self._with_fallbacks(route, req, ctx, headers, account, asked)
         if not route.candidates:
             if route.hold_s <= 0 or self._holds is None:
                 raise NoHealthyMemberError(
@@ -140,6 +144,44 @@ class Relay:
             route = await self._holds.wait(route)
         account.begin(req.model, route.policy)
         return await self._try_members(route, req, ctx, headers, account)
+
+    async def _with_fallbacks(
+        self,
+        route: Route,
+        req: ParsedRequest,
+        ctx: PickContext,
+        headers: Mapping[str, str],
+        account: RequestAccount,
+        asked: str,
+    ) -> Response:
+        """The pool, then its fallbacks in order: the next one takes the request when this one
+        has no healthy member, when every member failed before the first byte, or when it is
+        saturated (never the last). The answer names the pool that served."""
+        pools = fallbacks.chain(route, self._table.get)
+        error: GatewayError = NoHealthyMemberError(
+            _no_member_message(route, asked), headers={"Retry-After": self._retry_after}
+        )
+        reason = ""
+        for i, target in enumerate(pools):
+            if i:
+                req = self._retarget(target, req, ctx)
+            if not target.candidates:
+                reason = reason or "no_member"
+                continue
+            if i < len(pools) - 1 and fallbacks.saturated(target):
+                reason = reason or "saturated"
+                continue
+            account.switch(target.model, target.policy)
+            try:
+                response = await self._try_members(target, req, ctx, headers, account)
+            except (UpstreamError, RateLimitedError) as exc:
+                error, reason = exc, reason or "failed"
+                continue
+            if i:
+                self._metrics.spilled.labels(route.model, target.model, reason).inc()
+            response.raw_headers.append((fallbacks.POOL_HEADER_RAW, target.model.encode()))
+            return response
+        raise error
 
     async def _try_members(
         self,
@@ -325,10 +367,16 @@ class Relay:
             self._metrics.hop(hop.kind, hop.source, hop.target).inc()
         if target is route:
             return route, req
+        return target, self._retarget(target, req, ctx)
+
+    @staticmethod
+    def _retarget(target: Route, req: ParsedRequest, ctx: PickContext) -> ParsedRequest:
+        """req as target's: its name in the body sent upstream (so the answer's `model` names
+        the pool that served), in the pick context and in metrics."""
         payload = {**req.payload, "model": target.model}
         body = orjson.dumps(payload)
         ctx.model, ctx.body, ctx.payload = target.model, body, payload
-        return target, dataclasses.replace(req, model=target.model, body=body, payload=payload)
+        return dataclasses.replace(req, model=target.model, body=body, payload=payload)
 
     def _stream(
         self,

@@ -44,6 +44,9 @@ class Route:
     ejection: EjectionSettings = DEFAULT_EJECTION
     # Seconds a request may wait for a member when there is none (a pool scaled to zero).
     hold_s: float = 0.0
+    # Pools that serve when this one cannot, and its saturation bound (gateway/fallbacks.py).
+    fallbacks: tuple[str, ...] = ()
+    spill_waiting: float = 0.0
 
 
 class RoutingTable:
@@ -202,6 +205,8 @@ class RoutingTable:
                 base_s=msg.eject_base_s or DEFAULT_EJECTION.base_s,
             ),
             hold_s=msg.hold_s,
+            fallbacks=tuple(msg.fallbacks),
+            spill_waiting=msg.spill_waiting,
         )
 
     def _make_policy(self, model: str, name: str, params: Mapping[str, str]) -> Policy:

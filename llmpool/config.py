@@ -176,6 +176,9 @@ class PoolConfig(_Model):
     autoscale: AutoscaleConfig | None = None
     # The time to first token the pool promises, ms (0: none); the "ttft" autoscale metric.
     ttft_slo_ms: float = Field(default=0.0, ge=0, le=3_600_000)
+    # Pools that serve, in order, when this one cannot or waits spill_waiting per member.
+    fallbacks: list[str] = Field(default_factory=list, max_length=8)
+    spill_waiting: float = Field(default=0.0, ge=0, le=100_000)
 
     _name = field_validator("name")(_check_name)
 
@@ -226,7 +229,8 @@ class Config(_Model):
                     raise ValueError(f"backend {backend.id!r} is defined twice")
                 seen_backends.add(backend.id)
         edges = {
-            p.name: [r.target for r in p.rules] + [a.target for a in p.splits] for p in self.pools
+            p.name: [r.target for r in p.rules] + [a.target for a in p.splits] + p.fallbacks
+            for p in self.pools
         }
         check_route_graph(edges)
         return self

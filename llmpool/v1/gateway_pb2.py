@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from llmpool.v1 import types_pb2 as llmpool_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18llmpool/v1/gateway.proto\x12\nllmpool.v1\x1a\x16llmpool/v1/types.proto\"@\n\x13WatchRoutingRequest\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12\x15\n\rknown_version\x18\x02 \x01(\x04\"\x9e\x01\n\x0fRoutingSnapshot\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0c\n\x04\x66ull\x18\x02 \x01(\x08\x12&\n\x06routes\x18\x03 \x03(\x0b\x32\x16.llmpool.v1.ModelRoute\x12\x16\n\x0eremoved_models\x18\x04 \x03(\t\x12\x17\n\x0f\x63reated_unix_ms\x18\x05 \x01(\x03\x12\x13\n\x0bprovisional\x18\x06 \x01(\x08\"\xa2\x03\n\nModelRoute\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12?\n\rpolicy_params\x18\x03 \x03(\x0b\x32(.llmpool.v1.ModelRoute.PolicyParamsEntry\x12#\n\x07members\x18\x04 \x03(\x0b\x32\x12.llmpool.v1.Member\x12$\n\x05rules\x18\x05 \x03(\x0b\x32\x15.llmpool.v1.RouteRule\x12$\n\x06splits\x18\x06 \x03(\x0b\x32\x14.llmpool.v1.SplitArm\x12\x14\n\x0csplit_header\x18\x07 \x01(\t\x12\x16\n\x0ettfb_timeout_s\x18\x08 \x01(\x01\x12!\n\x14\x65ject_after_failures\x18\t \x01(\rH\x00\x88\x01\x01\x12\x14\n\x0c\x65ject_base_s\x18\n \x01(\x01\x12\x0e\n\x06hold_s\x18\x0b \x01(\x01\x1a\x33\n\x11PolicyParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x17\n\x15_eject_after_failures\"\xc5\x03\n\x06Member\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\r\x12\x0f\n\x07healthy\x18\x04 \x01(\x08\x12\x0c\n\x04zone\x18\x05 \x01(\t\x12\x0c\n\x04kind\x18\x06 \x01(\t\x12\x16\n\x0eupstream_model\x18\x07 \x01(\t\x12\x0f\n\x07running\x18\x08 \x01(\x01\x12\x0f\n\x07waiting\x18\t \x01(\x01\x12\x10\n\x08kv_usage\x18\n \x01(\x01\x12\x11\n\tin_flight\x18\x0b \x01(\x01\x12\x12\n\nlatency_ms\x18\x0c \x01(\x01\x12\x10\n\x08\x64raining\x18\r \x01(\x08\x12.\n\x06labels\x18\x0e \x03(\x0b\x32\x1e.llmpool.v1.Member.LabelsEntry\x12\x1b\n\x13input_cost_per_mtok\x18\x0f \x01(\x01\x12\x1c\n\x14output_cost_per_mtok\x18\x10 \x01(\x01\x12\x1d\n\x15prefix_cache_hit_rate\x18\x11 \x01(\x01\x12\x12\n\ncredential\x18\x12 \x01(\t\x12\x13\n\x0b\x61pi_version\x18\x13 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf3\x01\n\x0bUsageReport\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12(\n\x07members\x18\x02 \x03(\x0b\x32\x17.llmpool.v1.MemberUsage\x12\x17\n\x0frouting_version\x18\x03 \x01(\x04\x12/\n\nconditions\x18\x04 \x03(\x0b\x32\x1b.llmpool.v1.MemberCondition\x12/\n\x04held\x18\x05 \x03(\x0b\x32!.llmpool.v1.UsageReport.HeldEntry\x1a+\n\tHeldEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\xc5\x01\n\x0bMemberUsage\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x11\n\tin_flight\x18\x03 \x01(\r\x12\x10\n\x08requests\x18\x04 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x05 \x01(\x04\x12\x15\n\rprompt_tokens\x18\x06 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x07 \x01(\x04\x12\x17\n\x0fmean_latency_ms\x18\x08 \x01(\x01\x12\x14\n\x0cmean_ttft_ms\x18\t \x01(\x01\"\n\n\x08UsageAck2\xa0\x01\n\x0eGatewayService\x12N\n\x0cWatchRouting\x12\x1f.llmpool.v1.WatchRoutingRequest\x1a\x1b.llmpool.v1.RoutingSnapshot0\x01\x12>\n\x0bReportUsage\x12\x17.llmpool.v1.UsageReport\x1a\x14.llmpool.v1.UsageAck(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18llmpool/v1/gateway.proto\x12\nllmpool.v1\x1a\x16llmpool/v1/types.proto\"@\n\x13WatchRoutingRequest\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12\x15\n\rknown_version\x18\x02 \x01(\x04\"\x9e\x01\n\x0fRoutingSnapshot\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0c\n\x04\x66ull\x18\x02 \x01(\x08\x12&\n\x06routes\x18\x03 \x03(\x0b\x32\x16.llmpool.v1.ModelRoute\x12\x16\n\x0eremoved_models\x18\x04 \x03(\t\x12\x17\n\x0f\x63reated_unix_ms\x18\x05 \x01(\x03\x12\x13\n\x0bprovisional\x18\x06 \x01(\x08\"\xcc\x03\n\nModelRoute\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12?\n\rpolicy_params\x18\x03 \x03(\x0b\x32(.llmpool.v1.ModelRoute.PolicyParamsEntry\x12#\n\x07members\x18\x04 \x03(\x0b\x32\x12.llmpool.v1.Member\x12$\n\x05rules\x18\x05 \x03(\x0b\x32\x15.llmpool.v1.RouteRule\x12$\n\x06splits\x18\x06 \x03(\x0b\x32\x14.llmpool.v1.SplitArm\x12\x14\n\x0csplit_header\x18\x07 \x01(\t\x12\x16\n\x0ettfb_timeout_s\x18\x08 \x01(\x01\x12!\n\x14\x65ject_after_failures\x18\t \x01(\rH\x00\x88\x01\x01\x12\x14\n\x0c\x65ject_base_s\x18\n \x01(\x01\x12\x0e\n\x06hold_s\x18\x0b \x01(\x01\x12\x11\n\tfallbacks\x18\x0c \x03(\t\x12\x15\n\rspill_waiting\x18\r \x01(\x01\x1a\x33\n\x11PolicyParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x17\n\x15_eject_after_failures\"\xc5\x03\n\x06Member\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\r\x12\x0f\n\x07healthy\x18\x04 \x01(\x08\x12\x0c\n\x04zone\x18\x05 \x01(\t\x12\x0c\n\x04kind\x18\x06 \x01(\t\x12\x16\n\x0eupstream_model\x18\x07 \x01(\t\x12\x0f\n\x07running\x18\x08 \x01(\x01\x12\x0f\n\x07waiting\x18\t \x01(\x01\x12\x10\n\x08kv_usage\x18\n \x01(\x01\x12\x11\n\tin_flight\x18\x0b \x01(\x01\x12\x12\n\nlatency_ms\x18\x0c \x01(\x01\x12\x10\n\x08\x64raining\x18\r \x01(\x08\x12.\n\x06labels\x18\x0e \x03(\x0b\x32\x1e.llmpool.v1.Member.LabelsEntry\x12\x1b\n\x13input_cost_per_mtok\x18\x0f \x01(\x01\x12\x1c\n\x14output_cost_per_mtok\x18\x10 \x01(\x01\x12\x1d\n\x15prefix_cache_hit_rate\x18\x11 \x01(\x01\x12\x12\n\ncredential\x18\x12 \x01(\t\x12\x13\n\x0b\x61pi_version\x18\x13 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf3\x01\n\x0bUsageReport\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12(\n\x07members\x18\x02 \x03(\x0b\x32\x17.llmpool.v1.MemberUsage\x12\x17\n\x0frouting_version\x18\x03 \x01(\x04\x12/\n\nconditions\x18\x04 \x03(\x0b\x32\x1b.llmpool.v1.MemberCondition\x12/\n\x04held\x18\x05 \x03(\x0b\x32!.llmpool.v1.UsageReport.HeldEntry\x1a+\n\tHeldEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\xc5\x01\n\x0bMemberUsage\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x11\n\tin_flight\x18\x03 \x01(\r\x12\x10\n\x08requests\x18\x04 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x05 \x01(\x04\x12\x15\n\rprompt_tokens\x18\x06 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x07 \x01(\x04\x12\x17\n\x0fmean_latency_ms\x18\x08 \x01(\x01\x12\x14\n\x0cmean_ttft_ms\x18\t \x01(\x01\"\n\n\x08UsageAck2\xa0\x01\n\x0eGatewayService\x12N\n\x0cWatchRouting\x12\x1f.llmpool.v1.WatchRoutingRequest\x1a\x1b.llmpool.v1.RoutingSnapshot0\x01\x12>\n\x0bReportUsage\x12\x17.llmpool.v1.UsageReport\x1a\x14.llmpool.v1.UsageAck(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,21 +43,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUTINGSNAPSHOT']._serialized_start=131
   _globals['_ROUTINGSNAPSHOT']._serialized_end=289
   _globals['_MODELROUTE']._serialized_start=292
-  _globals['_MODELROUTE']._serialized_end=710
-  _globals['_MODELROUTE_POLICYPARAMSENTRY']._serialized_start=634
-  _globals['_MODELROUTE_POLICYPARAMSENTRY']._serialized_end=685
-  _globals['_MEMBER']._serialized_start=713
-  _globals['_MEMBER']._serialized_end=1166
-  _globals['_MEMBER_LABELSENTRY']._serialized_start=1121
-  _globals['_MEMBER_LABELSENTRY']._serialized_end=1166
-  _globals['_USAGEREPORT']._serialized_start=1169
-  _globals['_USAGEREPORT']._serialized_end=1412
-  _globals['_USAGEREPORT_HELDENTRY']._serialized_start=1369
-  _globals['_USAGEREPORT_HELDENTRY']._serialized_end=1412
-  _globals['_MEMBERUSAGE']._serialized_start=1415
-  _globals['_MEMBERUSAGE']._serialized_end=1612
-  _globals['_USAGEACK']._serialized_start=1614
-  _globals['_USAGEACK']._serialized_end=1624
-  _globals['_GATEWAYSERVICE']._serialized_start=1627
-  _globals['_GATEWAYSERVICE']._serialized_end=1787
+  _globals['_MODELROUTE']._serialized_end=752
+  _globals['_MODELROUTE_POLICYPARAMSENTRY']._serialized_start=676
+  _globals['_MODELROUTE_POLICYPARAMSENTRY']._serialized_end=727
+  _globals['_MEMBER']._serialized_start=755
+  _globals['_MEMBER']._serialized_end=1208
+  _globals['_MEMBER_LABELSENTRY']._serialized_start=1163
+  _globals['_MEMBER_LABELSENTRY']._serialized_end=1208
+  _globals['_USAGEREPORT']._serialized_start=1211
+  _globals['_USAGEREPORT']._serialized_end=1454
+  _globals['_USAGEREPORT_HELDENTRY']._serialized_start=1411
+  _globals['_USAGEREPORT_HELDENTRY']._serialized_end=1454
+  _globals['_MEMBERUSAGE']._serialized_start=1457
+  _globals['_MEMBERUSAGE']._serialized_end=1654
+  _globals['_USAGEACK']._serialized_start=1656
+  _globals['_USAGEACK']._serialized_end=1666
+  _globals['_GATEWAYSERVICE']._serialized_start=1669
+  _globals['_GATEWAYSERVICE']._serialized_end=1829
 # @@protoc_insertion_point(module_scope)

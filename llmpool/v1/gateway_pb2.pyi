@@ -120,6 +120,8 @@ class ModelRoute(_message.Message):
     EJECT_AFTER_FAILURES_FIELD_NUMBER: _builtins.int
     EJECT_BASE_S_FIELD_NUMBER: _builtins.int
     HOLD_S_FIELD_NUMBER: _builtins.int
+    FALLBACKS_FIELD_NUMBER: _builtins.int
+    SPILL_WAITING_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     policy: _builtins.str
     split_header: _builtins.str
@@ -131,6 +133,7 @@ class ModelRoute(_message.Message):
     """Seconds to hold a request while the pool has no member, waiting for one to start (a pool
     scaled to zero); 0: answer 503 at once.
     """
+    spill_waiting: _builtins.float
     @_builtins.property
     def policy_params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -143,6 +146,10 @@ class ModelRoute(_message.Message):
 
     @_builtins.property
     def splits(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.SplitArm]: ...
+    @_builtins.property
+    def fallbacks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The pool's fallbacks and spill bound (types.proto Pool)."""
+
     def __init__(
         self,
         *,
@@ -157,10 +164,12 @@ class ModelRoute(_message.Message):
         eject_after_failures: _builtins.int | None = ...,
         eject_base_s: _builtins.float = ...,
         hold_s: _builtins.float = ...,
+        fallbacks: _abc.Iterable[_builtins.str] | None = ...,
+        spill_waiting: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "eject_after_failures", b"eject_after_failures"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "eject_after_failures", b"eject_after_failures", "eject_base_s", b"eject_base_s", "hold_s", b"hold_s", "members", b"members", "model", b"model", "policy", b"policy", "policy_params", b"policy_params", "rules", b"rules", "split_header", b"split_header", "splits", b"splits", "ttfb_timeout_s", b"ttfb_timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "eject_after_failures", b"eject_after_failures", "eject_base_s", b"eject_base_s", "fallbacks", b"fallbacks", "hold_s", b"hold_s", "members", b"members", "model", b"model", "policy", b"policy", "policy_params", b"policy_params", "rules", b"rules", "spill_waiting", b"spill_waiting", "split_header", b"split_header", "splits", b"splits", "ttfb_timeout_s", b"ttfb_timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__eject_after_failures: _TypeAlias = _typing.Literal["eject_after_failures"]  # noqa: Y015
     _WhichOneofArgType__eject_after_failures: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures"]  # noqa: Y015

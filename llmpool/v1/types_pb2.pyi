@@ -190,6 +190,8 @@ class Pool(_message.Message):
     EJECT_BASE_S_FIELD_NUMBER: _builtins.int
     AUTOSCALE_FIELD_NUMBER: _builtins.int
     TTFT_SLO_MS_FIELD_NUMBER: _builtins.int
+    FALLBACKS_FIELD_NUMBER: _builtins.int
+    SPILL_WAITING_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     policy: _builtins.str
     """Routing policy by registered name: "round_robin", "least_in_flight", ..."""
@@ -214,6 +216,10 @@ class Pool(_message.Message):
     """The time to first token the pool promises, milliseconds (0: none). The "ttft" autoscale
     metric scales on it.
     """
+    spill_waiting: _builtins.float
+    """Saturated: requests waiting in the engines per healthy member at or above this (as the
+    gateway last heard); 0: never spill for load, only when the pool cannot serve.
+    """
     @_builtins.property
     def policy_params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -236,6 +242,13 @@ class Pool(_message.Message):
         is fixed. While it is set, `replicas` is what the autoscaler last chose.
         """
 
+    @_builtins.property
+    def fallbacks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Pools that serve, in order, when this one cannot: it has no healthy member, every member
+        failed before the first byte, or it is saturated (spill_waiting). They serve with their own
+        members and policy; their own fallbacks are not followed.
+        """
+
     def __init__(
         self,
         *,
@@ -253,10 +266,12 @@ class Pool(_message.Message):
         eject_base_s: _builtins.float = ...,
         autoscale: Global___Autoscale | None = ...,
         ttft_slo_ms: _builtins.float = ...,
+        fallbacks: _abc.Iterable[_builtins.str] | None = ...,
+        spill_waiting: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "autoscale", b"autoscale", "eject_after_failures", b"eject_after_failures", "template", b"template"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "autoscale", b"autoscale", "description", b"description", "eject_after_failures", b"eject_after_failures", "eject_base_s", b"eject_base_s", "name", b"name", "policy", b"policy", "policy_params", b"policy_params", "replicas", b"replicas", "rules", b"rules", "split_header", b"split_header", "splits", b"splits", "template", b"template", "ttfb_timeout_s", b"ttfb_timeout_s", "ttft_slo_ms", b"ttft_slo_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "autoscale", b"autoscale", "description", b"description", "eject_after_failures", b"eject_after_failures", "eject_base_s", b"eject_base_s", "fallbacks", b"fallbacks", "name", b"name", "policy", b"policy", "policy_params", b"policy_params", "replicas", b"replicas", "rules", b"rules", "spill_waiting", b"spill_waiting", "split_header", b"split_header", "splits", b"splits", "template", b"template", "ttfb_timeout_s", b"ttfb_timeout_s", "ttft_slo_ms", b"ttft_slo_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__eject_after_failures: _TypeAlias = _typing.Literal["eject_after_failures"]  # noqa: Y015
     _WhichOneofArgType__eject_after_failures: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures"]  # noqa: Y015
