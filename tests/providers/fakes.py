@@ -4,6 +4,7 @@ each provider's documented wire format (fixtures/), checking the credential head
 from __future__ import annotations
 
 import itertools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ class FakeProvider:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.paths: list[str] = []
+        # When each request arrived (monotonic seconds).
+        self.arrived: list[float] = []
         self.fail: tuple[int, str, dict[str, str]] | None = None
         routes = {
             "openai": [
@@ -61,6 +64,7 @@ class FakeProvider:
 
     async def _seen(self, request: Request) -> dict[str, Any]:
         body = orjson.loads(await request.body())
+        self.arrived.append(time.monotonic())
         self.requests.append(body)
         self.headers.append(dict(request.headers))
         self.paths.append(request.url.path + ("?" + request.url.query if request.url.query else ""))

@@ -239,3 +239,19 @@ async def test_a_key_the_provider_refuses_is_never_shown_to_the_client(
         await client(only).chat.completions.create(model="m1", messages=CHAT)  # type: ignore[arg-type]
     assert raised.value.status_code == 502
     assert "Incorrect API key" not in str(raised.value) and KEY not in str(raised.value)
+
+
+async def test_a_provider_429_with_retry_after_cools_it_down_while_another_serves(
+    kit: Any, controller: Any, gateway_factory: Any, providers: Any
+) -> None:
+    limited = await providers("anthropic", KEY)
+    limited.fail = (429, "anthropic_error_rate_limit.json", {"retry-after": "2"})
+    other = await providers("openai", KEY)
+    members = [remote("limited", limited.url, "anthropic"), remote("other", other.url, "openai")]
+    gw = await gateway_for(kit, controller, gateway_factory, members)
+    for _ in range(12):
+        answer = await client(gw).chat.completions.create(model="m1", messages=CHAT)  # type: ignore[arg-type]
+        assert answer.choices[0].message.content == "Hello from the fake OpenAI API."
+    # A try met the 429; none came within the 2 s it asked for, however long the loop took.
+    assert limited.arrived
+    assert all(t - limited.arrived[0] >= 2 for t in limited.arrived[1:])
