@@ -89,6 +89,7 @@ class BackendSpec:
     # A credential name (never the key: gateways resolve it) and Azure's api-version.
     credential: str = ""
     api_version: str = ""
+    cached_input_cost_per_mtok: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ class RouteMember:
     output_cost_per_mtok: float = 0.0
     credential: str = ""
     api_version: str = ""
+    cached_input_cost_per_mtok: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ class RequestAccount:
 
     __slots__ = (
         "_book",
+        "_cost",
         "_finished",
         "_member",
         "_mm",
@@ -69,6 +70,8 @@ class RequestAccount:
         self._sent_at = 0.0
         self._trying = False
         self._finished = False
+        # What the latest try that ended with usage cost (the member's prices), US dollars.
+        self._cost = 0.0
 
     @property
     def finished(self) -> bool:
@@ -180,6 +183,11 @@ class RequestAccount:
         assert member is not None and self._trying, "no try is open"
         self._trying = False
         end = self._book.clock.monotonic() if now is None else now
+        cost = self._cost = (
+            member.cost_usd(tokens.prompt, tokens.cached, tokens.completion)
+            if tokens is not NO_USAGE
+            else 0.0
+        )
         self._book.usage.finished(
             member.id,
             self._model(),
@@ -188,6 +196,8 @@ class RequestAccount:
             ttft_s=ttft_s,
             prompt_tokens=tokens.prompt,
             completion_tokens=tokens.completion,
+            cached_tokens=tokens.cached,
+            cost_usd=cost,
         )
         return member
 
@@ -199,10 +209,16 @@ class RequestAccount:
             known = model is not None and model in self._book.table
             mm = self._book.metrics.model(model if known and model else UNKNOWN_MODEL)
         mm.requests(backend, status).inc()
+        if tokens is NO_USAGE:
+            return
         if tokens.prompt:
             mm.prompt_tokens.inc(tokens.prompt)
         if tokens.completion:
             mm.completion_tokens.inc(tokens.completion)
+        if tokens.cached:
+            mm.cached_tokens.inc(tokens.cached)
+        if self._cost:
+            mm.cost(backend).inc(self._cost)
 
     def _close(self, now: float) -> None:
         self._finished = True

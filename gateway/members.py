@@ -41,6 +41,22 @@ class Member:
     # The API key's name (gateway/credentials.py resolves it) and Azure's api-version.
     credential: str = ""
     api_version: str = ""
+    cached_input_cost_per_mtok: float = 0.0
+
+    @property
+    def priced(self) -> bool:
+        return bool(self.input_cost_per_mtok or self.output_cost_per_mtok)
+
+    def cost_usd(self, prompt: int, cached: int, completion: int) -> float:
+        """What a request with this usage cost here, US dollars (0 for a member without prices);
+        cached prompt tokens at their own price when it has one."""
+        cached_price = self.cached_input_cost_per_mtok or self.input_cost_per_mtok
+        fresh = max(prompt - cached, 0)
+        return (
+            fresh * self.input_cost_per_mtok
+            + min(cached, prompt) * cached_price
+            + completion * self.output_cost_per_mtok
+        ) / 1e6
 
     @property
     def routable(self) -> bool:

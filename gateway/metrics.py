@@ -46,8 +46,15 @@ class GatewayMetrics:
         )
         self.tokens = Counter(
             "llmpool_gateway_tokens",
-            "Tokens reported by upstream usage, by kind (prompt or completion).",
+            "Tokens reported by upstream usage, by kind (prompt, completion, and cached: the "
+            "prompt tokens read from a prompt cache).",
             ["model", "kind"],
+            registry=r,
+        )
+        self.cost = Counter(
+            "llmpool_gateway_cost_usd",
+            "What requests cost by the serving member's prices (usage x price), US dollars.",
+            ["model", "backend"],
             registry=r,
         )
         self.retries = Counter(
@@ -164,9 +171,11 @@ class ModelMetrics:
     """The children of GatewayMetrics for one model label value, looked up once."""
 
     __slots__ = (
+        "_costs",
         "_model",
         "_parent",
         "_requests",
+        "cached_tokens",
         "completion_tokens",
         "duration",
         "in_flight",
@@ -184,7 +193,16 @@ class ModelMetrics:
         self.retries = parent.retries.labels(model)
         self.prompt_tokens = parent.tokens.labels(model, "prompt")
         self.completion_tokens = parent.tokens.labels(model, "completion")
+        self.cached_tokens = parent.tokens.labels(model, "cached")
         self._requests: dict[tuple[str, int], Counter] = {}
+        self._costs: dict[str, Counter] = {}
+
+    def cost(self, backend: str) -> Counter:
+        """The cost counter child for backend (looked up once per member)."""
+        child = self._costs.get(backend)
+        if child is None:
+            child = self._costs[backend] = self._parent.cost.labels(self._model, backend)
+        return child
 
     def requests(self, backend: str, status: int) -> Counter:
         """The requests counter child for (backend, status)."""

@@ -267,6 +267,14 @@ class Relay:
                 return account.try_failed(why)
             call = provider.prepare(member, req, up_headers, key)
             url, body, headers, translator = call.url, call.body, call.headers, call.translator
+        # Priced members' streams always carry usage (the ledger needs it): asked for upstream,
+        # kept out of the client's stream when the client did not ask.
+        strip_usage = req.stream and not _wants_usage(req) and member.priced
+        if strip_usage and translator is None:
+            if req.endpoint is Endpoint.CHAT or req.endpoint is Endpoint.COMPLETIONS:
+                body = _with_usage(req, member.upstream_model)
+            else:
+                strip_usage = False
         try:
             async with asyncio.timeout(deadline):
                 upstream = await self._upstream.post(url, body, headers)
@@ -275,7 +283,8 @@ class Relay:
                     # take the request; the client gets headers once the member has begun.
                     chunks = upstream.iter_bytes()
                     if translator is not None:
-                        chunks = translator.stream(chunks, req.model, _wants_usage(req))
+                        chunks = translator.stream(chunks, req.model, True)
+                        strip_usage = not _wants_usage(req)
                     first = await anext(chunks, b"")
         except TimeoutError:
             if upstream is not None:
@@ -320,7 +329,7 @@ class Relay:
             return account.try_failed("refused the gateway's credential")
         self._outliers.success(member.id)
         if chunks is not None:
-            return self._stream(member, upstream, first, chunks, account, req.endpoint)
+            return self._stream(member, upstream, first, chunks, account, req.endpoint, strip_usage)
         try:
             body = await upstream.read(self._max_body_bytes)
         except UpstreamTransportError as exc:
@@ -386,6 +395,7 @@ class Relay:
         chunks: AsyncIterator[bytes],
         account: RequestAccount,
         endpoint: Endpoint,
+        strip_usage: bool = False,
     ) -> StreamRelay:
         return StreamRelay(
             upstream,
@@ -401,6 +411,7 @@ class Relay:
             started_at=account.started_at,
             on_done=account.stream_ended,
             error_event=anthropic_error_event if endpoint is MESSAGES else sse_error_event,
+            strip_usage=strip_usage,
         )
 
 
@@ -420,6 +431,14 @@ def _first_byte_deadline(ttfb_s: float, req: ParsedRequest) -> float | None:
     n = req.payload.get("n")
     choices = n if type(n) is int and n > 1 else 1
     return ttfb_s + asked * choices * _SECONDS_PER_TOKEN
+
+
+def _with_usage(req: ParsedRequest, upstream_model: str | None) -> bytes:
+    """req's body asking the member for usage in its stream."""
+    options = req.payload.get("stream_options")
+    asked = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+    model = upstream_model or req.model
+    return orjson.dumps({**req.payload, "model": model, "stream_options": asked})
 
 
 def _wants_usage(req: ParsedRequest) -> bool:

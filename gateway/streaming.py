@@ -48,7 +48,10 @@ class StreamRelay(Response):
         started_at: float,
         on_done: Callable[[StreamOutcome], None],
         error_event: Callable[[GatewayError], bytes] = sse_error_event,
+        strip_usage: bool = False,
     ) -> None:
+        # The gateway asked for usage the client did not: counted, not sent on.
+        self._strip_usage = strip_usage
         # How an error goes in-band: OpenAI's data line, or the Messages API's error event.
         self._error_event = error_event
         self.status_code = 200
@@ -114,14 +117,23 @@ class StreamRelay(Response):
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         try:
             add = self._tail.add
-            if self._first:
+            strip = self._strip_usage
+            first = self._first
+            if first:
                 self._ttft = self._clock.monotonic() - self._started_at
-                add(self._first)
-                await send({"type": "http.response.body", "body": self._first, "more_body": True})
+                add(first)
+                if strip and _USAGE_ONLY in first:
+                    first = _without_usage_events(first)
+                if first:
+                    await send({"type": "http.response.body", "body": first, "more_body": True})
             async for chunk in self._chunks:
                 if self._ttft is None:
                     self._ttft = self._clock.monotonic() - self._started_at
                 add(chunk)
+                if strip and _USAGE_ONLY in chunk:
+                    chunk = _without_usage_events(chunk)
+                    if not chunk:
+                        continue
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamTransportError as exc:
             # Too late to retry or change the status: tell the client in-band, as OpenAI does.
@@ -139,3 +151,14 @@ class StreamRelay(Response):
         event = self._error_event(error)
         await send({"type": "http.response.body", "body": event, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+# The usage-only chunk of an OpenAI stream: no choices, a usage object.
+_USAGE_ONLY = b'"choices":[]'
+
+
+def _without_usage_events(chunk: bytes) -> bytes:
+    """chunk without its usage-only events (an event split across chunks passes whole)."""
+    events = chunk.split(b"\n\n")
+    kept = [e for e in events if not (_USAGE_ONLY in e and b'"usage"' in e)]
+    return b"\n\n".join(kept)

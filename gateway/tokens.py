@@ -13,6 +13,8 @@ import orjson
 class TokenUsage:
     prompt: int = 0
     completion: int = 0
+    # Of prompt, the tokens read from a prompt cache (priced apart by some providers).
+    cached: int = 0
 
 
 NO_USAGE = TokenUsage()
@@ -37,12 +39,16 @@ def usage_from_object(doc: Any) -> TokenUsage | None:
             )
         )
         completion = usage.get("output_tokens", 0)
+        cached = usage.get("cache_read_input_tokens", 0)
     else:
         prompt = usage.get("prompt_tokens", 0)
         completion = usage.get("completion_tokens", 0)
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens", 0) if isinstance(details, dict) else 0
     return TokenUsage(
         prompt=prompt if isinstance(prompt, int) else 0,
         completion=completion if isinstance(completion, int) else 0,
+        cached=cached if isinstance(cached, int) else 0,
     )
 
 

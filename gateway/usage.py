@@ -17,6 +17,8 @@ class _Delta:
     latency_ms_sum: float = 0.0
     ttft_ms_sum: float = 0.0
     ttft_count: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
     # True once a zero in-flight has been reported, so idle members drop out of reports.
     idle_reported: bool = False
 
@@ -57,6 +59,8 @@ class UsageTracker:
         ttft_s: float | None = None,
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
+        cached_tokens: int = 0,
+        cost_usd: float = 0.0,
     ) -> None:
         count = self._in_flight.get(member_id, 0) - 1
         if count > 0:
@@ -70,6 +74,8 @@ class UsageTracker:
             delta.errors += 1
         delta.prompt_tokens += prompt_tokens
         delta.completion_tokens += completion_tokens
+        delta.cached_tokens += cached_tokens
+        delta.cost_usd += cost_usd
         delta.latency_ms_sum += latency_s * 1000.0
         if ttft_s is not None:
             delta.ttft_ms_sum += ttft_s * 1000.0
@@ -99,6 +105,8 @@ class UsageTracker:
                     completion_tokens=delta.completion_tokens,
                     mean_latency_ms=_mean(delta.latency_ms_sum, delta.requests),
                     mean_ttft_ms=_mean(delta.ttft_ms_sum, delta.ttft_count),
+                    cached_tokens=delta.cached_tokens,
+                    cost_usd=delta.cost_usd,
                 )
             )
             idle = delta.idle_reported

@@ -59,6 +59,8 @@ FIELD_BOUNDS: dict[str, Bound] = {
     "weight": Bound(max_number=1_000_000),
     "input_cost_per_mtok": Bound(max_number=1_000_000),
     "output_cost_per_mtok": Bound(max_number=1_000_000),
+    "cached_input_cost_per_mtok": Bound(max_number=1_000_000),
+    "hourly_cost_usd": Bound(max_number=100_000),
     "min_prompt_chars": Bound(max_number=100_000_000),
     "max_prompt_chars": Bound(max_number=100_000_000),
 }

@@ -66,6 +66,9 @@ class TemplateConfig(_Model):
     # US dollars per million tokens these replicas serve, for the cost policy.
     input_cost_per_mtok: float = Field(default=0.0, ge=0)
     output_cost_per_mtok: float = Field(default=0.0, ge=0)
+    cached_input_cost_per_mtok: float = Field(default=0.0, ge=0)
+    # US dollars an hour per running replica, integrated by the controller into the ledger.
+    hourly_cost_usd: float = Field(default=0.0, ge=0, le=100_000)
 
     @model_validator(mode="after")
     def _launchable(self) -> TemplateConfig:
@@ -93,6 +96,7 @@ class BackendConfig(_Model):
     # The name of the API key gateways send (docs/providers.md); never the key itself.
     credential: str = ""
     api_version: str = ""
+    cached_input_cost_per_mtok: float = Field(default=0.0, ge=0)
 
     _id = field_validator("id")(_check_name)
 

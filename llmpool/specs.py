@@ -27,6 +27,9 @@ class Template:
     # What a token these replicas serve costs, US dollars per million (the cost policy).
     input_cost_per_mtok: float = 0.0
     output_cost_per_mtok: float = 0.0
+    cached_input_cost_per_mtok: float = 0.0
+    # US dollars an hour per running replica (the controller's ledger).
+    hourly_cost_usd: float = 0.0
 
 
 # Autoscale metrics and their default targets (types.proto Autoscale).

@@ -222,6 +222,7 @@ class Member(_message.Message):
     PREFIX_CACHE_HIT_RATE_FIELD_NUMBER: _builtins.int
     CREDENTIAL_FIELD_NUMBER: _builtins.int
     API_VERSION_FIELD_NUMBER: _builtins.int
+    CACHED_INPUT_COST_PER_MTOK_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Backend id or replica id."""
     url: _builtins.str
@@ -246,6 +247,7 @@ class Member(_message.Message):
     credential: _builtins.str
     """The backend's credential name and Azure api-version (types.proto Backend)."""
     api_version: _builtins.str
+    cached_input_cost_per_mtok: _builtins.float
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -270,10 +272,11 @@ class Member(_message.Message):
         prefix_cache_hit_rate: _builtins.float = ...,
         credential: _builtins.str = ...,
         api_version: _builtins.str = ...,
+        cached_input_cost_per_mtok: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "credential", b"credential", "draining", b"draining", "healthy", b"healthy", "id", b"id", "in_flight", b"in_flight", "input_cost_per_mtok", b"input_cost_per_mtok", "kind", b"kind", "kv_usage", b"kv_usage", "labels", b"labels", "latency_ms", b"latency_ms", "output_cost_per_mtok", b"output_cost_per_mtok", "prefix_cache_hit_rate", b"prefix_cache_hit_rate", "running", b"running", "upstream_model", b"upstream_model", "url", b"url", "waiting", b"waiting", "weight", b"weight", "zone", b"zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "cached_input_cost_per_mtok", b"cached_input_cost_per_mtok", "credential", b"credential", "draining", b"draining", "healthy", b"healthy", "id", b"id", "in_flight", b"in_flight", "input_cost_per_mtok", b"input_cost_per_mtok", "kind", b"kind", "kv_usage", b"kv_usage", "labels", b"labels", "latency_ms", b"latency_ms", "output_cost_per_mtok", b"output_cost_per_mtok", "prefix_cache_hit_rate", b"prefix_cache_hit_rate", "running", b"running", "upstream_model", b"upstream_model", "url", b"url", "waiting", b"waiting", "weight", b"weight", "zone", b"zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -355,6 +358,8 @@ class MemberUsage(_message.Message):
     COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
     MEAN_LATENCY_MS_FIELD_NUMBER: _builtins.int
     MEAN_TTFT_MS_FIELD_NUMBER: _builtins.int
+    CACHED_TOKENS_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     model: _builtins.str
     in_flight: _builtins.int
@@ -365,6 +370,11 @@ class MemberUsage(_message.Message):
     completion_tokens: _builtins.int
     mean_latency_ms: _builtins.float
     mean_ttft_ms: _builtins.float
+    cached_tokens: _builtins.int
+    """Of prompt_tokens, those read from a prompt cache; and what the requests cost, US dollars
+    (usage x the member's prices), since the previous report.
+    """
+    cost_usd: _builtins.float
     def __init__(
         self,
         *,
@@ -377,10 +387,12 @@ class MemberUsage(_message.Message):
         completion_tokens: _builtins.int = ...,
         mean_latency_ms: _builtins.float = ...,
         mean_ttft_ms: _builtins.float = ...,
+        cached_tokens: _builtins.int = ...,
+        cost_usd: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "errors", b"errors", "in_flight", b"in_flight", "mean_latency_ms", b"mean_latency_ms", "mean_ttft_ms", b"mean_ttft_ms", "member_id", b"member_id", "model", b"model", "prompt_tokens", b"prompt_tokens", "requests", b"requests"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "errors", b"errors", "in_flight", b"in_flight", "mean_latency_ms", b"mean_latency_ms", "mean_ttft_ms", b"mean_ttft_ms", "member_id", b"member_id", "model", b"model", "prompt_tokens", b"prompt_tokens", "requests", b"requests"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

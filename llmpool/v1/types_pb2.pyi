@@ -90,6 +90,8 @@ class ReplicaTemplate(_message.Message):
     ARGS_FIELD_NUMBER: _builtins.int
     INPUT_COST_PER_MTOK_FIELD_NUMBER: _builtins.int
     OUTPUT_COST_PER_MTOK_FIELD_NUMBER: _builtins.int
+    CACHED_INPUT_COST_PER_MTOK_FIELD_NUMBER: _builtins.int
+    HOURLY_COST_USD_FIELD_NUMBER: _builtins.int
     engine: _builtins.str
     """Engine kind: "sim", "llamacpp" (llama-cpp-python), "llama-server" (llama.cpp's binary), "vllm",
     "sglang", "tgi" or "openai" (any compatible server).
@@ -113,6 +115,12 @@ class ReplicaTemplate(_message.Message):
     input_cost_per_mtok: _builtins.float
     """What a token served by these replicas costs (US dollars per million tokens), for the cost policy."""
     output_cost_per_mtok: _builtins.float
+    cached_input_cost_per_mtok: _builtins.float
+    """Prompt tokens read from the engine's prefix cache, per million (0: input_cost_per_mtok)."""
+    hourly_cost_usd: _builtins.float
+    """What one replica costs while it runs, US dollars an hour; the controller integrates it
+    over each replica's running time into the ledger (GetUsage).
+    """
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -137,10 +145,12 @@ class ReplicaTemplate(_message.Message):
         args: _abc.Iterable[_builtins.str] | None = ...,
         input_cost_per_mtok: _builtins.float = ...,
         output_cost_per_mtok: _builtins.float = ...,
+        cached_input_cost_per_mtok: _builtins.float = ...,
+        hourly_cost_usd: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cpu_slots", b"_cpu_slots", "cpu_slots", b"cpu_slots"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cpu_slots", b"_cpu_slots", "args", b"args", "command", b"command", "cpu_slots", b"cpu_slots", "engine", b"engine", "env", b"env", "gpus", b"gpus", "health_path", b"health_path", "input_cost_per_mtok", b"input_cost_per_mtok", "metrics_path", b"metrics_path", "output_cost_per_mtok", b"output_cost_per_mtok", "ready_timeout_s", b"ready_timeout_s", "served_model", b"served_model", "weights", b"weights"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cpu_slots", b"_cpu_slots", "args", b"args", "cached_input_cost_per_mtok", b"cached_input_cost_per_mtok", "command", b"command", "cpu_slots", b"cpu_slots", "engine", b"engine", "env", b"env", "gpus", b"gpus", "health_path", b"health_path", "hourly_cost_usd", b"hourly_cost_usd", "input_cost_per_mtok", b"input_cost_per_mtok", "metrics_path", b"metrics_path", "output_cost_per_mtok", b"output_cost_per_mtok", "ready_timeout_s", b"ready_timeout_s", "served_model", b"served_model", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cpu_slots: _TypeAlias = _typing.Literal["cpu_slots"]  # noqa: Y015
     _WhichOneofArgType__cpu_slots: _TypeAlias = _typing.Literal["_cpu_slots", b"_cpu_slots"]  # noqa: Y015
@@ -480,6 +490,7 @@ class Backend(_message.Message):
     OUTPUT_COST_PER_MTOK_FIELD_NUMBER: _builtins.int
     CREDENTIAL_FIELD_NUMBER: _builtins.int
     API_VERSION_FIELD_NUMBER: _builtins.int
+    CACHED_INPUT_COST_PER_MTOK_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     pool: _builtins.str
     url: _builtins.str
@@ -504,6 +515,8 @@ class Backend(_message.Message):
     """
     api_version: _builtins.str
     """Azure OpenAI: the api-version of deployment URLs; empty or "v1": the v1 API."""
+    cached_input_cost_per_mtok: _builtins.float
+    """Cached prompt tokens (prompt caching), US dollars per million (0: input_cost_per_mtok)."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -522,10 +535,11 @@ class Backend(_message.Message):
         output_cost_per_mtok: _builtins.float = ...,
         credential: _builtins.str = ...,
         api_version: _builtins.str = ...,
+        cached_input_cost_per_mtok: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_weight", b"_weight", "enabled", b"enabled", "weight", b"weight"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_weight", b"_weight", "api_version", b"api_version", "credential", b"credential", "enabled", b"enabled", "id", b"id", "input_cost_per_mtok", b"input_cost_per_mtok", "kind", b"kind", "labels", b"labels", "output_cost_per_mtok", b"output_cost_per_mtok", "pool", b"pool", "upstream_model", b"upstream_model", "url", b"url", "weight", b"weight", "zone", b"zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_weight", b"_weight", "api_version", b"api_version", "cached_input_cost_per_mtok", b"cached_input_cost_per_mtok", "credential", b"credential", "enabled", b"enabled", "id", b"id", "input_cost_per_mtok", b"input_cost_per_mtok", "kind", b"kind", "labels", b"labels", "output_cost_per_mtok", b"output_cost_per_mtok", "pool", b"pool", "upstream_model", b"upstream_model", "url", b"url", "weight", b"weight", "zone", b"zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
     _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015

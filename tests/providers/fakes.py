@@ -99,7 +99,15 @@ class FakeProvider:
         if refused is not None:
             return refused
         if body.get("stream"):
-            return Response(fixture("openai_stream.sse"), media_type="text/event-stream")
+            events = fixture("openai_stream.sse")
+            if (body.get("stream_options") or {}).get("include_usage"):
+                usage = {"prompt_tokens": 12, "completion_tokens": 8, "total_tokens": 20}
+                chunk = {"id": "chatcmpl-9fake2", "object": "chat.completion.chunk",
+                         "created": 1764680000, "model": "gpt-4o-mini", "choices": [],
+                         "usage": usage}  # fmt: skip
+                done = events.index(b"data: [DONE]")
+                events = events[:done] + b"data: " + orjson.dumps(chunk) + b"\n\n" + events[done:]
+            return Response(events, media_type="text/event-stream")
         return Response(fixture("openai_chat.json"), media_type="application/json")
 
     async def _openai_embeddings(self, request: Request) -> Response:

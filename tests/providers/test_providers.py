@@ -255,3 +255,34 @@ async def test_a_provider_429_with_retry_after_cools_it_down_while_another_serve
     # A try met the 429; none came within the 2 s it asked for, however long the loop took.
     assert limited.arrived
     assert all(t - limited.arrived[0] >= 2 for t in limited.arrived[1:])
+
+
+async def test_priced_members_cost_counts_and_streams_always_carry_usage(
+    kit: Any, controller: Any, gateway_factory: Any, providers: Any, http: httpx.AsyncClient
+) -> None:
+    fake = await providers("openai", KEY)
+    prices = {"input_cost_per_mtok": 2.5, "output_cost_per_mtok": 10.0,
+              "cached_input_cost_per_mtok": 1.25}  # fmt: skip
+    gw = await gateway_for(
+        kit, controller, gateway_factory, [remote("r", fake.url, "openai", **prices)]
+    )
+    await client(gw).chat.completions.create(model="m1", messages=CHAT)  # type: ignore[arg-type]
+    stream = await client(gw).chat.completions.create(model="m1", messages=CHAT, stream=True)  # type: ignore[arg-type]
+    chunks = [c async for c in stream]
+    # The gateway asked for usage; the client, who did not, got no usage chunk.
+    assert fake.requests[-1]["stream_options"] == {"include_usage": True}
+    assert all(c.usage is None and c.choices for c in chunks)
+    page = (await http.get(gw.url + "/metrics")).text
+    # Plain: 8 fresh + 4 cached prompt tokens, 8 completion; stream: 12 prompt, 8 completion.
+    plain = (8 * 2.5 + 4 * 1.25 + 8 * 10.0) / 1e6
+    streamed = (12 * 2.5 + 8 * 10.0) / 1e6
+    cost = kit.metric(page, "llmpool_gateway_cost_usd_total", model="m1", backend="r")
+    assert cost == pytest.approx(plain + streamed)
+    assert kit.metric(page, "llmpool_gateway_tokens_total", model="m1", kind="cached") == 4
+    await kit.wait_until(
+        lambda: (
+            sum(m.cost_usd for r in controller.reports for m in r.members)
+            == pytest.approx(plain + streamed)
+        ),
+        what="the cost reported to the controller",
+    )
