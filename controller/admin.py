@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections import Counter
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from .autoscale_loop import Autoscaler, AutoscaleView
 from .backend_urls import BackendUrlPolicy
 from .commands import CancelTailCommand, TailCommand
 from .desired import DesiredState
+from .ledger import Ledger, UsageRow
 from .model import BackendSpec, PoolSpec, Template
 from .publisher import SnapshotPublisher
 from .reconcile_loop import ReconcileLoop
@@ -103,7 +105,9 @@ class Admin:
         grace: RestartGrace | None = None,
         usage: UsageAggregator | None = None,
         autoscaler: Autoscaler | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
+        self._ledger = ledger
         self._autoscaler = autoscaler
         self._usage = usage
         self._grace = grace
@@ -317,6 +321,18 @@ class Admin:
 
     async def audit_events(self, query: AuditQuery) -> list[AuditEvent]:
         return await self._audit.query(query)
+
+    async def usage(self, since: float, until: float, pool: str = "") -> list[UsageRow]:
+        for name, value in (("since", since), ("until", until)):
+            if not math.isfinite(value) or value < 0:
+                raise InvalidArgumentError(f"{name} must be unix seconds >= 0 (0: unbounded)")
+        if since and until and until < since:
+            raise InvalidArgumentError("until is before since")
+        if pool:
+            check_name("pool", pool)
+        if self._ledger is None:
+            raise FailedPreconditionError("this controller keeps no ledger")
+        return await self._ledger.usage(since, until, pool)
 
     def pool_status(self, name: str) -> PoolStatusView:
         route = self._publisher.routes.get(name)

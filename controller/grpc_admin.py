@@ -144,6 +144,15 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         async for line in lines:
             yield admin_pb2.LogLine(replica_id=request.replica_id, line=line)
 
+    async def GetUsage(
+        self, request: admin_pb2.GetUsageRequest, context: Ctx
+    ) -> admin_pb2.GetUsageResponse:
+        rows = await self._admin.usage(request.since, request.until, request.pool)
+        return admin_pb2.GetUsageResponse(
+            rows=[to_proto(r, admin_pb2.UsageRow) for r in rows],
+            cost_usd=sum(r.cost_usd for r in rows),
+        )
+
     async def ListAuditEvents(
         self, request: admin_pb2.ListAuditEventsRequest, context: Ctx
     ) -> admin_pb2.ListAuditEventsResponse:

@@ -85,3 +85,16 @@ class ControllerMetrics:
             ["pool"],
             registry=r,
         )
+        self.replica_cost = Counter(
+            "llmpool_pool_replica_cost_usd",
+            "What a pool's replicas cost by their template's hourly_cost_usd while running, US "
+            "dollars",
+            ["pool"],
+            registry=r,
+        )
+        self.cost = Counter(
+            "llmpool_controller_cost_usd",
+            "What requests cost by their members' prices, as gateways report it, US dollars",
+            ["pool", "backend"],
+            registry=r,
+        )

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from llmpool.clock import Clock
 from llmpool.config import Config
+from llmpool.status import ReplicaState
 
 from .admin import Admin
 from .agents import AgentRegistry
@@ -15,6 +16,7 @@ from .backend_urls import BackendUrlPolicy
 from .changes import Changes
 from .convert import specs_from_config
 from .desired import DesiredState
+from .ledger import Ledger
 from .metrics import ControllerMetrics
 from .publisher import SnapshotPublisher
 from .reconcile_loop import ReconcileLoop
@@ -46,6 +48,7 @@ class ControllerParts:
     tokens: TokenBook
     grace: RestartGrace
     autoscaler: Autoscaler
+    ledger: Ledger
 
 
 async def build_parts(
@@ -73,7 +76,22 @@ async def build_parts(
         clock,
         lambda agent_id: registry.get(agent_id) is not None,
     )
-    usage = UsageAggregator(clock, metrics, ttl_s=max(5.0, 5 * report_interval_s))
+
+    def running() -> list[tuple[str, str, float]]:
+        """Managed replicas whose engine runs now, with their template's hourly cost."""
+        found = []
+        for a in desired.assignments.values():
+            record = registry.get(a.agent_id)
+            status = record.replicas.get(a.replica_id) if record is not None else None
+            pool = desired.pools.get(a.pool)
+            if status is None or pool is None or pool.template is None:
+                continue
+            if status.state is not ReplicaState.STOPPED:
+                found.append((a.pool, a.replica_id, pool.template.hourly_cost_usd))
+        return found
+
+    ledger = Ledger(store, clock, metrics, running)
+    usage = UsageAggregator(clock, metrics, ttl_s=max(5.0, 5 * report_interval_s), ledger=ledger)
 
     def live() -> dict[str, LiveReplica]:
         replicas: dict[str, LiveReplica] = {}
@@ -122,6 +140,7 @@ async def build_parts(
         grace=grace,
         usage=usage,
         autoscaler=autoscaler,
+        ledger=ledger,
     )
     return ControllerParts(
         clock=clock,
@@ -139,4 +158,5 @@ async def build_parts(
         tokens=tokens,
         grace=grace,
         autoscaler=autoscaler,
+        ledger=ledger,
     )

@@ -28,6 +28,7 @@ RPC_ROLES: dict[str, frozenset[str]] = {
             "GetPoolStatus",
             "ListAgents",
             "ListReplicas",
+            "GetUsage",
         )
     },
     # Day-to-day operations: traffic on and off, capacity, logs (which may quote prompts).

@@ -180,6 +180,7 @@ class ControllerServer:
             asyncio.create_task(parts.publisher.run(), name="snapshot-publisher"),
             asyncio.create_task(parts.reconciler.run(), name="reconciler"),
             asyncio.create_task(parts.autoscaler.run(), name="autoscaler"),
+            asyncio.create_task(parts.ledger.run(), name="ledger"),
         ]
         log.info(
             "controller listening",

@@ -15,7 +15,7 @@ from .audit_event import AuditEvent, AuditQuery
 from .model import Assignment, BackendSpec, PoolSpec
 from .tokens import TokenRecord
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 DB_FILE = "controller.sqlite3"
 
 # Schema version 6: the audit log and the admin API's bearer tokens (hashes only).
@@ -43,6 +43,21 @@ CREATE TABLE IF NOT EXISTS tokens (
 )
 """
 
+# Schema version 7: the cost ledger, per minute, pool and backend.
+_V7_TABLES = """
+CREATE TABLE IF NOT EXISTS usage_minutes (
+    minute INTEGER NOT NULL,
+    pool TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    cached_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    PRIMARY KEY (minute, pool, backend)
+)
+"""
+
 # Pools and backends are stored whole as JSON (llmpool.protoconv), so a new field of theirs needs
 # no column and no migration: rows written before it load with its default.
 _SCHEMA = (
@@ -66,6 +81,8 @@ CREATE TABLE IF NOT EXISTS replicas (
 );
 """
     + _V6_TABLES
+    + ";"
+    + _V7_TABLES
 )
 
 # Version reached -> the statements that bring the previous version's tables to it. A new
@@ -101,6 +118,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE backends_v5 RENAME TO backends",
     ),
     6: tuple(s for s in _V6_TABLES.split(";") if s.strip()),
+    7: (_V7_TABLES,),
 }
 
 
@@ -293,3 +311,40 @@ class Store:
     async def delete_token(self, token_id: str) -> None:
         await self._db.execute("DELETE FROM tokens WHERE id = ?", (token_id,))
         await self._db.commit()
+
+    async def add_usage(self, rows: list[tuple[int, str, str, int, int, int, int, float]]) -> None:
+        """Adds (minute, pool, backend, requests, prompt, cached, completion, cost) to the
+        ledger's rows, and drops rows older than keep_before (a minute)."""
+        await self._db.executemany(
+            "INSERT INTO usage_minutes VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (minute, pool, backend) DO UPDATE SET "
+            "requests = requests + excluded.requests, "
+            "prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
+            "cached_tokens = cached_tokens + excluded.cached_tokens, "
+            "completion_tokens = completion_tokens + excluded.completion_tokens, "
+            "cost_usd = cost_usd + excluded.cost_usd",
+            rows,
+        )
+        await self._db.commit()
+
+    async def forget_usage_before(self, minute: int) -> None:
+        await self._db.execute("DELETE FROM usage_minutes WHERE minute < ?", (minute,))
+        await self._db.commit()
+
+    async def usage(
+        self, first: int, last: int, pool: str
+    ) -> list[tuple[str, str, int, int, int, int, float]]:
+        """(pool, backend, requests, prompt, cached, completion, cost) summed over minutes
+        first..last, for one pool or ("") all."""
+        sql = (
+            "SELECT pool, backend, SUM(requests), SUM(prompt_tokens), SUM(cached_tokens), "
+            "SUM(completion_tokens), SUM(cost_usd) FROM usage_minutes "
+            "WHERE minute BETWEEN ? AND ? AND (? = '' OR pool = ?) "
+            "GROUP BY pool, backend ORDER BY pool, backend"
+        )
+        async with self._db.execute(sql, (first, last, pool, pool)) as cur:
+            rows = await cur.fetchall()
+        return [
+            (str(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]), float(r[6]))
+            for r in rows
+        ]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from llmpool.clock import Clock
 
+from .ledger import Ledger
 from .metrics import ControllerMetrics
 
 
@@ -24,6 +26,8 @@ class MemberUsage:
     completion_tokens: int = 0
     mean_latency_ms: float = 0.0
     mean_ttft_ms: float = 0.0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,14 @@ class _Observed:
 class UsageAggregator:
     """Each gateway's latest in-flight per member; reports older than ttl_s do not count."""
 
-    def __init__(self, clock: Clock, metrics: ControllerMetrics, ttl_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        metrics: ControllerMetrics,
+        ttl_s: float = 5.0,
+        ledger: Ledger | None = None,
+    ) -> None:
+        self._ledger = ledger
         self._clock = clock
         self._metrics = metrics
         self._ttl_s = ttl_s
@@ -126,6 +137,21 @@ class UsageAggregator:
                 self._metrics.tokens.labels(model, "prompt").inc(m.prompt_tokens)
             if m.completion_tokens:
                 self._metrics.tokens.labels(model, "completion").inc(m.completion_tokens)
+            # A report is trusted no further than its numbers: NaN, negative or absurd costs
+            # count as none.
+            cost = m.cost_usd if math.isfinite(m.cost_usd) and 0 < m.cost_usd < 1e6 else 0.0
+            if cost:
+                self._metrics.cost.labels(model, m.member_id).inc(cost)
+            if self._ledger is not None and m.requests:
+                self._ledger.add(
+                    model,
+                    m.member_id,
+                    m.requests,
+                    m.prompt_tokens,
+                    m.cached_tokens,
+                    m.completion_tokens,
+                    cost,
+                )
 
     def loads(self) -> dict[str, MemberLoad]:
         """Per member: in-flight summed over gateways, latency averaged over those that saw any."""

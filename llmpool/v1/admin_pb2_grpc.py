@@ -115,6 +115,11 @@ class AdminServiceStub:
                 request_serializer=llmpool_dot_v1_dot_admin__pb2.ListReplicasRequest.SerializeToString,
                 response_deserializer=llmpool_dot_v1_dot_admin__pb2.ListReplicasResponse.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/llmpool.v1.AdminService/GetUsage',
+                request_serializer=llmpool_dot_v1_dot_admin__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=llmpool_dot_v1_dot_admin__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
         self.TailLogs = channel.unary_stream(
                 '/llmpool.v1.AdminService/TailLogs',
                 request_serializer=llmpool_dot_v1_dot_admin__pb2.TailLogsRequest.SerializeToString,
@@ -243,6 +248,15 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """The cost ledger: requests, tokens and US dollars by pool and backend over a time window
+        (requests by their members' prices; replicas by their template's hourly cost, as the
+        backend "(replicas)").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def TailLogs(self, request, context):
         """Last lines of a replica's output, then new ones as they come when follow is set.
         """
@@ -359,6 +373,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListReplicas,
                     request_deserializer=llmpool_dot_v1_dot_admin__pb2.ListReplicasRequest.FromString,
                     response_serializer=llmpool_dot_v1_dot_admin__pb2.ListReplicasResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=llmpool_dot_v1_dot_admin__pb2.GetUsageRequest.FromString,
+                    response_serializer=llmpool_dot_v1_dot_admin__pb2.GetUsageResponse.SerializeToString,
             ),
             'TailLogs': grpc.unary_stream_rpc_method_handler(
                     servicer.TailLogs,
@@ -818,6 +837,33 @@ class AdminService:
             '/llmpool.v1.AdminService/ListReplicas',
             llmpool_dot_v1_dot_admin__pb2.ListReplicasRequest.SerializeToString,
             llmpool_dot_v1_dot_admin__pb2.ListReplicasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmpool.v1.AdminService/GetUsage',
+            llmpool_dot_v1_dot_admin__pb2.GetUsageRequest.SerializeToString,
+            llmpool_dot_v1_dot_admin__pb2.GetUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

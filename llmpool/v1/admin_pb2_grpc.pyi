@@ -50,6 +50,11 @@ class AdminServiceStub:
     ScalePool: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ScalePoolRequest, _types_pb2.Pool]
     ListAgents: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAgentsRequest, _admin_pb2.ListAgentsResponse]
     ListReplicas: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListReplicasRequest, _admin_pb2.ListReplicasResponse]
+    GetUsage: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetUsageRequest, _admin_pb2.GetUsageResponse]
+    """The cost ledger: requests, tokens and US dollars by pool and backend over a time window
+    (requests by their members' prices; replicas by their template's hourly cost, as the
+    backend "(replicas)").
+    """
     TailLogs: _grpc.UnaryStreamMultiCallable[_admin_pb2.TailLogsRequest, _admin_pb2.LogLine]
     """Last lines of a replica's output, then new ones as they come when follow is set."""
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAuditEventsRequest, _admin_pb2.ListAuditEventsResponse]
@@ -82,6 +87,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ScalePool: _aio.UnaryUnaryMultiCallable[_admin_pb2.ScalePoolRequest, _types_pb2.Pool]  # type: ignore[assignment]
     ListAgents: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAgentsRequest, _admin_pb2.ListAgentsResponse]  # type: ignore[assignment]
     ListReplicas: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListReplicasRequest, _admin_pb2.ListReplicasResponse]  # type: ignore[assignment]
+    GetUsage: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetUsageRequest, _admin_pb2.GetUsageResponse]  # type: ignore[assignment]
+    """The cost ledger: requests, tokens and US dollars by pool and backend over a time window
+    (requests by their members' prices; replicas by their template's hourly cost, as the
+    backend "(replicas)").
+    """
     TailLogs: _aio.UnaryStreamMultiCallable[_admin_pb2.TailLogsRequest, _admin_pb2.LogLine]  # type: ignore[assignment]
     """Last lines of a replica's output, then new ones as they come when follow is set."""
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAuditEventsRequest, _admin_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
@@ -207,6 +217,17 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ListReplicasRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListReplicasResponse, _abc.Awaitable[_admin_pb2.ListReplicasResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetUsage(
+        self,
+        request: _admin_pb2.GetUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetUsageResponse, _abc.Awaitable[_admin_pb2.GetUsageResponse]]:
+        """The cost ledger: requests, tokens and US dollars by pool and backend over a time window
+        (requests by their members' prices; replicas by their template's hourly cost, as the
+        backend "(replicas)").
+        """
 
     @_abc_1.abstractmethod
     def TailLogs(
