@@ -153,12 +153,14 @@ class StreamRelay(Response):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-# The usage-only chunk of an OpenAI stream: no choices, a usage object.
-_USAGE_ONLY = b'"choices":[]'
+# In the usage-only chunk of an OpenAI stream (no choices, a usage object).
+_USAGE_ONLY = b'"usage"'
+# Engines write JSON with and without spaces after separators.
+_NO_CHOICES = (b'"choices":[]', b'"choices": []')
 
 
 def _without_usage_events(chunk: bytes) -> bytes:
     """chunk without its usage-only events (an event split across chunks passes whole)."""
     events = chunk.split(b"\n\n")
-    kept = [e for e in events if not (_USAGE_ONLY in e and b'"usage"' in e)]
+    kept = [e for e in events if not (b'"usage"' in e and any(n in e for n in _NO_CHOICES))]
     return b"\n\n".join(kept)

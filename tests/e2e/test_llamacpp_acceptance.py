@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -167,6 +168,44 @@ def test_two_replicas_chat_stream_and_embed(pool: Cluster) -> None:
     assert max(abs(a - b) for a, b in zip(*vectors, strict=True)) > 1e-3
     again = client.embeddings.create(model=POOL, input=texts[0]).data[0].embedding
     assert max(abs(a - b) for a, b in zip(vectors[0], again, strict=True)) < 1e-4
+
+
+# Greedy decoding (a sampled first token can be end-of-text); this anthropic SDK takes the
+# Messages API's temperature field through extra_body.
+GREEDY = {"temperature": 0}
+
+
+def test_anthropic_clients_get_smollm2_through_v1_messages(pool: Cluster) -> None:
+    """The anthropic package against the real model: text, a stream, and a tool call (a named
+    tool: llama_cpp.server constrains its output to the function's arguments)."""
+    client = anthropic.Anthropic(
+        base_url=f"http://{pool.gateway}", api_key="unused", max_retries=0, timeout=120
+    )
+    msg = client.messages.create(model=POOL, max_tokens=16, messages=SHORT, extra_body=GREEDY)
+    assert msg.role == "assistant" and msg.model == POOL
+    assert msg.content[0].type == "text" and msg.content[0].text.strip(), msg
+    assert msg.usage.output_tokens > 0
+    with client.messages.stream(model=POOL, max_tokens=16, messages=SHORT, extra_body=GREEDY) as s:
+        text = "".join(s.text_stream)
+        final = s.get_final_message()
+    assert text.strip() and final.stop_reason in ("end_turn", "max_tokens"), final
+    weather = {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "input_schema": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    }
+    asked: Any = [{"role": "user", "content": "What is the weather in Lisbon?"}]
+    tool = client.messages.create(
+        model=POOL, max_tokens=64, messages=asked, tools=[weather],  # type: ignore[list-item]
+        tool_choice={"type": "tool", "name": "get_weather"}, extra_body=GREEDY,
+    )  # fmt: skip
+    [use] = [b for b in tool.content if b.type == "tool_use"]
+    assert use.name == "get_weather" and isinstance(use.input, dict) and "city" in use.input
+    assert tool.stop_reason == "tool_use"
 
 
 def test_concurrent_streams_are_not_cut_short(pool: Cluster) -> None:
