@@ -11,6 +11,7 @@ import asyncio
 import logging
 from typing import Any
 
+import orjson
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
@@ -53,16 +54,27 @@ class GatewayASGI:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            endpoint = self._endpoints.get(scope["path"])
+            path: str = scope["path"]
+            endpoint = self._endpoints.get(path)
+            deployment = None
+            if endpoint is None and path.startswith("/openai/"):
+                endpoint, deployment = azure_path(path)
             if endpoint is not None:
                 if scope["method"] == "POST":
-                    await self._handle(endpoint, scope, receive, send)
+                    await self._handle(endpoint, scope, receive, send, deployment)
                 else:
                     await error_response(_method_not_allowed())(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
-    async def _handle(self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _handle(
+        self,
+        endpoint: Endpoint,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        deployment: str | None = None,
+    ) -> None:
         account = self._accounting.open()
         # The connection cancels this task if its client leaves (gateway/connections.py).
         task = scope[CLIENT_TASK] = asyncio.current_task()
@@ -71,6 +83,8 @@ class GatewayASGI:
                 headers = header_map(scope["headers"])
                 check_headers(headers, self._max_body_bytes)
                 body = await receive_body(receive, self._max_body_bytes)
+                if deployment is not None:
+                    body = with_model(body, deployment)
                 parsed = parse_request(endpoint, body)
                 response: Any = await self._relay.handle(parsed, headers, account)
             except ClientDisconnected:
@@ -109,3 +123,39 @@ def _method_not_allowed() -> MethodNotAllowedError:
     return MethodNotAllowedError(
         "Method not allowed here; allowed: POST.", headers={"Allow": "POST"}
     )
+
+
+# Azure OpenAI's paths, for AzureOpenAI clients pointed at the gateway: the v1 API
+# (/openai/v1/chat/completions) and deployment URLs, whose deployment names the pool.
+_AZURE_OPERATIONS = {
+    "chat/completions": Endpoint.CHAT,
+    "completions": Endpoint.COMPLETIONS,
+    "embeddings": Endpoint.EMBEDDINGS,
+}
+
+
+def azure_path(path: str) -> tuple[Endpoint | None, str | None]:
+    """(endpoint, deployment) for an Azure OpenAI path; (None, None) for any other."""
+    rest = path.removeprefix("/openai/")
+    if rest.startswith("v1/"):
+        return _AZURE_OPERATIONS.get(rest[3:]), None
+    if not rest.startswith("deployments/"):
+        return None, None
+    name, _, operation = rest[len("deployments/") :].partition("/")
+    endpoint = _AZURE_OPERATIONS.get(operation)
+    if endpoint is None or not name:
+        return None, None
+    # ASGI's path is already percent-decoded: the name is as the client meant it.
+    return endpoint, name
+
+
+def with_model(body: bytes, model: str) -> bytes:
+    """body with its model set to the deployment the path named (left as is if not JSON: the
+    parser then says what is wrong)."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body
+    if not isinstance(payload, dict):
+        return body
+    return orjson.dumps({**payload, "model": model})
