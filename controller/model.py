@@ -61,6 +61,8 @@ class PoolSpec:
     # Pools that serve, in order, when this one cannot or is saturated (types.proto Pool).
     fallbacks: tuple[str, ...] = ()
     spill_waiting: float = 0.0
+    # Gateways pick members in their own zone first (types.proto Pool.prefer_zone).
+    prefer_zone: bool = False
 
     def route_targets(self) -> set[str]:
         """Pools this pool's rules, split arms and fallbacks send requests to."""

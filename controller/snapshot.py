@@ -67,6 +67,7 @@ class ModelRoute:
     hold_s: float = 0.0
     fallbacks: tuple[str, ...] = ()
     spill_waiting: float = 0.0
+    prefer_zone: bool = False
 
 
 Routes = dict[str, ModelRoute]

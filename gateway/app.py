@@ -105,6 +105,7 @@ def create_app(
     table = RoutingTable(
         registry=PolicyRegistry.load(settings.policy_plugins, clock=clock),
         usable=lambda m: credentials.has(m.credential),
+        zone=settings.zone,
     )
     metrics.missing_credentials.set_function(credentials.missing)
     usage = UsageTracker()

@@ -1,9 +1,11 @@
-"""Which pools a request may go to, in order, when its own cannot serve it (pure)."""
+"""Where a request may go when its pool cannot serve it (pure): the pool's fallbacks in
+order, and its members in the gateway's own zone before the others."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from gateway.members import Member
 from gateway.routing import Route
 
 POOL_HEADER = "x-llmpool-pool"
@@ -20,11 +22,27 @@ def chain(route: Route, get: Callable[[str], Route | None]) -> list[Route]:
     return found
 
 
-def saturated(route: Route) -> bool:
-    """Requests wait in the engines at or above the pool's bound per healthy member (as the
-    last snapshot said); never for a pool without a bound."""
+def saturated(route: Route, members: tuple[Member, ...] | None = None) -> bool:
+    """Requests wait in the engines at or above the pool's bound per member (route's healthy
+    members, or those given), as the last snapshot said; never for a pool without a bound."""
     bound = route.spill_waiting
-    members = route.candidates
+    if members is None:
+        members = route.candidates
     if bound <= 0 or not members:
         return False
     return sum(m.waiting for m in members) / len(members) >= bound
+
+
+def zone_first(route: Route, available: tuple[Member, ...]) -> tuple[Member, ...]:
+    """The members to pick from: those of available in this gateway's zone when the pool
+    prefers it and they are neither all unavailable nor saturated; otherwise all of them."""
+    if not route.local:
+        return available
+    if len(available) == len(route.candidates):
+        local = route.local
+    else:
+        ids = {m.id for m in available}
+        local = tuple(m for m in route.local if m.id in ids)
+    if not local or saturated(route, local):
+        return available
+    return local

@@ -205,6 +205,8 @@ class Relay:
         if not pool:
             raise self._all_cooling(req.model, route)
         pool = outliers.available(pool)
+        if route.local:
+            pool = fallbacks.zone_first(route, pool)
         deadline = _first_byte_deadline(route.ttfb_timeout_s, req)
         for attempt in range(self._max_tries):
             if attempt:

@@ -47,6 +47,9 @@ class Route:
     # Pools that serve when this one cannot, and its saturation bound (gateway/fallbacks.py).
     fallbacks: tuple[str, ...] = ()
     spill_waiting: float = 0.0
+    # The pool prefers this gateway's zone: local holds its candidates there.
+    prefer_zone: bool = False
+    local: tuple[Member, ...] = ()
 
 
 class RoutingTable:
@@ -57,7 +60,10 @@ class RoutingTable:
         rng: random.Random | None = None,
         registry: PolicyRegistry | None = None,
         usable: Callable[[Member], bool] | None = None,
+        zone: str = "",
     ) -> None:
+        # This gateway's zone (--zone): pools that prefer it pick members there first.
+        self.zone = zone
         # Whether this gateway can send to a member at all (it has the member's credential).
         self._usable = usable
         # Built at start-up with the plugins: the one place policies come from.
@@ -145,12 +151,20 @@ class RoutingTable:
             return tuple(m for m in members if m.routable)
         return tuple(m for m in members if m.routable and usable(m))
 
+    def _local(self, prefer: bool, candidates: tuple[Member, ...]) -> tuple[Member, ...]:
+        if not prefer or not self.zone:
+            return ()
+        return tuple(m for m in candidates if m.zone == self.zone)
+
     def recheck(self) -> None:
         """Works out every route's candidates again (a credential appeared or went)."""
-        self._routes = {
-            name: dataclasses.replace(route, candidates=self._candidates(route.members))
-            for name, route in self._routes.items()
-        }
+        routes = {}
+        for name, route in self._routes.items():
+            candidates = self._candidates(route.members)
+            routes[name] = dataclasses.replace(
+                route, candidates=candidates, local=self._local(route.prefer_zone, candidates)
+            )
+        self._routes = routes
 
     def resolve(self, route: Route, ctx: PickContext) -> tuple[Route, tuple[Hop, ...]]:
         """The route that serves this request after route's rules and split (gateway/rules.py)."""
@@ -181,6 +195,7 @@ class RoutingTable:
         else:
             policy = self._make_policy(msg.model, name, params)
         member_ids = frozenset(m.id for m in members)
+        candidates = self._candidates(members)
         if previous is None or policy is not previous.policy or member_ids != previous.member_ids:
             policy.on_members(members)
         policy.on_snapshot(members)
@@ -190,7 +205,9 @@ class RoutingTable:
             policy_params=params,
             policy=policy,
             members=members,
-            candidates=self._candidates(members),
+            candidates=candidates,
+            prefer_zone=msg.prefer_zone,
+            local=self._local(msg.prefer_zone, candidates),
             member_ids=member_ids,
             rules=rules,
             split=split,

@@ -42,6 +42,8 @@ class GatewaySettings:
     drain_delay_s: float = 5.0
     # A file per credential (API keys of remote backends), re-read when it changes.
     secrets_dir: str = ""
+    # This gateway's zone: pools with prefer_zone pick members here first.
+    zone: str = ""
     # Requests held at once for pools with no member yet (scaled to zero); more get 503.
     max_held_requests: int = 1000
     log_level: str = "info"
@@ -218,6 +220,15 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     env_option(
         p,
+        "--zone",
+        env,
+        "LLMPOOL_GATEWAY_ZONE",
+        "",
+        "this gateway's zone (as agents' zone label and backends' zone): pools with prefer_zone "
+        "send its requests to members in this zone first",
+    )
+    env_option(
+        p,
         "--secrets-dir",
         env,
         "LLMPOOL_GATEWAY_SECRETS_DIR",
@@ -298,6 +309,8 @@ def parse_settings(argv: list[str], env: Mapping[str, str] | None = None) -> Gat
         value = getattr(args, flag)
         if not 0 < value < float("inf"):
             parser.error(f"--{flag.replace('_', '-')} must be a positive number")
+    if len(args.zone) > 64:
+        parser.error("--zone is longer than 64 characters")
     if args.secrets_dir and not os.path.isdir(args.secrets_dir):
         parser.error(f"--secrets-dir {args.secrets_dir}: no such directory")
     if args.max_held_requests < 0:
@@ -337,6 +350,7 @@ def parse_settings(argv: list[str], env: Mapping[str, str] | None = None) -> Gat
         drain_delay_s=args.drain_delay_s,
         max_held_requests=args.max_held_requests,
         secrets_dir=args.secrets_dir,
+        zone=args.zone,
         log_level=args.log_level,
         log_json=args.log_json,
         policy_plugins=plugins,

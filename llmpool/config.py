@@ -183,6 +183,8 @@ class PoolConfig(_Model):
     # Pools that serve, in order, when this one cannot or waits spill_waiting per member.
     fallbacks: list[str] = Field(default_factory=list, max_length=8)
     spill_waiting: float = Field(default=0.0, ge=0, le=100_000)
+    # Gateways with a --zone pick this pool's members in their zone first.
+    prefer_zone: bool = False
 
     _name = field_validator("name")(_check_name)
 

@@ -247,3 +247,16 @@ def test_systemd_analyze_verify(role: str, tmp_path: Path) -> None:
     ours = [line for line in output.splitlines() if copy.name in line or str(copy) in line]
     assert result.returncode == 0, output
     assert not ours, output
+
+
+def test_edge_cloud_example_config_loads() -> None:
+    config = load_config(DEPLOY / "examples" / "edge-cloud" / "pools.yaml")
+    pools = {pool.name: pool for pool in config.pools}
+    edge, cloud = pools["assistant"], pools["cloud"]
+    assert edge.fallbacks == ["cloud"] and edge.prefer_zone and edge.spill_waiting > 0
+    assert edge.template is not None and edge.template.engine == "llamacpp"
+    [remote] = cloud.backends
+    assert remote.kind == "openai" and remote.credential and remote.zone == "cloud"
+    readme = (DEPLOY / "examples" / "edge-cloud" / "README.md").read_text()
+    for flag in ("--zone edge", "--label zone=edge", "--secrets-dir", "GetUsage"):
+        assert flag in readme

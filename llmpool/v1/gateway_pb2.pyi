@@ -122,6 +122,7 @@ class ModelRoute(_message.Message):
     HOLD_S_FIELD_NUMBER: _builtins.int
     FALLBACKS_FIELD_NUMBER: _builtins.int
     SPILL_WAITING_FIELD_NUMBER: _builtins.int
+    PREFER_ZONE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     policy: _builtins.str
     split_header: _builtins.str
@@ -134,6 +135,7 @@ class ModelRoute(_message.Message):
     scaled to zero); 0: answer 503 at once.
     """
     spill_waiting: _builtins.float
+    prefer_zone: _builtins.bool
     @_builtins.property
     def policy_params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -166,10 +168,11 @@ class ModelRoute(_message.Message):
         hold_s: _builtins.float = ...,
         fallbacks: _abc.Iterable[_builtins.str] | None = ...,
         spill_waiting: _builtins.float = ...,
+        prefer_zone: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "eject_after_failures", b"eject_after_failures"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "eject_after_failures", b"eject_after_failures", "eject_base_s", b"eject_base_s", "fallbacks", b"fallbacks", "hold_s", b"hold_s", "members", b"members", "model", b"model", "policy", b"policy", "policy_params", b"policy_params", "rules", b"rules", "spill_waiting", b"spill_waiting", "split_header", b"split_header", "splits", b"splits", "ttfb_timeout_s", b"ttfb_timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "eject_after_failures", b"eject_after_failures", "eject_base_s", b"eject_base_s", "fallbacks", b"fallbacks", "hold_s", b"hold_s", "members", b"members", "model", b"model", "policy", b"policy", "policy_params", b"policy_params", "prefer_zone", b"prefer_zone", "rules", b"rules", "spill_waiting", b"spill_waiting", "split_header", b"split_header", "splits", b"splits", "ttfb_timeout_s", b"ttfb_timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__eject_after_failures: _TypeAlias = _typing.Literal["eject_after_failures"]  # noqa: Y015
     _WhichOneofArgType__eject_after_failures: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures"]  # noqa: Y015

@@ -202,6 +202,7 @@ class Pool(_message.Message):
     TTFT_SLO_MS_FIELD_NUMBER: _builtins.int
     FALLBACKS_FIELD_NUMBER: _builtins.int
     SPILL_WAITING_FIELD_NUMBER: _builtins.int
+    PREFER_ZONE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     policy: _builtins.str
     """Routing policy by registered name: "round_robin", "least_in_flight", ..."""
@@ -229,6 +230,11 @@ class Pool(_message.Message):
     spill_waiting: _builtins.float
     """Saturated: requests waiting in the engines per healthy member at or above this (as the
     gateway last heard); 0: never spill for load, only when the pool cannot serve.
+    """
+    prefer_zone: _builtins.bool
+    """Gateways with a zone (--zone) pick among the pool's members in their own zone first, and
+    cross zones only when none there can take the request or they are saturated
+    (spill_waiting); retries may go anywhere.
     """
     @_builtins.property
     def policy_params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
@@ -278,10 +284,11 @@ class Pool(_message.Message):
         ttft_slo_ms: _builtins.float = ...,
         fallbacks: _abc.Iterable[_builtins.str] | None = ...,
         spill_waiting: _builtins.float = ...,
+        prefer_zone: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "autoscale", b"autoscale", "eject_after_failures", b"eject_after_failures", "template", b"template"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "autoscale", b"autoscale", "description", b"description", "eject_after_failures", b"eject_after_failures", "eject_base_s", b"eject_base_s", "fallbacks", b"fallbacks", "name", b"name", "policy", b"policy", "policy_params", b"policy_params", "replicas", b"replicas", "rules", b"rules", "spill_waiting", b"spill_waiting", "split_header", b"split_header", "splits", b"splits", "template", b"template", "ttfb_timeout_s", b"ttfb_timeout_s", "ttft_slo_ms", b"ttft_slo_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "autoscale", b"autoscale", "description", b"description", "eject_after_failures", b"eject_after_failures", "eject_base_s", b"eject_base_s", "fallbacks", b"fallbacks", "name", b"name", "policy", b"policy", "policy_params", b"policy_params", "prefer_zone", b"prefer_zone", "replicas", b"replicas", "rules", b"rules", "spill_waiting", b"spill_waiting", "split_header", b"split_header", "splits", b"splits", "template", b"template", "ttfb_timeout_s", b"ttfb_timeout_s", "ttft_slo_ms", b"ttft_slo_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__eject_after_failures: _TypeAlias = _typing.Literal["eject_after_failures"]  # noqa: Y015
     _WhichOneofArgType__eject_after_failures: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures"]  # noqa: Y015
