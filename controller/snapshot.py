@@ -68,6 +68,7 @@ class ModelRoute:
     fallbacks: tuple[str, ...] = ()
     spill_waiting: float = 0.0
     prefer_zone: bool = False
+    ttft_slo_ms: float = 0.0
 
 
 Routes = dict[str, ModelRoute]

@@ -16,6 +16,7 @@ from gateway.policies import Policy
 from gateway.routing import RoutingTable
 from gateway.streaming import StreamOutcome
 from gateway.tokens import NO_USAGE, TokenUsage
+from gateway.ttft import TtftForecast
 from gateway.usage import UsageTracker
 from llmpool.clock import Clock
 
@@ -30,8 +31,16 @@ class Accounting:
     models bound the metric labels). Built once at start-up."""
 
     def __init__(
-        self, *, usage: UsageTracker, metrics: GatewayMetrics, clock: Clock, table: RoutingTable
+        self,
+        *,
+        usage: UsageTracker,
+        metrics: GatewayMetrics,
+        clock: Clock,
+        table: RoutingTable,
+        ttft: TtftForecast | None = None,
     ) -> None:
+        # Learns members' prefill speed from streams (fallbacks on a TTFT SLO).
+        self.ttft = ttft or TtftForecast()
         self.usage = usage
         self.metrics = metrics
         self.clock = clock
@@ -72,6 +81,10 @@ class RequestAccount:
         self._finished = False
         # What the latest try that ended with usage cost (the member's prices), US dollars.
         self._cost = 0.0
+
+    @property
+    def ttft_forecast(self) -> TtftForecast:
+        return self._book.ttft
 
     @property
     def finished(self) -> bool:
@@ -138,6 +151,10 @@ class RequestAccount:
             mm.ttft.observe(outcome.ttft_s)
         ok = outcome.error is None
         member = self._end_try(ok=ok, now=now, tokens=outcome.usage, ttft_s=outcome.ttft_s)
+        if outcome.ttft_s is not None and outcome.usage.prompt:
+            # From the try's start, not the request's: retries and gateway time are not prefill.
+            since_sent = outcome.ttft_s - (self._sent_at - self.started_at)
+            self._book.ttft.observe(member.id, outcome.usage.prompt, since_sent)
         self._count(member.id, 200, outcome.usage)
         policy = self._policy
         if policy is not None and policy.observes:

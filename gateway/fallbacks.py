@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from gateway.members import Member
 from gateway.routing import Route
+from gateway.ttft import CHARS_PER_TOKEN, TtftForecast
 
 POOL_HEADER = "x-llmpool-pool"
 POOL_HEADER_RAW = POOL_HEADER.encode()
@@ -20,6 +21,14 @@ def chain(route: Route, get: Callable[[str], Route | None]) -> list[Route]:
         if target is not None and target is not route:
             found.append(target)
     return found
+
+
+def over_slo(route: Route, forecast: TtftForecast, prompt_chars: int) -> bool:
+    """Every member of the pool is forecast to miss its TTFT SLO (a pool without one: never)."""
+    if route.ttft_slo_ms <= 0 or not route.candidates:
+        return False
+    tokens = max(1, prompt_chars // CHARS_PER_TOKEN)
+    return forecast.over_slo(route.candidates, tokens, route.ttft_slo_ms)
 
 
 def saturated(route: Route, members: tuple[Member, ...] | None = None) -> bool:

@@ -100,7 +100,8 @@ class GatewayMetrics:
         self.spilled = Counter(
             "llmpool_gateway_spilled_requests",
             "Requests a fallback pool served, by the pool asked for, the pool that served and why "
-            "(no_member, failed: every member failed before the first byte, saturated).",
+            "(no_member, failed: every member failed before the first byte, saturated: queued "
+            "requests past spill_waiting, ttft_slo: every member forecast past ttft_slo_ms).",
             ["spilled_from", "model", "reason"],
             registry=r,
         )

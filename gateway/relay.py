@@ -168,9 +168,13 @@ class Relay:
             if not target.candidates:
                 reason = reason or "no_member"
                 continue
-            if i < len(pools) - 1 and fallbacks.saturated(target):
-                reason = reason or "saturated"
-                continue
+            if i < len(pools) - 1:
+                if fallbacks.saturated(target):
+                    reason = reason or "saturated"
+                    continue
+                if fallbacks.over_slo(target, account.ttft_forecast, len(req.body)):
+                    reason = reason or "ttft_slo"
+                    continue
             account.switch(target.model, target.policy)
             try:
                 response = await self._try_members(target, req, ctx, headers, account)

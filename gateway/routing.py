@@ -50,6 +50,7 @@ class Route:
     # The pool prefers this gateway's zone: local holds its candidates there.
     prefer_zone: bool = False
     local: tuple[Member, ...] = ()
+    ttft_slo_ms: float = 0.0
 
 
 class RoutingTable:
@@ -207,6 +208,7 @@ class RoutingTable:
             members=members,
             candidates=candidates,
             prefer_zone=msg.prefer_zone,
+            ttft_slo_ms=msg.ttft_slo_ms,
             local=self._local(msg.prefer_zone, candidates),
             member_ids=member_ids,
             rules=rules,

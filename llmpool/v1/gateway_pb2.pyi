@@ -123,6 +123,7 @@ class ModelRoute(_message.Message):
     FALLBACKS_FIELD_NUMBER: _builtins.int
     SPILL_WAITING_FIELD_NUMBER: _builtins.int
     PREFER_ZONE_FIELD_NUMBER: _builtins.int
+    TTFT_SLO_MS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     policy: _builtins.str
     split_header: _builtins.str
@@ -136,6 +137,10 @@ class ModelRoute(_message.Message):
     """
     spill_waiting: _builtins.float
     prefer_zone: _builtins.bool
+    ttft_slo_ms: _builtins.float
+    """The pool's time-to-first-token SLO, ms (types.proto Pool.ttft_slo_ms): with fallbacks, a
+    pool whose members are all forecast to miss it spills (0: no forecast-based spill).
+    """
     @_builtins.property
     def policy_params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -169,10 +174,11 @@ class ModelRoute(_message.Message):
         fallbacks: _abc.Iterable[_builtins.str] | None = ...,
         spill_waiting: _builtins.float = ...,
         prefer_zone: _builtins.bool = ...,
+        ttft_slo_ms: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "eject_after_failures", b"eject_after_failures"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "eject_after_failures", b"eject_after_failures", "eject_base_s", b"eject_base_s", "fallbacks", b"fallbacks", "hold_s", b"hold_s", "members", b"members", "model", b"model", "policy", b"policy", "policy_params", b"policy_params", "prefer_zone", b"prefer_zone", "rules", b"rules", "spill_waiting", b"spill_waiting", "split_header", b"split_header", "splits", b"splits", "ttfb_timeout_s", b"ttfb_timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "eject_after_failures", b"eject_after_failures", "eject_base_s", b"eject_base_s", "fallbacks", b"fallbacks", "hold_s", b"hold_s", "members", b"members", "model", b"model", "policy", b"policy", "policy_params", b"policy_params", "prefer_zone", b"prefer_zone", "rules", b"rules", "spill_waiting", b"spill_waiting", "split_header", b"split_header", "splits", b"splits", "ttfb_timeout_s", b"ttfb_timeout_s", "ttft_slo_ms", b"ttft_slo_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__eject_after_failures: _TypeAlias = _typing.Literal["eject_after_failures"]  # noqa: Y015
     _WhichOneofArgType__eject_after_failures: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures"]  # noqa: Y015
