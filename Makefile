@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 LLAMA_STAMP := $(VENV)/.installed-llamacpp
 PROTOS := $(wildcard protos/llmpool/v1/*.proto)
 
-.PHONY: run test install protos lint typecheck unit e2e clean bench-gateway bench-routing bench-pick
+.PHONY: run test install protos lint typecheck unit e2e clean bench-gateway bench-routing bench-pick bench-spill
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,11 @@ bench-routing: install
 # The policies' pick time with 64 members (bench/pick.py), printed.
 bench-pick: install
 	$(PY) -m bench.pick $(BENCH_ARGS)
+
+# Spillover from a local pool to its fallback at 0.5x and 2x the local capacity (bench/spill.py);
+# `BENCH_ARGS=--write` puts the table in docs/benchmarks.md. About 2 minutes (--quick: 1).
+bench-spill: install
+	$(PY) -m bench.spill $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

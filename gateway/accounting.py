@@ -16,7 +16,7 @@ from gateway.policies import Policy
 from gateway.routing import RoutingTable
 from gateway.streaming import StreamOutcome
 from gateway.tokens import NO_USAGE, TokenUsage
-from gateway.ttft import TtftForecast
+from gateway.ttft import CHARS_PER_TOKEN, TtftForecast
 from gateway.usage import UsageTracker
 from llmpool.clock import Clock
 
@@ -64,6 +64,7 @@ class RequestAccount:
         "_sent_at",
         "_trying",
         "model",
+        "prompt_chars",
         "started_at",
     )
 
@@ -81,6 +82,8 @@ class RequestAccount:
         self._finished = False
         # What the latest try that ended with usage cost (the member's prices), US dollars.
         self._cost = 0.0
+        # The request body's size: a prompt-length estimate where the member reports no usage.
+        self.prompt_chars = 0
 
     @property
     def ttft_forecast(self) -> TtftForecast:
@@ -151,10 +154,11 @@ class RequestAccount:
             mm.ttft.observe(outcome.ttft_s)
         ok = outcome.error is None
         member = self._end_try(ok=ok, now=now, tokens=outcome.usage, ttft_s=outcome.ttft_s)
-        if outcome.ttft_s is not None and outcome.usage.prompt:
+        if outcome.ttft_s is not None:
             # From the try's start, not the request's: retries and gateway time are not prefill.
             since_sent = outcome.ttft_s - (self._sent_at - self.started_at)
-            self._book.ttft.observe(member.id, outcome.usage.prompt, since_sent)
+            prompt = outcome.usage.prompt or self.prompt_chars // CHARS_PER_TOKEN
+            self._book.ttft.observe(member.id, prompt, since_sent)
         self._count(member.id, 200, outcome.usage)
         policy = self._policy
         if policy is not None and policy.observes:

@@ -143,6 +143,8 @@ class Relay:
             # A pool scaled to zero: wait for its first replica (the wait asks for one).
             route = await self._holds.wait(route)
         account.begin(req.model, route.policy)
+        if req.stream:
+            account.prompt_chars = len(req.body)
         return await self._try_members(route, req, ctx, headers, account)
 
     async def _with_fallbacks(
@@ -158,6 +160,7 @@ class Relay:
         has no healthy member, when every member failed before the first byte, or when it is
         saturated (never the last). The answer names the pool that served."""
         pools = fallbacks.chain(route, self._table.get)
+        account.prompt_chars = len(req.body)
         error: GatewayError = NoHealthyMemberError(
             _no_member_message(route, asked), headers={"Retry-After": self._retry_after}
         )
