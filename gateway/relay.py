@@ -61,6 +61,10 @@ _STREAM_HEADERS = {**_JSON_HEADERS, "accept": "text/event-stream"}
 _FORWARDED = ("x-request-id", "traceparent", "tracestate")
 
 
+# How long a member that answered 429 without Retry-After is left alone.
+_DEFAULT_429_COOLDOWN_S = 1.0
+
+
 def retryable_status(status: int) -> bool:
     return status == 429 or status >= 500
 
@@ -312,8 +316,11 @@ class Relay:
         if retryable_status(status):
             cooled = False
             if status in (429, 503, 529):
-                # The member said when to come back: leave it alone until then.
+                # The member said when to come back: leave it alone until then. A 429 that does
+                # not say when still means "slow down": a second.
                 asked = retry_after_s(upstream.header("retry-after"), self._clock.wall())
+                if asked is None and status == 429:
+                    asked = _DEFAULT_429_COOLDOWN_S
                 if asked is not None:
                     cooled = True
                     self._cooldowns.cool(member.id, asked)

@@ -98,6 +98,11 @@ class FakeProvider:
         refused = self._refused(request)
         if refused is not None:
             return refused
+        messages = body.get("messages") or [{}]
+        if body.get("tools") and messages[-1].get("role") != "tool":
+            if body.get("stream"):
+                return Response(fixture("openai_stream_tool.sse"), media_type="text/event-stream")
+            return Response(fixture("openai_tool_call.json"), media_type="application/json")
         if body.get("stream"):
             events = fixture("openai_stream.sse")
             if (body.get("stream_options") or {}).get("include_usage"):
