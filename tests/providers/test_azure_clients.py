@@ -39,6 +39,9 @@ async def test_azure_clients_reach_pools_by_deployment(
     stream = await client.chat.completions.create(model="gpt-4o", messages=messages, stream=True)
     text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     assert text == "Hello from the fake stream."
+    vectors = await client.embeddings.create(model="gpt-4o", input="hello")
+    assert len(vectors.data[0].embedding) == 3
+    assert fake.paths[-1] == "/openai/deployments/gpt4o-prod/embeddings?api-version=2024-10-21"
     # The member got its own deployment URL and key; never the client's key.
     assert fake.paths[0] == "/openai/deployments/gpt4o-prod/chat/completions?api-version=2024-10-21"
     assert all(h.get("api-key") == KEY for h in fake.headers)
