@@ -4,8 +4,10 @@ so there is nothing to probe). Other gateways learn it from the member themselve
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import math
+from collections.abc import Callable
 
 from gateway.members import Member
 from llmpool.clock import Clock
@@ -33,6 +35,77 @@ def retry_after_s(value: str | None, now_wall: float) -> float | None:
     if not seconds > 0:
         return None
     return min(seconds, MAX_COOLDOWN_S)
+
+
+# Rate-limit reset headers, as (remaining, reset) pairs: OpenAI's (reset as a duration such as
+# "1s", "6m0s", "20ms") and Anthropic's (reset as an RFC 3339 time).
+_RESET_HEADERS = (
+    ("x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"),
+    ("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
+    ("anthropic-ratelimit-requests-remaining", "anthropic-ratelimit-requests-reset"),
+    ("anthropic-ratelimit-tokens-remaining", "anthropic-ratelimit-tokens-reset"),
+    ("anthropic-ratelimit-input-tokens-remaining", "anthropic-ratelimit-input-tokens-reset"),
+    ("anthropic-ratelimit-output-tokens-remaining", "anthropic-ratelimit-output-tokens-reset"),
+)
+_DURATION_UNITS = (("ms", 0.001), ("h", 3600.0), ("m", 60.0), ("s", 1.0))
+
+
+def _duration_s(text: str) -> float | None:
+    """'6m0s', '1.5s', '20ms' -> seconds; None when unreadable (bounded, linear)."""
+    if not text or len(text) > 32:
+        return None
+    total, number = 0.0, ""
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c.isdigit() or c == ".":
+            number += c
+            i += 1
+            continue
+        for unit, scale in _DURATION_UNITS:
+            if text.startswith(unit, i) and number:
+                try:
+                    total += float(number) * scale
+                except ValueError:
+                    return None
+                number, i = "", i + len(unit)
+                break
+        else:
+            return None
+    return None if number else total
+
+
+def reset_after_s(header: Callable[[str], str | None], now_wall: float) -> float | None:
+    """Seconds until a rate limit that a 429 without Retry-After names resets: the limit with
+    nothing remaining (or, when none says so, the soonest reset); at most MAX_COOLDOWN_S."""
+    exhausted: list[float] = []
+    others: list[float] = []
+    for remaining_name, reset_name in _RESET_HEADERS:
+        value = header(reset_name)
+        if not value:
+            continue
+        seconds = _duration_s(value.strip())
+        if seconds is None:
+            seconds = retry_after_s(value, now_wall)  # an HTTP date...
+            if seconds is None:
+                seconds = _rfc3339_s(value.strip(), now_wall)  # ...or an RFC 3339 time
+        if seconds is None or not seconds > 0:
+            continue
+        (exhausted if header(remaining_name) == "0" else others).append(seconds)
+    found = exhausted or others
+    return min(min(found), MAX_COOLDOWN_S) if found else None
+
+
+def _rfc3339_s(text: str, now_wall: float) -> float | None:
+    if len(text) > 64:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        return None
+    return when.timestamp() - now_wall
 
 
 class Cooldowns:

@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from gateway import fallbacks
 from gateway.accounting import RequestAccount
-from gateway.cooldowns import Cooldowns, retry_after_s
+from gateway.cooldowns import Cooldowns, reset_after_s, retry_after_s
 from gateway.credentials import Credentials
 from gateway.errors import (
     GatewayError,
@@ -320,7 +320,9 @@ class Relay:
                 # not say when still means "slow down": a second.
                 asked = retry_after_s(upstream.header("retry-after"), self._clock.wall())
                 if asked is None and status == 429:
-                    asked = _DEFAULT_429_COOLDOWN_S
+                    asked = reset_after_s(upstream.header, self._clock.wall())
+                    if asked is None:
+                        asked = _DEFAULT_429_COOLDOWN_S
                 if asked is not None:
                     cooled = True
                     self._cooldowns.cool(member.id, asked)

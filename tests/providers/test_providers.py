@@ -241,11 +241,20 @@ async def test_a_key_the_provider_refuses_is_never_shown_to_the_client(
     assert "Incorrect API key" not in str(raised.value) and KEY not in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"retry-after": "2"},
+        # No Retry-After: the reset of the limit that ran out.
+        {"anthropic-ratelimit-requests-remaining": "0", "anthropic-ratelimit-requests-reset": "in",
+         "anthropic-ratelimit-tokens-remaining": "0", "anthropic-ratelimit-tokens-reset": "2s"},
+    ],
+)  # fmt: skip
 async def test_a_provider_429_with_retry_after_cools_it_down_while_another_serves(
-    kit: Any, controller: Any, gateway_factory: Any, providers: Any
+    headers: dict[str, str], kit: Any, controller: Any, gateway_factory: Any, providers: Any
 ) -> None:
     limited = await providers("anthropic", KEY)
-    limited.fail = (429, "anthropic_error_rate_limit.json", {"retry-after": "2"})
+    limited.fail = (429, "anthropic_error_rate_limit.json", headers)
     other = await providers("openai", KEY)
     members = [remote("limited", limited.url, "anthropic"), remote("other", other.url, "openai")]
     gw = await gateway_for(kit, controller, gateway_factory, members)
