@@ -280,12 +280,12 @@ class Relay:
                 return account.try_failed(why)
             call = provider.prepare(member, req, up_headers, key)
             url, body, headers, translator = call.url, call.body, call.headers, call.translator
-        # Priced members' streams always carry usage (the ledger needs it): asked for upstream,
-        # kept out of the client's stream when the client did not ask.
-        strip_usage = req.stream and not _wants_usage(req) and member.priced
+        # Streams always carry usage (token counts, the ledger): asked for upstream, kept out of
+        # the client's stream when the client did not ask.
+        strip_usage = req.stream and not _wants_usage(req)
         if strip_usage and translator is None:
             if req.endpoint is Endpoint.CHAT or req.endpoint is Endpoint.COMPLETIONS:
-                body = _with_usage(req, member.upstream_model)
+                body = _with_usage(body, req)
             else:
                 strip_usage = False
         try:
@@ -451,12 +451,21 @@ def _first_byte_deadline(ttfb_s: float, req: ParsedRequest) -> float | None:
     return ttfb_s + asked * choices * _SECONDS_PER_TOKEN
 
 
-def _with_usage(req: ParsedRequest, upstream_model: str | None) -> bytes:
-    """req's body asking the member for usage in its stream."""
+_ASK_USAGE = b'{"stream_options":{"include_usage":true},'
+
+
+def _with_usage(body: bytes, req: ParsedRequest) -> bytes:
+    """body (a JSON object) asking the member for usage in its stream. Without stream_options
+    the key goes in front (a copy of the bytes, no re-serialising); with its own, the client's
+    options are kept and include_usage added."""
     options = req.payload.get("stream_options")
+    if "stream_options" not in req.payload:
+        start = body.find(b"{")
+        if start >= 0 and body[start + 1 :].lstrip()[:1] not in (b"}", b""):
+            return body[:start] + _ASK_USAGE + body[start + 1 :]
+    payload = orjson.loads(body)
     asked = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-    model = upstream_model or req.model
-    return orjson.dumps({**req.payload, "model": model, "stream_options": asked})
+    return orjson.dumps({**payload, "stream_options": asked})
 
 
 def _wants_usage(req: ParsedRequest) -> bool:

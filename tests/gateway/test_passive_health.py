@@ -6,13 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from gateway.app import parts_of
 from gateway.members import idle_member
 from gateway.outliers import MAX_EJECTION_S, EjectionSettings, Outliers
 from gateway.parsing import Endpoint, ParsedRequest
-from gateway.relay import _first_byte_deadline
+from gateway.relay import _first_byte_deadline, _with_usage
 from gateway.retry_budget import RetryBudget
 from llmpool.clock import FakeClock
 
@@ -186,3 +187,20 @@ async def test_a_failing_member_is_ejected_and_retries_stay_within_budget(
     assert len(bad.requests) + len(good.requests) - before <= 12
     page = (await http.get(gw.url + "/metrics")).text
     assert kit.metric(page, "llmpool_gateway_retry_budget_exhausted_total", model="m1") >= 8
+
+
+@pytest.mark.parametrize(
+    ("body", "asked"),
+    [
+        (b'{"model":"m","stream":true}', {"include_usage": True}),
+        (b'  {"model":"m","stream":true,"stream_options":null}', {"include_usage": True}),
+        (b'{"model":"m","stream_options":{"include_usage":false,"x":1}}',
+         {"include_usage": True, "x": 1}),
+    ],
+)  # fmt: skip
+def test_streams_ask_the_member_for_usage(body: bytes, asked: dict[str, Any]) -> None:
+    req = ParsedRequest(
+        endpoint=Endpoint.CHAT, model="m", stream=True, body=body, payload=orjson.loads(body)
+    )
+    sent = orjson.loads(_with_usage(body, req))
+    assert sent["stream_options"] == asked and sent["model"] == "m"

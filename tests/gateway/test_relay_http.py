@@ -217,7 +217,12 @@ async def test_stream_relayed_one_chunk_at_a_time(
             assert orjson.loads(line[len("data: ") :])["choices"][0]["delta"]["content"] == f"t{i} "
         rest = [line async for line in lines if line]
     assert rest[-1] == "data: [DONE]"
-    assert '"usage"' in rest[0]
+    # The gateway asked the engine for usage (it counts the tokens); the client, who did not
+    # ask, gets no usage chunk.
+    assert e1.requests[-1]["stream_options"] == {"include_usage": True}
+    assert not any('"usage"' in line for line in rest)
+    page = (await http.get(gw.url + "/metrics")).text
+    assert kit.metric(page, "llmpool_gateway_tokens_total", model="m1", kind="completion") == 3
 
 
 async def test_client_disconnect_cancels_upstream(
