@@ -11,8 +11,14 @@ from typing import Any
 
 
 class FakeMember:
-    def __init__(self) -> None:
+    """key: when set, a request without `Authorization: Bearer <key>` gets the provider's 401
+    (as a keyed remote API would); every request's headers are kept."""
+
+    def __init__(self, key: str | None = None) -> None:
+        self.key = key
+        self.headers: list[dict[str, str]] = []
         self.mode = "ok"
+        self.reply = "fake"
         self.retry_after_s = 5
         self.arrivals: list[tuple[float, str]] = []
         self._lock = threading.Lock()
@@ -31,6 +37,10 @@ class FakeMember:
                 mode = member.mode
                 with member._lock:
                     member.arrivals.append((time.monotonic(), mode))
+                    member.headers.append({k.lower(): v for k, v in self.headers.items()})
+                if member.key and self.headers.get("authorization") != f"Bearer {member.key}":
+                    self._answer(401, {"error": {"message": "Incorrect API key provided"}})
+                    return
                 if mode == "hang":
                     # Accepts and never answers (until the suite ends).
                     member._release.wait(120)
@@ -49,7 +59,7 @@ class FakeMember:
                     "id": "fake", "object": "chat.completion", "created": 1,
                     "model": body.get("model", ""),
                     "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": "fake"}}],
+                                 "message": {"role": "assistant", "content": member.reply}}],
                     "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
                 })  # fmt: skip
 

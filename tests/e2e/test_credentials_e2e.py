@@ -5,9 +5,7 @@ fake never saw the client's own key. Real processes, mutual TLS."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import pytest
 from google.protobuf.json_format import MessageToJson
 
 from llmpool.v1 import admin_pb2
+from tests.chaos.fakes import FakeMember
 from tests.support import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -25,59 +24,17 @@ KEY = "sk-live-e2e-5f1c9a7b3d2e4f60"
 CLIENT_KEY = "client-key-3a9d77e1"
 
 
-class KeyedOpenAI:
-    """A fake OpenAI API that answers only requests bearing KEY and records every header."""
-
-    def __init__(self) -> None:
-        self.headers: list[dict[str, str]] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)))
-                fake.headers.append({k.lower(): v for k, v in self.headers.items()})
-                if self.headers.get("authorization") != f"Bearer {KEY}":
-                    self._send(401, {"error": {"message": "Incorrect API key provided"}})
-                    return
-                self._send(200, {
-                    "id": "chatcmpl-e2e", "object": "chat.completion", "created": 1,
-                    "model": body.get("model", ""),
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": "keyed hello"}}],
-                    "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
-                })  # fmt: skip
-
-            def _send(self, status: int, doc: Any) -> None:
-                data = json.dumps(doc).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture()
-def keyed() -> Iterator[KeyedOpenAI]:
-    fake = KeyedOpenAI()
+def keyed() -> Iterator[FakeMember]:
+    """A fake OpenAI API that answers only requests bearing KEY and keeps every header."""
+    fake = FakeMember(key=KEY)
+    fake.reply = "keyed hello"
     yield fake
     fake.close()
 
 
 def test_no_key_leaves_the_gateway_host(
-    tmp_path: Path, spawn: Any, ports: Any, cluster_of: Any, keyed: KeyedOpenAI
+    tmp_path: Path, spawn: Any, ports: Any, cluster_of: Any, keyed: FakeMember
 ) -> None:
     config = tmp_path / "pools.yaml"
     config.write_text(
