@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import sys
 import tempfile
 import time
@@ -195,6 +196,7 @@ async def run(quick: bool) -> list[Row]:
         target.close()
         await channel.close(None)
         await proc.stop(timeout_s=40.0)
+        shutil.rmtree(workdir, ignore_errors=True)
     return rows
 
 
