@@ -204,6 +204,9 @@ class Relay:
     ) -> Response:
         up_headers = _STREAM_HEADERS if req.stream else _JSON_HEADERS
         extra = {name: headers[name] for name in _FORWARDED if name in headers}
+        if req.endpoint is MESSAGES and "anthropic-beta" in headers:
+            # An Anthropic client's beta features, for an Anthropic member (others ignore it).
+            extra["anthropic-beta"] = headers["anthropic-beta"]
         if extra:
             up_headers = {**up_headers, **extra}
         path = req.endpoint.value

@@ -65,7 +65,7 @@ class AnthropicProvider:
             "accept": headers.get("accept", "application/json"),
             "anthropic-version": API_VERSION,
         }
-        for name in ("x-request-id", "traceparent", "tracestate"):
+        for name in ("x-request-id", "traceparent", "tracestate", "anthropic-beta"):
             if name in headers:
                 out[name] = headers[name]
         if key:

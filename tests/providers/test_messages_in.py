@@ -130,6 +130,11 @@ async def test_an_anthropic_member_gets_the_request_untouched(
         "model": "claude-sonnet-4-5", "max_tokens": 32, "messages": ASK, "stop_sequences": ["END"],
     }  # fmt: skip
     assert fake.headers[0]["x-api-key"] == KEY
+    beta = await c.messages.create(
+        model="m1", max_tokens=8, messages=ASK,  # type: ignore[arg-type]
+        extra_headers={"anthropic-beta": "extended-cache-ttl-2025-04-11"},
+    )  # fmt: skip
+    assert beta.content and fake.headers[-1]["anthropic-beta"] == "extended-cache-ttl-2025-04-11"
     async with c.messages.stream(model="m1", max_tokens=32, messages=ASK, tools=[WEATHER]) as s:  # type: ignore[arg-type, list-item]
         final = await s.get_final_message()
     [use] = [b for b in final.content if b.type == "tool_use"]
