@@ -299,8 +299,8 @@ class Relay:
                     # take the request; the client gets headers once the member has begun.
                     chunks = upstream.iter_bytes()
                     if translator is not None:
+                        # Translators always emit usage; strip_usage drops it if not asked.
                         chunks = translator.stream(chunks, req.model, True)
-                        strip_usage = not _wants_usage(req)
                     first = await anext(chunks, b"")
         except TimeoutError:
             if upstream is not None:

@@ -228,11 +228,7 @@ class ChatToMessages:
             message = str(err.get("message", "")) if isinstance(err, dict) else str(err)
         except (orjson.JSONDecodeError, AttributeError):
             message = ""
-        return messages_error(status, message or f"The backend answered HTTP {status}.")
-
-
-def messages_error(status: int, message: str) -> bytes:
-    return anthropic_error_body(status, message)
+        return anthropic_error_body(status, message or f"The backend answered HTTP {status}.")
 
 
 def _arguments(raw: Any) -> Any:
