@@ -305,9 +305,9 @@ class Admin:
     # --- tokens and audit ---
 
     async def create_token(
-        self, name: str, role: str, ttl_s: float, by: Caller = LOCAL
+        self, name: str, role: str, ttl_s: float, tenant: str = "", by: Caller = LOCAL
     ) -> tuple[TokenRecord, str]:
-        record, token = await self._tokens.create(name, role, ttl_s)
+        record, token = await self._tokens.create(name, role, ttl_s, tenant)
         await self._audit.record(by, "CreateToken", f"token/{record.id}", after=_public(record))
         return _public(record), token
 

@@ -31,6 +31,8 @@ class Caller:
     identity: str
     role: str
     via: str
+    # A tenant-admin's tenant; "" for every other caller.
+    tenant: str = ""
 
     @property
     def anonymous(self) -> bool:
@@ -58,7 +60,7 @@ class Authenticator:
             record = self._tokens.verify(token)
             if record is None:
                 raise AuthError("the bearer token is unknown, revoked or expired")
-            return Caller(record.name, record.role, "token")
+            return Caller(record.name, record.role, "token", record.tenant)
         if not self._tls:
             return Caller("anonymous", INSECURE_ROLE, "insecure")
         return self._from_cert(context)

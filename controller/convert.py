@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterable
 
 from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.message import Message
 
 from llmpool.capacity import Capacity
 from llmpool.config import Config
@@ -80,13 +81,11 @@ def command_to_proto(command: AgentCommand) -> agent_pb2.ControllerMessage:
     return agent_pb2.ControllerMessage(cancel_tail=to_proto(command, agent_pb2.CancelTail))
 
 
-def _set_fields(msg: types_pb2.Pool | types_pb2.Backend | types_pb2.ReplicaTemplate) -> set[str]:
+def _set_fields(msg: Message) -> set[str]:
     return {fd.name for fd, _ in msg.ListFields()}
 
 
-def mask_paths(
-    mask: FieldMask, msg: types_pb2.Pool | types_pb2.Backend, allowed: Iterable[str], what: str
-) -> set[str]:
+def mask_paths(mask: FieldMask, msg: Message, allowed: Iterable[str], what: str) -> set[str]:
     """The field paths an update touches: the mask, or every set (non-default) field when empty.
     Paths under template (template.engine) are kept as given."""
     allowed_set = set(allowed)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
-from llmpool.protoconv import to_proto
+from llmpool.errors import NotFoundError
+from llmpool.protoconv import from_proto, to_proto
 from llmpool.v1 import admin_pb2, admin_pb2_grpc, types_pb2
 
 from .admin import Admin
+from .admin_keys import KEY_FIELDS, KeysAdmin, scope, sees, visible_backends, visible_pools
+from .apikeys import ApiKeyRecord, TenantRecord
 from .audit_event import AuditQuery
 from .auth import Authenticator, Caller
 from .convert import (
@@ -27,9 +31,10 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, admin: Admin, auth: Authenticator) -> None:
+    def __init__(self, admin: Admin, auth: Authenticator, keys: KeysAdmin) -> None:
         self._admin = admin
         self._auth = auth
+        self._keys = keys
 
     def _by(self, context: Ctx) -> Caller:
         # Already authenticated by the interceptor; read again (cached) for the audit log.
@@ -38,13 +43,18 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ListBackends(
         self, request: admin_pb2.ListBackendsRequest, context: Ctx
     ) -> admin_pb2.ListBackendsResponse:
-        backends = self._admin.list_backends(request.pool)
+        backends = visible_backends(self._by(context), self._admin.list_backends(request.pool))
         return admin_pb2.ListBackendsResponse(backends=[backend_to_proto(b) for b in backends])
 
     async def GetBackend(
         self, request: admin_pb2.GetBackendRequest, context: Ctx
     ) -> types_pb2.Backend:
-        return backend_to_proto(self._admin.get_backend(request.id))
+        backend = self._admin.get_backend(request.id)
+        if not sees(self._by(context), backend.tenant):
+            raise NotFoundError(
+                f"backend {request.id[:128]!r} not found: ListBackends shows the ids"
+            )
+        return backend_to_proto(backend)
 
     async def AddBackend(
         self, request: admin_pb2.AddBackendRequest, context: Ctx
@@ -86,12 +96,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ListPools(
         self, request: admin_pb2.ListPoolsRequest, context: Ctx
     ) -> admin_pb2.ListPoolsResponse:
-        return admin_pb2.ListPoolsResponse(
-            pools=[pool_to_proto(p) for p in self._admin.list_pools()]
-        )
+        pools = visible_pools(self._by(context), self._admin.list_pools())
+        return admin_pb2.ListPoolsResponse(pools=[pool_to_proto(p) for p in pools])
 
     async def GetPool(self, request: admin_pb2.GetPoolRequest, context: Ctx) -> types_pb2.Pool:
-        return pool_to_proto(self._admin.get_pool(request.name))
+        pool = self._admin.get_pool(request.name)
+        if not sees(self._by(context), pool.tenant):
+            raise NotFoundError(f"pool {request.name[:128]!r} not found: ListPools shows the names")
+        return pool_to_proto(pool)
 
     async def CreatePool(
         self, request: admin_pb2.CreatePoolRequest, context: Ctx
@@ -147,6 +159,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def GetUsage(
         self, request: admin_pb2.GetUsageRequest, context: Ctx
     ) -> admin_pb2.GetUsageResponse:
+        by = self._by(context)
+        if request.by_key or scope(by) is not None:
+            # A tenant-admin sees what its keys spent, never other tenants' pools.
+            keyed = await self._keys.usage(request.since, request.until, request.tenant, by)
+            return admin_pb2.GetUsageResponse(
+                rows=[to_proto(r, admin_pb2.UsageRow) for r in keyed],
+                cost_usd=sum(r.cost_usd for r in keyed),
+            )
         rows = await self._admin.usage(request.since, request.until, request.pool)
         return admin_pb2.GetUsageResponse(
             rows=[to_proto(r, admin_pb2.UsageRow) for r in rows],
@@ -173,7 +193,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.CreateTokenRequest, context: Ctx
     ) -> admin_pb2.CreateTokenResponse:
         record, token = await self._admin.create_token(
-            request.name, request.role, request.ttl_s, by=self._by(context)
+            request.name, request.role, request.ttl_s, request.tenant, by=self._by(context)
         )
         return admin_pb2.CreateTokenResponse(
             info=to_proto(record, admin_pb2.TokenInfo), token=token
@@ -191,3 +211,53 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.TokenInfo:
         record = await self._admin.revoke_token(request.id, by=self._by(context))
         return to_proto(record, admin_pb2.TokenInfo)
+
+    async def CreateApiKey(
+        self, request: admin_pb2.CreateApiKeyRequest, context: Ctx
+    ) -> admin_pb2.CreateApiKeyResponse:
+        spec = from_proto(ApiKeyRecord, request.key, id="")
+        view, secret = await self._keys.create(spec, time.time(), self._by(context))
+        return admin_pb2.CreateApiKeyResponse(key=to_proto(view, types_pb2.ApiKey), secret=secret)
+
+    async def ListApiKeys(
+        self, request: admin_pb2.ListApiKeysRequest, context: Ctx
+    ) -> admin_pb2.ListApiKeysResponse:
+        views = self._keys.list_keys(request.tenant, self._by(context))
+        return admin_pb2.ListApiKeysResponse(keys=[to_proto(v, types_pb2.ApiKey) for v in views])
+
+    async def UpdateApiKey(
+        self, request: admin_pb2.UpdateApiKeyRequest, context: Ctx
+    ) -> types_pb2.ApiKey:
+        paths = mask_paths(request.update_mask, request.key, KEY_FIELDS, "key")
+        spec = from_proto(ApiKeyRecord, request.key, zeros=True)
+        view = await self._keys.update(spec, paths, self._by(context))
+        return to_proto(view, types_pb2.ApiKey)
+
+    async def RevokeApiKey(
+        self, request: admin_pb2.RevokeApiKeyRequest, context: Ctx
+    ) -> types_pb2.ApiKey:
+        view = await self._keys.revoke(request.id, self._by(context))
+        return to_proto(view, types_pb2.ApiKey)
+
+    async def PutTenant(
+        self, request: admin_pb2.PutTenantRequest, context: Ctx
+    ) -> types_pb2.Tenant:
+        tenant = await self._keys.put_tenant(
+            from_proto(TenantRecord, request.tenant), self._by(context)
+        )
+        return to_proto(tenant, types_pb2.Tenant)
+
+    async def ListTenants(
+        self, request: admin_pb2.ListTenantsRequest, context: Ctx
+    ) -> admin_pb2.ListTenantsResponse:
+        return admin_pb2.ListTenantsResponse(
+            tenants=[
+                to_proto(t, types_pb2.Tenant, spent_usd=spent) for t, spent in self._keys.tenants()
+            ]
+        )
+
+    async def DeleteTenant(
+        self, request: admin_pb2.DeleteTenantRequest, context: Ctx
+    ) -> admin_pb2.DeleteTenantResponse:
+        await self._keys.delete_tenant(request.name, self._by(context))
+        return admin_pb2.DeleteTenantResponse()

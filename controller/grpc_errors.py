@@ -14,6 +14,7 @@ from llmpool.errors import (
     InvalidArgumentError,
     LLMPoolError,
     NotFoundError,
+    PermissionDeniedError,
     UnavailableError,
 )
 
@@ -27,6 +28,7 @@ _CODES: dict[type[LLMPoolError], grpc.StatusCode] = {
     InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
     FailedPreconditionError: grpc.StatusCode.FAILED_PRECONDITION,
     UnavailableError: grpc.StatusCode.UNAVAILABLE,
+    PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 

@@ -11,13 +11,17 @@ from llmpool.protoconv import from_proto, to_proto
 from llmpool.v1 import gateway_pb2, gateway_pb2_grpc
 
 from .publisher import SnapshotPublisher
+from .quotas import Quotas
 from .usage import UsageAggregator, UsageReport
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
-    def __init__(self, publisher: SnapshotPublisher, usage: UsageAggregator) -> None:
+    def __init__(
+        self, publisher: SnapshotPublisher, usage: UsageAggregator, quotas: Quotas | None = None
+    ) -> None:
+        self._quotas = quotas
         self._publisher = publisher
         self._usage = usage
 
@@ -27,8 +31,20 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         sub = self._publisher.subscribe(request.gateway_id or context.peer())
         try:
             while (batch := await sub.next_batch()) is not None:
-                for update in batch:
-                    yield to_proto(update, gateway_pb2.RoutingSnapshot)
+                messages = [to_proto(u, gateway_pb2.RoutingSnapshot) for u in batch]
+                keys, quotas = sub.take_extras()
+                if keys is not None or quotas is not None:
+                    if not messages:
+                        # Keys or quotas alone: no routes, the version the gateway holds.
+                        messages.append(
+                            gateway_pb2.RoutingSnapshot(version=self._publisher.version)
+                        )
+                    if keys is not None:
+                        messages[0].keys.CopyFrom(keys)
+                    if quotas is not None:
+                        messages[0].quotas.CopyFrom(quotas)
+                for message in messages:
+                    yield message
         finally:
             self._publisher.unsubscribe(sub)
 
@@ -37,4 +53,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.UsageAck:
         async for report in request_iterator:
             self._usage.record(from_proto(UsageReport, report, zeros=True))
+            if report.subjects and self._quotas is not None:
+                self._quotas.record(report.gateway_id, report.subjects)
         return gateway_pb2.UsageAck()

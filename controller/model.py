@@ -63,6 +63,13 @@ class PoolSpec:
     spill_waiting: float = 0.0
     # Gateways pick members in their own zone first (types.proto Pool.prefer_zone).
     prefer_zone: bool = False
+    # Owning tenant ("" shared), limits over every gateway, redaction profile for backends,
+    # fair-queue bound (types.proto Pool).
+    tenant: str = ""
+    rpm: int = 0
+    tpm: int = 0
+    redaction: dict[str, str] = field(default_factory=dict)
+    max_in_flight_per_member: int = 0
 
     def route_targets(self) -> set[str]:
         """Pools this pool's rules, split arms and fallbacks send requests to."""
@@ -92,6 +99,7 @@ class BackendSpec:
     credential: str = ""
     api_version: str = ""
     cached_input_cost_per_mtok: float = 0.0
+    tenant: str = ""
 
 
 @dataclass(frozen=True)

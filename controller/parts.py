@@ -9,7 +9,9 @@ from llmpool.config import Config
 from llmpool.status import ReplicaState
 
 from .admin import Admin
+from .admin_keys import KeysAdmin
 from .agents import AgentRegistry
+from .apikeys import KeyBook
 from .audit import AuditLog
 from .autoscale_loop import Autoscaler
 from .backend_urls import BackendUrlPolicy
@@ -19,6 +21,7 @@ from .desired import DesiredState
 from .ledger import Ledger
 from .metrics import ControllerMetrics
 from .publisher import SnapshotPublisher
+from .quotas import QuotaLoop, Quotas
 from .reconcile_loop import ReconcileLoop
 from .restart_grace import RestartGrace
 from .snapshot import LiveReplica, Routes, build_routes
@@ -49,6 +52,9 @@ class ControllerParts:
     grace: RestartGrace
     autoscaler: Autoscaler
     ledger: Ledger
+    keys: KeyBook
+    quotas: QuotaLoop
+    keys_admin: KeysAdmin
 
 
 async def build_parts(
@@ -107,9 +113,19 @@ async def build_parts(
             desired.pools, desired.backends, desired.assignments, live(), usage.loads()
         )
 
+    keys = KeyBook(store, on_change=changes.notify)
+    await keys.load()
     publisher = SnapshotPublisher(
-        build, changes.listener(), clock, metrics, provisional=lambda: not grace.settled()
+        build,
+        changes.listener(),
+        clock,
+        metrics,
+        provisional=lambda: not grace.settled(),
+        key_table=keys,
     )
+    quotas = Quotas(keys, clock)
+    quota_loop = QuotaLoop(quotas, keys, lambda: desired.pools.values(), publisher, store, clock)
+    await quota_loop.load()
     publisher.publish()
     reconciler = ReconcileLoop(
         desired,
@@ -159,4 +175,7 @@ async def build_parts(
         grace=grace,
         autoscaler=autoscaler,
         ledger=ledger,
+        keys=keys,
+        quotas=quota_loop,
+        keys_admin=KeysAdmin(keys, quotas, audit, store, quota_loop.flush),
     )

@@ -8,13 +8,24 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from llmpool.clock import Clock
+from llmpool.v1 import gateway_pb2
 
 from .metrics import ControllerMetrics
 from .snapshot import ModelRoute, Routes, diff_routes
 
 log = logging.getLogger(__name__)
+
+
+class KeyTableSource(Protocol):
+    """The API keys and tenants as gateways get them; version moves with every change."""
+
+    @property
+    def version(self) -> int: ...
+
+    def table(self) -> gateway_pb2.KeyTable: ...
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,9 @@ class Subscriber:
         self.gateway_id = gateway_id
         self._max_pending = max_pending
         self._pending: deque[RoutingUpdate] = deque()
+        # The latest key table and this gateway's quotas not yet sent (each replaces the last).
+        self.keys: gateway_pb2.KeyTable | None = None
+        self.quotas: gateway_pb2.Quotas | None = None
         self._event = asyncio.Event()
         self.closed = False
         self.overflows = 0
@@ -53,13 +67,22 @@ class Subscriber:
             self._pending.append(snap)
         self._event.set()
 
+    def offer_keys(self, table: gateway_pb2.KeyTable) -> None:
+        self.keys = table
+        self._event.set()
+
+    def offer_quotas(self, quotas: gateway_pb2.Quotas) -> None:
+        self.quotas = quotas
+        self._event.set()
+
     def close(self) -> None:
         self.closed = True
         self._event.set()
 
     async def next_batch(self) -> list[RoutingUpdate] | None:
-        """What is pending, waiting for something; None once closed."""
-        while not self._pending:
+        """What is pending, waiting for something; None once closed. The key table and quotas
+        waiting are taken by the caller (take_extras) with it."""
+        while not self._pending and self.keys is None and self.quotas is None:
             if self.closed:
                 return None
             await self._event.wait()
@@ -67,6 +90,11 @@ class Subscriber:
         batch = list(self._pending)
         self._pending.clear()
         return batch
+
+    def take_extras(self) -> tuple[gateway_pb2.KeyTable | None, gateway_pb2.Quotas | None]:
+        keys, quotas = self.keys, self.quotas
+        self.keys = self.quotas = None
+        return keys, quotas
 
 
 class SnapshotPublisher:
@@ -80,7 +108,11 @@ class SnapshotPublisher:
         refresh_s: float = 1.0,
         max_pending: int = 64,
         provisional: Callable[[], bool] = lambda: False,
+        key_table: KeyTableSource | None = None,
     ) -> None:
+        # The API key table gateways check requests against: sent whole when it changes.
+        self._key_table = key_table
+        self._keys_version = key_table.version if key_table is not None else 0
         self._provisional = provisional
         self._was_provisional = provisional()
         self._build = build
@@ -107,6 +139,9 @@ class SnapshotPublisher:
     def subscribe(self, gateway_id: str) -> Subscriber:
         sub = Subscriber(gateway_id, self._max_pending)
         sub.offer(self.full_snapshot(), self.full_snapshot)
+        if self._key_table is not None:
+            # With the first snapshot: a gateway never routes without knowing the keys.
+            sub.offer_keys(self._key_table.table())
         self._subscribers.add(sub)
         self._metrics.gateways_connected.set(len(self._subscribers))
         log.info("gateway watching routes", extra={"gateway_id": gateway_id})
@@ -121,6 +156,7 @@ class SnapshotPublisher:
         """Rebuilds the table; when it changed, bumps the version and queues a delta. When a
         restart's grace ends, every gateway gets the whole table, no longer provisional: from
         then on a member missing is a decision."""
+        self._publish_keys()
         new = self._build()
         changed, removed = diff_routes(self.routes, new)
         settled_now = self._was_provisional and not self._provisional()
@@ -148,6 +184,23 @@ class SnapshotPublisher:
         for sub in self._subscribers:
             sub.offer(delta, self.full_snapshot)
         return True
+
+    def _publish_keys(self) -> None:
+        source = self._key_table
+        if source is None or source.version == self._keys_version:
+            return
+        self._keys_version = source.version
+        table = source.table()
+        for sub in self._subscribers:
+            sub.offer_keys(table)
+
+    def gateway_ids(self) -> list[str]:
+        return [sub.gateway_id for sub in self._subscribers]
+
+    def offer_quotas(self, gateway_id: str, quotas: gateway_pb2.Quotas) -> None:
+        for sub in self._subscribers:
+            if sub.gateway_id == gateway_id:
+                sub.offer_quotas(quotas)
 
     async def run(self) -> None:
         """Rebuilds on change events (bursts coalesced) and every refresh_s (lease expiry)."""

@@ -13,7 +13,12 @@ OPERATOR = frozenset({"admin", "operator"})
 VIEWER = frozenset({"admin", "operator", "viewer"})
 AGENT = frozenset({"agent"})
 GATEWAY = frozenset({"gateway"})
-ANY = frozenset({"admin", "operator", "viewer", "agent", "gateway", "controller"})
+# Manages one tenant's API keys and sees its pools, backends and usage (controller/admin_keys.py
+# and the admin's views narrow every answer to the tenant).
+TENANT_ADMIN = "tenant-admin"
+TENANT = frozenset({"admin", TENANT_ADMIN})
+TENANT_VIEWER = VIEWER | {TENANT_ADMIN}
+ANY = frozenset({"admin", "operator", "viewer", "agent", "gateway", "controller", TENANT_ADMIN})
 
 _ADMIN_SERVICE = "/llmpool.v1.AdminService/"
 
@@ -21,15 +26,21 @@ RPC_ROLES: dict[str, frozenset[str]] = {
     **{
         _ADMIN_SERVICE + name: VIEWER
         for name in (
-            "ListBackends",
-            "GetBackend",
-            "ListPools",
-            "GetPool",
             "GetPoolStatus",
             "ListAgents",
             "ListReplicas",
-            "GetUsage",
+            "ListTenants",
         )
+    },
+    # A tenant-admin sees its own tenant's (and shared) pools and backends, and its usage.
+    **{
+        _ADMIN_SERVICE + name: TENANT_VIEWER
+        for name in ("ListBackends", "GetBackend", "ListPools", "GetPool", "GetUsage")
+    },
+    # Keys: an admin's for every tenant, a tenant-admin's for its own.
+    **{
+        _ADMIN_SERVICE + name: TENANT
+        for name in ("CreateApiKey", "ListApiKeys", "UpdateApiKey", "RevokeApiKey")
     },
     # Day-to-day operations: traffic on and off, capacity, logs (which may quote prompts).
     **{
@@ -55,6 +66,8 @@ RPC_ROLES: dict[str, frozenset[str]] = {
             "CreateToken",
             "ListTokens",
             "RevokeToken",
+            "PutTenant",
+            "DeleteTenant",
         )
     },
     "/llmpool.v1.AgentService/Connect": AGENT,
@@ -67,7 +80,7 @@ RPC_ROLES: dict[str, frozenset[str]] = {
 }
 
 # Roles a bearer token may carry: people's roles, not components'.
-TOKEN_ROLES = ("admin", "operator", "viewer")
+TOKEN_ROLES = ("admin", "operator", "viewer", TENANT_ADMIN)
 
 
 def allowed(method: str, role: str) -> bool:
@@ -77,4 +90,9 @@ def allowed(method: str, role: str) -> bool:
 def changes_state(method: str) -> bool:
     """Whether a call of `method` changes desired state (the audit log records those)."""
     roles = RPC_ROLES.get(method)
-    return method.startswith(_ADMIN_SERVICE) and roles is not None and roles != VIEWER
+    return (
+        method.startswith(_ADMIN_SERVICE)
+        and roles is not None
+        and roles not in (VIEWER, TENANT_VIEWER)
+        and method != _ADMIN_SERVICE + "ListApiKeys"
+    )

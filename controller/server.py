@@ -145,13 +145,15 @@ class ControllerServer:
             interceptors=[AuthInterceptor(auth, parts.audit, self.metrics), ErrorInterceptor()],
             options=GRPC_SERVER_OPTIONS,
         )
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(parts.admin, auth), server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(parts.admin, auth, parts.keys_admin), server
+        )
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
             AgentServicer(parts.registry, parts.tails, uuid.uuid4().hex[:12], s.report_interval_s),
             server,
         )
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(
-            GatewayServicer(parts.publisher, parts.usage), server
+            GatewayServicer(parts.publisher, parts.usage, parts.quotas.quotas), server
         )
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -181,6 +183,7 @@ class ControllerServer:
             asyncio.create_task(parts.reconciler.run(), name="reconciler"),
             asyncio.create_task(parts.autoscaler.run(), name="autoscaler"),
             asyncio.create_task(parts.ledger.run(), name="ledger"),
+            asyncio.create_task(parts.quotas.run(), name="quotas"),
         ]
         log.info(
             "controller listening",

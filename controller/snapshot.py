@@ -47,6 +47,8 @@ class RouteMember:
     credential: str = ""
     api_version: str = ""
     cached_input_cost_per_mtok: float = 0.0
+    # A static backend (redaction applies to those).
+    backend: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,11 @@ class ModelRoute:
     spill_waiting: float = 0.0
     prefer_zone: bool = False
     ttft_slo_ms: float = 0.0
+    tenant: str = ""
+    rpm: int = 0
+    tpm: int = 0
+    redaction: Mapping[str, str] = field(default_factory=dict)
+    max_in_flight_per_member: int = 0
 
 
 Routes = dict[str, ModelRoute]
@@ -97,6 +104,7 @@ def _backend_member(b: BackendSpec, load: MemberLoad) -> RouteMember:
         **{
             **shared_fields(b, RouteMember),
             "healthy": not b.draining,
+            "backend": True,
             "in_flight": load.in_flight,
             "latency_ms": load.latency_ms,
         }

@@ -15,7 +15,7 @@ from .audit_event import AuditEvent, AuditQuery
 from .model import Assignment, BackendSpec, PoolSpec
 from .tokens import TokenRecord
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 DB_FILE = "controller.sqlite3"
 
 # Schema version 6: the audit log and the admin API's bearer tokens (hashes only).
@@ -42,6 +42,8 @@ CREATE TABLE IF NOT EXISTS tokens (
     secret_sha256 TEXT NOT NULL
 )
 """
+# A new data dir's tokens table as version 8 has it (tenant-admin tokens name their tenant).
+_TOKENS_TENANT = "ALTER TABLE tokens ADD COLUMN tenant TEXT NOT NULL DEFAULT ''"
 
 # Schema version 7: the cost ledger, per minute, pool and backend.
 _V7_TABLES = """
@@ -55,6 +57,28 @@ CREATE TABLE IF NOT EXISTS usage_minutes (
     completion_tokens INTEGER NOT NULL,
     cost_usd REAL NOT NULL,
     PRIMARY KEY (minute, pool, backend)
+)
+"""
+
+# Schema version 8: API keys (hashes only) and tenants, stored whole as JSON, and what each key
+# spent, per minute.
+_V8_TABLES = """
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    spec TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tenants (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS key_minutes (
+    minute INTEGER NOT NULL,
+    tenant TEXT NOT NULL,
+    api_key TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    tokens INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    PRIMARY KEY (minute, tenant, api_key)
 )
 """
 
@@ -83,6 +107,10 @@ CREATE TABLE IF NOT EXISTS replicas (
     + _V6_TABLES
     + ";"
     + _V7_TABLES
+    + ";"
+    + _V8_TABLES
+    + ";"
+    + _TOKENS_TENANT
 )
 
 # Version reached -> the statements that bring the previous version's tables to it. A new
@@ -119,6 +147,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     6: tuple(s for s in _V6_TABLES.split(";") if s.strip()),
     7: (_V7_TABLES,),
+    8: (*(s for s in _V8_TABLES.split(";") if s.strip()), _TOKENS_TENANT),
 }
 
 
@@ -295,16 +324,16 @@ class Store:
 
     async def load_tokens(self) -> list[TokenRecord]:
         async with self._db.execute(
-            "SELECT id, name, role, created_at, expires_at, secret_sha256 FROM tokens"
+            "SELECT id, name, role, created_at, expires_at, secret_sha256, tenant FROM tokens"
         ) as cur:
             rows = await cur.fetchall()
-        return [TokenRecord(r[0], r[1], r[2], float(r[3]), float(r[4]), r[5]) for r in rows]
+        return [TokenRecord(r[0], r[1], r[2], float(r[3]), float(r[4]), r[5], r[6]) for r in rows]
 
     async def put_token(self, t: TokenRecord) -> None:
         await self._db.execute(
-            "INSERT INTO tokens (id, name, role, created_at, expires_at, secret_sha256) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (t.id, t.name, t.role, t.created_at, t.expires_at, t.secret_sha256),
+            "INSERT INTO tokens (id, name, role, created_at, expires_at, secret_sha256, tenant) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (t.id, t.name, t.role, t.created_at, t.expires_at, t.secret_sha256, t.tenant),
         )
         await self._db.commit()
 
@@ -329,6 +358,7 @@ class Store:
 
     async def forget_usage_before(self, minute: int) -> None:
         await self._db.execute("DELETE FROM usage_minutes WHERE minute < ?", (minute,))
+        await self._db.execute("DELETE FROM key_minutes WHERE minute < ?", (minute,))
         await self._db.commit()
 
     async def usage(
@@ -348,3 +378,50 @@ class Store:
             (str(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]), float(r[6]))
             for r in rows
         ]
+
+    async def load_documents(self, table: str) -> list[bytes]:
+        """The JSON documents of api_keys or tenants."""
+        assert table in ("api_keys", "tenants")
+        async with self._db.execute(f"SELECT spec FROM {table}") as cur:
+            rows = await cur.fetchall()
+        return [r[0].encode() if isinstance(r[0], str) else r[0] for r in rows]
+
+    async def put_document(self, table: str, key: str, spec: bytes) -> None:
+        assert table in ("api_keys", "tenants")
+        column = "id" if table == "api_keys" else "name"
+        await self._db.execute(
+            f"INSERT INTO {table} ({column}, spec) VALUES (?, ?) "
+            f"ON CONFLICT ({column}) DO UPDATE SET spec = excluded.spec",
+            (key, spec.decode()),
+        )
+        await self._db.commit()
+
+    async def delete_document(self, table: str, key: str) -> None:
+        assert table in ("api_keys", "tenants")
+        column = "id" if table == "api_keys" else "name"
+        await self._db.execute(f"DELETE FROM {table} WHERE {column} = ?", (key,))
+        await self._db.commit()
+
+    async def add_key_usage(self, rows: list[tuple[int, str, str, int, int, float]]) -> None:
+        """Adds (minute, tenant, api_key, requests, tokens, cost) to what keys spent."""
+        await self._db.executemany(
+            "INSERT INTO key_minutes VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (minute, tenant, api_key) DO UPDATE SET "
+            "requests = requests + excluded.requests, tokens = tokens + excluded.tokens, "
+            "cost_usd = cost_usd + excluded.cost_usd",
+            rows,
+        )
+        await self._db.commit()
+
+    async def key_usage(
+        self, first: int, last: int, tenant: str
+    ) -> list[tuple[str, str, int, int, float]]:
+        """(tenant, api_key, requests, tokens, cost) summed over minutes first..last."""
+        sql = (
+            "SELECT tenant, api_key, SUM(requests), SUM(tokens), SUM(cost_usd) FROM key_minutes "
+            "WHERE minute BETWEEN ? AND ? AND (? = '' OR tenant = ?) "
+            "GROUP BY tenant, api_key ORDER BY tenant, api_key"
+        )
+        async with self._db.execute(sql, (first, last, tenant, tenant)) as cur:
+            rows = await cur.fetchall()
+        return [(str(r[0]), str(r[1]), int(r[2]), int(r[3]), float(r[4])) for r in rows]

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from llmpool.clock import Clock
+from llmpool.config import NAME_RE
 from llmpool.errors import InvalidArgumentError, NotFoundError
 
-from .rbac import TOKEN_ROLES
+from .rbac import TENANT_ADMIN, TOKEN_ROLES
 
 if TYPE_CHECKING:
     from .store import Store
@@ -39,6 +40,8 @@ class TokenRecord:
     # 0: never.
     expires_at: float
     secret_sha256: str = ""
+    # tenant-admin tokens: the tenant they manage.
+    tenant: str = ""
 
 
 def _digest(secret: str) -> str:
@@ -58,7 +61,9 @@ class TokenBook:
     def list(self) -> list[TokenRecord]:
         return sorted(self._records.values(), key=lambda r: (r.created_at, r.id))
 
-    async def create(self, name: str, role: str, ttl_s: float) -> tuple[TokenRecord, str]:
+    async def create(
+        self, name: str, role: str, ttl_s: float, tenant: str = ""
+    ) -> tuple[TokenRecord, str]:
         """A new token's record and its text, which is shown this once and stored nowhere."""
         if not _NAME.match(name):
             raise InvalidArgumentError(
@@ -66,6 +71,12 @@ class TokenBook:
             )
         if role not in TOKEN_ROLES:
             raise InvalidArgumentError(f"token role {role!r}: choose from {', '.join(TOKEN_ROLES)}")
+        if (role == TENANT_ADMIN) != bool(tenant):
+            raise InvalidArgumentError(
+                "a tenant-admin token needs a tenant, and only a tenant-admin token has one"
+            )
+        if tenant and not NAME_RE.match(tenant):
+            raise InvalidArgumentError(f"tenant {tenant[:64]!r} is not a valid name")
         if not 0 <= ttl_s <= MAX_TTL_S or ttl_s != ttl_s:
             raise InvalidArgumentError(f"ttl_s must be 0 (no expiry) to {MAX_TTL_S:g} seconds")
         if len(self._records) >= MAX_TOKENS:
@@ -80,6 +91,7 @@ class TokenBook:
             created_at=now,
             expires_at=now + ttl_s if ttl_s else 0.0,
             secret_sha256=_digest(secret),
+            tenant=tenant,
         )
         if self._store is not None:
             await self._store.put_token(record)

@@ -6,6 +6,7 @@ from collections.abc import Collection, Mapping
 from urllib.parse import urlsplit
 
 from gateway.policies.registry import BUILTIN_POLICIES, PolicyPluginError, validate_policy
+from gateway.redaction import parse_profile
 from llmpool.bounds import check_bounds
 from llmpool.config import NAME_RE, credential_name_problem
 from llmpool.engines import template_problem
@@ -82,6 +83,13 @@ def check_pool(pool: PoolSpec, extra_policies: Collection[str] = ()) -> PoolSpec
         )
     if pool.template is not None:
         check_template(pool.name, pool.template)
+    if pool.tenant:
+        check_name(f"pool {pool.name!r}: tenant", pool.tenant)
+    if pool.redaction:
+        try:
+            parse_profile(pool.redaction)
+        except ValueError as exc:
+            raise InvalidArgumentError(f"pool {pool.name!r}: redaction: {exc}") from None
     if pool.ttft_slo_ms < 0:
         raise InvalidArgumentError(f"pool {pool.name!r}: ttft_slo_ms must be >= 0")
     if pool.autoscale is not None:
@@ -101,6 +109,8 @@ def check_backend(backend: BackendSpec) -> BackendSpec:
     check_name("backend pool", backend.pool)
     check_bounds(backend, f"backend {backend.id!r}")
     check_url(backend.url)
+    if backend.tenant:
+        check_name(f"backend {backend.id!r}: tenant", backend.tenant)
     problem = credential_name_problem(backend.credential)
     if problem:
         raise InvalidArgumentError(f"backend {backend.id!r}: {problem}")

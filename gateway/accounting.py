@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 
+from gateway.fairqueue import FairGate
+from gateway.limits import Admission
 from gateway.members import Member
 from gateway.metrics import NO_BACKEND, UNKNOWN_MODEL, GatewayMetrics, ModelMetrics
 from gateway.policies import Policy
@@ -55,13 +57,16 @@ class RequestAccount:
     """One request's bookkeeping (see the module docstring)."""
 
     __slots__ = (
+        "_admission",
         "_book",
         "_cost",
         "_finished",
+        "_gate",
         "_member",
         "_mm",
         "_policy",
         "_sent_at",
+        "_tokens",
         "_trying",
         "model",
         "prompt_chars",
@@ -84,6 +89,10 @@ class RequestAccount:
         self._cost = 0.0
         # The request body's size: a prompt-length estimate where the member reports no usage.
         self.prompt_chars = 0
+        # Its hold on limits and on a saturated pool's queue, given back when it closes.
+        self._admission: Admission | None = None
+        self._gate: FairGate | None = None
+        self._tokens = 0
 
     @property
     def ttft_forecast(self) -> TtftForecast:
@@ -92,6 +101,12 @@ class RequestAccount:
     @property
     def finished(self) -> bool:
         return self._finished
+
+    def hold(self, admission: Admission | None, gate: FairGate | None) -> None:
+        """The request was admitted by limits (admission) and holds a place in gate; both are
+        settled when it closes."""
+        self._admission = admission
+        self._gate = gate
 
     def begin(self, model: str, policy: Policy) -> None:
         """The request will go to a member of model's pool: it is in flight from now."""
@@ -209,6 +224,7 @@ class RequestAccount:
             if tokens is not NO_USAGE
             else 0.0
         )
+        self._tokens = tokens.prompt + tokens.completion
         self._book.usage.finished(
             member.id,
             self._model(),
@@ -243,6 +259,12 @@ class RequestAccount:
 
     def _close(self, now: float) -> None:
         self._finished = True
+        if self._gate is not None:
+            self._gate.release()
+            self._gate = None
+        if self._admission is not None:
+            self._admission.done(self._tokens, self._cost)
+            self._admission = None
         mm = self._mm
         if mm is not None:
             mm.in_flight.dec()

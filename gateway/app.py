@@ -15,15 +15,19 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.accounting import Accounting
+from gateway.admission import Admitter, not_found
 from gateway.asgi import GatewayASGI
 from gateway.controller_link import ControllerLink
 from gateway.cooldowns import Cooldowns
 from gateway.credentials import Credentials
 from gateway.errors import GatewayError, NotReadyError, error_response, handle_exception
 from gateway.holds import Holds
+from gateway.keys import Keyring
+from gateway.limits import Limiter
 from gateway.metrics import GatewayMetrics
 from gateway.outliers import Outliers
 from gateway.policies import PolicyRegistry
@@ -31,6 +35,7 @@ from gateway.providers import build_providers
 from gateway.relay import Relay
 from gateway.routing import RoutingTable
 from gateway.settings import GatewaySettings
+from gateway.signing import SignatureChecker
 from gateway.upstream import UpstreamClient, build_upstream
 from gateway.usage import UsageTracker
 from llmpool.backoff import Backoff, reconnect_backoff
@@ -106,7 +111,12 @@ def create_app(
         registry=PolicyRegistry.load(settings.policy_plugins, clock=clock),
         usable=lambda m: credentials.has(m.credential),
         zone=settings.zone,
+        queue_per_member=settings.queue_per_member,
     )
+    keys = Keyring(settings.auth, clock, metrics)
+    limiter = Limiter(clock, keys, metrics)
+    admitter = Admitter(limiter, metrics)
+    metrics.waiting.set_function(admitter.waiting)
     metrics.missing_credentials.set_function(credentials.missing)
     usage = UsageTracker()
     upstream = upstream or build_upstream(
@@ -134,6 +144,7 @@ def create_app(
         holds=holds,
         providers=build_providers(),
         credentials=credentials,
+        admitter=admitter,
     )
     link = (
         ControllerLink(
@@ -151,6 +162,8 @@ def create_app(
             backoff_factory=backoff_factory,
             conditions=lambda: member_conditions(outliers, cooldowns),
             held=holds.counts,
+            keys=keys,
+            limiter=limiter,
         )
         if connect_controller
         else None
@@ -187,22 +200,36 @@ def create_app(
     app.add_exception_handler(StarletteHTTPException, handle_exception)
     app.add_exception_handler(Exception, handle_exception)
 
-    @app.get("/v1/models", summary="Models this gateway routes (OpenAI list shape)")
-    async def list_models() -> Response:
+    def visible(request: Request) -> list[str]:
+        """The models the request's key may use (every one when keys are off)."""
         if not table.received:
             # An empty list would tell clients that nothing is served here, which is not known.
-            return error_response(
-                NotReadyError(
-                    "This gateway has no routing from the controller yet; retry shortly.",
-                    headers={"Retry-After": "1"},
-                )
+            raise NotReadyError(
+                "This gateway has no routing from the controller yet; retry shortly.",
+                headers={"Retry-After": "1"},
             )
-        created = table.created_s
-        data = [
-            {"id": name, "object": "model", "created": created, "owned_by": "llm-pool"}
-            for name in table.models()
-        ]
+        principal = None
+        if keys.required:
+            client = request.client
+            principal = keys.authenticate(request.headers, client.host if client else "")
+        names = table.models()
+        if principal is None:
+            return names
+        return [n for n in names if (r := table.get(n)) and principal.may_use(n, r.tenant)]
+
+    def model_entry(name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": table.created_s, "owned_by": "llm-pool"}
+
+    @app.get("/v1/models", summary="Models this gateway routes that the key may use")
+    async def list_models(request: Request) -> Response:
+        data = [model_entry(name) for name in visible(request)]
         return JSONResponse({"object": "list", "data": data})
+
+    @app.get("/v1/models/{model:path}", summary="One model, if the key may use it")
+    async def get_model(model: str, request: Request) -> Response:
+        if model not in visible(request):
+            raise not_found(model)
+        return JSONResponse(model_entry(model))
 
     @app.get("/healthz", summary="Liveness: 200 while the process runs")
     async def healthz() -> dict[str, str]:
@@ -214,7 +241,7 @@ def create_app(
             return error_response(
                 NotReadyError("Draining: the gateway is shutting down; send requests elsewhere.")
             )
-        if not table.received:
+        if not table.received or (keys.mode == "keys" and not keys.received):
             return error_response(
                 NotReadyError("No routing snapshot from the controller yet; check --controller.")
             )
@@ -231,7 +258,14 @@ def create_app(
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return GatewayASGI(app, relay, accounting, settings.max_body_bytes)
+    return GatewayASGI(
+        app,
+        relay,
+        accounting,
+        settings.max_body_bytes,
+        keys=keys,
+        signatures=SignatureChecker(clock),
+    )
 
 
 def parts_of(app: Any) -> GatewayParts:

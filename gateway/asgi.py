@@ -18,13 +18,16 @@ from starlette.types import Receive, Scope, Send
 from gateway.accounting import Accounting
 from gateway.connections import CANCEL_REASON, CLIENT_TASK, SHUTTING_DOWN
 from gateway.errors import (
+    AuthenticationError,
     GatewayError,
     MethodNotAllowedError,
+    RateLimitedError,
     ShuttingDownError,
     anthropic_error_response,
     error_response,
     to_gateway_error,
 )
+from gateway.keys import Keyring, presented_key
 from gateway.parsing import (
     ClientDisconnected,
     Endpoint,
@@ -34,6 +37,7 @@ from gateway.parsing import (
     receive_body,
 )
 from gateway.relay import Relay
+from gateway.signing import SignatureChecker, SignatureError, SignaturesFullError
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +46,16 @@ class GatewayASGI:
     """Dispatches POSTs to /v1/{chat/completions,completions,embeddings} to the relay."""
 
     def __init__(
-        self, app: FastAPI, relay: Relay, accounting: Accounting, max_body_bytes: int
+        self,
+        app: FastAPI,
+        relay: Relay,
+        accounting: Accounting,
+        max_body_bytes: int,
+        keys: Keyring | None = None,
+        signatures: SignatureChecker | None = None,
     ) -> None:
+        self._keys = keys
+        self._signatures = signatures
         self.app = app
         # parts_of(app) and tests read app.state; it is the FastAPI app's.
         self.state = app.state
@@ -81,12 +93,19 @@ class GatewayASGI:
         try:
             try:
                 headers = header_map(scope["headers"])
+                principal = (
+                    self._keys.authenticate(headers, _address(scope))
+                    if self._keys is not None and self._keys.required
+                    else None
+                )
                 check_headers(headers, self._max_body_bytes)
                 body = await receive_body(receive, self._max_body_bytes)
+                if principal is not None and principal.require_signature:
+                    self._check_signature(scope, headers, body)
                 if deployment is not None:
                     body = with_model(body, deployment)
                 parsed = parse_request(endpoint, body)
-                response: Any = await self._relay.handle(parsed, headers, account)
+                response: Any = await self._relay.handle(parsed, headers, account, principal)
             except ClientDisconnected:
                 return  # Nobody to answer.
             except asyncio.CancelledError:
@@ -104,6 +123,9 @@ class GatewayASGI:
                 if not isinstance(exc, GatewayError):
                     log.error("unhandled error", exc_info=exc, extra={"path": scope["path"]})
                 account.failed(err.status)
+                if isinstance(err, AuthenticationError) and err.delay_s:
+                    # Repeated failures from this address: answered late (gateway/keys.py).
+                    await asyncio.sleep(err.delay_s)
                 if endpoint is Endpoint.MESSAGES:
                     response = anthropic_error_response(err)
                 else:
@@ -117,6 +139,25 @@ class GatewayASGI:
             # A stream closes its account when it ends; anything else still open here was
             # left by the client, or cancelled.
             account.abandoned()
+
+    def _check_signature(self, scope: Scope, headers: dict[str, str], body: bytes) -> None:
+        assert self._keys is not None
+        if self._signatures is None:
+            return
+        # The path as the client sent (and signed) it, before percent-decoding.
+        raw = scope.get("raw_path") or scope["path"].encode()
+        path = raw.decode("latin-1").partition("?")[0]
+        try:
+            self._signatures.check(presented_key(headers) or "", "POST", path, body, headers)
+        except SignaturesFullError as exc:
+            raise RateLimitedError(f"{exc.reason}.", headers={"Retry-After": "1"}) from None
+        except SignatureError as exc:
+            raise self._keys.failed_signature(_address(scope), exc.reason) from None
+
+
+def _address(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else ""
 
 
 def _method_not_allowed() -> MethodNotAllowedError:

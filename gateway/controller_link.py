@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 import grpc
 import grpc.aio
 
+from gateway.keys import Keyring
+from gateway.limits import Limiter
 from gateway.metrics import GatewayMetrics
 from gateway.routing import RoutingTable
 from gateway.usage import UsageTracker
@@ -40,7 +42,12 @@ class ControllerLink:
         backoff_factory: Callable[[], Backoff] = reconnect_backoff,
         conditions: Callable[[], Iterable[types_pb2.MemberCondition]] = tuple,
         held: Callable[[], Mapping[str, int]] = dict,
+        keys: Keyring | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
+        # The API key table and this gateway's slices of the limits come with routing.
+        self._keys = keys
+        self._limiter = limiter
         # Requests held per model for want of a member: they ask the autoscaler for a replica.
         self._held = held
         # Members this gateway keeps out of its picks, sent in full with every usage report.
@@ -94,7 +101,12 @@ class ControllerLink:
             try:
                 first = True
                 async for snapshot in call:
-                    self._table.apply(snapshot)
+                    if snapshot.HasField("keys") and self._keys is not None:
+                        self._keys.apply(snapshot.keys)
+                    if snapshot.HasField("quotas") and self._limiter is not None:
+                        self._limiter.apply(snapshot.quotas)
+                    if snapshot.full or snapshot.routes or snapshot.removed_models:
+                        self._table.apply(snapshot)
                     self._metrics.snapshot_version.set(self._table.version)
                     if first:
                         first = False
@@ -149,6 +161,8 @@ class ControllerLink:
             report.routing_version = self._table.version
             report.conditions.extend(self._conditions())
             report.held.update(self._held())
+            if self._limiter is not None:
+                report.subjects.update(self._limiter.drain_report())
             yield report
             # grpc asks for the next report only after it sent this one: the stream works.
             backoff.reset()

@@ -42,6 +42,14 @@ class BadRequestError(GatewayError):
     type = "invalid_request_error"
 
 
+class AuthenticationError(GatewayError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+    # How long the answer waits: repeated failures from one address are slowed (gateway/keys.py).
+    delay_s = 0.0
+
+
 class ModelNotFoundError(GatewayError):
     status = 404
     type = "invalid_request_error"
@@ -88,6 +96,14 @@ class RateLimitedError(GatewayError):
     status = 429
     type = "rate_limit_error"
     code = "rate_limited"
+
+
+class QuotaExceededError(GatewayError):
+    """A key or tenant past its budget: 429 as OpenAI sends it for an exhausted quota."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
 
 
 class ShuttingDownError(GatewayError):

@@ -42,6 +42,8 @@ class Member:
     credential: str = ""
     api_version: str = ""
     cached_input_cost_per_mtok: float = 0.0
+    # A static backend, not a replica an agent runs: the pool's redaction applies to it.
+    backend: bool = False
 
     @property
     def priced(self) -> bool:

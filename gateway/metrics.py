@@ -145,6 +145,36 @@ class GatewayMetrics:
             ["model", "target"],
             registry=r,
         )
+        self.api_keys = Gauge(
+            "llmpool_gateway_api_keys",
+            "API keys in the table this gateway checks requests against.",
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "llmpool_gateway_auth_failures",
+            "Requests refused for their API key (missing, invalid, expired) or signature.",
+            ["reason"],
+            registry=r,
+        )
+        self.limited = Counter(
+            "llmpool_gateway_limited_requests",
+            "Requests refused with 429 by a limit or budget, by the kind of subject (key, "
+            "tenant, pool) and what ran out (requests, tokens, budget).",
+            ["subject", "limit"],
+            registry=r,
+        )
+        self.queued = Counter(
+            "llmpool_gateway_queued_requests",
+            "Requests that waited in a saturated pool's fair queue, by pool and how the wait "
+            "ended (admitted, shed).",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.waiting = Gauge(
+            "llmpool_gateway_requests_queued",
+            "Requests waiting now in saturated pools' fair queues.",
+            registry=r,
+        )
         # Children per (model, arm or target): the pools of the config bound them.
         self._hops: dict[tuple[str, str, str], Counter] = {}
         # Label children per model, so the hot path does no .labels() lookup per request.

@@ -12,11 +12,12 @@ from starlette.responses import Response
 
 from gateway import fallbacks
 from gateway.accounting import RequestAccount
+from gateway.admission import Admitter, not_found
+from gateway.bodies import first_byte_deadline, wants_usage, with_usage
 from gateway.cooldowns import Cooldowns, reset_after_s, retry_after_s
 from gateway.credentials import Credentials
 from gateway.errors import (
     GatewayError,
-    ModelNotFoundError,
     NoHealthyMemberError,
     NotReadyError,
     RateLimitedError,
@@ -25,12 +26,14 @@ from gateway.errors import (
     sse_error_event,
 )
 from gateway.holds import Holds
+from gateway.keys import Principal
 from gateway.members import Member
 from gateway.metrics import GatewayMetrics
 from gateway.outliers import Outliers
 from gateway.parsing import Endpoint, ParsedRequest
 from gateway.policies import PickContext
 from gateway.providers import Provider, Translator, build_providers
+from gateway.redacting import Redacted, redact
 from gateway.responses import RawResponse
 from gateway.retry_budget import RetryBudget
 from gateway.routing import Route, RoutingTable
@@ -89,7 +92,9 @@ class Relay:
         holds: Holds | None = None,
         providers: Mapping[str, Provider] | None = None,
         credentials: Credentials | None = None,
+        admitter: Admitter | None = None,
     ) -> None:
+        self._admitter = admitter
         self._holds = holds
         self._providers = providers if providers is not None else build_providers()
         self._credentials = credentials
@@ -106,12 +111,20 @@ class Relay:
         self._retry_after = str(retry_after_s)
 
     async def handle(
-        self, req: ParsedRequest, headers: Mapping[str, str], account: RequestAccount
+        self,
+        req: ParsedRequest,
+        headers: Mapping[str, str],
+        account: RequestAccount,
+        principal: Principal | None = None,
     ) -> Response:
-        """The answer to req. Errors raise GatewayError; the caller closes the account for them
-        (account.failed), as it does for a client that leaves."""
+        """The answer to req for principal (None: keys are off). Errors raise GatewayError; the
+        caller closes the account for them (account.failed), as it does for a client that
+        leaves."""
         account.model = req.model
         route = self._table.get(req.model)
+        if principal is not None and route is not None:
+            if not principal.may_use(route.model, route.tenant):
+                raise not_found(req.model)
         if route is None:
             if not self._table.received:
                 # Without routing we cannot tell an unknown model from a known one: a client
@@ -120,10 +133,7 @@ class Relay:
                     "This gateway has no routing from the controller yet; retry shortly.",
                     headers={"Retry-After": self._retry_after},
                 )
-            raise ModelNotFoundError(
-                f"The model {req.model!r} does not exist here; GET /v1/models lists the models.",
-                param="model",
-            )
+            raise not_found(req.model)
         ctx = PickContext(
             model=req.model,
             body=req.body,
@@ -136,6 +146,8 @@ class Relay:
         if route.redirects:
             route, req = self._redirect(route, req, ctx)
             account.model = req.model
+        if self._admitter is not None:
+            await self._admitter.admit(principal, route, req, account)
         if route.fallbacks:
             return await self._with_fallbacks(route, req, ctx, headers, account, asked)
         if not route.candidates:
@@ -221,7 +233,13 @@ class Relay:
         pool = outliers.available(pool)
         if route.local:
             pool = fallbacks.zone_first(route, pool)
-        deadline = _first_byte_deadline(route.ttfb_timeout_s, req)
+        deadline = first_byte_deadline(route.ttfb_timeout_s, req)
+        # The pool's backends get the request with personal data out (gateway/redacting.py).
+        redacted = (
+            redact(route.redactor, req)
+            if route.redactor is not None and any(m.backend for m in route.candidates)
+            else None
+        )
         for attempt in range(self._max_tries):
             if attempt:
                 pool = cooldowns.available(tuple(m for m in route.candidates if m.id not in tried))
@@ -236,8 +254,12 @@ class Relay:
             tried.append(member.id)
             account.sent(member)
             probe = outliers.picked(member.id)
+            sent = redacted if redacted is not None and member.backend else None
             try:
-                answer = await self._try(member, route, req, path, up_headers, deadline, account)
+                answer = await self._try(
+                    member, route, sent.req if sent else req, path, up_headers, deadline, account,
+                    sent,
+                )  # fmt: skip
             except BaseException:
                 if probe:
                     # Cancelled (the client left): the probe proved nothing either way.
@@ -262,8 +284,10 @@ class Relay:
         up_headers: Mapping[str, str],
         deadline: float | None,
         account: RequestAccount,
+        redacted: Redacted | None = None,
     ) -> Response | str:
-        """One try: the response, or what went wrong (counted against the member) for a retry."""
+        """One try: the response, or what went wrong (counted against the member) for a retry.
+        A redacted request's answer gets its placeholders back when the pool asks."""
         upstream: UpstreamResponse | None = None
         chunks: AsyncIterator[bytes] | None = None
         first = b""
@@ -285,10 +309,10 @@ class Relay:
             url, body, headers, translator = call.url, call.body, call.headers, call.translator
         # Streams always carry usage (token counts, the ledger): asked for upstream, kept out of
         # the client's stream when the client did not ask.
-        strip_usage = req.stream and not _wants_usage(req)
+        strip_usage = req.stream and not wants_usage(req)
         if strip_usage and translator is None:
             if req.endpoint is Endpoint.CHAT or req.endpoint is Endpoint.COMPLETIONS:
-                body = _with_usage(body, req)
+                body = with_usage(body, req)
             else:
                 strip_usage = False
         try:
@@ -301,6 +325,8 @@ class Relay:
                     if translator is not None:
                         # Translators always emit usage; strip_usage drops it if not asked.
                         chunks = translator.stream(chunks, req.model, True)
+                    if redacted is not None:
+                        chunks = redacted.stream(chunks)
                     first = await anext(chunks, b"")
         except TimeoutError:
             if upstream is not None:
@@ -368,6 +394,8 @@ class Relay:
                 self._failed(member, route, req.model)
                 return account.try_failed("answered with a body it could not translate")
             content_type = b"application/json"
+        if redacted is not None and status == 200:
+            body = redacted.answer(body)
         account.answered(status, usage_from_json(body) if status == 200 else NO_USAGE)
         return RawResponse(body, status, content_type, [(_MEMBER_HEADER_RAW, member.id.encode())])
 
@@ -434,46 +462,6 @@ class Relay:
             error_event=anthropic_error_event if endpoint is MESSAGES else sse_error_event,
             strip_usage=strip_usage,
         )
-
-
-# A non-streamed generation's first byte is its whole answer: it gets this long per token asked
-# for on top of the deadline (a floor on decode speed that any engine keeps).
-_SECONDS_PER_TOKEN = 0.2
-
-
-def _first_byte_deadline(ttfb_s: float, req: ParsedRequest) -> float | None:
-    """Seconds the try has for its first byte; None (only the upstream timeout) for a
-    non-streamed generation with no max_tokens, whose length nothing bounds."""
-    if req.stream or req.endpoint is Endpoint.EMBEDDINGS:
-        return ttfb_s
-    asked = req.payload.get("max_completion_tokens") or req.payload.get("max_tokens")
-    if type(asked) is not int or asked <= 0:
-        return None
-    n = req.payload.get("n")
-    choices = n if type(n) is int and n > 1 else 1
-    return ttfb_s + asked * choices * _SECONDS_PER_TOKEN
-
-
-_ASK_USAGE = b'{"stream_options":{"include_usage":true},'
-
-
-def _with_usage(body: bytes, req: ParsedRequest) -> bytes:
-    """body (a JSON object) asking the member for usage in its stream. Without stream_options
-    the key goes in front (a copy of the bytes, no re-serialising); with its own, the client's
-    options are kept and include_usage added."""
-    options = req.payload.get("stream_options")
-    if "stream_options" not in req.payload:
-        start = body.find(b"{")
-        if start >= 0 and body[start + 1 :].lstrip()[:1] not in (b"}", b""):
-            return body[:start] + _ASK_USAGE + body[start + 1 :]
-    payload = orjson.loads(body)
-    asked = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-    return orjson.dumps({**payload, "stream_options": asked})
-
-
-def _wants_usage(req: ParsedRequest) -> bool:
-    options = req.payload.get("stream_options")
-    return isinstance(options, dict) and options.get("include_usage") is True
 
 
 def _no_member_message(route: Route, asked: str) -> str:

@@ -13,6 +13,7 @@ from gateway.members import Member, member_from_proto
 from gateway.outliers import DEFAULT_EJECTION, EjectionSettings
 from gateway.policies import Policy, PolicyRegistry, UnknownPolicyError
 from gateway.policies.base import PickContext
+from gateway.redaction import Redactor, parse_profile
 from gateway.rules import Hop, Rule, Split, compile_rules, compile_split, resolve
 from llmpool.v1 import gateway_pb2
 
@@ -51,6 +52,14 @@ class Route:
     prefer_zone: bool = False
     local: tuple[Member, ...] = ()
     ttft_slo_ms: float = 0.0
+    # The owning tenant ("" shared), limits over every gateway, requests in flight per member
+    # past which requests queue fairly (0: none), and the redaction for backends.
+    tenant: str = ""
+    rpm: int = 0
+    tpm: int = 0
+    queue_per_member: int = 0
+    redactor: Redactor | None = None
+    redaction: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 class RoutingTable:
@@ -62,7 +71,11 @@ class RoutingTable:
         registry: PolicyRegistry | None = None,
         usable: Callable[[Member], bool] | None = None,
         zone: str = "",
+        queue_per_member: int = 0,
     ) -> None:
+        # Requests in flight per member past which a pool queues (--queue-per-member; pools
+        # may set their own).
+        self.queue_per_member = queue_per_member
         # This gateway's zone (--zone): pools that prefer it pick members there first.
         self.zone = zone
         # Whether this gateway can send to a member at all (it has the member's credential).
@@ -226,7 +239,30 @@ class RoutingTable:
             hold_s=msg.hold_s,
             fallbacks=tuple(msg.fallbacks),
             spill_waiting=msg.spill_waiting,
+            tenant=msg.tenant,
+            rpm=msg.rpm,
+            tpm=msg.tpm,
+            queue_per_member=msg.max_in_flight_per_member or self.queue_per_member,
+            redactor=self._redactor(msg, previous),
+            redaction=dict(msg.redaction),
         )
+
+    def _redactor(self, msg: gateway_pb2.ModelRoute, previous: Route | None) -> Redactor | None:
+        """The pool's compiled redaction profile (kept from the previous snapshot when it did
+        not change); a profile the gateway cannot use redacts with the defaults, never nothing."""
+        if not msg.redaction:
+            return None
+        spec = dict(msg.redaction)
+        if previous is not None and previous.redaction == spec:
+            return previous.redactor
+        try:
+            return Redactor(parse_profile(spec))
+        except ValueError as exc:
+            log.warning(
+                "bad redaction profile, redacting with the defaults",
+                extra={"model": msg.model, "error": str(exc)},
+            )
+            return Redactor(parse_profile({}))
 
     def _make_policy(self, model: str, name: str, params: Mapping[str, str]) -> Policy:
         try:

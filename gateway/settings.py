@@ -12,7 +12,7 @@ from gateway.policies import PolicyPluginError, PolicyRegistry
 from gateway.upstream import DEFAULT_UPSTREAM_CLIENT, UPSTREAM_CLIENTS
 from llmpool.addr import split_host_port
 from llmpool.cliargs import add_logging_options, env_help, env_option
-from llmpool.tls import TlsFiles, add_tls_options, tls_from_args
+from llmpool.tls import TlsFiles, add_tls_options, is_loopback, tls_from_args
 
 MIB = 1024 * 1024
 POLICY_PLUGINS_VAR = "LLMPOOL_GATEWAY_POLICY_PLUGINS"
@@ -46,6 +46,11 @@ class GatewaySettings:
     zone: str = ""
     # Requests held at once for pools with no member yet (scaled to zero); more get 503.
     max_held_requests: int = 1000
+    # Client API keys: "keys" (required), "auto" (required once any exists; loopback only),
+    # "none" (never; loopback only unless --insecure-allow-remote).
+    auth: str = "auto"
+    # Requests in flight per member past which requests queue fairly (0: pools' own or none).
+    queue_per_member: int = 0
     log_level: str = "info"
     log_json: bool = False
     # MODULE:CLASS or NAME=MODULE:CLASS routing policies to load besides the entry points.
@@ -247,6 +252,28 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "waits up to the pool's autoscale.cold_start_timeout_s); more are answered 503",
         type=int,
     )
+    env_option(
+        p,
+        "--auth",
+        env,
+        "LLMPOOL_GATEWAY_AUTH",
+        "auto",
+        "client API keys: keys (every request needs one), auto (needed once any key exists; "
+        "on a non-loopback address it means keys), none (never: refused on a non-loopback "
+        "address without --insecure-allow-remote)",
+        choices=("keys", "auto", "none"),
+    )
+    env_option(
+        p,
+        "--queue-per-member",
+        env,
+        "LLMPOOL_GATEWAY_QUEUE_PER_MEMBER",
+        0,
+        "requests in flight per healthy member of a pool past which more wait in a fair queue "
+        "(higher-priority keys first, tenants in turn); 0: only pools that set "
+        "max_in_flight_per_member queue",
+        type=int,
+    )
     p.add_argument(
         "--policy-plugin",
         action="append",
@@ -317,6 +344,17 @@ def parse_settings(argv: list[str], env: Mapping[str, str] | None = None) -> Gat
         parser.error("--max-held-requests must be 0 (hold none) or more")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    if args.queue_per_member < 0:
+        parser.error("--queue-per-member must be 0 (pools decide) or more")
+    auth = args.auth
+    if not is_loopback(host):
+        if auth == "none" and not args.insecure_allow_remote:
+            parser.error(
+                f"--auth none on {host}, beyond loopback, lets anyone on the network use every "
+                "pool; create API keys (CreateApiKey), or add --insecure-allow-remote"
+            )
+        if auth == "auto":
+            auth = "keys"
     if args.usage_interval_s <= 0:
         parser.error("--usage-interval-s must be positive")
     plugins = tuple(
@@ -349,6 +387,8 @@ def parse_settings(argv: list[str], env: Mapping[str, str] | None = None) -> Gat
         graceful_timeout_s=args.graceful_timeout_s,
         drain_delay_s=args.drain_delay_s,
         max_held_requests=args.max_held_requests,
+        auth=auth,
+        queue_per_member=args.queue_per_member,
         secrets_dir=args.secrets_dir,
         zone=args.zone,
         log_level=args.log_level,

@@ -63,6 +63,17 @@ FIELD_BOUNDS: dict[str, Bound] = {
     "hourly_cost_usd": Bound(max_number=100_000),
     "min_prompt_chars": Bound(max_number=100_000_000),
     "max_prompt_chars": Bound(max_number=100_000_000),
+    "tenant": Bound(max_chars=128),
+    "rpm": Bound(max_number=100_000_000),
+    "tpm": Bound(max_number=10_000_000_000),
+    "redaction": Bound(max_chars=4096, max_items=8),
+    "max_in_flight_per_member": Bound(max_number=100_000),
+    "budget_usd": Bound(max_number=1_000_000_000),
+    "metadata": Bound(max_chars=512, max_items=32),
+    "pools": Bound(max_items=256),
+    # Unix seconds.
+    "created_at": Bound(max_number=1e11),
+    "expires_at": Bound(max_number=1e11),
 }
 
 

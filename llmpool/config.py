@@ -97,8 +97,11 @@ class BackendConfig(_Model):
     credential: str = ""
     api_version: str = ""
     cached_input_cost_per_mtok: float = Field(default=0.0, ge=0)
+    # The tenant that owns it; empty: shared (docs/tenants.md).
+    tenant: str = ""
 
     _id = field_validator("id")(_check_name)
+    _tenant = field_validator("tenant")(lambda v: _check_name(v) if v else v)
 
     @field_validator("credential")
     @classmethod
@@ -185,8 +188,16 @@ class PoolConfig(_Model):
     spill_waiting: float = Field(default=0.0, ge=0, le=100_000)
     # Gateways with a --zone pick this pool's members in their zone first.
     prefer_zone: bool = False
+    # The owning tenant (empty: shared), limits over every gateway (0: none), the redaction
+    # profile for remote backends and the fair-queue bound (docs/tenants.md).
+    tenant: str = ""
+    rpm: int = Field(default=0, ge=0, le=100_000_000)
+    tpm: int = Field(default=0, ge=0, le=10_000_000_000)
+    redaction: dict[str, str] = Field(default_factory=dict)
+    max_in_flight_per_member: int = Field(default=0, ge=0, le=100_000)
 
     _name = field_validator("name")(_check_name)
+    _tenant = field_validator("tenant")(lambda v: _check_name(v) if v else v)
 
     @model_validator(mode="after")
     def _autoscale_valid(self) -> PoolConfig:

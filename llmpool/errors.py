@@ -17,6 +17,10 @@ class InvalidArgumentError(LLMPoolError):
     pass
 
 
+class PermissionDeniedError(LLMPoolError):
+    pass
+
+
 class FailedPreconditionError(LLMPoolError):
     pass
 

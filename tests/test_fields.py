@@ -39,6 +39,7 @@ BACKEND_VALUES = {
     "kind": "openai",
     "pool": "p",
     "credential": "openai-prod",
+    "tenant": "team-a",
 }
 # Two templates: weights and args shape an engine's default command, so they go without one.
 TEMPLATE_VALUES = [

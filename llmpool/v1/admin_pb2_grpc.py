@@ -145,6 +145,41 @@ class AdminServiceStub:
                 request_serializer=llmpool_dot_v1_dot_admin__pb2.RevokeTokenRequest.SerializeToString,
                 response_deserializer=llmpool_dot_v1_dot_admin__pb2.TokenInfo.FromString,
                 _registered_method=True)
+        self.CreateApiKey = channel.unary_unary(
+                '/llmpool.v1.AdminService/CreateApiKey',
+                request_serializer=llmpool_dot_v1_dot_admin__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=llmpool_dot_v1_dot_admin__pb2.CreateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/llmpool.v1.AdminService/ListApiKeys',
+                request_serializer=llmpool_dot_v1_dot_admin__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=llmpool_dot_v1_dot_admin__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.UpdateApiKey = channel.unary_unary(
+                '/llmpool.v1.AdminService/UpdateApiKey',
+                request_serializer=llmpool_dot_v1_dot_admin__pb2.UpdateApiKeyRequest.SerializeToString,
+                response_deserializer=llmpool_dot_v1_dot_types__pb2.ApiKey.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/llmpool.v1.AdminService/RevokeApiKey',
+                request_serializer=llmpool_dot_v1_dot_admin__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=llmpool_dot_v1_dot_types__pb2.ApiKey.FromString,
+                _registered_method=True)
+        self.PutTenant = channel.unary_unary(
+                '/llmpool.v1.AdminService/PutTenant',
+                request_serializer=llmpool_dot_v1_dot_admin__pb2.PutTenantRequest.SerializeToString,
+                response_deserializer=llmpool_dot_v1_dot_types__pb2.Tenant.FromString,
+                _registered_method=True)
+        self.ListTenants = channel.unary_unary(
+                '/llmpool.v1.AdminService/ListTenants',
+                request_serializer=llmpool_dot_v1_dot_admin__pb2.ListTenantsRequest.SerializeToString,
+                response_deserializer=llmpool_dot_v1_dot_admin__pb2.ListTenantsResponse.FromString,
+                _registered_method=True)
+        self.DeleteTenant = channel.unary_unary(
+                '/llmpool.v1.AdminService/DeleteTenant',
+                request_serializer=llmpool_dot_v1_dot_admin__pb2.DeleteTenantRequest.SerializeToString,
+                response_deserializer=llmpool_dot_v1_dot_admin__pb2.DeleteTenantResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -291,6 +326,53 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateApiKey(self, request, context):
+        """API keys for the gateways (docs/tenants.md): the secret is in the answer to CreateApiKey
+        only; the controller keeps its hash, gateways get the hash with routing. A tenant-admin
+        token sees and changes its own tenant's keys only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateApiKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """Every gateway refuses the key within a second.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutTenant(self, request, context):
+        """Tenants' limits and budgets (a tenant needs no record to own pools, backends and keys).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTenants(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteTenant(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -403,6 +485,41 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeToken,
                     request_deserializer=llmpool_dot_v1_dot_admin__pb2.RevokeTokenRequest.FromString,
                     response_serializer=llmpool_dot_v1_dot_admin__pb2.TokenInfo.SerializeToString,
+            ),
+            'CreateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiKey,
+                    request_deserializer=llmpool_dot_v1_dot_admin__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=llmpool_dot_v1_dot_admin__pb2.CreateApiKeyResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=llmpool_dot_v1_dot_admin__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=llmpool_dot_v1_dot_admin__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'UpdateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateApiKey,
+                    request_deserializer=llmpool_dot_v1_dot_admin__pb2.UpdateApiKeyRequest.FromString,
+                    response_serializer=llmpool_dot_v1_dot_types__pb2.ApiKey.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=llmpool_dot_v1_dot_admin__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=llmpool_dot_v1_dot_types__pb2.ApiKey.SerializeToString,
+            ),
+            'PutTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutTenant,
+                    request_deserializer=llmpool_dot_v1_dot_admin__pb2.PutTenantRequest.FromString,
+                    response_serializer=llmpool_dot_v1_dot_types__pb2.Tenant.SerializeToString,
+            ),
+            'ListTenants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTenants,
+                    request_deserializer=llmpool_dot_v1_dot_admin__pb2.ListTenantsRequest.FromString,
+                    response_serializer=llmpool_dot_v1_dot_admin__pb2.ListTenantsResponse.SerializeToString,
+            ),
+            'DeleteTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTenant,
+                    request_deserializer=llmpool_dot_v1_dot_admin__pb2.DeleteTenantRequest.FromString,
+                    response_serializer=llmpool_dot_v1_dot_admin__pb2.DeleteTenantResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -999,6 +1116,195 @@ class AdminService:
             '/llmpool.v1.AdminService/RevokeToken',
             llmpool_dot_v1_dot_admin__pb2.RevokeTokenRequest.SerializeToString,
             llmpool_dot_v1_dot_admin__pb2.TokenInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmpool.v1.AdminService/CreateApiKey',
+            llmpool_dot_v1_dot_admin__pb2.CreateApiKeyRequest.SerializeToString,
+            llmpool_dot_v1_dot_admin__pb2.CreateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmpool.v1.AdminService/ListApiKeys',
+            llmpool_dot_v1_dot_admin__pb2.ListApiKeysRequest.SerializeToString,
+            llmpool_dot_v1_dot_admin__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmpool.v1.AdminService/UpdateApiKey',
+            llmpool_dot_v1_dot_admin__pb2.UpdateApiKeyRequest.SerializeToString,
+            llmpool_dot_v1_dot_types__pb2.ApiKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmpool.v1.AdminService/RevokeApiKey',
+            llmpool_dot_v1_dot_admin__pb2.RevokeApiKeyRequest.SerializeToString,
+            llmpool_dot_v1_dot_types__pb2.ApiKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmpool.v1.AdminService/PutTenant',
+            llmpool_dot_v1_dot_admin__pb2.PutTenantRequest.SerializeToString,
+            llmpool_dot_v1_dot_types__pb2.Tenant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTenants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmpool.v1.AdminService/ListTenants',
+            llmpool_dot_v1_dot_admin__pb2.ListTenantsRequest.SerializeToString,
+            llmpool_dot_v1_dot_admin__pb2.ListTenantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmpool.v1.AdminService/DeleteTenant',
+            llmpool_dot_v1_dot_admin__pb2.DeleteTenantRequest.SerializeToString,
+            llmpool_dot_v1_dot_admin__pb2.DeleteTenantResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -65,6 +65,19 @@ class AdminServiceStub:
     """
     ListTokens: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListTokensRequest, _admin_pb2.ListTokensResponse]
     RevokeToken: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeTokenRequest, _admin_pb2.TokenInfo]
+    CreateApiKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateApiKeyRequest, _admin_pb2.CreateApiKeyResponse]
+    """API keys for the gateways (docs/tenants.md): the secret is in the answer to CreateApiKey
+    only; the controller keeps its hash, gateways get the hash with routing. A tenant-admin
+    token sees and changes its own tenant's keys only.
+    """
+    ListApiKeys: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListApiKeysRequest, _admin_pb2.ListApiKeysResponse]
+    UpdateApiKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.UpdateApiKeyRequest, _types_pb2.ApiKey]
+    RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeApiKeyRequest, _types_pb2.ApiKey]
+    """Every gateway refuses the key within a second."""
+    PutTenant: _grpc.UnaryUnaryMultiCallable[_admin_pb2.PutTenantRequest, _types_pb2.Tenant]
+    """Tenants' limits and budgets (a tenant needs no record to own pools, backends and keys)."""
+    ListTenants: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListTenantsRequest, _admin_pb2.ListTenantsResponse]
+    DeleteTenant: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeleteTenantRequest, _admin_pb2.DeleteTenantResponse]
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -102,6 +115,19 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """
     ListTokens: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListTokensRequest, _admin_pb2.ListTokensResponse]  # type: ignore[assignment]
     RevokeToken: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeTokenRequest, _admin_pb2.TokenInfo]  # type: ignore[assignment]
+    CreateApiKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateApiKeyRequest, _admin_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
+    """API keys for the gateways (docs/tenants.md): the secret is in the answer to CreateApiKey
+    only; the controller keeps its hash, gateways get the hash with routing. A tenant-admin
+    token sees and changes its own tenant's keys only.
+    """
+    ListApiKeys: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListApiKeysRequest, _admin_pb2.ListApiKeysResponse]  # type: ignore[assignment]
+    UpdateApiKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.UpdateApiKeyRequest, _types_pb2.ApiKey]  # type: ignore[assignment]
+    RevokeApiKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeApiKeyRequest, _types_pb2.ApiKey]  # type: ignore[assignment]
+    """Every gateway refuses the key within a second."""
+    PutTenant: _aio.UnaryUnaryMultiCallable[_admin_pb2.PutTenantRequest, _types_pb2.Tenant]  # type: ignore[assignment]
+    """Tenants' limits and budgets (a tenant needs no record to own pools, backends and keys)."""
+    ListTenants: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListTenantsRequest, _admin_pb2.ListTenantsResponse]  # type: ignore[assignment]
+    DeleteTenant: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeleteTenantRequest, _admin_pb2.DeleteTenantResponse]  # type: ignore[assignment]
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -268,5 +294,60 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.RevokeTokenRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.TokenInfo, _abc.Awaitable[_admin_pb2.TokenInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateApiKey(
+        self,
+        request: _admin_pb2.CreateApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CreateApiKeyResponse, _abc.Awaitable[_admin_pb2.CreateApiKeyResponse]]:
+        """API keys for the gateways (docs/tenants.md): the secret is in the answer to CreateApiKey
+        only; the controller keeps its hash, gateways get the hash with routing. A tenant-admin
+        token sees and changes its own tenant's keys only.
+        """
+
+    @_abc_1.abstractmethod
+    def ListApiKeys(
+        self,
+        request: _admin_pb2.ListApiKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListApiKeysResponse, _abc.Awaitable[_admin_pb2.ListApiKeysResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateApiKey(
+        self,
+        request: _admin_pb2.UpdateApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_types_pb2.ApiKey, _abc.Awaitable[_types_pb2.ApiKey]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeApiKey(
+        self,
+        request: _admin_pb2.RevokeApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_types_pb2.ApiKey, _abc.Awaitable[_types_pb2.ApiKey]]:
+        """Every gateway refuses the key within a second."""
+
+    @_abc_1.abstractmethod
+    def PutTenant(
+        self,
+        request: _admin_pb2.PutTenantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_types_pb2.Tenant, _abc.Awaitable[_types_pb2.Tenant]]:
+        """Tenants' limits and budgets (a tenant needs no record to own pools, backends and keys)."""
+
+    @_abc_1.abstractmethod
+    def ListTenants(
+        self,
+        request: _admin_pb2.ListTenantsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListTenantsResponse, _abc.Awaitable[_admin_pb2.ListTenantsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteTenant(
+        self,
+        request: _admin_pb2.DeleteTenantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DeleteTenantResponse, _abc.Awaitable[_admin_pb2.DeleteTenantResponse]]: ...
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

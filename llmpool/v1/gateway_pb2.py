@@ -25,39 +25,65 @@ _sym_db = _symbol_database.Default()
 from llmpool.v1 import types_pb2 as llmpool_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18llmpool/v1/gateway.proto\x12\nllmpool.v1\x1a\x16llmpool/v1/types.proto\"@\n\x13WatchRoutingRequest\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12\x15\n\rknown_version\x18\x02 \x01(\x04\"\x9e\x01\n\x0fRoutingSnapshot\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0c\n\x04\x66ull\x18\x02 \x01(\x08\x12&\n\x06routes\x18\x03 \x03(\x0b\x32\x16.llmpool.v1.ModelRoute\x12\x16\n\x0eremoved_models\x18\x04 \x03(\t\x12\x17\n\x0f\x63reated_unix_ms\x18\x05 \x01(\x03\x12\x13\n\x0bprovisional\x18\x06 \x01(\x08\"\xf6\x03\n\nModelRoute\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12?\n\rpolicy_params\x18\x03 \x03(\x0b\x32(.llmpool.v1.ModelRoute.PolicyParamsEntry\x12#\n\x07members\x18\x04 \x03(\x0b\x32\x12.llmpool.v1.Member\x12$\n\x05rules\x18\x05 \x03(\x0b\x32\x15.llmpool.v1.RouteRule\x12$\n\x06splits\x18\x06 \x03(\x0b\x32\x14.llmpool.v1.SplitArm\x12\x14\n\x0csplit_header\x18\x07 \x01(\t\x12\x16\n\x0ettfb_timeout_s\x18\x08 \x01(\x01\x12!\n\x14\x65ject_after_failures\x18\t \x01(\rH\x00\x88\x01\x01\x12\x14\n\x0c\x65ject_base_s\x18\n \x01(\x01\x12\x0e\n\x06hold_s\x18\x0b \x01(\x01\x12\x11\n\tfallbacks\x18\x0c \x03(\t\x12\x15\n\rspill_waiting\x18\r \x01(\x01\x12\x13\n\x0bprefer_zone\x18\x0e \x01(\x08\x12\x13\n\x0bttft_slo_ms\x18\x0f \x01(\x01\x1a\x33\n\x11PolicyParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x17\n\x15_eject_after_failures\"\xe9\x03\n\x06Member\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\r\x12\x0f\n\x07healthy\x18\x04 \x01(\x08\x12\x0c\n\x04zone\x18\x05 \x01(\t\x12\x0c\n\x04kind\x18\x06 \x01(\t\x12\x16\n\x0eupstream_model\x18\x07 \x01(\t\x12\x0f\n\x07running\x18\x08 \x01(\x01\x12\x0f\n\x07waiting\x18\t \x01(\x01\x12\x10\n\x08kv_usage\x18\n \x01(\x01\x12\x11\n\tin_flight\x18\x0b \x01(\x01\x12\x12\n\nlatency_ms\x18\x0c \x01(\x01\x12\x10\n\x08\x64raining\x18\r \x01(\x08\x12.\n\x06labels\x18\x0e \x03(\x0b\x32\x1e.llmpool.v1.Member.LabelsEntry\x12\x1b\n\x13input_cost_per_mtok\x18\x0f \x01(\x01\x12\x1c\n\x14output_cost_per_mtok\x18\x10 \x01(\x01\x12\x1d\n\x15prefix_cache_hit_rate\x18\x11 \x01(\x01\x12\x12\n\ncredential\x18\x12 \x01(\t\x12\x13\n\x0b\x61pi_version\x18\x13 \x01(\t\x12\"\n\x1a\x63\x61\x63hed_input_cost_per_mtok\x18\x14 \x01(\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf3\x01\n\x0bUsageReport\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12(\n\x07members\x18\x02 \x03(\x0b\x32\x17.llmpool.v1.MemberUsage\x12\x17\n\x0frouting_version\x18\x03 \x01(\x04\x12/\n\nconditions\x18\x04 \x03(\x0b\x32\x1b.llmpool.v1.MemberCondition\x12/\n\x04held\x18\x05 \x03(\x0b\x32!.llmpool.v1.UsageReport.HeldEntry\x1a+\n\tHeldEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\xee\x01\n\x0bMemberUsage\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x11\n\tin_flight\x18\x03 \x01(\r\x12\x10\n\x08requests\x18\x04 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x05 \x01(\x04\x12\x15\n\rprompt_tokens\x18\x06 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x07 \x01(\x04\x12\x17\n\x0fmean_latency_ms\x18\x08 \x01(\x01\x12\x14\n\x0cmean_ttft_ms\x18\t \x01(\x01\x12\x15\n\rcached_tokens\x18\n \x01(\x04\x12\x10\n\x08\x63ost_usd\x18\x0b \x01(\x01\"\n\n\x08UsageAck2\xa0\x01\n\x0eGatewayService\x12N\n\x0cWatchRouting\x12\x1f.llmpool.v1.WatchRoutingRequest\x1a\x1b.llmpool.v1.RoutingSnapshot0\x01\x12>\n\x0bReportUsage\x12\x17.llmpool.v1.UsageReport\x1a\x14.llmpool.v1.UsageAck(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18llmpool/v1/gateway.proto\x12\nllmpool.v1\x1a\x16llmpool/v1/types.proto\"@\n\x13WatchRoutingRequest\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12\x15\n\rknown_version\x18\x02 \x01(\x04\"\xe6\x01\n\x0fRoutingSnapshot\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0c\n\x04\x66ull\x18\x02 \x01(\x08\x12&\n\x06routes\x18\x03 \x03(\x0b\x32\x16.llmpool.v1.ModelRoute\x12\x16\n\x0eremoved_models\x18\x04 \x03(\t\x12\x17\n\x0f\x63reated_unix_ms\x18\x05 \x01(\x03\x12\x13\n\x0bprovisional\x18\x06 \x01(\x08\x12\"\n\x04keys\x18\x07 \x01(\x0b\x32\x14.llmpool.v1.KeyTable\x12\"\n\x06quotas\x18\x08 \x01(\x0b\x32\x12.llmpool.v1.Quotas\"S\n\x08KeyTable\x12\"\n\x04keys\x18\x01 \x03(\x0b\x32\x14.llmpool.v1.KeyEntry\x12#\n\x07tenants\x18\x02 \x03(\x0b\x32\x12.llmpool.v1.Tenant\"\xc9\x01\n\x08KeyEntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rsecret_sha256\x18\x02 \x01(\x0c\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\r\n\x05pools\x18\x04 \x03(\t\x12\x0b\n\x03rpm\x18\x05 \x01(\r\x12\x0b\n\x03tpm\x18\x06 \x01(\x04\x12\x12\n\nbudget_usd\x18\x07 \x01(\x01\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12\x12\n\nexpires_at\x18\t \x01(\x01\x12\x19\n\x11require_signature\x18\n \x01(\x08\x12\x0c\n\x04name\x18\x0b \x01(\t\"\xf7\x01\n\x06Quotas\x12.\n\x06slices\x18\x01 \x03(\x0b\x32\x1e.llmpool.v1.Quotas.SlicesEntry\x12\x10\n\x08gateways\x18\x02 \x01(\r\x12\x33\n\tspent_usd\x18\x03 \x03(\x0b\x32 .llmpool.v1.Quotas.SpentUsdEntry\x1a\x45\n\x0bSlicesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.llmpool.v1.QuotaSlice:\x02\x38\x01\x1a/\n\rSpentUsdEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"&\n\nQuotaSlice\x12\x0b\n\x03rpm\x18\x01 \x01(\x01\x12\x0b\n\x03tpm\x18\x02 \x01(\x01\"\xae\x05\n\nModelRoute\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12?\n\rpolicy_params\x18\x03 \x03(\x0b\x32(.llmpool.v1.ModelRoute.PolicyParamsEntry\x12#\n\x07members\x18\x04 \x03(\x0b\x32\x12.llmpool.v1.Member\x12$\n\x05rules\x18\x05 \x03(\x0b\x32\x15.llmpool.v1.RouteRule\x12$\n\x06splits\x18\x06 \x03(\x0b\x32\x14.llmpool.v1.SplitArm\x12\x14\n\x0csplit_header\x18\x07 \x01(\t\x12\x16\n\x0ettfb_timeout_s\x18\x08 \x01(\x01\x12!\n\x14\x65ject_after_failures\x18\t \x01(\rH\x00\x88\x01\x01\x12\x14\n\x0c\x65ject_base_s\x18\n \x01(\x01\x12\x0e\n\x06hold_s\x18\x0b \x01(\x01\x12\x11\n\tfallbacks\x18\x0c \x03(\t\x12\x15\n\rspill_waiting\x18\r \x01(\x01\x12\x13\n\x0bprefer_zone\x18\x0e \x01(\x08\x12\x13\n\x0bttft_slo_ms\x18\x0f \x01(\x01\x12\x0e\n\x06tenant\x18\x10 \x01(\t\x12\x0b\n\x03rpm\x18\x11 \x01(\r\x12\x0b\n\x03tpm\x18\x12 \x01(\x04\x12\x38\n\tredaction\x18\x13 \x03(\x0b\x32%.llmpool.v1.ModelRoute.RedactionEntry\x12 \n\x18max_in_flight_per_member\x18\x14 \x01(\r\x1a\x33\n\x11PolicyParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x30\n\x0eRedactionEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x17\n\x15_eject_after_failures\"\xfa\x03\n\x06Member\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\r\x12\x0f\n\x07healthy\x18\x04 \x01(\x08\x12\x0c\n\x04zone\x18\x05 \x01(\t\x12\x0c\n\x04kind\x18\x06 \x01(\t\x12\x16\n\x0eupstream_model\x18\x07 \x01(\t\x12\x0f\n\x07running\x18\x08 \x01(\x01\x12\x0f\n\x07waiting\x18\t \x01(\x01\x12\x10\n\x08kv_usage\x18\n \x01(\x01\x12\x11\n\tin_flight\x18\x0b \x01(\x01\x12\x12\n\nlatency_ms\x18\x0c \x01(\x01\x12\x10\n\x08\x64raining\x18\r \x01(\x08\x12.\n\x06labels\x18\x0e \x03(\x0b\x32\x1e.llmpool.v1.Member.LabelsEntry\x12\x1b\n\x13input_cost_per_mtok\x18\x0f \x01(\x01\x12\x1c\n\x14output_cost_per_mtok\x18\x10 \x01(\x01\x12\x1d\n\x15prefix_cache_hit_rate\x18\x11 \x01(\x01\x12\x12\n\ncredential\x18\x12 \x01(\t\x12\x13\n\x0b\x61pi_version\x18\x13 \x01(\t\x12\"\n\x1a\x63\x61\x63hed_input_cost_per_mtok\x18\x14 \x01(\x01\x12\x0f\n\x07\x62\x61\x63kend\x18\x15 \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf7\x02\n\x0bUsageReport\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12(\n\x07members\x18\x02 \x03(\x0b\x32\x17.llmpool.v1.MemberUsage\x12\x17\n\x0frouting_version\x18\x03 \x01(\x04\x12/\n\nconditions\x18\x04 \x03(\x0b\x32\x1b.llmpool.v1.MemberCondition\x12/\n\x04held\x18\x05 \x03(\x0b\x32!.llmpool.v1.UsageReport.HeldEntry\x12\x37\n\x08subjects\x18\x06 \x03(\x0b\x32%.llmpool.v1.UsageReport.SubjectsEntry\x1a+\n\tHeldEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\x1aI\n\rSubjectsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.llmpool.v1.SubjectUsage:\x02\x38\x01\"c\n\x0cSubjectUsage\x12\x10\n\x08requests\x18\x01 \x01(\x04\x12\x0f\n\x07refused\x18\x02 \x01(\x04\x12\x0e\n\x06tokens\x18\x03 \x01(\x04\x12\x10\n\x08\x63ost_usd\x18\x04 \x01(\x01\x12\x0e\n\x06tenant\x18\x05 \x01(\t\"\xee\x01\n\x0bMemberUsage\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x11\n\tin_flight\x18\x03 \x01(\r\x12\x10\n\x08requests\x18\x04 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x05 \x01(\x04\x12\x15\n\rprompt_tokens\x18\x06 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x07 \x01(\x04\x12\x17\n\x0fmean_latency_ms\x18\x08 \x01(\x01\x12\x14\n\x0cmean_ttft_ms\x18\t \x01(\x01\x12\x15\n\rcached_tokens\x18\n \x01(\x04\x12\x10\n\x08\x63ost_usd\x18\x0b \x01(\x01\"\n\n\x08UsageAck2\xa0\x01\n\x0eGatewayService\x12N\n\x0cWatchRouting\x12\x1f.llmpool.v1.WatchRoutingRequest\x1a\x1b.llmpool.v1.RoutingSnapshot0\x01\x12>\n\x0bReportUsage\x12\x17.llmpool.v1.UsageReport\x1a\x14.llmpool.v1.UsageAck(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmpool.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_QUOTAS_SLICESENTRY']._loaded_options = None
+  _globals['_QUOTAS_SLICESENTRY']._serialized_options = b'8\001'
+  _globals['_QUOTAS_SPENTUSDENTRY']._loaded_options = None
+  _globals['_QUOTAS_SPENTUSDENTRY']._serialized_options = b'8\001'
   _globals['_MODELROUTE_POLICYPARAMSENTRY']._loaded_options = None
   _globals['_MODELROUTE_POLICYPARAMSENTRY']._serialized_options = b'8\001'
+  _globals['_MODELROUTE_REDACTIONENTRY']._loaded_options = None
+  _globals['_MODELROUTE_REDACTIONENTRY']._serialized_options = b'8\001'
   _globals['_MEMBER_LABELSENTRY']._loaded_options = None
   _globals['_MEMBER_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_USAGEREPORT_HELDENTRY']._loaded_options = None
   _globals['_USAGEREPORT_HELDENTRY']._serialized_options = b'8\001'
+  _globals['_USAGEREPORT_SUBJECTSENTRY']._loaded_options = None
+  _globals['_USAGEREPORT_SUBJECTSENTRY']._serialized_options = b'8\001'
   _globals['_WATCHROUTINGREQUEST']._serialized_start=64
   _globals['_WATCHROUTINGREQUEST']._serialized_end=128
   _globals['_ROUTINGSNAPSHOT']._serialized_start=131
-  _globals['_ROUTINGSNAPSHOT']._serialized_end=289
-  _globals['_MODELROUTE']._serialized_start=292
-  _globals['_MODELROUTE']._serialized_end=794
-  _globals['_MODELROUTE_POLICYPARAMSENTRY']._serialized_start=718
-  _globals['_MODELROUTE_POLICYPARAMSENTRY']._serialized_end=769
-  _globals['_MEMBER']._serialized_start=797
-  _globals['_MEMBER']._serialized_end=1286
-  _globals['_MEMBER_LABELSENTRY']._serialized_start=1241
-  _globals['_MEMBER_LABELSENTRY']._serialized_end=1286
-  _globals['_USAGEREPORT']._serialized_start=1289
-  _globals['_USAGEREPORT']._serialized_end=1532
-  _globals['_USAGEREPORT_HELDENTRY']._serialized_start=1489
-  _globals['_USAGEREPORT_HELDENTRY']._serialized_end=1532
-  _globals['_MEMBERUSAGE']._serialized_start=1535
-  _globals['_MEMBERUSAGE']._serialized_end=1773
-  _globals['_USAGEACK']._serialized_start=1775
-  _globals['_USAGEACK']._serialized_end=1785
-  _globals['_GATEWAYSERVICE']._serialized_start=1788
-  _globals['_GATEWAYSERVICE']._serialized_end=1948
+  _globals['_ROUTINGSNAPSHOT']._serialized_end=361
+  _globals['_KEYTABLE']._serialized_start=363
+  _globals['_KEYTABLE']._serialized_end=446
+  _globals['_KEYENTRY']._serialized_start=449
+  _globals['_KEYENTRY']._serialized_end=650
+  _globals['_QUOTAS']._serialized_start=653
+  _globals['_QUOTAS']._serialized_end=900
+  _globals['_QUOTAS_SLICESENTRY']._serialized_start=782
+  _globals['_QUOTAS_SLICESENTRY']._serialized_end=851
+  _globals['_QUOTAS_SPENTUSDENTRY']._serialized_start=853
+  _globals['_QUOTAS_SPENTUSDENTRY']._serialized_end=900
+  _globals['_QUOTASLICE']._serialized_start=902
+  _globals['_QUOTASLICE']._serialized_end=940
+  _globals['_MODELROUTE']._serialized_start=943
+  _globals['_MODELROUTE']._serialized_end=1629
+  _globals['_MODELROUTE_POLICYPARAMSENTRY']._serialized_start=1503
+  _globals['_MODELROUTE_POLICYPARAMSENTRY']._serialized_end=1554
+  _globals['_MODELROUTE_REDACTIONENTRY']._serialized_start=1556
+  _globals['_MODELROUTE_REDACTIONENTRY']._serialized_end=1604
+  _globals['_MEMBER']._serialized_start=1632
+  _globals['_MEMBER']._serialized_end=2138
+  _globals['_MEMBER_LABELSENTRY']._serialized_start=2093
+  _globals['_MEMBER_LABELSENTRY']._serialized_end=2138
+  _globals['_USAGEREPORT']._serialized_start=2141
+  _globals['_USAGEREPORT']._serialized_end=2516
+  _globals['_USAGEREPORT_HELDENTRY']._serialized_start=2398
+  _globals['_USAGEREPORT_HELDENTRY']._serialized_end=2441
+  _globals['_USAGEREPORT_SUBJECTSENTRY']._serialized_start=2443
+  _globals['_USAGEREPORT_SUBJECTSENTRY']._serialized_end=2516
+  _globals['_SUBJECTUSAGE']._serialized_start=2518
+  _globals['_SUBJECTUSAGE']._serialized_end=2617
+  _globals['_MEMBERUSAGE']._serialized_start=2620
+  _globals['_MEMBERUSAGE']._serialized_end=2858
+  _globals['_USAGEACK']._serialized_start=2860
+  _globals['_USAGEACK']._serialized_end=2870
+  _globals['_GATEWAYSERVICE']._serialized_start=2873
+  _globals['_GATEWAYSERVICE']._serialized_end=3033
 # @@protoc_insertion_point(module_scope)

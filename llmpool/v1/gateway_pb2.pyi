@@ -52,6 +52,8 @@ class RoutingSnapshot(_message.Message):
     REMOVED_MODELS_FIELD_NUMBER: _builtins.int
     CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
     PROVISIONAL_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    QUOTAS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     full: _builtins.bool
     """True: routes is the whole table and replaces it. False: routes replace those
@@ -67,6 +69,16 @@ class RoutingSnapshot(_message.Message):
     def routes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelRoute]: ...
     @_builtins.property
     def removed_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def keys(self) -> Global___KeyTable:
+        """When set, the whole API key table (it replaces the one held; sent when it changes)."""
+
+    @_builtins.property
+    def quotas(self) -> Global___Quotas:
+        """When set, this gateway's slices of the limits and the budgets' spend (sent every second
+        while anything is limited); a message with only keys or quotas carries no routes.
+        """
+
     def __init__(
         self,
         *,
@@ -76,14 +88,193 @@ class RoutingSnapshot(_message.Message):
         removed_models: _abc.Iterable[_builtins.str] | None = ...,
         created_unix_ms: _builtins.int = ...,
         provisional: _builtins.bool = ...,
+        keys: Global___KeyTable | None = ...,
+        quotas: Global___Quotas | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys", "quotas", b"quotas"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_unix_ms", b"created_unix_ms", "full", b"full", "provisional", b"provisional", "removed_models", b"removed_models", "routes", b"routes", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_unix_ms", b"created_unix_ms", "full", b"full", "keys", b"keys", "provisional", b"provisional", "quotas", b"quotas", "removed_models", b"removed_models", "routes", b"routes", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RoutingSnapshot: _TypeAlias = RoutingSnapshot  # noqa: Y015
+
+@_typing.final
+class KeyTable(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    TENANTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyEntry]: ...
+    @_builtins.property
+    def tenants(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Tenant]:
+        """Tenants' limits and budgets, for every tenant that has any."""
+
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[Global___KeyEntry] | None = ...,
+        tenants: _abc.Iterable[_types_pb2.Tenant] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys", "tenants", b"tenants"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeyTable: _TypeAlias = KeyTable  # noqa: Y015
+
+@_typing.final
+class KeyEntry(_message.Message):
+    """An API key as gateways check it: the secret's SHA-256, never the secret."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    SECRET_SHA256_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    POOLS_FIELD_NUMBER: _builtins.int
+    RPM_FIELD_NUMBER: _builtins.int
+    TPM_FIELD_NUMBER: _builtins.int
+    BUDGET_USD_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    REQUIRE_SIGNATURE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    secret_sha256: _builtins.bytes
+    tenant: _builtins.str
+    rpm: _builtins.int
+    tpm: _builtins.int
+    budget_usd: _builtins.float
+    priority: _builtins.int
+    expires_at: _builtins.float
+    require_signature: _builtins.bool
+    name: _builtins.str
+    @_builtins.property
+    def pools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        secret_sha256: _builtins.bytes = ...,
+        tenant: _builtins.str = ...,
+        pools: _abc.Iterable[_builtins.str] | None = ...,
+        rpm: _builtins.int = ...,
+        tpm: _builtins.int = ...,
+        budget_usd: _builtins.float = ...,
+        priority: _builtins.int = ...,
+        expires_at: _builtins.float = ...,
+        require_signature: _builtins.bool = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_usd", b"budget_usd", "expires_at", b"expires_at", "id", b"id", "name", b"name", "pools", b"pools", "priority", b"priority", "require_signature", b"require_signature", "rpm", b"rpm", "secret_sha256", b"secret_sha256", "tenant", b"tenant", "tpm", b"tpm"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeyEntry: _TypeAlias = KeyEntry  # noqa: Y015
+
+@_typing.final
+class Quotas(_message.Message):
+    """Limits are shared by every gateway: each admits its slice, per minute, of each limited
+    subject ("key/ID", "tenant/NAME", "pool/NAME"), and the controller moves the slices to where
+    the demand is. A subject without a slice here gets limit / gateways.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SlicesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___QuotaSlice: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___QuotaSlice | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class SpentUsdEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SLICES_FIELD_NUMBER: _builtins.int
+    GATEWAYS_FIELD_NUMBER: _builtins.int
+    SPENT_USD_FIELD_NUMBER: _builtins.int
+    gateways: _builtins.int
+    @_builtins.property
+    def slices(self) -> _containers.MessageMap[_builtins.str, Global___QuotaSlice]: ...
+    @_builtins.property
+    def spent_usd(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Budget subjects ("key/ID", "tenant/NAME") -> US dollars spent in the current period, as the
+        controller summed every gateway's reports.
+        """
+
+    def __init__(
+        self,
+        *,
+        slices: _abc.Mapping[_builtins.str, Global___QuotaSlice] | None = ...,
+        gateways: _builtins.int = ...,
+        spent_usd: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateways", b"gateways", "slices", b"slices", "spent_usd", b"spent_usd"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Quotas: _TypeAlias = Quotas  # noqa: Y015
+
+@_typing.final
+class QuotaSlice(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RPM_FIELD_NUMBER: _builtins.int
+    TPM_FIELD_NUMBER: _builtins.int
+    rpm: _builtins.float
+    tpm: _builtins.float
+    def __init__(
+        self,
+        *,
+        rpm: _builtins.float = ...,
+        tpm: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rpm", b"rpm", "tpm", b"tpm"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuotaSlice: _TypeAlias = QuotaSlice  # noqa: Y015
 
 @_typing.final
 class ModelRoute(_message.Message):
@@ -91,6 +282,26 @@ class ModelRoute(_message.Message):
 
     @_typing.final
     class PolicyParamsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class RedactionEntry(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
 
         KEY_FIELD_NUMBER: _builtins.int
@@ -124,6 +335,11 @@ class ModelRoute(_message.Message):
     SPILL_WAITING_FIELD_NUMBER: _builtins.int
     PREFER_ZONE_FIELD_NUMBER: _builtins.int
     TTFT_SLO_MS_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    RPM_FIELD_NUMBER: _builtins.int
+    TPM_FIELD_NUMBER: _builtins.int
+    REDACTION_FIELD_NUMBER: _builtins.int
+    MAX_IN_FLIGHT_PER_MEMBER_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     policy: _builtins.str
     split_header: _builtins.str
@@ -141,6 +357,11 @@ class ModelRoute(_message.Message):
     """The pool's time-to-first-token SLO, ms (types.proto Pool.ttft_slo_ms): with fallbacks, a
     pool whose members are all forecast to miss it spills (0: no forecast-based spill).
     """
+    tenant: _builtins.str
+    """The pool's tenant, limits, redaction profile and queue bound (types.proto Pool)."""
+    rpm: _builtins.int
+    tpm: _builtins.int
+    max_in_flight_per_member: _builtins.int
     @_builtins.property
     def policy_params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -157,6 +378,8 @@ class ModelRoute(_message.Message):
     def fallbacks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The pool's fallbacks and spill bound (types.proto Pool)."""
 
+    @_builtins.property
+    def redaction(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
         self,
         *,
@@ -175,10 +398,15 @@ class ModelRoute(_message.Message):
         spill_waiting: _builtins.float = ...,
         prefer_zone: _builtins.bool = ...,
         ttft_slo_ms: _builtins.float = ...,
+        tenant: _builtins.str = ...,
+        rpm: _builtins.int = ...,
+        tpm: _builtins.int = ...,
+        redaction: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        max_in_flight_per_member: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "eject_after_failures", b"eject_after_failures"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "eject_after_failures", b"eject_after_failures", "eject_base_s", b"eject_base_s", "fallbacks", b"fallbacks", "hold_s", b"hold_s", "members", b"members", "model", b"model", "policy", b"policy", "policy_params", b"policy_params", "prefer_zone", b"prefer_zone", "rules", b"rules", "spill_waiting", b"spill_waiting", "split_header", b"split_header", "splits", b"splits", "ttfb_timeout_s", b"ttfb_timeout_s", "ttft_slo_ms", b"ttft_slo_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "eject_after_failures", b"eject_after_failures", "eject_base_s", b"eject_base_s", "fallbacks", b"fallbacks", "hold_s", b"hold_s", "max_in_flight_per_member", b"max_in_flight_per_member", "members", b"members", "model", b"model", "policy", b"policy", "policy_params", b"policy_params", "prefer_zone", b"prefer_zone", "redaction", b"redaction", "rpm", b"rpm", "rules", b"rules", "spill_waiting", b"spill_waiting", "split_header", b"split_header", "splits", b"splits", "tenant", b"tenant", "tpm", b"tpm", "ttfb_timeout_s", b"ttfb_timeout_s", "ttft_slo_ms", b"ttft_slo_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__eject_after_failures: _TypeAlias = _typing.Literal["eject_after_failures"]  # noqa: Y015
     _WhichOneofArgType__eject_after_failures: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures"]  # noqa: Y015
@@ -232,6 +460,7 @@ class Member(_message.Message):
     CREDENTIAL_FIELD_NUMBER: _builtins.int
     API_VERSION_FIELD_NUMBER: _builtins.int
     CACHED_INPUT_COST_PER_MTOK_FIELD_NUMBER: _builtins.int
+    BACKEND_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Backend id or replica id."""
     url: _builtins.str
@@ -257,6 +486,8 @@ class Member(_message.Message):
     """The backend's credential name and Azure api-version (types.proto Backend)."""
     api_version: _builtins.str
     cached_input_cost_per_mtok: _builtins.float
+    backend: _builtins.bool
+    """A static backend (not a replica an agent runs): the redaction profile applies to it."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -282,10 +513,11 @@ class Member(_message.Message):
         credential: _builtins.str = ...,
         api_version: _builtins.str = ...,
         cached_input_cost_per_mtok: _builtins.float = ...,
+        backend: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "cached_input_cost_per_mtok", b"cached_input_cost_per_mtok", "credential", b"credential", "draining", b"draining", "healthy", b"healthy", "id", b"id", "in_flight", b"in_flight", "input_cost_per_mtok", b"input_cost_per_mtok", "kind", b"kind", "kv_usage", b"kv_usage", "labels", b"labels", "latency_ms", b"latency_ms", "output_cost_per_mtok", b"output_cost_per_mtok", "prefix_cache_hit_rate", b"prefix_cache_hit_rate", "running", b"running", "upstream_model", b"upstream_model", "url", b"url", "waiting", b"waiting", "weight", b"weight", "zone", b"zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "backend", b"backend", "cached_input_cost_per_mtok", b"cached_input_cost_per_mtok", "credential", b"credential", "draining", b"draining", "healthy", b"healthy", "id", b"id", "in_flight", b"in_flight", "input_cost_per_mtok", b"input_cost_per_mtok", "kind", b"kind", "kv_usage", b"kv_usage", "labels", b"labels", "latency_ms", b"latency_ms", "output_cost_per_mtok", b"output_cost_per_mtok", "prefix_cache_hit_rate", b"prefix_cache_hit_rate", "running", b"running", "upstream_model", b"upstream_model", "url", b"url", "waiting", b"waiting", "weight", b"weight", "zone", b"zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -315,11 +547,33 @@ class UsageReport(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class SubjectsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___SubjectUsage: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___SubjectUsage | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     GATEWAY_ID_FIELD_NUMBER: _builtins.int
     MEMBERS_FIELD_NUMBER: _builtins.int
     ROUTING_VERSION_FIELD_NUMBER: _builtins.int
     CONDITIONS_FIELD_NUMBER: _builtins.int
     HELD_FIELD_NUMBER: _builtins.int
+    SUBJECTS_FIELD_NUMBER: _builtins.int
     gateway_id: _builtins.str
     routing_version: _builtins.int
     """Version of the routing snapshot the gateway routed with when it counted these: once it is
@@ -337,6 +591,12 @@ class UsageReport(_message.Message):
         autoscaler for a first replica.
         """
 
+    @_builtins.property
+    def subjects(self) -> _containers.MessageMap[_builtins.str, Global___SubjectUsage]:
+        """Per limited or budgeted subject (Quotas), since the previous report: what arrived (limited
+        or not), what it used, and what it cost; every API key used appears.
+        """
+
     def __init__(
         self,
         *,
@@ -345,14 +605,48 @@ class UsageReport(_message.Message):
         routing_version: _builtins.int = ...,
         conditions: _abc.Iterable[_types_pb2.MemberCondition] | None = ...,
         held: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        subjects: _abc.Mapping[_builtins.str, Global___SubjectUsage] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conditions", b"conditions", "gateway_id", b"gateway_id", "held", b"held", "members", b"members", "routing_version", b"routing_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conditions", b"conditions", "gateway_id", b"gateway_id", "held", b"held", "members", b"members", "routing_version", b"routing_version", "subjects", b"subjects"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UsageReport: _TypeAlias = UsageReport  # noqa: Y015
+
+@_typing.final
+class SubjectUsage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    requests: _builtins.int
+    refused: _builtins.int
+    """Of requests, refused for this subject's limit."""
+    tokens: _builtins.int
+    cost_usd: _builtins.float
+    tenant: _builtins.str
+    """The key's tenant (key subjects only), for the ledger."""
+    def __init__(
+        self,
+        *,
+        requests: _builtins.int = ...,
+        refused: _builtins.int = ...,
+        tokens: _builtins.int = ...,
+        cost_usd: _builtins.float = ...,
+        tenant: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_usd", b"cost_usd", "refused", b"refused", "requests", b"requests", "tenant", b"tenant", "tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubjectUsage: _TypeAlias = SubjectUsage  # noqa: Y015
 
 @_typing.final
 class MemberUsage(_message.Message):

@@ -186,6 +186,26 @@ class Pool(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class RedactionEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
     POLICY_PARAMS_FIELD_NUMBER: _builtins.int
@@ -203,6 +223,11 @@ class Pool(_message.Message):
     FALLBACKS_FIELD_NUMBER: _builtins.int
     SPILL_WAITING_FIELD_NUMBER: _builtins.int
     PREFER_ZONE_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    RPM_FIELD_NUMBER: _builtins.int
+    TPM_FIELD_NUMBER: _builtins.int
+    REDACTION_FIELD_NUMBER: _builtins.int
+    MAX_IN_FLIGHT_PER_MEMBER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     policy: _builtins.str
     """Routing policy by registered name: "round_robin", "least_in_flight", ..."""
@@ -236,6 +261,17 @@ class Pool(_message.Message):
     cross zones only when none there can take the request or they are saturated
     (spill_waiting); retries may go anywhere.
     """
+    tenant: _builtins.str
+    """The tenant that owns the pool; empty: shared by every tenant. A tenant's API keys may use
+    its own pools and shared ones (docs/tenants.md).
+    """
+    rpm: _builtins.int
+    """Requests and tokens a minute the pool admits, summed over every gateway; 0: no limit."""
+    tpm: _builtins.int
+    max_in_flight_per_member: _builtins.int
+    """Requests in flight to the pool per healthy member past which lower-priority keys wait in a
+    fair queue (0: the gateway's default, --queue-per-member).
+    """
     @_builtins.property
     def policy_params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -265,6 +301,14 @@ class Pool(_message.Message):
         members and policy; their own fallbacks are not followed.
         """
 
+    @_builtins.property
+    def redaction(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Personal data taken out of prompts before they go to a remote backend (one with a
+        credential): keys "emails", "phones", "cards", "keys" ("true"/"false", each on by default
+        when the profile is set), "patterns" (RE2, ';' between them) and "restore" (placeholders
+        put back in the answer). Empty: prompts go as they are.
+        """
+
     def __init__(
         self,
         *,
@@ -285,10 +329,15 @@ class Pool(_message.Message):
         fallbacks: _abc.Iterable[_builtins.str] | None = ...,
         spill_waiting: _builtins.float = ...,
         prefer_zone: _builtins.bool = ...,
+        tenant: _builtins.str = ...,
+        rpm: _builtins.int = ...,
+        tpm: _builtins.int = ...,
+        redaction: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        max_in_flight_per_member: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "autoscale", b"autoscale", "eject_after_failures", b"eject_after_failures", "template", b"template"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "autoscale", b"autoscale", "description", b"description", "eject_after_failures", b"eject_after_failures", "eject_base_s", b"eject_base_s", "fallbacks", b"fallbacks", "name", b"name", "policy", b"policy", "policy_params", b"policy_params", "prefer_zone", b"prefer_zone", "replicas", b"replicas", "rules", b"rules", "spill_waiting", b"spill_waiting", "split_header", b"split_header", "splits", b"splits", "template", b"template", "ttfb_timeout_s", b"ttfb_timeout_s", "ttft_slo_ms", b"ttft_slo_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "autoscale", b"autoscale", "description", b"description", "eject_after_failures", b"eject_after_failures", "eject_base_s", b"eject_base_s", "fallbacks", b"fallbacks", "max_in_flight_per_member", b"max_in_flight_per_member", "name", b"name", "policy", b"policy", "policy_params", b"policy_params", "prefer_zone", b"prefer_zone", "redaction", b"redaction", "replicas", b"replicas", "rpm", b"rpm", "rules", b"rules", "spill_waiting", b"spill_waiting", "split_header", b"split_header", "splits", b"splits", "template", b"template", "tenant", b"tenant", "tpm", b"tpm", "ttfb_timeout_s", b"ttfb_timeout_s", "ttft_slo_ms", b"ttft_slo_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__eject_after_failures: _TypeAlias = _typing.Literal["eject_after_failures"]  # noqa: Y015
     _WhichOneofArgType__eject_after_failures: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures"]  # noqa: Y015
@@ -498,6 +547,7 @@ class Backend(_message.Message):
     CREDENTIAL_FIELD_NUMBER: _builtins.int
     API_VERSION_FIELD_NUMBER: _builtins.int
     CACHED_INPUT_COST_PER_MTOK_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     pool: _builtins.str
     url: _builtins.str
@@ -524,6 +574,8 @@ class Backend(_message.Message):
     """Azure OpenAI: the api-version of deployment URLs; empty or "v1": the v1 API."""
     cached_input_cost_per_mtok: _builtins.float
     """Cached prompt tokens (prompt caching), US dollars per million (0: input_cost_per_mtok)."""
+    tenant: _builtins.str
+    """The tenant that owns the backend; empty: shared."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -543,10 +595,11 @@ class Backend(_message.Message):
         credential: _builtins.str = ...,
         api_version: _builtins.str = ...,
         cached_input_cost_per_mtok: _builtins.float = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_weight", b"_weight", "enabled", b"enabled", "weight", b"weight"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_weight", b"_weight", "api_version", b"api_version", "cached_input_cost_per_mtok", b"cached_input_cost_per_mtok", "credential", b"credential", "enabled", b"enabled", "id", b"id", "input_cost_per_mtok", b"input_cost_per_mtok", "kind", b"kind", "labels", b"labels", "output_cost_per_mtok", b"output_cost_per_mtok", "pool", b"pool", "upstream_model", b"upstream_model", "url", b"url", "weight", b"weight", "zone", b"zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_weight", b"_weight", "api_version", b"api_version", "cached_input_cost_per_mtok", b"cached_input_cost_per_mtok", "credential", b"credential", "enabled", b"enabled", "id", b"id", "input_cost_per_mtok", b"input_cost_per_mtok", "kind", b"kind", "labels", b"labels", "output_cost_per_mtok", b"output_cost_per_mtok", "pool", b"pool", "tenant", b"tenant", "upstream_model", b"upstream_model", "url", b"url", "weight", b"weight", "zone", b"zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
     _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
@@ -716,3 +769,142 @@ class MemberCondition(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MemberCondition: _TypeAlias = MemberCondition  # noqa: Y015
+
+@_typing.final
+class ApiKey(_message.Message):
+    """A client's API key for the gateways' OpenAI and Anthropic APIs. The secret is shown once, by
+    CreateApiKey; the controller keeps its SHA-256 and gateways receive only that.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    POOLS_FIELD_NUMBER: _builtins.int
+    RPM_FIELD_NUMBER: _builtins.int
+    TPM_FIELD_NUMBER: _builtins.int
+    BUDGET_USD_FIELD_NUMBER: _builtins.int
+    BUDGET_PERIOD_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    REQUIRE_SIGNATURE_FIELD_NUMBER: _builtins.int
+    SPENT_USD_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Public id (the secret's prefix names it); set by the controller."""
+    name: _builtins.str
+    tenant: _builtins.str
+    """The tenant the key belongs to: it may use the tenant's pools and shared ones. Empty: shared
+    pools only.
+    """
+    rpm: _builtins.int
+    """Requests and tokens a minute over every gateway; 0: no limit of the key's own."""
+    tpm: _builtins.int
+    budget_usd: _builtins.float
+    """Spend allowed per budget_period ("day", "week", "month" or "total"; empty: "month"), US
+    dollars; 0: no budget.
+    """
+    budget_period: _builtins.str
+    priority: _builtins.int
+    """Higher is served first when a pool saturates; lower is queued and shed first. Default 0."""
+    expires_at: _builtins.float
+    """Unix seconds; 0: never."""
+    created_at: _builtins.float
+    """Set by the controller."""
+    require_signature: _builtins.bool
+    """Requests must carry an HMAC signature (docs/tenants.md)."""
+    spent_usd: _builtins.float
+    """Spent in the current budget period, US dollars, as the controller last summed it."""
+    @_builtins.property
+    def pools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Pools the key may use, of those; empty: all of them."""
+
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        tenant: _builtins.str = ...,
+        pools: _abc.Iterable[_builtins.str] | None = ...,
+        rpm: _builtins.int = ...,
+        tpm: _builtins.int = ...,
+        budget_usd: _builtins.float = ...,
+        budget_period: _builtins.str = ...,
+        priority: _builtins.int = ...,
+        expires_at: _builtins.float = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        created_at: _builtins.float = ...,
+        require_signature: _builtins.bool = ...,
+        spent_usd: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_period", b"budget_period", "budget_usd", b"budget_usd", "created_at", b"created_at", "expires_at", b"expires_at", "id", b"id", "metadata", b"metadata", "name", b"name", "pools", b"pools", "priority", b"priority", "require_signature", b"require_signature", "rpm", b"rpm", "spent_usd", b"spent_usd", "tenant", b"tenant", "tpm", b"tpm"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApiKey: _TypeAlias = ApiKey  # noqa: Y015
+
+@_typing.final
+class Tenant(_message.Message):
+    """Limits and a budget that hold for all of a tenant's keys together."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    RPM_FIELD_NUMBER: _builtins.int
+    TPM_FIELD_NUMBER: _builtins.int
+    BUDGET_USD_FIELD_NUMBER: _builtins.int
+    BUDGET_PERIOD_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    SPENT_USD_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    rpm: _builtins.int
+    tpm: _builtins.int
+    budget_usd: _builtins.float
+    budget_period: _builtins.str
+    description: _builtins.str
+    spent_usd: _builtins.float
+    """Spent in the current budget period (output only)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        rpm: _builtins.int = ...,
+        tpm: _builtins.int = ...,
+        budget_usd: _builtins.float = ...,
+        budget_period: _builtins.str = ...,
+        description: _builtins.str = ...,
+        spent_usd: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_period", b"budget_period", "budget_usd", b"budget_usd", "description", b"description", "name", b"name", "rpm", b"rpm", "spent_usd", b"spent_usd", "tpm", b"tpm"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Tenant: _TypeAlias = Tenant  # noqa: Y015

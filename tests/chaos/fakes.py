@@ -19,6 +19,9 @@ class FakeMember:
         self.headers: list[dict[str, str]] = []
         self.mode = "ok"
         self.reply = "fake"
+        # echo: answer with the last message's content (what arrived, redacted or not).
+        self.echo = False
+        self.bodies: list[Any] = []
         self.retry_after_s = 5
         self.arrivals: list[tuple[float, str]] = []
         self._lock = threading.Lock()
@@ -38,6 +41,7 @@ class FakeMember:
                 with member._lock:
                     member.arrivals.append((time.monotonic(), mode))
                     member.headers.append({k.lower(): v for k, v in self.headers.items()})
+                    member.bodies.append(body)
                 if member.key and self.headers.get("authorization") != f"Bearer {member.key}":
                     self._answer(401, {"error": {"message": "Incorrect API key provided"}})
                     return
@@ -52,14 +56,17 @@ class FakeMember:
                 if mode == "500":
                     self._answer(500, {"error": {"message": "broken"}})
                     return
+                reply = member.reply
+                if member.echo and body.get("messages"):
+                    reply = str(body["messages"][-1].get("content", ""))
                 if body.get("stream"):
-                    self._stream(body)
+                    self._stream(body, reply)
                     return
                 self._answer(200, {
                     "id": "fake", "object": "chat.completion", "created": 1,
                     "model": body.get("model", ""),
                     "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": member.reply}}],
+                                 "message": {"role": "assistant", "content": reply}}],
                     "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
                 })  # fmt: skip
 
@@ -73,12 +80,15 @@ class FakeMember:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def _stream(self, body: Any) -> None:
+            def _stream(self, body: Any, reply: str) -> None:
                 self.send_response(200)
                 self.send_header("content-type", "text/event-stream")
                 self.send_header("connection", "close")
                 self.end_headers()
-                for delta, finish in (({"content": "fake"}, None), ({}, "stop")):
+                # The reply in pieces of 3 characters, as tokens come.
+                pieces = [reply[i : i + 3] for i in range(0, len(reply), 3)] or [""]
+                deltas = [({"content": p}, None) for p in pieces] + [({}, "stop")]
+                for delta, finish in deltas:
                     chunk = {
                         "id": "fake", "object": "chat.completion.chunk", "created": 1,
                         "model": body.get("model", ""),

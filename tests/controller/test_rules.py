@@ -157,7 +157,7 @@ async def test_version_2_data_dir_gets_empty_rules_and_takes_new_ones(tmp_path: 
     async with aiosqlite.connect(tmp_path / DB_FILE) as db:
         async with db.execute("PRAGMA user_version") as cur:
             row = await cur.fetchone()
-    assert row is not None and row[0] == SCHEMA_VERSION == 7
+    assert row is not None and row[0] == SCHEMA_VERSION == 8
 
 
 def test_snapshot_carries_rules_splits_and_header() -> None:

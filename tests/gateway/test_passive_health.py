@@ -10,10 +10,10 @@ import orjson
 import pytest
 
 from gateway.app import parts_of
+from gateway.bodies import first_byte_deadline, with_usage
 from gateway.members import idle_member
 from gateway.outliers import MAX_EJECTION_S, EjectionSettings, Outliers
 from gateway.parsing import Endpoint, ParsedRequest
-from gateway.relay import _first_byte_deadline, _with_usage
 from gateway.retry_budget import RetryBudget
 from llmpool.clock import FakeClock
 
@@ -109,14 +109,14 @@ def _req(stream: bool = False, endpoint: Endpoint = Endpoint.CHAT, **payload: An
     return ParsedRequest(endpoint=endpoint, model="m", stream=stream, body=b"{}", payload=payload)
 
 
-def test_first_byte_deadline() -> None:
-    assert _first_byte_deadline(30.0, _req(stream=True)) == 30.0
-    assert _first_byte_deadline(30.0, _req(endpoint=Endpoint.EMBEDDINGS)) == 30.0
+def testfirst_byte_deadline() -> None:
+    assert first_byte_deadline(30.0, _req(stream=True)) == 30.0
+    assert first_byte_deadline(30.0, _req(endpoint=Endpoint.EMBEDDINGS)) == 30.0
     # Non-streamed: the first byte is the whole answer, so the length asked for counts.
-    assert _first_byte_deadline(30.0, _req(max_tokens=100)) == pytest.approx(50.0)
-    assert _first_byte_deadline(30.0, _req(max_completion_tokens=10, n=2)) == pytest.approx(34.0)
-    assert _first_byte_deadline(30.0, _req()) is None
-    assert _first_byte_deadline(30.0, _req(max_tokens="lots")) is None
+    assert first_byte_deadline(30.0, _req(max_tokens=100)) == pytest.approx(50.0)
+    assert first_byte_deadline(30.0, _req(max_completion_tokens=10, n=2)) == pytest.approx(34.0)
+    assert first_byte_deadline(30.0, _req()) is None
+    assert first_byte_deadline(30.0, _req(max_tokens="lots")) is None
 
 
 CHAT = {"model": "m1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
@@ -202,5 +202,5 @@ def test_streams_ask_the_member_for_usage(body: bytes, asked: dict[str, Any]) ->
     req = ParsedRequest(
         endpoint=Endpoint.CHAT, model="m", stream=True, body=body, payload=orjson.loads(body)
     )
-    sent = orjson.loads(_with_usage(body, req))
+    sent = orjson.loads(with_usage(body, req))
     assert sent["stream_options"] == asked and sent["model"] == "m"
