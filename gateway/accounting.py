@@ -66,6 +66,7 @@ class RequestAccount:
         "_mm",
         "_policy",
         "_sent_at",
+        "_tenant",
         "_tokens",
         "_trying",
         "model",
@@ -92,6 +93,7 @@ class RequestAccount:
         # Its hold on limits and on a saturated pool's queue, given back when it closes.
         self._admission: Admission | None = None
         self._gate: FairGate | None = None
+        self._tenant = ""
         self._tokens = 0
 
     @property
@@ -102,11 +104,12 @@ class RequestAccount:
     def finished(self) -> bool:
         return self._finished
 
-    def hold(self, admission: Admission | None, gate: FairGate | None) -> None:
-        """The request was admitted by limits (admission) and holds a place in gate; both are
-        settled when it closes."""
+    def hold(self, admission: Admission | None, gate: FairGate | None, tenant: str = "") -> None:
+        """The request was admitted by limits (admission) and holds a place in gate (as
+        tenant's); both are settled when it closes."""
         self._admission = admission
         self._gate = gate
+        self._tenant = tenant
 
     def begin(self, model: str, policy: Policy) -> None:
         """The request will go to a member of model's pool: it is in flight from now."""
@@ -260,7 +263,7 @@ class RequestAccount:
     def _close(self, now: float) -> None:
         self._finished = True
         if self._gate is not None:
-            self._gate.release()
+            self._gate.release(self._tenant)
             self._gate = None
         if self._admission is not None:
             self._admission.done(self._tokens, self._cost)

@@ -78,7 +78,7 @@ class Admitter:
                     headers={"Retry-After": str(math.ceil(shed.retry_after_s))},
                 ) from None
             mm.labels(route.model, "admitted").inc()
-        account.hold(admission, gate)
+        account.hold(admission, gate, tenant)
 
     def _gate(self, route: Route) -> FairGate | None:
         """The pool's gate at its limit now: queue_per_member per healthy member, this

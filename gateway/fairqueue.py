@@ -1,6 +1,9 @@
 """A pool's admission gate: at most `limit` requests in flight, the rest wait in a bounded
-queue served highest priority first and, within a priority, round-robin across tenants, so
-one tenant's burst cannot starve another's trickle."""
+queue served highest priority first and, within a priority, to the tenant with the fewest
+requests in flight (ties in turn), so one tenant's burst cannot starve another's trickle. A
+tenant with nothing in flight does not wait at all: it is admitted from a reserve of a quarter
+of the limit (at least one) above it, unless higher-priority requests wait. Set the limit a
+quarter under what the members can run at once, and the reserve runs at once too."""
 
 from __future__ import annotations
 
@@ -38,12 +41,22 @@ class FairGate:
     Every acquire() that returned must be matched by one release(). A release hands its slot
     straight to the next waiter, so a newcomer never barges past the queue."""
 
-    def __init__(self, limit: int, max_waiting: int = 1000, max_wait_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        limit: int,
+        max_waiting: int = 1000,
+        max_wait_s: float = 30.0,
+        reserve: int | None = None,
+    ) -> None:
         self._limit = limit
+        # Above the limit, for tenants with nothing in flight; None: a quarter of the limit.
+        self._reserve = reserve
         self._max_waiting = max_waiting
         self._max_wait_s = max_wait_s
         self._admitted = 0
         self._waiting = 0
+        # Requests in flight per tenant (those that named it on release): who goes first.
+        self._held: dict[str, int] = {}
         # priority -> tenant -> that tenant's waiters, oldest first. A dict keeps insertion
         # order, so the first tenant of a level is the one whose turn it is; a served tenant
         # with more waiters is re-inserted, which moves it to the back (round-robin).
@@ -80,6 +93,19 @@ class FairGate:
         # The hot path: a free slot and nobody ahead. No allocation, no suspension.
         if not self._waiting and (self._limit <= 0 or self._admitted < self._limit):
             self._admitted += 1
+            self._held[tenant] = self._held.get(tenant, 0) + 1
+            return
+        reserve = self._reserve if self._reserve is not None else max(1, self._limit // 4)
+        if (
+            0 < self._limit
+            and self._admitted < self._limit + reserve
+            and tenant not in self._held
+            and (not self._priorities or priority >= self._priorities[-1])
+        ):
+            # A tenant with nothing in flight is admitted at once from a reserve of a quarter
+            # of the limit: it never waits for a flood of another tenant's to drain.
+            self._admitted += 1
+            self._held[tenant] = 1
             return
         if self._waiting >= self._max_waiting:
             if not self._priorities or priority <= self._priorities[0]:
@@ -99,16 +125,22 @@ class FairGate:
                 self._discard(waiter)  # still queued, unless a release already skipped it
             elif fut.exception() is None:
                 # Handed a slot just as the client left: pass it on, or it leaks.
-                self.release()
+                self.release(tenant)
             raise
         finally:
             timer.cancel()
 
-    def release(self) -> None:
-        """Frees one slot: the next waiter gets it, if the limit allows."""
+    def release(self, tenant: str = "") -> None:
+        """Frees one slot of tenant's: the next waiter gets it, if the limit allows."""
         if self._admitted <= 0:
             raise RuntimeError("FairGate.release() without a matching acquire()")
         self._admitted -= 1
+        held = self._held.get(tenant)
+        if held is not None:
+            if held > 1:
+                self._held[tenant] = held - 1
+            else:
+                del self._held[tenant]
         if self._waiting:
             self._admit_waiters()
 
@@ -126,6 +158,7 @@ class FairGate:
                 continue  # cancelled, its task not yet run: it leaves on its own
             waiter.fut.set_result(None)
             self._admitted += 1
+            self._held[waiter.tenant] = self._held.get(waiter.tenant, 0) + 1
 
     def _push(self, waiter: _Waiter) -> None:
         level = self._levels.get(waiter.priority)
@@ -139,10 +172,12 @@ class FairGate:
         self._waiting += 1
 
     def _pop_next(self) -> _Waiter:
-        """The oldest waiter of the tenant whose turn it is at the highest priority."""
+        """At the highest priority, the oldest waiter of the tenant with the fewest requests in
+        flight; of tenants with as few, the one whose turn it is."""
         priority = self._priorities[-1]
         level = self._levels[priority]
-        tenant = next(iter(level))
+        held = self._held
+        tenant = min(level, key=lambda t: held.get(t, 0))
         queue = level.pop(tenant)
         waiter = queue.popleft()
         if queue:

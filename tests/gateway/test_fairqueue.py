@@ -70,7 +70,8 @@ async def crowd() -> AsyncIterator[Any]:
 
 
 async def full_gate(limit: int = 1, **kwargs: Any) -> FairGate:
-    gate = FairGate(limit, **kwargs)
+    # No reserve: these tests are about the queue (the reserve has its own).
+    gate = FairGate(limit, **{"reserve": 0, **kwargs})
     for _ in range(limit):
         await gate.acquire("holder", 0)
     return gate
@@ -287,7 +288,7 @@ async def test_release_without_acquire_is_an_error() -> None:
 async def test_a_small_tenant_is_served_within_two_releases_of_a_big_ones_flood() -> None:
     """Limit 2; "big" keeps 20 waiters queued, "small" sends one request at a time. Requests
     finish in the order they were admitted; each release admits whoever is next."""
-    gate = FairGate(2)
+    gate = FairGate(2, reserve=0)
     admitted: deque[str] = deque()
     tasks: list[asyncio.Task[None]] = []
 
@@ -322,3 +323,34 @@ async def test_a_small_tenant_is_served_within_two_releases_of_a_big_ones_flood(
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     assert gate.waiting == 0
+
+
+async def test_a_tenant_with_nothing_in_flight_is_admitted_from_the_reserve(crowd: Any) -> None:
+    gate = FairGate(4)  # reserve: 1
+    for _ in range(4):
+        await gate.acquire("big", 0)
+    c = crowd(gate)
+    await c.add("big-5", "big")
+    # Small has nothing in flight: admitted at once, over the limit, past big's waiter.
+    done_at_once(gate.acquire("small", 0))
+    assert gate.admitted == 5
+    # The reserve is spent: another tenant with nothing in flight waits like everyone.
+    await c.add("other", "other")
+    assert c.served == [] and gate.waiting == 2
+    # Releases hand slots on only below the limit: the first only brings it back to 4.
+    assert await c.release() == []
+    # Then the tenant with the fewest in flight first: "other" (0) before "big" (4).
+    assert await c.release() == ["other"]
+
+
+async def test_the_reserve_does_not_pass_higher_priority_waiters(crowd: Any) -> None:
+    gate = FairGate(4, reserve=2)
+    for _ in range(4):
+        await gate.acquire("big", 0)
+    c = crowd(gate)
+    await c.add("vip", "vip-tenant", priority=5)
+    await c.add("vip-2", "vip-tenant", priority=5)
+    assert c.served == ["vip"] and gate.waiting == 1
+    # The reserve has room, but a higher-priority request waits: low waits behind it.
+    await c.add("low", "low-tenant", priority=0)
+    assert c.served == ["vip"] and gate.waiting == 2
