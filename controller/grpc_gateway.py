@@ -54,5 +54,5 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         async for report in request_iterator:
             self._usage.record(from_proto(UsageReport, report, zeros=True))
             if report.subjects and self._quotas is not None:
-                self._quotas.record(report.gateway_id, report.subjects)
+                self._quotas.record(report.gateway_id, report.subjects, report.sequence)
         return gateway_pb2.UsageAck()

@@ -119,11 +119,19 @@ class Quotas:
         self._demand: dict[str, dict[str, _Demand]] = {}
         self._last_report: dict[str, float] = {}
         self._spend: dict[str, _Spend] = {}
+        self._sequence: dict[str, int] = {}
         # (minute, tenant, key) -> [requests, tokens, cost] not yet stored.
         self.pending: dict[tuple[int, str, str], list[float]] = {}
 
-    def record(self, gateway_id: str, subjects: Mapping[str, gateway_pb2.SubjectUsage]) -> None:
-        """One gateway's report: its demand per subject and what keys spent."""
+    def record(
+        self,
+        gateway_id: str,
+        subjects: Mapping[str, gateway_pb2.SubjectUsage],
+        sequence: int = 0,
+    ) -> None:
+        """One gateway's report (its sequence-th): its demand per subject and what keys spent."""
+        # The latest, not the highest: a gateway restarted under the same id counts from 1.
+        self._sequence[gateway_id] = sequence
         now = self._clock.monotonic()
         last = self._last_report.get(gateway_id)
         self._last_report[gateway_id] = now
@@ -201,6 +209,7 @@ class Quotas:
         for gateway_id, at in list(self._last_report.items()):
             if now - at > _GATEWAY_GONE_S:
                 del self._last_report[gateway_id]
+                self._sequence.pop(gateway_id, None)
                 for per_gateway in self._demand.values():
                     per_gateway.pop(gateway_id, None)
         return sorted(set(connected) | set(self._last_report))
@@ -210,7 +219,14 @@ class Quotas:
     ) -> dict[str, gateway_pb2.Quotas]:
         """Each gateway's Quotas message."""
         spent = self._spent_map()
-        out = {g: gateway_pb2.Quotas(gateways=len(gateways), spent_usd=spent) for g in gateways}
+        out = {
+            g: gateway_pb2.Quotas(
+                gateways=len(gateways),
+                spent_usd=spent,
+                acked_sequence=self._sequence.get(g, 0),
+            )
+            for g in gateways
+        }
         for subject, limit in limits.items():
             per_gateway = self._demand.get(subject, {})
             rpm = allocate(limit.rpm, {g: _want(per_gateway, g, "rpm") for g in gateways})

@@ -65,6 +65,7 @@ class ControllerLink:
         self.connected = False
         # Counts streams that delivered at least one snapshot; tests and logs use it.
         self.sessions = 0
+        self._sequence = 0
 
     async def start(self) -> None:
         self._channel = aio_channel(self._target, self._credentials)
@@ -162,7 +163,9 @@ class ControllerLink:
             report.conditions.extend(self._conditions())
             report.held.update(self._held())
             if self._limiter is not None:
-                report.subjects.update(self._limiter.drain_report())
+                self._sequence += 1
+                report.sequence = self._sequence
+                report.subjects.update(self._limiter.drain_report(self._sequence))
             yield report
             # grpc asks for the next report only after it sent this one: the stream works.
             backoff.reset()

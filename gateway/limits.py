@@ -27,6 +27,8 @@ from llmpool.v1 import gateway_pb2
 
 # A bucket's depth, seconds of its rate.
 BURST_S = 1.0
+# Reports whose spend is kept until the controller acknowledges them.
+_MAX_UNACKED = 600
 
 
 class Bucket:
@@ -91,8 +93,10 @@ class Limiter:
         self._slices: dict[str, tuple[float, float]] = {}
         self._gateways = 1
         self._spent: dict[str, float] = {}
-        # Spent here since the controller's figures came.
+        # Spent here and not yet in the controller's figures: since the last report, and in
+        # each report it has not yet acknowledged (by sequence).
         self._spent_here: dict[str, float] = {}
+        self._unacked: dict[int, dict[str, float]] = {}
         self._requests: dict[str, Bucket] = {}
         self._tokens: dict[str, Bucket] = {}
         self._usage: dict[str, _Usage] = {}
@@ -106,7 +110,8 @@ class Limiter:
         self._slices = {s: (q.rpm, q.tpm) for s, q in quotas.slices.items()}
         self._gateways = max(1, quotas.gateways)
         self._spent = dict(quotas.spent_usd)
-        self._spent_here = {}
+        acked = quotas.acked_sequence
+        self._unacked = {seq: spent for seq, spent in self._unacked.items() if seq > acked}
 
     def _rate(self, subject: str, rpm: float, tpm: float) -> tuple[float, float]:
         """This gateway's requests and tokens a minute of a subject limited to rpm and tpm."""
@@ -225,7 +230,10 @@ class Limiter:
                 self._over_budget(f"Tenant {principal.tenant!r}", spent, tenant.budget_usd)
 
     def _spent_so_far(self, subject: str) -> float:
-        return self._spent.get(subject, 0.0) + self._spent_here.get(subject, 0.0)
+        total = self._spent.get(subject, 0.0) + self._spent_here.get(subject, 0.0)
+        for spent in self._unacked.values():
+            total += spent.get(subject, 0.0)
+        return total
 
     def _over_budget(self, who: str, spent: float, budget: float) -> None:
         self._metrics.limited.labels(who.split()[0].lower().replace("this", "key"), "budget").inc()
@@ -257,9 +265,16 @@ class Limiter:
                 t = principal.tenant_subject
                 here[t] = here.get(t, 0.0) + cost_usd
 
-    def drain_report(self) -> Mapping[str, gateway_pb2.SubjectUsage]:
+    def drain_report(self, sequence: int = 0) -> Mapping[str, gateway_pb2.SubjectUsage]:
         """What each subject saw since the last report (for the controller's slices, budgets
-        and ledger)."""
+        and ledger); this report is the sequence-th."""
+        if self._spent_here:
+            self._unacked[sequence] = self._spent_here
+            self._spent_here = {}
+            if len(self._unacked) > _MAX_UNACKED:
+                # A controller that acknowledges nothing (away): the oldest go, as they would
+                # once it is back and has summed them.
+                del self._unacked[min(self._unacked)]
         found = {
             subject: gateway_pb2.SubjectUsage(
                 requests=u.requests,

@@ -230,7 +230,10 @@ class Quotas(_message.Message):
     SLICES_FIELD_NUMBER: _builtins.int
     GATEWAYS_FIELD_NUMBER: _builtins.int
     SPENT_USD_FIELD_NUMBER: _builtins.int
+    ACKED_SEQUENCE_FIELD_NUMBER: _builtins.int
     gateways: _builtins.int
+    acked_sequence: _builtins.int
+    """The last of this gateway's reports (UsageReport.sequence) that spent_usd includes."""
     @_builtins.property
     def slices(self) -> _containers.MessageMap[_builtins.str, Global___QuotaSlice]: ...
     @_builtins.property
@@ -245,10 +248,11 @@ class Quotas(_message.Message):
         slices: _abc.Mapping[_builtins.str, Global___QuotaSlice] | None = ...,
         gateways: _builtins.int = ...,
         spent_usd: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        acked_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateways", b"gateways", "slices", b"slices", "spent_usd", b"spent_usd"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_sequence", b"acked_sequence", "gateways", b"gateways", "slices", b"slices", "spent_usd", b"spent_usd"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -574,10 +578,15 @@ class UsageReport(_message.Message):
     CONDITIONS_FIELD_NUMBER: _builtins.int
     HELD_FIELD_NUMBER: _builtins.int
     SUBJECTS_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
     gateway_id: _builtins.str
     routing_version: _builtins.int
     """Version of the routing snapshot the gateway routed with when it counted these: once it is
     at least the one that marked a replica draining, in-flight 0 there means none will come.
+    """
+    sequence: _builtins.int
+    """Counts this gateway's reports (from 1); Quotas.acked_sequence names the last one the
+    controller had summed, so the gateway knows which of its own spend it still adds.
     """
     @_builtins.property
     def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___MemberUsage]: ...
@@ -606,10 +615,11 @@ class UsageReport(_message.Message):
         conditions: _abc.Iterable[_types_pb2.MemberCondition] | None = ...,
         held: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         subjects: _abc.Mapping[_builtins.str, Global___SubjectUsage] | None = ...,
+        sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conditions", b"conditions", "gateway_id", b"gateway_id", "held", b"held", "members", b"members", "routing_version", b"routing_version", "subjects", b"subjects"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conditions", b"conditions", "gateway_id", b"gateway_id", "held", b"held", "members", b"members", "routing_version", b"routing_version", "sequence", b"sequence", "subjects", b"subjects"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
