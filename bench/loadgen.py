@@ -8,15 +8,19 @@ import asyncio
 import contextlib
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from bench.sse import ChunkedDecoder, EventCounter, StreamStats, analyze_stream
 
 
-def request_bytes(host: str, port: int, path: str, body: bytes) -> bytes:
+def request_bytes(
+    host: str, port: int, path: str, body: bytes, headers: Mapping[str, str] | None = None
+) -> bytes:
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     return (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\ncontent-type: application/json\r\n"
-        f"accept: */*\r\ncontent-length: {len(body)}\r\n\r\n"
+        f"accept: */*\r\n{extra}content-length: {len(body)}\r\n\r\n"
     ).encode() + body
 
 
@@ -136,12 +140,13 @@ async def open_loop(
     duration_s: float,
     max_connections: int = 256,
     grace_s: float = 5.0,
+    headers: Mapping[str, str] | None = None,
 ) -> OpenLoopResult:
     """Sends rate requests per second for duration_s on a schedule fixed in advance. Each
     latency runs from the request's scheduled time, so a stalled server is charged for the
     requests that would have been sent meanwhile. Requests still open grace_s after the last
     scheduled send count as unfinished."""
-    raw = request_bytes(host, port, path, body)
+    raw = request_bytes(host, port, path, body, headers)
     total = max(1, math.floor(rate * duration_s))
     result = OpenLoopResult(rate=rate, scheduled=total)
     idle: list[Connection] = []
@@ -209,12 +214,13 @@ async def sse_streams(
     concurrency: int,
     timeout_s: float = 30.0,
     stagger_s: float = 0.0,
+    headers: Mapping[str, str] | None = None,
 ) -> SseResult:
     """Runs streams streaming requests, concurrency at a time, each worker on its own
     keep-alive connection. Worker i starts i * stagger_s late: streams of equal length that
     start together restart together, and a burst of simultaneous requests measures queueing
     in the system, not its time to first chunk."""
-    raw = request_bytes(host, port, path, body)
+    raw = request_bytes(host, port, path, body, headers)
     result = SseResult()
     counter = iter(range(streams))
 
@@ -259,11 +265,18 @@ async def get_ok(host: str, port: int, path: str, timeout_s: float = 2.0) -> boo
     return False
 
 
-async def post_ok(host: str, port: int, path: str, body: bytes, timeout_s: float = 5.0) -> bool:
+async def post_ok(
+    host: str,
+    port: int,
+    path: str,
+    body: bytes,
+    timeout_s: float = 5.0,
+    headers: Mapping[str, str] | None = None,
+) -> bool:
     with contextlib.suppress(OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
         conn = await asyncio.wait_for(Connection.open(host, port), timeout_s)
         try:
-            raw = request_bytes(host, port, path, body)
+            raw = request_bytes(host, port, path, body, headers)
             return 200 <= await asyncio.wait_for(conn.request(raw), timeout_s) < 300
         finally:
             conn.close()

@@ -11,6 +11,7 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +74,12 @@ class PeakSampler:
 
 
 async def sse_phase(
-    port: int, pids: list[int], profile: Profile, name: str, paced: bool = True
+    port: int,
+    pids: list[int],
+    profile: Profile,
+    name: str,
+    paced: bool = True,
+    headers: Mapping[str, str] | None = None,
 ) -> SseRow:
     # Paced streams all last chunks x interval: spread the workers' starts over one stream so
     # that requests arrive one by one, as independent clients' do, not in bursts.
@@ -88,6 +94,7 @@ async def sse_phase(
         profile.sse_streams,
         profile.sse_concurrency,
         stagger_s=stagger_s,
+        headers=headers,
     )
     after = procstat.sample(pids)
     events = sum(st.events for st in sse.streams)
@@ -121,6 +128,7 @@ async def measure(
     workdir: Path,
     growth: bool,
     mock_port: int,
+    headers: Mapping[str, str] | None = None,
 ) -> SystemResult:
     res = SystemResult(label)
     url = f"http://{HOST}:{port}{CHAT_PATH}"
@@ -130,11 +138,13 @@ async def measure(
     print(f"  idle: {idle.processes} processes, RSS {idle.rss / 2**20:.1f} MiB", flush=True)
     sampler = PeakSampler(pids)
     with sampler:
-        await wrk.run(url, CHAT_BODY, workdir, profile.connections, profile.warmup_s)
+        await wrk.run(
+            url, CHAT_BODY, workdir, profile.connections, profile.warmup_s, headers=headers
+        )
         before = procstat.sample(pids)
         box_before = procstat.machine_cpu()
         res.concurrent = await wrk.run(
-            url, CHAT_BODY, workdir, profile.connections, profile.duration_s
+            url, CHAT_BODY, workdir, profile.connections, profile.duration_s, headers=headers
         )
         box_after = procstat.machine_cpu()
         after = procstat.sample(pids)
@@ -150,7 +160,7 @@ async def measure(
             flush=True,
         )
 
-        res.single = await wrk.run(url, CHAT_BODY, workdir, 1, profile.single_s)
+        res.single = await wrk.run(url, CHAT_BODY, workdir, 1, profile.single_s, headers=headers)
         s = res.single
         print(
             f"  1 concurrent: {s.rps:,.0f} req/s, p50 {s.p50_s * 1e3:.3f} ms, "
@@ -158,12 +168,14 @@ async def measure(
             flush=True,
         )
 
-        res.sse = await sse_phase(port, pids, profile, "SSE")
+        res.sse = await sse_phase(port, pids, profile, "SSE", headers=headers)
         # The same streams with the chunks back to back: what a stream costs when the
         # per-chunk wake-ups of a paced stream do not dominate (the issue's reference figures).
         await loadgen.post_ok(HOST, mock_port, CONTROL_PATH, b"0")
         try:
-            res.sse_burst = await sse_phase(port, pids, profile, "SSE back to back", paced=False)
+            res.sse_burst = await sse_phase(
+                port, pids, profile, "SSE back to back", paced=False, headers=headers
+            )
         finally:
             await loadgen.post_ok(
                 HOST, mock_port, CONTROL_PATH, str(profile.sse_interval_ms).encode()
@@ -171,7 +183,7 @@ async def measure(
 
         for rate in profile.open_rates:
             ol = await loadgen.open_loop(
-                HOST, port, CHAT_PATH, CHAT_BODY.encode(), rate, profile.open_s
+                HOST, port, CHAT_PATH, CHAT_BODY.encode(), rate, profile.open_s, headers=headers
             )
             row = OpenLoopRow(
                 ol.rate,
@@ -210,6 +222,7 @@ async def measure(
                 profile.connections,
                 expected_s * 3 + 10,
                 limit=profile.growth_requests,
+                headers=headers,
             )
             await asyncio.sleep(1.0)
             res.growth_after = procstat.sample(pids).rss
@@ -268,7 +281,14 @@ async def run_all(profile: Profile, only: list[str], out: Path, command: str) ->
                 try:
                     running = await spec.start(mock_port, workdir)
                     res = await measure(
-                        spec.label, running.port, running.pids, profile, workdir, True, mock_port
+                        spec.label,
+                        running.port,
+                        running.pids,
+                        profile,
+                        workdir,
+                        True,
+                        mock_port,
+                        running.headers,
                     )
                     res.note = running.version
                     rows.append(res)

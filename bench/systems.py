@@ -13,7 +13,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+
 from bench import loadgen, venvs
+from llmpool.v1 import admin_pb2, admin_pb2_grpc, types_pb2
 
 HOST = "127.0.0.1"
 MODEL = "bench"
@@ -89,6 +92,8 @@ class Running:
     measured: list[Proc]
     others: list[Proc] = field(default_factory=list)
     version: str = ""
+    # Headers every request carries (an API key).
+    headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def pids(self) -> list[int]:
@@ -142,7 +147,7 @@ def llmpool_config(mock_port: int) -> str:
     )
 
 
-async def start_llmpool(mock_port: int, workdir: Path, workers: int) -> Running:
+async def start_llmpool(mock_port: int, workdir: Path, workers: int, keys: bool = False) -> Running:
     if workers > 1 and not await gateway_has_workers_flag():
         raise StartError("n/a (no --workers yet)")
     cfg = workdir / "llmpool.yaml"
@@ -183,14 +188,41 @@ async def start_llmpool(mock_port: int, workdir: Path, workers: int) -> Running:
     ]
     if workers > 1:
         argv += ["--workers", str(workers)]
-    gateway = await spawn(f"llmpool-gateway-{workers}w", argv, workdir, env)
+    if keys:
+        argv += ["--auth", "keys"]
+    name = f"llmpool-gateway-{workers}w" + ("-keys" if keys else "")
+    gateway = await spawn(name, argv, workdir, env)
     running = Running(gport, measured=[gateway], others=[controller])
     try:
         await wait_ready(gport, [controller, gateway], "/readyz", 60)
+        if keys:
+            running.headers = {"Authorization": f"Bearer {await create_key(cport)}"}
+            await wait_served(gport, running.headers, 30)
     except BaseException:
         await running.stop()
         raise
     return running
+
+
+async def create_key(controller_port: int) -> str:
+    """An API key made with the admin API (plaintext on loopback, as the bench's controller)."""
+    async with grpc.aio.insecure_channel(f"{HOST}:{controller_port}") as channel:
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        made = await admin.CreateApiKey(
+            admin_pb2.CreateApiKeyRequest(key=types_pb2.ApiKey(name="bench")), timeout=10
+        )
+    return made.secret
+
+
+async def wait_served(port: int, headers: dict[str, str], within_s: float) -> None:
+    """Until a chat request with headers is answered 200 (the key has reached the gateway)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        body = b'{"model":"bench","messages":[{"role":"user","content":"hi"}],"max_tokens":1}'
+        if await loadgen.post_ok(HOST, port, CHAT_PATH, body, headers=headers):
+            return
+        await asyncio.sleep(0.1)
+    raise StartError("the gateway never served a request with the API key")
 
 
 LITELLM_CONFIG = """\
@@ -328,6 +360,11 @@ def all_systems() -> list[SystemSpec]:
         SystemSpec("direct to mock (floor)", None),
         SystemSpec("llm-pool gateway, 1 worker", llmpool(1), 1),
         SystemSpec("llm-pool gateway, 2 workers", llmpool(2), 2),
+        SystemSpec(
+            "llm-pool gateway, 1 worker, API keys on",
+            lambda port, wd: start_llmpool(port, wd, 1, keys=True),
+            1,
+        ),
         SystemSpec("LiteLLM proxy, 1 worker", litellm(1), 1),
         SystemSpec("LiteLLM proxy, 2 workers", litellm(2), 2),
         SystemSpec("vllm-router (Rust)", start_vllm_router),

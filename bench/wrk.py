@@ -6,6 +6,7 @@ import asyncio
 import json
 import shutil
 import signal
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ _SCRIPT = """
 wrk.method = "POST"
 wrk.body = [[%(body)s]]
 wrk.headers["Content-Type"] = "application/json"
-
+%(headers)s
 local limit = 0
 local count = 0
 
@@ -47,11 +48,17 @@ end
 """
 
 
-def script(body: str, limited: bool) -> str:
+def script(body: str, limited: bool, headers: Mapping[str, str] | None = None) -> str:
     """The Lua script; with limited, each thread stops after the count given as its argument."""
-    if "]]" in body:
-        raise ValueError("body must not contain ']]'")
-    return _SCRIPT % {"body": body, "response": _LIMITED_RESPONSE if limited else "", "mark": MARK}
+    if "]]" in body or any("]]" in k + v for k, v in (headers or {}).items()):
+        raise ValueError("body and headers must not contain ']]'")
+    extra = "".join(f"wrk.headers[ [[{k}]] ] = [[{v}]]\n" for k, v in (headers or {}).items())
+    return _SCRIPT % {
+        "body": body,
+        "response": _LIMITED_RESPONSE if limited else "",
+        "mark": MARK,
+        "headers": extra,
+    }
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,7 @@ async def run(
     threads: int = 1,
     limit: int = 0,
     timeout_s: float = 30.0,
+    headers: Mapping[str, str] | None = None,
 ) -> WrkResult:
     """Runs wrk against url for duration_s (or until each thread has seen limit responses,
     when limit > 0, with duration_s as the bound)."""
@@ -113,7 +121,7 @@ async def run(
     if exe is None:
         raise RuntimeError("wrk is not installed (apt-get install wrk)")
     lua = workdir / ("wrk-limited.lua" if limit else "wrk.lua")
-    lua.write_text(script(body, limited=limit > 0))
+    lua.write_text(script(body, limited=limit > 0, headers=headers))
     argv = [
         exe,
         f"-t{threads}",

@@ -22,7 +22,7 @@ from llmpool.config import ConfigError, default_config_text, load_config
 from llmpool.errors import FailedPreconditionError
 from llmpool.logs import setup_logging
 from llmpool.models import smollm2_gguf_path
-from llmpool.tls import TlsFiles, aio_channel
+from llmpool.tls import TlsFiles, aio_channel, is_loopback
 
 log = logging.getLogger("llmpool.up")
 
@@ -215,6 +215,14 @@ def child_commands(s: UpSettings, config_path: Path) -> dict[str, list[str]]:
     }
 
 
+def _keys_said(listen: str) -> str:
+    """What the start-up line says of client API keys (the gateway's --auth auto)."""
+    host, _ = split_host_port(listen)
+    if is_loopback(host):
+        return "off until the first is made (CreateApiKey); loopback only"
+    return "required (CreateApiKey makes them)"
+
+
 def child_env() -> dict[str, str]:
     """This environment without the switches to plaintext: `up` is always mutual TLS."""
     return {k: v for k, v in os.environ.items() if not k.startswith("LLMPOOL_INSECURE")}
@@ -313,6 +321,7 @@ async def run(s: UpSettings, stop: asyncio.Event) -> int:
                 "controller": s.controller_listen,
                 "data_dir": str(s.data_dir),
                 "admin_cert": str(tls_dir(s) / "admin.crt"),
+                "api_keys": _keys_said(s.gateway_listen),
             },
         )
         waits = {asyncio.ensure_future(p.wait()): n for n, p in children.items()}
