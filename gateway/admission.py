@@ -64,20 +64,17 @@ class Admitter:
         # Turns are per tenant; a key without one takes turns as itself.
         tenant = (principal.tenant or principal.key_id) if principal is not None else ""
         priority = principal.priority if principal is not None else 0
-        if gate.admitted < gate.limit and not gate.waiting:
-            await gate.acquire(tenant, priority)
-        else:
-            mm = self._metrics.queued
-            try:
-                await gate.acquire(tenant, priority)
-            except Shed as shed:
-                mm.labels(route.model, "shed").inc()
-                raise OverloadedError(
-                    f"Model {route.model!r} is saturated and this request was not admitted "
-                    f"({shed.reason}); retry in {math.ceil(shed.retry_after_s)} s.",
-                    headers={"Retry-After": str(math.ceil(shed.retry_after_s))},
-                ) from None
-            mm.labels(route.model, "admitted").inc()
+        try:
+            waited = await gate.acquire(tenant, priority)
+        except Shed as shed:
+            self._metrics.queued.labels(route.model, "shed").inc()
+            raise OverloadedError(
+                f"Model {route.model!r} is saturated and this request was not admitted "
+                f"({shed.reason}); retry in {math.ceil(shed.retry_after_s)} s.",
+                headers={"Retry-After": str(math.ceil(shed.retry_after_s))},
+            ) from None
+        if waited:
+            self._metrics.queued.labels(route.model, "admitted").inc()
         account.hold(admission, gate, tenant)
 
     def _gate(self, route: Route) -> FairGate | None:

@@ -87,14 +87,15 @@ class FairGate:
                 counts[tenant] = counts.get(tenant, 0) + len(queue)
         return counts
 
-    async def acquire(self, tenant: str, priority: int) -> None:
-        """Returns once the request holds a slot; raises Shed when the queue is full, when
-        a higher-priority request displaces it, or after waiting max_wait_s."""
+    async def acquire(self, tenant: str, priority: int) -> bool:
+        """Returns once the request holds a slot (True if it waited in the queue for it);
+        raises Shed when the queue is full, when a higher-priority request displaces it, or
+        after waiting max_wait_s."""
         # The hot path: a free slot and nobody ahead. No allocation, no suspension.
         if not self._waiting and (self._limit <= 0 or self._admitted < self._limit):
             self._admitted += 1
             self._held[tenant] = self._held.get(tenant, 0) + 1
-            return
+            return False
         reserve = self._reserve if self._reserve is not None else max(1, self._limit // 4)
         if (
             0 < self._limit
@@ -106,7 +107,7 @@ class FairGate:
             # of the limit: it never waits for a flood of another tenant's to drain.
             self._admitted += 1
             self._held[tenant] = 1
-            return
+            return False
         if self._waiting >= self._max_waiting:
             if not self._priorities or priority <= self._priorities[0]:
                 raise Shed("queue full")
@@ -129,6 +130,7 @@ class FairGate:
             raise
         finally:
             timer.cancel()
+        return True
 
     def release(self, tenant: str = "") -> None:
         """Frees one slot of tenant's: the next waiter gets it, if the limit allows."""

@@ -189,4 +189,6 @@ def delay_after(failures: int) -> float:
     few, then doubling from 0.1 s up to MAX_DELAY_S."""
     if failures <= FREE_FAILURES:
         return 0.0
-    return float(min(MAX_DELAY_S, 0.1 * 2 ** (failures - FREE_FAILURES - 1)))
+    # The exponent is capped first: 2 ** 1,000 would not fit a float.
+    doublings = min(failures - FREE_FAILURES - 1, 16)
+    return float(min(MAX_DELAY_S, 0.1 * 2**doublings))

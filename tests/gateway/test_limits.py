@@ -1,15 +1,17 @@
 """Rate limits and budgets at one gateway: token buckets of one second's depth refilled at this
 gateway's slice of each limit, 429s that say who ran out and when to retry, tokens estimated at
-admission and corrected at the end, budgets from the controller's figure plus local spend, and
-the usage report the controller slices from."""
+admission and corrected at the end, budgets from the controller's figure plus spend it has not
+yet acknowledged, and the usage report the controller slices from."""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass, field
 
 import pytest
 
+import gateway.limits
 from gateway.errors import QuotaExceededError, RateLimitedError
 from gateway.keys import Keyring, Principal
 from gateway.limits import Admission, Bucket, Limiter
@@ -57,22 +59,24 @@ class Setup:
     ) -> Admission | None:
         return self.limiter.admit(principal, pool, pool_rpm, pool_tpm, estimate)
 
-    def admitted(self, principal: Principal | None, **kw: int) -> bool:
+    def admitted(
+        self, principal: Principal | None, pool: str = POOL, pool_rpm: int = 0, pool_tpm: int = 0
+    ) -> bool:
         """Whether the request was admitted (429 for a rate limit: False)."""
         try:
-            self.admit(principal, **kw)
+            self.admit(principal, pool, pool_rpm, pool_tpm)
         except RateLimitedError:
             return False
         return True
 
-    def hammer(self, principal: Principal | None, seconds: float, **kw: int) -> list[float]:
+    def hammer(self, principal: Principal | None, seconds: float) -> list[float]:
         """Three requests every eighth of a second for `seconds`: when each admitted one came
         (an eighth is exact in binary, so time does not drift)."""
         start = self.clock.monotonic()
         times: list[float] = []
         for _ in range(int(seconds * 8) + 1):
             for _ in range(3):
-                if self.admitted(principal, **kw):
+                if self.admitted(principal):
                     times.append(self.clock.monotonic() - start)
             self.clock.advance(0.125)
         return times
@@ -136,7 +140,7 @@ def test_a_key_at_60_rpm_gets_one_at_once_then_one_a_second() -> None:
     # 60 a minute plus the one-second burst, however hard it is hammered.
     assert abs(len(times) - 61) <= 1
     assert times[0] == 0.0
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert min(gaps) >= 1.0 - 1e-9
 
 
@@ -322,9 +326,7 @@ def test_the_report_counts_requests_refusals_and_tokens_per_subject_then_empties
 
 def test_a_key_refused_by_its_pool_is_not_counted_admitted() -> None:
     s = Setup()
-    limited, unlimited = s.table(
-        key_entry("00000000000a", rpm=600), key_entry("00000000000b")
-    )
+    limited, unlimited = s.table(key_entry("00000000000a", rpm=600), key_entry("00000000000b"))
     assert s.admitted(None, pool_rpm=60)
     assert not s.admitted(limited, pool_rpm=60)
     assert not s.admitted(unlimited, pool_rpm=60)
@@ -353,12 +355,62 @@ def test_a_key_at_its_budget_is_refused_from_the_controllers_figure_plus_local_s
     assert "budget" in err.message and "This API key" in err.message
     assert "$10.00 of $10.00" in err.message
     assert s.limited("key", "budget") == 1
-    # The controller's next figure includes what this gateway reported: the local part resets.
+    # A new figure that does not yet include this gateway's spend leaves it counted.
     s.limiter.apply(gateway_pb2.Quotas(spent_usd={key.subject: 9.5}))
-    assert s.admit(key) is not None
-    s.limiter.apply(gateway_pb2.Quotas(spent_usd={key.subject: 10.0}))
     with pytest.raises(QuotaExceededError):
         s.admit(key)
+
+
+def test_local_spend_counts_until_the_controller_acknowledges_its_report() -> None:
+    s = Setup()
+    key = s.key(budget_usd=10.0)
+    s.limiter.apply(gateway_pb2.Quotas(spent_usd={key.subject: 9.0}))
+    admission = s.admit(key)
+    assert admission is not None
+    admission.done(10, 1.0)
+    assert s.limiter.drain_report(1)[key.subject].cost_usd == 1.0
+    # Reported as the first, but the controller's figure is from before it: still counted.
+    s.limiter.apply(gateway_pb2.Quotas(spent_usd={key.subject: 9.0}, acked_sequence=0))
+    with pytest.raises(QuotaExceededError):
+        s.admit(key)
+    # The controller has summed report 1 into its figure: the local copy goes (not twice).
+    s.limiter.apply(gateway_pb2.Quotas(spent_usd={key.subject: 9.5}, acked_sequence=1))
+    admission = s.admit(key)
+    assert admission is not None
+    # Spend since the last report counts whatever the controller acknowledges.
+    admission.done(10, 0.5)
+    s.limiter.apply(gateway_pb2.Quotas(spent_usd={key.subject: 9.5}, acked_sequence=1))
+    with pytest.raises(QuotaExceededError):
+        s.admit(key)
+    # Reported as the second and acknowledged with a figure that includes it: over.
+    s.limiter.drain_report(2)
+    s.limiter.apply(gateway_pb2.Quotas(spent_usd={key.subject: 10.0}, acked_sequence=2))
+    with pytest.raises(QuotaExceededError):
+        s.admit(key)
+    # A new period (the controller's figure back to nothing): admitted again.
+    s.limiter.apply(gateway_pb2.Quotas(spent_usd={key.subject: 0.0}, acked_sequence=2))
+    assert s.admit(key) is not None
+
+
+def test_unacknowledged_spend_is_bounded_oldest_forgotten_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(gateway.limits, "_MAX_UNACKED", 2)
+    s = Setup()
+    key = s.key(budget_usd=10.0)
+    for sequence, cost in enumerate((6.0, 3.0, 0.5), start=1):
+        admission = s.admit(key)
+        assert admission is not None
+        admission.done(1, cost)
+        s.limiter.drain_report(sequence)
+    # Kept: 3.0 + 0.5 of the last two reports; the 6.0 of the first was let go.
+    assert s.admit(key) is not None
+    admission = s.admit(key)
+    assert admission is not None
+    admission.done(1, 6.5)
+    with pytest.raises(QuotaExceededError) as caught:
+        s.admit(key)
+    assert "$10.00 of $10.00" in caught.value.message
 
 
 def test_a_tenant_budget_is_shared_by_its_keys() -> None:
