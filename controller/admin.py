@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import math
 from collections import Counter
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass
 
 from llmpool.capacity import Capacity
@@ -230,6 +230,10 @@ class Admin:
         )
 
     # --- pools ---
+
+    @property
+    def pools(self) -> Mapping[str, PoolSpec]:
+        return self._desired.pools
 
     def list_pools(self) -> list[PoolSpec]:
         return [self._desired.pools[n] for n in sorted(self._desired.pools)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from llmpool.errors import InvalidArgumentError, PermissionDeniedError
@@ -85,8 +85,17 @@ def visible_pools(caller: Caller, pools: Iterable[PoolSpec]) -> list[PoolSpec]:
     return [p for p in pools if sees(caller, p.tenant)]
 
 
-def visible_backends(caller: Caller, backends: Iterable[BackendSpec]) -> list[BackendSpec]:
-    return [b for b in backends if sees(caller, b.tenant)]
+def sees_backend(caller: Caller, backend: BackendSpec, pools: Mapping[str, PoolSpec]) -> bool:
+    """A backend is its own tenant's, and its pool's: a tenant-admin sees it only when it
+    would see both (a shared backend in another tenant's pool is that tenant's business)."""
+    pool = pools.get(backend.pool)
+    return sees(caller, backend.tenant) and (pool is None or sees(caller, pool.tenant))
+
+
+def visible_backends(
+    caller: Caller, backends: Iterable[BackendSpec], pools: Mapping[str, PoolSpec]
+) -> list[BackendSpec]:
+    return [b for b in backends if sees_backend(caller, b, pools)]
 
 
 class KeysAdmin:
@@ -140,10 +149,10 @@ class KeysAdmin:
         old = self._book.get_key(spec.id, confined)
         if confined is not None and "tenant" in paths and spec.tenant != confined:
             raise PermissionDeniedError(f"{by.identity} may not move keys to another tenant")
-        changes = {name: getattr(spec, name) for name in paths}
-        unknown = sorted(set(changes) - set(KEY_FIELDS))
+        unknown = sorted(set(paths) - set(KEY_FIELDS))
         if unknown:
             raise InvalidArgumentError(f"API key fields that cannot change: {', '.join(unknown)}")
+        changes = {name: getattr(spec, name) for name in paths}
         record = await self._book.update(dataclasses.replace(old, **changes))
         view = self.view(record)
         await self._audit.record(

@@ -13,7 +13,15 @@ from llmpool.protoconv import from_proto, to_proto
 from llmpool.v1 import admin_pb2, admin_pb2_grpc, types_pb2
 
 from .admin import Admin
-from .admin_keys import KEY_FIELDS, KeysAdmin, scope, sees, visible_backends, visible_pools
+from .admin_keys import (
+    KEY_FIELDS,
+    KeysAdmin,
+    scope,
+    sees,
+    sees_backend,
+    visible_backends,
+    visible_pools,
+)
 from .apikeys import ApiKeyRecord, TenantRecord
 from .audit_event import AuditQuery
 from .auth import Authenticator, Caller
@@ -43,14 +51,16 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ListBackends(
         self, request: admin_pb2.ListBackendsRequest, context: Ctx
     ) -> admin_pb2.ListBackendsResponse:
-        backends = visible_backends(self._by(context), self._admin.list_backends(request.pool))
+        backends = visible_backends(
+            self._by(context), self._admin.list_backends(request.pool), self._admin.pools
+        )
         return admin_pb2.ListBackendsResponse(backends=[backend_to_proto(b) for b in backends])
 
     async def GetBackend(
         self, request: admin_pb2.GetBackendRequest, context: Ctx
     ) -> types_pb2.Backend:
         backend = self._admin.get_backend(request.id)
-        if not sees(self._by(context), backend.tenant):
+        if not sees_backend(self._by(context), backend, self._admin.pools):
             raise NotFoundError(
                 f"backend {request.id[:128]!r} not found: ListBackends shows the ids"
             )

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from llmpool.clock import Clock
 from llmpool.v1 import gateway_pb2
 
-from .apikeys import ApiKeyRecord, KeyBook, TenantRecord
+from .apikeys import BUDGET_PERIODS, ApiKeyRecord, KeyBook, TenantRecord
 from .model import PoolSpec
 from .publisher import SnapshotPublisher
 from .store import Store
@@ -118,7 +118,9 @@ class Quotas:
         self._clock = clock
         self._demand: dict[str, dict[str, _Demand]] = {}
         self._last_report: dict[str, float] = {}
-        self._spend: dict[str, _Spend] = {}
+        # Subject -> budget period -> what it spent in the period holding now: every period
+        # is kept, so a key whose period changes keeps what it spent in the new one.
+        self._spend: dict[str, dict[str, _Spend]] = {}
         self._sequence: dict[str, int] = {}
         # (minute, tenant, key) -> [requests, tokens, cost] not yet stored.
         self.pending: dict[tuple[int, str, str], list[float]] = {}
@@ -152,11 +154,9 @@ class Quotas:
                 row[1] += u.tokens
                 row[2] += cost
                 if cost:
-                    self._add_spend(subject, key.budget_period, cost)
+                    self._add_spend(subject, cost)
                     if key.tenant:
-                        tenant = self._book.tenants.get(key.tenant)
-                        period = tenant.budget_period if tenant else "month"
-                        self._add_spend("tenant/" + key.tenant, period, cost)
+                        self._add_spend("tenant/" + key.tenant, cost)
         # Subjects not in this report: the gateway's demand for them fell to nothing.
         for subject, per_gateway in self._demand.items():
             if subject not in subjects and gateway_id in per_gateway:
@@ -177,28 +177,33 @@ class Quotas:
         d.rpm += _ALPHA * (rpm - d.rpm)
         d.tpm += _ALPHA * (tpm - d.tpm)
 
-    def _add_spend(self, subject: str, period: str, usd: float) -> None:
-        since = period_start(period, self._clock.wall())
-        spend = self._spend.get(subject)
-        if spend is None or spend.since != since:
-            spend = self._spend[subject] = _Spend(since)
-        spend.usd += usd
+    def _add_spend(self, subject: str, usd: float) -> None:
+        now = self._clock.wall()
+        periods = self._spend.setdefault(subject, {})
+        for period in BUDGET_PERIODS:
+            since = period_start(period, now)
+            spend = periods.get(period)
+            if spend is None or spend.since != since:
+                spend = periods[period] = _Spend(since)
+            spend.usd += usd
 
     def load_spend(self, rows_since: Mapping[float, Iterable[tuple[str, str, float]]]) -> None:
         """Spend so far from the store: for each period start, (tenant, key, cost) rows summed
-        from it (the controller reads them at start-up)."""
+        from it (the controller reads them at start-up, for every budget period)."""
         now = self._clock.wall()
-        for key in self._book.keys.values():
-            since = period_start(key.budget_period, now)
-            usd = sum(c for _, k, c in rows_since.get(since, ()) if k == key.id)
-            self._spend["key/" + key.id] = _Spend(since, usd)
-        for tenant in self._book.tenants.values():
-            since = period_start(tenant.budget_period, now)
-            usd = sum(c for t, _, c in rows_since.get(since, ()) if t == tenant.name)
-            self._spend["tenant/" + tenant.name] = _Spend(since, usd)
+        for period in BUDGET_PERIODS:
+            since = period_start(period, now)
+            keys: dict[str, float] = {}
+            tenants: dict[str, float] = {}
+            for tenant, key, cost in rows_since.get(since, ()):
+                keys["key/" + key] = keys.get("key/" + key, 0.0) + cost
+                if tenant:
+                    tenants["tenant/" + tenant] = tenants.get("tenant/" + tenant, 0.0) + cost
+            for subject, usd in (keys | tenants).items():
+                self._spend.setdefault(subject, {})[period] = _Spend(since, usd)
 
     def spent(self, subject: str, period: str) -> float:
-        spend = self._spend.get(subject)
+        spend = self._spend.get(subject, {}).get(period)
         if spend is None or spend.since != period_start(period, self._clock.wall()):
             return 0.0
         return spend.usd
@@ -282,11 +287,8 @@ class QuotaLoop:
     async def load(self) -> None:
         """What keys and tenants spent so far this period, from the store."""
         now = self._clock.wall()
-        periods = {r.budget_period for r in self._book.keys.values()} | {
-            t.budget_period for t in self._book.tenants.values()
-        }
         rows: dict[float, list[tuple[str, str, float]]] = {}
-        for period in periods:
+        for period in BUDGET_PERIODS:
             since = period_start(period, now)
             found = await self._store.key_usage(int(since // 60), 2**62, "")
             rows[since] = [(t, k, cost) for t, k, _, _, cost in found]

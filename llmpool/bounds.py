@@ -20,6 +20,7 @@ class Bound:
     max_chars: int = 256
     max_items: int = 64
     max_number: float = 1e9
+    min_number: float = 0.0
 
 
 DEFAULT = Bound()
@@ -69,6 +70,8 @@ FIELD_BOUNDS: dict[str, Bound] = {
     "redaction": Bound(max_chars=4096, max_items=8),
     "max_in_flight_per_member": Bound(max_number=100_000),
     "budget_usd": Bound(max_number=1_000_000_000),
+    # Higher is served first; below 0 ranks under the default.
+    "priority": Bound(min_number=-1000, max_number=1000),
     "metadata": Bound(max_chars=512, max_items=32),
     "pools": Bound(max_items=256),
     # Unix seconds.
@@ -93,8 +96,10 @@ def _check(value: Any, path: str, bound: Bound) -> None:
     if isinstance(value, int | float):
         if not math.isfinite(value):
             raise InvalidArgumentError(f"{path} must be a finite number, not {value}")
-        if not 0 <= value <= bound.max_number:
-            raise InvalidArgumentError(f"{path} must be from 0 to {bound.max_number:g}")
+        if not bound.min_number <= value <= bound.max_number:
+            raise InvalidArgumentError(
+                f"{path} must be from {bound.min_number:g} to {bound.max_number:g}"
+            )
         return
     if isinstance(value, dict):
         if len(value) > bound.max_items:

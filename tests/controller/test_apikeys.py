@@ -250,12 +250,6 @@ def test_check_key_accepts_the_edges() -> None:
         assert check_key(key) is key
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=InvalidArgumentError,
-    reason="check_key allows priority -1000..1000, but check_bounds (llmpool/bounds.py) then "
-    "refuses any negative number: 'priority must be from 0 to 1e+09'",
-)
 @pytest.mark.parametrize("priority", [-1, -1000])
 def test_a_negative_priority_is_accepted(priority: int) -> None:
     key = dataclasses.replace(FULL, id="abc", priority=priority)

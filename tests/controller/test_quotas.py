@@ -4,6 +4,7 @@ and spend from usage reports, and the loop that pushes slices and stores what ke
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import random
 from collections.abc import Iterable
@@ -228,11 +229,12 @@ def test_refused_requests_count_as_demand() -> None:
     for _ in range(10):
         clock.advance(1.0)
         quotas.record("A", {"key/k1": use(100, refused=95, tokens=50)})
-        quotas.record("B", {"key/k1": use(1, tokens=10)})
+        quotas.record("B", {"key/k1": use(1, tokens=20_000)})
     slices = quotas.slices(LIMIT, quotas.gateways([]))
     assert slices["A"].slices["key/k1"].rpm > 500
-    # Refused requests are valued at the tokens an admitted one took (10 each).
-    assert slices["A"].slices["key/k1"].tpm > 25_000
+    # Refused requests are valued at the tokens an admitted one took (10 each): A wants 60,000
+    # a minute, not the 3,000 it was let through, so it keeps half against B's 1.2 million.
+    assert slices["A"].slices["key/k1"].tpm == pytest.approx(30_000, rel=0.01)
 
 
 def test_a_silent_gateway_drops_out_and_its_share_goes_to_the_other() -> None:
@@ -250,6 +252,26 @@ def test_a_silent_gateway_drops_out_and_its_share_goes_to_the_other() -> None:
     # Back again: it starts from no demand, with the floor.
     quotas.record("B", {})
     assert rpm_slices(quotas, quotas.gateways(["A"]))["B"] == pytest.approx(600 * RESERVE / 2)
+
+
+def test_each_gateway_hears_the_last_report_its_spend_includes() -> None:
+    clock = FakeClock()
+    quotas = Quotas(book_with(ApiKeyRecord(id="k1", budget_usd=1)), clock)
+    quotas.record("A", {"key/k1": use(1, cost=0.1)}, 7)
+    quotas.record("B", {"key/k1": use(1, cost=0.1)}, 3)
+    assert {g: q.acked_sequence for g, q in quotas.slices({}, ["A", "B", "C"]).items()} == {
+        "A": 7,
+        "B": 3,
+        "C": 0,
+    }
+    # The latest, not the highest: a gateway restarted under the same id counts from 1 again.
+    quotas.record("A", {"key/k1": use(1, cost=0.1)}, 1)
+    assert quotas.slices({}, ["A"])["A"].acked_sequence == 1
+    # Gone silent and back: it starts again from nothing acknowledged.
+    clock.advance(6)
+    quotas.record("B", {}, 4)
+    assert quotas.gateways(["A"]) == ["A", "B"]
+    assert quotas.slices({}, ["A", "B"])["A"].acked_sequence == 0
 
 
 def test_a_connected_gateway_shares_the_limit_before_it_reports() -> None:
@@ -310,6 +332,17 @@ def test_spend_starts_again_in_a_new_period() -> None:
     assert quotas.spent("key/k1", "day") == pytest.approx(1.0)
     assert quotas.spent("tenant/team-a", "week") == pytest.approx(8.0)
     assert quotas.slices({}, ["A"])["A"].spent_usd["key/k1"] == pytest.approx(1.0)
+
+
+def test_spend_survives_a_change_of_budget_period() -> None:
+    clock = FakeClock(WED_15H)
+    book = budget_book()
+    quotas = Quotas(book, clock)
+    quotas.record("A", {"key/k2": use(1, cost=5.0)})
+    assert quotas.spent("key/k2", "month") == 5.0
+    book.keys["k2"] = dataclasses.replace(book.keys["k2"], budget_period="day")
+    # All of it was spent today.
+    assert quotas.spent("key/k2", "day") == 5.0
 
 
 @pytest.mark.parametrize("cost", [math.nan, math.inf, -math.inf, -1.0, 1e6, 1e300])
