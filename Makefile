@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 LLAMA_STAMP := $(VENV)/.installed-llamacpp
 PROTOS := $(wildcard protos/llmpool/v1/*.proto)
 
-.PHONY: run test install protos lint typecheck unit e2e clean bench-gateway bench-routing bench-pick bench-spill
+.PHONY: run test install protos lint typecheck unit e2e clean bench-gateway bench-routing bench-pick bench-spill bench-keys
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -71,3 +71,7 @@ bench-spill: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# What API keys add to a request's CPU on the gateway, in-process (bench/keys.py).
+bench-keys: install
+	$(PY) -m bench.keys --write

@@ -105,7 +105,12 @@ class Running:
 
 
 async def wait_ready(
-    port: int, procs: list[Proc], health: str, within_s: float, body: bytes = PROBE_BODY
+    port: int,
+    procs: list[Proc],
+    health: str,
+    within_s: float,
+    body: bytes = PROBE_BODY,
+    headers: dict[str, str] | None = None,
 ) -> None:
     """Waits until GET health answers 2xx and a chat request (body) through the system
     succeeds."""
@@ -115,7 +120,7 @@ async def wait_ready(
             if not proc.alive():
                 raise StartError(f"{proc.name} exited at start-up: {proc.tail(600)!r}")
         if await loadgen.get_ok(HOST, port, health) and await loadgen.post_ok(
-            HOST, port, CHAT_PATH, body
+            HOST, port, CHAT_PATH, body, headers=headers
         ):
             return
         await asyncio.sleep(0.2)
@@ -194,35 +199,30 @@ async def start_llmpool(mock_port: int, workdir: Path, workers: int, keys: bool 
     gateway = await spawn(name, argv, workdir, env)
     running = Running(gport, measured=[gateway], others=[controller])
     try:
-        await wait_ready(gport, [controller, gateway], "/readyz", 60)
         if keys:
-            running.headers = {"Authorization": f"Bearer {await create_key(cport)}"}
-            await wait_served(gport, running.headers, 30)
+            running.headers = {"Authorization": f"Bearer {await create_key(cport, 60)}"}
+        await wait_ready(gport, [controller, gateway], "/readyz", 60, headers=running.headers)
     except BaseException:
         await running.stop()
         raise
     return running
 
 
-async def create_key(controller_port: int) -> str:
-    """An API key made with the admin API (plaintext on loopback, as the bench's controller)."""
+async def create_key(controller_port: int, within_s: float) -> str:
+    """An API key made with the admin API (plaintext on loopback, as the bench's controller),
+    once the controller answers."""
+    deadline = time.monotonic() + within_s
     async with grpc.aio.insecure_channel(f"{HOST}:{controller_port}") as channel:
         admin = admin_pb2_grpc.AdminServiceStub(channel)
-        made = await admin.CreateApiKey(
-            admin_pb2.CreateApiKeyRequest(key=types_pb2.ApiKey(name="bench")), timeout=10
-        )
-    return made.secret
-
-
-async def wait_served(port: int, headers: dict[str, str], within_s: float) -> None:
-    """Until a chat request with headers is answered 200 (the key has reached the gateway)."""
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        body = b'{"model":"bench","messages":[{"role":"user","content":"hi"}],"max_tokens":1}'
-        if await loadgen.post_ok(HOST, port, CHAT_PATH, body, headers=headers):
-            return
-        await asyncio.sleep(0.1)
-    raise StartError("the gateway never served a request with the API key")
+        request = admin_pb2.CreateApiKeyRequest(key=types_pb2.ApiKey(name="bench"))
+        while True:
+            try:
+                made = await admin.CreateApiKey(request, timeout=5)
+                return made.secret
+            except grpc.aio.AioRpcError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
 
 
 LITELLM_CONFIG = """\
