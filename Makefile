@@ -19,11 +19,23 @@ $(STAMP): $(PY) pyproject.toml
 
 # The real model: llama-cpp-python compiles on first install (about 6 minutes on 2 cores; pip
 # caches the wheel, so later venvs take seconds). It needs a C++ compiler: apt-get installs one.
+# On x86-64 it is built for AVX2 (any server CPU since 2013), not for every instruction of the
+# machine that builds it: pip caches the wheel by its source, not by CPU, and a wheel built
+# natively elsewhere (AMX, AVX-512) crashed engines here. A cached wheel that crashes anyway
+# (llmpool/llamacpp_check.py) is dropped from the cache and built again.
+LLAMA_CMAKE_ARGS := $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON)
+
 $(LLAMA_STAMP): $(STAMP)
 	@command -v c++ >/dev/null 2>&1 || { \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq build-essential; }
-	$(PY) -m pip install --quiet -e '.[dev,llamacpp]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet -e '.[dev,llamacpp]'
+	@$(PY) -m llmpool.llamacpp_check || { \
+		echo "llama-cpp-python from pip's cache crashes on this CPU: building it here (~6 min)"; \
+		version=$$($(PY) -c "import importlib.metadata as m; print(m.version('llama_cpp_python'))"); \
+		$(PY) -m pip cache remove llama_cpp_python >/dev/null 2>&1; \
+		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet --force-reinstall \
+			--no-deps "llama-cpp-python==$$version" && $(PY) -m llmpool.llamacpp_check; }
 	touch $(LLAMA_STAMP)
 
 install: $(STAMP)
