@@ -18,8 +18,11 @@ def main() -> int:
     # The server's defaults and a chat prompt: a few tokens go through other kernels (batched
     # matrix products) than a whole prompt does.
     model = Llama(model_path=str(smollm2_gguf_path()), verbose=False)
-    messages = [{"role": "user", "content": "What is the capital of France?"}]
-    out = model.create_chat_completion(messages=messages, max_tokens=4, temperature=0)
+    out = model.create_chat_completion(
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=4,
+        temperature=0,
+    )
     return 0 if isinstance(out, dict) and out.get("choices") else 1
 
 
