@@ -127,6 +127,7 @@ class KeysAdmin:
         tenant = scope(by)
         if tenant is not None:
             if spec.tenant not in ("", tenant):
+                await self._denied(by, "CreateApiKey", f"tenant/{spec.tenant[:128]}")
                 raise PermissionDeniedError(
                     f"{by.identity} manages tenant {tenant!r} only: leave tenant empty or name it"
                 )
@@ -148,6 +149,7 @@ class KeysAdmin:
         confined = scope(by)
         old = self._book.get_key(spec.id, confined)
         if confined is not None and "tenant" in paths and spec.tenant != confined:
+            await self._denied(by, "UpdateApiKey", f"api_key/{spec.id}")
             raise PermissionDeniedError(f"{by.identity} may not move keys to another tenant")
         unknown = sorted(set(paths) - set(KEY_FIELDS))
         if unknown:
@@ -159,6 +161,10 @@ class KeysAdmin:
             by, "UpdateApiKey", f"api_key/{record.id}", before=self.view(old), after=view
         )
         return view
+
+    async def _denied(self, by: Caller, action: str, obj: str) -> None:
+        """A tenant-admin reaching past its tenant: refused, and recorded like a refused RPC."""
+        await self._audit.record(by, action, obj, "denied", detail="outside the caller's tenant")
 
     async def revoke(self, key_id: str, by: Caller) -> KeyView:
         record = await self._book.revoke(key_id, scope(by))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TypeVar
@@ -12,6 +13,7 @@ import pytest
 from controller.backend_urls import parse_allow
 from controller.server import ControllerServer, ControllerSettings
 from llmpool.config import Config
+from llmpool.tls import TlsFiles
 from llmpool.v1 import admin_pb2_grpc
 from tests.support import no_task_leaks
 
@@ -44,6 +46,31 @@ async def controller(tmp_path: Path) -> AsyncIterator[ControllerServer]:
             yield server
         finally:
             await server.stop()
+
+
+@pytest.fixture()
+async def secure(tmp_path: Path, pki: Path) -> AsyncIterator[ControllerServer]:
+    """A started controller that takes mutual TLS with the test CA (tests/conftest.py pki)."""
+    async with no_task_leaks("controller."):
+        settings = dataclasses.replace(
+            make_settings(tmp_path / "data"), tls=TlsFiles.in_dir(pki, "controller")
+        )
+        server = ControllerServer(settings)
+        await server.start()
+        try:
+            yield server
+        finally:
+            await server.stop()
+
+
+def channel(server: ControllerServer, pki: Path, role: str) -> grpc.aio.Channel:
+    """A channel to server with the certificate of role."""
+    creds = TlsFiles.in_dir(pki, role).channel_credentials()
+    return grpc.aio.secure_channel(f"127.0.0.1:{server.port}", creds)
+
+
+def admin_stub(ch: grpc.aio.Channel) -> admin_pb2_grpc.AdminServiceAsyncStub:
+    return admin_pb2_grpc.AdminServiceStub(ch)  # type: ignore[return-value]
 
 
 @pytest.fixture()

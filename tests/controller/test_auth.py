@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -15,44 +13,19 @@ from controller import rbac
 from controller.audit_event import AuditQuery
 from controller.server import ControllerServer
 from llmpool.certs import identity_of, init_ca, issue
-from llmpool.tls import TlsFiles
 from llmpool.v1 import (
     admin_pb2,
-    admin_pb2_grpc,
     agent_pb2,
     agent_pb2_grpc,
     gateway_pb2,
     gateway_pb2_grpc,
     types_pb2,
 )
-from tests.support import no_task_leaks, refused
+from tests.support import refused
 
-from .conftest import make_settings
+from .conftest import admin_stub, channel
 
 DENIED = grpc.StatusCode.PERMISSION_DENIED
-
-
-@pytest.fixture()
-async def secure(tmp_path: Path, pki: Path) -> AsyncIterator[ControllerServer]:
-    async with no_task_leaks("controller."):
-        settings = dataclasses.replace(
-            make_settings(tmp_path / "data"), tls=TlsFiles.in_dir(pki, "controller")
-        )
-        server = ControllerServer(settings)
-        await server.start()
-        try:
-            yield server
-        finally:
-            await server.stop()
-
-
-def channel(server: ControllerServer, pki: Path, role: str) -> grpc.aio.Channel:
-    creds = TlsFiles.in_dir(pki, role).channel_credentials()
-    return grpc.aio.secure_channel(f"127.0.0.1:{server.port}", creds)
-
-
-def admin_stub(ch: grpc.aio.Channel) -> admin_pb2_grpc.AdminServiceAsyncStub:
-    return admin_pb2_grpc.AdminServiceStub(ch)  # type: ignore[return-value]
 
 
 BACKEND = types_pb2.Backend(id="b1", pool="p", url="http://10.0.0.5:8000")

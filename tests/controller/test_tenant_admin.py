@@ -24,11 +24,10 @@ from controller.server import ControllerServer
 from controller.store import Store
 from llmpool.clock import FakeClock
 from llmpool.errors import InvalidArgumentError, NotFoundError, PermissionDeniedError
-from llmpool.tls import TlsFiles
-from llmpool.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, types_pb2
-from tests.support import no_task_leaks, refused
+from llmpool.v1 import admin_pb2, gateway_pb2, types_pb2
+from tests.support import refused
 
-from .conftest import make_settings
+from .conftest import admin_stub, channel
 
 NOW = 1_790_000_000.0
 ADMIN = Caller("root", "admin", "certificate")
@@ -216,29 +215,6 @@ async def test_tenants_are_listed_with_their_spend(keys_admin: Fixture) -> None:
 
 
 # --- over gRPC, with mutual TLS and a tenant-admin bearer token -------------------------------
-
-
-@pytest.fixture()
-async def secure(tmp_path: Path, pki: Path) -> AsyncIterator[ControllerServer]:
-    async with no_task_leaks("controller."):
-        settings = dataclasses.replace(
-            make_settings(tmp_path / "data"), tls=TlsFiles.in_dir(pki, "controller")
-        )
-        server = ControllerServer(settings)
-        await server.start()
-        try:
-            yield server
-        finally:
-            await server.stop()
-
-
-def channel(server: ControllerServer, pki: Path, role: str) -> grpc.aio.Channel:
-    creds = TlsFiles.in_dir(pki, role).channel_credentials()
-    return grpc.aio.secure_channel(f"127.0.0.1:{server.port}", creds)
-
-
-def admin_stub(ch: grpc.aio.Channel) -> admin_pb2_grpc.AdminServiceAsyncStub:
-    return admin_pb2_grpc.AdminServiceStub(ch)  # type: ignore[return-value]
 
 
 def new_key(tenant: str = "", name: str = "") -> admin_pb2.CreateApiKeyRequest:
