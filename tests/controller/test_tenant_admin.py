@@ -97,12 +97,15 @@ async def test_a_tenant_admin_creates_keys_of_its_own_tenant_only(keys_admin: Fi
     # The view never carries the hash.
     assert not hasattr(view, "secret_sha256")
     events = await store.audit_events(AuditQuery(actor="alice"))
-    assert [(e.action, e.object) for e in reversed(events)] == [
-        ("CreateApiKey", f"api_key/{view.id}"),
-        ("CreateApiKey", f"api_key/{named.id}"),
+    assert [(e.action, e.object, e.outcome) for e in reversed(events)] == [
+        ("CreateApiKey", f"api_key/{view.id}", "ok"),
+        ("CreateApiKey", f"api_key/{named.id}", "ok"),
+        # Reaching past its tenant is refused and recorded.
+        ("CreateApiKey", "tenant/team-b", "denied"),
     ]
-    assert "secret_sha256" not in events[0].after
-    assert json.loads(events[0].after)["tenant"] == "team-a"
+    made = events[-1]
+    assert "secret_sha256" not in made.after
+    assert json.loads(made.after)["tenant"] == "team-a"
 
 
 async def test_listing_is_confined_to_the_tenant(keys_admin: Fixture) -> None:
@@ -143,12 +146,13 @@ async def test_another_tenants_key_is_not_found_to_a_tenant_admin(keys_admin: Fi
     assert (await admin.revoke(mine.id, BOB)).id == mine.id
     assert mine.id not in book.keys and theirs.id in book.keys
     events = await store.audit_events(AuditQuery(object=f"api_key/{mine.id}"))
-    assert [(e.actor, e.action) for e in reversed(events)] == [
-        ("alice", "CreateApiKey"),
-        ("alice", "UpdateApiKey"),
-        ("alice", "UpdateApiKey"),
-        ("root", "UpdateApiKey"),
-        ("bob", "RevokeApiKey"),
+    assert [(e.actor, e.action, e.outcome) for e in reversed(events)] == [
+        ("alice", "CreateApiKey", "ok"),
+        ("alice", "UpdateApiKey", "ok"),
+        ("alice", "UpdateApiKey", "denied"),
+        ("alice", "UpdateApiKey", "ok"),
+        ("root", "UpdateApiKey", "ok"),
+        ("bob", "RevokeApiKey", "ok"),
     ]
 
 
@@ -334,6 +338,8 @@ async def test_a_tenant_admin_token_over_grpc(secure: ControllerServer, pki: Pat
     events = await secure.parts.admin.audit_events(AuditQuery(actor="alice"))
     assert [(e.action, e.outcome) for e in reversed(events)] == [
         ("CreateApiKey", "ok"),
+        ("CreateApiKey", "denied"),
+        ("UpdateApiKey", "denied"),
         ("CreatePool", "denied"),
         ("ListTenants", "denied"),
         ("RevokeApiKey", "ok"),
