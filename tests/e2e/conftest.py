@@ -24,6 +24,22 @@ from tests.support import wait_for as _wait
 
 T = TypeVar("T")
 
+# Figures tests measured (limits, latencies), printed at the end of the run.
+_FIGURES: list[str] = []
+
+
+@pytest.fixture()
+def figures() -> list[str]:
+    """Lines a test adds to the "e2e figures" section at the end of the run."""
+    return _FIGURES
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _FIGURES:
+        terminalreporter.section("e2e figures")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)
+
 
 def descendants(pid: int) -> set[int]:
     """Every live process below pid, read from /proc (children of children too)."""

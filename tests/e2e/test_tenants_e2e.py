@@ -68,7 +68,12 @@ def client(gateway: str, key: str) -> openai.OpenAI:
 
 
 def test_keys_tenants_revocation_and_budgets(
-    tmp_path: Path, spawn: Any, ports: Any, cluster_of: Any, fakes: dict[str, FakeMember]
+    tmp_path: Path,
+    spawn: Any,
+    ports: Any,
+    cluster_of: Any,
+    fakes: dict[str, FakeMember],
+    figures: list[str],
 ) -> None:
     config = "pools:\n" + "".join(
         f"  - name: {pool}\n"
@@ -168,7 +173,7 @@ def test_keys_tenants_revocation_and_budgets(
             max(0.05, 1.0 - (time.monotonic() - revoked_at)),
             f"gateway {gateway} to drop the revoked key",
         )
-    print(f"revocation reached both gateways in {time.monotonic() - revoked_at:.3f} s")
+    figures.append(f"revocation reached both gateways in {time.monotonic() - revoked_at:.3f} s")
     for gateway in gateways:
         assert _unauthorized(gateway, a_key)
     # And the openai package sees it as its AuthenticationError.
@@ -229,7 +234,12 @@ async def _hammer(
 
 
 def test_limits_hold_across_two_gateways(
-    tmp_path: Path, spawn: Any, ports: Any, cluster_of: Any, fakes: dict[str, FakeMember]
+    tmp_path: Path,
+    spawn: Any,
+    ports: Any,
+    cluster_of: Any,
+    fakes: dict[str, FakeMember],
+    figures: list[str],
 ) -> None:
     """A key limited to 600 requests a minute and another to 1,200 tokens a minute, each
     hammered through both gateways for two minutes: what they admit per minute, summed over
@@ -277,7 +287,7 @@ def test_limits_hold_across_two_gateways(
             measure([d for d in by_key[key] if start + 60 * m <= d[0] < start + 60 * (m + 1)])
             for m in range(2)
         ]
-        print(f"{name} admitted per minute, limit {limit}: {per_minute}")
+        figures.append(f"{name} admitted per minute over two gateways, limit {limit}: {per_minute}")
         tolerance = 0.05 if name == "requests" else 0.10
         for got in per_minute:
             assert abs(got - limit) <= tolerance * limit, (name, per_minute)
@@ -322,7 +332,7 @@ def _p99(values: list[float]) -> float:
 
 
 def test_a_small_tenant_keeps_its_latency_beside_a_flood(
-    tmp_path: Path, spawn: Any, ports: Any, cluster_of: Any
+    tmp_path: Path, spawn: Any, ports: Any, cluster_of: Any, figures: list[str]
 ) -> None:
     """A pool that queues past 4 requests in flight (its engine's batch): tenant "big" keeps 10
     requests going, tenant "small" one. Small's p99 latency stays within 2x of what it is on the
@@ -380,7 +390,7 @@ def test_a_small_tenant_keeps_its_latency_beside_a_flood(
     )
     idle = asyncio.run(run(0, 8))
     flooded = asyncio.run(run(10, 12))
-    print(
+    figures.append(
         f"small tenant latency p99: idle {_p99(idle) * 1000:.0f} ms ({len(idle)} requests), "
         f"beside 10x the load {_p99(flooded) * 1000:.0f} ms ({len(flooded)} requests)"
     )
