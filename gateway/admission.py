@@ -50,17 +50,19 @@ class Admitter:
         route: Route,
         req: ParsedRequest,
         account: RequestAccount,
-    ) -> None:
+    ) -> tuple[tuple[bytes, bytes], ...]:
         """Takes the request into the pool's limits and queue, or raises what the client hears
-        (429 for limits and budgets, 503 when shed)."""
+        (429 for limits and budgets, 503 when shed). Returns the x-ratelimit-* headers of the
+        key's own limits, for the answer."""
         admission = None
         if principal is not None or route.rpm or route.tpm:
             estimate = token_estimate(req)
             admission = self._limiter.admit(principal, route.model, route.rpm, route.tpm, estimate)
         gate = self._gate(route)
         account.hold(admission, None)
+        said = admission.headers if admission is not None else ()
         if gate is None:
-            return
+            return said
         # Turns are per tenant; a key without one takes turns as itself.
         tenant = (principal.tenant or principal.key_id) if principal is not None else ""
         priority = principal.priority if principal is not None else 0
@@ -76,6 +78,7 @@ class Admitter:
         if waited:
             self._metrics.queued.labels(route.model, "admitted").inc()
         account.hold(admission, gate, tenant)
+        return said
 
     def _gate(self, route: Route) -> FairGate | None:
         """The pool's gate at its limit now: queue_per_member per healthy member, this

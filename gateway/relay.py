@@ -43,6 +43,7 @@ from gateway.upstream import (
     UpstreamClient,
     UpstreamResponse,
     UpstreamTransportError,
+    drain_quietly,
     failure_phrase,
 )
 from gateway.usage import UsageTracker
@@ -146,8 +147,25 @@ class Relay:
         if route.redirects:
             route, req = self._redirect(route, req, ctx)
             account.model = req.model
-        if self._admitter is not None:
+        limit_headers = (
             await self._admitter.admit(principal, route, req, account)
+            if self._admitter is not None
+            else ()
+        )
+        response = await self._serve(route, req, ctx, headers, account, asked)
+        if limit_headers:
+            response.raw_headers.extend(limit_headers)
+        return response
+
+    async def _serve(
+        self,
+        route: Route,
+        req: ParsedRequest,
+        ctx: PickContext,
+        headers: Mapping[str, str],
+        account: RequestAccount,
+        asked: str,
+    ) -> Response:
         if route.fallbacks:
             return await self._with_fallbacks(route, req, ctx, headers, account, asked)
         if not route.candidates:
@@ -361,14 +379,14 @@ class Relay:
             else:
                 self._failed(member, route, req.model)
             # Read a little so that the connection can be reused; never shown to anyone.
-            await _drain_quietly(upstream)
+            await drain_quietly(upstream)
             return account.try_failed(f"answered HTTP {status}")
         if status in (401, 403) and member.credential:
             # The provider refused this gateway's key, not the client's request: never show the
             # client its answer (it may quote part of the key) or a 401 about a key it did not
             # send; another member may serve.
             self._failed(member, route, req.model)
-            await _drain_quietly(upstream)
+            await drain_quietly(upstream)
             log.warning(
                 "member refused this gateway's credential",
                 extra={"member": member.id, "credential": member.credential, "status": status},
@@ -472,14 +490,3 @@ def _no_member_message(route: Route, asked: str) -> str:
         )
     via = "" if route.model == asked else f" (routed from {asked!r})"
     return f"No healthy backend for model {route.model!r}{via} right now; retry shortly."
-
-
-# An error answer larger than this is not read: the connection is dropped instead.
-_ERROR_BODY_BYTES = 4096
-
-
-async def _drain_quietly(upstream: UpstreamResponse) -> None:
-    try:
-        await upstream.read(_ERROR_BODY_BYTES)
-    except UpstreamTransportError:
-        pass

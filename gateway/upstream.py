@@ -95,3 +95,15 @@ def build_upstream(
             max_connections=max_connections,
         )
     raise ValueError(f"unknown upstream client {kind!r}; known: {', '.join(UPSTREAM_CLIENTS)}")
+
+
+# An error answer larger than this is not read: the connection is dropped instead.
+_ERROR_BODY_BYTES = 4096
+
+
+async def drain_quietly(upstream: UpstreamResponse) -> None:
+    """Reads a little of an answer nobody will see, so that its connection can be reused."""
+    try:
+        await upstream.read(_ERROR_BODY_BYTES)
+    except UpstreamTransportError:
+        pass

@@ -264,7 +264,16 @@ def test_limits_hold_across_two_gateways(
         10,
         "both keys served",
     )
-    time.sleep(1.5)  # Let the buckets fill back after the check above (they hold a second).
+    # Answers to a key with a request limit say it, as OpenAI's do.
+    said = httpx.post(
+        f"http://{gateways[0]}/v1/chat/completions",
+        json={"model": "shared", "messages": HI},
+        headers={"authorization": f"Bearer {rpm_key}"},
+    )
+    assert said.status_code == 200
+    assert said.headers["x-ratelimit-limit-requests"] == "600"
+    assert 0 <= int(said.headers["x-ratelimit-remaining-requests"]) <= 600
+    time.sleep(1.5)  # Let the buckets fill back after the checks above (they hold a second).
     by_key: dict[str, list[tuple[float, int]]] = {rpm_key: [], tpm_key: []}
     start = time.monotonic()
     until = start + 120
