@@ -40,9 +40,11 @@ def start_two_gateways(
     path.write_text(config)
     controller = f"127.0.0.1:{ports()}"
     gateways = [f"127.0.0.1:{ports()}", f"127.0.0.1:{ports()}"]
-    spawn("controller", "controller", "--listen", controller, "--data-dir",
-          str(tmp_path / "data"), "--config", str(path), "--metrics-listen", "127.0.0.1:0",
-          "--backend-allow", "127.0.0.1")  # fmt: skip
+    cluster_procs = [
+        spawn("controller", "controller", "--listen", controller, "--data-dir",
+              str(tmp_path / "data"), "--config", str(path), "--metrics-listen", "127.0.0.1:0",
+              "--backend-allow", "127.0.0.1")
+    ]  # fmt: skip
     for i, gateway in enumerate(gateways):
         spawn(f"gateway{i}", "gateway", "--listen", gateway, "--controller", controller,
               "--gateway-id", f"gw{i}", "--auth", "keys")  # fmt: skip
@@ -52,7 +54,7 @@ def start_two_gateways(
             30,
             f"gateway {gateway} ready",
         )
-    return cluster_of(gateway=gateways[0], controller=controller), gateways
+    return cluster_of(gateway=gateways[0], controller=controller, procs=cluster_procs), gateways
 
 
 def create_key(admin: Any, **fields: Any) -> tuple[str, str]:
@@ -183,6 +185,13 @@ def test_keys_tenants_revocation_and_budgets(
     listed = admin.ListApiKeys(admin_pb2.ListApiKeysRequest(), timeout=5)
     assert a_key not in str(listed) and a_key.split("_")[2] not in str(listed)
     assert len(listed.keys) == 3
+
+    # With the controller away, gateways go on checking keys against the table they hold.
+    cluster.procs[0].stop()
+    for gateway in gateways:
+        assert _unauthorized(gateway, a_key)
+        kept = client(gateway, b_key).chat.completions.create(model="b-chat", messages=HI)
+        assert kept.choices[0].message.content == "from b"
 
 
 def _refused_for_budget(c: openai.OpenAI) -> bool:

@@ -58,6 +58,21 @@ def test_bad_flags_exit_2(argv: list[str]) -> None:
     assert info.value.code == 2
 
 
+def test_keys_are_required_beyond_loopback(capsys: pytest.CaptureFixture[str]) -> None:
+    # Loopback: keys once any exists (auto); any other address: always.
+    assert parse_settings([], {}).auth == "auto"
+    assert parse_settings(["--listen", "0.0.0.0:8000"], {}).auth == "keys"
+    assert parse_settings(["--listen", "10.1.2.3:8000", "--auth", "auto"], {}).auth == "keys"
+    assert parse_settings(["--auth", "none"], {}).auth == "none"
+    # No keys beyond loopback: refused at start, unless told it is insecure.
+    with pytest.raises(SystemExit) as info:
+        parse_settings(["--listen", "0.0.0.0:8000", "--auth", "none"], {})
+    assert info.value.code == 2
+    assert "--insecure-allow-remote" in capsys.readouterr().err
+    told = ["--listen", "0.0.0.0:8000", "--auth", "none", "--insecure-allow-remote"]
+    assert parse_settings(told, {}).auth == "none"
+
+
 def test_bad_env_exits_2() -> None:
     with pytest.raises(SystemExit):
         parse_settings([], {"LLMPOOL_GATEWAY_USAGE_INTERVAL_S": "soon"})
