@@ -77,6 +77,22 @@ class _SchedulerGauges(Collector):
             family = GaugeMetricFamily(name, doc, labels=["model_name"])
             family.add_metric([self._model], float(value))
             yield family
+        # vLLM's info gauge of its cache (its labels are the CacheConfig's fields), so that
+        # agents learn the cache's size as from vLLM; max_num_seqs is ours (vLLM has no gauge
+        # of its batch size).
+        info = {
+            "block_size": str(s.block_size),
+            "enable_prefix_caching": "True",
+            "engine": "0",
+            "kv_cache_size_tokens": str(s.kv.capacity * s.block_size),
+            "max_num_seqs": str(s.max_num_seqs),
+            "num_gpu_blocks": str(s.kv.capacity),
+        }
+        family = GaugeMetricFamily(
+            "vllm:cache_config_info", "Information of the LLMEngine CacheConfig", labels=list(info)
+        )
+        family.add_metric(list(info.values()), 1.0)
+        yield family
 
 
 class SimMetrics:

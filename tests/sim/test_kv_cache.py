@@ -92,3 +92,17 @@ def test_reset_prefix_cache_drops_cached_blocks_but_keeps_pinned_ones() -> None:
     kv.release(running)
     assert kv.reset_prefix_cache() == 2
     assert kv.free_blocks == 8 and kv.prefix_hits([b"a"]) == 0
+
+
+def test_metrics_say_the_cache_size_as_vllm_does() -> None:
+    """The agent reads the simulator's cache and batch from /metrics as from vLLM's."""
+    from prometheus_client import generate_latest
+
+    from agent.engine_capacity import capacity_from_metrics
+    from llmpool.sim.engine import Engine
+    from llmpool.sim.settings import SimSettings
+
+    engine = Engine(SimSettings(kv_blocks=512, block_size=16, max_num_seqs=8))
+    text = generate_latest(engine.metrics.registry).decode()
+    capacity = capacity_from_metrics("sim", text)
+    assert (capacity.cache_tokens, capacity.block_size, capacity.max_running) == (8192, 16, 8)
