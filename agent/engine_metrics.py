@@ -23,6 +23,11 @@ class EngineLoad:
     prefix_cache_hit_rate: float | None = None
     # False when the text carried none of the engine's request counts (no metrics at all).
     known: bool = True
+    # What the same text says of the engine's capacity (agent/engine_capacity.py; the prober
+    # fills these): KV cache in tokens, tokens per block, requests at once; 0: unknown.
+    cache_tokens: int = 0
+    cache_block_size: int = 0
+    max_running: int = 0
 
 
 NO_LOAD = EngineLoad(known=False)

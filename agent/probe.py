@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import httpx
 
+from agent.engine_capacity import capacity_from_metrics
 from agent.engine_metrics import NO_LOAD, EngineLoad, parse_engine_metrics
 from agent.engines import ADAPTERS
 from llmpool.clock import Clock
@@ -45,7 +48,17 @@ class Prober:
         try:
             if adapter is None:
                 # Not a kind this agent knows (a newer controller): try every engine's names.
-                return parse_engine_metrics(engine, response.text)
-            return adapter.parse_load(response.text)
+                load = parse_engine_metrics(engine, response.text)
+            else:
+                load = adapter.parse_load(response.text)
+            capacity = capacity_from_metrics(engine, response.text)
         except ValueError as exc:
             raise ProbeError(f"GET {url}: {exc}") from exc
+        if not capacity.known:
+            return load
+        return dataclasses.replace(
+            load,
+            cache_tokens=capacity.cache_tokens,
+            cache_block_size=capacity.block_size,
+            max_running=capacity.max_running,
+        )

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from agent.engine_capacity import ARG_DEFAULTS, UNKNOWN, EngineCapacity, capacity_from_args
 from agent.engine_metrics import NO_LOAD, EngineLoad
 from agent.ewma import Ewma
 from agent.hit_rate import HitRate
 from llmpool.status import ReplicaState, ReplicaStatus
 
 
+def configured_capacity(engine: str, command: Sequence[str]) -> EngineCapacity:
+    """What an engine's command line sets of its capacity, else its defaults (where fixed)."""
+    return capacity_from_args(engine, command).merged(ARG_DEFAULTS.get(engine, UNKNOWN))
+
+
 class EngineReadings:
     """Shared by supervised replicas and attached engines, which report the same figures."""
 
-    def __init__(self) -> None:
+    def __init__(self, configured: EngineCapacity = UNKNOWN) -> None:
+        # The capacity the engine's command line and defaults give; what the engine itself says
+        # (its metrics) comes first.
+        self.configured = configured
         self.load: EngineLoad = NO_LOAD
         self._hit_rate = HitRate()
         self._latency = Ewma()
@@ -23,6 +34,12 @@ class EngineReadings:
     def forget_load(self) -> None:
         """The process behind the figures is gone (a restart starts from nothing)."""
         self.load = NO_LOAD
+
+    @property
+    def capacity(self) -> EngineCapacity:
+        load = self.load
+        said = EngineCapacity(load.cache_tokens, load.cache_block_size, load.max_running)
+        return said.merged(self.configured)
 
     def add_latency_ms(self, ms: float) -> None:
         self._latency.add(ms)
@@ -43,6 +60,7 @@ class EngineReadings:
         attached: bool = False,
     ) -> ReplicaStatus:
         load = self.load
+        capacity = self.capacity
         return ReplicaStatus(
             replica_id=replica_id,
             pool=pool,
@@ -60,4 +78,7 @@ class EngineReadings:
             message=message,
             pid=pid,
             attached=attached,
+            cache_tokens=capacity.cache_tokens,
+            cache_block_size=capacity.block_size,
+            max_running=capacity.max_running,
         )

@@ -14,7 +14,7 @@ from agent.log_ring import LogRing
 from agent.ports import PortAllocator
 from agent.probe import ProbeError, Prober
 from agent.process import pump_lines, spawn, terminate_group
-from agent.readings import EngineReadings
+from agent.readings import EngineReadings, configured_capacity
 from agent.settings import SupervisorSettings
 from agent.template import ReplicaSpec, render
 from llmpool.clock import Clock
@@ -51,7 +51,7 @@ class Replica:
         self._prober = prober
         self._clock = clock
         self._on_restart = on_restart
-        self._readings = EngineReadings()
+        self._readings = EngineReadings(configured_capacity(spec.engine, spec.command))
         self._port: int | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._pump: asyncio.Task[None] | None = None

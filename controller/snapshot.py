@@ -49,6 +49,10 @@ class RouteMember:
     cached_input_cost_per_mtok: float = 0.0
     # A static backend (redaction applies to those).
     backend: bool = False
+    # The engine's capacity as its agent reports it; 0: unknown.
+    cache_tokens: int = 0
+    cache_block_size: int = 0
+    max_running: int = 0
 
 
 @dataclass(frozen=True)

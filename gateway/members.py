@@ -44,6 +44,10 @@ class Member:
     cached_input_cost_per_mtok: float = 0.0
     # A static backend, not a replica an agent runs: the pool's redaction applies to it.
     backend: bool = False
+    # The engine's KV cache in tokens, tokens per block, requests at once; 0: unknown.
+    cache_tokens: int = 0
+    cache_block_size: int = 0
+    max_running: int = 0
 
     @property
     def priced(self) -> bool:

@@ -41,3 +41,8 @@ class ReplicaStatus:
     attached: bool = False
     # Prefix cache hit rate over recent requests, 0..1, or -1 when the engine does not say.
     prefix_cache_hit_rate: float = -1.0
+    # The engine's KV cache in tokens, tokens per cache block, requests it runs at once, as it
+    # says or its command line sets them; 0: unknown.
+    cache_tokens: int = 0
+    cache_block_size: int = 0
+    max_running: int = 0

@@ -465,6 +465,9 @@ class Member(_message.Message):
     API_VERSION_FIELD_NUMBER: _builtins.int
     CACHED_INPUT_COST_PER_MTOK_FIELD_NUMBER: _builtins.int
     BACKEND_FIELD_NUMBER: _builtins.int
+    CACHE_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_BLOCK_SIZE_FIELD_NUMBER: _builtins.int
+    MAX_RUNNING_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Backend id or replica id."""
     url: _builtins.str
@@ -492,6 +495,12 @@ class Member(_message.Message):
     cached_input_cost_per_mtok: _builtins.float
     backend: _builtins.bool
     """A static backend (not a replica an agent runs): the redaction profile applies to it."""
+    cache_tokens: _builtins.int
+    """The engine's KV cache in tokens, tokens per block, requests at once (types.proto
+    ReplicaStatus); 0: unknown (static backends, engines that do not say).
+    """
+    cache_block_size: _builtins.int
+    max_running: _builtins.int
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -518,10 +527,13 @@ class Member(_message.Message):
         api_version: _builtins.str = ...,
         cached_input_cost_per_mtok: _builtins.float = ...,
         backend: _builtins.bool = ...,
+        cache_tokens: _builtins.int = ...,
+        cache_block_size: _builtins.int = ...,
+        max_running: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "backend", b"backend", "cached_input_cost_per_mtok", b"cached_input_cost_per_mtok", "credential", b"credential", "draining", b"draining", "healthy", b"healthy", "id", b"id", "in_flight", b"in_flight", "input_cost_per_mtok", b"input_cost_per_mtok", "kind", b"kind", "kv_usage", b"kv_usage", "labels", b"labels", "latency_ms", b"latency_ms", "output_cost_per_mtok", b"output_cost_per_mtok", "prefix_cache_hit_rate", b"prefix_cache_hit_rate", "running", b"running", "upstream_model", b"upstream_model", "url", b"url", "waiting", b"waiting", "weight", b"weight", "zone", b"zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "backend", b"backend", "cache_block_size", b"cache_block_size", "cache_tokens", b"cache_tokens", "cached_input_cost_per_mtok", b"cached_input_cost_per_mtok", "credential", b"credential", "draining", b"draining", "healthy", b"healthy", "id", b"id", "in_flight", b"in_flight", "input_cost_per_mtok", b"input_cost_per_mtok", "kind", b"kind", "kv_usage", b"kv_usage", "labels", b"labels", "latency_ms", b"latency_ms", "max_running", b"max_running", "output_cost_per_mtok", b"output_cost_per_mtok", "prefix_cache_hit_rate", b"prefix_cache_hit_rate", "running", b"running", "upstream_model", b"upstream_model", "url", b"url", "waiting", b"waiting", "weight", b"weight", "zone", b"zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -634,6 +634,9 @@ class ReplicaStatus(_message.Message):
     PID_FIELD_NUMBER: _builtins.int
     ATTACHED_FIELD_NUMBER: _builtins.int
     PREFIX_CACHE_HIT_RATE_FIELD_NUMBER: _builtins.int
+    CACHE_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_BLOCK_SIZE_FIELD_NUMBER: _builtins.int
+    MAX_RUNNING_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     pool: _builtins.str
     state: Global___ReplicaState.ValueType
@@ -659,6 +662,13 @@ class ReplicaStatus(_message.Message):
     """
     prefix_cache_hit_rate: _builtins.float
     """Prefix cache hit rate, 0..1, over the engine's recent requests; negative when it does not say."""
+    cache_tokens: _builtins.int
+    """The engine's KV cache in tokens, tokens per cache block and requests it runs at once, as it
+    says (vLLM's cache_config_info, SGLang's max total tokens, ...) or its command line sets
+    them; 0: unknown.
+    """
+    cache_block_size: _builtins.int
+    max_running: _builtins.int
     def __init__(
         self,
         *,
@@ -678,10 +688,13 @@ class ReplicaStatus(_message.Message):
         pid: _builtins.int = ...,
         attached: _builtins.bool = ...,
         prefix_cache_hit_rate: _builtins.float = ...,
+        cache_tokens: _builtins.int = ...,
+        cache_block_size: _builtins.int = ...,
+        max_running: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attached", b"attached", "engine", b"engine", "healthy", b"healthy", "kv_usage", b"kv_usage", "latency_ms", b"latency_ms", "message", b"message", "pid", b"pid", "pool", b"pool", "prefix_cache_hit_rate", b"prefix_cache_hit_rate", "replica_id", b"replica_id", "restarts", b"restarts", "running", b"running", "served_model", b"served_model", "state", b"state", "url", b"url", "waiting", b"waiting"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attached", b"attached", "cache_block_size", b"cache_block_size", "cache_tokens", b"cache_tokens", "engine", b"engine", "healthy", b"healthy", "kv_usage", b"kv_usage", "latency_ms", b"latency_ms", "max_running", b"max_running", "message", b"message", "pid", b"pid", "pool", b"pool", "prefix_cache_hit_rate", b"prefix_cache_hit_rate", "replica_id", b"replica_id", "restarts", b"restarts", "running", b"running", "served_model", b"served_model", "state", b"state", "url", b"url", "waiting", b"waiting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
