@@ -150,6 +150,15 @@ class PrefixAware(Policy, name="prefix_aware"):
         self.drain_blocks_per_s = prefill_rate * CHARS_PER_TOKEN / block_chars
         self._backlog: dict[str, Backlog] = {}
 
+    def on_snapshot(self, members: Sequence[Member]) -> None:
+        """Members whose engine reports its KV cache get an index bound of that size: what an
+        engine says of itself beats member_capacity_tokens, a guess that fits no engine."""
+        caps = self.index.caps
+        size = self.index.block_chars
+        for m in members:
+            if m.cache_tokens > 0:
+                caps[m.id] = max(1, m.cache_tokens * CHARS_PER_TOKEN // size)
+
     def on_members(self, members: Sequence[Member]) -> None:
         keep = {m.id for m in members}
         self.index.forget(keep)
@@ -177,7 +186,8 @@ class PrefixAware(Policy, name="prefix_aware"):
         hot_evict_weight = self.hot_evict_weight
         singles = index.singles
         active_weight = self.active_weight
-        room = index.member_blocks or 0
+        default_room = index.member_blocks or 0
+        caps = index.caps
         now = self.clock.monotonic()
         rate = self.drain_blocks_per_s
         no_match = (0, 0)
@@ -200,6 +210,7 @@ class PrefixAware(Policy, name="prefix_aware"):
                     if len(entries) > mine or now - backlog.last > 0.001:
                         backlog.update(mine, now, rate)
                     cost += backlog.cost(prefix, active_weight)
+                room = caps.get(mid, default_room) if caps else default_room
                 if new and room:
                     over = len(backlog.blocks_held) + new - room
                     if over > 0:

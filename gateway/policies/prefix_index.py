@@ -54,6 +54,8 @@ class PrefixIndex:
         self.max_prompt_blocks = max_prompt_blocks
         self.max_holders = max_holders
         self.member_blocks = member_blocks
+        # Per member, a bound of its own (its engine reported its cache), over member_blocks.
+        self.caps: dict[str, int] = {}
         self._blocks: OrderedDict[int, tuple[str, ...]] = OrderedDict()
         # Per member: its blocks, least recently sent first -> reused. Read-only outside.
         self.held_by: dict[str, OrderedDict[int, bool]] = {}
@@ -155,7 +157,7 @@ class PrefixIndex:
                 if not reused:
                     mine[h] = True
                     single -= 1
-        cap = self.member_blocks
+        cap = self.caps.get(member_id, self.member_blocks)
         if cap is not None:
             while len(mine) > cap:
                 h, reused = mine.popitem(last=False)
@@ -189,6 +191,8 @@ class PrefixIndex:
         for m in [m for m in self.held_by if m not in keep]:
             del self.held_by[m]
             self.singles.pop(m, None)
+        for m in [m for m in self.caps if m not in keep]:
+            del self.caps[m]
         for h in list(self._blocks):
             holders = self._blocks[h]
             left = tuple(m for m in holders if m in keep)

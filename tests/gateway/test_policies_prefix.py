@@ -290,3 +290,22 @@ def test_index_survives_load_only_snapshots_and_prunes_on_membership_change() ->
     third = table.get("m")
     assert third is not None and third.policy is first.policy
     assert len(second.policy.index) == 0
+
+
+def test_a_member_that_reports_its_cache_is_bounded_by_it() -> None:
+    """An engine's own figure beats member_capacity_tokens: the index forgets what that member's
+    cache cannot hold, and the eviction cost counts against its real room."""
+    policy = build(block_chars="128", member_capacity_tokens="262144")
+    small = mk("small", cache_tokens=320)  # 320 tokens x 4 chars / 128 = 10 blocks
+    big = mk("big")
+    policy.on_members([small, big])
+    policy.on_snapshot([small, big])
+    for g in range(4):
+        text = f"group {g} " * 300  # 2,400 characters: 18 blocks
+        policy.pick([small], prompt(text))
+        policy.pick([big], prompt(text))
+    assert policy.index.held("small") <= 10
+    assert policy.index.held("big") == 4 * 18
+    # A member gone from the route takes its bound with it.
+    policy.on_members([big])
+    assert "small" not in policy.index.caps
