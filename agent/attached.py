@@ -42,7 +42,9 @@ class AttachedEngine:
             on_change=on_change,
             message="no health probe answered yet",
         )
-        self._readings = EngineReadings()
+        self._readings = EngineReadings(engine=spec.engine)
+        # The engine's info endpoint is read once, at its first answer.
+        self._info_read = False
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -105,6 +107,11 @@ class AttachedEngine:
             self.probe_failed(str(exc))
             return
         self.probe_succeeded(rtt)
+        if not self._info_read:
+            self._info_read = True
+            self._readings.info = await self._prober.capacity(
+                self.spec.engine, self.spec.url, self._settings.probe_timeout_s
+            )
         if not self.spec.metrics_path:
             return
         try:

@@ -6,10 +6,19 @@ import dataclasses
 
 import httpx
 
-from agent.engine_capacity import capacity_from_metrics
+from agent.engine_capacity import (
+    INFO_PATHS,
+    UNKNOWN,
+    EngineCapacity,
+    capacity_from_info,
+    capacity_from_metrics,
+)
 from agent.engine_metrics import NO_LOAD, EngineLoad, parse_engine_metrics
 from agent.engines import ADAPTERS
 from llmpool.clock import Clock
+
+# An info document larger than this is not read (they are a few kilobytes).
+_MAX_INFO_BYTES = 1024 * 1024
 
 
 class ProbeError(Exception):
@@ -62,3 +71,19 @@ class Prober:
             cache_block_size=capacity.block_size,
             max_running=capacity.max_running,
         )
+
+    async def capacity(self, engine: str, base_url: str, timeout_s: float) -> EngineCapacity:
+        """What the engine's JSON info endpoint (TGI /info, llama-server /props, SGLang
+        /get_server_info) says of its capacity; UNKNOWN for engines without one, or when it does
+        not answer with a JSON object (the capacity is a help, never a reason to fail)."""
+        path = INFO_PATHS.get(engine, "")
+        if not path:
+            return UNKNOWN
+        try:
+            response = await self._client.get(base_url + path, timeout=timeout_s)
+            if response.status_code != 200 or len(response.content) > _MAX_INFO_BYTES:
+                return UNKNOWN
+            doc = response.json()
+        except (httpx.HTTPError, ValueError):
+            return UNKNOWN
+        return capacity_from_info(engine, doc) if isinstance(doc, dict) else UNKNOWN

@@ -19,10 +19,12 @@ def configured_capacity(engine: str, command: Sequence[str]) -> EngineCapacity:
 class EngineReadings:
     """Shared by supervised replicas and attached engines, which report the same figures."""
 
-    def __init__(self, configured: EngineCapacity = UNKNOWN) -> None:
-        # The capacity the engine's command line and defaults give; what the engine itself says
-        # (its metrics) comes first.
+    def __init__(self, configured: EngineCapacity = UNKNOWN, engine: str = "") -> None:
+        # The capacity the engine's command line and defaults give, and what its JSON info
+        # endpoint said; what it says on /metrics comes first.
         self.configured = configured
+        self.info = UNKNOWN
+        self._engine = engine
         self.load: EngineLoad = NO_LOAD
         self._hit_rate = HitRate()
         self._latency = Ewma()
@@ -39,7 +41,10 @@ class EngineReadings:
     def capacity(self) -> EngineCapacity:
         load = self.load
         said = EngineCapacity(load.cache_tokens, load.cache_block_size, load.max_running)
-        return said.merged(self.configured)
+        if self._engine == "llama-server":
+            # /props gives one slot's context; -c on the command line is the whole cache.
+            return said.merged(self.configured).merged(self.info)
+        return said.merged(self.info).merged(self.configured)
 
     def add_latency_ms(self, ms: float) -> None:
         self._latency.add(ms)

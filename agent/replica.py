@@ -51,7 +51,9 @@ class Replica:
         self._prober = prober
         self._clock = clock
         self._on_restart = on_restart
-        self._readings = EngineReadings(configured_capacity(spec.engine, spec.command))
+        self._readings = EngineReadings(
+            configured_capacity(spec.engine, spec.command), spec.engine
+        )
         self._port: int | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._pump: asyncio.Task[None] | None = None
@@ -242,6 +244,10 @@ class Replica:
         if not self.spec.ready_path:
             # A readiness path that generates would skew the probe latency.
             self._readings.add_latency_ms(rtt * 1000)
+        # Once a start: the engine's capacity does not change while it runs.
+        self._readings.info = await self._prober.capacity(
+            self.spec.engine, self._probe_base(), settings.probe_timeout_s
+        )
         await self._refresh_load()
         if life.ready():
             log.info("replica ready", extra={"replica_id": self.spec.replica_id, "url": self.url})

@@ -49,3 +49,36 @@ async def test_a_simulated_replica_reports_its_cache_and_batch(
     await until(lambda: supervisor.replica("s1").status().cache_tokens > 0, what="capacity")
     status = supervisor.replica("s1").status()
     assert (status.cache_tokens, status.cache_block_size, status.max_running) == (4096, 16, 4)
+
+
+async def test_the_info_endpoint_is_read_and_bad_answers_are_nothing() -> None:
+    import httpx
+
+    from agent.probe import Prober
+    from llmpool.clock import FakeClock
+
+    answers = {
+        "/info": httpx.Response(200, json={"max_batch_total_tokens": 20000, "max_batch_size": 8}),
+        "/props": httpx.Response(
+            200, json={"default_generation_settings": {"n_ctx": 4096}, "total_slots": 4}
+        ),
+        "/get_server_info": httpx.Response(200, content=b"not json"),
+    }
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return answers.get(request.url.path, httpx.Response(404))
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        prober = Prober(client, FakeClock())
+        tgi = await prober.capacity("tgi", "http://e", 1.0)
+        llama = await prober.capacity("llama-server", "http://e", 1.0)
+        sglang = await prober.capacity("sglang", "http://e", 1.0)
+        vllm = await prober.capacity("vllm", "http://e", 1.0)
+    assert (tgi.cache_tokens, tgi.max_running) == (20000, 8)
+    assert (llama.cache_tokens, llama.max_running) == (4096, 4)
+    assert not sglang.known and not vllm.known
+    # llama-server: -c on the command line (the whole cache) before /props (one slot's).
+    readings = EngineReadings(configured_capacity("llama-server", ("llama-server", "-c", "16384")),
+                              "llama-server")  # fmt: skip
+    readings.info = llama
+    assert (readings.capacity.cache_tokens, readings.capacity.max_running) == (16384, 4)
