@@ -51,9 +51,7 @@ class Replica:
         self._prober = prober
         self._clock = clock
         self._on_restart = on_restart
-        self._readings = EngineReadings(
-            configured_capacity(spec.engine, spec.command), spec.engine
-        )
+        self._readings = EngineReadings(configured_capacity(spec.engine, spec.command), spec.engine)
         self._port: int | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._pump: asyncio.Task[None] | None = None
