@@ -222,12 +222,14 @@ class Limiter:
         if principal.budget_usd:
             spent = self._spent_so_far(principal.subject)
             if spent >= principal.budget_usd:
-                self._over_budget("This API key", spent, principal.budget_usd)
+                self._over_budget("key", "This API key", spent, principal.budget_usd)
         tenant = self._keys.tenants.get(principal.tenant) if principal.tenant else None
         if tenant is not None and tenant.budget_usd:
             spent = self._spent_so_far(principal.tenant_subject)
             if spent >= tenant.budget_usd:
-                self._over_budget(f"Tenant {principal.tenant!r}", spent, tenant.budget_usd)
+                self._over_budget(
+                    "tenant", f"Tenant {principal.tenant!r}", spent, tenant.budget_usd
+                )
 
     def _spent_so_far(self, subject: str) -> float:
         total = self._spent.get(subject, 0.0) + self._spent_here.get(subject, 0.0)
@@ -235,8 +237,8 @@ class Limiter:
             total += spent.get(subject, 0.0)
         return total
 
-    def _over_budget(self, who: str, spent: float, budget: float) -> None:
-        self._metrics.limited.labels(who.split()[0].lower().replace("this", "key"), "budget").inc()
+    def _over_budget(self, kind: str, who: str, spent: float, budget: float) -> None:
+        self._metrics.limited.labels(kind, "budget").inc()
         raise QuotaExceededError(
             f"{who} has used its budget: ${spent:.2f} of ${budget:.2f} spent this period. "
             "Ask an administrator to raise it, or wait for the next period."
