@@ -9,7 +9,6 @@ fast hash is right: 256 bits of entropy leave nothing for a slow hash to protect
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import re
 import secrets
@@ -22,6 +21,8 @@ from llmpool.config import NAME_RE
 from llmpool.errors import InvalidArgumentError, NotFoundError
 from llmpool.protoconv import from_json, to_json, to_proto
 from llmpool.v1 import gateway_pb2, types_pb2
+
+from .tokens import digest
 
 if TYPE_CHECKING:
     from .store import Store
@@ -63,10 +64,6 @@ class TenantRecord:
     budget_usd: float = 0.0
     budget_period: str = "month"
     description: str = ""
-
-
-def digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def check_key(key: ApiKeyRecord) -> ApiKeyRecord:

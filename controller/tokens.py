@@ -44,7 +44,8 @@ class TokenRecord:
     tenant: str = ""
 
 
-def _digest(secret: str) -> str:
+def digest(secret: str) -> str:
+    """The hex SHA-256 kept of a secret (admin tokens and API keys alike)."""
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
@@ -90,7 +91,7 @@ class TokenBook:
             role=role,
             created_at=now,
             expires_at=now + ttl_s if ttl_s else 0.0,
-            secret_sha256=_digest(secret),
+            secret_sha256=digest(secret),
             tenant=tenant,
         )
         if self._store is not None:
@@ -115,7 +116,7 @@ class TokenBook:
         record = self._records.get(m.group(1))
         if record is None:
             return None
-        if not hmac.compare_digest(_digest(m.group(2)), record.secret_sha256):
+        if not hmac.compare_digest(digest(m.group(2)), record.secret_sha256):
             return None
         if record.expires_at and self._clock.wall() >= record.expires_at:
             return None
