@@ -67,6 +67,7 @@ class RequestAccount:
         "_policy",
         "_sent_at",
         "_tenant",
+        "_ticket",
         "_tokens",
         "_trying",
         "model",
@@ -83,6 +84,7 @@ class RequestAccount:
         self._policy: Policy | None = None
         # The member of the latest try, and whether that try is still open.
         self._member: Member | None = None
+        self._ticket: object = None
         self._sent_at = 0.0
         self._trying = False
         self._finished = False
@@ -124,9 +126,10 @@ class RequestAccount:
             self._mm.in_flight.dec()
         self.begin(model, policy)
 
-    def sent(self, member: Member) -> None:
-        """A try at member starts."""
+    def sent(self, member: Member, ticket: object = None) -> None:
+        """A try at member starts; ticket is what the policy's pick expected of it."""
         self._member = member
+        self._ticket = ticket
         self._trying = True
         self._sent_at = self._book.clock.monotonic()
         self._book.usage.started(member.id, self._model())
@@ -156,9 +159,12 @@ class RequestAccount:
         member = self._end_try(ok=ok, now=now, tokens=tokens)
         self._count(member.id, status, tokens)
         policy = self._policy
-        if ok and policy is not None and policy.observes:
-            # Not streamed: the whole answer's time stands for the time to first token.
-            policy.observe(member.id, now - self._sent_at, 0.0, tokens.prompt, True)
+        if ok and policy is not None:
+            if policy.observes:
+                # Not streamed: the whole answer's time stands for the time to first token.
+                policy.observe(member.id, now - self._sent_at, 0.0, tokens.prompt, True)
+            if policy.settles and self._ticket is not None:
+                policy.settle(self._ticket, None, tokens.cached)
         self._close(now)
 
     def stream_ended(self, outcome: StreamOutcome) -> None:
@@ -179,8 +185,12 @@ class RequestAccount:
             self._book.ttft.observe(member.id, prompt, since_sent)
         self._count(member.id, 200, outcome.usage)
         policy = self._policy
-        if policy is not None and policy.observes:
-            observe_stream(policy, member.id, outcome, self.started_at, self._sent_at, now)
+        if policy is not None:
+            if policy.observes:
+                observe_stream(policy, member.id, outcome, self.started_at, self._sent_at, now)
+            if policy.settles and ok and self._ticket is not None and outcome.ttft_s is not None:
+                ttft = outcome.ttft_s - (self._sent_at - self.started_at)
+                policy.settle(self._ticket, ttft, outcome.usage.cached)
         self._close(now)
 
     def failed(self, status: int) -> None:

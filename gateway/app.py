@@ -21,6 +21,7 @@ from starlette.responses import Response
 from gateway.accounting import Accounting
 from gateway.admission import Admitter, not_found
 from gateway.asgi import GatewayASGI
+from gateway.cache_metrics import CacheEstimates
 from gateway.controller_link import ControllerLink
 from gateway.cooldowns import Cooldowns
 from gateway.credentials import Credentials
@@ -132,6 +133,7 @@ def create_app(
     metrics.ejected.set_function(lambda: sum(1 for _ in outliers.ejected()))
     holds = Holds(table, metrics, settings.max_held_requests)
     metrics.held.set_function(holds.total)
+    metrics.registry.register(CacheEstimates(table))
     relay = Relay(
         table=table,
         upstream=upstream,

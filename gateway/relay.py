@@ -270,7 +270,7 @@ class Relay:
                 self._metrics.model(req.model).retries.inc()
             member = route.policy.pick(pool, ctx)
             tried.append(member.id)
-            account.sent(member)
+            account.sent(member, ctx.ticket)
             probe = outliers.picked(member.id)
             sent = redacted if redacted is not None and member.backend else None
             try:

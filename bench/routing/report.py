@@ -11,9 +11,10 @@ BEGIN = "<!-- bench-routing:begin (make bench-routing rewrites this section) -->
 END = "<!-- bench-routing:end -->"
 
 
-def replace_section(document: str, section: str) -> str:
+def replace_section(document: str, section: str, begin: str = BEGIN, end_mark: str = END) -> str:
     """The document with the text between the markers replaced by `section` (markers kept);
     appended at the end when the markers are not there. Everything else is left as it was."""
+    BEGIN, END = begin, end_mark
     block = f"{BEGIN}\n{section.strip()}\n{END}"
     start = document.find(BEGIN)
     end = document.find(END, start + len(BEGIN)) if start >= 0 else -1
@@ -23,9 +24,9 @@ def replace_section(document: str, section: str) -> str:
     return (base + "\n\n" if base else "") + block + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
+def write_section(path: Path, section: str, begin: str = BEGIN, end_mark: str = END) -> None:
     text = path.read_text() if path.exists() else ""
-    path.write_text(replace_section(text, section))
+    path.write_text(replace_section(text, section, begin, end_mark))
 
 
 def render(

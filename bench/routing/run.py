@@ -427,8 +427,36 @@ def main(argv: list[str] | None = None) -> int:
         help="run the oracle in the load generator, straight to the engines (a fallback for a "
         "gateway that cannot load the bench_oracle plugin; labelled in the tables)",
     )
+    parser.add_argument(
+        "--untuned",
+        action="store_true",
+        help="the untuned mode instead (bench/routing/untuned.py): no policy params, engines "
+        "with different caches, static backends and agent replicas, 1 and 3 gateways",
+    )
+    parser.add_argument("--gateways", default="", help="--untuned: gateway counts, e.g. 1,3")
+    parser.add_argument(
+        "--deployments", default="", help="--untuned: static and/or agent, e.g. static,agent"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
+    if args.untuned:
+        from bench.routing.untuned import run_untuned
+
+        given = argv if argv is not None else sys.argv[1:]
+        command = "make bench-routing BENCH_ARGS=" + shlex.quote(" ".join(given))
+        gateways = tuple(int(g) for g in args.gateways.split(",") if g.strip())
+        deployments = tuple(d.strip() for d in args.deployments.split(",") if d.strip())
+        return aio.run(
+            run_untuned(
+                args.quick,
+                args.out,
+                command,
+                args.workload,
+                gateways,
+                deployments,
+                tuple(float(r) for r in args.rates.split(",") if r.strip()),
+            )
+        )
     profile = QUICK if args.quick else FULL
     known = registered_policies()
     if args.policies:

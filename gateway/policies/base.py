@@ -33,6 +33,8 @@ class PickContext:
     # This gateway's own in-flight requests as of its last usage report, which the
     # controller's aggregate (Member.in_flight) already counts.
     reported_in_flight: Mapping[str, int] = field(default_factory=dict)
+    # What the last pick expected of the request, handed back to the policy's settle().
+    ticket: object = None
 
     def loads(self, members: Sequence[Member]) -> list[float]:
         """Requests in flight on each member, each counted once: this gateway's own (live) plus
@@ -60,8 +62,8 @@ class PickContext:
         return prompt_text(self.payload)
 
     @cached_property
-    def prefix_key(self) -> str:
-        """The prompt with roles, in message order: a chat's next turn extends this text."""
+    def prefix_key(self) -> bytes:
+        """The prompt with roles, in message order: a chat's next turn extends these bytes."""
         return prefix_key(self.payload)
 
 
@@ -140,14 +142,16 @@ class Policy:
     name: ClassVar[str] = ""
     # Position of in_turn(); per instance once it first moves.
     _turn: int = 0
-    # True when the subclass overrides observe(): the relay skips the call otherwise.
+    # True when the subclass overrides observe() / settle(): the relay skips the call otherwise.
     observes: ClassVar[bool] = False
+    settles: ClassVar[bool] = False
 
     def __init_subclass__(cls, name: str = "", **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if name:
             cls.name = name
         cls.observes = cls.observe is not Policy.observe
+        cls.settles = cls.settle is not Policy.settle
 
     def __init__(
         self,
@@ -190,6 +194,11 @@ class Policy:
         """A request to member_id ended: seconds to first byte (the whole answer when not
         streamed), seconds per output token after it (0 when unknown), prompt tokens (0 when
         unknown), and whether it succeeded."""
+
+    def settle(self, ticket: object, ttft_s: float | None, cached_tokens: int) -> None:
+        """A request whose pick left ticket in PickContext.ticket ended well: seconds from
+        sending to its first byte for a stream (None for a whole answer), and the prompt
+        tokens its usage says were read from cache (0 when it says none)."""
 
     def on_members(self, members: Sequence[Member]) -> None:
         """The route's member set changed: drop state kept for members no longer in it."""

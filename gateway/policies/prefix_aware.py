@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence, Sized
+from collections.abc import Sequence
 
 from gateway.members import Member
 from gateway.policies.base import ParamReader, PickContext, Policy
-from gateway.policies.prefix_index import PrefixIndex
+from gateway.policies.cache_estimate import CacheSizer, Ticket
+from gateway.policies.placement import Placement
+from gateway.policies.prefix_index import Held, Match, PrefixIndex
 
-# Converts member_capacity_tokens to index blocks; English text and code run 3.5-4.5 characters
-# a token with common tokenizers, and an estimate on the high side only makes the index forget
-# a little late.
+# Converts token counts to index units; English text and code run 3.5-4.5 bytes a token with
+# common tokenizers, and an estimate on the high side only makes the index forget a little late.
 CHARS_PER_TOKEN = 4
+# The index's first blocks hold at least this many tokens (more when engines' blocks are larger).
+BLOCK_TOKENS = 32
+# How fast the chance that a prefix new to this gateway is already cached at its home follows
+# what answers show.
+_SHARED_ALPHA = 0.05
 
 
 class _Entry:
@@ -41,15 +47,17 @@ class Backlog:
     __slots__ = (
         "active",
         "active_by_prefix",
-        "blocks_held",
         "drained",
         "entries",
+        "held",
         "last",
         "left",
         "left_by_prefix",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, held: Held) -> None:
+        # What the member holds in the index (kept here to save lookups per pick).
+        self.held = held
         self.entries: deque[_Entry] = deque()
         # Leading entries whose prefill is estimated done.
         self.drained = 0
@@ -58,8 +66,6 @@ class Backlog:
         self.active = 0.0
         self.active_by_prefix: dict[int, float] = {}
         self.last = 0.0
-        # The member's blocks in the index (kept here to save a lookup per pick).
-        self.blocks_held: Sized = ()
 
     def add(self, prefix: int, blocks: float, now: float) -> None:
         if self.drained == len(self.entries):
@@ -112,131 +118,199 @@ class Backlog:
 
 class PrefixAware(Policy, name="prefix_aware"):
     """Prefix-cache-aware routing by estimated work, after Dynamo's KV router (see
-    docs/policies.md). For each candidate:
+    docs/policies.md). For each candidate, in units of the index's first block size:
 
-        cost = new blocks      (the prompt's blocks it does not hold: prefill it must do)
-             + evicted blocks  (what those push out of a full cache: re-prefilled later;
+        cost = new units       (the prompt's blocks it does not hold: prefill it must do)
+             + evicted units   (what those push out of a full cache: re-prefilled later;
                                 a block sent there more than once, a hot shared prefix or
                                 an earlier turn, costs hot_evict_weight, others
                                 evict_weight; the one-off blocks are taken as the oldest)
-             + queued blocks   (new blocks of our requests to it not prefilled yet, drained
-                                at prefill_tokens_per_s in the order sent)
-             + active_weight x new blocks of our requests still in flight there
+             + queued units    (new units of our requests to it not prefilled yet, drained
+                                at the member's prefill speed in the order sent)
+             + active_weight x new units of our requests still in flight there
              + request_blocks x requests in flight (PickContext.loads)
 
     Queued and active leave out this prompt's own prefix: its prefill, under way there, is
     shared rather than repeated elsewhere.
 
     The cheapest member gets the request (ties: deeper match, then more recent holder, then in
-    turn). So a hot prefix stays on its holder until the holder's queued work costs more than a
-    re-prefill elsewhere, a prompt nobody holds goes to the least-loaded member with cache room,
-    and the index forgets what each member's cache (member_capacity_tokens) cannot hold."""
+    turn). A prompt no member holds in this gateway's index goes to its prefix's home (the
+    same member on every gateway, see placement.py) unless that costs more than the chance,
+    learned, that the home already holds it from another gateway is worth, or than a request's
+    load more than the cheapest. Each member's cache size and prefill speed are taken from its
+    report and then learned from its answers (cache_estimate.py); the params are only where
+    the learning starts."""
 
     def configure(self, params: ParamReader) -> None:
-        block_chars = params.integer("block_chars", 128, min=8, max=65536)
-        capacity_tokens = params.integer("member_capacity_tokens", 262144, min=1)
-        self.index = PrefixIndex(
-            block_chars=block_chars,
-            max_blocks=params.integer("max_blocks", 131072, min=1),
-            max_prompt_blocks=params.integer("max_prompt_blocks", 1024, min=1),
-            max_holders=params.integer("max_holders", 8, min=1, max=1024),
-            member_blocks=max(1, capacity_tokens * CHARS_PER_TOKEN // block_chars),
+        self._explicit_block = "block_chars" in self.params
+        block_chars = params.integer(
+            "block_chars", BLOCK_TOKENS * CHARS_PER_TOKEN, min=8, max=65536
         )
+        capacity_tokens = params.integer("member_capacity_tokens", 262144, min=1)
+        self._index_args = {
+            "max_blocks": params.integer("max_blocks", 131072, min=1),
+            "max_prompt_blocks": params.integer("max_prompt_blocks", 1024, min=1),
+            "max_holders": params.integer("max_holders", 8, min=1, max=1024),
+        }
+        self._capacity_tokens = capacity_tokens
         self.request_blocks = params.number("request_blocks", 4.0, min=0.0)
         self.evict_weight = params.number("evict_weight", 1.0, min=0.0)
         self.hot_evict_weight = params.number("hot_evict_weight", 2.0, min=0.0)
         self.active_weight = params.number("active_weight", 0.5, min=0.0)
-        prefill_rate = params.number("prefill_tokens_per_s", 8000.0, min=1.0)
-        self.drain_blocks_per_s = prefill_rate * CHARS_PER_TOKEN / block_chars
+        self._prefill_rate = params.number("prefill_tokens_per_s", 8000.0, min=1.0)
+        self._build_index(block_chars)
         self._backlog: dict[str, Backlog] = {}
+        self.placement = Placement()
+        # Chance that a prefix new to this gateway is already cached at its place.
+        self.shared = 0.25
+
+    def _build_index(self, block_chars: int) -> None:
+        self.index = PrefixIndex(
+            block_chars=block_chars,
+            member_blocks=max(1, self._capacity_tokens * CHARS_PER_TOKEN // block_chars),
+            **self._index_args,
+        )
+        self.sizer = CacheSizer(self.index, CHARS_PER_TOKEN)
+        self.drain_blocks_per_s = self._prefill_rate * CHARS_PER_TOKEN / block_chars
 
     def on_snapshot(self, members: Sequence[Member]) -> None:
-        """Members whose engine reports its KV cache get an index bound of that size: what an
-        engine says of itself beats member_capacity_tokens, a guess that fits no engine."""
-        caps = self.index.caps
-        size = self.index.block_chars
+        """Members whose engine reports its KV cache are bounded by that (what an engine says
+        of itself beats member_capacity_tokens, a guess that fits no engine); an index not yet
+        used takes blocks a whole number of the engines' blocks long."""
+        block = max((m.cache_block_size for m in members), default=0)
+        if block > 0 and not self._explicit_block and not len(self.index):
+            size = block * CHARS_PER_TOKEN
+            chars = size * -(-BLOCK_TOKENS * CHARS_PER_TOKEN // size)
+            if chars != self.index.block_chars:
+                self._build_index(chars)
+        sizer = self.sizer
         for m in members:
             if m.cache_tokens > 0:
-                caps[m.id] = max(1, m.cache_tokens * CHARS_PER_TOKEN // size)
+                sizer.on_report(m.id, m.cache_tokens)
+        self.placement.update(members)
 
     def on_members(self, members: Sequence[Member]) -> None:
         keep = {m.id for m in members}
         self.index.forget(keep)
+        self.sizer.forget(keep)
         for gone in [m for m in self._backlog if m not in keep]:
             del self._backlog[gone]
+        self.placement.update(members)
 
     def backlog_blocks(self, member_id: str) -> float:
-        """Blocks this gateway's requests to member_id have left to prefill, as last counted."""
+        """Units this gateway's requests to member_id have left to prefill, as last counted."""
         backlog = self._backlog.get(member_id)
         return backlog.left if backlog is not None else 0.0
 
+    def cache_tokens(self, member_id: str) -> int:
+        """The cache this gateway believes member_id has, in tokens (0: unbounded)."""
+        return self.sizer.cap_tokens(member_id)
+
+    def settle(self, ticket: object, ttft_s: float | None, cached_tokens: int) -> None:
+        if not isinstance(ticket, Ticket):
+            return
+        hit = self.sizer.settle(ticket, ttft_s, cached_tokens)
+        if ticket.presumed and hit is not None:
+            self.shared += _SHARED_ALPHA * ((1.0 if hit else 0.0) - self.shared)
+
     def pick(self, candidates: Sequence[Member], ctx: PickContext) -> Member:
-        text = ctx.prefix_key
         index = self.index
-        match = index.match(text)
+        match = index.match(ctx.prefix_key)
         blocks = match.blocks
         depth = match.depth
         # The prompt's first block names its prefix; -1 for a prompt without blocks.
-        prefix = match.hashes[0] if match.hashes else -1
-        own = ctx.in_flight
-        loads = ctx.loads(candidates)
+        prefix = match.key
+        own = ctx.in_flight.get
+        reported = ctx.reported_in_flight.get
         backlogs = self._backlog
         per_request = self.request_blocks
         evict_weight = self.evict_weight
         hot_evict_weight = self.hot_evict_weight
-        singles = index.singles
         active_weight = self.active_weight
         default_room = index.member_blocks or 0
-        caps = index.caps
         now = self.clock.monotonic()
-        rate = self.drain_blocks_per_s
+        learned = self.sizer.unit_s
+        rate = 1.0 / learned if learned else self.drain_blocks_per_s
         no_match = (0, 0)
         best = float("inf")
         best_held = 0
         best_rank = 0
         tied: list[int] = []
-        best_new = blocks
+        costs: list[float] = []
         for i, m in enumerate(candidates):
             mid = m.id
-            cost = per_request * loads[i]
+            # Requests in flight there, each counted once (PickContext.loads, inlined).
+            mine = own(mid, 0)
+            others = m.in_flight - reported(mid, 0)
+            cost = per_request * (mine + others if others > 0 else mine) + blocks
+            held = rank = 0
             backlog = backlogs.get(mid)
-            held, rank = depth.get(mid, no_match) if depth else no_match
-            new = blocks - held
+            # A member this gateway never sent anything costs its load and a whole prefill.
             if backlog is not None:
-                entries = backlog.entries
-                if entries:
-                    mine = own.get(mid, 0)
+                if depth:
+                    held, rank = depth.get(mid, no_match)
+                    cost -= held
+                if backlog.entries:
                     # Draining more often than every millisecond changes nothing that matters.
-                    if len(entries) > mine or now - backlog.last > 0.001:
+                    if len(backlog.entries) > mine or now - backlog.last > 0.001:
                         backlog.update(mine, now, rate)
-                    cost += backlog.cost(prefix, active_weight)
-                room = caps.get(mid, default_room) if caps else default_room
-                if new and room:
-                    over = len(backlog.blocks_held) + new - room
-                    if over > 0:
-                        if over > new:
-                            over = new
-                        # LRU takes the oldest first: the one-off blocks, then hot ones.
-                        hot = over - singles.get(mid, 0)
-                        if hot > 0:
-                            cost += evict_weight * (over - hot) + hot_evict_weight * hot
-                        else:
-                            cost += evict_weight * over
-            cost += new
+                    # Backlog.cost, inlined.
+                    cost += (backlog.left - backlog.left_by_prefix.get(prefix, 0.0)) + (
+                        active_weight * (backlog.active - backlog.active_by_prefix.get(prefix, 0.0))
+                    )
+                new = blocks - held
+                if new:
+                    record = backlog.held
+                    room = record.cap or default_room
+                    if room:
+                        over = record.units + new - room
+                        if over > 0:
+                            if over > new:
+                                over = new
+                            # LRU takes the oldest first: the one-off blocks, then hot ones.
+                            hot = over - record.singles
+                            if hot > 0:
+                                cost += evict_weight * (over - hot) + hot_evict_weight * hot
+                            else:
+                                cost += evict_weight * over
+            costs.append(cost)
             # Ties: the deeper match, then the more recent holder, then in turn.
             if cost < best or (
                 cost == best and (held > best_held or (held == best_held and rank < best_rank))
             ):
-                best, best_held, best_rank, tied, best_new = cost, held, rank, [i], new
+                best, best_held, best_rank, tied = cost, held, rank, [i]
             elif cost == best and held == best_held and rank == best_rank:
                 tied.append(i)
-        choice = candidates[self.in_turn(tied)]
-        backlog = backlogs.get(choice.id)
+        chosen = self.in_turn(tied)
+        presumed = False
+        if blocks and (not depth or (depth.get(candidates[chosen].id, no_match)[0] == 0)):
+            # The request goes where nothing of it is cached (as far as this gateway knows):
+            # a new prefix, or a busy one spilling. Every gateway picks alike among the members
+            # that cost about as little: the prefix's place by rendezvous. A new prefix may be
+            # cached at its place by another gateway already: worth up to the chance of that
+            # (learned) x its size.
+            floor = 0.5 * per_request
+            slack = max(self.shared * blocks, floor) if not depth else floor
+            limit = best + slack
+            near = [
+                i
+                for i, c in enumerate(costs)
+                if c <= limit and (not depth or candidates[i].id not in depth)
+            ]
+            if near:
+                chosen = self.placement.choose(prefix, candidates, near)
+            presumed = not depth
+        return self._sent(candidates[chosen], match, ctx, presumed)
+
+    def _sent(self, choice: Member, match: Match, ctx: PickContext, presumed: bool) -> Member:
+        mid = choice.id
+        held = match.depth.get(mid, (0, 0))[0] if match.depth else 0
+        new = match.blocks - held
+        backlog = self._backlog.get(mid)
         if backlog is None:
-            backlog = backlogs[choice.id] = Backlog()
-        backlog.add(prefix, best_new, now)
-        if blocks:
-            index.insert(text, choice.id, match)
-            if not backlog.blocks_held:
-                backlog.blocks_held = index.held_by[choice.id]
+            backlog = self._backlog[mid] = Backlog(self.index.record(mid))
+        ctx.ticket = Ticket(mid, held, new, backlog.left, presumed)
+        backlog.add(match.key, new, self.clock.monotonic())
+        if match.blocks:
+            self.index.insert(mid, match)
         return choice

@@ -6,37 +6,100 @@ from collections import OrderedDict
 from collections.abc import Container
 from dataclasses import dataclass
 
+from xxhash import xxh3_64_intdigest
+
+# Blocks double in size every this many: a 32k-token prompt is ~100 blocks, not ~1,000, so a
+# pick hashes and looks up a bounded number of them (bench/pick.py), while the position where
+# two prompts part is still known to within 1/16 of its depth.
+BLOCKS_PER_SIZE = 8
+
 
 @dataclass(slots=True)
 class Match:
-    """How far a prompt's leading blocks are held: member id -> (blocks matched, recency rank).
+    """How far a prompt's leading blocks are held: member id -> (units matched, recency rank).
 
-    Rank 0 is the member most recently sent the deepest block it matched."""
+    Sizes are in units of the first blocks' size (block_chars); rank 0 is the member most
+    recently sent the deepest block it matched."""
 
-    blocks: int
-    hashes: list[int]
+    blocks: int  # the prompt's units in whole blocks
+    hashes: list[int]  # of its first blocks, as far as the walk went
     depth: dict[str, tuple[int, int]]
+    data: bytes = b""
+    count: int = 0  # whole blocks in the prompt
+
+    @property
+    def key(self) -> int:
+        """The first block's hash, the same in every process: names the prompt's prefix group
+        (-1 when the prompt is shorter than a block)."""
+        return self.hashes[0] if self.hashes else -1
+
+
+class Held:
+    """One member's blocks in the index, least recently sent first -> units (negative once
+    reused), with their total, the units not reused, and its bound (0: member_blocks)."""
+
+    __slots__ = ("blocks", "cap", "singles", "units")
+
+    def __init__(self) -> None:
+        self.blocks: OrderedDict[int, int] = OrderedDict()
+        self.units = 0
+        self.singles = 0
+        self.cap = 0
+
+
+class BlockLayout:
+    """Where a prompt's blocks end: block_chars bytes each for the first BLOCKS_PER_SIZE, then
+    twice that, and so on. Fixed by position, so every prompt (and every gateway) cuts a shared
+    prefix at the same places."""
+
+    def __init__(self, block_chars: int, max_blocks: int) -> None:
+        self.ends: list[int] = []
+        self.units: list[int] = []  # units up to and including block i
+        self.weights: list[int] = []
+        end = units = 0
+        for i in range(max_blocks):
+            weight = 1 << (i // BLOCKS_PER_SIZE)
+            end += block_chars * weight
+            units += weight
+            self.ends.append(end)
+            self.units.append(units)
+            self.weights.append(weight)
+
+    def count(self, size: int) -> int:
+        """Whole blocks in size bytes."""
+        ends = self.ends
+        lo, hi = 0, len(ends)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if ends[mid] <= size:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    def units_of(self, blocks: int) -> int:
+        return self.units[blocks - 1] if blocks else 0
 
 
 class PrefixIndex:
-    """Block hash -> member ids holding that prefix, most recent first; at most max_blocks,
-    and at most member_blocks per member.
+    """Block hash -> member ids holding that prefix, most recent first; at most max_blocks
+    blocks, and per member at most its cap in units (the first blocks' size).
 
-    The text is cut into blocks of block_chars characters; block i's hash is hash((hash of
-    block i-1, text of block i)), so one hash names the whole prefix up to its end and a lookup
+    The prompt (UTF-8) is cut into blocks (BlockLayout); block i's hash is xxh3 of its bytes
+    seeded with block i-1's hash, so one hash names the whole prefix up to its end and a lookup
     walks the blocks in order until one is missing. A prompt is inserted last block first, so
     its first blocks are the most recently used and LRU eviction takes the deepest blocks
     (the leaves) first, never a prefix under a block still held. Memory is bounded by
     construction: every insert evicts down to max_blocks, and each block keeps at most
     max_holders member ids.
 
-    Each member also has its own LRU of at most member_blocks blocks (None: no per-member
+    Each member also has its own LRU bounded in units (its cap, else member_blocks; None: no
     bound), mirroring an engine whose prefix cache evicts least recently used blocks: when a
     member is sent more than it can cache, the index forgets its oldest blocks, as the engine
     does, instead of claiming prefixes the engine no longer has.
 
     A member's block is "reused" once it was sent there a second time (a shared prefix, an
-    earlier turn of a chat); `singles` counts the member's blocks sent there only once (a
+    earlier turn of a chat); `singles` counts the member's units sent there only once (a
     unique question, the newest turn), so a caller can tell a cache of hot shared prefixes
     from one of stale one-off tails."""
 
@@ -54,38 +117,70 @@ class PrefixIndex:
         self.max_prompt_blocks = max_prompt_blocks
         self.max_holders = max_holders
         self.member_blocks = member_blocks
-        # Per member, a bound of its own (its engine reported its cache), over member_blocks.
-        self.caps: dict[str, int] = {}
+        self.layout = BlockLayout(block_chars, max_prompt_blocks)
         self._blocks: OrderedDict[int, tuple[str, ...]] = OrderedDict()
-        # Per member: its blocks, least recently sent first -> reused. Read-only outside.
-        self.held_by: dict[str, OrderedDict[int, bool]] = {}
-        # Per member: how many of its blocks are not reused. Read-only outside.
-        self.singles: dict[str, int] = {}
+        # Per member: what it holds. Read-only outside.
+        self.held_by: dict[str, Held] = {}
 
     def __len__(self) -> int:
         return len(self._blocks)
 
     def held(self, member_id: str) -> int:
-        """Blocks the index says member_id holds."""
-        lru = self.held_by.get(member_id)
-        return len(lru) if lru is not None else 0
+        """Units the index says member_id holds."""
+        record = self.held_by.get(member_id)
+        return record.units if record is not None else 0
 
-    def block_count(self, text: str) -> int:
-        return min(len(text) // self.block_chars, self.max_prompt_blocks)
+    def singles(self, member_id: str) -> int:
+        """Of those, the units sent there only once."""
+        record = self.held_by.get(member_id)
+        return record.singles if record is not None else 0
 
-    def match(self, text: str) -> Match:
+    def record(self, member_id: str) -> Held:
+        record = self.held_by.get(member_id)
+        if record is None:
+            record = self.held_by[member_id] = Held()
+        return record
+
+    def cap(self, member_id: str) -> int | None:
+        """The units member_id may hold (None: unbounded)."""
+        record = self.held_by.get(member_id)
+        if record is not None and record.cap:
+            return record.cap
+        return self.member_blocks
+
+    def set_cap(self, member_id: str, units: int) -> None:
+        """Bounds member_id by units of its own (reported or learned), forgetting its oldest
+        blocks beyond them."""
+        record = self.record(member_id)
+        record.cap = max(1, units)
+        self.trim(record, member_id)
+
+    def block_count(self, text: str | bytes) -> int:
+        """Units of the prompt's whole blocks."""
+        layout = self.layout
+        data = text.encode() if isinstance(text, str) else text
+        return layout.units_of(layout.count(len(data)))
+
+    def match(self, text: str | bytes) -> Match:
         """Walks the prompt's blocks while some member holds them all; hashes only that far."""
-        size = self.block_chars
-        total = self.block_count(text)
+        data = text.encode() if isinstance(text, str) else text
+        layout = self.layout
+        count = layout.count(len(data))
+        view = memoryview(data)
+        ends = layout.ends
+        units = layout.units
         blocks = self._blocks
         hashes: list[int] = []
         depth: dict[str, tuple[int, int]] = {}
         h = 0
+        start = 0
         alive: tuple[str, ...] = ()
         prev: tuple[str, ...] = ()
         i = 0
-        for i in range(total):
-            h = hash((h, text[i * size : (i + 1) * size]))
+        for i in range(count):
+            end = ends[i]
+            h = xxh3_64_intdigest(view[start:end], h)
+            start = end
             hashes.append(h)
             holders = blocks.get(h)
             if holders is None:
@@ -95,9 +190,10 @@ class PrefixIndex:
             elif i:
                 still = tuple(m for m in holders if m in alive)
                 if len(still) < len(alive):
+                    matched = units[i - 1]
                     for m in alive:
                         if m not in still:
-                            depth[m] = (i, _rank(prev, m))
+                            depth[m] = (matched, prev.index(m))
                 if not still:
                     break
                 alive = still
@@ -105,41 +201,49 @@ class PrefixIndex:
                 alive = holders
             prev = holders
         else:
-            i = total
+            i = count
         if alive:
             # Blocks 0..i-1 matched for whoever is still alive (i is where the walk stopped).
+            matched = units[i - 1] if i else 0
             for m in alive:
                 if m not in depth:
-                    depth[m] = (i, _rank(prev, m))
-        return Match(blocks=total, hashes=hashes, depth=depth)
+                    depth[m] = (matched, prev.index(m))
+        total = units[count - 1] if count else 0
+        return Match(blocks=total, hashes=hashes, depth=depth, data=data, count=count)
 
-    def insert(self, text: str, member_id: str, match: Match) -> None:
-        """Records that member_id was sent this prompt: it now holds every block of it."""
+    def insert(self, member_id: str, match: Match) -> None:
+        """Records that member_id was sent the matched prompt: it now holds every block of it."""
         hashes = match.hashes
-        size = self.block_chars
-        if len(hashes) < match.blocks:
+        ends = self.layout.ends
+        weights = self.layout.weights
+        if len(hashes) < match.count:
+            view = memoryview(match.data)
             h = hashes[-1] if hashes else 0
-            for i in range(len(hashes), match.blocks):
-                h = hash((h, text[i * size : (i + 1) * size]))
+            start = ends[len(hashes) - 1] if hashes else 0
+            for i in range(len(hashes), match.count):
+                end = ends[i]
+                h = xxh3_64_intdigest(view[start:end], h)
+                start = end
                 hashes.append(h)
         blocks = self._blocks
-        held = self.held_by
-        mine = held.get(member_id)
-        if mine is None:
-            mine = held[member_id] = OrderedDict()
+        record = self.record(member_id)
+        mine = record.blocks
         limit = self.max_holders
         get = blocks.get
         touch = blocks.move_to_end
         mine_get = mine.get
         touch_mine = mine.move_to_end
-        singles = self.singles
-        single = singles.get(member_id, 0)
-        for h in reversed(hashes):
+        held = record.units
+        single = record.singles
+        for i in range(len(hashes) - 1, -1, -1):
+            h = hashes[i]
             holders = get(h)
             if holders is None:
                 blocks[h] = (member_id,)
-                mine[h] = False
-                single += 1
+                w = weights[i]
+                mine[h] = w
+                held += w
+                single += w
                 continue
             touch(h)
             if holders[0] != member_id:
@@ -148,33 +252,57 @@ class PrefixIndex:
                     # The least recent holder drops out of this block.
                     self._unhold(rest[limit - 1], h)
                 blocks[h] = (member_id, *rest[: limit - 1])
-            reused = mine_get(h)
-            if reused is None:
-                mine[h] = False
-                single += 1
+            had = mine_get(h)
+            if had is None:
+                w = weights[i]
+                mine[h] = w
+                held += w
+                single += w
             else:
                 touch_mine(h)
-                if not reused:
-                    mine[h] = True
-                    single -= 1
-        cap = self.caps.get(member_id, self.member_blocks)
-        if cap is not None:
-            while len(mine) > cap:
-                h, reused = mine.popitem(last=False)
-                if not reused:
-                    single -= 1
-                self._drop(h, member_id)
-        singles[member_id] = single
+                if had > 0:
+                    mine[h] = -had
+                    single -= had
+        record.units = held
+        record.singles = single
+        cap = record.cap or self.member_blocks
+        if cap is not None and held > cap:
+            self.trim(record, member_id)
         while len(blocks) > self.max_blocks:
             h, holders = blocks.popitem(last=False)
             for m in holders:
                 self._unhold(m, h)
 
+    def trim(self, record: Held, member_id: str) -> None:
+        """Forgets the member's oldest blocks down to its cap."""
+        cap = record.cap or self.member_blocks
+        if cap is None:
+            return
+        mine = record.blocks
+        held = record.units
+        single = record.singles
+        while held > cap and mine:
+            h, w = mine.popitem(last=False)
+            if w > 0:
+                single -= w
+            else:
+                w = -w
+            held -= w
+            self._drop(h, member_id)
+        record.units = held
+        record.singles = single
+
     def _unhold(self, member_id: str, h: int) -> None:
         """member_id no longer holds block h (its entry in the block's holders is gone)."""
-        lru = self.held_by.get(member_id)
-        if lru is not None and lru.pop(h, True) is False:
-            self.singles[member_id] -= 1
+        record = self.held_by.get(member_id)
+        if record is None:
+            return
+        w = record.blocks.pop(h, 0)
+        if w > 0:
+            record.singles -= w
+            record.units -= w
+        elif w < 0:
+            record.units += w
 
     def _drop(self, h: int, member_id: str) -> None:
         holders = self._blocks.get(h)
@@ -190,9 +318,6 @@ class PrefixIndex:
         """Drops members not in keep; blocks no member holds any more go too."""
         for m in [m for m in self.held_by if m not in keep]:
             del self.held_by[m]
-            self.singles.pop(m, None)
-        for m in [m for m in self.caps if m not in keep]:
-            del self.caps[m]
         for h in list(self._blocks):
             holders = self._blocks[h]
             left = tuple(m for m in holders if m in keep)
@@ -200,7 +325,3 @@ class PrefixIndex:
                 del self._blocks[h]
             elif len(left) < len(holders):
                 self._blocks[h] = left
-
-
-def _rank(holders: tuple[str, ...], member_id: str) -> int:
-    return holders.index(member_id)

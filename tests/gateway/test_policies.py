@@ -221,9 +221,10 @@ def test_context_prompt_text_and_prefix_key() -> None:
             {"role": "user", "content": "more"},
         ]
     )
-    assert turn2.prefix_key.startswith(chat.prefix_key) and len(turn2.prefix_key) > len(
+    # (less the list's closing bracket).
+    assert turn2.prefix_key.startswith(chat.prefix_key[:-1]) and len(turn2.prefix_key) > len(
         chat.prefix_key
     )
     swapped = ctx(messages=[{"role": "user", "content": "be brief"}, messages[1]])
     assert swapped.prefix_key != chat.prefix_key
-    assert PickContext(model="m", payload={"prompt": "abc"}).prefix_key == "abc"
+    assert PickContext(model="m", payload={"prompt": "abc"}).prefix_key == b"abc"

@@ -44,8 +44,13 @@ MEMBERS = [mk("a"), mk("b"), mk("c"), mk("d")]
 def test_same_prefix_sticks_and_new_prefixes_spread() -> None:
     policy = build()
     groups = [f"group {g} " * 60 + SYSTEM for g in range(4)]
-    first = [policy.pick(MEMBERS, prompt(g + "question 0")).id for g in groups]
-    # Nothing matches yet and loads tie: the four groups land on four members.
+    busy: dict[str, int] = {}
+    first = []
+    for g in groups:
+        # Each first request is still prefilling when the next group arrives.
+        first.append(policy.pick(MEMBERS, prompt(g + "question 0", busy)).id)
+        busy[first[-1]] = busy.get(first[-1], 0) + 1
+    # Nothing matches yet: a member busy prefilling one group is not given the next.
     assert sorted(first) == ["a", "b", "c", "d"]
     for q in range(1, 5):
         again = [policy.pick(MEMBERS, prompt(g + f"question {q}")).id for g in groups]
@@ -88,9 +93,14 @@ def _with(ctx: PickContext, in_flight: dict[str, int]) -> PickContext:
 def test_cold_prompt_goes_to_the_least_loaded_member_with_ties_in_turn() -> None:
     policy = build()
     loads = {"a": 2, "b": 0, "c": 0, "d": 1}
-    picks = [policy.pick(MEMBERS, prompt(f"unique question {i} " * 40, loads)).id for i in range(4)]
-    # Nobody holds these prompts: each costs the same prefill everywhere, so load decides.
-    assert picks == ["b", "c", "b", "c"]
+    picks = [policy.pick(MEMBERS, prompt(f"unique question {i} " * 40, loads)).id for i in range(8)]
+    # Nobody holds these prompts: each costs the same prefill everywhere, so load decides, and
+    # between equals the prompt's place (the same on every gateway).
+    assert set(picks) == {"b", "c"}
+    again = build()
+    assert [
+        again.pick(MEMBERS, prompt(f"unique question {i} " * 40, loads)).id for i in range(8)
+    ] == picks
     # The aggregate over all gateways counts too (the larger of it and ours).
     busy = [replace(m, in_flight=5.0) if m.id in ("b", "c") else m for m in MEMBERS]
     assert policy.pick(busy, prompt("another cold one " * 40, loads)).id == "d"
@@ -186,8 +196,8 @@ def test_new_prefix_evicts_one_off_blocks_rather_than_hot_shared_ones() -> None:
     for q in range(2):  # b holds two one-off prompts
         policy.pick([mk("b")], prompt(f"{q} one-off question here " * 7))
     index = policy.index
-    assert (index.held("a"), index.singles["a"]) == (20, 0)
-    assert (index.held("b"), index.singles["b"]) == (20, 20)
+    assert (index.held("a"), index.singles("a")) == (20, 0)
+    assert (index.held("b"), index.singles("b")) == (20, 20)
     # Both are full and a new prefix evicts 10 blocks either way; b is busier, but a would
     # push out a hot prefix its next request re-prefills, b only stale one-off tails.
     members = [mk("a"), mk("b", in_flight=1)]
@@ -200,7 +210,8 @@ def test_new_prefix_evicts_one_off_blocks_rather_than_hot_shared_ones() -> None:
         flat.pick([mk("a")], prompt(text[:160]))
     for q in range(2):
         flat.pick([mk("b")], prompt(f"{q} one-off question here " * 7))
-    assert flat.pick(members, prompt("a brand new prefix " * 9)).id == "a"
+    busier = [mk("a"), mk("b", in_flight=3)]
+    assert flat.pick(busier, prompt("a brand new prefix " * 9)).id == "a"
 
 
 def test_index_counts_each_members_one_off_blocks() -> None:
@@ -208,20 +219,20 @@ def test_index_counts_each_members_one_off_blocks() -> None:
         block_chars=8, max_blocks=100, max_prompt_blocks=100, max_holders=1, member_blocks=6
     )
     text = "abcdefgh" * 4  # 4 blocks
-    index.insert(text, "a", index.match(text))
-    assert index.singles["a"] == 4
-    index.insert(text, "a", index.match(text))
-    assert index.singles["a"] == 0  # all sent twice
+    index.insert("a", index.match(text))
+    assert index.singles("a") == 4
+    index.insert("a", index.match(text))
+    assert index.singles("a") == 0  # all sent twice
     other = "ijklmnop" * 4
-    index.insert(other, "a", index.match(other))
+    index.insert("a", index.match(other))
     # 8 blocks over a cap of 6: the 2 oldest (reused) went; 4 new ones are one-off.
-    assert (index.held("a"), index.singles["a"]) == (6, 4)
+    assert (index.held("a"), index.singles("a")) == (6, 4)
     # b takes the other prompt's blocks (one holder a block): a loses them, one-offs included.
-    index.insert(other, "b", index.match(other))
-    assert (index.held("a"), index.singles["a"]) == (2, 0)
-    assert index.singles["b"] == 4
+    index.insert("b", index.match(other))
+    assert (index.held("a"), index.singles("a")) == (2, 0)
+    assert index.singles("b") == 4
     index.forget({"b"})
-    assert "a" not in index.singles
+    assert "a" not in index.held_by
 
 
 def test_index_cap_holds_and_evicts_least_recent_prompts_first() -> None:
@@ -233,7 +244,7 @@ def test_index_cap_holds_and_evicts_least_recent_prompts_first() -> None:
     assert len(policy.index) == 50
     # The per-member LRUs hold only blocks still in the index.
     index = policy.index
-    assert sum(len(lru) for lru in index.held_by.values()) <= len(index) * index.max_holders
+    assert sum(len(r.blocks) for r in index.held_by.values()) <= len(index) * index.max_holders
     assert policy.index.match(texts[-1]).depth  # the newest is held
     assert not policy.index.match(texts[0]).depth  # the oldest is gone
 
@@ -242,7 +253,7 @@ def test_index_evicts_leaves_before_their_prefix() -> None:
     index = PrefixIndex(block_chars=8, max_blocks=6, max_prompt_blocks=100, max_holders=4)
     long_text = "abcdefgh" * 4 + "ijklmnop" * 4  # 8 blocks
     match = index.match(long_text)
-    index.insert(long_text, "a", match)
+    index.insert("a", match)
     assert len(index) == 6
     # The first 6 blocks survive: the prompt still matches 6 deep.
     assert index.match(long_text).depth == {"a": (6, 0)}
@@ -308,4 +319,4 @@ def test_a_member_that_reports_its_cache_is_bounded_by_it() -> None:
     assert policy.index.held("big") == 4 * 18
     # A member gone from the route takes its bound with it.
     policy.on_members([big])
-    assert "small" not in policy.index.caps
+    assert "small" not in policy.index.held_by

@@ -1,0 +1,314 @@
+"""`make bench-routing BENCH_ARGS=--untuned`: prefix_aware with no params at all, on engines whose
+KV caches differ (512 to 4,096 blocks), served as static backends and as agent replicas, behind
+1 and 3 gateways that share the load; writes the "Routing, untuned" section of
+docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import grpc
+
+from bench import machine
+from bench.routing import workloads as wl
+from bench.routing.client import ConnectionPool
+from bench.routing.drive import drive
+from bench.routing.engine_stats import deltas, hit_rate, imbalance
+from bench.routing.fleet import AGENT, DEPLOYMENTS, STATIC, Fleet, FleetShape
+from bench.routing.oracle import ORACLE_POLICY
+from bench.routing.report import write_section
+from bench.routing.results import (
+    LOAD_BASED,
+    ORACLE,
+    PREFIX_AWARE,
+    ROUND_ROBIN,
+    RunResult,
+    summarize_run,
+    workload_table,
+)
+from bench.systems import HOST, StartError
+
+ROOT = Path(__file__).resolve().parents[2]
+SEED = 5
+BEGIN = "<!-- bench-routing-untuned:begin (make bench-routing BENCH_ARGS=--untuned) -->"
+END = "<!-- bench-routing-untuned:end -->"
+SYSTEMS = (ROUND_ROBIN, "least_in_flight", PREFIX_AWARE, ORACLE)
+
+
+@dataclass(frozen=True)
+class Plan:
+    speedup: float
+    window_s: float  # simulated seconds of arrivals per run
+    grace_s: float
+    rates: dict[str, tuple[float, ...]]
+    gateways: tuple[int, ...] = (1, 3)
+    deployments: tuple[str, ...] = DEPLOYMENTS
+
+    def count(self, rate: float) -> int:
+        return max(20, math.ceil(rate * self.window_s))
+
+
+FULL = Plan(
+    4.0,
+    40.0,
+    8.0,
+    {wl.SHARED_PREFIX: (4, 10), wl.MULTI_TURN: (4, 10), wl.UNIQUE: (4, 8)},
+)
+QUICK = Plan(
+    4.0,
+    20.0,
+    6.0,
+    {wl.SHARED_PREFIX: (8,), wl.MULTI_TURN: (8,), wl.UNIQUE: (6,)},
+    gateways=(3,),
+    deployments=(STATIC,),
+)
+
+
+@dataclass
+class Row:
+    deployment: str
+    gateways: int
+    result: RunResult
+    caches: str = ""  # prefix_aware's learned caches, tokens, after the run
+
+
+class UntunedRunner:
+    def __init__(self, fleet: Fleet, plan: Plan) -> None:
+        self.fleet = fleet
+        self.plan = plan
+        self._policy = ""
+
+    def oracle_params(self) -> dict[str, str]:
+        ids = [f"engine-{i}" for i in range(len(self.fleet.fleet.kv_blocks))]
+        weights = ",".join(f"{i}={b}" for i, b in zip(ids, self.fleet.fleet.kv_blocks, strict=True))
+        return {"weights": weights}
+
+    async def run(self, system: str, reqs: list[wl.BenchRequest], res: RunResult) -> str:
+        fleet = self.fleet
+        policy = ORACLE_POLICY if system == ORACLE else system
+        if policy == self._policy:
+            # A fresh policy object (and state) for every run: switch away and back.
+            await fleet.set_policy("least_in_flight" if policy == ROUND_ROBIN else ROUND_ROBIN)
+        await fleet.set_policy(policy, self.oracle_params() if system == ORACLE else {})
+        self._policy = policy
+        pools = [ConnectionPool(HOST, p) for p in fleet.gateway_ports]
+        turn = iter(range(1 << 30))
+        try:
+            before = await fleet.scrape()
+            got = await drive(
+                reqs,
+                lambda _: pools[next(turn) % len(pools)],
+                "bench-routing",
+                fleet.shape.speedup,
+                self.plan.grace_s,
+            )
+            caches = learned_caches(await fleet.gateway_metrics()) if system == PREFIX_AWARE else ""
+            await fleet.quiesce_and_reset()
+            after = await fleet.scrape()
+        finally:
+            for p in pools:
+                p.close()
+        d = deltas(after, before)
+        res.scheduled, res.ok, res.errors = got.scheduled, got.ok, got.errors
+        res.unfinished, res.wrong_replies = got.unfinished, got.wrong_replies
+        summarize_run(res, got.ttfts_s, got.itls_s, got.tokens, got.span_s)
+        res.hit_rate = hit_rate(d)
+        res.imbalance = imbalance([x.finished for x in d])
+        if got.first_error:
+            res.note = f"error: {got.first_error}"
+        return caches
+
+
+def learned_caches(texts: list[str]) -> str:
+    """Each gateway's llmpool_gateway_member_cache_tokens, as 'gw0: engine-0 8k, ...'."""
+    out: list[str] = []
+    for n, text in enumerate(texts):
+        found: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("llmpool_gateway_member_cache_tokens{"):
+                labels, _, value = line.rpartition(" ")
+                backend = labels.split('backend="', 1)[1].split('"', 1)[0]
+                found[backend] = float(value)
+        if found:
+            out.append(
+                f"gw{n}: " + ", ".join(f"{k} {v / 1000:.0f}k" for k, v in sorted(found.items()))
+            )
+    return "; ".join(out)
+
+
+def checks(rows: list[Row]) -> list[str]:
+    """The issue's targets per (deployment, gateways, workload, rate)."""
+    lines: list[str] = []
+    keys = sorted({(r.deployment, r.gateways, r.result.workload, r.result.rate) for r in rows})
+    for dep, gws, workload, rate in keys:
+        at = {
+            r.result.system: r.result
+            for r in rows
+            if (r.deployment, r.gateways, r.result.workload, r.result.rate)
+            == (dep, gws, workload, rate)
+            and not r.result.skipped
+        }
+        mine = at.get(PREFIX_AWARE)
+        if mine is None:
+            continue
+        where = f"{dep}, {gws} gateway(s), {workload} @ {rate:g}/s"
+        if workload == wl.UNIQUE:
+            loads = [r for s, r in at.items() if s in LOAD_BASED and r.ok]
+            if loads:
+                best = min(loads, key=lambda r: r.ttft_p50)
+                ok = mine.ttft_p50 <= best.ttft_p50 * 1.05
+                lines.append(
+                    f"{where}: p50 {mine.ttft_p50:.3f} s vs best load-based ({best.system}) "
+                    f"{best.ttft_p50:.3f} s, within 5%: {'PASS' if ok else 'FAIL'}"
+                )
+            continue
+        oracle = at.get(ORACLE)
+        if oracle is not None and oracle.keeps_up:
+            ok = mine.ttft_p99 <= 1.5 * oracle.ttft_p99
+            lines.append(
+                f"{where}: p99 {mine.ttft_p99:.3f} s vs oracle {oracle.ttft_p99:.3f} s, "
+                f"within 1.5x: {'PASS' if ok else 'FAIL'}"
+            )
+        rr = at.get(ROUND_ROBIN)
+        if rr is not None and not rr.keeps_up:
+            ok = mine.ttft_p99 * 10 <= rr.ttft_p99
+            lines.append(
+                f"{where}: round robin thrashes (p99 {rr.ttft_p99:.3f} s); p99 "
+                f"{mine.ttft_p99:.3f} s, >= 10x lower: {'PASS' if ok else 'FAIL'}"
+            )
+    return lines
+
+
+def render(rows: list[Row], plan: Plan, shape: FleetShape, command: str, took_s: float) -> str:
+    wshape = wl.WorkloadShape()
+    caches = ", ".join(f"{b:,}" for b in shape.kv_blocks)
+    lines = [
+        "## Routing, untuned",
+        "",
+        f"Generated by `{command}` (bench/routing/untuned.py, took {took_s:.0f} s). Rerunning "
+        "replaces this section only.",
+        "",
+        *[f"- {k}: {v}" for k, v in machine.describe(ROOT)],
+        "",
+        f"{len(shape.kv_blocks)} `llm-pool sim-engine`s whose KV caches differ: {caches} blocks "
+        f"of {shape.block_size} tokens, --speedup {shape.speedup:g} (times below are "
+        "simulated), started by the benchmark and served by `llm-pool up` either as static "
+        "backends (no agent: the gateways know nothing of the engines but their URLs) or as "
+        "replicas its agent watches (`--attach`: the agent reads each engine's cache from "
+        "`vllm:cache_config_info` and reports it). 1 or 3 gateways; the load generator sends "
+        "request i to gateway i mod N. Every policy runs with NO params, prefix_aware "
+        "included: it starts from its defaults (262,144 tokens a member, 8,000 tokens/s) and "
+        "learns each member's cache and prefill speed during the run (a fresh policy every "
+        "run, engines' caches emptied between runs). The oracle knows each request's group "
+        "or session and sends group i to the i-th engine of a weighted round robin by cache "
+        "size (an engine with twice the cache gets twice the groups). `*`: keeps up (all "
+        "answered, p99 <= 1 s).",
+        "",
+        f"Workloads (sizes as in the Routing section): shared_prefix, {wshape.groups} groups "
+        f"of {wshape.system_tokens:,}-token system prompts; multi_turn, {wshape.sessions} "
+        f"sessions of {wshape.session_context_tokens:,}-token contexts; unique "
+        f"{wshape.unique_tokens:,}-token prompts. {plan.window_s:g} simulated seconds of "
+        "Poisson arrivals per run.",
+        "",
+    ]
+    for dep in plan.deployments:
+        for gws in plan.gateways:
+            part = [r for r in rows if r.deployment == dep and r.gateways == gws]
+            if not part:
+                continue
+            lines += [
+                f"### {dep} backends, {gws} gateway(s)"
+                if dep == STATIC
+                else f"### agent replicas, {gws} gateway(s)",
+                "",
+            ]
+            for workload in wl.WORKLOADS:
+                results = [r.result for r in part if r.result.workload == workload]
+                if not results:
+                    continue
+                lines += [f"{workload}:", "", workload_table(results), ""]
+                learned = sorted(
+                    {
+                        f"- {workload} @ {r.result.rate:g}/s: {r.caches}"
+                        for r in part
+                        if r.caches and r.result.workload == workload
+                    }
+                )
+                if learned:
+                    lines += [
+                        "Caches prefix_aware learned (tokens, per gateway):",
+                        "",
+                        *learned,
+                        "",
+                    ]
+    lines += ["Targets:", "", *(f"- {c}" for c in checks(rows)), ""]
+    return "\n".join(lines)
+
+
+async def run_untuned(
+    quick: bool,
+    out: Path,
+    command: str,
+    only: list[str],
+    gateways: tuple[int, ...] = (),
+    deployments: tuple[str, ...] = (),
+    rates: tuple[float, ...] = (),
+) -> int:
+    plan = QUICK if quick else FULL
+    if gateways:
+        plan = replace(plan, gateways=gateways)
+    if deployments:
+        unknown = [d for d in deployments if d not in DEPLOYMENTS]
+        if unknown:
+            raise SystemExit(f"unknown deployments {unknown}; known: {', '.join(DEPLOYMENTS)}")
+        plan = replace(plan, deployments=deployments)
+    if rates:
+        plan = replace(plan, rates=dict.fromkeys(plan.rates, rates))
+    started = time.monotonic()
+    rows: list[Row] = []
+    base = FleetShape(speedup=plan.speedup)
+    wshape = wl.WorkloadShape()
+    for dep in plan.deployments:
+        for gws in plan.gateways:
+            shape = replace(base, deployment=dep, gateways=gws)
+            with tempfile.TemporaryDirectory(prefix="llmpool-bench-untuned-") as tmp:
+                print(f"starting {dep} fleet, {gws} gateway(s) ...", flush=True)
+                fleet = await Fleet.start_fleet(Path(tmp), shape)
+                try:
+                    await fleet.quiesce_and_reset()
+                    runner = UntunedRunner(fleet, plan)
+                    for workload in wl.WORKLOADS:
+                        if only and workload not in only:
+                            continue
+                        for rate in plan.rates[workload]:
+                            print(f"== {dep}, {gws} gw: {workload} at {rate:g}/s", flush=True)
+                            reqs = wl.build(workload, SEED, rate, plan.count(rate), wshape)
+                            for system in SYSTEMS:
+                                res = RunResult(workload, system, rate)
+                                caches = ""
+                                try:
+                                    caches = await runner.run(system, reqs, res)
+                                except (grpc.aio.AioRpcError, StartError) as exc:
+                                    res.skipped = f"not run: {exc}"[:200]
+                                rows.append(Row(dep, gws, res, caches))
+                                print(
+                                    f"  {system:<16} ok {res.ok}/{res.scheduled} p50 "
+                                    f"{res.ttft_p50:.3f} p99 {res.ttft_p99:.3f} hit "
+                                    f"{res.hit_rate:.0%} {caches}",
+                                    flush=True,
+                                )
+                finally:
+                    await fleet.stop()
+    section = render(rows, plan, base, command, time.monotonic() - started)
+    write_section(out, section, BEGIN, END)
+    print()
+    print(section)
+    print(f"written to {out}")
+    return 0
+
+
+__all__ = ["AGENT", "STATIC", "run_untuned"]

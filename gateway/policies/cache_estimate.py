@@ -1,0 +1,215 @@
+"""What each member's prefix cache really holds, learned from how its answers come back.
+
+The prefix index bounds each member by a cap (units of the index's first block size). It
+starts from what the member reports (its engine's KV cache, via the agent) or, for a member
+that reports nothing, from member_capacity_tokens. Every answer then tells whether the index
+was right: a request the index expected to find its prefix cached there either was served from
+cache (a hit) or prefilled it all again (a miss). Two signals tell which:
+
+- the answer's usage says how many prompt tokens came from cache (OpenAI, Anthropic, and
+  engines that report it), once a member has shown it reports them;
+- otherwise time to first token: a miss prefills the held part too. The pool's seconds per
+  unit of prefill are learned from requests the index expected to miss, on any member (the
+  median of the first few, then a lower envelope, so queueing does not inflate it); a hit
+  takes at most what the new part and half the held part take; a miss at least the whole
+  prompt's prefill, and 3/4 of the held part's more than its recent hits took (a hit may wait
+  for another request's prefill step). Anything between is left undecided: under load a hit
+  waits behind other prefills, and one wrong verdict must not move the cap.
+
+The cap moves on the outcomes of WINDOW decided predictions (FIRST_WINDOW the first time):
+more than MISSES_TO_SHRINK of them misses (a cache too small for what the index gives it
+thrashes: most predictions miss) means the member keeps less than the index believes (a
+smaller cache, other gateways' traffic, running requests' KV taking room), and the cap
+shrinks to what the index held there times (1 - half the miss fraction); fewer than
+MISSES_TO_GROW with the index full at its cap grows it by GROW, slowly. A cap never grows
+past the member's own report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.policies.prefix_index import PrefixIndex
+
+WINDOW = 8
+FIRST_WINDOW = 4
+MISSES_TO_SHRINK = 0.4
+MISSES_TO_GROW = 0.1
+GROW = 1.1
+# A cap never goes below this many units (a few prompts' worth).
+MIN_UNITS = 16
+# A member that reports nothing may grow to this many times member_capacity_tokens.
+UNREPORTED_CEILING = 4
+# Units a prediction must rest on before its outcome teaches anything.
+MIN_HELD = 4
+MIN_NEW_FOR_SPEED = 8
+# Expected misses whose median starts the learned speed.
+FIRST_SAMPLES = 5
+# How far a slower / faster miss moves the learned seconds per unit.
+SLOWER = 0.05
+FASTER = 0.3
+# How fast the typical hit's time to first token follows new ones.
+HIT_ALPHA = 0.2
+
+
+@dataclass(slots=True)
+class Ticket:
+    """What a pick expected of one request on one member."""
+
+    member: str
+    held: int  # units the index said the member holds of this prompt
+    new: int  # units it lacks (to prefill)
+    queued: float  # units of this gateway's prefill queued ahead of it there
+    # Sent to the prefix's home though this gateway's index knew nothing of it there.
+    presumed: bool = False
+
+
+@dataclass(slots=True)
+class Outcomes:
+    """Per member: how its predictions turned out (for metrics) and the current window."""
+
+    hits: int = 0
+    misses: int = 0
+    surprises: int = 0
+    window_hits: int = 0
+    window_misses: int = 0
+    resized: bool = False
+    # Typical time to first token of its hits (seconds; 0: none yet).
+    hit_s: float = 0.0
+
+
+class CacheSizer:
+    """Learns each member's effective cache (its cap in the index) and prefill speed."""
+
+    def __init__(self, index: PrefixIndex, bytes_per_token: int) -> None:
+        self.index = index
+        self.bytes_per_token = bytes_per_token
+        # Members' own reports, in units: a cap never grows past these.
+        self.reported: dict[str, int] = {}
+        # Seconds a unit of prompt takes to prefill (the pool's members alike), when learned.
+        self.unit_s: float | None = None
+        self._first: list[float] = []
+        # Members whose answers were seen to carry cached prompt tokens.
+        self._reports_cached: set[str] = set()
+        self.outcomes: dict[str, Outcomes] = {}
+
+    def units_of_tokens(self, tokens: int) -> int:
+        return max(1, tokens * self.bytes_per_token // self.index.block_chars)
+
+    def on_report(self, member_id: str, cache_tokens: int) -> None:
+        """The member's engine says its cache holds cache_tokens."""
+        units = self.units_of_tokens(cache_tokens)
+        if self.reported.get(member_id) == units:
+            return
+        self.reported[member_id] = units
+        record = self.index.record(member_id)
+        if not record.cap or record.cap > units:
+            self.index.set_cap(member_id, units)
+
+    def forget(self, keep: set[str]) -> None:
+        for table in (self.reported, self.outcomes):
+            for m in [m for m in table if m not in keep]:
+                del table[m]
+        self._reports_cached &= keep
+
+    def cap_units(self, member_id: str) -> int:
+        return self.index.cap(member_id) or 0
+
+    def cap_tokens(self, member_id: str) -> int:
+        return self.cap_units(member_id) * self.index.block_chars // self.bytes_per_token
+
+    def settle(self, ticket: Ticket, ttft_s: float | None, cached_tokens: int) -> bool | None:
+        """A request ended well: ttft_s for a stream (None for a whole answer, whose time
+        includes its decode), cached_tokens from its usage (0 when none was said). Returns
+        whether it found its prefix cached (None: cannot tell)."""
+        member = ticket.member
+        if cached_tokens > 0:
+            self._reports_cached.add(member)
+        outcomes = self.outcomes.get(member)
+        if outcomes is None:
+            outcomes = self.outcomes[member] = Outcomes()
+        hit = self._hit(ticket, ttft_s, cached_tokens, outcomes)
+        if hit is None or ticket.presumed:
+            # A presumed home's hit came from another gateway's traffic: not about its size.
+            return hit
+        if ticket.held < MIN_HELD:
+            if hit:
+                outcomes.surprises += 1
+            return hit
+        if hit:
+            outcomes.hits += 1
+            outcomes.window_hits += 1
+        else:
+            outcomes.misses += 1
+            outcomes.window_misses += 1
+        decided = outcomes.window_hits + outcomes.window_misses
+        # The first verdict on a guess nobody confirmed comes sooner: a member far smaller than
+        # the guess thrashes until it does.
+        if decided >= (FIRST_WINDOW if not outcomes.resized else WINDOW):
+            outcomes.resized = True
+            self._resize(member, outcomes.window_misses / decided)
+            outcomes.window_hits = outcomes.window_misses = 0
+        return hit
+
+    def _resize(self, member: str, missed: float) -> None:
+        cap = self.cap_units(member)
+        held = self.index.held(member)
+        if missed > MISSES_TO_SHRINK:
+            self._set_cap(member, (min(cap, held) if cap else held) * (1.0 - missed / 2))
+        elif missed < MISSES_TO_GROW and cap and held >= 0.9 * cap:
+            self._set_cap(member, cap * GROW)
+
+    def _hit(
+        self, ticket: Ticket, ttft_s: float | None, cached_tokens: int, outcomes: Outcomes
+    ) -> bool | None:
+        """Whether the request found its prefix cached (None: cannot tell, or nothing to learn
+        from). Learns the member's prefill speed from expected misses on the way."""
+        member = ticket.member
+        held, new = ticket.held, ticket.new
+        if member in self._reports_cached:
+            found = cached_tokens * self.bytes_per_token / self.index.block_chars
+            if held >= MIN_HELD:
+                return found >= 0.5 * held
+            return found >= 0.5 * new if new >= MIN_NEW_FOR_SPEED or ticket.presumed else None
+        if ttft_s is None or ttft_s <= 0:
+            return None
+        unit_s = self.unit_s
+        if held < MIN_HELD:
+            if new < MIN_NEW_FOR_SPEED:
+                return None
+            return self._learn_speed(ttft_s / (new + ticket.queued), unit_s, ticket)
+        if unit_s is None:
+            return None
+        if ttft_s <= unit_s * (new + ticket.queued + 0.5 * held):
+            outcomes.hit_s += HIT_ALPHA * (ttft_s - outcomes.hit_s) if outcomes.hit_s else ttft_s
+            return True
+        if ttft_s >= unit_s * (new + ticket.queued + held) and (
+            ttft_s >= outcomes.hit_s + 0.75 * unit_s * held
+        ):
+            return False
+        return None
+
+    def _learn_speed(self, sample: float, unit_s: float | None, ticket: Ticket) -> bool | None:
+        if unit_s is None:
+            first = self._first
+            first.append(sample)
+            if len(first) >= FIRST_SAMPLES:
+                first.sort()
+                self.unit_s = first[len(first) // 2]
+                first.clear()
+            return None
+        if sample < 0.25 * unit_s:
+            # Far faster than a prefill of it all: the member had it cached.
+            return True
+        step = FASTER if sample < unit_s else SLOWER
+        self.unit_s = unit_s + step * (sample - unit_s)
+        return False if ticket.presumed else None
+
+    def _set_cap(self, member_id: str, units: float) -> None:
+        ceiling = self.reported.get(member_id)
+        if ceiling is None:
+            # No report: member_capacity_tokens is a guess that may be low as well as high.
+            ceiling = (self.index.member_blocks or 0) * UNREPORTED_CEILING
+        cap = max(MIN_UNITS, int(units))
+        if ceiling:
+            cap = min(cap, ceiling)
+        self.index.set_cap(member_id, cap)

@@ -1,0 +1,70 @@
+"""Where a prefix goes when no member this gateway knows of holds it: the same member on every
+gateway, so that N gateways do not put one prompt prefix on N members.
+
+Weighted rendezvous hashing: each member scores a prefix by xxh3 of its id seeded with the
+prefix's first-block hash (both the same in every process), weighted by the cache it reports
+(all gateways read the same reports from the controller; members that report nothing weigh
+as the median); the highest score wins. Among members that cost about the same, every gateway
+so picks the same one for a new prefix, and the same one to spill a busy prefix to. Adding or
+removing one member moves only the prefixes it wins or won."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+
+from xxhash import xxh3_64_intdigest
+
+from gateway.members import Member
+
+_SPAN = float(1 << 64)
+
+
+class Placement:
+    def __init__(self) -> None:
+        self._weights: dict[str, float] = {}
+        self._ids: dict[str, bytes] = {}
+        self._shape: tuple[tuple[str, int], ...] = ()
+
+    def update(self, members: Sequence[Member]) -> None:
+        """Takes the members' reported caches as weights when they changed."""
+        shape = tuple(sorted((m.id, max(m.cache_tokens, 0)) for m in members))
+        if shape == self._shape:
+            return
+        self._shape = shape
+        reported = [c for _, c in shape if c > 0]
+        typical = statistics.median(reported) if reported else 0
+        self._weights = {mid: (c / typical if c and typical else 1.0) for mid, c in shape}
+        self._ids = {mid: mid.encode() for mid, _ in shape}
+
+    def score(self, key: int, member_id: str) -> float:
+        """The member's claim on the prefix named key: higher wins (always below 0)."""
+        raw = self._ids.get(member_id)
+        if raw is None:
+            raw = member_id.encode()
+        u = (xxh3_64_intdigest(raw, key & 0xFFFFFFFFFFFFFFFF) + 1) / (_SPAN + 1)
+        return math.log(u) / self._weights.get(member_id, 1.0)
+
+    def choose(self, key: int, candidates: Sequence[Member], among: Sequence[int]) -> int:
+        """Of the candidates at the indexes `among` (not empty), the index of the one the
+        prefix belongs to."""
+        best = among[0]
+        if len(among) == 1:
+            return best
+        top = -math.inf
+        seed = key & 0xFFFFFFFFFFFFFFFF
+        ids = self._ids
+        weights = self._weights
+        log = math.log
+        for i in among:
+            mid = candidates[i].id
+            raw = ids.get(mid)
+            # score(), inlined: this runs for every candidate of a new prefix.
+            u = (xxh3_64_intdigest(raw if raw is not None else mid.encode(), seed) + 1) / (
+                _SPAN + 1
+            )
+            s = log(u) / weights.get(mid, 1.0)
+            if s > top:
+                best, top = i, s
+        return best

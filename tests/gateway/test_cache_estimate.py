@@ -1,0 +1,190 @@
+"""The learned cache of each member: from its report, from cached tokens in its answers, and from
+time to first token when it says nothing; the cap shrinks on a window of misses, grows back
+slowly, never past a report; what the gateway exports of it."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from gateway.cache_metrics import CacheEstimates
+from gateway.members import idle_member
+from gateway.policies import PickContext, PolicyRegistry, PrefixAware
+from gateway.policies.cache_estimate import (
+    FIRST_SAMPLES,
+    FIRST_WINDOW,
+    GROW,
+    WINDOW,
+    CacheSizer,
+    Ticket,
+)
+from gateway.policies.prefix_index import PrefixIndex
+from gateway.routing import RoutingTable
+from llmpool.clock import FakeClock
+from llmpool.v1 import gateway_pb2
+
+
+def sizer(member_blocks: int = 1000) -> CacheSizer:
+    index = PrefixIndex(
+        block_chars=128,
+        max_blocks=100_000,
+        max_prompt_blocks=1024,
+        max_holders=8,
+        member_blocks=member_blocks,
+    )
+    return CacheSizer(index, 4)
+
+
+def fill(s: CacheSizer, member: str, units: int) -> None:
+    """Makes the index hold `units` one-unit blocks on member (prompts of 8 blocks)."""
+    for n in range(units // 8):
+        text = (f"prompt {member} {n} " * 200)[: 128 * 8]
+        s.index.insert(member, s.index.match(text))
+
+
+def learn_speed(s: CacheSizer, unit_s: float = 0.001) -> None:
+    """FIRST_SAMPLES expected misses of 100 units each, prefilled at unit_s a unit."""
+    for _ in range(FIRST_SAMPLES):
+        s.settle(Ticket("other", 0, 100, 0.0), 100 * unit_s, 0)
+    assert s.unit_s == unit_s
+
+
+def test_a_report_caps_the_member_and_learning_never_grows_past_it() -> None:
+    s = sizer()
+    fill(s, "m", 200)
+    s.on_report("m", 100 * 128 // 4)  # 100 units
+    assert s.index.held("m") <= 100 and s.cap_units("m") == 100
+    learn_speed(s)
+    for _ in range(5 * WINDOW):
+        # Hits where hits were expected, with the index full: it would grow, but not past.
+        s.settle(Ticket("m", 50, 2, 0.0), 0.002, 0)
+    assert s.cap_units("m") == 100
+
+
+def test_cached_tokens_tell_hits_from_misses_once_a_member_reports_them() -> None:
+    s = sizer()
+    fill(s, "m", 400)
+    assert s.cap_units("m") == 1000
+    # The first answer says 3,000 cached tokens: this member reports them.
+    assert s.settle(Ticket("m", 100, 2, 0.0), None, 3000) is True
+    for _ in range(FIRST_WINDOW - 1):
+        # Expected 100 units (3,200 tokens) cached; the answers say none were.
+        assert s.settle(Ticket("m", 100, 2, 0.0), None, 0) is False
+    # 3 of the first 4 missed: the cap drops below what the index held there, and the index
+    # forgets.
+    assert s.cap_units("m") < 400
+    assert s.index.held("m") <= s.cap_units("m")
+    assert s.outcomes["m"].misses == FIRST_WINDOW - 1
+
+
+def test_time_to_first_token_decides_only_when_it_is_clear() -> None:
+    s = sizer()
+    # Nothing learned yet: no verdict.
+    assert s.settle(Ticket("m", 100, 2, 0.0), 0.5, 0) is None
+    learn_speed(s, 0.001)
+    # A hit: no more than the new part and half the held part take (0.052 s).
+    assert s.settle(Ticket("m", 100, 2, 0.0), 0.01, 0) is True
+    # A miss: at least the whole prompt's prefill (0.102 s) and 3/4 of the held part past
+    # the typical hit.
+    assert s.settle(Ticket("m", 100, 2, 0.0), 0.2, 0) is False
+    # In between (a hit that waited behind another prefill, or a quick miss): undecided.
+    assert s.settle(Ticket("m", 100, 2, 0.0), 0.08, 0) is None
+    # This gateway's own queue ahead of it counts as waiting, not as a miss.
+    assert s.settle(Ticket("m", 100, 2, 200.0), 0.2, 0) is True
+
+
+def test_learned_speed_follows_faster_misses_quickly_and_slower_ones_slowly() -> None:
+    s = sizer()
+    learn_speed(s, 0.002)
+    s.settle(Ticket("x", 0, 100, 0.0), 0.1, 0)  # 0.001 a unit
+    assert s.unit_s is not None and abs(s.unit_s - 0.0017) < 1e-9
+    s.settle(Ticket("x", 0, 100, 0.0), 1.0, 0)  # 0.01: queueing, mostly ignored
+    assert s.unit_s is not None and s.unit_s < 0.0025
+    # Far faster than any prefill of it: the member had it (a surprise), speed unchanged.
+    before = s.unit_s
+    assert s.settle(Ticket("x", 0, 100, 0.0), 0.00001, 0) is True
+    assert s.unit_s == before and s.outcomes["x"].surprises == 1
+
+
+def test_a_window_of_misses_shrinks_the_cap_and_hits_grow_it_back_slowly() -> None:
+    s = sizer(member_blocks=1000)
+    learn_speed(s, 0.001)
+    fill(s, "m", 600)
+    for _ in range(FIRST_WINDOW):
+        s.settle(Ticket("m", 100, 2, 0.0), 0.5, 0)
+    shrunk = s.cap_units("m")
+    # All missed: half of what the index held there.
+    assert shrunk == 300 and s.index.held("m") <= 300
+    fill(s, "m", 400)
+    assert s.index.held("m") >= 0.9 * shrunk
+    for _ in range(WINDOW):
+        s.settle(Ticket("m", 100, 2, 0.0), 0.01, 0)
+    assert s.cap_units("m") == int(shrunk * GROW)
+
+
+def test_a_mixed_window_below_the_threshold_leaves_the_cap() -> None:
+    s = sizer()
+    learn_speed(s, 0.001)
+    fill(s, "m", 600)
+    for i in range(FIRST_WINDOW + WINDOW):
+        # One miss in four, then three in eight: noise a loaded engine makes, not a cache
+        # too small.
+        s.settle(Ticket("m", 100, 2, 0.0), 0.5 if i in (0, 4, 7, 10) else 0.01, 0)
+    assert s.cap_units("m") == 1000
+
+
+def test_presumed_placements_do_not_move_the_cap() -> None:
+    s = sizer()
+    learn_speed(s, 0.001)
+    fill(s, "m", 600)
+    for _ in range(3 * WINDOW):
+        assert s.settle(Ticket("m", 0, 100, 0.0, presumed=True), 0.0001, 0) is True
+    assert s.cap_units("m") == 1000 and s.outcomes["m"].surprises == 0
+
+
+def policy() -> PrefixAware:
+    built = PolicyRegistry(clock=FakeClock()).build("prefix_aware")
+    assert isinstance(built, PrefixAware)
+    return built
+
+
+def test_a_member_that_misses_where_hits_were_expected_loses_prefixes_in_the_index() -> None:
+    """End to end through pick() and settle(): a static backend with a small cache (nothing
+    reported), sent more groups than it holds, keeps failing the index's predictions."""
+    p = policy()
+    member = idle_member("small")
+    p.on_members([member])
+    p.on_snapshot([member])
+    groups = [f"group {g} " * 2000 for g in range(6)]  # ~16 KB: ~100 units each
+    for g in groups:  # the speed, from first (expected) misses of 100+ units
+        ctx = PickContext(model="m", payload={"prompt": g})
+        p.pick([member], ctx)
+        p.settle(ctx.ticket, 0.1, 0)
+    before = p.index.held("small")
+    expected_hits = 0
+    for turn in range(3):
+        for g in groups:
+            ctx = PickContext(model="m", payload={"prompt": g + f" question {turn}"})
+            p.pick([member], ctx)
+            assert isinstance(ctx.ticket, Ticket)
+            expected_hits += ctx.ticket.held > 0
+            # The engine had evicted it: a whole prefill again.
+            p.settle(ctx.ticket, 0.15, 0)
+    assert expected_hits >= FIRST_WINDOW
+    assert p.cache_tokens("small") * 4 // 128 < before
+    assert p.index.held("small") < before
+
+
+def test_gateway_exports_each_members_believed_cache() -> None:
+    table = RoutingTable()
+    members = [
+        gateway_pb2.Member(id="a", url="http://h/a", healthy=True, weight=1, cache_tokens=16384),
+        gateway_pb2.Member(id="b", url="http://h/b", healthy=True, weight=1),
+    ]
+    route = gateway_pb2.ModelRoute(model="m", policy="prefix_aware", members=members)
+    table.apply(gateway_pb2.RoutingSnapshot(version=1, full=True, routes=[route]))
+    registry = CollectorRegistry()
+    registry.register(CacheEstimates(table))
+    text = generate_latest(registry).decode()
+    assert 'llmpool_gateway_member_cache_tokens{backend="a",model="m"} 16384.0' in text
+    # Nothing reported: member_capacity_tokens, the guess learning starts from.
+    assert 'llmpool_gateway_member_cache_tokens{backend="b",model="m"} 262144.0' in text
