@@ -8,13 +8,13 @@ cache (a hit) or prefilled it all again (a miss). Two signals tell which:
 
 - the answer's usage says how many prompt tokens came from cache (OpenAI, Anthropic, and
   engines that report it), once a member has shown it reports them;
-- otherwise time to first token: a miss prefills the held part too. The pool's seconds per
-  unit of prefill are learned from requests the index expected to miss, on any member (the
-  median of the first few, then a lower envelope, so queueing does not inflate it); a hit
-  takes at most what the new part and half the held part take; a miss at least the whole
-  prompt's prefill, and 3/4 of the held part's more than its recent hits took (a hit may wait
-  for another request's prefill step). Anything between is left undecided: under load a hit
-  waits behind other prefills, and one wrong verdict must not move the cap.
+- otherwise time to first token. The pool's seconds per unit of prefill are learned from
+  requests the index expected to miss that had the member to themselves (nothing else of any
+  gateway in flight there when sent; the median of the first few, then an average). A hit
+  takes at most the new part and half the held part's prefill: a request that fast is a hit
+  however busy the member was. A slower one is a miss only if it had the member to itself:
+  under load a hit waits behind other prefills and looks like a miss, and such verdicts
+  would shrink a cache that is fine.
 
 The cap moves on the outcomes of WINDOW decided predictions (FIRST_WINDOW the first time):
 more than MISSES_TO_SHRINK of them misses (a cache too small for what the index gives it
@@ -32,7 +32,7 @@ from gateway.policies.prefix_index import PrefixIndex
 
 WINDOW = 8
 FIRST_WINDOW = 4
-MISSES_TO_SHRINK = 0.4
+MISSES_TO_SHRINK = 0.3
 MISSES_TO_GROW = 0.1
 GROW = 1.1
 # A cap never goes below this many units (a few prompts' worth).
@@ -44,11 +44,8 @@ MIN_HELD = 4
 MIN_NEW_FOR_SPEED = 8
 # Expected misses whose median starts the learned speed.
 FIRST_SAMPLES = 5
-# How far a slower / faster miss moves the learned seconds per unit.
-SLOWER = 0.05
-FASTER = 0.3
-# How fast the typical hit's time to first token follows new ones.
-HIT_ALPHA = 0.2
+# How far a new expected miss moves the learned seconds per unit.
+SPEED_ALPHA = 0.2
 
 
 @dataclass(slots=True)
@@ -59,8 +56,10 @@ class Ticket:
     held: int  # units the index said the member holds of this prompt
     new: int  # units it lacks (to prefill)
     queued: float  # units of this gateway's prefill queued ahead of it there
-    # Sent to the prefix's home though this gateway's index knew nothing of it there.
+    # Sent to the prefix's place though this gateway's index knew nothing of it there.
     presumed: bool = False
+    # Nothing else was in flight on the member when it was sent (its TTFT is its own).
+    alone: bool = True
 
 
 @dataclass(slots=True)
@@ -73,8 +72,6 @@ class Outcomes:
     window_hits: int = 0
     window_misses: int = 0
     resized: bool = False
-    # Typical time to first token of its hits (seconds; 0: none yet).
-    hit_s: float = 0.0
 
 
 class CacheSizer:
@@ -127,7 +124,7 @@ class CacheSizer:
         outcomes = self.outcomes.get(member)
         if outcomes is None:
             outcomes = self.outcomes[member] = Outcomes()
-        hit = self._hit(ticket, ttft_s, cached_tokens, outcomes)
+        hit = self._hit(ticket, ttft_s, cached_tokens)
         if hit is None or ticket.presumed:
             # A presumed home's hit came from another gateway's traffic: not about its size.
             return hit
@@ -158,11 +155,9 @@ class CacheSizer:
         elif missed < MISSES_TO_GROW and cap and held >= 0.9 * cap:
             self._set_cap(member, cap * GROW)
 
-    def _hit(
-        self, ticket: Ticket, ttft_s: float | None, cached_tokens: int, outcomes: Outcomes
-    ) -> bool | None:
+    def _hit(self, ticket: Ticket, ttft_s: float | None, cached_tokens: int) -> bool | None:
         """Whether the request found its prefix cached (None: cannot tell, or nothing to learn
-        from). Learns the member's prefill speed from expected misses on the way."""
+        from). Learns the pool's prefill speed from expected misses on the way."""
         member = ticket.member
         held, new = ticket.held, ticket.new
         if member in self._reports_cached:
@@ -176,17 +171,17 @@ class CacheSizer:
         if held < MIN_HELD:
             if new < MIN_NEW_FOR_SPEED:
                 return None
-            return self._learn_speed(ttft_s / (new + ticket.queued), unit_s, ticket)
+            sample = ttft_s / new
+            if unit_s is not None and sample < 0.25 * unit_s:
+                # Far faster than a prefill of it all, whatever else ran: it was cached.
+                return True
+            return self._learn_speed(sample, unit_s, ticket) if ticket.alone else None
         if unit_s is None:
             return None
-        if ttft_s <= unit_s * (new + ticket.queued + 0.5 * held):
-            outcomes.hit_s += HIT_ALPHA * (ttft_s - outcomes.hit_s) if outcomes.hit_s else ttft_s
-            return True
-        if ttft_s >= unit_s * (new + ticket.queued + held) and (
-            ttft_s >= outcomes.hit_s + 0.75 * unit_s * held
-        ):
-            return False
-        return None
+        if ttft_s <= unit_s * (new + 0.5 * held):
+            return True  # Fast is a hit however busy the member was.
+        # Slow is a miss only if nothing else could have held it up.
+        return False if ticket.alone else None
 
     def _learn_speed(self, sample: float, unit_s: float | None, ticket: Ticket) -> bool | None:
         if unit_s is None:
@@ -197,11 +192,7 @@ class CacheSizer:
                 self.unit_s = first[len(first) // 2]
                 first.clear()
             return None
-        if sample < 0.25 * unit_s:
-            # Far faster than a prefill of it all: the member had it cached.
-            return True
-        step = FASTER if sample < unit_s else SLOWER
-        self.unit_s = unit_s + step * (sample - unit_s)
+        self.unit_s = unit_s + SPEED_ALPHA * (sample - unit_s)
         return False if ticket.presumed else None
 
     def _set_cap(self, member_id: str, units: float) -> None:

@@ -149,7 +149,7 @@ class PrefixAware(Policy, name="prefix_aware"):
         capacity_tokens = params.integer("member_capacity_tokens", 262144, min=1)
         self._index_args = {
             "max_blocks": params.integer("max_blocks", 131072, min=1),
-            "max_prompt_blocks": params.integer("max_prompt_blocks", 1024, min=1),
+            "max_prompt_blocks": params.integer("max_prompt_blocks", 128, min=1, max=256),
             "max_holders": params.integer("max_holders", 8, min=1, max=1024),
         }
         self._capacity_tokens = capacity_tokens
@@ -309,7 +309,9 @@ class PrefixAware(Policy, name="prefix_aware"):
         backlog = self._backlog.get(mid)
         if backlog is None:
             backlog = self._backlog[mid] = Backlog(self.index.record(mid))
-        ctx.ticket = Ticket(mid, held, new, backlog.left, presumed)
+        others = choice.in_flight - ctx.reported_in_flight.get(mid, 0)
+        alone = not ctx.in_flight.get(mid, 0) and others < 0.5
+        ctx.ticket = Ticket(mid, held, new, backlog.left, presumed, alone)
         backlog.add(match.key, new, self.clock.monotonic())
         if match.blocks:
             self.index.insert(mid, match)
