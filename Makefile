@@ -69,10 +69,12 @@ bench-gateway: install
 
 # Routing quality on simulated engines (bench/routing/): writes the Routing section of
 # docs/benchmarks.md. About 16 minutes; `make bench-routing BENCH_ARGS=--quick` takes about 2.
+# `BENCH_ARGS=--untuned`: no policy params, engines with different caches, static backends and
+# agent replicas, 1 and 3 gateways ("Routing, untuned"; about 30 minutes, --quick about 3).
 bench-routing: install
 	$(PY) -m bench.routing $(BENCH_ARGS)
 
-# The policies' pick time with 64 members (bench/pick.py), printed.
+# The policies' pick time with 64 members, 4 KB and 32k-token prompts (bench/pick.py), printed.
 bench-pick: install
 	$(PY) -m bench.pick $(BENCH_ARGS)
 

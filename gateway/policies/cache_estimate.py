@@ -20,7 +20,8 @@ The cap moves on the outcomes of WINDOW decided predictions (FIRST_WINDOW the fi
 more than MISSES_TO_SHRINK of them misses (a cache too small for what the index gives it
 thrashes: most predictions miss) means the member keeps less than the index believes (a
 smaller cache, other gateways' traffic, running requests' KV taking room), and the cap
-shrinks to what the index held there times (1 - half the miss fraction); fewer than
+shrinks to what the index held there times (1 - half the miss fraction), by a quarter at
+most; fewer than
 MISSES_TO_GROW with the index full at its cap grows it by GROW, slowly. A cap never grows
 past the member's own report."""
 
@@ -32,7 +33,9 @@ from gateway.policies.prefix_index import PrefixIndex
 
 WINDOW = 8
 FIRST_WINDOW = 4
-MISSES_TO_SHRINK = 0.3
+MISSES_TO_SHRINK = 0.5
+# The most a cap shrinks on one window (a quarter): one bad window cannot empty the index.
+LEAST_KEPT = 0.75
 MISSES_TO_GROW = 0.1
 GROW = 1.1
 # A cap never goes below this many units (a few prompts' worth).
@@ -151,7 +154,8 @@ class CacheSizer:
         cap = self.cap_units(member)
         held = self.index.held(member)
         if missed > MISSES_TO_SHRINK:
-            self._set_cap(member, (min(cap, held) if cap else held) * (1.0 - missed / 2))
+            kept = max(LEAST_KEPT, 1.0 - missed / 2)
+            self._set_cap(member, (min(cap, held) if cap else held) * kept)
         elif missed < MISSES_TO_GROW and cap and held >= 0.9 * cap:
             self._set_cap(member, cap * GROW)
 

@@ -1,0 +1,78 @@
+"""The untuned routing benchmark's parts: the weighted oracle, the fleet's config, what it reads
+back of the gateways' learned caches, and its targets."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import yaml
+
+from bench.routing.fleet import AGENT, STATIC, FleetShape, attach_value, fleet_config
+from bench.routing.oracle import AffinityOracle, parse_weights, weighted_sequence
+from bench.routing.results import RunResult
+from bench.routing.untuned import Row, checks, learned_caches
+from gateway.members import idle_member
+from gateway.policies import PickContext
+
+URLS = [f"http://127.0.0.1:{9000 + i}" for i in range(4)]
+
+
+def test_weighted_sequence_gives_each_engine_groups_in_proportion_to_its_cache() -> None:
+    weights = parse_weights("engine-0=512,engine-1=1024,engine-2=2048,engine-3=4096")
+    cycle = weighted_sequence(weights)
+    assert Counter(cycle) == {"engine-0": 1, "engine-1": 2, "engine-2": 4, "engine-3": 8}
+    # Spread through the cycle, not in runs: the largest never takes three in a row.
+    assert all(cycle[i : i + 3] != ["engine-3"] * 3 for i in range(len(cycle) - 2))
+    with pytest.raises(ValueError, match="not id=positive integer"):
+        parse_weights("engine-0=0")
+
+
+def test_oracle_with_weights_sends_each_group_to_its_engine_every_time() -> None:
+    oracle = AffinityOracle({"weights": "a=1,b=3"})
+    members = [idle_member("a"), idle_member("b")]
+    picks = {}
+    for _ in range(3):
+        for g in range(8):
+            ctx = PickContext(model="m", headers={"x-bench-affinity": f"g{g}"})
+            picks.setdefault(g, set()).add(oracle.pick(members, ctx).id)
+    assert all(len(p) == 1 for p in picks.values())
+    assert Counter(next(iter(p)) for p in picks.values()) == {"a": 2, "b": 6}
+
+
+def test_fleet_config_serves_the_engines_as_backends_or_leaves_them_to_the_agent() -> None:
+    static = yaml.safe_load(fleet_config(FleetShape(deployment=STATIC), URLS))["pools"][0]
+    assert [b["url"] for b in static["backends"]] == URLS
+    assert static["policy"] == "round_robin"
+    agent = yaml.safe_load(fleet_config(FleetShape(deployment=AGENT), URLS))["pools"][0]
+    assert agent["replicas"] == 0 and "backends" not in agent
+    spec = attach_value(URLS).split(";")
+    assert spec[0] == f"pool=bench-routing,url={URLS[0]},engine=sim,model=bench-routing,id=engine-0"
+    assert len(spec) == 4
+
+
+def test_learned_caches_are_read_from_each_gateways_metrics() -> None:
+    text = (
+        "# TYPE llmpool_gateway_member_cache_tokens gauge\n"
+        'llmpool_gateway_member_cache_tokens{backend="engine-0",model="bench-routing"} 8192.0\n'
+        'llmpool_gateway_member_cache_tokens{backend="engine-1",model="bench-routing"} 262144.0\n'
+    )
+    assert learned_caches([text, ""]) == "gw0: engine-0 8k, engine-1 262k"
+
+
+def _result(system: str, p50: float, p99: float, workload: str = "shared_prefix") -> RunResult:
+    return RunResult(workload, system, 8.0, scheduled=100, ok=100, ttft_p50=p50, ttft_p99=p99)
+
+
+def test_checks_compare_prefix_aware_with_the_oracle_and_round_robin() -> None:
+    rows = [
+        Row(STATIC, 3, _result("prefix_aware", 0.05, 0.3)),
+        Row(STATIC, 3, _result("oracle", 0.05, 0.25)),
+        Row(STATIC, 3, _result("round_robin", 0.2, 5.0)),
+        Row(STATIC, 3, _result("prefix_aware", 0.17, 0.5, "unique")),
+        Row(STATIC, 3, _result("least_in_flight", 0.16, 0.6, "unique")),
+    ]
+    lines = checks(rows)
+    assert any("within 1.5x: PASS" in line for line in lines)
+    assert any(">= 10x lower: PASS" in line for line in lines)
+    assert any("unique" in line and "within 5%: FAIL" in line for line in lines)
