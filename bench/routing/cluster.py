@@ -14,8 +14,15 @@ import httpx
 import yaml
 from google.protobuf import field_mask_pb2
 
-from bench.routing.engine_stats import EngineCounters, parse_counters
+from bench.routing.drive import Collected
+from bench.routing.engine_stats import (
+    EngineCounters,
+    hit_rate,
+    imbalance,
+    parse_counters,
+)
 from bench.routing.oracle import ORACLE_POLICY
+from bench.routing.results import RunResult, summarize_run
 from bench.systems import HOST, Proc, StartError, free_port, spawn
 from llmpool.certs import ensure_local_pki
 from llmpool.sim.costs import CostModel
@@ -104,6 +111,45 @@ def config_yaml(shape: SimShape, policy: str = "round_robin") -> str:
     return yaml.safe_dump(config, sort_keys=False)
 
 
+def up_argv(config: Path, data: Path, gateway_port: int, controller: str) -> list[str]:
+    """`llm-pool up` with this config and data dir, on these addresses, quiet."""
+    return [
+        sys.executable,
+        "-m",
+        "llmpool.cli",
+        "up",
+        "--config",
+        str(config),
+        "--data-dir",
+        str(data),
+        "--gateway-listen",
+        f"{HOST}:{gateway_port}",
+        "--controller-listen",
+        controller,
+        "--controller-metrics-listen",
+        f"{HOST}:{free_port()}",
+        "--agent-metrics-listen",
+        f"{HOST}:{free_port()}",
+        "--log-level",
+        "warning",
+    ]
+
+
+def fill_result(res: RunResult, got: Collected, d: list[EngineCounters]) -> None:
+    """A run's client-side measurements and the engines' counter deltas into res."""
+    res.scheduled, res.ok, res.errors = got.scheduled, got.ok, got.errors
+    res.unfinished, res.wrong_replies = got.unfinished, got.wrong_replies
+    summarize_run(res, got.ttfts_s, got.itls_s, got.tokens, got.span_s)
+    res.hit_rate = hit_rate(d)
+    res.imbalance = imbalance([x.finished for x in d])
+    if got.first_error:
+        res.note = (res.note + "; " if res.note else "") + f"error: {got.first_error}"
+    if got.wrong_replies:
+        res.note = (res.note + "; " if res.note else "") + (
+            f"{got.wrong_replies} replies differ from the simulator's expected text"
+        )
+
+
 class Cluster:
     """A running `llm-pool up`; every control action goes through the admin gRPC API."""
 
@@ -125,26 +171,7 @@ class Cluster:
         cfg.write_text(config_yaml(shape))
         gport, cport = free_port(), free_port()
         controller = f"{HOST}:{cport}"
-        argv = [
-            sys.executable,
-            "-m",
-            "llmpool.cli",
-            "up",
-            "--config",
-            str(cfg),
-            "--data-dir",
-            str(workdir / "data"),
-            "--gateway-listen",
-            f"{HOST}:{gport}",
-            "--controller-listen",
-            controller,
-            "--controller-metrics-listen",
-            f"{HOST}:{free_port()}",
-            "--agent-metrics-listen",
-            f"{HOST}:{free_port()}",
-            "--log-level",
-            "warning",
-        ]
+        argv = up_argv(cfg, workdir / "data", gport, controller)
         # `llm-pool up` passes its environment on to its children: the gateway loads the oracle
         # plugin and the controller accepts pools that name it. Agents report (and scrape the
         # engines) once a second of simulated time, as a deployment would in real time;

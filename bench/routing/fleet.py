@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import yaml
 
-from bench.routing.cluster import ORACLE_PLUGIN, POOL, Cluster, SimShape
+from bench.routing.cluster import ORACLE_PLUGIN, POOL, Cluster, SimShape, up_argv
 from bench.routing.oracle import ORACLE_POLICY
 from bench.systems import HOST, Proc, StartError, free_port, spawn
 from llmpool.certs import ensure_local_pki
@@ -130,26 +130,7 @@ class Fleet(Cluster):
         gport, cport = free_port(), free_port()
         controller = f"{HOST}:{cport}"
         data = workdir / "data"
-        argv = [
-            sys.executable,
-            "-m",
-            "llmpool.cli",
-            "up",
-            "--config",
-            str(cfg),
-            "--data-dir",
-            str(data),
-            "--gateway-listen",
-            f"{HOST}:{gport}",
-            "--controller-listen",
-            controller,
-            "--controller-metrics-listen",
-            f"{HOST}:{free_port()}",
-            "--agent-metrics-listen",
-            f"{HOST}:{free_port()}",
-            "--log-level",
-            "warning",
-        ]
+        argv = up_argv(cfg, data, gport, controller)
         env = {
             "LLMPOOL_GATEWAY_POLICY_PLUGINS": ORACLE_PLUGIN,
             "LLMPOOL_CONTROLLER_EXTRA_POLICIES": ORACLE_POLICY,

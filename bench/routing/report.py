@@ -14,12 +14,11 @@ END = "<!-- bench-routing:end -->"
 def replace_section(document: str, section: str, begin: str = BEGIN, end_mark: str = END) -> str:
     """The document with the text between the markers replaced by `section` (markers kept);
     appended at the end when the markers are not there. Everything else is left as it was."""
-    BEGIN, END = begin, end_mark
-    block = f"{BEGIN}\n{section.strip()}\n{END}"
-    start = document.find(BEGIN)
-    end = document.find(END, start + len(BEGIN)) if start >= 0 else -1
+    block = f"{begin}\n{section.strip()}\n{end_mark}"
+    start = document.find(begin)
+    end = document.find(end_mark, start + len(begin)) if start >= 0 else -1
     if start >= 0 and end >= 0:
-        return document[:start] + block + document[end + len(END) :]
+        return document[:start] + block + document[end + len(end_mark) :]
     base = document.rstrip("\n")
     return (base + "\n\n" if base else "") + block + "\n"
 

@@ -20,12 +20,12 @@ import grpc
 from bench import aio, machine, venvs
 from bench.routing import workloads as wl
 from bench.routing.client import ConnectionPool, send
-from bench.routing.cluster import POOL, Cluster, SimShape
+from bench.routing.cluster import POOL, Cluster, SimShape, fill_result
 from bench.routing.drive import drive
-from bench.routing.engine_stats import deltas, hit_rate, imbalance
+from bench.routing.engine_stats import deltas
 from bench.routing.oracle import ORACLE_POLICY, assign
 from bench.routing.report import render, write_section
-from bench.routing.results import ORACLE, VLLM_ROUTER, RunResult, summarize_run, targets
+from bench.routing.results import ORACLE, VLLM_ROUTER, RunResult, targets
 from bench.routing.vllm_router import start as start_router
 from bench.systems import HOST, Running, StartError
 
@@ -215,18 +215,7 @@ class Runner:
         got = await drive(reqs, target, POOL, self.shape.speedup, self.profile.grace_s)
         await self.cluster.quiesce_and_reset()
         after = await self.cluster.scrape()
-        d = deltas(after, before)
-        res.scheduled, res.ok, res.errors = got.scheduled, got.ok, got.errors
-        res.unfinished, res.wrong_replies = got.unfinished, got.wrong_replies
-        summarize_run(res, got.ttfts_s, got.itls_s, got.tokens, got.span_s)
-        res.hit_rate = hit_rate(d)
-        res.imbalance = imbalance([x.finished for x in d])
-        if got.first_error:
-            res.note = (res.note + "; " if res.note else "") + f"error: {got.first_error}"
-        if got.wrong_replies:
-            res.note = (res.note + "; " if res.note else "") + (
-                f"{got.wrong_replies} replies differ from the simulator's expected text"
-            )
+        fill_result(res, got, deltas(after, before))
 
     async def one(
         self, workload: str, rate: float, system: str, reqs: list[wl.BenchRequest]

@@ -16,8 +16,9 @@ import grpc
 from bench import machine
 from bench.routing import workloads as wl
 from bench.routing.client import ConnectionPool
+from bench.routing.cluster import fill_result
 from bench.routing.drive import drive
-from bench.routing.engine_stats import deltas, hit_rate, imbalance
+from bench.routing.engine_stats import deltas
 from bench.routing.fleet import AGENT, DEPLOYMENTS, STATIC, Fleet, FleetShape
 from bench.routing.oracle import ORACLE_POLICY
 from bench.routing.report import write_section
@@ -27,7 +28,6 @@ from bench.routing.results import (
     PREFIX_AWARE,
     ROUND_ROBIN,
     RunResult,
-    summarize_run,
     workload_table,
 )
 from bench.systems import HOST, StartError
@@ -112,14 +112,7 @@ class UntunedRunner:
         finally:
             for p in pools:
                 p.close()
-        d = deltas(after, before)
-        res.scheduled, res.ok, res.errors = got.scheduled, got.ok, got.errors
-        res.unfinished, res.wrong_replies = got.unfinished, got.wrong_replies
-        summarize_run(res, got.ttfts_s, got.itls_s, got.tokens, got.span_s)
-        res.hit_rate = hit_rate(d)
-        res.imbalance = imbalance([x.finished for x in d])
-        if got.first_error:
-            res.note = f"error: {got.first_error}"
+        fill_result(res, got, deltas(after, before))
         return caches
 
 

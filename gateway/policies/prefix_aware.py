@@ -159,7 +159,6 @@ class PrefixAware(Policy, name="prefix_aware"):
         self.active_weight = params.number("active_weight", 0.5, min=0.0)
         self._prefill_rate = params.number("prefill_tokens_per_s", 8000.0, min=1.0)
         self._build_index(block_chars)
-        self._backlog: dict[str, Backlog] = {}
         self.placement = Placement()
         # Chance that a prefix new to this gateway is already cached at its place.
         self.shared = 0.25
@@ -171,6 +170,8 @@ class PrefixAware(Policy, name="prefix_aware"):
             **self._index_args,
         )
         self.sizer = CacheSizer(self.index, CHARS_PER_TOKEN)
+        # Backlogs point at the index's per-member records: a new index, new backlogs.
+        self._backlog: dict[str, Backlog] = {}
         self.drain_blocks_per_s = self._prefill_rate * CHARS_PER_TOKEN / block_chars
 
     def on_snapshot(self, members: Sequence[Member]) -> None:

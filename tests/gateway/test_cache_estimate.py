@@ -185,3 +185,18 @@ def test_gateway_exports_each_members_believed_cache() -> None:
     assert 'llmpool_gateway_member_cache_tokens{backend="a",model="m"} 16384.0' in text
     # Nothing reported: member_capacity_tokens, the guess learning starts from.
     assert 'llmpool_gateway_member_cache_tokens{backend="b",model="m"} 262144.0' in text
+
+
+def test_blocks_follow_the_engines_own_block_size_before_first_use() -> None:
+    p = policy()
+    # A prompt too short for a block still leaves a backlog behind.
+    p.pick([idle_member("a")], PickContext(model="m", payload={"prompt": "hi"}))
+    members = [idle_member("a", cache_tokens=65536, cache_block_size=64)]
+    p.on_members(members)
+    p.on_snapshot(members)
+    # 64-token engine blocks: 256 bytes, a whole engine block (32 tokens would split one).
+    assert p.index.block_chars == 256
+    ctx = PickContext(model="m", payload={"prompt": "long text " * 400})
+    p.pick(members, ctx)
+    assert p.index.held("a") > 0
+    assert p.backlog_blocks("a") == p.index.held("a")
