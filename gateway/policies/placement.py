@@ -38,14 +38,6 @@ class Placement:
         self._weights = {mid: (c / typical if c and typical else 1.0) for mid, c in shape}
         self._ids = {mid: mid.encode() for mid, _ in shape}
 
-    def score(self, key: int, member_id: str) -> float:
-        """The member's claim on the prefix named key: higher wins (always below 0)."""
-        raw = self._ids.get(member_id)
-        if raw is None:
-            raw = member_id.encode()
-        u = (xxh3_64_intdigest(raw, key & 0xFFFFFFFFFFFFFFFF) + 1) / (_SPAN + 1)
-        return math.log(u) / self._weights.get(member_id, 1.0)
-
     def choose(self, key: int, candidates: Sequence[Member], among: Sequence[int]) -> int:
         """Of the candidates at the indexes `among` (not empty), the index of the one the
         prefix belongs to."""
@@ -60,7 +52,7 @@ class Placement:
         for i in among:
             mid = candidates[i].id
             raw = ids.get(mid)
-            # score(), inlined: this runs for every candidate of a new prefix.
+            # The member's claim on the prefix: higher wins (always below 0).
             u = (xxh3_64_intdigest(raw if raw is not None else mid.encode(), seed) + 1) / (
                 _SPAN + 1
             )

@@ -108,13 +108,6 @@ class Backlog:
         self.left -= blocks
         _sub(self.left_by_prefix, entry.prefix, blocks)
 
-    def cost(self, prefix: int, active_weight: float) -> float:
-        """Blocks queued ahead of a request of this prefix, plus active_weight x the blocks
-        its requests occupy; the prefix's own requests do not count (they share its blocks)."""
-        return (self.left - self.left_by_prefix.get(prefix, 0.0)) + active_weight * (
-            self.active - self.active_by_prefix.get(prefix, 0.0)
-        )
-
 
 class PrefixAware(Policy, name="prefix_aware"):
     """Prefix-cache-aware routing by estimated work, after Dynamo's KV router (see
@@ -255,7 +248,8 @@ class PrefixAware(Policy, name="prefix_aware"):
                     # Draining more often than every millisecond changes nothing that matters.
                     if len(backlog.entries) > mine or now - backlog.last > 0.001:
                         backlog.update(mine, now, rate)
-                    # Backlog.cost, inlined.
+                    # Queued blocks ahead plus active_weight x blocks held by running requests,
+                    # leaving out this prompt's own prefix (its prefill there is shared).
                     cost += (backlog.left - backlog.left_by_prefix.get(prefix, 0.0)) + (
                         active_weight * (backlog.active - backlog.active_by_prefix.get(prefix, 0.0))
                     )
