@@ -134,6 +134,12 @@ class RequestAccount:
         self._sent_at = self._book.clock.monotonic()
         self._book.usage.started(member.id, self._model())
 
+    def first_byte(self) -> None:
+        """The open try's stream sent its first bytes (the member has begun answering)."""
+        policy = self._policy
+        if policy is not None and policy.settles and self._ticket is not None:
+            policy.began(self._ticket)
+
     def try_failed(self, error: str, detail: str = "") -> str:
         """The open try failed before an answer (the request may be retried elsewhere): it
         counts against the member, in usage and with the policy. `error` is a fixed phrase
@@ -231,6 +237,9 @@ class RequestAccount:
         member = self._member
         assert member is not None and self._trying, "no try is open"
         self._trying = False
+        policy = self._policy
+        if policy is not None and policy.settles and self._ticket is not None:
+            policy.began(self._ticket)
         end = self._book.clock.monotonic() if now is None else now
         cost = self._cost = (
             member.cost_usd(tokens.prompt, tokens.cached, tokens.completion)

@@ -346,6 +346,7 @@ class Relay:
                     if redacted is not None:
                         chunks = redacted.stream(chunks)
                     first = await anext(chunks, b"")
+                    account.first_byte()
         except TimeoutError:
             if upstream is not None:
                 await upstream.aclose()

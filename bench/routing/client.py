@@ -23,6 +23,7 @@ class Outcome:
     text: str = ""
     done: bool = False
     error: str = ""
+    member: str = ""  # the gateway's x-llmpool-member header: who served it
     token_times: list[float] = field(default_factory=list, repr=False)
 
     @property
@@ -89,6 +90,10 @@ async def stream_chat(conn: Connection, raw: bytes, out: Outcome) -> None:
     head_bytes = await conn.reader.readuntil(b"\r\n\r\n")
     head = parse_head(head_bytes)
     out.status = head.status
+    at = head_bytes.find(b"x-llmpool-member:")
+    if at >= 0:
+        end = head_bytes.find(b"\r\n", at)
+        out.member = head_bytes[at + 17 : end].strip().decode(errors="replace")
     decoder = ChunkedDecoder() if head.chunked else None
     sse = SseText()
     remaining = head.content_length

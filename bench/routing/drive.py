@@ -6,7 +6,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 
@@ -29,6 +29,7 @@ class Collected:
     tokens: int
     span_s: float
     first_error: str
+    members: list[str] = field(default_factory=list)  # who served each request ("": unknown)
 
 
 async def drive(
@@ -75,7 +76,9 @@ def collect(
     ok = errors = unfinished = wrong = tokens = 0
     last = start
     first_error = ""
+    members: list[str] = []
     for req, out in zip(requests, outcomes, strict=True):
+        members.append(out.member if out is not None else "")
         scheduled = start + req.at_s / speedup
         if out is None or out.first_token_at is None:
             ttfts.append(math.inf)
@@ -110,4 +113,5 @@ def collect(
         tokens=tokens,
         span_s=(last - start) * speedup,
         first_error=first_error,
+        members=members,
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -113,7 +114,26 @@ class UntunedRunner:
             for p in pools:
                 p.close()
         fill_result(res, got, deltas(after, before))
+        if system == PREFIX_AWARE:
+            spread = members_per_group([r.affinity for r in reqs], got.members)
+            if spread:
+                caches = f"{spread:.2f} members a group; {caches}"
         return caches
+
+
+def members_per_group(affinities: list[str], members: list[str]) -> float:
+    """How many members served a group (or session), on average over groups of at least 8
+    requests; a member counts where it served at least 10% of its group. 0: no such group."""
+    served: dict[str, Counter[str]] = defaultdict(Counter)
+    for group, member in zip(affinities, members, strict=True):
+        if member:
+            served[group][member] += 1
+    counts = [
+        sum(1 for n in c.values() if n >= 0.1 * c.total())
+        for c in served.values()
+        if c.total() >= 8
+    ]
+    return sum(counts) / len(counts) if counts else 0.0
 
 
 def learned_caches(texts: list[str]) -> str:
@@ -233,7 +253,9 @@ def render(rows: list[Row], plan: Plan, shape: FleetShape, command: str, took_s:
                 )
                 if learned:
                     lines += [
-                        "Caches prefix_aware learned (tokens, per gateway):",
+                        "What prefix_aware did: how many members served a group or session "
+                        "(on average; a member counts where it served 10% of it), and the "
+                        "caches it learned (tokens, per gateway):",
                         "",
                         *learned,
                         "",

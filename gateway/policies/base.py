@@ -195,6 +195,10 @@ class Policy:
         streamed), seconds per output token after it (0 when unknown), prompt tokens (0 when
         unknown), and whether it succeeded."""
 
+    def began(self, ticket: object) -> None:
+        """The request whose pick left ticket got its first byte, or ended without one (called
+        only where settles is true)."""
+
     def settle(self, ticket: object, ttft_s: float | None, cached_tokens: int) -> None:
         """A request whose pick left ticket in PickContext.ticket ended well: seconds from
         sending to its first byte for a stream (None for a whole answer), and the prompt

@@ -10,11 +10,13 @@ cache (a hit) or prefilled it all again (a miss). Two signals tell which:
   engines that report it), once a member has shown it reports them;
 - otherwise time to first token. The pool's seconds per unit of prefill are learned from
   requests the index expected to miss that had the member to themselves (nothing else of any
-  gateway in flight there when sent; the median of the first few, then an average). A hit
-  takes at most the new part and half the held part's prefill: a request that fast is a hit
-  however busy the member was. A slower one is a miss only if it had the member to itself:
-  under load a hit waits behind other prefills and looks like a miss, and such verdicts
-  would shrink a cache that is fine.
+  gateway in flight there when sent; the upper quartile of the first few, then an average).
+  A hit takes at most the new part and half the held part's prefill: a request that fast is
+  a hit however busy the member was. A slower one is a miss if it had the member to itself,
+  or if it took LOADED_MARGIN times the prefill of all of its prompt and of this gateway's
+  work queued ahead of it (a thrashing member's queue of cold prefills). Between the two it
+  says nothing: under load a hit waits behind other requests' steps and looks slow, and such
+  verdicts would shrink a cache that is fine.
 
 The cap moves on the outcomes of WINDOW decided predictions (FIRST_WINDOW the first time):
 more than MISSES_TO_SHRINK of them misses (a cache too small for what the index gives it
@@ -27,6 +29,7 @@ past the member's own report."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.policies.prefix_index import PrefixIndex
@@ -45,8 +48,16 @@ UNREPORTED_CEILING = 4
 # Units a prediction must rest on before its outcome teaches anything.
 MIN_HELD = 4
 MIN_NEW_FOR_SPEED = 8
-# Expected misses whose median starts the learned speed.
+# Expected misses whose upper quartile starts the learned speed (upper: a sample may be a
+# prefix another gateway cached there, far too fast, and a speed learned too fast would make
+# every hit look like a miss).
 FIRST_SAMPLES = 5
+# A request slower than this many times the prefill of its whole prompt and of what this
+# gateway queued ahead of it missed, however busy the member: a hit waiting that long needs
+# other gateways' cold prefills ahead of it, which a right index makes rare.
+LOADED_MARGIN = 1.5
+# Later samples count at most this many times the learned speed (slower ones waited).
+SAMPLE_CEILING = 2.0
 # How far a new expected miss moves the learned seconds per unit.
 SPEED_ALPHA = 0.2
 
@@ -63,6 +74,11 @@ class Ticket:
     presumed: bool = False
     # Nothing else was in flight on the member when it was sent (its TTFT is its own).
     alone: bool = True
+    sent_at: float = 0.0  # monotonic seconds
+    # The prompt's block hashes (Match.hashes): forgotten at the member if it missed them.
+    hashes: Sequence[int] = ()
+    # It got its first byte (or ended without one).
+    started: bool = False
 
 
 @dataclass(slots=True)
@@ -74,6 +90,9 @@ class Outcomes:
     surprises: int = 0
     window_hits: int = 0
     window_misses: int = 0
+    # The most the index held there when a prediction of this window missed (before it
+    # forgot the prompt that missed).
+    window_held: int = 0
     resized: bool = False
 
 
@@ -87,6 +106,9 @@ class CacheSizer:
         self.reported: dict[str, int] = {}
         # Seconds a unit of prompt takes to prefill (the pool's members alike), when learned.
         self.unit_s: float | None = None
+        # The fastest prefill any expected miss showed (its wait included): the speed is at
+        # least this, which bounds how long queued prefills stay counted before unit_s is known.
+        self.bound_s: float | None = None
         self._first: list[float] = []
         # Members whose answers were seen to carry cached prompt tokens.
         self._reports_cached: set[str] = set()
@@ -141,18 +163,22 @@ class CacheSizer:
         else:
             outcomes.misses += 1
             outcomes.window_misses += 1
+            # Whatever the cap, the member does not hold this prompt now: the next request of
+            # it goes where it is held, or is placed afresh.
+            outcomes.window_held = max(outcomes.window_held, self.index.held(member))
+            self.index.unhold(member, ticket.hashes)
         decided = outcomes.window_hits + outcomes.window_misses
         # The first verdict on a guess nobody confirmed comes sooner: a member far smaller than
         # the guess thrashes until it does.
         if decided >= (FIRST_WINDOW if not outcomes.resized else WINDOW):
             outcomes.resized = True
-            self._resize(member, outcomes.window_misses / decided)
-            outcomes.window_hits = outcomes.window_misses = 0
+            self._resize(member, outcomes.window_misses / decided, outcomes.window_held)
+            outcomes.window_hits = outcomes.window_misses = outcomes.window_held = 0
         return hit
 
-    def _resize(self, member: str, missed: float) -> None:
+    def _resize(self, member: str, missed: float, held_at_miss: int) -> None:
         cap = self.cap_units(member)
-        held = self.index.held(member)
+        held = max(self.index.held(member), held_at_miss)
         if missed > MISSES_TO_SHRINK:
             kept = max(LEAST_KEPT, 1.0 - missed / 2)
             self._set_cap(member, (min(cap, held) if cap else held) * kept)
@@ -176,6 +202,8 @@ class CacheSizer:
             if new < MIN_NEW_FOR_SPEED:
                 return None
             sample = ttft_s / new
+            if not ticket.presumed and (self.bound_s is None or sample < self.bound_s):
+                self.bound_s = sample
             if unit_s is not None and sample < 0.25 * unit_s:
                 # Far faster than a prefill of it all, whatever else ran: it was cached.
                 return True
@@ -184,8 +212,21 @@ class CacheSizer:
             return None
         if ttft_s <= unit_s * (new + 0.5 * held):
             return True  # Fast is a hit however busy the member was.
-        # Slow is a miss only if nothing else could have held it up.
-        return False if ticket.alone else None
+        if ticket.alone:
+            return False  # Slow, and nothing else could have held it up.
+        if ttft_s > LOADED_MARGIN * unit_s * (new + held + ticket.queued):
+            return False
+        return None
+
+    def drain_rate(self, prior: float) -> float:
+        """Units a second a member prefills: learned, else at least what the fastest expected
+        miss showed, else the prior."""
+        if self.unit_s:
+            return 1.0 / self.unit_s
+        bound = self.bound_s
+        if bound and 1.0 / bound > prior:
+            return 1.0 / bound
+        return prior
 
     def _learn_speed(self, sample: float, unit_s: float | None, ticket: Ticket) -> bool | None:
         if unit_s is None:
@@ -193,9 +234,10 @@ class CacheSizer:
             first.append(sample)
             if len(first) >= FIRST_SAMPLES:
                 first.sort()
-                self.unit_s = first[len(first) // 2]
+                self.unit_s = first[len(first) * 3 // 4]
                 first.clear()
             return None
+        sample = min(sample, SAMPLE_CEILING * unit_s)
         self.unit_s = unit_s + SPEED_ALPHA * (sample - unit_s)
         return False if ticket.presumed else None
 

@@ -3,10 +3,12 @@ gateway, so that N gateways do not put one prompt prefix on N members.
 
 Weighted rendezvous hashing: each member scores a prefix by xxh3 of its id seeded with the
 prefix's first-block hash (both the same in every process), weighted by the cache it reports
-(all gateways read the same reports from the controller; members that report nothing weigh
-as the median); the highest score wins. Among members that cost about the same, every gateway
-so picks the same one for a new prefix, and the same one to spill a busy prefix to. Adding or
-removing one member moves only the prefixes it wins or won."""
+(all gateways read the same reports from the controller), else by the cache this gateway
+learned it has, rounded down to a power of two so that gateways that learned about the same
+weigh alike (members of neither kind weigh as the median); the highest score wins. Among
+members that cost about the same, every gateway so picks the same one for a new prefix, and
+the same one to spill a busy prefix to. Adding or removing one member moves only the
+prefixes it wins or won."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ class Placement:
         self._weights: dict[str, float] = {}
         self._ids: dict[str, bytes] = {}
         self._shape: tuple[tuple[str, int], ...] = ()
+        self._learned: dict[str, int] = {}
 
     def update(self, members: Sequence[Member]) -> None:
         """Takes the members' reported caches as weights when they changed."""
@@ -33,10 +36,24 @@ class Placement:
         if shape == self._shape:
             return
         self._shape = shape
-        reported = [c for _, c in shape if c > 0]
-        typical = statistics.median(reported) if reported else 0
-        self._weights = {mid: (c / typical if c and typical else 1.0) for mid, c in shape}
         self._ids = {mid: mid.encode() for mid, _ in shape}
+        for gone in [m for m in self._learned if m not in self._ids]:
+            del self._learned[gone]
+        self._reweigh()
+
+    def learn(self, member_id: str, cache_tokens: int) -> None:
+        """What this gateway learned member_id caches (used while it reports nothing)."""
+        size = 1 << (cache_tokens.bit_length() - 1) if cache_tokens > 0 else 0
+        if self._learned.get(member_id, 0) != size:
+            self._learned[member_id] = size
+            self._reweigh()
+
+    def _reweigh(self) -> None:
+        learned = self._learned
+        sizes = {mid: c or learned.get(mid, 0) for mid, c in self._shape}
+        known = [c for c in sizes.values() if c > 0]
+        typical = statistics.median(known) if known else 0
+        self._weights = {mid: (c / typical if c and typical else 1.0) for mid, c in sizes.items()}
 
     def choose(self, key: int, candidates: Sequence[Member], among: Sequence[int]) -> int:
         """Of the candidates at the indexes `among` (not empty), the index of the one the

@@ -42,7 +42,8 @@ class Backlog:
     """This gateway's requests in flight to one member, oldest first: the prompt blocks each
     brought there (new to it: its KV footprint beyond what the member held) and how many of
     those are still to prefill. The member is assumed to prefill them in order at `rate`
-    blocks a second; a request stays counted until it ends."""
+    blocks a second; a request stays counted until it ends. `waiting` holds the tickets of
+    those not yet begun (no first byte), oldest first."""
 
     __slots__ = (
         "active",
@@ -53,6 +54,7 @@ class Backlog:
         "last",
         "left",
         "left_by_prefix",
+        "waiting",
     )
 
     def __init__(self, held: Held) -> None:
@@ -66,11 +68,13 @@ class Backlog:
         self.active = 0.0
         self.active_by_prefix: dict[int, float] = {}
         self.last = 0.0
+        self.waiting: deque[Ticket] = deque()
 
-    def add(self, prefix: int, blocks: float, now: float) -> None:
+    def add(self, prefix: int, blocks: float, now: float, ticket: Ticket) -> None:
         if self.drained == len(self.entries):
             self.last = now  # Nothing was waiting: the prefill starts now.
         self.entries.append(_Entry(prefix, blocks))
+        self.waiting.append(ticket)
         self.left += blocks
         self.left_by_prefix[prefix] = self.left_by_prefix.get(prefix, 0.0) + blocks
         self.active += blocks
@@ -102,6 +106,7 @@ class Backlog:
             self.left = self.active = 0.0
             self.left_by_prefix.clear()
             self.active_by_prefix.clear()
+            self.waiting.clear()
 
     def _drain(self, entry: _Entry, blocks: float) -> None:
         entry.left -= blocks
@@ -122,6 +127,11 @@ class PrefixAware(Policy, name="prefix_aware"):
                                 at the member's prefill speed in the order sent)
              + active_weight x new units of our requests still in flight there
              + request_blocks x requests in flight (PickContext.loads)
+             + stalled units   (how far the oldest of our requests there still without a
+                                first byte is past the longest a prefill of its whole prompt
+                                after our queue ahead of it could take: an engine thrashing,
+                                queueing behind other gateways' work or stuck, seen as it
+                                happens rather than when answers end)
 
     Queued and active leave out this prompt's own prefix: its prefill, under way there, is
     shared rather than repeated elsewhere.
@@ -200,10 +210,20 @@ class PrefixAware(Policy, name="prefix_aware"):
         """The cache this gateway believes member_id has, in tokens (0: unbounded)."""
         return self.sizer.cap_tokens(member_id)
 
+    def began(self, ticket: object) -> None:
+        if isinstance(ticket, Ticket):
+            ticket.started = True
+
     def settle(self, ticket: object, ttft_s: float | None, cached_tokens: int) -> None:
         if not isinstance(ticket, Ticket):
             return
-        hit = self.sizer.settle(ticket, ttft_s, cached_tokens)
+        sizer = self.sizer
+        hit = sizer.settle(ticket, ttft_s, cached_tokens)
+        member = ticket.member
+        if hit is not None and member not in sizer.reported:
+            outcomes = sizer.outcomes.get(member)
+            if outcomes is not None and outcomes.resized:
+                self.placement.learn(member, sizer.cap_tokens(member))
         if ticket.presumed and hit is not None:
             self.shared += _SHARED_ALPHA * ((1.0 if hit else 0.0) - self.shared)
 
@@ -223,8 +243,7 @@ class PrefixAware(Policy, name="prefix_aware"):
         active_weight = self.active_weight
         default_room = index.member_blocks or 0
         now = self.clock.monotonic()
-        learned = self.sizer.unit_s
-        rate = 1.0 / learned if learned else self.drain_blocks_per_s
+        rate = self.sizer.drain_rate(self.drain_blocks_per_s)
         no_match = (0, 0)
         best = float("inf")
         best_held = 0
@@ -253,6 +272,14 @@ class PrefixAware(Policy, name="prefix_aware"):
                     cost += (backlog.left - backlog.left_by_prefix.get(prefix, 0.0)) + (
                         active_weight * (backlog.active - backlog.active_by_prefix.get(prefix, 0.0))
                     )
+                    waiting = backlog.waiting
+                    while waiting and waiting[0].started:
+                        waiting.popleft()
+                    if waiting:
+                        t = waiting[0]
+                        stalled = (now - t.sent_at) * rate - (t.new + t.held + t.queued)
+                        if stalled > 0:
+                            cost += stalled
                 new = blocks - held
                 if new:
                     record = backlog.held
@@ -295,9 +322,11 @@ class PrefixAware(Policy, name="prefix_aware"):
             if near:
                 chosen = self.placement.choose(prefix, candidates, near)
             presumed = not depth
-        return self._sent(candidates[chosen], match, ctx, presumed)
+        return self._sent(candidates[chosen], match, ctx, presumed, now)
 
-    def _sent(self, choice: Member, match: Match, ctx: PickContext, presumed: bool) -> Member:
+    def _sent(
+        self, choice: Member, match: Match, ctx: PickContext, presumed: bool, now: float
+    ) -> Member:
         mid = choice.id
         held = match.depth.get(mid, (0, 0))[0] if match.depth else 0
         new = match.blocks - held
@@ -306,8 +335,10 @@ class PrefixAware(Policy, name="prefix_aware"):
             backlog = self._backlog[mid] = Backlog(self.index.record(mid))
         others = choice.in_flight - ctx.reported_in_flight.get(mid, 0)
         alone = not ctx.in_flight.get(mid, 0) and others < 0.5
-        ctx.ticket = Ticket(mid, held, new, backlog.left, presumed, alone)
-        backlog.add(match.key, new, self.clock.monotonic())
+        ticket = ctx.ticket = Ticket(
+            mid, held, new, backlog.left, presumed, alone, now, match.hashes
+        )
+        backlog.add(match.key, new, now, ticket)
         if match.blocks:
             self.index.insert(mid, match)
         return choice

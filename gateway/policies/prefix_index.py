@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Container
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 
 from xxhash import xxh3_64_intdigest
@@ -291,6 +291,16 @@ class PrefixIndex:
             self._drop(h, member_id)
         record.units = held
         record.singles = single
+
+    def unhold(self, member_id: str, hashes: Sequence[int]) -> None:
+        """member_id was found not to hold these blocks (a prompt's, as Match.hashes)."""
+        record = self.held_by.get(member_id)
+        if record is None:
+            return
+        for h in hashes:
+            if h in record.blocks:
+                self._unhold(member_id, h)
+                self._drop(h, member_id)
 
     def _unhold(self, member_id: str, h: int) -> None:
         """member_id no longer holds block h (its entry in the block's holders is gone)."""

@@ -11,7 +11,7 @@ import yaml
 from bench.routing.fleet import AGENT, STATIC, FleetShape, attach_value, fleet_config
 from bench.routing.oracle import AffinityOracle, parse_weights, weighted_sequence
 from bench.routing.results import RunResult
-from bench.routing.untuned import Row, checks, learned_caches
+from bench.routing.untuned import Row, checks, learned_caches, members_per_group
 from gateway.members import idle_member
 from gateway.policies import PickContext
 
@@ -76,3 +76,13 @@ def test_checks_compare_prefix_aware_with_the_oracle_and_round_robin() -> None:
     assert any("within 1.5x: PASS" in line for line in lines)
     assert any(">= 10x lower: PASS" in line for line in lines)
     assert any("unique" in line and "within 5%: FAIL" in line for line in lines)
+
+
+def test_members_per_group_counts_where_each_group_was_served() -> None:
+    groups = ["g0"] * 10 + ["g1"] * 10 + ["g2"] * 3
+    # g0 all on e0; g1 half on e1, half on e2, one on e3 (10%: counts); g2 too small to count.
+    members = ["e0"] * 10 + ["e1"] * 5 + ["e2"] * 4 + ["e3"] + ["e0", "e1", "e2"]
+    assert members_per_group(groups, members) == 2.0
+    # Unknown members (no header) are left out; no group big enough: 0.
+    assert members_per_group(["g"] * 4, ["e0"] * 4) == 0.0
+    assert members_per_group(["g"] * 9, [""] * 9) == 0.0

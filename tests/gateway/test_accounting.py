@@ -207,3 +207,44 @@ def test_a_broken_stream_counts_as_an_error_of_the_member() -> None:
     assert book.usage_report()["a"].errors == 1
     assert book.policy.seen[0][4] is False
     assert book.in_flight() == 0
+
+
+class Settler(Policy, name="settler"):
+    """Records began() and settle() calls."""
+
+    def configure(self, params: object) -> None:
+        self.began_with: list[object] = []
+        self.settled: list[tuple[object, float | None, int]] = []
+
+    def pick(self, candidates: Sequence[Member], ctx: PickContext) -> Member:
+        return candidates[0]
+
+    def began(self, ticket: object) -> None:
+        self.began_with.append(ticket)
+
+    def settle(self, ticket: object, ttft_s: float | None, cached_tokens: int) -> None:
+        self.settled.append((ticket, ttft_s, cached_tokens))
+
+
+def test_the_policy_hears_when_each_try_begins_and_how_it_went() -> None:
+    book = Book()
+    policy = Settler()
+    assert policy.settles
+    # A stream: begun at its first byte, and again (harmlessly) when the try ends.
+    account = book.accounting.open()
+    account.begin("m", policy)
+    account.sent(A, "ticket-1")
+    assert policy.began_with == []
+    account.first_byte()
+    assert policy.began_with == ["ticket-1"]
+    book.clock.advance(0.25)
+    usage = TokenUsage(prompt=100, completion=5, cached=64)
+    account.stream_ended(StreamOutcome(True, False, 0.25, usage, None))
+    assert policy.settled == [("ticket-1", 0.25, 64)]
+    # A try that fails before any byte still ends its wait (and teaches nothing).
+    account = book.accounting.open()
+    account.begin("m", policy)
+    account.sent(B, "ticket-2")
+    account.try_failed("refused the connection")
+    assert policy.began_with[-1] == "ticket-2" and len(policy.settled) == 1
+    account.failed(502)

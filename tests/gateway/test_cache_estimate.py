@@ -76,7 +76,7 @@ def test_cached_tokens_tell_hits_from_misses_once_a_member_reports_them() -> Non
     assert s.outcomes["m"].misses == FIRST_WINDOW - 1
 
 
-def test_time_to_first_token_decides_only_for_requests_that_had_the_member_alone() -> None:
+def test_time_to_first_token_decides_alone_or_far_past_what_a_hit_could_take() -> None:
     s = sizer()
     # Nothing learned yet: no verdict.
     assert s.settle(Ticket("m", 100, 2, 0.0), 0.5, 0) is None
@@ -86,10 +86,24 @@ def test_time_to_first_token_decides_only_for_requests_that_had_the_member_alone
     # A miss: more than that.
     assert s.settle(Ticket("m", 100, 2, 0.0), 0.2, 0) is False
     # Sent while other requests were in flight there: it may have waited behind their
-    # prefill, so its time says nothing.
-    assert s.settle(Ticket("m", 100, 2, 0.0, alone=False), 0.2, 0) is None
+    # steps, so slow says nothing...
+    assert s.settle(Ticket("m", 100, 2, 0.0, alone=False), 0.14, 0) is None
     assert s.settle(Ticket("x", 0, 100, 0.0, alone=False), 10.0, 0) is None
     assert s.unit_s == 0.001
+    # ...unless it took 1.5x the prefill of its whole prompt and of our work queued ahead.
+    assert s.settle(Ticket("m", 100, 2, 0.0, alone=False), 0.16, 0) is False
+    assert s.settle(Ticket("m", 100, 2, 100.0, alone=False), 0.3, 0) is None
+
+
+def test_a_first_speed_spoiled_by_cached_samples_errs_slow() -> None:
+    s = sizer()
+    # Two of five "misses" were cached by another gateway: far too fast.
+    for t in (0.001, 0.002, 0.1, 0.1, 0.12):
+        s.settle(Ticket("x", 0, 100, 0.0), t, 0)
+    assert s.unit_s == 0.001
+    # A later sample that waited counts at most twice the speed.
+    s.settle(Ticket("x", 0, 100, 0.0), 10.0, 0)
+    assert s.unit_s is not None and abs(s.unit_s - 0.0012) < 1e-9
 
 
 def test_learned_speed_follows_new_misses_and_skips_what_was_cached() -> None:
@@ -200,3 +214,37 @@ def test_blocks_follow_the_engines_own_block_size_before_first_use() -> None:
     p.pick(members, ctx)
     assert p.index.held("a") > 0
     assert p.backlog_blocks("a") == p.index.held("a")
+
+
+def test_queued_prefills_drain_at_least_as_fast_as_the_fastest_miss_showed() -> None:
+    s = sizer()
+    assert s.drain_rate(10.0) == 10.0
+    # 100 units in 0.5 s, waiting included: the member prefills at least 200 units a second.
+    s.settle(Ticket("x", 0, 100, 0.0, alone=False), 0.5, 0)
+    assert s.unit_s is None and s.drain_rate(10.0) == 200.0
+    # A prior faster than the bound stands.
+    assert s.drain_rate(1000.0) == 1000.0
+    # A presumed home may have held the prefix from another gateway: not a bound.
+    s.settle(Ticket("y", 0, 100, 0.0, presumed=True, alone=False), 0.01, 0)
+    assert s.drain_rate(10.0) == 200.0
+    learn_speed(s, 0.001)
+    assert s.drain_rate(10.0) == 1000.0
+
+
+def test_a_miss_forgets_the_prompt_at_the_member_but_the_cap_shrinks_from_what_was_held() -> None:
+    s = sizer(member_blocks=1000)
+    learn_speed(s, 0.001)
+    fill(s, "m", 400)
+    text = ("the prompt that missed " * 100)[: 128 * 8]
+    match = s.index.match(text)
+    s.index.insert("m", match)
+    held = s.index.held("m")
+    assert s.index.match(text).depth["m"][0] == 8
+    # Alone and slow: a miss. The member does not hold that prompt: the index forgets it.
+    assert s.settle(Ticket("m", 8, 2, 0.0, hashes=match.hashes), 0.2, 0) is False
+    assert "m" not in s.index.match(text).depth
+    assert s.index.held("m") == held - 8
+    # The window's verdict shrinks the cap from what was held when it missed.
+    for _ in range(FIRST_WINDOW - 1):
+        s.settle(Ticket("m", 8, 2, 0.0), 0.2, 0)
+    assert s.cap_units("m") == int(held * 0.75)

@@ -37,6 +37,33 @@ def test_members_that_report_more_cache_take_more_prefixes() -> None:
     assert 0.84 < won["large"] / 4000 < 0.94
 
 
+def test_learned_caches_weigh_members_that_report_nothing_in_powers_of_two() -> None:
+    members = [idle_member("small"), idle_member("large")]
+    place = Placement()
+    place.update(members)
+    even = Counter(members[place.choose(k * 7919, members, [0, 1])].id for k in range(4000))
+    assert 0.45 < even["large"] / 4000 < 0.55
+    # Learned 8,000 and 70,000 tokens: weighed as 4,096 and 65,536 (1:16).
+    place.learn("small", 8000)
+    place.learn("large", 70000)
+    won = Counter(members[place.choose(k * 7919, members, [0, 1])].id for k in range(4000))
+    assert 0.91 < won["large"] / 4000 < 0.97
+    # Another gateway that learned a little differently weighs them the same.
+    other = Placement()
+    other.update(members)
+    other.learn("small", 6000)
+    other.learn("large", 100000)
+    assert all(
+        place.choose(k, members, [0, 1]) == other.choose(k, members, [0, 1])
+        for k in range(1, 2000, 3)
+    )
+    # A report outweighs what was learned.
+    reported = [idle_member("small", cache_tokens=65536), idle_member("large")]
+    place.update(reported)
+    won = Counter(reported[place.choose(k * 7919, reported, [0, 1])].id for k in range(4000))
+    assert 0.45 < won["large"] / 4000 < 0.55
+
+
 def test_removing_a_member_moves_only_its_prefixes() -> None:
     place = Placement()
     place.update(MEMBERS)

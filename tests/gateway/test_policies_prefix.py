@@ -155,6 +155,30 @@ def test_second_request_of_a_prefix_still_prefilling_waits_for_it_on_the_holder(
     assert policy.pick(MEMBERS, prompt("other text " * 40, {home: 2})).id != home
 
 
+def test_a_holder_whose_request_waits_past_any_prefill_of_it_is_passed_over_until_it_begins() -> (
+    None
+):
+    clock = FakeClock()
+    policy = build(clock, prefill_tokens_per_s="1000")
+    home = policy.pick(MEMBERS, prompt(SYSTEM + "q0")).id
+    ticket = prompt(SYSTEM + "q1", {home: 1})
+    assert policy.pick(MEMBERS, ticket).id == home
+    blocks = policy.index.block_count(SYSTEM + "q1")
+    # Long enough for a prefill of the whole prompt: still the holder.
+    clock.advance(blocks * policy.index.block_chars / 4000)
+    assert policy.pick(MEMBERS, prompt(SYSTEM + "q2", {home: 2})).id == home
+    # Far past it with neither request begun (a thrashing or stuck engine): elsewhere.
+    clock.advance(4 * blocks * policy.index.block_chars / 4000)
+    away = policy.pick(MEMBERS, prompt(SYSTEM + "q3", {home: 2})).id
+    assert away != home
+    # Once they have begun answering, the holder is cheapest again (less loaded than where
+    # q3 went).
+    assert policy.settles
+    for t in policy._backlog[home].waiting:
+        policy.began(t)
+    assert policy.pick(MEMBERS, prompt(SYSTEM + "q4", {home: 2, away: 3})).id == home
+
+
 def test_requests_that_ended_leave_the_backlog() -> None:
     policy = build()
     home = policy.pick(MEMBERS, prompt("one prompt " * 40)).id
