@@ -23,9 +23,10 @@ more than MISSES_TO_SHRINK of them misses (a cache too small for what the index 
 thrashes: most predictions miss) means the member keeps less than the index believes (a
 smaller cache, other gateways' traffic, running requests' KV taking room), and the cap
 shrinks to what the index held there times (1 - half the miss fraction), by a quarter at
-most; fewer than
-MISSES_TO_GROW with the index full at its cap grows it by GROW, slowly. A cap never grows
-past the member's own report."""
+most; fewer than MISSES_TO_GROW with the index full at its cap grows it by GROW, slowly. A
+miss also makes the index forget that prompt there. A cap never grows past the member's own
+report, and time to first token never moves the cap or the index of a member that reports
+its cache (only cached tokens do): the report outweighs a guess from timing."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ FIRST_SAMPLES = 5
 # A request slower than this many times the prefill of its whole prompt and of what this
 # gateway queued ahead of it missed, however busy the member: a hit waiting that long needs
 # other gateways' cold prefills ahead of it, which a right index makes rare.
-LOADED_MARGIN = 1.5
+LOADED_MARGIN = 2.0
 # Later samples count at most this many times the learned speed (slower ones waited).
 SAMPLE_CEILING = 2.0
 # How far a new expected miss moves the learned seconds per unit.
@@ -152,6 +153,10 @@ class CacheSizer:
         hit = self._hit(ticket, ttft_s, cached_tokens)
         if hit is None or ticket.presumed:
             # A presumed home's hit came from another gateway's traffic: not about its size.
+            return hit
+        if member in self.reported and member not in self._reports_cached:
+            # What an engine says of its cache outweighs what time to first token suggests:
+            # on a busy or noisy host a hit can look slow, and caps learned from that collapse.
             return hit
         if ticket.held < MIN_HELD:
             if hit:

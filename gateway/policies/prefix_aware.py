@@ -19,6 +19,9 @@ BLOCK_TOKENS = 32
 # How fast the chance that a prefix new to this gateway is already cached at its home follows
 # what answers show.
 _SHARED_ALPHA = 0.05
+# How long a member's lag (see PrefixAware) takes to halve: long enough that a thrashing member
+# is left alone while its queue drains, short enough that it is tried again soon.
+LAG_HALF_LIFE_S = 2.0
 
 
 class _Entry:
@@ -51,6 +54,8 @@ class Backlog:
         "drained",
         "entries",
         "held",
+        "lag",
+        "lag_at",
         "last",
         "left",
         "left_by_prefix",
@@ -69,6 +74,10 @@ class Backlog:
         self.active_by_prefix: dict[int, float] = {}
         self.last = 0.0
         self.waiting: deque[Ticket] = deque()
+        # Units by which a recent answer there came later than a full re-prefill of its prompt
+        # after our queue could explain (0: none), as of lag_at.
+        self.lag = 0.0
+        self.lag_at = 0.0
 
     def add(self, prefix: int, blocks: float, now: float, ticket: Ticket) -> None:
         if self.drained == len(self.entries):
@@ -128,21 +137,25 @@ class PrefixAware(Policy, name="prefix_aware"):
              + active_weight x new units of our requests still in flight there
              + request_blocks x requests in flight (PickContext.loads)
              + stalled units   (how far the oldest of our requests there still without a
-                                first byte is past the longest a prefill of its whole prompt
-                                after our queue ahead of it could take: an engine thrashing,
-                                queueing behind other gateways' work or stuck, seen as it
-                                happens rather than when answers end)
+                                first byte is past twice the longest a prefill of its whole
+                                prompt after our queue ahead of it could take: an engine
+                                thrashing, queueing behind other gateways' work or stuck,
+                                seen as it happens rather than when answers end)
+             + lag units       (how far a recent answer there came past twice that, halving
+                                every LAG_HALF_LIFE_S: such a member is left alone a while
+                                rather than sent the next request to find it out again)
 
     Queued and active leave out this prompt's own prefix: its prefill, under way there, is
     shared rather than repeated elsewhere.
 
     The cheapest member gets the request (ties: deeper match, then more recent holder, then in
-    turn). A prompt no member holds in this gateway's index goes to its prefix's home (the
-    same member on every gateway, see placement.py) unless that costs more than the chance,
-    learned, that the home already holds it from another gateway is worth, or than a request's
-    load more than the cheapest. Each member's cache size and prefill speed are taken from its
-    report and then learned from its answers (cache_estimate.py); the params are only where
-    the learning starts."""
+    turn). A prompt going where this gateway's index says nothing of it is cached (a new
+    prefix, or one spilling from a busy holder) goes to its prefix's place among the members
+    without it (the same member on every gateway, see placement.py) unless that costs more
+    than the chance, learned, that another gateway put it there already is worth (or half a
+    request's load, whichever is more). Each member's cache size and prefill speed are taken
+    from its report and then learned from its answers (cache_estimate.py); the params are only
+    where the learning starts."""
 
     def configure(self, params: ParamReader) -> None:
         self._explicit_block = "block_chars" in self.params
@@ -220,6 +233,17 @@ class PrefixAware(Policy, name="prefix_aware"):
         sizer = self.sizer
         hit = sizer.settle(ticket, ttft_s, cached_tokens)
         member = ticket.member
+        if ttft_s is not None:
+            late = ttft_s * sizer.drain_rate(self.drain_blocks_per_s) - 2 * (
+                ticket.new + ticket.held + ticket.queued
+            )
+            backlog = self._backlog.get(member)
+            if late > 0 and backlog is not None:
+                now = self.clock.monotonic()
+                if backlog.lag:
+                    backlog.lag *= 0.5 ** ((now - backlog.lag_at) / LAG_HALF_LIFE_S)
+                backlog.lag = max(backlog.lag, late)
+                backlog.lag_at = now
         if hit is not None and member not in sizer.reported:
             outcomes = sizer.outcomes.get(member)
             if outcomes is not None and outcomes.resized:
@@ -260,6 +284,12 @@ class PrefixAware(Policy, name="prefix_aware"):
             backlog = backlogs.get(mid)
             # A member this gateway never sent anything costs its load and a whole prefill.
             if backlog is not None:
+                if backlog.lag:
+                    lag = backlog.lag * 0.5 ** ((now - backlog.lag_at) / LAG_HALF_LIFE_S)
+                    if lag < 1.0:
+                        backlog.lag = 0.0
+                    else:
+                        cost += lag
                 if depth:
                     held, rank = depth.get(mid, no_match)
                     cost -= held
@@ -277,7 +307,7 @@ class PrefixAware(Policy, name="prefix_aware"):
                         waiting.popleft()
                     if waiting:
                         t = waiting[0]
-                        stalled = (now - t.sent_at) * rate - (t.new + t.held + t.queued)
+                        stalled = (now - t.sent_at) * rate - 2 * (t.new + t.held + t.queued)
                         if stalled > 0:
                             cost += stalled
                 new = blocks - held
@@ -308,11 +338,10 @@ class PrefixAware(Policy, name="prefix_aware"):
         if blocks and (not depth or (depth.get(candidates[chosen].id, no_match)[0] == 0)):
             # The request goes where nothing of it is cached (as far as this gateway knows):
             # a new prefix, or a busy one spilling. Every gateway picks alike among the members
-            # that cost about as little: the prefix's place by rendezvous. A new prefix may be
-            # cached at its place by another gateway already: worth up to the chance of that
-            # (learned) x its size.
-            floor = 0.5 * per_request
-            slack = max(self.shared * blocks, floor) if not depth else floor
+            # that cost about as little: the prefix's place by rendezvous. Another gateway may
+            # have put it at that place already (placed it new, or spilled it there too): worth
+            # up to the chance of that (learned) x its size.
+            slack = max(self.shared * blocks, 0.5 * per_request)
             limit = best + slack
             near = [
                 i

@@ -66,8 +66,8 @@ def _result(system: str, p50: float, p99: float, workload: str = "shared_prefix"
 
 def test_checks_compare_prefix_aware_with_the_oracle_and_round_robin() -> None:
     rows = [
-        Row(STATIC, 3, _result("prefix_aware", 0.05, 0.3)),
-        Row(STATIC, 3, _result("oracle", 0.05, 0.25)),
+        Row(STATIC, 3, _result("prefix_aware", 0.05, 0.3), settled_p99=0.2),
+        Row(STATIC, 3, _result("oracle", 0.05, 0.25), settled_p99=0.25),
         Row(STATIC, 3, _result("round_robin", 0.2, 5.0)),
         Row(STATIC, 3, _result("prefix_aware", 0.17, 0.5, "unique")),
         Row(STATIC, 3, _result("least_in_flight", 0.16, 0.6, "unique")),
@@ -76,6 +76,7 @@ def test_checks_compare_prefix_aware_with_the_oracle_and_round_robin() -> None:
     assert any("within 1.5x: PASS" in line for line in lines)
     assert any(">= 10x lower: PASS" in line for line in lines)
     assert any("unique" in line and "within 5%: FAIL" in line for line in lines)
+    assert any("after the first 10 s: p99 0.200 s vs oracle 0.250 s (0.80x)" in x for x in lines)
 
 
 def test_members_per_group_counts_where_each_group_was_served() -> None:
