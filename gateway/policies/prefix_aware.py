@@ -19,9 +19,6 @@ BLOCK_TOKENS = 32
 # How fast the chance that a prefix new to this gateway is already cached at its home follows
 # what answers show.
 _SHARED_ALPHA = 0.05
-# How long a member's lag (see PrefixAware) takes to halve: long enough that a thrashing member
-# is left alone while its queue drains, short enough that it is tried again soon.
-LAG_HALF_LIFE_S = 2.0
 
 
 class _Entry:
@@ -54,8 +51,6 @@ class Backlog:
         "drained",
         "entries",
         "held",
-        "lag",
-        "lag_at",
         "last",
         "left",
         "left_by_prefix",
@@ -74,10 +69,6 @@ class Backlog:
         self.active_by_prefix: dict[int, float] = {}
         self.last = 0.0
         self.waiting: deque[Ticket] = deque()
-        # Units by which a recent answer there came later than a full re-prefill of its prompt
-        # after our queue could explain (0: none), as of lag_at.
-        self.lag = 0.0
-        self.lag_at = 0.0
 
     def add(self, prefix: int, blocks: float, now: float, ticket: Ticket) -> None:
         if self.drained == len(self.entries):
@@ -141,9 +132,6 @@ class PrefixAware(Policy, name="prefix_aware"):
                                 prompt after our queue ahead of it could take: an engine
                                 thrashing, queueing behind other gateways' work or stuck,
                                 seen as it happens rather than when answers end)
-             + lag units       (how far a recent answer there came past twice that, halving
-                                every LAG_HALF_LIFE_S: such a member is left alone a while
-                                rather than sent the next request to find it out again)
 
     Queued and active leave out this prompt's own prefix: its prefill, under way there, is
     shared rather than repeated elsewhere.
@@ -233,17 +221,6 @@ class PrefixAware(Policy, name="prefix_aware"):
         sizer = self.sizer
         hit = sizer.settle(ticket, ttft_s, cached_tokens)
         member = ticket.member
-        if ttft_s is not None:
-            late = ttft_s * sizer.drain_rate(self.drain_blocks_per_s) - 2 * (
-                ticket.new + ticket.held + ticket.queued
-            )
-            backlog = self._backlog.get(member)
-            if late > 0 and backlog is not None:
-                now = self.clock.monotonic()
-                if backlog.lag:
-                    backlog.lag *= 0.5 ** ((now - backlog.lag_at) / LAG_HALF_LIFE_S)
-                backlog.lag = max(backlog.lag, late)
-                backlog.lag_at = now
         if hit is not None and member not in sizer.reported:
             outcomes = sizer.outcomes.get(member)
             if outcomes is not None and outcomes.resized:
@@ -284,12 +261,6 @@ class PrefixAware(Policy, name="prefix_aware"):
             backlog = backlogs.get(mid)
             # A member this gateway never sent anything costs its load and a whole prefill.
             if backlog is not None:
-                if backlog.lag:
-                    lag = backlog.lag * 0.5 ** ((now - backlog.lag_at) / LAG_HALF_LIFE_S)
-                    if lag < 1.0:
-                        backlog.lag = 0.0
-                    else:
-                        cost += lag
                 if depth:
                     held, rank = depth.get(mid, no_match)
                     cost -= held

@@ -9,7 +9,6 @@ from typing import Any
 
 from gateway.members import Member, idle_member
 from gateway.policies import PickContext, PolicyRegistry, PrefixAware
-from gateway.policies.prefix_aware import LAG_HALF_LIFE_S
 from gateway.policies.prefix_index import PrefixIndex
 from gateway.routing import RoutingTable
 from llmpool.clock import FakeClock
@@ -178,25 +177,6 @@ def test_a_holder_whose_request_waits_past_any_prefill_of_it_is_passed_over_unti
     for t in policy._backlog[home].waiting:
         policy.began(t)
     assert policy.pick(MEMBERS, prompt(SYSTEM + "q4", {home: 2, away: 3})).id == home
-
-
-def test_a_holder_that_answered_far_later_than_a_re_prefill_is_left_alone_a_while() -> None:
-    clock = FakeClock()
-    policy = build(clock, prefill_tokens_per_s="1000")
-    home = policy.pick(MEMBERS, prompt(SYSTEM + "q0")).id
-    ctx = prompt(SYSTEM + "q1", {home: 1})
-    assert policy.pick(MEMBERS, ctx).id == home
-    blocks = policy.index.block_count(SYSTEM + "q1")
-    one_prefill_s = blocks * policy.index.block_chars / 4000
-    # Its first byte came ten prefills of the whole prompt late (the member thrashes).
-    policy.began(ctx.ticket)
-    policy.settle(ctx.ticket, 10 * one_prefill_s, 0)
-    away = policy.pick(MEMBERS, prompt(SYSTEM + "q2")).id
-    assert away != home
-    # The lag halves every LAG_HALF_LIFE_S: after a few, the holder is cheapest again (less
-    # loaded than where q2 went).
-    clock.advance(5 * LAG_HALF_LIFE_S)
-    assert policy.pick(MEMBERS, prompt(SYSTEM + "q3", {away: 1})).id == home
 
 
 def test_requests_that_ended_leave_the_backlog() -> None:
