@@ -11,12 +11,15 @@ cache (a hit) or prefilled it all again (a miss). Two signals tell which:
 - otherwise time to first token. The pool's seconds per unit of prefill are learned from
   requests the index expected to miss that had the member to themselves (nothing else of any
   gateway in flight there when sent; the upper quartile of the first few, then an average).
-  A hit takes at most the new part and half the held part's prefill: a request that fast is
-  a hit however busy the member was. A slower one is a miss if it had the member to itself,
+  Every time below is counted past the fastest answer the pool ever gave (the floor: what the
+  gateway, the network and an engine step cost a request of any size; with a short new part a
+  hit is little more than that). A hit takes at most the new part and half the held part's
+  prefill: a request that fast is a hit however busy the member was. A slower one is a miss
+  if it had the member to itself and took three quarters of the held part past its new part,
   or if it took LOADED_MARGIN times the prefill of all of its prompt and of this gateway's
-  work queued ahead of it (a thrashing member's queue of cold prefills). Between the two it
-  says nothing: under load a hit waits behind other requests' steps and looks slow, and such
-  verdicts would shrink a cache that is fine.
+  work queued ahead of it (a thrashing member's queue of cold prefills). Otherwise it says
+  nothing: under load a hit waits behind other requests' steps and looks slow, a busy host
+  delays it too, and such verdicts would shrink a cache that is fine.
 
 The cap moves on the outcomes of WINDOW decided predictions (FIRST_WINDOW the first time):
 more than MISSES_TO_SHRINK of them misses (a cache too small for what the index gives it
@@ -110,6 +113,8 @@ class CacheSizer:
         # The fastest prefill any expected miss showed (its wait included): the speed is at
         # least this, which bounds how long queued prefills stay counted before unit_s is known.
         self.bound_s: float | None = None
+        # The fastest time to first token any answer had.
+        self.floor_s: float | None = None
         self._first: list[float] = []
         # Members whose answers were seen to carry cached prompt tokens.
         self._reports_cached: set[str] = set()
@@ -147,6 +152,8 @@ class CacheSizer:
         member = ticket.member
         if cached_tokens > 0:
             self._reports_cached.add(member)
+        if ttft_s is not None and ttft_s > 0 and (self.floor_s is None or ttft_s < self.floor_s):
+            self.floor_s = ttft_s
         outcomes = self.outcomes.get(member)
         if outcomes is None:
             outcomes = self.outcomes[member] = Outcomes()
@@ -215,11 +222,12 @@ class CacheSizer:
             return self._learn_speed(sample, unit_s, ticket) if ticket.alone else None
         if unit_s is None:
             return None
-        if ttft_s <= unit_s * (new + 0.5 * held):
+        past = ttft_s - (self.floor_s or 0.0)
+        if past <= unit_s * (new + 0.5 * held):
             return True  # Fast is a hit however busy the member was.
-        if ticket.alone:
+        if ticket.alone and past > unit_s * (new + 0.75 * held):
             return False  # Slow, and nothing else could have held it up.
-        if ttft_s > LOADED_MARGIN * unit_s * (new + held + ticket.queued):
+        if past > LOADED_MARGIN * unit_s * (new + held + ticket.queued):
             return False
         return None
 

@@ -43,7 +43,8 @@ class Backlog:
     brought there (new to it: its KV footprint beyond what the member held) and how many of
     those are still to prefill. The member is assumed to prefill them in order at `rate`
     blocks a second; a request stays counted until it ends. `waiting` holds the tickets of
-    those not yet begun (no first byte), oldest first."""
+    the streams among them not yet begun (no first byte), oldest first (a whole answer's
+    first byte comes after its decode: it says nothing of a stall)."""
 
     __slots__ = (
         "active",
@@ -70,11 +71,12 @@ class Backlog:
         self.last = 0.0
         self.waiting: deque[Ticket] = deque()
 
-    def add(self, prefix: int, blocks: float, now: float, ticket: Ticket) -> None:
+    def add(self, prefix: int, blocks: float, now: float, ticket: Ticket | None) -> None:
         if self.drained == len(self.entries):
             self.last = now  # Nothing was waiting: the prefill starts now.
         self.entries.append(_Entry(prefix, blocks))
-        self.waiting.append(ticket)
+        if ticket is not None:
+            self.waiting.append(ticket)
         self.left += blocks
         self.left_by_prefix[prefix] = self.left_by_prefix.get(prefix, 0.0) + blocks
         self.active += blocks
@@ -338,7 +340,7 @@ class PrefixAware(Policy, name="prefix_aware"):
         ticket = ctx.ticket = Ticket(
             mid, held, new, backlog.left, presumed, alone, now, match.hashes
         )
-        backlog.add(match.key, new, now, ticket)
+        backlog.add(match.key, new, now, ticket if ctx.payload.get("stream") else None)
         if match.blocks:
             self.index.insert(mid, match)
         return choice

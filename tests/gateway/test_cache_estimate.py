@@ -96,8 +96,10 @@ def test_time_to_first_token_decides_alone_or_far_past_what_a_hit_could_take() -
     assert s.settle(Ticket("m", 100, 2, 0.0, alone=False), 0.14, 0) is None
     assert s.settle(Ticket("x", 0, 100, 0.0, alone=False), 10.0, 0) is None
     assert s.unit_s == 0.001
-    # ...unless it took 2x the prefill of its whole prompt and of our work queued ahead.
-    assert s.settle(Ticket("m", 100, 2, 0.0, alone=False), 0.21, 0) is False
+    # ...unless it took 2x the prefill of its whole prompt and of our work queued ahead
+    # (past the fastest answer yet, 0.01 s: what any request costs).
+    assert s.settle(Ticket("m", 100, 2, 0.0, alone=False), 0.21, 0) is None
+    assert s.settle(Ticket("m", 100, 2, 0.0, alone=False), 0.22, 0) is False
     assert s.settle(Ticket("m", 100, 2, 100.0, alone=False), 0.3, 0) is None
 
 
@@ -184,8 +186,8 @@ def test_a_member_that_misses_where_hits_were_expected_loses_prefixes_in_the_ind
             p.pick([member], ctx)
             assert isinstance(ctx.ticket, Ticket)
             expected_hits += ctx.ticket.held > 0
-            # The engine had evicted it: a whole prefill again.
-            p.settle(ctx.ticket, 0.15, 0)
+            # The engine had evicted it: a whole prefill again, and a wait.
+            p.settle(ctx.ticket, 0.3, 0)
     assert expected_hits >= FIRST_WINDOW
     assert p.cache_tokens("small") * 4 // 128 < before
     assert p.index.held("small") < before
@@ -254,3 +256,18 @@ def test_a_miss_forgets_the_prompt_at_the_member_but_the_cap_shrinks_from_what_w
     for _ in range(FIRST_WINDOW - 1):
         s.settle(Ticket("m", 8, 2, 0.0), 0.2, 0)
     assert s.cap_units("m") == int(held * 0.75)
+
+
+def test_times_count_past_the_fastest_answer_what_any_request_costs() -> None:
+    s = sizer()
+    learn_speed(s, 0.001)
+    # Some request came back in 20 ms: the gateway, the network and an engine step.
+    s.settle(Ticket("x", 0, 2, 0.0), 0.02, 0)
+    assert s.floor_s == 0.02
+    # 31 ms for a 2-unit question on a 20-unit held prefix: 11 ms past the floor, within a
+    # hit's 2 + 10 units: a hit (counted from zero, 31 ms is past 2 + 15 units: a miss).
+    assert s.settle(Ticket("m", 20, 2, 0.0), 0.031, 0) is True
+    # Past the floor by more than the new part and 3/4 of the held one: a miss.
+    assert s.settle(Ticket("m", 20, 2, 0.0), 0.038, 0) is False
+    # In between: undecided.
+    assert s.settle(Ticket("m", 20, 2, 0.0), 0.034, 0) is None

@@ -155,28 +155,42 @@ def test_second_request_of_a_prefix_still_prefilling_waits_for_it_on_the_holder(
     assert policy.pick(MEMBERS, prompt("other text " * 40, {home: 2})).id != home
 
 
-def test_a_holder_whose_request_waits_past_any_prefill_of_it_is_passed_over_until_it_begins() -> (
+def test_a_holder_whose_stream_waits_past_any_prefill_of_it_is_passed_over_until_it_begins() -> (
     None
 ):
     clock = FakeClock()
     policy = build(clock, prefill_tokens_per_s="1000")
-    home = policy.pick(MEMBERS, prompt(SYSTEM + "q0")).id
-    ticket = prompt(SYSTEM + "q1", {home: 1})
-    assert policy.pick(MEMBERS, ticket).id == home
-    blocks = policy.index.block_count(SYSTEM + "q1")
-    # Long enough for a prefill of the whole prompt: still the holder.
-    clock.advance(blocks * policy.index.block_chars / 4000)
-    assert policy.pick(MEMBERS, prompt(SYSTEM + "q2", {home: 2})).id == home
-    # Far past it with neither request begun (a thrashing or stuck engine): elsewhere.
-    clock.advance(4 * blocks * policy.index.block_chars / 4000)
-    away = policy.pick(MEMBERS, prompt(SYSTEM + "q3", {home: 2})).id
+
+    def stream(text: str, in_flight: dict[str, int]) -> PickContext:
+        return PickContext(model="m", payload={"prompt": text, "stream": True}, in_flight=in_flight)
+
+    home = policy.pick(MEMBERS, stream(SYSTEM + "q0", {})).id
+    assert policy.pick(MEMBERS, stream(SYSTEM + "q1", {home: 1})).id == home
+    prefill_s = policy.index.block_count(SYSTEM + "q1") * policy.index.block_chars / 4000
+    # Twice a prefill of the whole prompt: still the holder.
+    clock.advance(2 * prefill_s)
+    assert policy.pick(MEMBERS, stream(SYSTEM + "q2", {home: 2})).id == home
+    # Far past it with neither stream begun (a thrashing or stuck engine): elsewhere.
+    clock.advance(6 * prefill_s)
+    away = policy.pick(MEMBERS, stream(SYSTEM + "q3", {home: 2})).id
     assert away != home
     # Once they have begun answering, the holder is cheapest again (less loaded than where
     # q3 went).
     assert policy.settles
     for t in policy._backlog[home].waiting:
         policy.began(t)
-    assert policy.pick(MEMBERS, prompt(SYSTEM + "q4", {home: 2, away: 3})).id == home
+    assert policy.pick(MEMBERS, stream(SYSTEM + "q4", {home: 2, away: 3})).id == home
+
+
+def test_a_whole_answer_in_flight_long_is_not_a_stall() -> None:
+    """A request that does not stream gets its first byte when its decode is done: however
+    long it takes, the holder keeps its prefix."""
+    clock = FakeClock()
+    policy = build(clock, prefill_tokens_per_s="1000")
+    home = policy.pick(MEMBERS, prompt(SYSTEM + "q0")).id
+    assert policy.pick(MEMBERS, prompt(SYSTEM + "q1", {home: 1})).id == home
+    clock.advance(100.0)
+    assert policy.pick(MEMBERS, prompt(SYSTEM + "q2", {home: 2})).id == home
 
 
 def test_requests_that_ended_leave_the_backlog() -> None:
