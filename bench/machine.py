@@ -18,6 +18,31 @@ def cpu_model(cpuinfo: str) -> str:
     return "unknown"
 
 
+def cpu_ticks(stat: str) -> tuple[int, int]:
+    """(steal, total) clock ticks of all CPUs from /proc/stat text ((0, 0) if absent). Steal is
+    time the VM's host ran something else while this machine had work: timings taken under
+    much of it are noisy."""
+    for line in stat.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "cpu":
+            ticks = [int(f) for f in fields[1:]]
+            # user nice system idle iowait irq softirq steal [guest guest_nice: inside user]
+            steal = ticks[7] if len(ticks) > 7 else 0
+            return steal, sum(ticks[:8])
+    return 0, 0
+
+
+def read_cpu_ticks() -> tuple[int, int]:
+    path = Path("/proc/stat")
+    return cpu_ticks(path.read_text()) if path.exists() else (0, 0)
+
+
+def steal_share(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    """The share of CPU time stolen between two read_cpu_ticks() (None: nothing to tell)."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else None
+
+
 def mem_total_bytes(meminfo: str) -> int:
     for line in meminfo.splitlines():
         if line.startswith("MemTotal:"):

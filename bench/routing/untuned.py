@@ -217,7 +217,14 @@ def checks(rows: list[Row]) -> list[str]:
     return lines
 
 
-def render(rows: list[Row], plan: Plan, shape: FleetShape, command: str, took_s: float) -> str:
+def render(
+    rows: list[Row],
+    plan: Plan,
+    shape: FleetShape,
+    command: str,
+    took_s: float,
+    steal: float | None = None,
+) -> str:
     wshape = wl.WorkloadShape()
     caches = ", ".join(f"{b:,}" for b in shape.kv_blocks)
     lines = [
@@ -227,6 +234,11 @@ def render(rows: list[Row], plan: Plan, shape: FleetShape, command: str, took_s:
         "replaces this section only.",
         "",
         *[f"- {k}: {v}" for k, v in machine.describe(ROOT)],
+        *(
+            [f"- CPU steal during the run: {steal:.0%} (the VM's host running others' work)"]
+            if steal is not None
+            else []
+        ),
         "",
         f"{len(shape.kv_blocks)} `llm-pool sim-engine`s whose KV caches differ: {caches} blocks "
         f"of {shape.block_size} tokens, --speedup {shape.speedup:g} (times below are "
@@ -305,6 +317,7 @@ async def run_untuned(
     if rates:
         plan = replace(plan, rates=dict.fromkeys(plan.rates, rates))
     started = time.monotonic()
+    ticks = machine.read_cpu_ticks()
     rows: list[Row] = []
     base = FleetShape(speedup=plan.speedup)
     wshape = wl.WorkloadShape()
@@ -339,7 +352,8 @@ async def run_untuned(
                                 )
                 finally:
                     await fleet.stop()
-    section = render(rows, plan, base, command, time.monotonic() - started)
+    steal = machine.steal_share(ticks, machine.read_cpu_ticks())
+    section = render(rows, plan, base, command, time.monotonic() - started, steal)
     write_section(out, section, BEGIN, END)
     print()
     print(section)

@@ -87,3 +87,13 @@ def test_members_per_group_counts_where_each_group_was_served() -> None:
     # Unknown members (no header) are left out; no group big enough: 0.
     assert members_per_group(["g"] * 4, ["e0"] * 4) == 0.0
     assert members_per_group(["g"] * 9, [""] * 9) == 0.0
+
+
+def test_cpu_steal_is_read_from_proc_stat() -> None:
+    from bench.machine import cpu_ticks, steal_share
+
+    before = cpu_ticks("cpu  100 0 50 800 10 0 0 40 0 0\ncpu0 50 0 25 400 5 0 0 20 0 0\n")
+    after = cpu_ticks("cpu  200 0 100 1500 20 0 0 180 0 0\n")
+    assert before == (40, 1000) and after == (180, 2000)
+    assert steal_share(before, after) == 0.14
+    assert cpu_ticks("") == (0, 0) and steal_share((0, 0), (0, 0)) is None
