@@ -73,7 +73,14 @@ async def test_supervisor_watches_reports_and_never_signals_the_engine(
 ) -> None:
     supervisor.attach(spec_for(engine))
     assert supervisor.changed.is_set()
-    await until(lambda: status_of(supervisor).state is ReplicaState.READY, what="READY")
+    # READY comes with the health probe; the engine's load with its next metrics reading.
+    await until(
+        lambda: (
+            status_of(supervisor).state is ReplicaState.READY
+            and status_of(supervisor).running == 2.0
+        ),
+        what="READY with the engine's load read",
+    )
     ready = status_of(supervisor)
     assert ready.healthy and ready.attached and (ready.pid, ready.restarts) == (0, 0)
     assert (ready.running, ready.url, ready.served_model) == (2.0, engine.url, "chat")
