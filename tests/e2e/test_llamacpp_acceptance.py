@@ -42,11 +42,23 @@ LONG: Any = [{"role": "user", "content": "Write a long essay about the history o
 SHORT: Any = [{"role": "user", "content": "What is the capital of France?"}]
 # tests/e2e/conftest.py's Cluster (conftest modules are not imported by tests).
 Cluster = Any
+DRAIN_ENV = "LLMPOOL_CONTROLLER_DRAIN_S"
 
 
 @pytest.fixture(scope="module")
 def pool(module_up: Callable[..., Cluster]) -> Cluster:
-    cluster = module_up()
+    # A replica being removed gets up to 10 s by default to finish its streams; on a busy CI
+    # host a 160-token stream on llama.cpp can take longer, and the scale-down test is about
+    # the drain waiting for streams (it still ends as soon as none is left), not about 10 s.
+    before = os.environ.get(DRAIN_ENV)
+    os.environ[DRAIN_ENV] = "120"
+    try:
+        cluster = module_up()
+    finally:
+        if before is None:
+            del os.environ[DRAIN_ENV]
+        else:
+            os.environ[DRAIN_ENV] = before
     try:
         cluster.wait_ready(POOL, 2, timeout=240)
     except AssertionError:
