@@ -237,9 +237,8 @@ class RequestAccount:
         member = self._member
         assert member is not None and self._trying, "no try is open"
         self._trying = False
-        policy = self._policy
-        if policy is not None and policy.settles and self._ticket is not None:
-            policy.began(self._ticket)
+        # A try that ends has begun as far as the policy's wait is concerned (first byte or not).
+        self.first_byte()
         end = self._book.clock.monotonic() if now is None else now
         cost = self._cost = (
             member.cost_usd(tokens.prompt, tokens.cached, tokens.completion)
