@@ -15,12 +15,13 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
+from itertools import repeat
 
 from xxhash import xxh3_64_intdigest
 
 from gateway.members import Member
 
-_SPAN = float(1 << 64)
+_SCALE = 1.0 / (float(1 << 64) + 1.0)
 
 
 class Placement:
@@ -29,6 +30,8 @@ class Placement:
         self._ids: dict[str, bytes] = {}
         self._shape: tuple[tuple[str, int], ...] = ()
         self._learned: dict[str, int] = {}
+        # Every weight is 1: the highest hash wins, no logarithms needed.
+        self._uniform = True
 
     def update(self, members: Sequence[Member]) -> None:
         """Takes the members' reported caches as weights when they changed."""
@@ -54,26 +57,24 @@ class Placement:
         known = [c for c in sizes.values() if c > 0]
         typical = statistics.median(known) if known else 0
         self._weights = {mid: (c / typical if c and typical else 1.0) for mid, c in sizes.items()}
+        self._uniform = all(w == 1.0 for w in self._weights.values())
 
-    def choose(self, key: int, candidates: Sequence[Member], among: Sequence[int]) -> int:
-        """Of the candidates at the indexes `among` (not empty), the index of the one the
-        prefix belongs to."""
-        best = among[0]
-        if len(among) == 1:
-            return best
-        top = -math.inf
+    def choose(self, key: int, ids: Sequence[str]) -> int:
+        """The position in ids (not empty) of the member the prefix belongs to."""
+        if len(ids) == 1:
+            return 0
         seed = key & 0xFFFFFFFFFFFFFFFF
-        ids = self._ids
-        weights = self._weights
-        log = math.log
-        for i in among:
-            mid = candidates[i].id
-            raw = ids.get(mid)
-            # The member's claim on the prefix: higher wins (always below 0).
-            u = (xxh3_64_intdigest(raw if raw is not None else mid.encode(), seed) + 1) / (
-                _SPAN + 1
-            )
-            s = log(u) / weights.get(mid, 1.0)
-            if s > top:
-                best, top = i, s
-        return best
+        raw = self._ids
+        try:
+            names = list(map(raw.__getitem__, ids))
+        except KeyError:
+            names = [raw.get(mid) or mid.encode() for mid in ids]
+        # Each member's claim on the prefix: highest wins.
+        claims: list[float] = list(map(xxh3_64_intdigest, names, repeat(seed)))
+        if not self._uniform:
+            weight = self._weights.get
+            log = math.log
+            claims = [
+                log((h + 1) * _SCALE) / weight(mid, 1.0) for h, mid in zip(claims, ids, strict=True)
+            ]
+        return claims.index(max(claims))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from gateway.members import Member
 from gateway.policies.base import ParamReader, PickContext, Policy
@@ -116,6 +116,26 @@ class Backlog:
         _sub(self.left_by_prefix, entry.prefix, blocks)
 
 
+class _Columns:
+    __slots__ = ("candidates", "ids", "others", "position", "records", "reported")
+
+    def __init__(
+        self,
+        candidates: Sequence[Member],
+        reported: Mapping[str, int],
+        ids: list[str],
+        records: list[Held],
+        others: list[float],
+        position: dict[str, int],
+    ) -> None:
+        self.candidates = candidates
+        self.reported = reported
+        self.ids = ids
+        self.records = records
+        self.others = others
+        self.position = position
+
+
 class PrefixAware(Policy, name="prefix_aware"):
     """Prefix-cache-aware routing by estimated work, after Dynamo's KV router (see
     docs/policies.md). For each candidate, in units of the index's first block size:
@@ -178,6 +198,9 @@ class PrefixAware(Policy, name="prefix_aware"):
         self.sizer = CacheSizer(self.index, CHARS_PER_TOKEN)
         # Backlogs point at the index's per-member records: a new index, new backlogs.
         self._backlog: dict[str, Backlog] = {}
+        # Those with requests in flight (entries) as last seen.
+        self._busy: dict[str, Backlog] = {}
+        self._cols: _Columns | None = None
         self.drain_blocks_per_s = self._prefill_rate * CHARS_PER_TOKEN / block_chars
 
     def on_snapshot(self, members: Sequence[Member]) -> None:
@@ -202,6 +225,8 @@ class PrefixAware(Policy, name="prefix_aware"):
         self.sizer.forget(keep)
         for gone in [m for m in self._backlog if m not in keep]:
             del self._backlog[gone]
+            self._busy.pop(gone, None)
+        self._cols = None
         self.placement.update(members)
 
     def backlog_blocks(self, member_id: str) -> float:
@@ -230,6 +255,30 @@ class PrefixAware(Policy, name="prefix_aware"):
         if ticket.presumed and hit is not None:
             self.shared += _SHARED_ALPHA * ((1.0 if hit else 0.0) - self.shared)
 
+    def _columns(self, candidates: Sequence[Member], reported: Mapping[str, int]) -> _Columns:
+        """What pick() reads of each candidate that stays put between snapshots and usage
+        reports: kept while the same tuple (the route's members, on the hot path) and the
+        same report (or none) come back; a new index or member set drops it."""
+        cols = self._cols
+        if (
+            cols is None
+            or candidates is not cols.candidates
+            or (reported is not cols.reported and (reported or cols.reported))
+        ):
+            index = self.index
+            ids = [m.id for m in candidates]
+            cols = self._cols = _Columns(
+                candidates,
+                reported,
+                ids,
+                [index.record(mid) for mid in ids],
+                # The other gateways' requests in flight there (Member.in_flight, the
+                # controller's aggregate, less what this gateway last reported of its own).
+                [max(m.in_flight - reported.get(m.id, 0), 0) for m in candidates],
+                {mid: i for i, mid in enumerate(ids)},
+            )
+        return cols
+
     def pick(self, candidates: Sequence[Member], ctx: PickContext) -> Member:
         index = self.index
         match = index.match(ctx.prefix_key)
@@ -238,93 +287,117 @@ class PrefixAware(Policy, name="prefix_aware"):
         # The prompt's first block names its prefix; -1 for a prompt without blocks.
         prefix = match.key
         own = ctx.in_flight.get
-        reported = ctx.reported_in_flight.get
-        backlogs = self._backlog
         per_request = self.request_blocks
         evict_weight = self.evict_weight
-        hot_evict_weight = self.hot_evict_weight
-        active_weight = self.active_weight
-        default_room = index.member_blocks or 0
+        hot_extra = self.hot_evict_weight - evict_weight
+        cols = self._columns(candidates, ctx.reported_in_flight)
+        ids = cols.ids
+        # Every member as one that holds none of the prompt and has none of our requests
+        # waiting (most of them, most of the time), in one pass: requests in flight, each
+        # counted once (PickContext.loads), and what the prompt's blocks would evict there
+        # (LRU takes the oldest first: the one-off blocks, then the hot ones). The prompt's
+        # own blocks are left out: the same for every member.
+        costs = [
+            per_request * (own(mid, 0) + others)
+            + (
+                (evict_weight * over + (hot_extra * (over - r.singles) if over > r.singles else 0))
+                if (over := blocks + r.units - r.room) > 0
+                else 0
+            )
+            for mid, others, r in zip(ids, cols.others, cols.records, strict=True)
+        ]
         now = self.clock.monotonic()
-        rate = self.sizer.drain_rate(self.drain_blocks_per_s)
-        no_match = (0, 0)
-        best = float("inf")
-        best_held = 0
-        best_rank = 0
-        tied: list[int] = []
-        costs: list[float] = []
-        for i, m in enumerate(candidates):
-            mid = m.id
-            # Requests in flight there, each counted once (PickContext.loads, inlined).
-            mine = own(mid, 0)
-            others = m.in_flight - reported(mid, 0)
-            cost = per_request * (mine + others if others > 0 else mine) + blocks
-            held = rank = 0
-            backlog = backlogs.get(mid)
-            # A member this gateway never sent anything costs its load and a whole prefill.
-            if backlog is not None:
-                if depth:
-                    held, rank = depth.get(mid, no_match)
-                    cost -= held
-                if backlog.entries:
-                    # Draining more often than every millisecond changes nothing that matters.
-                    if len(backlog.entries) > mine or now - backlog.last > 0.001:
-                        backlog.update(mine, now, rate)
-                    # Queued blocks ahead plus active_weight x blocks held by running requests,
-                    # leaving out this prompt's own prefix (its prefill there is shared).
-                    cost += (backlog.left - backlog.left_by_prefix.get(prefix, 0.0)) + (
-                        active_weight * (backlog.active - backlog.active_by_prefix.get(prefix, 0.0))
-                    )
-                    waiting = backlog.waiting
-                    while waiting and waiting[0].started:
-                        waiting.popleft()
-                    if waiting:
-                        t = waiting[0]
-                        stalled = (now - t.sent_at) * rate - 2 * (t.new + t.held + t.queued)
-                        if stalled > 0:
-                            cost += stalled
-                new = blocks - held
-                if new:
-                    record = backlog.held
-                    room = record.cap or default_room
-                    if room:
-                        over = record.units + new - room
-                        if over > 0:
-                            if over > new:
-                                over = new
-                            # LRU takes the oldest first: the one-off blocks, then hot ones.
-                            hot = over - record.singles
-                            if hot > 0:
-                                cost += evict_weight * (over - hot) + hot_evict_weight * hot
-                            else:
-                                cost += evict_weight * over
-            costs.append(cost)
+        if depth or self._busy:
+            self._adjust(cols, costs, match, ctx, now)
+        best = min(costs)
+        if costs.count(best) == 1:
+            chosen = costs.index(best)
+        else:
             # Ties: the deeper match, then the more recent holder, then in turn.
-            if cost < best or (
-                cost == best and (held > best_held or (held == best_held and rank < best_rank))
-            ):
-                best, best_held, best_rank, tied = cost, held, rank, [i]
-            elif cost == best and held == best_held and rank == best_rank:
-                tied.append(i)
-        chosen = self.in_turn(tied)
+            no_match = (0, 0)
+            tied = [i for i, c in enumerate(costs) if c == best]
+            if depth:
+                ranks = [depth.get(ids[i], no_match) for i in tied]
+                top = max(held for held, _ in ranks)
+                first = min(rank for held, rank in ranks if held == top)
+                tied = [i for i, hr in zip(tied, ranks, strict=True) if hr == (top, first)]
+            chosen = self.in_turn(tied)
         presumed = False
-        if blocks and (not depth or (depth.get(candidates[chosen].id, no_match)[0] == 0)):
+        if blocks and (not depth or ids[chosen] not in depth):
             # The request goes where nothing of it is cached (as far as this gateway knows):
             # a new prefix, or a busy one spilling. Every gateway picks alike among the members
             # that cost about as little: the prefix's place by rendezvous. Another gateway may
             # have put it at that place already (placed it new, or spilled it there too): worth
             # up to the chance of that (learned) x its size.
-            slack = max(self.shared * blocks, 0.5 * per_request)
-            limit = best + slack
-            near = [
-                i
-                for i, c in enumerate(costs)
-                if c <= limit and (not depth or candidates[i].id not in depth)
-            ]
+            limit = best + max(self.shared * blocks, 0.5 * per_request)
+            near = [i for i, c in enumerate(costs) if c <= limit]
+            if depth:
+                near = [i for i in near if ids[i] not in depth]
             if near:
-                chosen = self.placement.choose(prefix, candidates, near)
+                chosen = near[self.placement.choose(prefix, [ids[i] for i in near])]
             presumed = not depth
         return self._sent(candidates[chosen], match, ctx, presumed, now)
+
+    def _adjust(
+        self, cols: _Columns, costs: list[float], match: Match, ctx: PickContext, now: float
+    ) -> None:
+        """Adds to pick()'s first pass what it left out for the members that hold part of the
+        prompt (what they hold, and evict less) or have our requests in flight (their queue,
+        a stall); see the class's docstring."""
+        depth = match.depth
+        blocks = match.blocks
+        prefix = match.key
+        busy = self._busy
+        position = cols.position
+        records = cols.records
+        own = ctx.in_flight.get
+        active_weight = self.active_weight
+        rate = self.sizer.drain_rate(self.drain_blocks_per_s)
+        for mid, backlog in list(busy.items()):
+            i = position.get(mid)
+            if i is None:
+                continue
+            entries = backlog.entries
+            # Draining more often than every millisecond changes nothing that matters.
+            mine = own(mid, 0)
+            if len(entries) > mine or now - backlog.last > 0.001:
+                backlog.update(mine, now, rate)
+            if not entries:
+                del busy[mid]
+                continue
+            # Queued blocks ahead plus active_weight x blocks held by running requests, leaving
+            # out this prompt's own prefix (its prefill there is shared).
+            cost = (backlog.left - backlog.left_by_prefix.get(prefix, 0.0)) + active_weight * (
+                backlog.active - backlog.active_by_prefix.get(prefix, 0.0)
+            )
+            waiting = backlog.waiting
+            while waiting and waiting[0].started:
+                waiting.popleft()
+            if waiting:
+                t = waiting[0]
+                stalled = (now - t.sent_at) * rate - 2 * (t.new + t.held + t.queued)
+                if stalled > 0:
+                    cost += stalled
+            costs[i] += cost
+        if not depth:
+            return
+        evict_weight = self.evict_weight
+        hot_extra = self.hot_evict_weight - evict_weight
+        for mid, (held, _) in depth.items():
+            i = position.get(mid)
+            if i is None:
+                continue
+            # The first pass took the whole prompt as new there.
+            record = records[i]
+            for new, sign in ((blocks, -1), (blocks - held, 1)):
+                over = record.units + new - record.room
+                if over > 0:
+                    if over > new:
+                        over = new
+                    # LRU takes the oldest first: the one-off blocks, then hot ones.
+                    hot = over - record.singles
+                    costs[i] += sign * (evict_weight * over + (hot_extra * hot if hot > 0 else 0))
+            costs[i] -= held
 
     def _sent(
         self, choice: Member, match: Match, ctx: PickContext, presumed: bool, now: float
@@ -341,6 +414,7 @@ class PrefixAware(Policy, name="prefix_aware"):
             mid, held, new, backlog.left, presumed, alone, now, match.hashes
         )
         backlog.add(match.key, new, now, ticket if ctx.payload.get("stream") else None)
+        self._busy[mid] = backlog
         if match.blocks:
             self.index.insert(mid, match)
         return choice

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Container, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import islice, repeat
 
 from xxhash import xxh3_64_intdigest
 
@@ -12,6 +13,8 @@ from xxhash import xxh3_64_intdigest
 # pick hashes and looks up a bounded number of them (bench/pick.py), while the position where
 # two prompts part is still known to within 1/16 of its depth.
 BLOCKS_PER_SIZE = 8
+# The room of a member with no bound.
+UNBOUNDED = 1 << 62
 
 
 @dataclass(slots=True)
@@ -22,10 +25,14 @@ class Match:
     recently sent the deepest block it matched."""
 
     blocks: int  # the prompt's units in whole blocks
-    hashes: list[int]  # of its first blocks, as far as the walk went
+    hashes: list[int]  # of its whole blocks
     depth: dict[str, tuple[int, int]]
     data: bytes = b""
     count: int = 0  # whole blocks in the prompt
+    # Each block's holders when matched (None: none), and the index's epoch then.
+    found: list[tuple[str, ...] | None] = field(default_factory=list)
+    epoch: int = -1
+    run: int = 0  # leading blocks with the same holders as the first (0: none holds it)
 
     @property
     def key(self) -> int:
@@ -34,17 +41,39 @@ class Match:
         return self.hashes[0] if self.hashes else -1
 
 
+def _run(found: list[tuple[str, ...] | None]) -> int:
+    """How many leading entries equal the first, if it is not None (in C when all up to the
+    first None do)."""
+    try:
+        stop = found.index(None)
+    except ValueError:
+        stop = len(found)
+    if not stop:
+        return 0
+    first = found[0]
+    if found[:stop].count(first) == stop:
+        return stop
+    run = 1
+    for holders in islice(found, 1, None):
+        if holders != first:
+            break
+        run += 1
+    return run
+
+
 class Held:
     """One member's blocks in the index, least recently sent first -> units (negative once
-    reused), with their total, the units not reused, and its bound (0: member_blocks)."""
+    reused), with their total, the units not reused, its own bound (0: member_blocks) and the
+    bound in force (`room`: UNBOUNDED when none)."""
 
-    __slots__ = ("blocks", "cap", "singles", "units")
+    __slots__ = ("blocks", "cap", "room", "singles", "units")
 
-    def __init__(self) -> None:
+    def __init__(self, room: int = UNBOUNDED) -> None:
         self.blocks: OrderedDict[int, int] = OrderedDict()
         self.units = 0
         self.singles = 0
         self.cap = 0
+        self.room = room
 
 
 class BlockLayout:
@@ -56,9 +85,11 @@ class BlockLayout:
         self.ends: list[int] = []
         self.units: list[int] = []  # units up to and including block i
         self.weights: list[int] = []
+        self.spans: list[tuple[int, int]] = []  # (start, end) of block i
         end = units = 0
         for i in range(max_blocks):
             weight = 1 << (i // BLOCKS_PER_SIZE)
+            self.spans.append((end, end + block_chars * weight))
             end += block_chars * weight
             units += weight
             self.ends.append(end)
@@ -121,6 +152,9 @@ class PrefixIndex:
         self._blocks: OrderedDict[int, tuple[str, ...]] = OrderedDict()
         # Per member: what it holds. Read-only outside.
         self.held_by: dict[str, Held] = {}
+        # Moves on every change, so an insert knows whether its match's view is current, and
+        # a caller whether records it kept are still the index's.
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self._blocks)
@@ -138,7 +172,7 @@ class PrefixIndex:
     def record(self, member_id: str) -> Held:
         record = self.held_by.get(member_id)
         if record is None:
-            record = self.held_by[member_id] = Held()
+            record = self.held_by[member_id] = Held(self.member_blocks or UNBOUNDED)
         return record
 
     def cap(self, member_id: str) -> int | None:
@@ -152,7 +186,8 @@ class PrefixIndex:
         """Bounds member_id by units of its own (reported or learned), forgetting its oldest
         blocks beyond them."""
         record = self.record(member_id)
-        record.cap = max(1, units)
+        record.cap = record.room = max(1, units)
+        self.epoch += 1
         self.trim(record, member_id)
 
     def block_count(self, text: str | bytes) -> int:
@@ -162,80 +197,94 @@ class PrefixIndex:
         return layout.units_of(layout.count(len(data)))
 
     def match(self, text: str | bytes) -> Match:
-        """Walks the prompt's blocks while some member holds them all; hashes only that far."""
+        """Hashes the prompt's blocks and finds, for each member holding its first ones, how
+        far its blocks are held."""
         data = text.encode() if isinstance(text, str) else text
         layout = self.layout
         count = layout.count(len(data))
-        view = memoryview(data)
-        ends = layout.ends
-        units = layout.units
-        blocks = self._blocks
-        hashes: list[int] = []
-        depth: dict[str, tuple[int, int]] = {}
         h = 0
-        start = 0
-        alive: tuple[str, ...] = ()
-        prev: tuple[str, ...] = ()
-        i = 0
-        for i in range(count):
-            end = ends[i]
-            h = xxh3_64_intdigest(view[start:end], h)
-            start = end
-            hashes.append(h)
-            holders = blocks.get(h)
-            if holders is None:
-                break
-            if holders == alive:
-                pass  # The common case: the same members hold this block too.
-            elif i:
-                still = tuple(m for m in holders if m in alive)
-                if len(still) < len(alive):
-                    matched = units[i - 1]
-                    for m in alive:
-                        if m not in still:
-                            depth[m] = (matched, prev.index(m))
-                if not still:
-                    break
-                alive = still
-            else:
-                alive = holders
-            prev = holders
-        else:
+        # All blocks at once (in C but for the loop): the insert that follows a pick needs
+        # them anyway. Bytes slices hash faster than memoryview ones (no buffer export).
+        hashes = [(h := xxh3_64_intdigest(data[a:b], h)) for a, b in layout.spans[:count]]
+        found = list(map(self._blocks.get, hashes))
+        depth: dict[str, tuple[int, int]] = {}
+        alive = found[0] if count else None
+        run = _run(found)
+        if alive and (run == count or found[run] is None):
+            # The common case, checked in C: the same members hold every block held.
+            matched = layout.units[run - 1]
+            depth = {m: (matched, rank) for rank, m in enumerate(alive)}
+        elif alive:
+            units = layout.units
+            prev = alive
             i = count
-        if alive:
-            # Blocks 0..i-1 matched for whoever is still alive (i is where the walk stopped).
-            matched = units[i - 1] if i else 0
-            for m in alive:
-                if m not in depth:
-                    depth[m] = (matched, prev.index(m))
-        total = units[count - 1] if count else 0
-        return Match(blocks=total, hashes=hashes, depth=depth, data=data, count=count)
+            for i in range(1, count):
+                holders = found[i]
+                if holders is None:
+                    break
+                if holders != alive:
+                    still = tuple(m for m in holders if m in alive)
+                    if len(still) < len(alive):
+                        matched = units[i - 1]
+                        for m in alive:
+                            if m not in still:
+                                depth[m] = (matched, prev.index(m))
+                    if not still:
+                        alive = ()
+                        break
+                    alive = still
+                prev = holders
+            else:
+                i = count
+            if alive:
+                # Blocks 0..i-1 matched for whoever is still alive (i is where the walk stopped).
+                matched = units[i - 1]
+                for m in alive:
+                    if m not in depth:
+                        depth[m] = (matched, prev.index(m))
+        total = layout.units[count - 1] if count else 0
+        return Match(
+            blocks=total,
+            hashes=hashes,
+            depth=depth,
+            data=data,
+            count=count,
+            found=found,
+            epoch=self.epoch,
+            run=run,
+        )
 
     def insert(self, member_id: str, match: Match) -> None:
         """Records that member_id was sent the matched prompt: it now holds every block of it."""
         hashes = match.hashes
-        ends = self.layout.ends
         weights = self.layout.weights
-        if len(hashes) < match.count:
-            view = memoryview(match.data)
-            h = hashes[-1] if hashes else 0
-            start = ends[len(hashes) - 1] if hashes else 0
-            for i in range(len(hashes), match.count):
-                end = ends[i]
-                h = xxh3_64_intdigest(view[start:end], h)
-                start = end
-                hashes.append(h)
         blocks = self._blocks
         record = self.record(member_id)
         mine = record.blocks
+        if match.epoch == self.epoch:
+            found, run = match.found, match.run
+        else:
+            found = list(map(blocks.get, hashes))
+            run = _run(found)
+        self.epoch += 1
+        # The leading blocks the member holds already, as their latest holder and reused: all
+        # that changes is their recency, done in C below (a long shared prefix is most of a
+        # prompt). The rest block by block.
+        lead = 0
+        first = found[0] if run else None
+        if first is not None and first[0] == member_id:
+            weights_held = list(map(mine.get, hashes[:run], repeat(1)))
+            if max(weights_held) < 0:
+                lead = run
+            else:
+                lead = next(i for i, w in enumerate(weights_held) if w > 0)
         limit = self.max_holders
         get = blocks.get
         touch = blocks.move_to_end
-        mine_get = mine.get
         touch_mine = mine.move_to_end
         held = record.units
         single = record.singles
-        for i in range(len(hashes) - 1, -1, -1):
+        for i in range(len(hashes) - 1, lead - 1, -1):
             h = hashes[i]
             holders = get(h)
             if holders is None:
@@ -252,7 +301,7 @@ class PrefixIndex:
                     # The least recent holder drops out of this block.
                     self._unhold(rest[limit - 1], h)
                 blocks[h] = (member_id, *rest[: limit - 1])
-            had = mine_get(h)
+            had = mine.get(h)
             if had is None:
                 w = weights[i]
                 mine[h] = w
@@ -263,6 +312,10 @@ class PrefixIndex:
                 if had > 0:
                     mine[h] = -had
                     single -= had
+        if lead:
+            # Most recent last, first block last: LRU takes the deepest blocks first.
+            deque(map(touch, reversed(hashes[:lead])), 0)
+            deque(map(touch_mine, reversed(hashes[:lead])), 0)
         record.units = held
         record.singles = single
         cap = record.cap or self.member_blocks
@@ -297,6 +350,7 @@ class PrefixIndex:
         record = self.held_by.get(member_id)
         if record is None:
             return
+        self.epoch += 1
         for h in hashes:
             if h in record.blocks:
                 self._unhold(member_id, h)
@@ -326,6 +380,7 @@ class PrefixIndex:
 
     def forget(self, keep: Container[str]) -> None:
         """Drops members not in keep; blocks no member holds any more go too."""
+        self.epoch += 1
         for m in [m for m in self.held_by if m not in keep]:
             del self.held_by[m]
         for h in list(self._blocks):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from gateway.members import idle_member
+from gateway.members import Member, idle_member
 from gateway.policies import PickContext, PolicyRegistry, PrefixAware
 from gateway.policies.placement import Placement
 from llmpool.clock import FakeClock
@@ -13,15 +13,18 @@ from llmpool.clock import FakeClock
 MEMBERS = [idle_member(f"m{i}") for i in range(4)]
 
 
+def ids(members: list[Member]) -> list[str]:
+    return [m.id for m in members]
+
+
 def test_every_instance_places_a_prefix_on_the_same_member_whatever_the_order() -> None:
     one, two = Placement(), Placement()
     one.update(MEMBERS)
     two.update(list(reversed(MEMBERS)))
-    everyone = list(range(4))
     for key in range(1, 2000, 7):
-        a = MEMBERS[one.choose(key, MEMBERS, everyone)].id
+        a = MEMBERS[one.choose(key, ids(MEMBERS))].id
         flipped = list(reversed(MEMBERS))
-        b = flipped[two.choose(key, flipped, everyone)].id
+        b = flipped[two.choose(key, ids(flipped))].id
         assert a == b
 
 
@@ -32,7 +35,7 @@ def test_members_that_report_more_cache_take_more_prefixes() -> None:
     ]
     place = Placement()
     place.update(members)
-    won = Counter(members[place.choose(k * 7919, members, [0, 1])].id for k in range(4000))
+    won = Counter(members[place.choose(k * 7919, ids(members))].id for k in range(4000))
     # Weights 1:8 (rendezvous with weights): the large one wins about 8 in 9.
     assert 0.84 < won["large"] / 4000 < 0.94
 
@@ -41,12 +44,12 @@ def test_learned_caches_weigh_members_that_report_nothing_in_powers_of_two() -> 
     members = [idle_member("small"), idle_member("large")]
     place = Placement()
     place.update(members)
-    even = Counter(members[place.choose(k * 7919, members, [0, 1])].id for k in range(4000))
+    even = Counter(members[place.choose(k * 7919, ids(members))].id for k in range(4000))
     assert 0.45 < even["large"] / 4000 < 0.55
     # Learned 8,000 and 70,000 tokens: weighed as 4,096 and 65,536 (1:16).
     place.learn("small", 8000)
     place.learn("large", 70000)
-    won = Counter(members[place.choose(k * 7919, members, [0, 1])].id for k in range(4000))
+    won = Counter(members[place.choose(k * 7919, ids(members))].id for k in range(4000))
     assert 0.91 < won["large"] / 4000 < 0.97
     # Another gateway that learned a little differently weighs them the same.
     other = Placement()
@@ -54,24 +57,23 @@ def test_learned_caches_weigh_members_that_report_nothing_in_powers_of_two() -> 
     other.learn("small", 6000)
     other.learn("large", 100000)
     assert all(
-        place.choose(k, members, [0, 1]) == other.choose(k, members, [0, 1])
-        for k in range(1, 2000, 3)
+        place.choose(k, ids(members)) == other.choose(k, ids(members)) for k in range(1, 2000, 3)
     )
     # A report outweighs what was learned.
     reported = [idle_member("small", cache_tokens=65536), idle_member("large")]
     place.update(reported)
-    won = Counter(reported[place.choose(k * 7919, reported, [0, 1])].id for k in range(4000))
+    won = Counter(reported[place.choose(k * 7919, ids(reported))].id for k in range(4000))
     assert 0.45 < won["large"] / 4000 < 0.55
 
 
 def test_removing_a_member_moves_only_its_prefixes() -> None:
     place = Placement()
     place.update(MEMBERS)
-    before = {k: place.choose(k, MEMBERS, range(4)) for k in range(1, 3000)}
+    before = {k: place.choose(k, ids(MEMBERS)) for k in range(1, 3000)}
     rest = MEMBERS[:3]
     place.update(rest)
     for key, was in before.items():
-        now = place.choose(key, rest, range(3))
+        now = place.choose(key, ids(rest))
         if was != 3:
             assert now == was
 
