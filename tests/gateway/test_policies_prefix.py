@@ -4,6 +4,7 @@ capacity, the index's memory cap, multi-turn chats, and state surviving load-onl
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 from typing import Any
 
@@ -295,6 +296,59 @@ def test_index_evicts_leaves_before_their_prefix() -> None:
     assert len(index) == 6
     # The first 6 blocks survive: the prompt still matches 6 deep.
     assert index.match(long_text).depth == {"a": (6, 0)}
+
+
+def _walk(found: list[tuple[str, ...] | None], units: list[int]) -> dict[str, tuple[int, int]]:
+    """The index's depth rule block by block: a member matches until it drops out of the
+    holders; its rank is its place among the holders of the last block it matched."""
+    depth: dict[str, tuple[int, int]] = {}
+    alive: tuple[str, ...] = ()
+    prev: tuple[str, ...] = ()
+    for i, holders in enumerate(found):
+        if holders is None:
+            break
+        still = holders if i == 0 else tuple(m for m in holders if m in alive)
+        for m in alive:
+            if m not in still:
+                depth[m] = (units[i - 1], prev.index(m))
+        if not still:
+            return depth
+        alive, prev = still, holders
+    else:
+        i = len(found)
+    for m in alive:
+        depth.setdefault(m, (units[i - 1], prev.index(m)))
+    return depth
+
+
+def test_index_fast_paths_agree_with_the_block_by_block_rules() -> None:
+    """Random prompts sharing prefixes, sent to random members of a small index (holders
+    capped, members bounded): every match's depths are what a block-by-block walk of the
+    holders gives, blocks sent twice are reused, each member's counts add up, and a prompt
+    just sent is its member's most recent blocks, first block last."""
+    rng = random.Random(7)
+    index = PrefixIndex(
+        block_chars=8, max_blocks=400, max_prompt_blocks=40, max_holders=3, member_blocks=120
+    )
+    stems = ["".join(rng.choices("abcdef", k=rng.randint(0, 160))) for _ in range(6)]
+    for _ in range(1500):
+        text = rng.choice(stems) + "".join(rng.choices("xyz", k=rng.randint(0, 120)))
+        match = index.match(text)
+        assert match.depth == _walk(match.found, index.layout.units)
+        member = rng.choice("abcde")
+        had = index.record(member).blocks
+        again = [h for h in match.hashes if h in had]
+        index.insert(member, match)
+        record = index.held_by[member]
+        # Sent there a second time: no longer a one-off block.
+        assert all(record.blocks[h] < 0 for h in again if h in record.blocks)
+        assert list(record.blocks)[-len(match.hashes) :][::-1] == match.hashes[: len(record.blocks)]
+        if match.count and all(h in record.blocks for h in match.hashes):
+            assert index.match(text).depth[member] == (match.blocks, 0)
+        for m, r in index.held_by.items():
+            assert r.units == sum(abs(w) for w in r.blocks.values()) <= index.member_blocks
+            assert r.singles == sum(w for w in r.blocks.values() if w > 0)
+            assert all(m in index._blocks[h] for h in r.blocks)
 
 
 def test_index_forgets_removed_members() -> None:
