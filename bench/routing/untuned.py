@@ -146,20 +146,34 @@ def members_per_group(affinities: list[str], members: list[str]) -> float:
 
 
 def learned_caches(texts: list[str]) -> str:
-    """Each gateway's llmpool_gateway_member_cache_tokens, as 'gw0: engine-0 8k, ...'."""
+    """Each gateway's llmpool_gateway_member_cache_tokens with the hits and misses its
+    predictions there had (llmpool_gateway_prefix_predictions_total), as
+    'gw0: engine-0 8k (12/3), ...'."""
     out: list[str] = []
     for n, text in enumerate(texts):
         found: dict[str, float] = {}
+        told: dict[tuple[str, str], float] = {}
         for line in text.splitlines():
             if line.startswith("llmpool_gateway_member_cache_tokens{"):
                 labels, _, value = line.rpartition(" ")
-                backend = labels.split('backend="', 1)[1].split('"', 1)[0]
-                found[backend] = float(value)
+                found[_label(labels, "backend")] = float(value)
+            elif line.startswith("llmpool_gateway_prefix_predictions_total{"):
+                labels, _, value = line.rpartition(" ")
+                told[(_label(labels, "backend"), _label(labels, "outcome"))] = float(value)
         if found:
             out.append(
-                f"gw{n}: " + ", ".join(f"{k} {v / 1000:.0f}k" for k, v in sorted(found.items()))
+                f"gw{n}: "
+                + ", ".join(
+                    f"{k} {v / 1000:.0f}k ({told.get((k, 'hit'), 0):.0f}/"
+                    f"{told.get((k, 'miss'), 0):.0f})"
+                    for k, v in sorted(found.items())
+                )
             )
     return "; ".join(out)
+
+
+def _label(labels: str, name: str) -> str:
+    return labels.split(f'{name}="', 1)[1].split('"', 1)[0]
 
 
 def checks(rows: list[Row]) -> list[str]:
@@ -288,7 +302,8 @@ def render(
                     lines += [
                         "What prefix_aware did: how many members served a group or session "
                         "(on average; a member counts where it served 10% of it), and the "
-                        "caches it learned (tokens, per gateway):",
+                        "caches it learned (tokens, per gateway; with its predictions there, "
+                        "hits/misses):",
                         "",
                         *learned,
                         "",

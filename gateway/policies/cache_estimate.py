@@ -33,8 +33,9 @@ its cache (only cached tokens do): the report outweighs a guess from timing."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 from gateway.policies.prefix_index import PrefixIndex
 
@@ -64,6 +65,10 @@ LOADED_MARGIN = 2.0
 SAMPLE_CEILING = 2.0
 # How far a new expected miss moves the learned seconds per unit.
 SPEED_ALPHA = 0.2
+# Verdicts per member kept with the depth they were at, and the misses past a depth that
+# bound the cap there.
+POINTS = 48
+MISSES_TO_BOUND = 2
 
 
 @dataclass(slots=True)
@@ -83,6 +88,8 @@ class Ticket:
     hashes: Sequence[int] = ()
     # It got its first byte (or ended without one).
     started: bool = False
+    # How deep in the member's LRU its held part sat (Held.reach; 0: not known).
+    reach: int = 0
 
 
 @dataclass(slots=True)
@@ -98,6 +105,8 @@ class Outcomes:
     # forgot the prompt that missed).
     window_held: int = 0
     resized: bool = False
+    # The latest verdicts with the depth they were at: (reach, hit).
+    points: deque[tuple[int, bool]] = field(default_factory=lambda: deque(maxlen=POINTS))
 
 
 class CacheSizer:
@@ -179,6 +188,19 @@ class CacheSizer:
             # it goes where it is held, or is placed afresh.
             outcomes.window_held = max(outcomes.window_held, self.index.held(member))
             self.index.unhold(member, ticket.hashes)
+            # It prefilled the part again: its cache took that in.
+            self.index.record(member).sent += ticket.held
+        if ticket.reach:
+            outcomes.points.append((ticket.reach, hit))
+            if not hit:
+                bound = cap_bound(outcomes.points)
+                cap = self.cap_units(member)
+                if bound is not None and (not cap or bound < cap):
+                    # Past some depth the member misses and above it hits: its LRU holds
+                    # about that much, whatever the window says (a few thrashing prompts
+                    # among many that fit miss too rarely to shrink it).
+                    outcomes.resized = True
+                    self._set_cap(member, bound)
         decided = outcomes.window_hits + outcomes.window_misses
         # The first verdict on a guess nobody confirmed comes sooner: a member far smaller than
         # the guess thrashes until it does.
@@ -263,3 +285,26 @@ class CacheSizer:
         if ceiling:
             cap = min(cap, ceiling)
         self.index.set_cap(member_id, cap)
+
+
+def cap_bound(points: Iterable[tuple[int, bool]]) -> float | None:
+    """The depth that best splits hits (at or above it) from misses (below), as the middle of
+    the gap between the deepest hit and the shallowest miss on either side of it (with misses
+    only, LEAST_KEPT of the shallowest: one step at a time); None while
+    fewer than MISSES_TO_BOUND misses lie past it (one verdict may be wrong). Where two splits
+    err as often, the deeper one: a cap too small wastes cache, but shrinking on noise
+    empties it."""
+    ordered = sorted(points)
+    errors = sum(1 for _, hit in ordered if hit)
+    best, split = errors, 0
+    for n, (_, hit) in enumerate(ordered, 1):
+        errors += -1 if hit else 1
+        if errors <= best:
+            best, split = errors, n
+    past = ordered[split:]
+    if sum(1 for _, hit in past if not hit) < MISSES_TO_BOUND:
+        return None
+    if not split:
+        # Misses only: the cache is smaller than the shallowest, by how much nothing says.
+        return past[0][0] * LEAST_KEPT
+    return (ordered[split - 1][0] + past[0][0]) / 2

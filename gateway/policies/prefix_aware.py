@@ -411,7 +411,15 @@ class PrefixAware(Policy, name="prefix_aware"):
         others = choice.in_flight - ctx.reported_in_flight.get(mid, 0)
         alone = not ctx.in_flight.get(mid, 0) and others < 0.5
         ticket = ctx.ticket = Ticket(
-            mid, held, new, backlog.left, presumed, alone, now, match.hashes
+            mid,
+            held,
+            new,
+            backlog.left,
+            presumed,
+            alone,
+            now,
+            match.hashes,
+            reach=backlog.held.reach(match.key, held),
         )
         backlog.add(match.key, new, now, ticket if ctx.payload.get("stream") else None)
         self._busy[mid] = backlog

@@ -15,6 +15,8 @@ from xxhash import xxh3_64_intdigest
 BLOCKS_PER_SIZE = 8
 # The room of a member with no bound.
 UNBOUNDED = 1 << 62
+# Prefixes per member whose last send is remembered (for Held.reach).
+LAST_SENT = 4096
 
 
 @dataclass(slots=True)
@@ -66,7 +68,7 @@ class Held:
     reused), with their total, the units not reused, its own bound (0: member_blocks) and the
     bound in force (`room`: UNBOUNDED when none)."""
 
-    __slots__ = ("blocks", "cap", "room", "singles", "units")
+    __slots__ = ("blocks", "cap", "last", "room", "sent", "singles", "units")
 
     def __init__(self, room: int = UNBOUNDED) -> None:
         self.blocks: OrderedDict[int, int] = OrderedDict()
@@ -74,6 +76,17 @@ class Held:
         self.singles = 0
         self.cap = 0
         self.room = room
+        # Units the member had to take in (sent there new to it, or found missing) so far, and
+        # that count just after each prefix (first-block hash) was last sent there.
+        self.sent = 0
+        self.last: OrderedDict[int, int] = OrderedDict()
+
+    def reach(self, key: int, held: int) -> int:
+        """How deep in the member's LRU a prompt of prefix `key` holding `held` units there
+        sits: what the member took in since that prefix was last sent, plus the held part
+        (0: not known). An LRU cache of C units still holds the part if reach <= C."""
+        last = self.last.get(key)
+        return self.sent - last + held if last is not None and held > 0 else 0
 
 
 class BlockLayout:
@@ -316,6 +329,13 @@ class PrefixIndex:
             # Most recent last, first block last: LRU takes the deepest blocks first.
             deque(map(touch, reversed(hashes[:lead])), 0)
             deque(map(touch_mine, reversed(hashes[:lead])), 0)
+        record.sent += held - record.units
+        if hashes:
+            last = record.last
+            last[hashes[0]] = record.sent
+            last.move_to_end(hashes[0])
+            if len(last) > LAST_SENT:
+                last.popitem(last=False)
         record.units = held
         record.singles = single
         cap = record.cap or self.member_blocks

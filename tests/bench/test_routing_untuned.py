@@ -56,8 +56,13 @@ def test_learned_caches_are_read_from_each_gateways_metrics() -> None:
         "# TYPE llmpool_gateway_member_cache_tokens gauge\n"
         'llmpool_gateway_member_cache_tokens{backend="engine-0",model="bench-routing"} 8192.0\n'
         'llmpool_gateway_member_cache_tokens{backend="engine-1",model="bench-routing"} 262144.0\n'
+        "# TYPE llmpool_gateway_prefix_predictions_total counter\n"
+        'llmpool_gateway_prefix_predictions_total{backend="engine-0",model="bench-routing",'
+        'outcome="hit"} 12.0\n'
+        'llmpool_gateway_prefix_predictions_total{backend="engine-0",model="bench-routing",'
+        'outcome="miss"} 3.0\n'
     )
-    assert learned_caches([text, ""]) == "gw0: engine-0 8k, engine-1 262k"
+    assert learned_caches([text, ""]) == "gw0: engine-0 8k (12/3), engine-1 262k (0/0)"
 
 
 def _result(system: str, p50: float, p99: float, workload: str = "shared_prefix") -> RunResult:

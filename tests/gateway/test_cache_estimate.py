@@ -13,9 +13,11 @@ from gateway.policies.cache_estimate import (
     FIRST_SAMPLES,
     FIRST_WINDOW,
     GROW,
+    MISSES_TO_BOUND,
     WINDOW,
     CacheSizer,
     Ticket,
+    cap_bound,
 )
 from gateway.policies.prefix_index import PrefixIndex
 from gateway.routing import RoutingTable
@@ -151,6 +153,49 @@ def test_a_mixed_window_below_the_threshold_leaves_the_cap() -> None:
     assert s.cap_units("m") == 1000
 
 
+def test_the_depth_that_splits_hits_from_misses_bounds_the_cache() -> None:
+    # Hits up to 200 units deep, misses from 300: the cache holds about 250.
+    points = [(r, True) for r in (50, 120, 200, 180)] + [(300, False), (420, False)]
+    assert cap_bound(points) == 250
+    # One miss says nothing yet; nor do misses shallower than hits (noise, other causes).
+    assert cap_bound([(100, True), (300, False)]) is None
+    assert cap_bound([(100, False), (150, False), (400, True), (500, True)]) is None
+    # Misses only: a quarter under the shallowest, one step at a time.
+    assert cap_bound([(400, False), (600, False)]) == 300
+    # A stray miss among deeper hits does not move the split past them.
+    assert cap_bound([(100, True), (150, False), (200, True), (500, False), (550, False)]) == 350
+
+
+def test_misses_past_a_depth_shrink_the_cap_to_it_though_most_predictions_hit() -> None:
+    """A few prompts that thrash among many that fit miss too rarely for a window to shrink
+    the cap; their depth in the member's LRU bounds it all the same."""
+    s = sizer(member_blocks=10_000)
+    learn_speed(s, 0.001)
+    fill(s, "m", 600)
+    for i in range(3 * WINDOW):
+        # Shallow prompts hit; every fourth, sent long ago (deep), misses.
+        deep = i % 4 == 3
+        ticket = Ticket("m", 100, 2, 0.0, reach=900 if deep else 300)
+        s.settle(ticket, 0.5 if deep else 0.01, 0)
+    assert s.outcomes["m"].misses == 6
+    assert s.cap_units("m") == 600  # half way between the deepest hit and the first miss
+
+
+def test_reach_is_what_the_member_took_in_since_the_prefix_was_last_sent() -> None:
+    index = PrefixIndex(block_chars=8, max_blocks=1000, max_prompt_blocks=100, max_holders=4)
+    first = "abcdefgh" * 6  # 6 units
+    index.insert("m", index.match(first))
+    record = index.record("m")
+    key = index.match(first).key
+    assert record.reach(key, 6) == 6  # nothing since
+    index.insert("m", index.match("ijklmnop" * 4))  # 4 new units
+    index.insert("m", index.match(first + "qrstuvwx"))  # 1 new unit, same prefix
+    assert record.reach(key, 7) == 7
+    index.insert("m", index.match("yzyzyzyz" * 3))
+    assert record.reach(key, 7) == 3 + 7
+    assert record.reach(12345, 7) == 0  # a prefix never sent there
+
+
 def test_presumed_placements_do_not_move_the_cap() -> None:
     s = sizer()
     learn_speed(s, 0.001)
@@ -188,7 +233,7 @@ def test_a_member_that_misses_where_hits_were_expected_loses_prefixes_in_the_ind
             expected_hits += ctx.ticket.held > 0
             # The engine had evicted it: a whole prefill again, and a wait.
             p.settle(ctx.ticket, 0.3, 0)
-    assert expected_hits >= FIRST_WINDOW
+    assert expected_hits >= MISSES_TO_BOUND
     assert p.cache_tokens("small") * 4 // 128 < before
     assert p.index.held("small") < before
 
