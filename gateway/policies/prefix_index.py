@@ -15,8 +15,9 @@ from xxhash import xxh3_64_intdigest
 BLOCKS_PER_SIZE = 8
 # The room of a member with no bound.
 UNBOUNDED = 1 << 62
-# Prefixes per member whose last send is remembered (for Held.reach).
-LAST_SENT = 4096
+# Prefixes per member whose last send is remembered (for Held.reach): at most ~100 KB a
+# member; a prefix past it is one with no verdict on its depth.
+LAST_SENT = 1024
 
 
 @dataclass(slots=True)
