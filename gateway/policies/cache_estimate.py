@@ -66,9 +66,11 @@ SAMPLE_CEILING = 2.0
 # How far a new expected miss moves the learned seconds per unit.
 SPEED_ALPHA = 0.2
 # Verdicts per member kept with the depth they were at, and the misses past a depth that
-# bound the cap there.
+# bound the cap there, outnumbering the hits there this many times: a busy host makes some
+# hits look like misses at any depth, a cache too small misses nearly always past its size.
 POINTS = 48
-MISSES_TO_BOUND = 2
+MISSES_TO_BOUND = 3
+MISSES_PER_HIT_PAST = 2
 
 
 @dataclass(slots=True)
@@ -290,10 +292,10 @@ class CacheSizer:
 def cap_bound(points: Iterable[tuple[int, bool]]) -> float | None:
     """The depth that best splits hits (at or above it) from misses (below), as the middle of
     the gap between the deepest hit and the shallowest miss on either side of it (with misses
-    only, LEAST_KEPT of the shallowest: one step at a time); None while
-    fewer than MISSES_TO_BOUND misses lie past it (one verdict may be wrong). Where two splits
-    err as often, the deeper one: a cap too small wastes cache, but shrinking on noise
-    empties it."""
+    only, LEAST_KEPT of the shallowest: one step at a time); None while fewer than
+    MISSES_TO_BOUND misses lie past it or they do not outnumber the hits there
+    MISSES_PER_HIT_PAST times (a verdict may be wrong). Where two splits err as often, the
+    deeper one: a cap too small wastes cache, but shrinking on noise empties it."""
     ordered = sorted(points)
     errors = sum(1 for _, hit in ordered if hit)
     best, split = errors, 0
@@ -302,7 +304,8 @@ def cap_bound(points: Iterable[tuple[int, bool]]) -> float | None:
         if errors <= best:
             best, split = errors, n
     past = ordered[split:]
-    if sum(1 for _, hit in past if not hit) < MISSES_TO_BOUND:
+    misses = sum(1 for _, hit in past if not hit)
+    if misses < MISSES_TO_BOUND or misses < MISSES_PER_HIT_PAST * (len(past) - misses):
         return None
     if not split:
         # Misses only: the cache is smaller than the shallowest, by how much nothing says.

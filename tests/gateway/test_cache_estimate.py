@@ -155,15 +155,21 @@ def test_a_mixed_window_below_the_threshold_leaves_the_cap() -> None:
 
 def test_the_depth_that_splits_hits_from_misses_bounds_the_cache() -> None:
     # Hits up to 200 units deep, misses from 300: the cache holds about 250.
-    points = [(r, True) for r in (50, 120, 200, 180)] + [(300, False), (420, False)]
+    points = [(r, True) for r in (50, 120, 200, 180)] + [(300, False), (420, False), (380, False)]
     assert cap_bound(points) == 250
-    # One miss says nothing yet; nor do misses shallower than hits (noise, other causes).
-    assert cap_bound([(100, True), (300, False)]) is None
+    # Two misses say nothing yet; nor do misses shallower than hits (noise, other causes).
+    assert cap_bound([(100, True), (300, False), (400, False)]) is None
     assert cap_bound([(100, False), (150, False), (400, True), (500, True)]) is None
     # Misses only: a quarter under the shallowest, one step at a time.
-    assert cap_bound([(400, False), (600, False)]) == 300
+    assert cap_bound([(400, False), (600, False), (500, False)]) == 300
     # A stray miss among deeper hits does not move the split past them.
-    assert cap_bound([(100, True), (150, False), (200, True), (500, False), (550, False)]) == 350
+    stray = [(100, True), (150, False), (200, True), (500, False), (550, False), (600, False)]
+    assert cap_bound(stray) == 350
+    # Misses a busy host made up, at any depth, bound nothing: past any split they are
+    # fewer than twice the hits.
+    noisy = [(r, r % 50 != 0) for r in range(10, 500, 10)]
+    assert cap_bound(noisy) is None
+    assert cap_bound([(100, True), (300, False), (350, True), (400, False), (450, False)]) is None
 
 
 def test_misses_past_a_depth_shrink_the_cap_to_it_though_most_predictions_hit() -> None:
