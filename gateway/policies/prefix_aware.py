@@ -381,23 +381,27 @@ class PrefixAware(Policy, name="prefix_aware"):
             costs[i] += cost
         if not depth:
             return
-        evict_weight = self.evict_weight
-        hot_extra = self.hot_evict_weight - evict_weight
         for mid, (held, _) in depth.items():
             i = position.get(mid)
-            if i is None:
-                continue
-            # The first pass took the whole prompt as new there.
-            record = records[i]
-            for new, sign in ((blocks, -1), (blocks - held, 1)):
-                over = record.units + new - record.room
-                if over > 0:
-                    if over > new:
-                        over = new
-                    # LRU takes the oldest first: the one-off blocks, then hot ones.
-                    hot = over - record.singles
-                    costs[i] += sign * (evict_weight * over + (hot_extra * hot if hot > 0 else 0))
-            costs[i] -= held
+            if i is not None:
+                # The first pass took the whole prompt as new there.
+                record = records[i]
+                costs[i] += self._evicted(record, blocks - held) - self._evicted(record, blocks)
+                costs[i] -= held
+
+    def _evicted(self, record: Held, new: float) -> float:
+        """What sending `new` units to the member evicts there, weighed (pick()'s first pass
+        inlines the same for speed): LRU takes the oldest first, the one-off blocks, then the
+        hot ones."""
+        over = record.units + new - record.room
+        if over <= 0:
+            return 0.0
+        if over > new:
+            over = new
+        hot = over - record.singles
+        return self.evict_weight * over + (
+            (self.hot_evict_weight - self.evict_weight) * hot if hot > 0 else 0.0
+        )
 
     def _sent(
         self, choice: Member, match: Match, ctx: PickContext, presumed: bool, now: float

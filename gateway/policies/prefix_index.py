@@ -30,7 +30,6 @@ class Match:
     blocks: int  # the prompt's units in whole blocks
     hashes: list[int]  # of its whole blocks
     depth: dict[str, tuple[int, int]]
-    data: bytes = b""
     count: int = 0  # whole blocks in the prompt
     # Each block's holders when matched (None: none), and the index's epoch then.
     found: list[tuple[str, ...] | None] = field(default_factory=list)
@@ -166,8 +165,7 @@ class PrefixIndex:
         self._blocks: OrderedDict[int, tuple[str, ...]] = OrderedDict()
         # Per member: what it holds. Read-only outside.
         self.held_by: dict[str, Held] = {}
-        # Moves on every change, so an insert knows whether its match's view is current, and
-        # a caller whether records it kept are still the index's.
+        # Moves on every change, so an insert knows whether its match's view is current.
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -261,7 +259,6 @@ class PrefixIndex:
             blocks=total,
             hashes=hashes,
             depth=depth,
-            data=data,
             count=count,
             found=found,
             epoch=self.epoch,
@@ -339,8 +336,7 @@ class PrefixIndex:
                 last.popitem(last=False)
         record.units = held
         record.singles = single
-        cap = record.cap or self.member_blocks
-        if cap is not None and held > cap:
+        if held > record.room:
             self.trim(record, member_id)
         while len(blocks) > self.max_blocks:
             h, holders = blocks.popitem(last=False)
@@ -349,9 +345,7 @@ class PrefixIndex:
 
     def trim(self, record: Held, member_id: str) -> None:
         """Forgets the member's oldest blocks down to its cap."""
-        cap = record.cap or self.member_blocks
-        if cap is None:
-            return
+        cap = record.room
         mine = record.blocks
         held = record.units
         single = record.singles
