@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 from dataclasses import dataclass
 
 from llmpool.clock import Clock
@@ -28,6 +29,10 @@ class MemberUsage:
     mean_ttft_ms: float = 0.0
     cached_tokens: int = 0
     cost_usd: float = 0.0
+    # The cache the gateway learned the member has, tokens, and the prefill speed it learned
+    # there, seconds a token (0: none learned).
+    learned_cache_tokens: int = 0
+    learned_prefill_s_per_token: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,13 @@ class UsageReport:
 # Conditions and held models kept per gateway report at most; models with activity kept.
 _MAX_CONDITIONS = 1000
 _MAX_MODELS = 10_000
+# A gateway's learned cache for a member counts this long after it last said it: a gateway
+# names a member only while it sends it requests, and what it learned stays true meanwhile.
+LEARNED_TTL_S = 600.0
+# Learned caches above this many tokens are not believed (no engine holds a billion), nor
+# prefill speeds slower than a second a token.
+_MAX_LEARNED_TOKENS = 1 << 30
+_MAX_LEARNED_S_PER_TOKEN = 1.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +83,13 @@ class Activity:
 class MemberLoad:
     in_flight: float = 0.0
     latency_ms: float = 0.0
+    # The smallest cache any gateway learned the member has, tokens, and the median of the
+    # prefill speeds they learned, seconds a token (0: none).
+    learned_cache_tokens: int = 0
+    learned_prefill_s_per_token: float = 0.0
+
+
+_NO_LOAD = MemberLoad()
 
 
 @dataclass
@@ -104,6 +123,10 @@ class UsageAggregator:
         self._held: dict[str, dict[str, int]] = {}
         # model -> [requests, TTFT ms summed over requests that had one, how many had one].
         self._activity: dict[str, list[float]] = {}
+        # (gateway id, member id) -> the cache that gateway learned the member has, and when
+        # it last said so; likewise the prefill speed it learned there.
+        self._learned: dict[tuple[str, str], tuple[int, float]] = {}
+        self._speeds: dict[tuple[str, str], tuple[float, float]] = {}
 
     def record(self, report: UsageReport) -> None:
         now = self._clock.monotonic()
@@ -119,9 +142,18 @@ class UsageAggregator:
                 model: n for model, n in list(report.held.items())[:_MAX_CONDITIONS] if n > 0
             }
         for m in report.members:
-            self._latest[(report.gateway_id, m.member_id)] = _Observed(
-                m.in_flight, m.mean_latency_ms, now
-            )
+            key = (report.gateway_id, m.member_id)
+            self._latest[key] = _Observed(m.in_flight, m.mean_latency_ms, now)
+            if 0 < m.learned_cache_tokens <= _MAX_LEARNED_TOKENS:
+                self._learned[key] = (m.learned_cache_tokens, now)
+            else:
+                # The gateway learned nothing of it (restarted, or the member now reports).
+                self._learned.pop(key, None)
+            speed = m.learned_prefill_s_per_token
+            if 0 < speed <= _MAX_LEARNED_S_PER_TOKEN:  # NaN fails both
+                self._speeds[key] = (speed, now)
+            else:
+                self._speeds.pop(key, None)
             model = m.model or "unknown"
             if m.requests and (model in self._activity or len(self._activity) < _MAX_MODELS):
                 seen = self._activity.setdefault(model, [0.0, 0.0, 0.0])
@@ -164,13 +196,44 @@ class UsageAggregator:
             in_flight[member] = in_flight.get(member, 0.0) + obs.in_flight
             if obs.latency_ms > 0:
                 latencies.setdefault(member, []).append(obs.latency_ms)
-        return {
+        loads = {
             member: MemberLoad(
                 in_flight=total,
                 latency_ms=sum(latencies.get(member, [])) / max(1, len(latencies.get(member, []))),
             )
             for member, total in in_flight.items()
         }
+        for member, tokens in self._learned_caches(now).items():
+            loads[member] = dataclasses.replace(
+                loads.get(member, _NO_LOAD), learned_cache_tokens=tokens
+            )
+        for member, speed in self._learned_speeds(now).items():
+            loads[member] = dataclasses.replace(
+                loads.get(member, _NO_LOAD), learned_prefill_s_per_token=speed
+            )
+        return loads
+
+    def _learned_speeds(self, now: float) -> dict[str, float]:
+        """Per member, the median prefill speed gateways learned there within LEARNED_TTL_S: a
+        gateway that saw too few requests alone on a member to learn it takes the others'."""
+        for key in [k for k, (_, at) in self._speeds.items() if now - at > LEARNED_TTL_S]:
+            del self._speeds[key]
+        found: dict[str, list[float]] = {}
+        for (_, member), (speed, _) in self._speeds.items():
+            found.setdefault(member, []).append(speed)
+        return {member: statistics.median(speeds) for member, speeds in found.items()}
+
+    def _learned_caches(self, now: float) -> dict[str, int]:
+        """Per member, the smallest cache a gateway learned it has within LEARNED_TTL_S: each
+        gateway bounds a member by how deep in its LRU the prompts it sent there missed, and the
+        first to find the bound spares the others the misses of finding it again."""
+        for key in [k for k, (_, at) in self._learned.items() if now - at > LEARNED_TTL_S]:
+            del self._learned[key]
+        smallest: dict[str, int] = {}
+        for (_, member), (tokens, _) in self._learned.items():
+            if tokens < smallest.get(member, tokens + 1):
+                smallest[member] = tokens
+        return smallest
 
     def held(self) -> dict[str, int]:
         """Requests held per model, summed over gateways heard from within ttl_s."""

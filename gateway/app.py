@@ -21,7 +21,7 @@ from starlette.responses import Response
 from gateway.accounting import Accounting
 from gateway.admission import Admitter, not_found
 from gateway.asgi import GatewayASGI
-from gateway.cache_metrics import CacheEstimates
+from gateway.cache_metrics import CacheEstimates, learned_caches
 from gateway.controller_link import ControllerLink
 from gateway.cooldowns import Cooldowns
 from gateway.credentials import Credentials
@@ -164,6 +164,7 @@ def create_app(
             backoff_factory=backoff_factory,
             conditions=lambda: member_conditions(outliers, cooldowns),
             held=holds.counts,
+            learned=lambda: learned_caches(table),
             keys=keys,
             limiter=limiter,
         )

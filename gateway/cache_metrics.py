@@ -1,4 +1,5 @@
-"""What prefix_aware believes of each member's cache, read from its policies at scrape time."""
+"""What prefix_aware believes of each member's cache, read from its policies at scrape time
+(and at usage reports: learned_caches)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,23 @@ from gateway.policies import PrefixAware
 from gateway.routing import RoutingTable
 
 
+def learned_caches(table: RoutingTable) -> dict[str, tuple[int, float]]:
+    """Per member, what this gateway's prefix_aware routes learned there: the smallest cache
+    (tokens; 0: none) and a prefill speed (seconds a token; 0: none), for usage reports."""
+    found: dict[str, tuple[int, float]] = {}
+    for model in table.models():
+        route = table.get(model)
+        if route is None or not isinstance(route.policy, PrefixAware):
+            continue
+        learned = route.policy.learned(m.id for m in route.candidates)
+        for mid, (tokens, speed) in learned.items():
+            seen, known = found.get(mid, (0, 0.0))
+            if tokens and (not seen or tokens < seen):
+                seen = tokens
+            found[mid] = (seen, known or speed)
+    return found
+
+
 class CacheEstimates(Collector):
     """llmpool_gateway_member_cache_tokens and llmpool_gateway_prefix_predictions_total, per
     model and member of the routes whose policy is prefix_aware (labels bounded by the table)."""
@@ -19,6 +37,12 @@ class CacheEstimates(Collector):
         self._table = table
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        speed = GaugeMetricFamily(
+            "llmpool_gateway_prefill_seconds_per_token",
+            "The prefill speed prefix_aware learned from its answers, seconds a prompt token "
+            "takes (0: not learned yet; engines' cached-token reports need none).",
+            labels=["model"],
+        )
         tokens = GaugeMetricFamily(
             "llmpool_gateway_member_cache_tokens",
             "The prefix cache prefix_aware believes a member has, in tokens: its engine's "
@@ -37,6 +61,7 @@ class CacheEstimates(Collector):
             if route is None or not isinstance(route.policy, PrefixAware):
                 continue
             policy = route.policy
+            speed.add_metric([model], policy.sizer.token_s())
             for member in route.candidates:
                 mid = member.id
                 tokens.add_metric([model, mid], float(policy.cache_tokens(mid)))
@@ -47,3 +72,4 @@ class CacheEstimates(Collector):
                     outcomes.add_metric([model, mid, "surprise"], float(seen.surprises))
         yield tokens
         yield outcomes
+        yield speed

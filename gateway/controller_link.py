@@ -42,6 +42,7 @@ class ControllerLink:
         backoff_factory: Callable[[], Backoff] = reconnect_backoff,
         conditions: Callable[[], Iterable[types_pb2.MemberCondition]] = tuple,
         held: Callable[[], Mapping[str, int]] = dict,
+        learned: Callable[[], Mapping[str, tuple[int, float]]] = dict,
         keys: Keyring | None = None,
         limiter: Limiter | None = None,
     ) -> None:
@@ -52,6 +53,9 @@ class ControllerLink:
         self._held = held
         # Members this gateway keeps out of its picks, sent in full with every usage report.
         self._conditions = conditions
+        # What this gateway learned of members' caches (tokens) and prefill speed (seconds a
+        # token), sent with their usage.
+        self._learned = learned
         self._target = target
         self._credentials = credentials
         self._gateway_id = gateway_id
@@ -159,6 +163,13 @@ class ControllerLink:
         while True:
             await asyncio.sleep(self._usage_interval_s)
             report = self._usage.drain_report(self._gateway_id)
+            if report.members:
+                learned = self._learned()
+                if learned:
+                    for m in report.members:
+                        tokens, speed = learned.get(m.member_id, (0, 0.0))
+                        m.learned_cache_tokens = tokens
+                        m.learned_prefill_s_per_token = speed
             report.routing_version = self._table.version
             report.conditions.extend(self._conditions())
             report.held.update(self._held())

@@ -148,12 +148,15 @@ def members_per_group(affinities: list[str], members: list[str]) -> float:
 def learned_caches(texts: list[str]) -> str:
     """Each gateway's llmpool_gateway_member_cache_tokens with the hits and misses its
     predictions there had (llmpool_gateway_prefix_predictions_total), as
-    'gw0: engine-0 8k (12/3), ...'."""
+    'gw0 (45 us/token): engine-0 8k (12/3), ...' (the prefill speed it learned; 0: none)."""
     out: list[str] = []
     for n, text in enumerate(texts):
         found: dict[str, float] = {}
         told: dict[tuple[str, str], float] = {}
+        speed = 0.0
         for line in text.splitlines():
+            if line.startswith("llmpool_gateway_prefill_seconds_per_token{"):
+                speed = float(line.rpartition(" ")[2])
             if line.startswith("llmpool_gateway_member_cache_tokens{"):
                 labels, _, value = line.rpartition(" ")
                 found[_label(labels, "backend")] = float(value)
@@ -162,7 +165,7 @@ def learned_caches(texts: list[str]) -> str:
                 told[(_label(labels, "backend"), _label(labels, "outcome"))] = float(value)
         if found:
             out.append(
-                f"gw{n}: "
+                f"gw{n} ({speed * 1e6:.0f} us/token): "
                 + ", ".join(
                     f"{k} {v / 1000:.0f}k ({told.get((k, 'hit'), 0):.0f}/"
                     f"{told.get((k, 'miss'), 0):.0f})"

@@ -29,7 +29,14 @@ shrinks to what the index held there times (1 - half the miss fraction), by a qu
 most; fewer than MISSES_TO_GROW with the index full at its cap grows it by GROW, slowly. A
 miss also makes the index forget that prompt there. A cap never grows past the member's own
 report, and time to first token never moves the cap or the index of a member that reports
-its cache (only cached tokens do): the report outweighs a guess from timing."""
+its cache (only cached tokens do): the report outweighs a guess from timing.
+
+With several gateways each learns from its own answers, and the controller hands every one the
+smallest cap any of them learned for a member (Member.learned_cache_tokens): a gateway takes a
+new one that is below its own (the first to find a small engine spares the others the misses of
+finding it again; each counts depth in its own sends, which with prompts placed alike on every
+gateway come to about the same), and grows back on its own evidence as before. A gateway that
+has not learned the prefill speed yet takes the median the others learned."""
 
 from __future__ import annotations
 
@@ -129,6 +136,8 @@ class CacheSizer:
         self._first: list[float] = []
         # Members whose answers were seen to carry cached prompt tokens.
         self._reports_cached: set[str] = set()
+        # The latest cap, in units, gateways shared for a member (taken once, when it changes).
+        self._shared: dict[str, int] = {}
         self.outcomes: dict[str, Outcomes] = {}
 
     def units_of_tokens(self, tokens: int) -> int:
@@ -144,11 +153,54 @@ class CacheSizer:
         if not record.cap or record.cap > units:
             self.index.set_cap(member_id, units)
 
+    def on_shared(self, member_id: str, cache_tokens: int) -> bool:
+        """The smallest cache gateways learned member_id has (0: none). Returns whether this
+        gateway's cap came down to it."""
+        if member_id in self.reported:
+            return False
+        units = self.units_of_tokens(cache_tokens) if cache_tokens > 0 else 0
+        if self._shared.get(member_id, 0) == units:
+            return False
+        self._shared[member_id] = units
+        cap = self.cap_units(member_id)
+        if not units or (cap and units >= cap):
+            return False
+        outcomes = self.outcomes.get(member_id)
+        if outcomes is None:
+            outcomes = self.outcomes[member_id] = Outcomes()
+        # What the gateway learned counts as learned here: windows take their usual size.
+        outcomes.resized = True
+        self._set_cap(member_id, units)
+        return True
+
+    def on_shared_speed(self, token_s: float) -> bool:
+        """The prefill speed other gateways learned, seconds a token (0: none): taken while
+        this gateway has learned none (with several gateways a member is seldom left alone
+        with one gateway's request). Returns whether it was taken."""
+        if self.unit_s is not None or not token_s > 0:
+            return False
+        self.unit_s = token_s * self.index.block_chars / self.bytes_per_token
+        self._first.clear()
+        return True
+
+    def learned_tokens(self) -> dict[str, int]:
+        """The cache, in tokens, of each member that reports none and whose cap this gateway
+        has learned (from its answers or from other gateways)."""
+        return {
+            mid: self.cap_tokens(mid)
+            for mid, seen in self.outcomes.items()
+            if seen.resized and mid not in self.reported
+        }
+
     def forget(self, keep: set[str]) -> None:
-        for table in (self.reported, self.outcomes):
+        for table in (self.reported, self.outcomes, self._shared):
             for m in [m for m in table if m not in keep]:
                 del table[m]
         self._reports_cached &= keep
+
+    def token_s(self) -> float:
+        """Seconds a prompt token takes to prefill, as learned (0.0: not yet)."""
+        return (self.unit_s or 0.0) * self.bytes_per_token / self.index.block_chars
 
     def cap_units(self, member_id: str) -> int:
         return self.index.cap(member_id) or 0

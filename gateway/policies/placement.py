@@ -3,9 +3,10 @@ gateway, so that N gateways do not put one prompt prefix on N members.
 
 Weighted rendezvous hashing: each member scores a prefix by xxh3 of its id seeded with the
 prefix's first-block hash (both the same in every process), weighted by the cache it reports
-(all gateways read the same reports from the controller), else by the cache this gateway
-learned it has, rounded down to a power of two so that gateways that learned about the same
-weigh alike (members of neither kind weigh as the median); the highest score wins. Among
+(all gateways read the same reports from the controller), else by the smallest cache any
+gateway learned it has (the controller hands that to all alike), else by the cache this gateway
+learned it has; learned sizes rounded down to a power of two so that gateways that learned
+about the same weigh alike (members of no kind weigh as the median); the highest score wins. Among
 members that cost about the same, every gateway so picks the same one for a new prefix, and
 the same one to spill a busy prefix to. Adding or removing one member moves only the
 prefixes it wins or won."""
@@ -28,32 +29,36 @@ class Placement:
     def __init__(self) -> None:
         self._weights: dict[str, float] = {}
         self._ids: dict[str, bytes] = {}
-        self._shape: tuple[tuple[str, int], ...] = ()
+        self._shape: tuple[tuple[str, int, int], ...] = ()
         self._learned: dict[str, int] = {}
         # Every weight is 1: the highest hash wins, no logarithms needed.
         self._uniform = True
 
     def update(self, members: Sequence[Member]) -> None:
         """Takes the members' reported caches as weights when they changed."""
-        shape = tuple(sorted((m.id, max(m.cache_tokens, 0)) for m in members))
+        shape = tuple(
+            sorted(
+                (m.id, max(m.cache_tokens, 0), _rounded(m.learned_cache_tokens)) for m in members
+            )
+        )
         if shape == self._shape:
             return
         self._shape = shape
-        self._ids = {mid: mid.encode() for mid, _ in shape}
+        self._ids = {mid: mid.encode() for mid, _, _ in shape}
         for gone in [m for m in self._learned if m not in self._ids]:
             del self._learned[gone]
         self._reweigh()
 
     def learn(self, member_id: str, cache_tokens: int) -> None:
         """What this gateway learned member_id caches (used while it reports nothing)."""
-        size = 1 << (cache_tokens.bit_length() - 1) if cache_tokens > 0 else 0
+        size = _rounded(cache_tokens)
         if self._learned.get(member_id, 0) != size:
             self._learned[member_id] = size
             self._reweigh()
 
     def _reweigh(self) -> None:
         learned = self._learned
-        sizes = {mid: c or learned.get(mid, 0) for mid, c in self._shape}
+        sizes = {mid: c or shared or learned.get(mid, 0) for mid, c, shared in self._shape}
         known = [c for c in sizes.values() if c > 0]
         typical = statistics.median(known) if known else 0
         self._weights = {mid: (c / typical if c and typical else 1.0) for mid, c in sizes.items()}
@@ -78,3 +83,8 @@ class Placement:
                 log((h + 1) * _SCALE) / weight(mid, 1.0) for h, mid in zip(claims, ids, strict=True)
             ]
         return claims.index(max(claims))
+
+
+def _rounded(cache_tokens: int) -> int:
+    """Down to a power of two (0 stays 0)."""
+    return 1 << (cache_tokens.bit_length() - 1) if cache_tokens > 0 else 0

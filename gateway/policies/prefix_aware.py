@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from gateway.members import Member
 from gateway.policies.base import ParamReader, PickContext, Policy
@@ -217,6 +217,14 @@ class PrefixAware(Policy, name="prefix_aware"):
         for m in members:
             if m.cache_tokens > 0:
                 sizer.on_report(m.id, m.cache_tokens)
+            else:
+                sizer.on_shared(m.id, m.learned_cache_tokens)
+        if sizer.unit_s is None:
+            speeds = sorted(
+                m.learned_prefill_s_per_token for m in members if m.learned_prefill_s_per_token > 0
+            )
+            if speeds:
+                sizer.on_shared_speed(speeds[len(speeds) // 2])
         self.placement.update(members)
 
     def on_members(self, members: Sequence[Member]) -> None:
@@ -237,6 +245,16 @@ class PrefixAware(Policy, name="prefix_aware"):
     def cache_tokens(self, member_id: str) -> int:
         """The cache this gateway believes member_id has, in tokens (0: unbounded)."""
         return self.sizer.cap_tokens(member_id)
+
+    def learned(self, member_ids: Iterable[str]) -> dict[str, tuple[int, float]]:
+        """Per member, what this gateway learned there: the cache (tokens; 0 for a member that
+        reports its own or none learned) and the prefill speed (seconds a token; 0: none). Sent
+        to the controller with usage, which hands every gateway the smallest cache and the
+        median speed."""
+        caches = self.sizer.learned_tokens()
+        speed = self.sizer.token_s()
+        found = {mid: (caches.get(mid, 0), speed) for mid in member_ids}
+        return {mid: v for mid, v in found.items() if v[0] or v[1]}
 
     def began(self, ticket: object) -> None:
         if isinstance(ticket, Ticket):

@@ -468,6 +468,8 @@ class Member(_message.Message):
     CACHE_TOKENS_FIELD_NUMBER: _builtins.int
     CACHE_BLOCK_SIZE_FIELD_NUMBER: _builtins.int
     MAX_RUNNING_FIELD_NUMBER: _builtins.int
+    LEARNED_CACHE_TOKENS_FIELD_NUMBER: _builtins.int
+    LEARNED_PREFILL_S_PER_TOKEN_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Backend id or replica id."""
     url: _builtins.str
@@ -501,6 +503,15 @@ class Member(_message.Message):
     """
     cache_block_size: _builtins.int
     max_running: _builtins.int
+    learned_cache_tokens: _builtins.int
+    """For a member that reports no cache_tokens: the smallest cache, in tokens, any gateway
+    learned it has from its answers (prefix_aware; MemberUsage.learned_cache_tokens), so that
+    every gateway bounds it alike and learns it once; 0: none learned.
+    """
+    learned_prefill_s_per_token: _builtins.float
+    """The prefill speed gateways learned from answers, seconds a prompt token (the median of
+    their MemberUsage.learned_prefill_s_per_token); 0: none learned.
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -530,10 +541,12 @@ class Member(_message.Message):
         cache_tokens: _builtins.int = ...,
         cache_block_size: _builtins.int = ...,
         max_running: _builtins.int = ...,
+        learned_cache_tokens: _builtins.int = ...,
+        learned_prefill_s_per_token: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "backend", b"backend", "cache_block_size", b"cache_block_size", "cache_tokens", b"cache_tokens", "cached_input_cost_per_mtok", b"cached_input_cost_per_mtok", "credential", b"credential", "draining", b"draining", "healthy", b"healthy", "id", b"id", "in_flight", b"in_flight", "input_cost_per_mtok", b"input_cost_per_mtok", "kind", b"kind", "kv_usage", b"kv_usage", "labels", b"labels", "latency_ms", b"latency_ms", "max_running", b"max_running", "output_cost_per_mtok", b"output_cost_per_mtok", "prefix_cache_hit_rate", b"prefix_cache_hit_rate", "running", b"running", "upstream_model", b"upstream_model", "url", b"url", "waiting", b"waiting", "weight", b"weight", "zone", b"zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "backend", b"backend", "cache_block_size", b"cache_block_size", "cache_tokens", b"cache_tokens", "cached_input_cost_per_mtok", b"cached_input_cost_per_mtok", "credential", b"credential", "draining", b"draining", "healthy", b"healthy", "id", b"id", "in_flight", b"in_flight", "input_cost_per_mtok", b"input_cost_per_mtok", "kind", b"kind", "kv_usage", b"kv_usage", "labels", b"labels", "latency_ms", b"latency_ms", "learned_cache_tokens", b"learned_cache_tokens", "learned_prefill_s_per_token", b"learned_prefill_s_per_token", "max_running", b"max_running", "output_cost_per_mtok", b"output_cost_per_mtok", "prefix_cache_hit_rate", b"prefix_cache_hit_rate", "running", b"running", "upstream_model", b"upstream_model", "url", b"url", "waiting", b"waiting", "weight", b"weight", "zone", b"zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -685,6 +698,8 @@ class MemberUsage(_message.Message):
     MEAN_TTFT_MS_FIELD_NUMBER: _builtins.int
     CACHED_TOKENS_FIELD_NUMBER: _builtins.int
     COST_USD_FIELD_NUMBER: _builtins.int
+    LEARNED_CACHE_TOKENS_FIELD_NUMBER: _builtins.int
+    LEARNED_PREFILL_S_PER_TOKEN_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     model: _builtins.str
     in_flight: _builtins.int
@@ -700,6 +715,12 @@ class MemberUsage(_message.Message):
     (usage x the member's prices), since the previous report.
     """
     cost_usd: _builtins.float
+    learned_cache_tokens: _builtins.int
+    """The cache, in tokens, this gateway learned the member has from its answers (a member that
+    reports none; prefix_aware); 0: it learned none.
+    """
+    learned_prefill_s_per_token: _builtins.float
+    """The prefill speed this gateway learned from answers there, seconds a prompt token; 0: none."""
     def __init__(
         self,
         *,
@@ -714,10 +735,12 @@ class MemberUsage(_message.Message):
         mean_ttft_ms: _builtins.float = ...,
         cached_tokens: _builtins.int = ...,
         cost_usd: _builtins.float = ...,
+        learned_cache_tokens: _builtins.int = ...,
+        learned_prefill_s_per_token: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "errors", b"errors", "in_flight", b"in_flight", "mean_latency_ms", b"mean_latency_ms", "mean_ttft_ms", b"mean_ttft_ms", "member_id", b"member_id", "model", b"model", "prompt_tokens", b"prompt_tokens", "requests", b"requests"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "errors", b"errors", "in_flight", b"in_flight", "learned_cache_tokens", b"learned_cache_tokens", "learned_prefill_s_per_token", b"learned_prefill_s_per_token", "mean_latency_ms", b"mean_latency_ms", "mean_ttft_ms", b"mean_ttft_ms", "member_id", b"member_id", "model", b"model", "prompt_tokens", b"prompt_tokens", "requests", b"requests"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

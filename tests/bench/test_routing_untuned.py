@@ -61,8 +61,11 @@ def test_learned_caches_are_read_from_each_gateways_metrics() -> None:
         'outcome="hit"} 12.0\n'
         'llmpool_gateway_prefix_predictions_total{backend="engine-0",model="bench-routing",'
         'outcome="miss"} 3.0\n'
+        'llmpool_gateway_prefill_seconds_per_token{model="bench-routing"} 4.5e-05\n'
     )
-    assert learned_caches([text, ""]) == "gw0: engine-0 8k (12/3), engine-1 262k (0/0)"
+    assert learned_caches([text, ""]) == (
+        "gw0 (45 us/token): engine-0 8k (12/3), engine-1 262k (0/0)"
+    )
 
 
 def _result(system: str, p50: float, p99: float, workload: str = "shared_prefix") -> RunResult:

@@ -48,6 +48,7 @@ def learn_speed(s: CacheSizer, unit_s: float = 0.001) -> None:
     for _ in range(FIRST_SAMPLES):
         s.settle(Ticket("other", 0, 100, 0.0), 100 * unit_s, 0)
     assert s.unit_s == unit_s
+    assert abs(s.token_s() - unit_s / 32) < 1e-12  # 128-byte units of 4-byte tokens
 
 
 def test_a_report_caps_the_member_and_learning_never_grows_past_it() -> None:
@@ -202,6 +203,52 @@ def test_reach_is_what_the_member_took_in_since_the_prefix_was_last_sent() -> No
     assert record.reach(12345, 7) == 0  # a prefix never sent there
 
 
+def test_a_cache_another_gateway_learned_bounds_this_one_once() -> None:
+    """The controller hands every gateway the smallest cap any learned: taken when it is new
+    and below this gateway's own, and not again, so this gateway grows back on its own
+    evidence; a member's own report outweighs it."""
+    s = sizer(member_blocks=1000)
+    learn_speed(s, 0.001)
+    fill(s, "m", 600)
+    assert s.learned_tokens() == {}  # the starting guess is not learned
+    assert s.on_shared("m", 400 * 128 // 4)  # 400 units
+    assert s.cap_units("m") == 400 and s.index.held("m") <= 400
+    assert s.learned_tokens() == {"m": 400 * 128 // 4}
+    # Hits with the index full: it grows past what the others learned...
+    fill(s, "m", 600)
+    for _ in range(WINDOW):
+        s.settle(Ticket("m", 100, 2, 0.0), 0.01, 0)
+    assert s.cap_units("m") == int(400 * GROW)
+    # ...and the same shared value coming back with every snapshot does not pull it down.
+    assert not s.on_shared("m", 400 * 128 // 4)
+    assert s.cap_units("m") == int(400 * GROW)
+    # A larger one never raises it; a new smaller one lowers it again.
+    assert not s.on_shared("m", 800 * 128 // 4)
+    assert s.on_shared("m", 300 * 128 // 4) and s.cap_units("m") == 300
+    # None learned anywhere (the controller restarted): this gateway keeps its own.
+    assert not s.on_shared("m", 0) and s.cap_units("m") == 300
+    # A member that reports its cache is bounded by that, not by what gateways learned.
+    s.on_report("r", 500 * 128 // 4)
+    assert not s.on_shared("r", 100 * 128 // 4) and s.cap_units("r") == 500
+    assert "r" not in s.learned_tokens()
+
+
+def test_a_gateway_that_learned_no_speed_takes_the_others_median() -> None:
+    p = policy()
+    members = [
+        idle_member(f"m{i}", learned_prefill_s_per_token=speed)
+        for i, speed in enumerate((10e-6, 30e-6, 0.0, 20e-6))
+    ]
+    p.on_members(members)
+    p.on_snapshot(members)
+    assert p.sizer.token_s() == 20e-6
+    # Once known, its own stands.
+    faster = [idle_member("m0", learned_prefill_s_per_token=1e-6)]
+    p.on_snapshot(faster)
+    assert p.sizer.token_s() == 20e-6
+    assert not sizer().on_shared_speed(0.0)
+
+
 def test_presumed_placements_do_not_move_the_cap() -> None:
     s = sizer()
     learn_speed(s, 0.001)
@@ -258,6 +305,8 @@ def test_gateway_exports_each_members_believed_cache() -> None:
     assert 'llmpool_gateway_member_cache_tokens{backend="a",model="m"} 16384.0' in text
     # Nothing reported: member_capacity_tokens, the guess learning starts from.
     assert 'llmpool_gateway_member_cache_tokens{backend="b",model="m"} 262144.0' in text
+    # No prefill speed learned yet.
+    assert 'llmpool_gateway_prefill_seconds_per_token{model="m"} 0.0' in text
 
 
 def test_blocks_follow_the_engines_own_block_size_before_first_use() -> None:

@@ -75,6 +75,40 @@ async def test_usage_reports_reach_controller(
     assert controller.reports[-1].routing_version == 1
 
 
+async def test_learned_caches_go_up_with_usage_and_come_down_with_routing(
+    kit: Any, engines: Any, controller: Any, gateway_factory: Any, http: httpx.AsyncClient
+) -> None:
+    """A cache another gateway learned (the controller's smallest, on the member) bounds this
+    gateway's index and shows in its metrics; its usage reports say what it learned."""
+    e1 = await engines("e1")
+    learned = kit.member("a", e1.url)
+    learned.learned_cache_tokens = 8192
+    learned.learned_prefill_s_per_token = 5e-5
+    controller.full = kit.snapshot(
+        1, [kit.route("m1", [learned, kit.member("b", e1.url)], policy="prefix_aware")]
+    )
+    gw = await gateway_factory(f"127.0.0.1:{controller.port}")
+    await kit.wait_until(lambda: parts_of(gw.app).table.received, what="snapshot")
+    page = (await http.get(gw.url + "/metrics")).text
+    cache = "llmpool_gateway_member_cache_tokens"
+    assert kit.metric(page, cache, model="m1", backend="a") == 8192
+    assert kit.metric(page, cache, model="m1", backend="b") == 262144  # the starting guess
+    assert kit.metric(page, "llmpool_gateway_prefill_seconds_per_token", model="m1") == 5e-5
+    for _ in range(4):
+        assert (await http.post(gw.url + "/v1/chat/completions", json=CHAT)).status_code == 200
+
+    def said() -> Any:
+        usages = {m.member_id: m for r in controller.reports for m in r.members}
+        return usages if usages else None
+
+    usages = await kit.wait_until(said, what="a usage report")
+    for mid, usage in usages.items():
+        # What it learned (here: from the others) of a; nothing of b, still the guess; the
+        # speed it took from the others, for both.
+        assert usage.learned_cache_tokens == (8192 if mid == "a" else 0)
+        assert usage.learned_prefill_s_per_token == 5e-5
+
+
 async def test_keeps_serving_through_outage_and_reconnects(
     kit: Any, engines: Any, gateway_factory: Any, http: httpx.AsyncClient
 ) -> None:

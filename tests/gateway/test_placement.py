@@ -66,6 +66,23 @@ def test_learned_caches_weigh_members_that_report_nothing_in_powers_of_two() -> 
     assert 0.45 < won["large"] / 4000 < 0.55
 
 
+def test_caches_gateways_learned_weigh_alike_on_every_gateway() -> None:
+    """Gateways that learned different sizes themselves place alike once the controller hands
+    them the smallest any learned (Member.learned_cache_tokens): it outweighs their own."""
+    shared = [
+        idle_member("small", learned_cache_tokens=8000),
+        idle_member("large", learned_cache_tokens=70000),
+    ]
+    one, two = Placement(), Placement()
+    one.learn("small", 70000)
+    two.learn("large", 2000)
+    one.update(shared)
+    two.update(shared)
+    assert all(one.choose(k, ids(shared)) == two.choose(k, ids(shared)) for k in range(1, 4000, 3))
+    won = Counter(shared[one.choose(k * 7919, ids(shared))].id for k in range(4000))
+    assert 0.91 < won["large"] / 4000 < 0.97  # 4,096 against 65,536
+
+
 def test_removing_a_member_moves_only_its_prefixes() -> None:
     place = Placement()
     place.update(MEMBERS)
