@@ -53,8 +53,8 @@ class RouteMember:
     cache_tokens: int = 0
     cache_block_size: int = 0
     max_running: int = 0
-    # For one that reports no cache: the smallest any gateway learned (UsageAggregator); and
-    # the prefill speed they learned there, seconds a token.
+    # The smallest cache any gateway learned it has (UsageAggregator), and the prefill speed
+    # they learned there, seconds a token.
     learned_cache_tokens: int = 0
     learned_prefill_s_per_token: float = 0.0
 
@@ -143,7 +143,7 @@ def _live_member(
         upstream_model=upstream_model,
         in_flight=load.in_flight,
         latency_ms=load.latency_ms or s.latency_ms,
-        learned_cache_tokens=0 if s.cache_tokens else load.learned_cache_tokens,
+        learned_cache_tokens=load.learned_cache_tokens,
         learned_prefill_s_per_token=load.learned_prefill_s_per_token,
     )
     return RouteMember(**values)

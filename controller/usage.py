@@ -147,7 +147,7 @@ class UsageAggregator:
             if 0 < m.learned_cache_tokens <= _MAX_LEARNED_TOKENS:
                 self._learned[key] = (m.learned_cache_tokens, now)
             else:
-                # The gateway learned nothing of it (restarted, or the member now reports).
+                # The gateway learned nothing of it (it restarted, or grew back to the report).
                 self._learned.pop(key, None)
             speed = m.learned_prefill_s_per_token
             if 0 < speed <= _MAX_LEARNED_S_PER_TOKEN:  # NaN fails both

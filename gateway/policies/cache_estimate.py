@@ -28,8 +28,10 @@ smaller cache, other gateways' traffic, running requests' KV taking room), and t
 shrinks to what the index held there times (1 - half the miss fraction), by a quarter at
 most; fewer than MISSES_TO_GROW with the index full at its cap grows it by GROW, slowly. A
 miss also makes the index forget that prompt there. A cap never grows past the member's own
-report, and time to first token never moves the cap or the index of a member that reports
-its cache (only cached tokens do): the report outweighs a guess from timing.
+report. Time to first token shrinks the cap of a member that reports its cache only through
+the depth bound (robust to a busy host's noise, unlike a window's share of misses) and to no
+less than REPORTED_FLOOR of the report: an engine's KV holds its running requests' answers as
+well as cached prompts, so fewer prompts fit than its size says, but not far fewer.
 
 With several gateways each learns from its own answers, and the controller hands every one the
 smallest cap any of them learned for a member (Member.learned_cache_tokens): a gateway takes a
@@ -44,7 +46,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from gateway.policies.prefix_index import PrefixIndex
+from gateway.policies.prefix_index import UNBOUNDED, PrefixIndex
 
 WINDOW = 8
 FIRST_WINDOW = 4
@@ -78,6 +80,8 @@ SPEED_ALPHA = 0.2
 POINTS = 48
 MISSES_TO_BOUND = 3
 MISSES_PER_HIT_PAST = 2
+# A member's own report bounds its cap from below at this share of it.
+REPORTED_FLOOR = 0.5
 
 
 @dataclass(slots=True)
@@ -156,8 +160,8 @@ class CacheSizer:
     def on_shared(self, member_id: str, cache_tokens: int) -> bool:
         """The smallest cache gateways learned member_id has (0: none). Returns whether this
         gateway's cap came down to it."""
-        if member_id in self.reported:
-            return False
+        if member_id in self._reports_cached:
+            return False  # Its answers' cached tokens tell this gateway directly.
         units = self.units_of_tokens(cache_tokens) if cache_tokens > 0 else 0
         if self._shared.get(member_id, 0) == units:
             return False
@@ -189,7 +193,7 @@ class CacheSizer:
         return {
             mid: self.cap_tokens(mid)
             for mid, seen in self.outcomes.items()
-            if seen.resized and mid not in self.reported
+            if seen.resized and self.cap_units(mid) < self.reported.get(mid, UNBOUNDED)
         }
 
     def forget(self, keep: set[str]) -> None:
@@ -224,10 +228,9 @@ class CacheSizer:
         if hit is None or ticket.presumed:
             # A presumed home's hit came from another gateway's traffic: not about its size.
             return hit
-        if member in self.reported and member not in self._reports_cached:
-            # What an engine says of its cache outweighs what time to first token suggests:
-            # on a busy or noisy host a hit can look slow, and caps learned from that collapse.
-            return hit
+        # What an engine says of its cache outweighs a window's share of slow answers (on a busy
+        # or noisy host a hit can look slow, and caps learned from that collapse).
+        timed_report = member in self.reported and member not in self._reports_cached
         if ticket.held < MIN_HELD:
             if hit:
                 outcomes.surprises += 1
@@ -260,14 +263,16 @@ class CacheSizer:
         # the guess thrashes until it does.
         if decided >= (FIRST_WINDOW if not outcomes.resized else WINDOW):
             outcomes.resized = True
-            self._resize(member, outcomes.window_misses / decided, outcomes.window_held)
+            self._resize(
+                member, outcomes.window_misses / decided, outcomes.window_held, timed_report
+            )
             outcomes.window_hits = outcomes.window_misses = outcomes.window_held = 0
         return hit
 
-    def _resize(self, member: str, missed: float, held_at_miss: int) -> None:
+    def _resize(self, member: str, missed: float, held_at_miss: int, grow_only: bool) -> None:
         cap = self.cap_units(member)
         held = max(self.index.held(member), held_at_miss)
-        if missed > MISSES_TO_SHRINK:
+        if missed > MISSES_TO_SHRINK and not grow_only:
             kept = max(LEAST_KEPT, 1.0 - missed / 2)
             self._set_cap(member, (min(cap, held) if cap else held) * kept)
         elif missed < MISSES_TO_GROW and cap and held >= 0.9 * cap:
@@ -338,6 +343,8 @@ class CacheSizer:
         cap = max(MIN_UNITS, int(units))
         if ceiling:
             cap = min(cap, ceiling)
+        if member_id in self.reported:
+            cap = max(cap, int(ceiling * REPORTED_FLOOR))
         self.index.set_cap(member_id, cap)
 
 

@@ -217,8 +217,7 @@ class PrefixAware(Policy, name="prefix_aware"):
         for m in members:
             if m.cache_tokens > 0:
                 sizer.on_report(m.id, m.cache_tokens)
-            else:
-                sizer.on_shared(m.id, m.learned_cache_tokens)
+            sizer.on_shared(m.id, m.learned_cache_tokens)
         if sizer.unit_s is None:
             speeds = sorted(
                 m.learned_prefill_s_per_token for m in members if m.learned_prefill_s_per_token > 0

@@ -504,9 +504,10 @@ class Member(_message.Message):
     cache_block_size: _builtins.int
     max_running: _builtins.int
     learned_cache_tokens: _builtins.int
-    """For a member that reports no cache_tokens: the smallest cache, in tokens, any gateway
-    learned it has from its answers (prefix_aware; MemberUsage.learned_cache_tokens), so that
-    every gateway bounds it alike and learns it once; 0: none learned.
+    """The smallest cache, in tokens, any gateway learned the member has from its answers
+    (prefix_aware; MemberUsage.learned_cache_tokens; below cache_tokens where it reports one:
+    its running requests' KV leaves less for prompts), so that every gateway bounds it alike
+    and learns it once; 0: none learned.
     """
     learned_prefill_s_per_token: _builtins.float
     """The prefill speed gateways learned from answers, seconds a prompt token (the median of
@@ -716,8 +717,8 @@ class MemberUsage(_message.Message):
     """
     cost_usd: _builtins.float
     learned_cache_tokens: _builtins.int
-    """The cache, in tokens, this gateway learned the member has from its answers (a member that
-    reports none; prefix_aware); 0: it learned none.
+    """The cache, in tokens, this gateway learned the member has from its answers (prefix_aware;
+    below its report where it reports one); 0: it learned none.
     """
     learned_prefill_s_per_token: _builtins.float
     """The prefill speed this gateway learned from answers there, seconds a prompt token; 0: none."""

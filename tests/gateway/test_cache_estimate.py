@@ -61,8 +61,8 @@ def test_a_report_caps_the_member_and_learning_never_grows_past_it() -> None:
         # Hits where hits were expected, with the index full: it would grow, but not past.
         s.settle(Ticket("m", 50, 2, 0.0), 0.002, 0)
     assert s.cap_units("m") == 100
-    # Slow answers where hits were expected: time says miss, but an engine's own report of
-    # its cache outweighs that (a busy host makes hits look slow): the cap and index stand.
+    # Slow answers where hits were expected: time says miss, but a window of them does not
+    # shrink what an engine reports of its cache (a busy host makes hits look slow).
     held = s.index.held("m")
     for _ in range(5 * WINDOW):
         assert s.settle(Ticket("m", 50, 2, 0.0), 1.0, 0) is False
@@ -188,6 +188,24 @@ def test_misses_past_a_depth_shrink_the_cap_to_it_though_most_predictions_hit() 
     assert s.cap_units("m") == 600  # half way between the deepest hit and the first miss
 
 
+def test_misses_past_a_depth_bound_a_reported_cache_down_to_half_of_it() -> None:
+    """An engine's KV holds its running requests' answers too: prompts deep in its LRU miss
+    though its report says they fit. The depth bound (not a window) says so, down to half of
+    the report at most."""
+    s = sizer(member_blocks=10_000)
+    learn_speed(s, 0.001)
+    s.on_report("m", 1000 * 128 // 4)
+    fill(s, "m", 600)
+    for i in range(3 * WINDOW):
+        deep = i % 4 == 3
+        ticket = Ticket("m", 100, 2, 0.0, reach=900 if deep else 300)
+        s.settle(ticket, 0.5 if deep else 0.01, 0)
+    assert s.cap_units("m") == 600
+    for _ in range(3 * WINDOW):
+        s.settle(Ticket("m", 100, 2, 0.0, reach=400), 0.5, 0)
+    assert s.cap_units("m") == 500
+
+
 def test_reach_is_what_the_member_took_in_since_the_prefix_was_last_sent() -> None:
     index = PrefixIndex(block_chars=8, max_blocks=1000, max_prompt_blocks=100, max_holders=4)
     first = "abcdefgh" * 6  # 6 units
@@ -227,10 +245,12 @@ def test_a_cache_another_gateway_learned_bounds_this_one_once() -> None:
     assert s.on_shared("m", 300 * 128 // 4) and s.cap_units("m") == 300
     # None learned anywhere (the controller restarted): this gateway keeps its own.
     assert not s.on_shared("m", 0) and s.cap_units("m") == 300
-    # A member that reports its cache is bounded by that, not by what gateways learned.
+    # A member that reports its cache comes down to what gateways learned, but to no less
+    # than half its report.
     s.on_report("r", 500 * 128 // 4)
-    assert not s.on_shared("r", 100 * 128 // 4) and s.cap_units("r") == 500
     assert "r" not in s.learned_tokens()
+    assert s.on_shared("r", 100 * 128 // 4) and s.cap_units("r") == 250
+    assert s.learned_tokens()["r"] == 250 * 128 // 4
 
 
 def test_a_gateway_that_learned_no_speed_takes_the_others_median() -> None:
