@@ -9,8 +9,10 @@ cache (a hit) or prefilled it all again (a miss). Two signals tell which:
 - the answer's usage says how many prompt tokens came from cache (OpenAI, Anthropic, and
   engines that report it), once a member has shown it reports them;
 - otherwise time to first token. The pool's seconds per unit of prefill are learned from
-  requests the index expected to miss that had the member to themselves (nothing else of any
-  gateway in flight there when sent; the upper quartile of the first few, then an average).
+  requests the index expected to miss that had the member's prefill to themselves (nothing
+  of another gateway in flight there when sent, and this gateway's all answering already: a
+  request alone on a member is rare under load, and waiting for it a pool at 4 requests/s
+  never learned the speed; the upper quartile of the first few, then an average).
   Every time below is counted past the fastest answer the pool ever gave (the floor: what the
   gateway, the network and an engine step cost a request of any size; with a short new part a
   hit is little more than that). A hit takes at most the new part and half the held part's
@@ -96,6 +98,10 @@ class Ticket:
     presumed: bool = False
     # Nothing else was in flight on the member when it was sent (its TTFT is its own).
     alone: bool = True
+    # Nothing else was waiting for its first token there when it was sent: this gateway's
+    # other requests had all begun answering (decoding slows its prefill a little, no more)
+    # and no other gateway's was in flight.
+    clear: bool = True
     sent_at: float = 0.0  # monotonic seconds
     # The prompt's block hashes (Match.hashes): forgotten at the member if it missed them.
     hashes: Sequence[int] = ()
@@ -241,12 +247,14 @@ class CacheSizer:
         else:
             outcomes.misses += 1
             outcomes.window_misses += 1
-            # Whatever the cap, the member does not hold this prompt now: the next request of
-            # it goes where it is held, or is placed afresh.
             outcomes.window_held = max(outcomes.window_held, self.index.held(member))
-            self.index.unhold(member, ticket.hashes)
-            # It prefilled the part again: its cache took that in.
-            self.index.record(member).sent += ticket.held
+            if not timed_report:
+                # Whatever the cap, the member does not hold this prompt now: the next request
+                # of it goes where it is held, or is placed afresh. (One that reports its
+                # cache keeps it: one slow answer on a busy host would scatter its prefixes.)
+                self.index.unhold(member, ticket.hashes)
+                # It prefilled the part again: its cache took that in.
+                self.index.record(member).sent += ticket.held
         if ticket.reach:
             outcomes.points.append((ticket.reach, hit))
             if not hit:
@@ -300,7 +308,7 @@ class CacheSizer:
             if unit_s is not None and sample < 0.25 * unit_s:
                 # Far faster than a prefill of it all, whatever else ran: it was cached.
                 return True
-            return self._learn_speed(sample, unit_s, ticket) if ticket.alone else None
+            return self._learn_speed(sample, unit_s, ticket) if ticket.clear else None
         if unit_s is None:
             return None
         past = ttft_s - (self.floor_s or 0.0)

@@ -22,12 +22,14 @@ _SHARED_ALPHA = 0.05
 
 
 class _Entry:
-    __slots__ = ("blocks", "left", "prefix")
+    __slots__ = ("blocks", "left", "prefix", "ticket")
 
-    def __init__(self, prefix: int, blocks: float) -> None:
+    def __init__(self, prefix: int, blocks: float, ticket: Ticket | None) -> None:
         self.prefix = prefix
         self.blocks = blocks
         self.left = blocks
+        # A stream's ticket (None: a whole answer, whose first byte says nothing of prefill).
+        self.ticket = ticket
 
 
 def _sub(by_prefix: dict[int, float], prefix: int, blocks: float) -> None:
@@ -74,7 +76,7 @@ class Backlog:
     def add(self, prefix: int, blocks: float, now: float, ticket: Ticket | None) -> None:
         if self.drained == len(self.entries):
             self.last = now  # Nothing was waiting: the prefill starts now.
-        self.entries.append(_Entry(prefix, blocks))
+        self.entries.append(_Entry(prefix, blocks, ticket))
         if ticket is not None:
             self.waiting.append(ticket)
         self.left += blocks
@@ -438,6 +440,11 @@ class PrefixAware(Policy, name="prefix_aware"):
             backlog.left,
             presumed,
             alone,
+            alone
+            or (
+                others < 0.5
+                and all(e.ticket is not None and e.ticket.started for e in backlog.entries)
+            ),
             now,
             match.hashes,
             reach=backlog.held.reach(match.key, held),

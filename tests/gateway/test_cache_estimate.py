@@ -97,7 +97,7 @@ def test_time_to_first_token_decides_alone_or_far_past_what_a_hit_could_take() -
     # Sent while other requests were in flight there: it may have waited behind their
     # steps, so slow says nothing...
     assert s.settle(Ticket("m", 100, 2, 0.0, alone=False), 0.14, 0) is None
-    assert s.settle(Ticket("x", 0, 100, 0.0, alone=False), 10.0, 0) is None
+    assert s.settle(Ticket("x", 0, 100, 0.0, alone=False, clear=False), 10.0, 0) is None
     assert s.unit_s == 0.001
     # ...unless it took 2x the prefill of its whole prompt and of our work queued ahead
     # (past the fastest answer yet, 0.01 s: what any request costs).
@@ -391,3 +391,43 @@ def test_times_count_past_the_fastest_answer_what_any_request_costs() -> None:
     assert s.settle(Ticket("m", 20, 2, 0.0), 0.038, 0) is False
     # In between: undecided.
     assert s.settle(Ticket("m", 20, 2, 0.0), 0.034, 0) is None
+
+
+def test_speed_is_learned_from_misses_whose_member_was_only_decoding() -> None:
+    """Under load a request seldom has a member to itself; one sent while everything else
+    there was already answering prefills at about the member's speed, and teaches it."""
+    s = sizer()
+    for _ in range(FIRST_SAMPLES):
+        s.settle(Ticket("m", 0, 100, 0.0, alone=False, clear=False), 0.5, 0)
+    assert s.unit_s is None  # waited behind others' prefill: says nothing of the speed
+    for _ in range(FIRST_SAMPLES):
+        s.settle(Ticket("m", 0, 100, 0.0, alone=False, clear=True), 0.1, 0)
+    assert s.unit_s == 0.001
+
+
+def test_a_ticket_is_clear_when_our_requests_there_all_began_answering() -> None:
+    p = policy()
+    member = idle_member("m")
+    p.on_members([member])
+    p.on_snapshot([member])
+
+    def send(n: int, stream: bool, in_flight: int) -> Ticket:
+        ctx = PickContext(
+            model="m",
+            payload={"prompt": f"prompt {n} " * 300, "stream": stream},
+            in_flight={"m": in_flight} if in_flight else {},
+        )
+        p.pick([member], ctx)
+        assert isinstance(ctx.ticket, Ticket)
+        return ctx.ticket
+
+    first = send(0, True, 0)
+    assert first.alone and first.clear
+    second = send(1, True, 1)
+    assert not second.alone and not second.clear  # first still prefilling
+    p.began(first)
+    p.began(second)
+    third = send(2, False, 2)
+    assert not third.alone and third.clear  # both answering
+    # A whole answer in flight says nothing of where it is.
+    assert not send(3, True, 3).clear
