@@ -62,11 +62,16 @@ def test_a_report_caps_the_member_and_learning_never_grows_past_it() -> None:
         s.settle(Ticket("m", 50, 2, 0.0), 0.002, 0)
     assert s.cap_units("m") == 100
     # Slow answers where hits were expected: time says miss, but a window of them does not
-    # shrink what an engine reports of its cache (a busy host makes hits look slow).
+    # shrink what an engine reports of its cache (a busy host makes hits look slow), nor
+    # does the index forget the prompts.
     held = s.index.held("m")
+    text = ("prompt m 24 " * 200)[: 128 * 8]  # the last fill() sent
+    hashes = s.index.match(text).hashes
+    assert s.index.match(text).depth["m"][0] == 8
     for _ in range(5 * WINDOW):
-        assert s.settle(Ticket("m", 50, 2, 0.0), 1.0, 0) is False
+        assert s.settle(Ticket("m", 8, 2, 0.0, hashes=hashes), 1.0, 0) is False
     assert s.cap_units("m") == 100 and s.index.held("m") == held
+    assert s.index.match(text).depth["m"][0] == 8
 
 
 def test_cached_tokens_tell_hits_from_misses_once_a_member_reports_them() -> None:
