@@ -53,7 +53,7 @@ class RouteMember:
     cache_tokens: int = 0
     cache_block_size: int = 0
     max_running: int = 0
-    # The smallest cache any gateway learned it has (UsageAggregator), and the prefill speed
+    # The cache gateways learned it has (lower median, UsageAggregator), and the prefill speed
     # they learned there, seconds a token.
     learned_cache_tokens: int = 0
     learned_prefill_s_per_token: float = 0.0

@@ -83,8 +83,8 @@ class Activity:
 class MemberLoad:
     in_flight: float = 0.0
     latency_ms: float = 0.0
-    # The smallest cache any gateway learned the member has, tokens, and the median of the
-    # prefill speeds they learned, seconds a token (0: none).
+    # The lower median of the caches gateways learned the member has, tokens, and the median
+    # of the prefill speeds they learned, seconds a token (0: none).
     learned_cache_tokens: int = 0
     learned_prefill_s_per_token: float = 0.0
 
@@ -224,16 +224,17 @@ class UsageAggregator:
         return {member: statistics.median(speeds) for member, speeds in found.items()}
 
     def _learned_caches(self, now: float) -> dict[str, int]:
-        """Per member, the smallest cache a gateway learned it has within LEARNED_TTL_S: each
-        gateway bounds a member by how deep in its LRU the prompts it sent there missed, and the
-        first to find the bound spares the others the misses of finding it again."""
+        """Per member, the lower median of the caches gateways learned it has within
+        LEARNED_TTL_S: each gateway bounds a member by how deep in its LRU the prompts it sent
+        there missed, and the first to find the bound spares the others the misses of finding it
+        again (with one or two saying, the smallest); with more, one gateway's bound that a busy
+        host made up does not carry the others."""
         for key in [k for k, (_, at) in self._learned.items() if now - at > LEARNED_TTL_S]:
             del self._learned[key]
-        smallest: dict[str, int] = {}
+        found: dict[str, list[int]] = {}
         for (_, member), (tokens, _) in self._learned.items():
-            if tokens < smallest.get(member, tokens + 1):
-                smallest[member] = tokens
-        return smallest
+            found.setdefault(member, []).append(tokens)
+        return {member: statistics.median_low(caches) for member, caches in found.items()}
 
     def held(self) -> dict[str, int]:
         """Requests held per model, summed over gateways heard from within ttl_s."""

@@ -48,7 +48,7 @@ class Member:
     cache_tokens: int = 0
     cache_block_size: int = 0
     max_running: int = 0
-    # The smallest cache any gateway learned it has, tokens, and the prefill speed gateways
+    # The cache gateways learned it has (lower median), tokens, and the prefill speed gateways
     # learned there, seconds a token; 0: none.
     learned_cache_tokens: int = 0
     learned_prefill_s_per_token: float = 0.0

@@ -36,10 +36,11 @@ less than REPORTED_FLOOR of the report: an engine's KV holds its running request
 well as cached prompts, so fewer prompts fit than its size says, but not far fewer.
 
 With several gateways each learns from its own answers, and the controller hands every one the
-smallest cap any of them learned for a member (Member.learned_cache_tokens): a gateway takes a
-new one that is below its own (the first to find a small engine spares the others the misses of
-finding it again; each counts depth in its own sends, which with prompts placed alike on every
-gateway come to about the same), and grows back on its own evidence as before. A gateway that
+lower median of the caps they learned for a member (Member.learned_cache_tokens; the smallest
+while one or two have learned one): a gateway takes a new one that is below its own (the first
+to find a small engine spares the others the misses of finding it again; each counts depth in
+its own sends, which with prompts placed alike on every gateway come to about the same), and
+grows back on its own evidence as before. A gateway that
 has not learned the prefill speed yet takes the median the others learned."""
 
 from __future__ import annotations
@@ -164,8 +165,8 @@ class CacheSizer:
             self.index.set_cap(member_id, units)
 
     def on_shared(self, member_id: str, cache_tokens: int) -> bool:
-        """The smallest cache gateways learned member_id has (0: none). Returns whether this
-        gateway's cap came down to it."""
+        """The cache gateways learned member_id has (their lower median; 0: none). Returns
+        whether this gateway's cap came down to it."""
         if member_id in self._reports_cached:
             return False  # Its answers' cached tokens tell this gateway directly.
         units = self.units_of_tokens(cache_tokens) if cache_tokens > 0 else 0

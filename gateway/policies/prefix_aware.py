@@ -250,7 +250,7 @@ class PrefixAware(Policy, name="prefix_aware"):
     def learned(self, member_ids: Iterable[str]) -> dict[str, tuple[int, float]]:
         """Per member, what this gateway learned there: the cache (tokens; 0 for a member that
         reports its own or none learned) and the prefill speed (seconds a token; 0: none). Sent
-        to the controller with usage, which hands every gateway the smallest cache and the
+        to the controller with usage, which hands every gateway the lower median cache and the
         median speed."""
         caches = self.sizer.learned_tokens()
         speed = self.sizer.token_s()

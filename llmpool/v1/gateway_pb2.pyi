@@ -504,8 +504,8 @@ class Member(_message.Message):
     cache_block_size: _builtins.int
     max_running: _builtins.int
     learned_cache_tokens: _builtins.int
-    """The smallest cache, in tokens, any gateway learned the member has from its answers
-    (prefix_aware; MemberUsage.learned_cache_tokens; below cache_tokens where it reports one:
+    """The cache, in tokens, gateways learned the member has from their answers (the lower median
+    of theirs, the smallest while one or two say; prefix_aware; MemberUsage.learned_cache_tokens; below cache_tokens where it reports one:
     its running requests' KV leaves less for prompts), so that every gateway bounds it alike
     and learns it once; 0: none learned.
     """

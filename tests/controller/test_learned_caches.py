@@ -1,6 +1,5 @@
 """Caches and prefill speeds gateways learned their members have: the controller keeps each
-gateway's latest and hands every gateway the smallest cache, on members that report no cache of
-their own, and the median speed."""
+gateway's latest and hands every gateway the lower median cache and the median speed."""
 
 from __future__ import annotations
 
@@ -27,7 +26,7 @@ def learned(usage: UsageAggregator) -> dict[str, int]:
     return {m: load.learned_cache_tokens for m, load in usage.loads().items()}
 
 
-def test_every_gateway_gets_the_smallest_cache_any_learned() -> None:
+def test_every_gateway_gets_the_lower_median_of_the_caches_gateways_learned() -> None:
     clock = FakeClock()
     usage = UsageAggregator(clock, ControllerMetrics(), ttl_s=5.0)
     usage.record(report("g1", a=65536, b=8192))
@@ -40,6 +39,12 @@ def test_every_gateway_gets_the_smallest_cache_any_learned() -> None:
     # Absurd sizes are not believed.
     usage.record(report("g3", a=1 << 40))
     assert learned(usage)["a"] == 65536
+    # With three saying, one gateway's low bound (a busy host's) does not carry the others.
+    usage.record(report("g2", a=65536))
+    usage.record(report("g3", a=2048))
+    assert learned(usage)["a"] == 65536
+    usage.record(report("g4", a=4096))
+    assert learned(usage)["a"] == 4096
 
 
 def test_every_gateway_gets_the_median_speed_gateways_learned() -> None:

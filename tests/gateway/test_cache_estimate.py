@@ -227,7 +227,7 @@ def test_reach_is_what_the_member_took_in_since_the_prefix_was_last_sent() -> No
 
 
 def test_a_cache_another_gateway_learned_bounds_this_one_once() -> None:
-    """The controller hands every gateway the smallest cap any learned: taken when it is new
+    """The controller hands every gateway the caps gateways learned: taken when it is new
     and below this gateway's own, and not again, so this gateway grows back on its own
     evidence; a member's own report outweighs it."""
     s = sizer(member_blocks=1000)

@@ -68,7 +68,7 @@ def test_learned_caches_weigh_members_that_report_nothing_in_powers_of_two() -> 
 
 def test_caches_gateways_learned_weigh_alike_on_every_gateway() -> None:
     """Gateways that learned different sizes themselves place alike once the controller hands
-    them the smallest any learned (Member.learned_cache_tokens): it outweighs their own."""
+    them what gateways learned (Member.learned_cache_tokens): it outweighs their own."""
     shared = [
         idle_member("small", learned_cache_tokens=8000),
         idle_member("large", learned_cache_tokens=70000),
