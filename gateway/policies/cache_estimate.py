@@ -40,8 +40,8 @@ lower median of the caps they learned for a member (Member.learned_cache_tokens;
 while one or two have learned one): a gateway takes a new one that is below its own (the first
 to find a small engine spares the others the misses of finding it again; each counts depth in
 its own sends, which with prompts placed alike on every gateway come to about the same), and
-grows back on its own evidence as before. A gateway that
-has not learned the prefill speed yet takes the median the others learned."""
+grows back on its own evidence as before. A gateway that has not learned the prefill speed yet
+takes the median the others learned."""
 
 from __future__ import annotations
 
@@ -195,8 +195,8 @@ class CacheSizer:
         return True
 
     def learned_tokens(self) -> dict[str, int]:
-        """The cache, in tokens, of each member that reports none and whose cap this gateway
-        has learned (from its answers or from other gateways)."""
+        """The cache, in tokens, this gateway learned (from its answers or from other gateways)
+        each member has, where that is below the member's report or it reports none."""
         return {
             mid: self.cap_tokens(mid)
             for mid, seen in self.outcomes.items()

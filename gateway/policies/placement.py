@@ -3,10 +3,10 @@ gateway, so that N gateways do not put one prompt prefix on N members.
 
 Weighted rendezvous hashing: each member scores a prefix by xxh3 of its id seeded with the
 prefix's first-block hash (both the same in every process), weighted by the cache it reports
-(all gateways read the same reports from the controller), else by the cache gateways
-gateway learned it has (the controller hands that to all alike), else by the cache this gateway
-learned it has; learned sizes rounded down to a power of two so that gateways that learned
-about the same weigh alike (members of no kind weigh as the median); the highest score wins. Among
+(all gateways read the same reports from the controller), else by the cache gateways learned
+it has (the controller hands that to all alike), else by the cache this gateway learned it
+has; learned sizes rounded down to a power of two so that gateways that learned about the same
+weigh alike (members of no kind weigh as the median); the highest score wins. Among
 members that cost about the same, every gateway so picks the same one for a new prefix, and
 the same one to spill a busy prefix to. Adding or removing one member moves only the
 prefixes it wins or won."""
