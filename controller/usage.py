@@ -6,6 +6,7 @@ import dataclasses
 import math
 import statistics
 from dataclasses import dataclass
+from typing import TypeVar
 
 from llmpool.clock import Clock
 
@@ -216,11 +217,7 @@ class UsageAggregator:
     def _learned_speeds(self, now: float) -> dict[str, float]:
         """Per member, the median prefill speed gateways learned there within LEARNED_TTL_S: a
         gateway that saw too few requests alone on a member to learn it takes the others'."""
-        for key in [k for k, (_, at) in self._speeds.items() if now - at > LEARNED_TTL_S]:
-            del self._speeds[key]
-        found: dict[str, list[float]] = {}
-        for (_, member), (speed, _) in self._speeds.items():
-            found.setdefault(member, []).append(speed)
+        found = _by_member(self._speeds, now)
         return {member: statistics.median(speeds) for member, speeds in found.items()}
 
     def _learned_caches(self, now: float) -> dict[str, int]:
@@ -229,11 +226,7 @@ class UsageAggregator:
         there missed, and the first to find the bound spares the others the misses of finding it
         again (with one or two saying, the smallest); with more, one gateway's bound that a busy
         host made up does not carry the others."""
-        for key in [k for k, (_, at) in self._learned.items() if now - at > LEARNED_TTL_S]:
-            del self._learned[key]
-        found: dict[str, list[int]] = {}
-        for (_, member), (tokens, _) in self._learned.items():
-            found.setdefault(member, []).append(tokens)
+        found = _by_member(self._learned, now)
         return {member: statistics.median_low(caches) for member, caches in found.items()}
 
     def held(self) -> dict[str, int]:
@@ -286,3 +279,18 @@ class UsageAggregator:
             if seen is not None and seen.at == at and seen.in_flight > 0:
                 return False
         return True
+
+
+_Said = TypeVar("_Said", int, float)
+
+
+def _by_member(
+    said: dict[tuple[str, str], tuple[_Said, float]], now: float
+) -> dict[str, list[_Said]]:
+    """What gateways said of each member within LEARNED_TTL_S (older entries are dropped)."""
+    for key in [k for k, (_, at) in said.items() if now - at > LEARNED_TTL_S]:
+        del said[key]
+    found: dict[str, list[_Said]] = {}
+    for (_, member), (value, _) in said.items():
+        found.setdefault(member, []).append(value)
+    return found
