@@ -119,7 +119,7 @@ class Backlog:
 
 
 class _Columns:
-    __slots__ = ("candidates", "ids", "others", "position", "records", "reported")
+    __slots__ = ("base", "candidates", "ids", "others", "position", "records", "reported")
 
     def __init__(
         self,
@@ -129,6 +129,7 @@ class _Columns:
         records: list[Held],
         others: list[float],
         position: dict[str, int],
+        per_request: float,
     ) -> None:
         self.candidates = candidates
         self.reported = reported
@@ -136,6 +137,8 @@ class _Columns:
         self.records = records
         self.others = others
         self.position = position
+        # The cost of the other gateways' requests in flight on each.
+        self.base = [per_request * n for n in others]
 
 
 class PrefixAware(Policy, name="prefix_aware"):
@@ -295,6 +298,7 @@ class PrefixAware(Policy, name="prefix_aware"):
                 # controller's aggregate, less what this gateway last reported of its own).
                 [max(m.in_flight - reported.get(m.id, 0), 0) for m in candidates],
                 {mid: i for i, mid in enumerate(ids)},
+                self.request_blocks,
             )
         return cols
 
@@ -305,26 +309,38 @@ class PrefixAware(Policy, name="prefix_aware"):
         depth = match.depth
         # The prompt's first block names its prefix; -1 for a prompt without blocks.
         prefix = match.key
-        own = ctx.in_flight.get
         per_request = self.request_blocks
         evict_weight = self.evict_weight
         hot_extra = self.hot_evict_weight - evict_weight
         cols = self._columns(candidates, ctx.reported_in_flight)
         ids = cols.ids
         # Every member as one that holds none of the prompt and has none of our requests
-        # waiting (most of them, most of the time), in one pass: requests in flight, each
-        # counted once (PickContext.loads), and what the prompt's blocks would evict there
-        # (LRU takes the oldest first: the one-off blocks, then the hot ones). The prompt's
-        # own blocks are left out: the same for every member.
-        costs = [
-            per_request * (own(mid, 0) + others)
-            + (
-                (evict_weight * over + (hot_extra * (over - r.singles) if over > r.singles else 0))
-                if (over := blocks + r.units - r.room) > 0
-                else 0
-            )
-            for mid, others, r in zip(ids, cols.others, cols.records, strict=True)
-        ]
+        # waiting (most of them, most of the time): requests in flight, each counted once
+        # (PickContext.loads), and what the prompt's blocks would evict there (LRU takes the
+        # oldest first: the one-off blocks, then the hot ones). The prompt's own blocks are left
+        # out: the same for every member.
+        in_flight = ctx.in_flight
+        if len(in_flight) < len(ids):
+            # Ours in flight are on a few members (the gateway's counts drop members at zero).
+            costs = cols.base.copy()
+            position = cols.position
+            for mid, n in in_flight.items():
+                i = position.get(mid)
+                if i is not None:
+                    costs[i] += per_request * n
+        else:
+            own = in_flight.get
+            costs = [c + per_request * own(mid, 0) for c, mid in zip(cols.base, ids, strict=True)]
+        records = cols.records
+        frees = [r.room - r.units for r in records]
+        if min(frees) < blocks:
+            for i, free in enumerate(frees):
+                if free < blocks:
+                    over = blocks - free
+                    singles = records[i].singles
+                    costs[i] += evict_weight * over + (
+                        hot_extra * (over - singles) if over > singles else 0
+                    )
         now = self.clock.monotonic()
         if depth or self._busy:
             self._adjust(cols, costs, match, ctx, now)
@@ -372,23 +388,30 @@ class PrefixAware(Policy, name="prefix_aware"):
         own = ctx.in_flight.get
         active_weight = self.active_weight
         rate = self.sizer.drain_rate(self.drain_blocks_per_s)
-        for mid, backlog in list(busy.items()):
+        idle: list[str] = []
+        for mid, backlog in busy.items():
             i = position.get(mid)
             if i is None:
                 continue
             entries = backlog.entries
-            # Draining more often than every millisecond changes nothing that matters.
             mine = own(mid, 0)
-            if len(entries) > mine or now - backlog.last > 0.001:
+            if len(entries) > mine or prefix in backlog.active_by_prefix:
+                # Requests ended, or this prompt's prefix is among ours there: exactly.
                 backlog.update(mine, now, rate)
-            if not entries:
-                del busy[mid]
-                continue
-            # Queued blocks ahead plus active_weight x blocks held by running requests, leaving
-            # out this prompt's own prefix (its prefill there is shared).
-            cost = (backlog.left - backlog.left_by_prefix.get(prefix, 0.0)) + active_weight * (
-                backlog.active - backlog.active_by_prefix.get(prefix, 0.0)
-            )
+                if not entries:
+                    idle.append(mid)
+                    continue
+                # Queued blocks ahead plus active_weight x blocks held by running requests,
+                # leaving out this prompt's own prefix (its prefill there is shared).
+                cost = (backlog.left - backlog.left_by_prefix.get(prefix, 0.0)) + active_weight * (
+                    backlog.active - backlog.active_by_prefix.get(prefix, 0.0)
+                )
+            else:
+                # The same sum without walking the queue: it drains in order, so what is left
+                # is what was left less what the member prefilled since (update() would get
+                # the same; _sent() runs it before adding).
+                left = backlog.left - (now - backlog.last) * rate
+                cost = (left if left > 0.0 else 0.0) + active_weight * backlog.active
             waiting = backlog.waiting
             while waiting and waiting[0].started:
                 waiting.popleft()
@@ -398,6 +421,8 @@ class PrefixAware(Policy, name="prefix_aware"):
                 if stalled > 0:
                     cost += stalled
             costs[i] += cost
+        for mid in idle:
+            del busy[mid]
         if not depth:
             return
         for mid, (held, _) in depth.items():
@@ -431,6 +456,11 @@ class PrefixAware(Policy, name="prefix_aware"):
         backlog = self._backlog.get(mid)
         if backlog is None:
             backlog = self._backlog[mid] = Backlog(self.index.record(mid))
+        elif backlog.entries:
+            # pick() may have left it as of an earlier update: what is queued there now.
+            backlog.update(
+                ctx.in_flight.get(mid, 0), now, self.sizer.drain_rate(self.drain_blocks_per_s)
+            )
         others = choice.in_flight - ctx.reported_in_flight.get(mid, 0)
         alone = not ctx.in_flight.get(mid, 0) and others < 0.5
         ticket = ctx.ticket = Ticket(

@@ -202,13 +202,13 @@ class PrefixIndex:
         self.epoch += 1
         self.trim(record, member_id)
 
-    def block_count(self, text: str | bytes) -> int:
+    def block_count(self, text: str | bytes | memoryview) -> int:
         """Units of the prompt's whole blocks."""
         layout = self.layout
         data = text.encode() if isinstance(text, str) else text
         return layout.units_of(layout.count(len(data)))
 
-    def match(self, text: str | bytes) -> Match:
+    def match(self, text: str | bytes | memoryview) -> Match:
         """Hashes the prompt's blocks and finds, for each member holding its first ones, how
         far its blocks are held."""
         data = text.encode() if isinstance(text, str) else text

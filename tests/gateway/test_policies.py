@@ -3,9 +3,11 @@ least_connections, and the prompt texts policies read."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import orjson
 import pytest
 
 from gateway.members import Member, idle_member
@@ -228,3 +230,30 @@ def test_context_prompt_text_and_prefix_key() -> None:
     swapped = ctx(messages=[{"role": "user", "content": "be brief"}, messages[1]])
     assert swapped.prefix_key != chat.prefix_key
     assert PickContext(model="m", payload={"prompt": "abc"}).prefix_key == b"abc"
+
+
+def test_prefix_key_comes_from_the_raw_body_as_the_client_sent_it() -> None:
+    """The key is the body from its messages on (not serialized again): the next turn's body
+    extends it, and a field after the messages only changes its tail."""
+
+    def keyed(payload: dict[str, Any]) -> bytes:
+        body = json.dumps(payload).encode()  # spaces after separators, as Python's json
+        key = PickContext(model="m", body=body, payload=json.loads(body)).prefix_key
+        return bytes(key)
+
+    turn1 = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    turn2 = [*turn1, {"role": "assistant", "content": "hello"}, {"role": "user", "content": "more"}]
+    first = keyed({"model": "m", "messages": turn1, "stream": True})
+    assert first.startswith(b'"messages": [{"role": "system"')
+    assert first.endswith(b'"stream": true}')
+    second = keyed({"model": "m", "messages": turn2, "max_tokens": 9})
+    shared = b'"messages": ' + json.dumps(turn1).encode()[:-1]
+    assert first.startswith(shared) and second.startswith(shared + b", ")
+    # Anthropic's system prompt sits beside the messages: in the key when it comes first,
+    # and when it comes after them (serialized then, so that it still leads).
+    before = keyed({"model": "m", "system": "be brief", "messages": turn1[1:]})
+    assert before.startswith(b'"system": "be brief", "messages"')
+    after = keyed({"model": "m", "messages": turn1[1:], "system": "be brief"})
+    assert after.startswith(b'["be brief",[{"role":"user"')
+    # No body (a policy called directly): the messages serialized.
+    assert PickContext(model="m", payload={"messages": turn1}).prefix_key == orjson.dumps(turn1)

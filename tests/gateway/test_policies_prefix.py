@@ -290,12 +290,13 @@ def test_index_cap_holds_and_evicts_least_recent_prompts_first() -> None:
 
 def test_index_evicts_leaves_before_their_prefix() -> None:
     index = PrefixIndex(block_chars=8, max_blocks=6, max_prompt_blocks=100, max_holders=4)
-    long_text = "abcdefgh" * 4 + "ijklmnop" * 4  # 8 blocks
+    long_text = ("abcdefgh" * 64)[: index.layout.ends[7]]  # 8 blocks
     match = index.match(long_text)
+    assert match.count == 8
     index.insert("a", match)
     assert len(index) == 6
     # The first 6 blocks survive: the prompt still matches 6 deep.
-    assert index.match(long_text).depth == {"a": (6, 0)}
+    assert index.match(long_text).depth == {"a": (index.layout.units_of(6), 0)}
 
 
 def _walk(found: list[tuple[str, ...] | None], units: list[int]) -> dict[str, tuple[int, int]]:
@@ -404,11 +405,13 @@ def test_a_member_that_reports_its_cache_is_bounded_by_it() -> None:
     policy.on_members([small, big])
     policy.on_snapshot([small, big])
     for g in range(4):
-        text = f"group {g} " * 300  # 2,400 characters: 18 blocks
+        text = f"group {g} " * 300  # 2,400 characters: more than 10 units of 128
         policy.pick([small], prompt(text))
         policy.pick([big], prompt(text))
+    units = policy.index.block_count(prompt(text).prefix_key)
+    assert units > 10
     assert policy.index.held("small") <= 10
-    assert policy.index.held("big") == 4 * 18
+    assert policy.index.held("big") == 4 * units
     # A member gone from the route takes its bound with it.
     policy.on_members([big])
     assert "small" not in policy.index.held_by
