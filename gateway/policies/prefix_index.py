@@ -134,8 +134,9 @@ class PrefixIndex:
     walks the blocks in order until one is missing. A prompt is inserted last block first, so
     its first blocks are the most recently used and LRU eviction takes the deepest blocks
     (the leaves) first, never a prefix under a block still held. Memory is bounded by
-    construction: every insert evicts down to max_blocks, and each block keeps at most
-    max_holders member ids.
+    construction: an insert that takes the index past max_blocks makes the member holding the
+    most forget its oldest blocks until it fits, and each block keeps at most max_holders
+    member ids.
 
     Each member also has its own LRU bounded in units (its cap, else member_blocks; None: no
     bound), mirroring an engine whose prefix cache evicts least recently used blocks: when a
@@ -162,7 +163,8 @@ class PrefixIndex:
         self.max_holders = max_holders
         self.member_blocks = member_blocks
         self.layout = BlockLayout(block_chars, max_prompt_blocks)
-        self._blocks: OrderedDict[int, tuple[str, ...]] = OrderedDict()
+        # No order kept here: each member's own LRU (Held.blocks) says what goes first.
+        self._blocks: dict[int, tuple[str, ...]] = {}
         # Per member: what it holds. Read-only outside.
         self.held_by: dict[str, Held] = {}
         # Moves on every change, so an insert knows whether its match's view is current.
@@ -291,7 +293,6 @@ class PrefixIndex:
                 lead = next(i for i, w in enumerate(weights_held) if w > 0)
         limit = self.max_holders
         get = blocks.get
-        touch = blocks.move_to_end
         touch_mine = mine.move_to_end
         held = record.units
         single = record.singles
@@ -305,7 +306,6 @@ class PrefixIndex:
                 held += w
                 single += w
                 continue
-            touch(h)
             if holders[0] != member_id:
                 rest = tuple(m for m in holders if m != member_id)
                 if len(rest) >= limit:
@@ -325,7 +325,6 @@ class PrefixIndex:
                     single -= had
         if lead:
             # Most recent last, first block last: LRU takes the deepest blocks first.
-            deque(map(touch, reversed(hashes[:lead])), 0)
             deque(map(touch_mine, reversed(hashes[:lead])), 0)
         record.sent += held - record.units
         if hashes:
@@ -338,10 +337,25 @@ class PrefixIndex:
         record.singles = single
         if held > record.room:
             self.trim(record, member_id)
+        if len(blocks) > self.max_blocks:
+            self._shed()
+
+    def _shed(self) -> None:
+        """Down to max_blocks: the member holding the most blocks forgets its oldest, as its
+        own LRU would (the deepest blocks of its least recent prompts first), until the index
+        fits. A block goes once no member holds it."""
+        blocks = self._blocks
         while len(blocks) > self.max_blocks:
-            h, holders = blocks.popitem(last=False)
-            for m in holders:
-                self._unhold(m, h)
+            member_id, record = max(self.held_by.items(), key=lambda kv: len(kv[1].blocks))
+            mine = record.blocks
+            for _ in range(min(len(blocks) - self.max_blocks, len(mine))):
+                h, w = mine.popitem(last=False)
+                if w > 0:
+                    record.singles -= w
+                else:
+                    w = -w
+                record.units -= w
+                self._drop(h, member_id)
 
     def trim(self, record: Held, member_id: str) -> None:
         """Forgets the member's oldest blocks down to its cap."""
