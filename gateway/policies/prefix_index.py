@@ -280,52 +280,86 @@ class PrefixIndex:
             found = list(map(blocks.get, hashes))
             run = _run(found)
         self.epoch += 1
-        # The leading blocks the member holds already, as their latest holder and reused: all
-        # that changes is their recency, done in C below (a long shared prefix is most of a
-        # prompt). The rest block by block.
-        lead = 0
-        first = found[0] if run else None
-        if first is not None and first[0] == member_id:
-            weights_held = list(map(mine.get, hashes[:run], repeat(1)))
-            if max(weights_held) < 0:
-                lead = run
-            else:
-                lead = next(i for i, w in enumerate(weights_held) if w > 0)
         limit = self.max_holders
-        get = blocks.get
         touch_mine = mine.move_to_end
         held = record.units
         single = record.singles
-        for i in range(len(hashes) - 1, lead - 1, -1):
-            h = hashes[i]
-            holders = get(h)
-            if holders is None:
-                blocks[h] = (member_id,)
-                w = weights[i]
-                mine[h] = w
-                held += w
-                single += w
-                continue
-            if holders[0] != member_id:
-                rest = tuple(m for m in holders if m != member_id)
-                if len(rest) >= limit:
-                    # The least recent holder drops out of this block.
-                    self._unhold(rest[limit - 1], h)
-                blocks[h] = (member_id, *rest[: limit - 1])
-            had = mine.get(h)
-            if had is None:
-                w = weights[i]
-                mine[h] = w
-                held += w
-                single += w
+        count = len(hashes)
+        # Blocks are taken last first (the deepest least recent); past the leading run of
+        # blocks with the same holders, most often all new to the index (a new question, the
+        # newest turn, a prompt never seen): those in bulk, in C, when there are more than a
+        # few.
+        if count - run > 4 and found[run:].count(None) == count - run:
+            tail = hashes[run:]
+            blocks.update(zip(tail, repeat((member_id,))))
+            mine.update(zip(reversed(tail), reversed(weights[run:count]), strict=True))
+            units = self.layout.units
+            added = units[count - 1] - (units[run - 1] if run else 0)
+            held += added
+            single += added
+        else:
+            get = blocks.get
+            for i in range(count - 1, run - 1, -1):
+                h = hashes[i]
+                holders = get(h)
+                if holders is None:
+                    blocks[h] = (member_id,)
+                    w = weights[i]
+                    mine[h] = w
+                    held += w
+                    single += w
+                    continue
+                if holders[0] != member_id:
+                    rest = tuple(m for m in holders if m != member_id)
+                    if len(rest) >= limit:
+                        # The least recent holder drops out of this block.
+                        self._unhold(rest[limit - 1], h)
+                    blocks[h] = (member_id, *rest[: limit - 1])
+                had = mine.get(h)
+                if had is None:
+                    w = weights[i]
+                    mine[h] = w
+                    held += w
+                    single += w
+                else:
+                    touch_mine(h)
+                    if had > 0:
+                        mine[h] = -had
+                        single -= had
+        if run:
+            # The leading run (a long shared prefix is most of a prompt): one new holders
+            # tuple for all of it, shared by its blocks.
+            head = hashes[:run]
+            first = found[0] or ()
+            if first[0] != member_id:
+                others = [m for m in first if m != member_id]
+                if len(others) >= limit:
+                    # The least recent holder drops out of these blocks.
+                    dropped = others[limit - 1]
+                    for h in head:
+                        self._unhold(dropped, h)
+                    del others[limit - 1 :]
+                blocks.update(zip(head, repeat((member_id, *others))))
+            # What the member has of them: < 0 reused, > 0 sent once, 0 none.
+            sent = list(map(mine.get, head, repeat(0)))
+            if max(sent) >= 0:
+                for i in range(run - 1, -1, -1):
+                    h = head[i]
+                    was = sent[i]
+                    if not was:
+                        w = weights[i]
+                        mine[h] = w
+                        held += w
+                        single += w
+                    else:
+                        touch_mine(h)
+                        if was > 0:
+                            mine[h] = -was
+                            single -= was
             else:
-                touch_mine(h)
-                if had > 0:
-                    mine[h] = -had
-                    single -= had
-        if lead:
-            # Most recent last, first block last: LRU takes the deepest blocks first.
-            deque(map(touch_mine, reversed(hashes[:lead])), 0)
+                # All held there and reused already: only their recency changes. Most recent
+                # last, first block last: LRU takes the deepest blocks first.
+                deque(map(touch_mine, reversed(head)), 0)
         record.sent += held - record.units
         if hashes:
             last = record.last

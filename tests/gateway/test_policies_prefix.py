@@ -322,6 +322,51 @@ def _walk(found: list[tuple[str, ...] | None], units: list[int]) -> dict[str, tu
     return depth
 
 
+def _insert_block_by_block(index: PrefixIndex, member: str, text: str) -> None:
+    """PrefixIndex.insert's rules one block at a time, last block first (the index does runs
+    of blocks in bulk)."""
+    match = index.match(text)
+    record = index.record(member)
+    mine = record.blocks
+    held, single = record.units, record.singles
+    for i in range(len(match.hashes) - 1, -1, -1):
+        h, w = match.hashes[i], index.layout.weights[i]
+        holders = index._blocks.get(h)
+        if holders is None:
+            index._blocks[h] = (member,)
+        elif holders[0] != member:
+            rest = tuple(m for m in holders if m != member)
+            if len(rest) >= index.max_holders:
+                index._unhold(rest[index.max_holders - 1], h)
+            index._blocks[h] = (member, *rest[: index.max_holders - 1])
+        had = mine.get(h)
+        if had is None:
+            mine[h] = w
+            held += w
+            single += w
+        else:
+            mine.move_to_end(h)
+            if had > 0:
+                mine[h] = -had
+                single -= had
+    record.sent += held - record.units
+    if match.hashes:
+        record.last[match.hashes[0]] = record.sent
+        record.last.move_to_end(match.hashes[0])
+    record.units, record.singles = held, single
+    if held > record.room:
+        index.trim(record, member)
+    if len(index._blocks) > index.max_blocks:
+        index._shed()
+
+
+def _state(index: PrefixIndex) -> Any:
+    return (
+        index._blocks,
+        {m: (list(r.blocks.items()), r.units, r.singles, r.sent) for m, r in index.held_by.items()},
+    )
+
+
 def test_index_fast_paths_agree_with_the_block_by_block_rules() -> None:
     """Random prompts sharing prefixes, sent to random members of a small index (holders
     capped, members bounded): every match's depths are what a block-by-block walk of the
@@ -329,6 +374,9 @@ def test_index_fast_paths_agree_with_the_block_by_block_rules() -> None:
     just sent is its member's most recent blocks, first block last."""
     rng = random.Random(7)
     index = PrefixIndex(
+        block_chars=8, max_blocks=400, max_prompt_blocks=40, max_holders=3, member_blocks=120
+    )
+    reference = PrefixIndex(
         block_chars=8, max_blocks=400, max_prompt_blocks=40, max_holders=3, member_blocks=120
     )
     stems = ["".join(rng.choices("abcdef", k=rng.randint(0, 160))) for _ in range(6)]
@@ -340,6 +388,8 @@ def test_index_fast_paths_agree_with_the_block_by_block_rules() -> None:
         had = index.record(member).blocks
         again = [h for h in match.hashes if h in had]
         index.insert(member, match)
+        _insert_block_by_block(reference, member, text)
+        assert _state(index) == _state(reference)
         record = index.held_by[member]
         # Sent there a second time: no longer a one-off block.
         assert all(record.blocks[h] < 0 for h in again if h in record.blocks)
