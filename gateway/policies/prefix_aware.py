@@ -319,10 +319,19 @@ class PrefixAware(Policy, name="prefix_aware"):
         # (PickContext.loads), and what the prompt's blocks would evict there (LRU takes the
         # oldest first: the one-off blocks, then the hot ones). The prompt's own blocks are left
         # out: the same for every member.
+        costs = [
+            (
+                c
+                + evict_weight * over
+                + (hot_extra * (over - r.singles) if over > r.singles else 0)
+                if (over := blocks + r.units - r.room) > 0
+                else c
+            )
+            for c, r in zip(cols.base, cols.records, strict=True)
+        ]
         in_flight = ctx.in_flight
         if len(in_flight) < len(ids):
             # Ours in flight are on a few members (the gateway's counts drop members at zero).
-            costs = cols.base.copy()
             position = cols.position
             for mid, n in in_flight.items():
                 i = position.get(mid)
@@ -330,17 +339,7 @@ class PrefixAware(Policy, name="prefix_aware"):
                     costs[i] += per_request * n
         else:
             own = in_flight.get
-            costs = [c + per_request * own(mid, 0) for c, mid in zip(cols.base, ids, strict=True)]
-        records = cols.records
-        frees = [r.room - r.units for r in records]
-        if min(frees) < blocks:
-            for i, free in enumerate(frees):
-                if free < blocks:
-                    over = blocks - free
-                    singles = records[i].singles
-                    costs[i] += evict_weight * over + (
-                        hot_extra * (over - singles) if over > singles else 0
-                    )
+            costs = [c + per_request * own(mid, 0) for c, mid in zip(costs, ids, strict=True)]
         now = self.clock.monotonic()
         if depth or self._busy:
             self._adjust(cols, costs, match, ctx, now)

@@ -397,14 +397,21 @@ class PrefixIndex:
         mine = record.blocks
         held = record.units
         single = record.singles
+        blocks = self._blocks
+        pop = mine.popitem
         while held > cap and mine:
-            h, w = mine.popitem(last=False)
+            h, w = pop(False)
             if w > 0:
                 single -= w
             else:
                 w = -w
             held -= w
-            self._drop(h, member_id)
+            holders = blocks.get(h)
+            if holders is not None:
+                if len(holders) == 1:
+                    del blocks[h]  # Its only holder (a one-off tail, most often).
+                else:
+                    self._drop(h, member_id)
         record.units = held
         record.singles = single
 
@@ -435,7 +442,7 @@ class PrefixIndex:
         holders = self._blocks.get(h)
         if holders is None:
             return
-        left = tuple(m for m in holders if m != member_id)
+        left = tuple([m for m in holders if m != member_id])
         if left:
             self._blocks[h] = left
         else:
