@@ -344,7 +344,9 @@ class PrefixAware(Policy, name="prefix_aware"):
         if depth or self._busy:
             self._adjust(cols, costs, match, ctx, now)
         best = min(costs)
-        if costs.count(best) == 1:
+        if blocks and not depth:
+            chosen = -1  # A new prefix: placed below, among the members near the cheapest.
+        elif costs.count(best) == 1:
             chosen = costs.index(best)
         else:
             # Ties: the deeper match, then the more recent holder, then in turn.
