@@ -340,7 +340,8 @@ class PrefixIndex:
                         self._unhold(dropped, h)
                     del others[limit - 1 :]
                 blocks.update(zip(head, repeat((member_id, *others))))
-            # What the member has of them: < 0 reused, > 0 sent once, 0 none.
+            # What the member has of them: < 0 reused, > 0 sent once, 0 none. (The loop below
+            # is the tail's, inlined in both: as a shared helper it cost 2-3% of a pick.)
             sent = list(map(mine.get, head, repeat(0)))
             if max(sent) >= 0:
                 for i in range(run - 1, -1, -1):
