@@ -119,7 +119,7 @@ class Backlog:
 
 
 class _Columns:
-    __slots__ = ("base", "candidates", "ids", "others", "position", "records", "reported")
+    __slots__ = ("base", "candidates", "ids", "position", "records", "reported")
 
     def __init__(
         self,
@@ -127,18 +127,16 @@ class _Columns:
         reported: Mapping[str, int],
         ids: list[str],
         records: list[Held],
-        others: list[float],
+        base: list[float],
         position: dict[str, int],
-        per_request: float,
     ) -> None:
         self.candidates = candidates
         self.reported = reported
         self.ids = ids
         self.records = records
-        self.others = others
-        self.position = position
         # The cost of the other gateways' requests in flight on each.
-        self.base = [per_request * n for n in others]
+        self.base = base
+        self.position = position
 
 
 class PrefixAware(Policy, name="prefix_aware"):
@@ -296,9 +294,11 @@ class PrefixAware(Policy, name="prefix_aware"):
                 [index.record(mid) for mid in ids],
                 # The other gateways' requests in flight there (Member.in_flight, the
                 # controller's aggregate, less what this gateway last reported of its own).
-                [max(m.in_flight - reported.get(m.id, 0), 0) for m in candidates],
+                [
+                    self.request_blocks * max(m.in_flight - reported.get(m.id, 0), 0)
+                    for m in candidates
+                ],
                 {mid: i for i, mid in enumerate(ids)},
-                self.request_blocks,
             )
         return cols
 
