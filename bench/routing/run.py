@@ -395,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         "--policies",
         default="",
         help="comma-separated policy names (default: quick: round_robin, least_in_flight, "
-        "prefix_aware where registered; full: every registered policy but aliases)",
+        "prefix_aware where registered; full: every registered policy but aliases); with "
+        "--untuned, the systems to run of round_robin, least_in_flight, prefix_aware, oracle",
     )
     parser.add_argument(
         "--rates", default="", help="comma-separated simulated requests/s for every workload"
@@ -444,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
                 gateways,
                 deployments,
                 tuple(float(r) for r in args.rates.split(",") if r.strip()),
+                tuple(p.strip() for p in args.policies.split(",") if p.strip()),
             )
         )
     profile = QUICK if args.quick else FULL

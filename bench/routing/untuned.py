@@ -6,6 +6,7 @@ docs/benchmarks.md."""
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 from collections import Counter, defaultdict
@@ -13,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
+import orjson
 
 from bench import machine
 from bench.routing import workloads as wl
@@ -126,8 +128,38 @@ class UntunedRunner:
             spread = members_per_group([r.affinity for r in reqs], got.members)
             if spread:
                 caches = f"{spread:.2f} members a group; {caches}"
+        _trace(system, res, reqs, got.ttfts_s, got.members, len(pools))
         late = [t for t, r in zip(got.ttfts_s, reqs, strict=True) if r.at_s >= SETTLED_S]
         return caches, nearest_rank(late, 99) if late else math.nan
+
+
+def _trace(
+    system: str,
+    res: RunResult,
+    reqs: list[wl.BenchRequest],
+    ttfts: list[float],
+    members: list[str],
+    gateways: int,
+) -> None:
+    """With LLMPOOL_BENCH_TRACE set to a file, appends every request of the run to it as a JSON
+    line (when sent, its group or session, the gateway, who served it, its TTFT): where a tail
+    comes from, for whoever works on a policy."""
+    path = os.environ.get("LLMPOOL_BENCH_TRACE")
+    if not path:
+        return
+    with open(path, "ab") as out:
+        for i, (req, ttft, member) in enumerate(zip(reqs, ttfts, members, strict=False)):
+            line = {
+                "system": system,
+                "workload": res.workload,
+                "rate": res.rate,
+                "at_s": round(req.at_s, 4),
+                "affinity": req.affinity,
+                "gateway": i % gateways,
+                "member": member,
+                "ttft_s": ttft if math.isfinite(ttft) else None,
+            }
+            out.write(orjson.dumps(line) + b"\n")
 
 
 def members_per_group(affinities: list[str], members: list[str]) -> float:
@@ -323,7 +355,11 @@ async def run_untuned(
     gateways: tuple[int, ...] = (),
     deployments: tuple[str, ...] = (),
     rates: tuple[float, ...] = (),
+    systems: tuple[str, ...] = (),
 ) -> int:
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown:
+        raise SystemExit(f"unknown systems {unknown}; the untuned mode runs: {', '.join(SYSTEMS)}")
     plan = QUICK if quick else FULL
     if gateways:
         plan = replace(plan, gateways=gateways)
@@ -354,7 +390,7 @@ async def run_untuned(
                         for rate in plan.rates[workload]:
                             print(f"== {dep}, {gws} gw: {workload} at {rate:g}/s", flush=True)
                             reqs = wl.build(workload, SEED, rate, plan.count(rate), wshape)
-                            for system in SYSTEMS:
+                            for system in systems or SYSTEMS:
                                 res = RunResult(workload, system, rate)
                                 caches, settled = "", math.nan
                                 try:

@@ -6,7 +6,11 @@ prefix's first-block hash (both the same in every process), weighted by the cach
 (all gateways read the same reports from the controller), else by the cache gateways learned
 it has (the controller hands that to all alike), else by the cache this gateway learned it
 has; learned sizes rounded down to a power of two so that gateways that learned about the same
-weigh alike (members of no kind weigh as the median); the highest score wins. Among
+weigh alike. A member of no kind weighs as the median report where others report, else as the
+policy's starting guess (member_capacity_tokens): nothing has shown it smaller, and weighing it
+as the median of those learned small would send new prefixes back to a member found thrashing
+(seen: three gateways kept three sessions on an 8k-token engine whose cap they had learned at
+4k, because the others, unlearned, weighed the same). The highest score wins. Among
 members that cost about the same, every gateway so picks the same one for a new prefix, and
 the same one to spill a busy prefix to. Adding or removing one member moves only the
 prefixes it wins or won."""
@@ -26,7 +30,9 @@ _SCALE = 1.0 / (float(1 << 64) + 1.0)
 
 
 class Placement:
-    def __init__(self) -> None:
+    def __init__(self, default_tokens: int = 0) -> None:
+        # What a member nothing is known of is taken to cache (0: weigh it as the median).
+        self._default = _rounded(default_tokens)
         self._weights: dict[str, float] = {}
         self._ids: dict[str, bytes] = {}
         self._shape: tuple[tuple[str, int, int], ...] = ()
@@ -58,7 +64,11 @@ class Placement:
 
     def _reweigh(self) -> None:
         learned = self._learned
-        sizes = {mid: c or shared or learned.get(mid, 0) for mid, c, shared in self._shape}
+        reports = [c for _, c, _ in self._shape if c > 0]
+        unknown = int(statistics.median(reports)) if reports else self._default
+        sizes = {
+            mid: c or shared or learned.get(mid, 0) or unknown for mid, c, shared in self._shape
+        }
         known = [c for c in sizes.values() if c > 0]
         typical = statistics.median(known) if known else 0
         self._weights = {mid: (c / typical if c and typical else 1.0) for mid, c in sizes.items()}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 
 from gateway.members import Member
@@ -19,6 +19,10 @@ BLOCK_TOKENS = 32
 # How fast the chance that a prefix new to this gateway is already cached at its home follows
 # what answers show.
 _SHARED_ALPHA = 0.05
+# Prefixes remembered with the members they missed at (placement passes those over).
+_MISSED_PREFIXES = 4096
+# Members remembered per prefix (the latest kept).
+_MISSED_MEMBERS = 3
 
 
 class _Entry:
@@ -188,9 +192,15 @@ class PrefixAware(Policy, name="prefix_aware"):
         self.active_weight = params.number("active_weight", 0.5, min=0.0)
         self._prefill_rate = params.number("prefill_tokens_per_s", 8000.0, min=1.0)
         self._build_index(block_chars)
-        self.placement = Placement()
+        self.placement = Placement(capacity_tokens)
         # Chance that a prefix new to this gateway is already cached at its place.
         self.shared = 0.25
+        # Prefix (first-block hash) -> members where this gateway's prediction that it was held
+        # missed, latest last: placing it again passes over them while others cost about as
+        # little (its rendezvous place would otherwise send it back to the member that could
+        # not keep it, every time, until its cap was learned; with several gateways each one's
+        # view of that member's LRU depth is partial and the cap comes late).
+        self._missed: OrderedDict[int, tuple[str, ...]] = OrderedDict()
 
     def _build_index(self, block_chars: int) -> None:
         self.index = PrefixIndex(
@@ -274,6 +284,15 @@ class PrefixAware(Policy, name="prefix_aware"):
                 self.placement.learn(member, sizer.cap_tokens(member))
         if ticket.presumed and hit is not None:
             self.shared += _SHARED_ALPHA * ((1.0 if hit else 0.0) - self.shared)
+        elif hit is False and ticket.hashes and member not in sizer.reported:
+            self._note_miss(ticket.hashes[0], member)
+
+    def _note_miss(self, prefix: int, member: str) -> None:
+        missed = self._missed
+        was = missed.pop(prefix, ())
+        missed[prefix] = (*(m for m in was if m != member), member)[-_MISSED_MEMBERS:]
+        if len(missed) > _MISSED_PREFIXES:
+            missed.popitem(last=False)
 
     def _columns(self, candidates: Sequence[Member], reported: Mapping[str, int]) -> _Columns:
         """What pick() reads of each candidate that stays put between snapshots and usage
@@ -369,6 +388,11 @@ class PrefixAware(Policy, name="prefix_aware"):
             near = [i for i, c in enumerate(costs) if c <= limit]
             if depth:
                 near = [i for i in near if ids[i] not in depth]
+            missed = self._missed.get(prefix) if self._missed else None
+            if missed:
+                kept = [i for i in near if ids[i] not in missed]
+                if kept:
+                    near = kept
             if near:
                 chosen = near[self.placement.choose(prefix, [ids[i] for i in near])]
             presumed = not depth

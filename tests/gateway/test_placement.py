@@ -7,6 +7,7 @@ from collections import Counter
 
 from gateway.members import Member, idle_member
 from gateway.policies import PickContext, PolicyRegistry, PrefixAware
+from gateway.policies.cache_estimate import Ticket
 from gateway.policies.placement import Placement
 from llmpool.clock import FakeClock
 
@@ -109,3 +110,59 @@ def test_two_gateways_put_each_new_prefix_on_one_member() -> None:
             g.pick(MEMBERS, PickContext(model="m", payload={"prompt": text})).id for g in gateways
         }
         assert len(picks) == 1
+
+
+def test_a_member_learned_small_weighs_less_than_those_nothing_is_known_of() -> None:
+    """The others weigh as the policy's starting guess, not as the one learned: a member found
+    thrashing must not keep taking its share of new prefixes."""
+    members = [idle_member(f"m{i}") for i in range(4)]
+    place = Placement(default_tokens=262144)
+    place.update(members)
+    place.learn("m0", 4096)
+    won = Counter(members[place.choose(k * 7919, ids(members))].id for k in range(8000))
+    # 4,096 against 3 x 262,144: about 1 in 193.
+    assert won["m0"] / 8000 < 0.02
+    assert all(0.3 < won[f"m{i}"] / 8000 < 0.37 for i in (1, 2, 3))
+    # Where some members report, one of no kind weighs as their median report.
+    reporting = [
+        idle_member("a", cache_tokens=8192),
+        idle_member("b", cache_tokens=8192),
+        idle_member("c"),
+    ]
+    place = Placement(default_tokens=262144)
+    place.update(reporting)
+    won = Counter(reporting[place.choose(k * 7919, ids(reporting))].id for k in range(6000))
+    assert all(0.28 < won[m] / 6000 < 0.39 for m in "abc")
+
+
+def test_a_prefix_that_missed_at_a_member_is_placed_elsewhere_next() -> None:
+    """A static member (no report) that lost a prefix the index said it held: the next request
+    of that prefix, placed afresh, passes over it (its rendezvous place would send it straight
+    back to the member that could not keep it), and every gateway that saw the miss agrees on
+    where it goes instead."""
+    gateways = [PolicyRegistry(clock=FakeClock()).build("prefix_aware") for _ in range(2)]
+    for g in gateways:
+        assert isinstance(g, PrefixAware)
+        g.on_members(MEMBERS)
+        g.on_snapshot(MEMBERS)
+    firsts = [f"warm-up prompt {n} " * 900 for n in range(6)]
+    text = "a session's context " * 800
+    moved: set[str] = set()
+    for g in gateways:
+        assert isinstance(g, PrefixAware)
+        for warm in firsts:  # expected misses teach the prefill speed (0.1 s a prompt)
+            ctx = PickContext(model="m", payload={"prompt": warm, "stream": True})
+            g.pick(MEMBERS, ctx)
+            g.settle(ctx.ticket, 0.1, 0)
+        ctx = PickContext(model="m", payload={"prompt": text, "stream": True})
+        home = g.pick(MEMBERS, ctx).id
+        g.settle(ctx.ticket, 0.1, 0)
+        # The next turn goes home, expecting a hit; it prefilled it all again, alone there.
+        ctx = PickContext(model="m", payload={"prompt": text + " next", "stream": True})
+        assert g.pick(MEMBERS, ctx).id == home
+        assert isinstance(ctx.ticket, Ticket) and ctx.ticket.held > 0
+        g.settle(ctx.ticket, 0.3, 0)
+        ctx = PickContext(model="m", payload={"prompt": text + " again", "stream": True})
+        moved.add(g.pick(MEMBERS, ctx).id)
+        assert home not in moved
+    assert len(moved) == 1
