@@ -17,7 +17,8 @@ cache (a hit) or prefilled it all again (a miss). Two signals tell which:
   gateway, the network and an engine step cost a request of any size; with a short new part a
   hit is little more than that). A hit takes at most the new part and half the held part's
   prefill: a request that fast is a hit however busy the member was. A slower one is a miss
-  if it had the member to itself and took three quarters of the held part past its new part,
+  if it had the member's prefill to itself (others there all answering already: a decode step
+  is all they add) and took three quarters of the held part past its new part,
   or if it took LOADED_MARGIN times the prefill of all of its prompt and of this gateway's
   work queued ahead of it (a thrashing member's queue of cold prefills). Otherwise it says
   nothing: under load a hit waits behind other requests' steps and looks slow, a busy host
@@ -85,6 +86,8 @@ MISSES_TO_BOUND = 3
 MISSES_PER_HIT_PAST = 2
 # A member's own report bounds its cap from below at this share of it.
 REPORTED_FLOOR = 0.5
+# A member that reports its cache forgets a prompt that missed there while it is this full.
+FULL_ON_MISS = 0.9
 
 
 @dataclass(slots=True)
@@ -150,6 +153,8 @@ class CacheSizer:
         # The latest cap, in units, gateways shared for a member (taken once, when it changes).
         self._shared: dict[str, int] = {}
         self.outcomes: dict[str, Outcomes] = {}
+        # The last settle() made the index forget the prompt at its member.
+        self.forgot = False
 
     def units_of_tokens(self, tokens: int) -> int:
         return max(1, tokens * self.bytes_per_token // self.index.block_chars)
@@ -231,6 +236,7 @@ class CacheSizer:
         outcomes = self.outcomes.get(member)
         if outcomes is None:
             outcomes = self.outcomes[member] = Outcomes()
+        self.forgot = False
         hit = self._hit(ticket, ttft_s, cached_tokens)
         if hit is None or ticket.presumed:
             # A presumed home's hit came from another gateway's traffic: not about its size.
@@ -249,10 +255,10 @@ class CacheSizer:
             outcomes.misses += 1
             outcomes.window_misses += 1
             outcomes.window_held = max(outcomes.window_held, self.index.held(member))
-            if not timed_report:
+            if self.forgets_on_miss(member):
                 # Whatever the cap, the member does not hold this prompt now: the next request
-                # of it goes where it is held, or is placed afresh. (One that reports its
-                # cache keeps it: one slow answer on a busy host would scatter its prefixes.)
+                # of it goes where it is held, or is placed afresh.
+                self.forgot = True
                 self.index.unhold(member, ticket.hashes)
                 # It prefilled the part again: its cache took that in.
                 self.index.record(member).sent += ticket.held
@@ -277,6 +283,19 @@ class CacheSizer:
             )
             outcomes.window_hits = outcomes.window_misses = outcomes.window_held = 0
         return hit
+
+    def forgets_on_miss(self, member: str) -> bool:
+        """Whether a prompt that missed at member is forgotten there: always where the member
+        reports nothing or its answers say what was cached; where it reports its cache and only
+        time tells, while the index holds it full (FULL_ON_MISS of its cap): a miss on a full
+        cache is one prompt too many for it (seen: an engine of 16k tokens whose four sessions
+        outgrew it kept them all, re-prefilling their tails every turn, as staying always costs
+        less than moving whole), on one with room more likely a slow answer on a busy host,
+        which must not scatter its prefixes."""
+        if member not in self.reported or member in self._reports_cached:
+            return True
+        cap = self.cap_units(member)
+        return bool(cap) and self.index.held(member) >= FULL_ON_MISS * cap
 
     def _resize(self, member: str, missed: float, held_at_miss: int, grow_only: bool) -> None:
         cap = self.cap_units(member)
@@ -315,8 +334,10 @@ class CacheSizer:
         past = ttft_s - (self.floor_s or 0.0)
         if past <= unit_s * (new + 0.5 * held):
             return True  # Fast is a hit however busy the member was.
-        if ticket.alone and past > unit_s * (new + 0.75 * held):
-            return False  # Slow, and nothing else could have held it up.
+        if ticket.clear and past > unit_s * (new + 0.75 * held):
+            # Slow, and nothing else could have held it up but a decode step of requests
+            # already answering (a member thrashing its sessions' tails is rarely alone).
+            return False
         if past > LOADED_MARGIN * unit_s * (new + held + ticket.queued):
             return False
         return None

@@ -284,7 +284,7 @@ class PrefixAware(Policy, name="prefix_aware"):
                 self.placement.learn(member, sizer.cap_tokens(member))
         if ticket.presumed and hit is not None:
             self.shared += _SHARED_ALPHA * ((1.0 if hit else 0.0) - self.shared)
-        elif hit is False and ticket.hashes and member not in sizer.reported:
+        elif sizer.forgot and ticket.hashes:
             self._note_miss(ticket.hashes[0], member)
 
     def _note_miss(self, prefix: int, member: str) -> None:
