@@ -30,7 +30,7 @@ thrashes: most predictions miss) means the member keeps less than the index beli
 smaller cache, other gateways' traffic, running requests' KV taking room), and the cap
 shrinks to what the index held there times (1 - half the miss fraction), by a quarter at
 most; fewer than MISSES_TO_GROW with the index full at its cap grows it by GROW, slowly. A
-miss also makes the index forget that prompt there. A cap never grows past the member's own
+miss also makes the index forget that prompt there (see forgets_on_miss). A cap never grows past the member's own
 report. Time to first token shrinks the cap of a member that reports its cache only through
 the depth bound (robust to a busy host's noise, unlike a window's share of misses) and to no
 less than REPORTED_FLOOR of the report: an engine's KV holds its running requests' answers as
