@@ -30,8 +30,9 @@ thrashes: most predictions miss) means the member keeps less than the index beli
 smaller cache, other gateways' traffic, running requests' KV taking room), and the cap
 shrinks to what the index held there times (1 - half the miss fraction), by a quarter at
 most; fewer than MISSES_TO_GROW with the index full at its cap grows it by GROW, slowly. A
-miss also makes the index forget that prompt there (see forgets_on_miss). A cap never grows past the member's own
-report. Time to first token shrinks the cap of a member that reports its cache only through
+miss also makes the index forget that prompt there (forgets_on_miss), as does a new prompt
+that waited for room (_stalled). A cap never grows past the member's own report. Time to
+first token shrinks the cap of a member that reports its cache only through
 the depth bound (robust to a busy host's noise, unlike a window's share of misses) and to no
 less than REPORTED_FLOOR of the report: an engine's KV holds its running requests' answers as
 well as cached prompts, so fewer prompts fit than its size says, but not far fewer.
@@ -74,6 +75,11 @@ FIRST_SAMPLES = 5
 # gateway queued ahead of it missed, however busy the member: a hit waiting that long needs
 # other gateways' cold prefills ahead of it, which a right index makes rare.
 LOADED_MARGIN = 2.0
+# A prompt new to a member, sent with its prefill to itself there, that took this many times
+# that prefill and this gateway's queue ahead of it waited for KV room (_stalled)...
+STALL_MARGIN = 2.0
+# ... when the member held this many times the prompt (others' prompts beside it).
+STALL_OTHERS = 1.5
 # Later samples count at most this many times the learned speed (slower ones waited).
 SAMPLE_CEILING = 2.0
 # How far a new expected miss moves the learned seconds per unit.
@@ -238,6 +244,8 @@ class CacheSizer:
             outcomes = self.outcomes[member] = Outcomes()
         self.forgot = False
         hit = self._hit(ticket, ttft_s, cached_tokens)
+        if hit is not True and ticket.held < MIN_HELD and ttft_s is not None:
+            self._stalled(ticket, ttft_s)
         if hit is None or ticket.presumed:
             # A presumed home's hit came from another gateway's traffic: not about its size.
             return hit
@@ -283,6 +291,24 @@ class CacheSizer:
             )
             outcomes.window_hits = outcomes.window_misses = outcomes.window_held = 0
         return hit
+
+    def _stalled(self, ticket: Ticket, ttft_s: float) -> None:
+        """A prompt new to the member, sent with its prefill to itself there, that took
+        STALL_MARGIN times that prefill and this gateway's queue ahead: it waited for KV room
+        (an engine admits a prompt once its blocks fit beside its running requests'), so the
+        member cannot keep it beside what it holds. Forgotten there, like a miss, when the
+        member holds other prompts: the next request of it is placed afresh, elsewhere (seen:
+        two 6k-token prompt groups on an 8k-token engine; the first request of the second waited
+        3x its prefill, its later ones missed as the two groups evicted each other)."""
+        member, new, unit_s = ticket.member, ticket.new, self.unit_s
+        if not ticket.clear or unit_s is None or new < MIN_NEW_FOR_SPEED:
+            return
+        if ttft_s - (self.floor_s or 0.0) <= STALL_MARGIN * unit_s * (new + ticket.queued):
+            return
+        if self.index.held(member) < STALL_OTHERS * new or not self.forgets_on_miss(member):
+            return
+        self.forgot = True
+        self.index.unhold(member, ticket.hashes)
 
     def forgets_on_miss(self, member: str) -> bool:
         """Whether a prompt that missed at member is forgotten there: always where the member

@@ -448,3 +448,34 @@ def test_a_ticket_is_clear_when_our_requests_there_all_began_answering() -> None
     assert not third.alone and third.clear  # both answering
     # A whole answer in flight says nothing of where it is.
     assert not send(3, True, 3).clear
+
+
+def test_a_new_prompt_that_waited_for_room_beside_others_is_forgotten_there() -> None:
+    """A prompt new to a member, sent with the member's prefill to itself, that took over twice
+    its prefill waited for KV room there: the member cannot keep it beside what it holds."""
+
+    def sent(s: CacheSizer, others: int) -> list[int]:
+        fill(s, "m", others)
+        text = ("a second prompt group " * 400)[: 128 * 100]
+        match = s.index.match(text)
+        s.index.insert("m", match)
+        return match.hashes
+
+    s = sizer()
+    learn_speed(s, 0.001)  # 0.1 s for 100 units; the floor is 0.1 s too
+    hashes = sent(s, 200)
+    # 0.25 s past the floor: 2.5x its prefill.
+    s.settle(Ticket("m", 0, 100, 0.0, hashes=hashes), 0.35, 0)
+    assert s.forgot and s.index.held("m") == 200
+    # Not slow enough, not clear, or nothing else held there: kept.
+    for ticket, ttft, others in (
+        (Ticket("m", 0, 100, 0.0), 0.25, 200),
+        (Ticket("m", 0, 100, 0.0, alone=False, clear=False), 0.35, 200),
+        (Ticket("m", 0, 100, 0.0), 0.35, 0),
+    ):
+        s = sizer()
+        learn_speed(s, 0.001)
+        ticket.hashes = sent(s, others)
+        held = s.index.held("m")
+        s.settle(ticket, ttft, 0)
+        assert not s.forgot and s.index.held("m") == held > others
