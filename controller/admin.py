@@ -271,11 +271,25 @@ class Admin:
             updated = check_pool(dataclasses.replace(current, **changes), self._extra_policies)
             check_pool_routes(updated, self._desired.pools)
             await self._desired.put_pool(updated)
+        relearn = (updated.policy, updated.policy_params) != (current.policy, current.policy_params)
+        if relearn and self._usage is not None:
+            # What gateways learned of the members (caches, prefill speed, prompts they lost)
+            # was learned under the old policy or its params: the new one starts afresh, as
+            # it does on every gateway.
+            self._usage.forget_learned(self._pool_member_ids(spec.name))
         log.info("pool updated", extra={"pool": spec.name, "fields": sorted(paths)})
         await self._audit.record(
             by, "UpdatePool", f"pool/{spec.name}", before=current, after=updated
         )
         return updated
+
+    def _pool_member_ids(self, pool: str) -> set[str]:
+        """The ids of the pool's static backends, managed replicas and attached replicas."""
+        ids = {b.id for b in self._desired.backends.values() if b.pool == pool}
+        ids.update(a.replica_id for a in self._desired.assignments.values() if a.pool == pool)
+        for record in self._registry.all():
+            ids.update(rid for rid, s in record.replicas.items() if s.pool == pool)
+        return ids
 
     async def delete_pool(self, name: str, by: Caller = LOCAL) -> None:
         async with self._desired.lock:

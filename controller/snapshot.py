@@ -57,6 +57,8 @@ class RouteMember:
     # they learned there, seconds a token.
     learned_cache_tokens: int = 0
     learned_prefill_s_per_token: float = 0.0
+    # Prompt prefixes gateways found it no longer held (UsageAggregator), latest last.
+    missed_prefixes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,7 @@ def _backend_member(b: BackendSpec, load: MemberLoad) -> RouteMember:
             "latency_ms": load.latency_ms,
             "learned_cache_tokens": load.learned_cache_tokens,
             "learned_prefill_s_per_token": load.learned_prefill_s_per_token,
+            "missed_prefixes": load.missed_prefixes,
         }
     )
 
@@ -145,6 +148,7 @@ def _live_member(
         latency_ms=load.latency_ms or s.latency_ms,
         learned_cache_tokens=load.learned_cache_tokens,
         learned_prefill_s_per_token=load.learned_prefill_s_per_token,
+        missed_prefixes=load.missed_prefixes,
     )
     return RouteMember(**values)
 

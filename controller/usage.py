@@ -34,6 +34,8 @@ class MemberUsage:
     # there, seconds a token (0: none learned).
     learned_cache_tokens: int = 0
     learned_prefill_s_per_token: float = 0.0
+    # Prompt prefixes (first-block hashes) the gateway found the member no longer held.
+    missed_prefixes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,13 @@ LEARNED_TTL_S = 600.0
 # prefill speeds slower than a second a token.
 _MAX_LEARNED_TOKENS = 1 << 30
 _MAX_LEARNED_S_PER_TOKEN = 1.0
+# A prefix a gateway found a member no longer held is handed to every gateway this long: they
+# forget it there and place it elsewhere alike (a session's next turn comes within seconds).
+MISSED_TTL_S = 60.0
+# Bounds: prefixes taken from one member's line of a report, kept per member, members kept.
+_MAX_MISSED_PER_REPORT = 64
+_MAX_MISSED_PER_MEMBER = 256
+_MAX_MISSED_MEMBERS = 10_000
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,8 @@ class MemberLoad:
     # of the prefill speeds they learned, seconds a token (0: none).
     learned_cache_tokens: int = 0
     learned_prefill_s_per_token: float = 0.0
+    # Prompt prefixes gateways found the member no longer held, within MISSED_TTL_S, latest last.
+    missed_prefixes: tuple[int, ...] = ()
 
 
 _NO_LOAD = MemberLoad()
@@ -128,6 +139,8 @@ class UsageAggregator:
         # it last said so; likewise the prefill speed it learned there.
         self._learned: dict[tuple[str, str], tuple[int, float]] = {}
         self._speeds: dict[tuple[str, str], tuple[float, float]] = {}
+        # member id -> prefix -> when a gateway last said the member missed it (oldest first).
+        self._missed: dict[str, dict[int, float]] = {}
 
     def record(self, report: UsageReport) -> None:
         now = self._clock.monotonic()
@@ -150,6 +163,8 @@ class UsageAggregator:
             else:
                 # The gateway learned nothing of it (it restarted, or grew back to the report).
                 self._learned.pop(key, None)
+            if m.missed_prefixes:
+                self._note_missed(m.member_id, m.missed_prefixes, now)
             speed = m.learned_prefill_s_per_token
             if 0 < speed <= _MAX_LEARNED_S_PER_TOKEN:  # NaN fails both
                 self._speeds[key] = (speed, now)
@@ -212,7 +227,37 @@ class UsageAggregator:
             loads[member] = dataclasses.replace(
                 loads.get(member, _NO_LOAD), learned_prefill_s_per_token=speed
             )
+        for member, keys in list(self._missed.items()):
+            while keys and now - next(iter(keys.values())) > MISSED_TTL_S:
+                del keys[next(iter(keys))]
+            if not keys:
+                del self._missed[member]
+                continue
+            loads[member] = dataclasses.replace(
+                loads.get(member, _NO_LOAD), missed_prefixes=tuple(keys)
+            )
         return loads
+
+    def forget_learned(self, member_ids: set[str]) -> None:
+        """Drops what gateways learned of these members (caches, prefill speeds, prefixes they
+        found missing): their pool's policy changed."""
+        for table in (self._learned, self._speeds):
+            for key in [k for k in table if k[1] in member_ids]:
+                del table[key]
+        for member in member_ids:
+            self._missed.pop(member, None)
+
+    def _note_missed(self, member: str, prefixes: tuple[int, ...], now: float) -> None:
+        keys = self._missed.get(member)
+        if keys is None:
+            if len(self._missed) >= _MAX_MISSED_MEMBERS:
+                return
+            keys = self._missed[member] = {}
+        for key in prefixes[:_MAX_MISSED_PER_REPORT]:
+            keys.pop(key, None)
+            keys[key] = now
+        while len(keys) > _MAX_MISSED_PER_MEMBER:
+            del keys[next(iter(keys))]
 
     def _learned_speeds(self, now: float) -> dict[str, float]:
         """Per member, the median prefill speed gateways learned there within LEARNED_TTL_S: a

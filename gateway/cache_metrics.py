@@ -29,6 +29,19 @@ def learned_caches(table: RoutingTable) -> dict[str, tuple[int, float]]:
     return found
 
 
+def missed_prefixes(table: RoutingTable) -> dict[str, list[int]]:
+    """Per member, the prompt prefixes this gateway's prefix_aware routes found it no longer
+    held since the last call (drained), for usage reports."""
+    found: dict[str, list[int]] = {}
+    for model in table.models():
+        route = table.get(model)
+        if route is None or not isinstance(route.policy, PrefixAware):
+            continue
+        for mid, keys in route.policy.drain_missed().items():
+            found.setdefault(mid, []).extend(keys)
+    return found
+
+
 class CacheEstimates(Collector):
     """llmpool_gateway_member_cache_tokens and llmpool_gateway_prefix_predictions_total, per
     model and member of the routes whose policy is prefix_aware (labels bounded by the table)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import grpc
@@ -19,6 +19,9 @@ from gateway.usage import UsageTracker
 from llmpool.backoff import Backoff, reconnect_backoff
 from llmpool.tls import aio_channel
 from llmpool.v1 import gateway_pb2, gateway_pb2_grpc, types_pb2
+
+# Prompt prefixes sent per member in a usage report at most (the controller keeps as many).
+MISSED_PER_REPORT = 64
 
 if TYPE_CHECKING:
     from llmpool.v1.gateway_pb2_grpc import GatewayServiceAsyncStub
@@ -43,6 +46,7 @@ class ControllerLink:
         conditions: Callable[[], Iterable[types_pb2.MemberCondition]] = tuple,
         held: Callable[[], Mapping[str, int]] = dict,
         learned: Callable[[], Mapping[str, tuple[int, float]]] = dict,
+        missed: Callable[[], Mapping[str, Sequence[int]]] = dict,
         keys: Keyring | None = None,
         limiter: Limiter | None = None,
     ) -> None:
@@ -56,6 +60,8 @@ class ControllerLink:
         # What this gateway learned of members' caches (tokens) and prefill speed (seconds a
         # token), sent with their usage.
         self._learned = learned
+        # Prompt prefixes it found members no longer held since the last report (drained).
+        self._missed = missed
         self._target = target
         self._credentials = credentials
         self._gateway_id = gateway_id
@@ -163,6 +169,7 @@ class ControllerLink:
         while True:
             await asyncio.sleep(self._usage_interval_s)
             report = self._usage.drain_report(self._gateway_id)
+            missed = self._missed()
             if report.members:
                 learned = self._learned()
                 if learned:
@@ -170,6 +177,11 @@ class ControllerLink:
                         tokens, speed = learned.get(m.member_id, (0, 0.0))
                         m.learned_cache_tokens = tokens
                         m.learned_prefill_s_per_token = speed
+                if missed:
+                    for m in report.members:
+                        keys = missed.get(m.member_id)
+                        if keys:
+                            m.missed_prefixes.extend(keys[:MISSED_PER_REPORT])
             report.routing_version = self._table.version
             report.conditions.extend(self._conditions())
             report.held.update(self._held())

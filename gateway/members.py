@@ -52,6 +52,8 @@ class Member:
     # learned there, seconds a token; 0: none.
     learned_cache_tokens: int = 0
     learned_prefill_s_per_token: float = 0.0
+    # Prompt prefixes (first-block hashes) gateways found it no longer held, latest last.
+    missed_prefixes: tuple[int, ...] = ()
 
     @property
     def priced(self) -> bool:

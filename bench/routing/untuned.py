@@ -298,10 +298,11 @@ def render(
         "request i to gateway i mod N. Every policy runs with NO params, prefix_aware "
         "included: it starts from its defaults (262,144 tokens a member, 8,000 tokens/s) and "
         "learns each member's cache and prefill speed during the run (a fresh policy every "
-        "run, engines' caches emptied between runs). The oracle knows each request's group "
-        "or session and sends group i to the i-th engine of a weighted round robin by cache "
-        "size (an engine with twice the cache gets twice the groups). `*`: keeps up (all "
-        "answered, p99 <= 1 s).",
+        "run, engines' caches emptied between runs; the policy switch between runs makes the "
+        "controller drop what gateways learned, so nothing carries over). The oracle knows "
+        "each request's group or session and sends group i to the i-th engine of a weighted "
+        "round robin by cache size (an engine with twice the cache gets twice the groups). "
+        "`*`: keeps up (all answered, p99 <= 1 s).",
         "",
         f"Workloads (sizes as in the Routing section): shared_prefix, {wshape.groups} groups "
         f"of {wshape.system_tokens:,}-token system prompts; multi_turn, {wshape.sessions} "

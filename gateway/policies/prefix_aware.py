@@ -23,6 +23,8 @@ _SHARED_ALPHA = 0.05
 _MISSED_PREFIXES = 4096
 # Members remembered per prefix (the latest kept).
 _MISSED_MEMBERS = 3
+# This gateway's own misses kept per member for its next usage report.
+_MISSED_TO_REPORT = 64
 
 
 class _Entry:
@@ -201,6 +203,10 @@ class PrefixAware(Policy, name="prefix_aware"):
         # not keep it, every time, until its cap was learned; with several gateways each one's
         # view of that member's LRU depth is partial and the cap comes late).
         self._missed: OrderedDict[int, tuple[str, ...]] = OrderedDict()
+        # Its own, per member, for the controller to hand every gateway (Member.missed_prefixes),
+        # and those handed to it already acted on.
+        self._missed_out: dict[str, list[int]] = {}
+        self._missed_in: dict[tuple[str, int], None] = {}
 
     def _build_index(self, block_chars: int) -> None:
         self.index = PrefixIndex(
@@ -231,6 +237,9 @@ class PrefixAware(Policy, name="prefix_aware"):
             if m.cache_tokens > 0:
                 sizer.on_report(m.id, m.cache_tokens)
             sizer.on_shared(m.id, m.learned_cache_tokens)
+        told = [(m.id, prefix) for m in members for prefix in m.missed_prefixes]
+        if told or self._missed_in:
+            self._missed_elsewhere(told)
         if sizer.unit_s is None:
             speeds = sorted(
                 m.learned_prefill_s_per_token for m in members if m.learned_prefill_s_per_token > 0
@@ -287,7 +296,32 @@ class PrefixAware(Policy, name="prefix_aware"):
         elif sizer.forgot and ticket.hashes:
             self._note_miss(ticket.hashes[0], member)
 
-    def _note_miss(self, prefix: int, member: str) -> None:
+    def placement_passes_over(self, prefix: int) -> tuple[str, ...]:
+        """The members placing this prefix afresh passes over (it missed there)."""
+        return self._missed.get(prefix, ())
+
+    def drain_missed(self) -> dict[str, list[int]]:
+        """The prefixes this gateway found members no longer held since the last call, per
+        member, for its usage report."""
+        out, self._missed_out = self._missed_out, {}
+        return out
+
+    def _missed_elsewhere(self, told: list[tuple[str, int]]) -> None:
+        """Gateways found these members no longer held these prefixes (the controller hands
+        them out for a minute, this gateway's own among them): each forgotten there (its first
+        block: a prompt's walk stops there) and placed elsewhere alike, once while handed out."""
+        seen = self._missed_in
+        self._missed_in = dict.fromkeys(told)
+        for member, prefix in told:
+            if (member, prefix) not in seen:
+                self._note_miss(prefix, member, report=False)
+                self.index.unhold(member, (prefix,))
+
+    def _note_miss(self, prefix: int, member: str, report: bool = True) -> None:
+        if report:
+            mine = self._missed_out.setdefault(member, [])
+            if len(mine) < _MISSED_TO_REPORT:
+                mine.append(prefix)
         missed = self._missed
         was = missed.pop(prefix, ())
         missed[prefix] = (*(m for m in was if m != member), member)[-_MISSED_MEMBERS:]

@@ -470,6 +470,7 @@ class Member(_message.Message):
     MAX_RUNNING_FIELD_NUMBER: _builtins.int
     LEARNED_CACHE_TOKENS_FIELD_NUMBER: _builtins.int
     LEARNED_PREFILL_S_PER_TOKEN_FIELD_NUMBER: _builtins.int
+    MISSED_PREFIXES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Backend id or replica id."""
     url: _builtins.str
@@ -515,6 +516,14 @@ class Member(_message.Message):
     """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def missed_prefixes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Prompt prefixes (the xxh3 of a prompt's first block, prefix_aware) that gateways found the
+        member no longer holds where they expected it to, latest last, for a minute (the union of
+        their MemberUsage.missed_prefixes; at most 256): every gateway forgets them there and
+        places them elsewhere alike, instead of each finding the miss again.
+        """
+
     def __init__(
         self,
         *,
@@ -544,10 +553,11 @@ class Member(_message.Message):
         max_running: _builtins.int = ...,
         learned_cache_tokens: _builtins.int = ...,
         learned_prefill_s_per_token: _builtins.float = ...,
+        missed_prefixes: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "backend", b"backend", "cache_block_size", b"cache_block_size", "cache_tokens", b"cache_tokens", "cached_input_cost_per_mtok", b"cached_input_cost_per_mtok", "credential", b"credential", "draining", b"draining", "healthy", b"healthy", "id", b"id", "in_flight", b"in_flight", "input_cost_per_mtok", b"input_cost_per_mtok", "kind", b"kind", "kv_usage", b"kv_usage", "labels", b"labels", "latency_ms", b"latency_ms", "learned_cache_tokens", b"learned_cache_tokens", "learned_prefill_s_per_token", b"learned_prefill_s_per_token", "max_running", b"max_running", "output_cost_per_mtok", b"output_cost_per_mtok", "prefix_cache_hit_rate", b"prefix_cache_hit_rate", "running", b"running", "upstream_model", b"upstream_model", "url", b"url", "waiting", b"waiting", "weight", b"weight", "zone", b"zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "backend", b"backend", "cache_block_size", b"cache_block_size", "cache_tokens", b"cache_tokens", "cached_input_cost_per_mtok", b"cached_input_cost_per_mtok", "credential", b"credential", "draining", b"draining", "healthy", b"healthy", "id", b"id", "in_flight", b"in_flight", "input_cost_per_mtok", b"input_cost_per_mtok", "kind", b"kind", "kv_usage", b"kv_usage", "labels", b"labels", "latency_ms", b"latency_ms", "learned_cache_tokens", b"learned_cache_tokens", "learned_prefill_s_per_token", b"learned_prefill_s_per_token", "max_running", b"max_running", "missed_prefixes", b"missed_prefixes", "output_cost_per_mtok", b"output_cost_per_mtok", "prefix_cache_hit_rate", b"prefix_cache_hit_rate", "running", b"running", "upstream_model", b"upstream_model", "url", b"url", "waiting", b"waiting", "weight", b"weight", "zone", b"zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -701,6 +711,7 @@ class MemberUsage(_message.Message):
     COST_USD_FIELD_NUMBER: _builtins.int
     LEARNED_CACHE_TOKENS_FIELD_NUMBER: _builtins.int
     LEARNED_PREFILL_S_PER_TOKEN_FIELD_NUMBER: _builtins.int
+    MISSED_PREFIXES_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     model: _builtins.str
     in_flight: _builtins.int
@@ -722,6 +733,12 @@ class MemberUsage(_message.Message):
     """
     learned_prefill_s_per_token: _builtins.float
     """The prefill speed this gateway learned from answers there, seconds a prompt token; 0: none."""
+    @_builtins.property
+    def missed_prefixes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Prompt prefixes (xxh3 of the first block) this gateway found the member no longer held
+        where it expected a hit, since the previous report (at most 64).
+        """
+
     def __init__(
         self,
         *,
@@ -738,10 +755,11 @@ class MemberUsage(_message.Message):
         cost_usd: _builtins.float = ...,
         learned_cache_tokens: _builtins.int = ...,
         learned_prefill_s_per_token: _builtins.float = ...,
+        missed_prefixes: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "errors", b"errors", "in_flight", b"in_flight", "learned_cache_tokens", b"learned_cache_tokens", "learned_prefill_s_per_token", b"learned_prefill_s_per_token", "mean_latency_ms", b"mean_latency_ms", "mean_ttft_ms", b"mean_ttft_ms", "member_id", b"member_id", "model", b"model", "prompt_tokens", b"prompt_tokens", "requests", b"requests"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "errors", b"errors", "in_flight", b"in_flight", "learned_cache_tokens", b"learned_cache_tokens", "learned_prefill_s_per_token", b"learned_prefill_s_per_token", "mean_latency_ms", b"mean_latency_ms", "mean_ttft_ms", b"mean_ttft_ms", "member_id", b"member_id", "missed_prefixes", b"missed_prefixes", "model", b"model", "prompt_tokens", b"prompt_tokens", "requests", b"requests"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

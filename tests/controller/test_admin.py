@@ -7,6 +7,7 @@ import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 
 from controller.server import ControllerServer
+from controller.usage import MemberUsage, UsageReport
 from llmpool.v1 import admin_pb2, admin_pb2_grpc, types_pb2
 from tests.support import refused
 
@@ -128,3 +129,37 @@ async def test_delete_pool_removes_backends_and_enable_ends_drain(
     await admin.DeletePool(admin_pb2.DeletePoolRequest(name="p"))
     listed = await admin.ListBackends(admin_pb2.ListBackendsRequest())
     assert list(listed.backends) == []
+
+
+async def test_a_policy_change_drops_what_gateways_learned_of_the_pools_members(
+    controller: ControllerServer, admin: admin_pb2_grpc.AdminServiceAsyncStub
+) -> None:
+    """Caches, speeds and lost prefixes gateways learned under the old policy or its params go
+    with them (every gateway starts the new policy afresh); other pools' stay."""
+    await admin.AddBackend(add("b1", pool="p"))
+    await admin.AddBackend(add("b2", pool="q", url="http://127.0.0.1:9001"))
+    usage = controller.parts.usage
+    lines = tuple(
+        MemberUsage(m, learned_cache_tokens=4096, learned_prefill_s_per_token=1e-5,
+                    missed_prefixes=(7,))
+        for m in ("b1", "b2")
+    )  # fmt: skip
+    usage.record(UsageReport(gateway_id="g", members=lines))
+
+    def learned(member: str) -> tuple[int, float, tuple[int, ...]]:
+        load = usage.loads()[member]
+        return load.learned_cache_tokens, load.learned_prefill_s_per_token, load.missed_prefixes
+
+    mask = FieldMask(paths=["policy"])
+    # The same policy again: nothing changed, nothing forgotten.
+    await admin.UpdatePool(
+        admin_pb2.UpdatePoolRequest(pool=types_pb2.Pool(name="p", policy="round_robin"),
+                                    update_mask=mask)
+    )  # fmt: skip
+    assert learned("b1") == (4096, 1e-5, (7,))
+    await admin.UpdatePool(
+        admin_pb2.UpdatePoolRequest(pool=types_pb2.Pool(name="p", policy="prefix_aware"),
+                                    update_mask=mask)
+    )  # fmt: skip
+    assert learned("b1") == (0, 0.0, ())
+    assert learned("b2") == (4096, 1e-5, (7,))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from controller.metrics import ControllerMetrics
 from controller.model import BackendSpec, PoolSpec
 from controller.snapshot import LiveReplica, build_routes
-from controller.usage import LEARNED_TTL_S, UsageAggregator
+from controller.usage import LEARNED_TTL_S, MISSED_TTL_S, UsageAggregator
 from llmpool.clock import FakeClock
 from llmpool.status import ReplicaState, ReplicaStatus
 from llmpool.v1 import gateway_pb2
@@ -99,3 +99,37 @@ def test_snapshots_carry_it_on_every_member() -> None:
     assert members["r2"].cache_tokens == 32768 and members["r2"].learned_cache_tokens == 4096
     # The speed is the engines', whatever they report of their caches.
     assert all(m.learned_prefill_s_per_token == 40e-6 for m in members.values())
+
+
+def test_prefixes_a_gateway_found_missing_go_to_every_gateway_for_a_minute() -> None:
+    """One gateway found a member no longer held a prompt prefix: every gateway is told (on the
+    member, in every snapshot) for MISSED_TTL_S, so each forgets it there and places it
+    elsewhere alike instead of finding the miss again; bounded per report and per member."""
+    clock = FakeClock()
+    usage = UsageAggregator(clock, ControllerMetrics(), ttl_s=5.0)
+
+    def missed(gateway: str, member: str, *keys: int) -> gateway_pb2.UsageReport:
+        line = gateway_pb2.MemberUsage(member_id=member, model="p", missed_prefixes=keys)
+        return gateway_pb2.UsageReport(gateway_id=gateway, members=[line])
+
+    usage.record(missed("g1", "static", 11, 12))
+    clock.advance(20.0)
+    usage.record(missed("g2", "static", 13, 11))  # 11 again: now the latest
+    usage.record(missed("g2", "other", (1 << 64) - 1))
+    loads = usage.loads()
+    assert loads["static"].missed_prefixes == (12, 13, 11)
+    assert loads["other"].missed_prefixes == ((1 << 64) - 1,)
+    pools = {"p": PoolSpec(name="p", policy="prefix_aware")}
+    backends = {"static": BackendSpec(id="static", pool="p", url="http://127.0.0.1:1")}
+    routes = build_routes(pools, backends, {}, {}, loads)
+    assert routes["p"].members[0].missed_prefixes == (12, 13, 11)
+    # A minute after a gateway last said so, a prefix is dropped; a member with none left too.
+    clock.advance(MISSED_TTL_S - 10.0)
+    assert usage.loads()["static"].missed_prefixes == (13, 11)
+    clock.advance(30.0)
+    assert "static" not in usage.loads() and "other" not in usage.loads()
+    # At most 64 taken from one line of a report, 256 kept for a member.
+    for n in range(10):
+        usage.record(missed("g1", "static", *range(n * 100, n * 100 + 100)))
+    kept = usage.loads()["static"].missed_prefixes
+    assert len(kept) == 256 and kept[-1] == 963 and 0 not in kept and 64 not in kept

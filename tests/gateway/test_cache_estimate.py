@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from gateway.cache_metrics import CacheEstimates
+from gateway.cache_metrics import CacheEstimates, missed_prefixes
 from gateway.members import idle_member
 from gateway.policies import PickContext, PolicyRegistry, PrefixAware
 from gateway.policies.cache_estimate import (
@@ -479,3 +479,21 @@ def test_a_new_prompt_that_waited_for_room_beside_others_is_forgotten_there() ->
         held = s.index.held("m")
         s.settle(ticket, ttft, 0)
         assert not s.forgot and s.index.held("m") == held > others
+
+
+def test_misses_go_out_with_usage_and_others_come_in_with_routing() -> None:
+    """The table's prefix_aware routes hand their own misses to usage reports (drained, per
+    member) and take the ones the controller puts on members (Member.missed_prefixes)."""
+    table = RoutingTable()
+    members = [
+        gateway_pb2.Member(id="a", url="http://h/a", healthy=True, weight=1, missed_prefixes=[7]),
+        gateway_pb2.Member(id="b", url="http://h/b", healthy=True, weight=1),
+    ]
+    route = gateway_pb2.ModelRoute(model="m", policy="prefix_aware", members=members)
+    table.apply(gateway_pb2.RoutingSnapshot(version=1, full=True, routes=[route]))
+    found = table.get("m")
+    assert found is not None and isinstance(found.policy, PrefixAware)
+    assert found.policy.placement_passes_over(7) == ("a",)
+    assert missed_prefixes(table) == {}  # another gateway's, not reported again
+    found.policy._note_miss(9, "b")
+    assert missed_prefixes(table) == {"b": [9]} and missed_prefixes(table) == {}

@@ -3,6 +3,7 @@ reported caches, and stable when a member comes or goes."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 from gateway.members import Member, idle_member
@@ -166,3 +167,49 @@ def test_a_prefix_that_missed_at_a_member_is_placed_elsewhere_next() -> None:
         moved.add(g.pick(MEMBERS, ctx).id)
         assert home not in moved
     assert len(moved) == 1
+
+
+def test_misses_other_gateways_found_move_the_prefix_here_too() -> None:
+    """A gateway reports the prefixes it found members no longer held (drain_missed, once
+    each); one handed such a prefix on a member (Member.missed_prefixes) forgets it there and
+    places it where the gateway that found the miss does."""
+    finder, other = (PolicyRegistry(clock=FakeClock()).build("prefix_aware") for _ in range(2))
+    assert isinstance(finder, PrefixAware) and isinstance(other, PrefixAware)
+    for g in (finder, other):
+        g.on_members(MEMBERS)
+        g.on_snapshot(MEMBERS)
+        for n in range(6):  # expected misses teach the prefill speed (0.1 s a prompt)
+            ctx = PickContext(model="m", payload={"prompt": f"warm-up {n} " * 900, "stream": True})
+            g.pick(MEMBERS, ctx)
+            g.settle(ctx.ticket, 0.1, 0)
+    text = "a session's context " * 800
+    ctx = PickContext(model="m", payload={"prompt": text, "stream": True})
+    home = other.pick(MEMBERS, ctx).id
+    other.settle(ctx.ticket, 0.1, 0)
+    assert finder.pick(MEMBERS, PickContext(model="m", payload={"prompt": text})).id == home
+    # The finder's next request of it expected a hit there and prefilled it all again.
+    ctx = PickContext(model="m", payload={"prompt": text + " next", "stream": True})
+    assert finder.pick(MEMBERS, ctx).id == home
+    assert isinstance(ctx.ticket, Ticket) and ctx.ticket.held > 0
+    prefix = ctx.ticket.hashes[0]
+    finder.settle(ctx.ticket, 0.3, 0)
+    other.drain_missed()
+    assert finder.drain_missed() == {home: [prefix]} and finder.drain_missed() == {}
+    moved = finder.pick(MEMBERS, PickContext(model="m", payload={"prompt": text + " again"})).id
+    assert moved != home
+    # The controller hands it to the other gateway on that member.
+    told = [
+        dataclasses.replace(m, missed_prefixes=(prefix,)) if m.id == home else m for m in MEMBERS
+    ]
+    ctx = PickContext(model="m", payload={"prompt": text + " more"})
+    other.on_snapshot(told)
+    assert other.pick(told, ctx).id == moved
+    # Handed again with the next snapshot, it is not acted on twice (the prefix may have come
+    # back there since), and is not reported again.
+    other.index.insert(home, other.index.match(text))
+    other.on_snapshot(told)
+    assert home in other.index.match(text).depth and other.drain_missed() == {}
+    # Once the controller stopped handing it out, a new miss there is acted on again.
+    other.on_snapshot(MEMBERS)
+    other.on_snapshot(told)
+    assert home not in other.index.match(text).depth
