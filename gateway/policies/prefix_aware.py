@@ -293,7 +293,9 @@ class PrefixAware(Policy, name="prefix_aware"):
                 self.placement.learn(member, sizer.cap_tokens(member))
         if ticket.presumed and hit is not None:
             self.shared += _SHARED_ALPHA * ((1.0 if hit else 0.0) - self.shared)
-        elif sizer.forgot and ticket.hashes:
+        if sizer.forgot and ticket.hashes:
+            # A miss, or a new prompt that waited for room (most often presumed: the first
+            # request of a prefix goes to its place).
             self._note_miss(ticket.hashes[0], member)
 
     def placement_passes_over(self, prefix: int) -> tuple[str, ...]:

@@ -213,3 +213,30 @@ def test_misses_other_gateways_found_move_the_prefix_here_too() -> None:
     other.on_snapshot(MEMBERS)
     other.on_snapshot(told)
     assert home not in other.index.match(text).depth
+
+
+def test_a_new_prefix_that_waited_for_room_at_its_place_goes_elsewhere_next() -> None:
+    """The first request of a prefix goes to its place (presumed); one that waited there over
+    twice its prefill beside another prefix is forgotten there, reported, and placed elsewhere."""
+    g = PolicyRegistry(clock=FakeClock()).build("prefix_aware")
+    assert isinstance(g, PrefixAware)
+    g.on_members(MEMBERS)
+    g.on_snapshot(MEMBERS)
+    for n in range(6):  # expected misses teach the prefill speed (0.1 s a prompt)
+        ctx = PickContext(model="m", payload={"prompt": f"warm-up {n} " * 900, "stream": True})
+        g.pick(MEMBERS, ctx)
+        g.settle(ctx.ticket, 0.1, 0)
+    g.drain_missed()
+    text = "a second prompt group " * 400
+    ctx = PickContext(model="m", payload={"prompt": text, "stream": True})
+    place = g.pick(MEMBERS, ctx).id
+    assert isinstance(ctx.ticket, Ticket) and ctx.ticket.presumed
+    # The member held another group beside it.
+    other = "another group already there " * 400
+    g.index.insert(place, g.index.match(other))
+    g.settle(ctx.ticket, 0.6, 0)
+    prefix = ctx.ticket.hashes[0]
+    assert g.placement_passes_over(prefix) == (place,)
+    assert g.drain_missed() == {place: [prefix]}
+    ctx = PickContext(model="m", payload={"prompt": text + " next", "stream": True})
+    assert g.pick(MEMBERS, ctx).id != place
