@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 
 from gateway.members import Member
 from gateway.policies.base import ParamReader, PickContext, Policy
 from gateway.policies.cache_estimate import CacheSizer, Ticket
+from gateway.policies.missed import MissedPrefixes
 from gateway.policies.placement import Placement
 from gateway.policies.prefix_index import Held, Match, PrefixIndex
 
@@ -19,12 +20,6 @@ BLOCK_TOKENS = 32
 # How fast the chance that a prefix new to this gateway is already cached at its home follows
 # what answers show.
 _SHARED_ALPHA = 0.05
-# Prefixes remembered with the members they missed at (placement passes those over).
-_MISSED_PREFIXES = 4096
-# Members remembered per prefix (the latest kept).
-_MISSED_MEMBERS = 3
-# This gateway's own misses kept per member for its next usage report.
-_MISSED_TO_REPORT = 64
 
 
 class _Entry:
@@ -197,16 +192,8 @@ class PrefixAware(Policy, name="prefix_aware"):
         self.placement = Placement(capacity_tokens)
         # Chance that a prefix new to this gateway is already cached at its place.
         self.shared = 0.25
-        # Prefix (first-block hash) -> members where this gateway's prediction that it was held
-        # missed, latest last: placing it again passes over them while others cost about as
-        # little (its rendezvous place would otherwise send it back to the member that could
-        # not keep it, every time, until its cap was learned; with several gateways each one's
-        # view of that member's LRU depth is partial and the cap comes late).
-        self._missed: OrderedDict[int, tuple[str, ...]] = OrderedDict()
-        # Its own, per member, for the controller to hand every gateway (Member.missed_prefixes),
-        # and those handed to it already acted on.
-        self._missed_out: dict[str, list[int]] = {}
-        self._missed_in: dict[tuple[str, int], None] = {}
+        # Where prefixes were found missing (missed.py): placement passes those members over.
+        self.missed = MissedPrefixes()
 
     def _build_index(self, block_chars: int) -> None:
         self.index = PrefixIndex(
@@ -237,9 +224,11 @@ class PrefixAware(Policy, name="prefix_aware"):
             if m.cache_tokens > 0:
                 sizer.on_report(m.id, m.cache_tokens)
             sizer.on_shared(m.id, m.learned_cache_tokens)
-        told = [(m.id, prefix) for m in members for prefix in m.missed_prefixes]
-        if told or self._missed_in:
-            self._missed_elsewhere(told)
+        handed = [(m.id, prefix) for m in members for prefix in m.missed_prefixes]
+        for mid, prefix in self.missed.told(handed):
+            # Another gateway found it missing there: its first block forgotten (a prompt's
+            # walk stops there).
+            self.index.unhold(mid, (prefix,))
         if sizer.unit_s is None:
             speeds = sorted(
                 m.learned_prefill_s_per_token for m in members if m.learned_prefill_s_per_token > 0
@@ -296,39 +285,12 @@ class PrefixAware(Policy, name="prefix_aware"):
         if sizer.forgot and ticket.hashes:
             # A miss, or a new prompt that waited for room (most often presumed: the first
             # request of a prefix goes to its place).
-            self._note_miss(ticket.hashes[0], member)
-
-    def placement_passes_over(self, prefix: int) -> tuple[str, ...]:
-        """The members placing this prefix afresh passes over (it missed there)."""
-        return self._missed.get(prefix, ())
+            self.missed.note(ticket.hashes[0], member)
 
     def drain_missed(self) -> dict[str, list[int]]:
         """The prefixes this gateway found members no longer held since the last call, per
         member, for its usage report."""
-        out, self._missed_out = self._missed_out, {}
-        return out
-
-    def _missed_elsewhere(self, told: list[tuple[str, int]]) -> None:
-        """Gateways found these members no longer held these prefixes (the controller hands
-        them out for a minute, this gateway's own among them): each forgotten there (its first
-        block: a prompt's walk stops there) and placed elsewhere alike, once while handed out."""
-        seen = self._missed_in
-        self._missed_in = dict.fromkeys(told)
-        for member, prefix in told:
-            if (member, prefix) not in seen:
-                self._note_miss(prefix, member, report=False)
-                self.index.unhold(member, (prefix,))
-
-    def _note_miss(self, prefix: int, member: str, report: bool = True) -> None:
-        if report:
-            mine = self._missed_out.setdefault(member, [])
-            if len(mine) < _MISSED_TO_REPORT:
-                mine.append(prefix)
-        missed = self._missed
-        was = missed.pop(prefix, ())
-        missed[prefix] = (*(m for m in was if m != member), member)[-_MISSED_MEMBERS:]
-        if len(missed) > _MISSED_PREFIXES:
-            missed.popitem(last=False)
+        return self.missed.drain()
 
     def _columns(self, candidates: Sequence[Member], reported: Mapping[str, int]) -> _Columns:
         """What pick() reads of each candidate that stays put between snapshots and usage
@@ -424,7 +386,8 @@ class PrefixAware(Policy, name="prefix_aware"):
             near = [i for i, c in enumerate(costs) if c <= limit]
             if depth:
                 near = [i for i in near if ids[i] not in depth]
-            missed = self._missed.get(prefix) if self._missed else None
+            by_prefix = self.missed.by_prefix
+            missed = by_prefix.get(prefix) if by_prefix else None
             if missed:
                 kept = [i for i in near if ids[i] not in missed]
                 if kept:

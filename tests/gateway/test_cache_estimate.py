@@ -493,7 +493,7 @@ def test_misses_go_out_with_usage_and_others_come_in_with_routing() -> None:
     table.apply(gateway_pb2.RoutingSnapshot(version=1, full=True, routes=[route]))
     found = table.get("m")
     assert found is not None and isinstance(found.policy, PrefixAware)
-    assert found.policy.placement_passes_over(7) == ("a",)
+    assert found.policy.missed.passes_over(7) == ("a",)
     assert missed_prefixes(table) == {}  # another gateway's, not reported again
-    found.policy._note_miss(9, "b")
+    found.policy.missed.note(9, "b")
     assert missed_prefixes(table) == {"b": [9]} and missed_prefixes(table) == {}

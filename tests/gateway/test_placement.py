@@ -19,6 +19,21 @@ def ids(members: list[Member]) -> list[str]:
     return [m.id for m in members]
 
 
+def warmed() -> PrefixAware:
+    """A prefix_aware gateway over MEMBERS that learned the prefill speed (0.1 s a prompt) from
+    six expected misses."""
+    g = PolicyRegistry(clock=FakeClock()).build("prefix_aware")
+    assert isinstance(g, PrefixAware)
+    g.on_members(MEMBERS)
+    g.on_snapshot(MEMBERS)
+    for n in range(6):
+        ctx = PickContext(model="m", payload={"prompt": f"warm-up {n} " * 900, "stream": True})
+        g.pick(MEMBERS, ctx)
+        g.settle(ctx.ticket, 0.1, 0)
+    g.drain_missed()
+    return g
+
+
 def test_every_instance_places_a_prefix_on_the_same_member_whatever_the_order() -> None:
     one, two = Placement(), Placement()
     one.update(MEMBERS)
@@ -141,20 +156,9 @@ def test_a_prefix_that_missed_at_a_member_is_placed_elsewhere_next() -> None:
     of that prefix, placed afresh, passes over it (its rendezvous place would send it straight
     back to the member that could not keep it), and every gateway that saw the miss agrees on
     where it goes instead."""
-    gateways = [PolicyRegistry(clock=FakeClock()).build("prefix_aware") for _ in range(2)]
-    for g in gateways:
-        assert isinstance(g, PrefixAware)
-        g.on_members(MEMBERS)
-        g.on_snapshot(MEMBERS)
-    firsts = [f"warm-up prompt {n} " * 900 for n in range(6)]
     text = "a session's context " * 800
     moved: set[str] = set()
-    for g in gateways:
-        assert isinstance(g, PrefixAware)
-        for warm in firsts:  # expected misses teach the prefill speed (0.1 s a prompt)
-            ctx = PickContext(model="m", payload={"prompt": warm, "stream": True})
-            g.pick(MEMBERS, ctx)
-            g.settle(ctx.ticket, 0.1, 0)
+    for g in (warmed(), warmed()):
         ctx = PickContext(model="m", payload={"prompt": text, "stream": True})
         home = g.pick(MEMBERS, ctx).id
         g.settle(ctx.ticket, 0.1, 0)
@@ -173,15 +177,7 @@ def test_misses_other_gateways_found_move_the_prefix_here_too() -> None:
     """A gateway reports the prefixes it found members no longer held (drain_missed, once
     each); one handed such a prefix on a member (Member.missed_prefixes) forgets it there and
     places it where the gateway that found the miss does."""
-    finder, other = (PolicyRegistry(clock=FakeClock()).build("prefix_aware") for _ in range(2))
-    assert isinstance(finder, PrefixAware) and isinstance(other, PrefixAware)
-    for g in (finder, other):
-        g.on_members(MEMBERS)
-        g.on_snapshot(MEMBERS)
-        for n in range(6):  # expected misses teach the prefill speed (0.1 s a prompt)
-            ctx = PickContext(model="m", payload={"prompt": f"warm-up {n} " * 900, "stream": True})
-            g.pick(MEMBERS, ctx)
-            g.settle(ctx.ticket, 0.1, 0)
+    finder, other = warmed(), warmed()
     text = "a session's context " * 800
     ctx = PickContext(model="m", payload={"prompt": text, "stream": True})
     home = other.pick(MEMBERS, ctx).id
@@ -218,15 +214,7 @@ def test_misses_other_gateways_found_move_the_prefix_here_too() -> None:
 def test_a_new_prefix_that_waited_for_room_at_its_place_goes_elsewhere_next() -> None:
     """The first request of a prefix goes to its place (presumed); one that waited there over
     twice its prefill beside another prefix is forgotten there, reported, and placed elsewhere."""
-    g = PolicyRegistry(clock=FakeClock()).build("prefix_aware")
-    assert isinstance(g, PrefixAware)
-    g.on_members(MEMBERS)
-    g.on_snapshot(MEMBERS)
-    for n in range(6):  # expected misses teach the prefill speed (0.1 s a prompt)
-        ctx = PickContext(model="m", payload={"prompt": f"warm-up {n} " * 900, "stream": True})
-        g.pick(MEMBERS, ctx)
-        g.settle(ctx.ticket, 0.1, 0)
-    g.drain_missed()
+    g = warmed()
     text = "a second prompt group " * 400
     ctx = PickContext(model="m", payload={"prompt": text, "stream": True})
     place = g.pick(MEMBERS, ctx).id
@@ -236,7 +224,7 @@ def test_a_new_prefix_that_waited_for_room_at_its_place_goes_elsewhere_next() ->
     g.index.insert(place, g.index.match(other))
     g.settle(ctx.ticket, 0.6, 0)
     prefix = ctx.ticket.hashes[0]
-    assert g.placement_passes_over(prefix) == (place,)
+    assert g.missed.passes_over(prefix) == (place,)
     assert g.drain_missed() == {place: [prefix]}
     ctx = PickContext(model="m", payload={"prompt": text + " next", "stream": True})
     assert g.pick(MEMBERS, ctx).id != place
