@@ -9,6 +9,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.policies import PrefixAware
+from gateway.policies.missed import TO_REPORT
 from gateway.routing import RoutingTable
 
 
@@ -31,14 +32,16 @@ def learned_caches(table: RoutingTable) -> dict[str, tuple[int, float]]:
 
 def missed_prefixes(table: RoutingTable) -> dict[str, list[int]]:
     """Per member, the prompt prefixes this gateway's prefix_aware routes found it no longer
-    held since the last call (drained), for usage reports."""
+    held since the last call (drained), for usage reports: at most TO_REPORT a member, the
+    routes' together (the controller takes no more from a report's line)."""
     found: dict[str, list[int]] = {}
     for model in table.models():
         route = table.get(model)
         if route is None or not isinstance(route.policy, PrefixAware):
             continue
         for mid, keys in route.policy.drain_missed().items():
-            found.setdefault(mid, []).extend(keys)
+            mine = found.setdefault(mid, [])
+            mine.extend(keys[: TO_REPORT - len(mine)])
     return found
 
 

@@ -20,9 +20,6 @@ from llmpool.backoff import Backoff, reconnect_backoff
 from llmpool.tls import aio_channel
 from llmpool.v1 import gateway_pb2, gateway_pb2_grpc, types_pb2
 
-# Prompt prefixes sent per member in a usage report at most (the controller keeps as many).
-MISSED_PER_REPORT = 64
-
 if TYPE_CHECKING:
     from llmpool.v1.gateway_pb2_grpc import GatewayServiceAsyncStub
 
@@ -60,7 +57,8 @@ class ControllerLink:
         # What this gateway learned of members' caches (tokens) and prefill speed (seconds a
         # token), sent with their usage.
         self._learned = learned
-        # Prompt prefixes it found members no longer held since the last report (drained).
+        # Prompt prefixes it found members no longer held since the last report (drained;
+        # bounded per member where they are gathered, cache_metrics.missed_prefixes).
         self._missed = missed
         self._target = target
         self._credentials = credentials
@@ -181,7 +179,7 @@ class ControllerLink:
                     for m in report.members:
                         keys = missed.get(m.member_id)
                         if keys:
-                            m.missed_prefixes.extend(keys[:MISSED_PER_REPORT])
+                            m.missed_prefixes.extend(keys)
             report.routing_version = self._table.version
             report.conditions.extend(self._conditions())
             report.held.update(self._held())
