@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
-from itertools import islice, repeat
+from itertools import groupby, islice, repeat
 
-from xxhash import xxh3_64_intdigest
+from gateway.policies.block_hashes import MEMO_MIN_BLOCKS, BlockHasher
 
 # Blocks double in size every this many: a 32k-token prompt is ~100 blocks, not ~1,000, so a
 # pick hashes and looks up a bounded number of them (bench/pick.py), while the position where
@@ -15,8 +15,8 @@ from xxhash import xxh3_64_intdigest
 BLOCKS_PER_SIZE = 8
 # The room of a member with no bound.
 UNBOUNDED = 1 << 62
-# Prefixes per member whose last send is remembered (for Held.reach): at most ~100 KB a
-# member; a prefix past it is one with no verdict on its depth.
+# Prefixes per member whose last send is remembered (for Held.reach): between half of this and
+# all of it, at most ~100 KB a member; a prefix past it is one with no verdict on its depth.
 LAST_SENT = 1024
 
 
@@ -68,7 +68,7 @@ class Held:
     reused), with their total, the units not reused, its own bound (0: member_blocks) and the
     bound in force (`room`: UNBOUNDED when none)."""
 
-    __slots__ = ("blocks", "cap", "last", "room", "sent", "singles", "units")
+    __slots__ = ("blocks", "cap", "last", "older", "room", "sent", "singles", "units")
 
     def __init__(self, room: int = UNBOUNDED) -> None:
         self.blocks: OrderedDict[int, int] = OrderedDict()
@@ -77,16 +77,31 @@ class Held:
         self.cap = 0
         self.room = room
         # Units the member had to take in (sent there new to it, or found missing) so far, and
-        # that count just after each prefix (first-block hash) was last sent there.
+        # that count just after each prefix (first-block hash) was last sent there: the newest
+        # in `last`, the generation before in `older`. (Two plain dicts: an OrderedDict bounded
+        # by popping its oldest rebuilds itself every few hundred sends, a 15-50 us stall.)
         self.sent = 0
-        self.last: OrderedDict[int, int] = OrderedDict()
+        self.last: dict[int, int] = {}
+        self.older: dict[int, int] = {}
+
+    def mark(self, key: int) -> None:
+        """Prefix `key` was just sent there."""
+        last = self.last
+        last[key] = self.sent
+        if len(last) >= LAST_SENT // 2:
+            self.older = last
+            self.last = {}
 
     def reach(self, key: int, held: int) -> int:
         """How deep in the member's LRU a prompt of prefix `key` holding `held` units there
         sits: what the member took in since that prefix was last sent, plus the held part
         (0: not known). An LRU cache of C units still holds the part if reach <= C."""
+        if held <= 0:
+            return 0
         last = self.last.get(key)
-        return self.sent - last + held if last is not None and held > 0 else 0
+        if last is None:
+            last = self.older.get(key)
+        return self.sent - last + held if last is not None else 0
 
 
 class BlockLayout:
@@ -163,6 +178,7 @@ class PrefixIndex:
         self.max_holders = max_holders
         self.member_blocks = member_blocks
         self.layout = BlockLayout(block_chars, max_prompt_blocks)
+        self.hasher = BlockHasher(self.layout.spans)
         # No order kept here: each member's own LRU (Held.blocks) says what goes first.
         self._blocks: dict[int, tuple[str, ...]] = {}
         # Per member: what it holds. Read-only outside.
@@ -216,11 +232,16 @@ class PrefixIndex:
         data = text.encode() if isinstance(text, str) else text
         layout = self.layout
         count = layout.count(len(data))
-        h = 0
-        # All blocks at once (in C but for the loop): the insert that follows a pick needs
-        # them anyway. Bytes slices hash faster than memoryview ones (no buffer export).
-        hashes = [(h := xxh3_64_intdigest(data[a:b], h)) for a, b in layout.spans[:count]]
+        # All blocks at once: the insert that follows a pick needs them anyway.
+        hashes = self.hasher.hashes(data, count)
         found = list(map(self._blocks.get, hashes))
+        if count >= MEMO_MIN_BLOCKS and found[MEMO_MIN_BLOCKS - 1] is not None:
+            # A long prefix seen before: its hashes are worth remembering.
+            try:
+                seen = found.index(None)
+            except ValueError:
+                seen = count
+            self.hasher.learn(data, hashes, seen)
         depth: dict[str, tuple[int, int]] = {}
         alive = found[0] if count else None
         run = _run(found)
@@ -229,11 +250,12 @@ class PrefixIndex:
             matched = layout.units[run - 1]
             depth = {m: (matched, rank) for rank, m in enumerate(alive)}
         elif alive:
+            # Where the holders change along the prompt (runs of equal holders, grouped in C: a
+            # long prompt is ~100 blocks and a walk over them in Python cost ~35 us).
             units = layout.units
             prev = alive
-            i = count
-            for i in range(1, count):
-                holders = found[i]
+            i = 0
+            for holders, same in groupby(found):
                 if holders is None:
                     break
                 if holders != alive:
@@ -248,8 +270,7 @@ class PrefixIndex:
                         break
                     alive = still
                 prev = holders
-            else:
-                i = count
+                i += sum(1 for _ in same)
             if alive:
                 # Blocks 0..i-1 matched for whoever is still alive (i is where the walk stopped).
                 matched = units[i - 1]
@@ -363,11 +384,7 @@ class PrefixIndex:
                 deque(map(touch_mine, reversed(head)), 0)
         record.sent += held - record.units
         if hashes:
-            last = record.last
-            last[hashes[0]] = record.sent
-            last.move_to_end(hashes[0])
-            if len(last) > LAST_SENT:
-                last.popitem(last=False)
+            record.mark(hashes[0])
         record.units = held
         record.singles = single
         if held > record.room:

@@ -351,8 +351,7 @@ def _insert_block_by_block(index: PrefixIndex, member: str, text: str) -> None:
                 single -= had
     record.sent += held - record.units
     if match.hashes:
-        record.last[match.hashes[0]] = record.sent
-        record.last.move_to_end(match.hashes[0])
+        record.mark(match.hashes[0])
     record.units, record.singles = held, single
     if held > record.room:
         index.trim(record, member)
