@@ -59,6 +59,9 @@ class RouteMember:
     learned_prefill_s_per_token: float = 0.0
     # Prompt prefixes gateways found it no longer held (UsageAggregator), latest last.
     missed_prefixes: tuple[int, ...] = ()
+    # Prompt prefixes gateways sent it lately, and their prompts' tokens (UsageAggregator).
+    sent_prefixes: tuple[int, ...] = ()
+    sent_prefix_tokens: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,8 @@ def _backend_member(b: BackendSpec, load: MemberLoad) -> RouteMember:
             "learned_cache_tokens": load.learned_cache_tokens,
             "learned_prefill_s_per_token": load.learned_prefill_s_per_token,
             "missed_prefixes": load.missed_prefixes,
+            "sent_prefixes": load.sent_prefixes,
+            "sent_prefix_tokens": load.sent_prefix_tokens,
         }
     )
 
@@ -149,6 +154,8 @@ def _live_member(
         learned_cache_tokens=load.learned_cache_tokens,
         learned_prefill_s_per_token=load.learned_prefill_s_per_token,
         missed_prefixes=load.missed_prefixes,
+        sent_prefixes=load.sent_prefixes,
+        sent_prefix_tokens=load.sent_prefix_tokens,
     )
     return RouteMember(**values)
 

@@ -36,6 +36,9 @@ class MemberUsage:
     learned_prefill_s_per_token: float = 0.0
     # Prompt prefixes (first-block hashes) the gateway found the member no longer held.
     missed_prefixes: tuple[int, ...] = ()
+    # Prompt prefixes the gateway sent the member, and each prompt's size in tokens.
+    sent_prefixes: tuple[int, ...] = ()
+    sent_prefix_tokens: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,12 @@ MISSED_TTL_S = 60.0
 _MAX_MISSED_PER_REPORT = 64
 _MAX_MISSED_PER_MEMBER = 256
 _MAX_MISSED_MEMBERS = 10_000
+# A prefix a gateway sent a member is handed to every gateway this long (the same bounds): they
+# count it in the member's cache and follow it there. A prefix still in use is sent, and so
+# reported, again; one that is not has most likely left a busy engine's cache by then.
+SENT_TTL_S = 30.0
+# Tokens believed of one prompt (the longest context any engine takes is well below).
+_MAX_SENT_TOKENS = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,9 @@ class MemberLoad:
     learned_prefill_s_per_token: float = 0.0
     # Prompt prefixes gateways found the member no longer held, within MISSED_TTL_S, latest last.
     missed_prefixes: tuple[int, ...] = ()
+    # Prompt prefixes gateways sent it within SENT_TTL_S, latest last, and their prompts' tokens.
+    sent_prefixes: tuple[int, ...] = ()
+    sent_prefix_tokens: tuple[int, ...] = ()
 
 
 _NO_LOAD = MemberLoad()
@@ -141,6 +153,9 @@ class UsageAggregator:
         self._speeds: dict[tuple[str, str], tuple[float, float]] = {}
         # member id -> prefix -> when a gateway last said the member missed it (oldest first).
         self._missed: dict[str, dict[int, float]] = {}
+        # member id -> prefix -> (its prompt's tokens, when a gateway last said it sent it
+        # there), oldest first.
+        self._sent: dict[str, dict[int, tuple[int, float]]] = {}
 
     def record(self, report: UsageReport) -> None:
         now = self._clock.monotonic()
@@ -165,6 +180,8 @@ class UsageAggregator:
                 self._learned.pop(key, None)
             if m.missed_prefixes:
                 self._note_missed(m.member_id, m.missed_prefixes, now)
+            if m.sent_prefixes:
+                self._note_sent(m.member_id, m.sent_prefixes, m.sent_prefix_tokens, now)
             speed = m.learned_prefill_s_per_token
             if 0 < speed <= _MAX_LEARNED_S_PER_TOKEN:  # NaN fails both
                 self._speeds[key] = (speed, now)
@@ -236,6 +253,17 @@ class UsageAggregator:
             loads[member] = dataclasses.replace(
                 loads.get(member, _NO_LOAD), missed_prefixes=tuple(keys)
             )
+        for member, sent in list(self._sent.items()):
+            while sent and now - next(iter(sent.values()))[1] > SENT_TTL_S:
+                del sent[next(iter(sent))]
+            if not sent:
+                del self._sent[member]
+                continue
+            loads[member] = dataclasses.replace(
+                loads.get(member, _NO_LOAD),
+                sent_prefixes=tuple(sent),
+                sent_prefix_tokens=tuple(tokens for tokens, _ in sent.values()),
+            )
         return loads
 
     def forget_learned(self, member_ids: set[str]) -> None:
@@ -246,6 +274,7 @@ class UsageAggregator:
                 del table[key]
         for member in member_ids:
             self._missed.pop(member, None)
+            self._sent.pop(member, None)
 
     def _note_missed(self, member: str, prefixes: tuple[int, ...], now: float) -> None:
         keys = self._missed.get(member)
@@ -258,6 +287,24 @@ class UsageAggregator:
             keys[key] = now
         while len(keys) > _MAX_MISSED_PER_MEMBER:
             del keys[next(iter(keys))]
+
+    def _note_sent(
+        self, member: str, prefixes: tuple[int, ...], tokens: tuple[int, ...], now: float
+    ) -> None:
+        """Prefixes paired with their prompts' tokens; a report's line may pair them wrongly (a
+        broken or hostile gateway): a prefix without a size, or with one past any engine's,
+        is not taken."""
+        sent = self._sent.get(member)
+        if sent is None:
+            if len(self._sent) >= _MAX_MISSED_MEMBERS:
+                return
+            sent = self._sent[member] = {}
+        for key, size in list(zip(prefixes, tokens, strict=False))[:_MAX_MISSED_PER_REPORT]:
+            if 0 < size <= _MAX_SENT_TOKENS:
+                sent.pop(key, None)
+                sent[key] = (size, now)
+        while len(sent) > _MAX_MISSED_PER_MEMBER:
+            del sent[next(iter(sent))]
 
     def _learned_speeds(self, now: float) -> dict[str, float]:
         """Per member, the median prefill speed gateways learned there within LEARNED_TTL_S: a

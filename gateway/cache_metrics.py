@@ -10,6 +10,7 @@ from prometheus_client.registry import Collector
 
 from gateway.policies import PrefixAware
 from gateway.policies.missed import TO_REPORT
+from gateway.policies.shared_sends import TO_REPORT as SENT_TO_REPORT
 from gateway.routing import RoutingTable
 
 
@@ -42,6 +43,24 @@ def missed_prefixes(table: RoutingTable) -> dict[str, list[int]]:
         for mid, keys in route.policy.drain_missed().items():
             mine = found.setdefault(mid, [])
             mine.extend(keys[: TO_REPORT - len(mine)])
+    return found
+
+
+def sent_prefixes(table: RoutingTable) -> dict[str, dict[int, int]]:
+    """Per member, the prompt prefixes this gateway's prefix_aware routes sent it since the
+    last call (drained), each with its prompt's tokens, for usage reports: at most
+    shared_sends.TO_REPORT a member, the routes' together."""
+    found: dict[str, dict[int, int]] = {}
+    for model in table.models():
+        route = table.get(model)
+        if route is None or not isinstance(route.policy, PrefixAware):
+            continue
+        for mid, sent in route.policy.drain_sent().items():
+            mine = found.setdefault(mid, {})
+            for prefix, tokens in sent.items():
+                if len(mine) >= SENT_TO_REPORT:
+                    break
+                mine[prefix] = tokens
     return found
 
 

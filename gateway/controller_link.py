@@ -44,6 +44,7 @@ class ControllerLink:
         held: Callable[[], Mapping[str, int]] = dict,
         learned: Callable[[], Mapping[str, tuple[int, float]]] = dict,
         missed: Callable[[], Mapping[str, Sequence[int]]] = dict,
+        sent: Callable[[], Mapping[str, Mapping[int, int]]] = dict,
         keys: Keyring | None = None,
         limiter: Limiter | None = None,
     ) -> None:
@@ -60,6 +61,9 @@ class ControllerLink:
         # Prompt prefixes it found members no longer held since the last report (drained;
         # bounded per member where they are gathered, cache_metrics.missed_prefixes).
         self._missed = missed
+        # Prompt prefixes it sent members since the last report, with their prompts' tokens
+        # (drained; bounded per member, cache_metrics.sent_prefixes).
+        self._sent = sent
         self._target = target
         self._credentials = credentials
         self._gateway_id = gateway_id
@@ -168,6 +172,7 @@ class ControllerLink:
             await asyncio.sleep(self._usage_interval_s)
             report = self._usage.drain_report(self._gateway_id)
             missed = self._missed()
+            sent = self._sent()
             if report.members:
                 learned = self._learned()
                 if learned:
@@ -180,6 +185,12 @@ class ControllerLink:
                         keys = missed.get(m.member_id)
                         if keys:
                             m.missed_prefixes.extend(keys)
+                if sent:
+                    for m in report.members:
+                        sizes = sent.get(m.member_id)
+                        if sizes:
+                            m.sent_prefixes.extend(sizes)
+                            m.sent_prefix_tokens.extend(sizes.values())
             report.routing_version = self._table.version
             report.conditions.extend(self._conditions())
             report.held.update(self._held())

@@ -11,6 +11,7 @@ from gateway.policies.cache_estimate import CacheSizer, Ticket
 from gateway.policies.missed import MissedPrefixes
 from gateway.policies.placement import Placement
 from gateway.policies.prefix_index import Held, Match, PrefixIndex
+from gateway.policies.shared_sends import SharedSends
 
 # Converts token counts to index units; English text and code run 3.5-4.5 bytes a token with
 # common tokenizers, and an estimate on the high side only makes the index forget a little late.
@@ -202,6 +203,8 @@ class PrefixAware(Policy, name="prefix_aware"):
             **self._index_args,
         )
         self.sizer = CacheSizer(self.index, CHARS_PER_TOKEN)
+        # What other gateways sent members lately (shared_sends.py), counted in this index.
+        self.sends = SharedSends()
         # Backlogs point at the index's per-member records: a new index, new backlogs.
         self._backlog: dict[str, Backlog] = {}
         # Those with requests in flight (entries) as last seen.
@@ -229,6 +232,14 @@ class PrefixAware(Policy, name="prefix_aware"):
             # Another gateway found it missing there: its first block forgotten (a prompt's
             # walk stops there).
             self.index.unhold(mid, (prefix,))
+        sends = self.sends
+        if sends.told(members, self.index.held_by, CHARS_PER_TOKEN / self.index.block_chars):
+            foreign = sends.foreign
+            index = self.index
+            for m in members:
+                index.set_foreign(m.id, foreign.get(m.id, 0))
+            for mid, units in sends.arrived.items():
+                index.record(mid).sent += units
         if sizer.unit_s is None:
             speeds = sorted(
                 m.learned_prefill_s_per_token for m in members if m.learned_prefill_s_per_token > 0
@@ -287,6 +298,15 @@ class PrefixAware(Policy, name="prefix_aware"):
             # request of a prefix goes to its place).
             self.missed.note(ticket.hashes[0], member)
 
+    def drain_sent(self) -> dict[str, dict[int, int]]:
+        """The prefixes this gateway sent each member since the last call, with their prompts'
+        sizes in tokens, for its usage report."""
+        tokens = self.index.block_chars / CHARS_PER_TOKEN
+        return {
+            mid: {prefix: max(1, int(units * tokens)) for prefix, units in sent.items()}
+            for mid, sent in self.sends.drain().items()
+        }
+
     def drain_missed(self) -> dict[str, list[int]]:
         """The prefixes this gateway found members no longer held since the last call, per
         member, for its usage report."""
@@ -326,6 +346,13 @@ class PrefixAware(Policy, name="prefix_aware"):
         depth = match.depth
         # The prompt's first block names its prefix; -1 for a prompt without blocks.
         prefix = match.key
+        claims = self.sends.by_prefix
+        if claims and prefix in claims:
+            # Other gateways sent it there lately: held there as far as their prompt went
+            # (ranked after this gateway's own holders).
+            for mid, units in claims[prefix]:
+                if mid not in depth:
+                    depth[mid] = (min(units, blocks), len(depth))
         per_request = self.request_blocks
         evict_weight = self.evict_weight
         hot_extra = self.hot_evict_weight - evict_weight
@@ -507,4 +534,10 @@ class PrefixAware(Policy, name="prefix_aware"):
         self._busy[mid] = backlog
         if match.blocks:
             self.index.insert(mid, match)
+            sends = self.sends
+            sends.note(mid, match.key, match.blocks)
+            if match.key in sends.by_prefix:
+                # Now in this gateway's own count there.
+                sends.dropped(mid, match.key)
+                self.index.set_foreign(mid, sends.foreign.get(mid, 0))
         return choice

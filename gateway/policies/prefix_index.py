@@ -68,7 +68,7 @@ class Held:
     reused), with their total, the units not reused, its own bound (0: member_blocks) and the
     bound in force (`room`: UNBOUNDED when none)."""
 
-    __slots__ = ("blocks", "cap", "last", "older", "room", "sent", "singles", "units")
+    __slots__ = ("blocks", "cap", "foreign", "last", "older", "room", "sent", "singles", "units")
 
     def __init__(self, room: int = UNBOUNDED) -> None:
         self.blocks: OrderedDict[int, int] = OrderedDict()
@@ -76,6 +76,8 @@ class Held:
         self.singles = 0
         self.cap = 0
         self.room = room
+        # Units other gateways sent there lately (shared_sends.py): taken off the room.
+        self.foreign = 0
         # Units the member had to take in (sent there new to it, or found missing) so far, and
         # that count just after each prefix (first-block hash) was last sent there: the newest
         # in `last`, the generation before in `older`. (Two plain dicts: an OrderedDict bounded
@@ -216,9 +218,30 @@ class PrefixIndex:
         """Bounds member_id by units of its own (reported or learned), forgetting its oldest
         blocks beyond them."""
         record = self.record(member_id)
-        record.cap = record.room = max(1, units)
+        record.cap = max(1, units)
+        self._reroom(record)
         self.epoch += 1
         self.trim(record, member_id)
+
+    def set_foreign(self, member_id: str, units: int) -> None:
+        """Other gateways sent member_id `units` lately: the engine holds them besides ours,
+        so the index keeps that much less of ours there (down to an eighth of its bound: the
+        others' claims may be stale by up to the controller's 30 s, ours are known)."""
+        record = self.record(member_id)
+        if record.foreign == units:
+            return
+        record.foreign = max(0, units)
+        self._reroom(record)
+        self.epoch += 1
+        if record.units > record.room:
+            self.trim(record, member_id)
+
+    def _reroom(self, record: Held) -> None:
+        bound = record.cap or self.member_blocks or UNBOUNDED
+        if bound >= UNBOUNDED or not record.foreign:
+            record.room = bound
+        else:
+            record.room = max(bound // 8, bound - record.foreign, 1)
 
     def block_count(self, text: str | bytes | memoryview) -> int:
         """Units of the prompt's whole blocks."""

@@ -471,6 +471,8 @@ class Member(_message.Message):
     LEARNED_CACHE_TOKENS_FIELD_NUMBER: _builtins.int
     LEARNED_PREFILL_S_PER_TOKEN_FIELD_NUMBER: _builtins.int
     MISSED_PREFIXES_FIELD_NUMBER: _builtins.int
+    SENT_PREFIXES_FIELD_NUMBER: _builtins.int
+    SENT_PREFIX_TOKENS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Backend id or replica id."""
     url: _builtins.str
@@ -524,6 +526,17 @@ class Member(_message.Message):
         places them elsewhere alike, instead of each finding the miss again.
         """
 
+    @_builtins.property
+    def sent_prefixes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Prompt prefixes gateways sent the member within the last 30 s (the union of their
+        MemberUsage.sent_prefixes, latest last; at most 256), and each one's prompt size in tokens
+        (sent_prefix_tokens[i] for sent_prefixes[i]): each gateway counts the others' in the
+        member's cache, as the engine holds them all, and follows a prefix another gateway placed
+        there instead of placing it a second time.
+        """
+
+    @_builtins.property
+    def sent_prefix_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
         self,
         *,
@@ -554,10 +567,12 @@ class Member(_message.Message):
         learned_cache_tokens: _builtins.int = ...,
         learned_prefill_s_per_token: _builtins.float = ...,
         missed_prefixes: _abc.Iterable[_builtins.int] | None = ...,
+        sent_prefixes: _abc.Iterable[_builtins.int] | None = ...,
+        sent_prefix_tokens: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "backend", b"backend", "cache_block_size", b"cache_block_size", "cache_tokens", b"cache_tokens", "cached_input_cost_per_mtok", b"cached_input_cost_per_mtok", "credential", b"credential", "draining", b"draining", "healthy", b"healthy", "id", b"id", "in_flight", b"in_flight", "input_cost_per_mtok", b"input_cost_per_mtok", "kind", b"kind", "kv_usage", b"kv_usage", "labels", b"labels", "latency_ms", b"latency_ms", "learned_cache_tokens", b"learned_cache_tokens", "learned_prefill_s_per_token", b"learned_prefill_s_per_token", "max_running", b"max_running", "missed_prefixes", b"missed_prefixes", "output_cost_per_mtok", b"output_cost_per_mtok", "prefix_cache_hit_rate", b"prefix_cache_hit_rate", "running", b"running", "upstream_model", b"upstream_model", "url", b"url", "waiting", b"waiting", "weight", b"weight", "zone", b"zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "backend", b"backend", "cache_block_size", b"cache_block_size", "cache_tokens", b"cache_tokens", "cached_input_cost_per_mtok", b"cached_input_cost_per_mtok", "credential", b"credential", "draining", b"draining", "healthy", b"healthy", "id", b"id", "in_flight", b"in_flight", "input_cost_per_mtok", b"input_cost_per_mtok", "kind", b"kind", "kv_usage", b"kv_usage", "labels", b"labels", "latency_ms", b"latency_ms", "learned_cache_tokens", b"learned_cache_tokens", "learned_prefill_s_per_token", b"learned_prefill_s_per_token", "max_running", b"max_running", "missed_prefixes", b"missed_prefixes", "output_cost_per_mtok", b"output_cost_per_mtok", "prefix_cache_hit_rate", b"prefix_cache_hit_rate", "running", b"running", "sent_prefix_tokens", b"sent_prefix_tokens", "sent_prefixes", b"sent_prefixes", "upstream_model", b"upstream_model", "url", b"url", "waiting", b"waiting", "weight", b"weight", "zone", b"zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -712,6 +727,8 @@ class MemberUsage(_message.Message):
     LEARNED_CACHE_TOKENS_FIELD_NUMBER: _builtins.int
     LEARNED_PREFILL_S_PER_TOKEN_FIELD_NUMBER: _builtins.int
     MISSED_PREFIXES_FIELD_NUMBER: _builtins.int
+    SENT_PREFIXES_FIELD_NUMBER: _builtins.int
+    SENT_PREFIX_TOKENS_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     model: _builtins.str
     in_flight: _builtins.int
@@ -739,6 +756,14 @@ class MemberUsage(_message.Message):
         where it expected a hit, since the previous report (at most 64).
         """
 
+    @_builtins.property
+    def sent_prefixes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Prompt prefixes this gateway sent the member since the previous report (at most 64), and
+        the prompt's size in tokens for each (sent_prefix_tokens[i] for sent_prefixes[i]).
+        """
+
+    @_builtins.property
+    def sent_prefix_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
         self,
         *,
@@ -756,10 +781,12 @@ class MemberUsage(_message.Message):
         learned_cache_tokens: _builtins.int = ...,
         learned_prefill_s_per_token: _builtins.float = ...,
         missed_prefixes: _abc.Iterable[_builtins.int] | None = ...,
+        sent_prefixes: _abc.Iterable[_builtins.int] | None = ...,
+        sent_prefix_tokens: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "errors", b"errors", "in_flight", b"in_flight", "learned_cache_tokens", b"learned_cache_tokens", "learned_prefill_s_per_token", b"learned_prefill_s_per_token", "mean_latency_ms", b"mean_latency_ms", "mean_ttft_ms", b"mean_ttft_ms", "member_id", b"member_id", "missed_prefixes", b"missed_prefixes", "model", b"model", "prompt_tokens", b"prompt_tokens", "requests", b"requests"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "errors", b"errors", "in_flight", b"in_flight", "learned_cache_tokens", b"learned_cache_tokens", "learned_prefill_s_per_token", b"learned_prefill_s_per_token", "mean_latency_ms", b"mean_latency_ms", "mean_ttft_ms", b"mean_ttft_ms", "member_id", b"member_id", "missed_prefixes", b"missed_prefixes", "model", b"model", "prompt_tokens", b"prompt_tokens", "requests", b"requests", "sent_prefix_tokens", b"sent_prefix_tokens", "sent_prefixes", b"sent_prefixes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from controller.metrics import ControllerMetrics
 from controller.model import BackendSpec, PoolSpec
 from controller.snapshot import LiveReplica, build_routes
-from controller.usage import LEARNED_TTL_S, MISSED_TTL_S, UsageAggregator
+from controller.usage import LEARNED_TTL_S, MISSED_TTL_S, SENT_TTL_S, UsageAggregator
 from llmpool.clock import FakeClock
 from llmpool.status import ReplicaState, ReplicaStatus
 from llmpool.v1 import gateway_pb2
@@ -133,3 +133,49 @@ def test_prefixes_a_gateway_found_missing_go_to_every_gateway_for_a_minute() -> 
         usage.record(missed("g1", "static", *range(n * 100, n * 100 + 100)))
     kept = usage.loads()["static"].missed_prefixes
     assert len(kept) == 256 and kept[-1] == 963 and 0 not in kept and 64 not in kept
+
+
+def test_prefixes_gateways_sent_a_member_go_to_every_gateway_for_half_a_minute() -> None:
+    """What each gateway sent a member (prefix, prompt tokens): every gateway is told the union
+    on the member for SENT_TTL_S, the latest size and time per prefix; a line pairing them
+    wrongly loses only the unpaired or absurd ones; bounded per report and per member."""
+    clock = FakeClock()
+    usage = UsageAggregator(clock, ControllerMetrics(), ttl_s=5.0)
+
+    def sent(gateway: str, member: str, pairs: dict[int, int]) -> gateway_pb2.UsageReport:
+        line = gateway_pb2.MemberUsage(
+            member_id=member,
+            model="p",
+            sent_prefixes=list(pairs),
+            sent_prefix_tokens=list(pairs.values()),
+        )
+        return gateway_pb2.UsageReport(gateway_id=gateway, members=[line])
+
+    usage.record(sent("g1", "static", {11: 6000, 12: 3000}))
+    clock.advance(10.0)
+    usage.record(sent("g2", "static", {13: 6100, 11: 6200}))  # 11 again: the latest size
+    loads = usage.loads()
+    assert loads["static"].sent_prefixes == (12, 13, 11)
+    assert loads["static"].sent_prefix_tokens == (3000, 6100, 6200)
+    pools = {"p": PoolSpec(name="p", policy="prefix_aware")}
+    backends = {"static": BackendSpec(id="static", pool="p", url="http://127.0.0.1:1")}
+    member = build_routes(pools, backends, {}, {}, loads)["p"].members[0]
+    assert (member.sent_prefixes, member.sent_prefix_tokens) == ((12, 13, 11), (3000, 6100, 6200))
+    clock.advance(SENT_TTL_S - 5.0)
+    assert usage.loads()["static"].sent_prefixes == (13, 11)
+    clock.advance(10.0)
+    assert "static" not in usage.loads()
+    # A line with fewer sizes than prefixes, or a size past any engine's: those not taken.
+    line = gateway_pb2.MemberUsage(
+        member_id="m", model="p", sent_prefixes=[1, 2, 3], sent_prefix_tokens=[100, 1 << 30]
+    )
+    usage.record(gateway_pb2.UsageReport(gateway_id="g3", members=[line]))
+    assert usage.loads()["m"].sent_prefixes == (1,)
+    # At most 64 taken from one line of a report, 256 kept for a member.
+    for n in range(10):
+        usage.record(sent("g1", "big", {k: 10 for k in range(n * 100, n * 100 + 100)}))
+    kept = usage.loads()["big"].sent_prefixes
+    assert len(kept) == 256 and kept[-1] == 963 and 0 not in kept and 64 not in kept
+    # The pool's policy changed: forgotten with what gateways learned there.
+    usage.forget_learned({"big"})
+    assert usage.loads()["big"].sent_prefixes == ()

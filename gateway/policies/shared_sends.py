@@ -1,0 +1,110 @@
+"""Prompt prefixes the other gateways sent each member lately: what its cache holds besides ours.
+
+Each gateway's index counts only what it sent. With several gateways, a member's engine holds
+what all of them sent: a gateway that spills a busy prefix, or places a new one, onto a member
+the others filled already believes it has room there and thrashes it (seen: three gateways'
+spills of three prompt groups landing on one 16k-token engine). So each gateway reports the
+prefixes it sent each member (first-block hash and prompt size) with its usage; the controller
+hands every gateway the union per member for SENT_TTL_S (Member.sent_prefixes); a gateway counts
+the ones it did not send there itself in that member's cache (its index keeps less of its own
+there, as the engine's LRU would) and takes a prefix another gateway put on a member as held
+there (it follows it rather than placing it a second time)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gateway.members import Member
+from gateway.policies.prefix_index import Held
+
+# A gateway's own sends kept per member for its next usage report (the controller takes no
+# more from a report's line).
+TO_REPORT = 64
+
+
+class SharedSends:
+    def __init__(self) -> None:
+        # This gateway's own sends since its last report: member -> prefix -> prompt units.
+        self._out: dict[str, dict[int, int]] = {}
+        # Prefix -> ((member, units), ...) the other gateways sent lately. Read by pick().
+        self.by_prefix: dict[int, tuple[tuple[str, int], ...]] = {}
+        # Per member, the others' units in its cache (what the index takes off its room).
+        self.foreign: dict[str, int] = {}
+        # Per member, the units of the others' prefixes new since the previous snapshot:
+        # what the member took in besides ours (Held.sent, so that how deep a prefix sits in
+        # its LRU counts the others' traffic too).
+        self.arrived: dict[str, int] = {}
+        self._seen: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        self._claims: dict[str, dict[int, int]] = {}
+
+    def note(self, member: str, prefix: int, units: int) -> None:
+        """This gateway sent member a prompt of `units` with this prefix."""
+        mine = self._out.get(member)
+        if mine is None:
+            mine = self._out[member] = {}
+        if prefix in mine or len(mine) < TO_REPORT:
+            mine[prefix] = units
+
+    def drain(self) -> dict[str, dict[int, int]]:
+        """This gateway's sends since the last call, per member (prefix -> units)."""
+        out, self._out = self._out, {}
+        return out
+
+    def told(
+        self, members: Sequence[Member], records: dict[str, Held], units_per_token: float
+    ) -> bool:
+        """Takes the controller's union of sends per member; the ones this gateway made (in
+        its index there, or sent there within its memory, Held.last) are left out. Returns
+        whether anything changed."""
+        changed = False
+        present = set()
+        self.arrived = {}
+        for m in members:
+            mid = m.id
+            present.add(mid)
+            told = (m.sent_prefixes, m.sent_prefix_tokens)
+            if self._seen.get(mid) == told:
+                continue
+            self._seen[mid] = told
+            changed = True
+            record = records.get(mid)
+            claims: dict[int, int] = {}
+            for prefix, tokens in zip(told[0], told[1], strict=False):
+                if record is not None and (
+                    prefix in record.blocks or prefix in record.last or prefix in record.older
+                ):
+                    continue
+                claims[prefix] = max(1, int(tokens * units_per_token))
+            before = self._claims.get(mid, {})
+            new = sum(units for prefix, units in claims.items() if prefix not in before)
+            if new:
+                self.arrived[mid] = new
+            if claims:
+                self._claims[mid] = claims
+            else:
+                self._claims.pop(mid, None)
+        for gone in [mid for mid in self._seen if mid not in present]:
+            del self._seen[gone]
+            self._claims.pop(gone, None)
+            changed = True
+        if changed:
+            self.foreign = {mid: sum(c.values()) for mid, c in self._claims.items()}
+            by_prefix: dict[int, list[tuple[str, int]]] = {}
+            for mid, claims in self._claims.items():
+                for prefix, units in claims.items():
+                    by_prefix.setdefault(prefix, []).append((mid, units))
+            self.by_prefix = {prefix: tuple(v) for prefix, v in by_prefix.items()}
+        return changed
+
+    def dropped(self, member: str, prefix: int) -> None:
+        """This gateway sent the prefix there itself now: its own index counts it."""
+        claims = self._claims.get(member)
+        if claims is None or prefix not in claims:
+            return
+        units = claims.pop(prefix)
+        self.foreign[member] = self.foreign.get(member, units) - units
+        left = tuple(c for c in self.by_prefix.get(prefix, ()) if c[0] != member)
+        if left:
+            self.by_prefix[prefix] = left
+        else:
+            self.by_prefix.pop(prefix, None)

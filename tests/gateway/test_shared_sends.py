@@ -1,0 +1,118 @@
+"""What other gateways sent members: counted in their caches here, and followed."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from gateway.cache_metrics import sent_prefixes
+from gateway.members import Member, idle_member
+from gateway.policies import PickContext, PolicyRegistry, PrefixAware
+from gateway.policies.prefix_aware import CHARS_PER_TOKEN
+from gateway.policies.shared_sends import TO_REPORT
+from gateway.routing import RoutingTable
+from llmpool.clock import FakeClock
+from llmpool.v1 import gateway_pb2
+
+# Two engines reporting 8,192-token caches.
+MEMBERS = [idle_member(f"m{i}", cache_tokens=8192) for i in range(2)]
+GROUP = "a shared system prompt of one group " * 300  # ~2,700 tokens
+
+
+def gateway() -> PrefixAware:
+    g = PolicyRegistry(clock=FakeClock()).build("prefix_aware")
+    assert isinstance(g, PrefixAware)
+    g.on_members(MEMBERS)
+    g.on_snapshot(MEMBERS)
+    return g
+
+
+def told(members: list[Member], at: str, sent: dict[str, dict[int, int]]) -> list[Member]:
+    """The snapshot a gateway gets once the controller merged another gateway's report."""
+    return [
+        dataclasses.replace(
+            m, sent_prefixes=tuple(sent[at]), sent_prefix_tokens=tuple(sent[at].values())
+        )
+        if m.id == at
+        else m
+        for m in members
+    ]
+
+
+def test_a_prefix_another_gateway_placed_is_followed_not_placed_again() -> None:
+    first, second = gateway(), gateway()
+    ctx = PickContext(model="m", payload={"prompt": GROUP + "question one"})
+    home = first.pick(MEMBERS, ctx).id
+    sent = first.drain_sent()
+    assert list(sent) == [home] and first.drain_sent() == {}
+    (tokens,) = sent[home].values()
+    # In tokens: the prompt's whole blocks (4 bytes a token).
+    assert abs(tokens - len(GROUP) / CHARS_PER_TOKEN) < 300
+    # Rendezvous would have sent it to the same member; make the other member its place by
+    # telling the second gateway that the first put it there.
+    away = next(m.id for m in MEMBERS if m.id != home)
+    moved = {away: sent[home]}
+    snapshot = told(MEMBERS, away, moved)
+    second.on_snapshot(snapshot)
+    ctx = PickContext(model="m", payload={"prompt": GROUP + "question two", "stream": True})
+    assert second.pick(snapshot, ctx).id == away
+    # Taken as held there: the ticket expects the prompt's shared part cached.
+    assert ctx.ticket is not None and ctx.ticket.held > 0 and not ctx.ticket.presumed
+
+
+def test_others_sends_take_room_in_a_members_cache_and_new_prefixes_go_elsewhere() -> None:
+    g = gateway()
+    room = g.index.record("m0").room
+    assert room == g.index.record("m1").room
+    # Another gateway filled most of m0 with two prompt groups.
+    snapshot = told(MEMBERS, "m0", {"m0": {101: 3500, 102: 3500}})
+    g.on_snapshot(snapshot)
+    assert g.index.record("m0").room < room // 2
+    assert g.index.record("m0").foreign == g.sends.foreign["m0"] > 0
+    for n in range(4):
+        text = f"new group {n} " * 600
+        assert g.pick(snapshot, PickContext(model="m", payload={"prompt": text})).id == "m1"
+    # The claims expire at the controller: the room comes back.
+    g.on_snapshot(MEMBERS)
+    assert g.index.record("m0").room == room and g.index.record("m0").foreign == 0
+
+
+def test_a_gateways_own_sends_coming_back_are_not_counted_twice() -> None:
+    g = gateway()
+    ctx = PickContext(model="m", payload={"prompt": GROUP + "question"})
+    home = g.pick(MEMBERS, ctx).id
+    g.on_snapshot(told(MEMBERS, home, g.drain_sent()))
+    assert g.sends.foreign == {} and g.sends.by_prefix == {}
+    assert g.index.record(home).foreign == 0
+
+
+def test_sends_go_out_with_usage_bounded_per_member() -> None:
+    table = RoutingTable()
+    members = [gateway_pb2.Member(id="a", url="http://h/a", healthy=True, weight=1)]
+    route = gateway_pb2.ModelRoute(model="m", policy="prefix_aware", members=members)
+    table.apply(gateway_pb2.RoutingSnapshot(version=1, full=True, routes=[route]))
+    found = table.get("m")
+    assert found is not None and isinstance(found.policy, PrefixAware)
+    for n in range(TO_REPORT + 10):
+        ctx = PickContext(model="m", payload={"prompt": f"group {n} " * 100})
+        found.policy.pick(found.candidates, ctx)
+    out = sent_prefixes(table)
+    assert list(out) == ["a"] and len(out["a"]) == TO_REPORT
+    assert all(t > 0 for t in out["a"].values())
+    assert sent_prefixes(table) == {}
+
+
+def test_others_new_sends_count_in_how_deep_a_prefix_sits_in_a_members_lru() -> None:
+    """Held.reach (what a member took in since a prefix was last sent there) counts what other
+    gateways sent it since, once per prefix: a miss after much traffic from them is not taken
+    for a small cache."""
+    g = gateway()
+    ctx = PickContext(model="m", payload={"prompt": GROUP + "question"})
+    home = g.pick(MEMBERS, ctx).id
+    record = g.index.record(home)
+    match = g.index.match(ctx.prefix_key)
+    held = match.depth[home][0]
+    assert record.reach(match.key, held) == held
+    snapshot = told(MEMBERS, home, {home: {201: 1280}})  # 40 units of 128 bytes
+    g.on_snapshot(snapshot)
+    g.on_snapshot(told(MEMBERS, home, {home: {201: 1280, 202: 640}}))
+    assert record.reach(match.key, held) == held + 40 + 20
