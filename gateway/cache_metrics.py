@@ -10,6 +10,7 @@ from prometheus_client.registry import Collector
 
 from gateway.policies import PrefixAware
 from gateway.policies.missed import TO_REPORT
+from gateway.policies.prefix_aware import CHARS_PER_TOKEN
 from gateway.policies.shared_sends import TO_REPORT as SENT_TO_REPORT
 from gateway.routing import RoutingTable
 
@@ -84,6 +85,12 @@ class CacheEstimates(Collector):
             "report, then learned from its answers (0: unbounded).",
             labels=["model", "backend"],
         )
+        others = GaugeMetricFamily(
+            "llmpool_gateway_member_others_tokens",
+            "Tokens of the prompts other gateways sent a member lately (the controller's "
+            "union of their reports), which prefix_aware counts in its cache besides its own.",
+            labels=["model", "backend"],
+        )
         outcomes = CounterMetricFamily(
             "llmpool_gateway_prefix_predictions",
             "Requests prefix_aware expected to find their prefix cached, by what the answer "
@@ -97,14 +104,18 @@ class CacheEstimates(Collector):
                 continue
             policy = route.policy
             speed.add_metric([model], policy.sizer.token_s())
+            foreign = policy.sends.foreign
+            unit_tokens = policy.index.block_chars / CHARS_PER_TOKEN
             for member in route.candidates:
                 mid = member.id
                 tokens.add_metric([model, mid], float(policy.cache_tokens(mid)))
+                others.add_metric([model, mid], foreign.get(mid, 0) * unit_tokens)
                 seen = policy.sizer.outcomes.get(mid)
                 if seen is not None:
                     outcomes.add_metric([model, mid, "hit"], float(seen.hits))
                     outcomes.add_metric([model, mid, "miss"], float(seen.misses))
                     outcomes.add_metric([model, mid, "surprise"], float(seen.surprises))
         yield tokens
+        yield others
         yield outcomes
         yield speed

@@ -180,11 +180,14 @@ def members_per_group(affinities: list[str], members: list[str]) -> float:
 def learned_caches(texts: list[str]) -> str:
     """Each gateway's llmpool_gateway_member_cache_tokens with the hits and misses its
     predictions there had (llmpool_gateway_prefix_predictions_total), as
-    'gw0 (45 us/token): engine-0 8k (12/3), ...' (the prefill speed it learned; 0: none)."""
+    'gw0 (45 us/token): engine-0 8k (12/3) +6k, ...' (the prefill speed it learned, 0: none;
+    + what it counted of other gateways' sends there at the end, llmpool_gateway_member_
+    others_tokens, where any)."""
     out: list[str] = []
     for n, text in enumerate(texts):
         found: dict[str, float] = {}
         told: dict[tuple[str, str], float] = {}
+        others: dict[str, float] = {}
         speed = 0.0
         for line in text.splitlines():
             if line.startswith("llmpool_gateway_prefill_seconds_per_token{"):
@@ -192,6 +195,9 @@ def learned_caches(texts: list[str]) -> str:
             if line.startswith("llmpool_gateway_member_cache_tokens{"):
                 labels, _, value = line.rpartition(" ")
                 found[_label(labels, "backend")] = float(value)
+            elif line.startswith("llmpool_gateway_member_others_tokens{"):
+                labels, _, value = line.rpartition(" ")
+                others[_label(labels, "backend")] = float(value)
             elif line.startswith("llmpool_gateway_prefix_predictions_total{"):
                 labels, _, value = line.rpartition(" ")
                 told[(_label(labels, "backend"), _label(labels, "outcome"))] = float(value)
@@ -201,6 +207,7 @@ def learned_caches(texts: list[str]) -> str:
                 + ", ".join(
                     f"{k} {v / 1000:.0f}k ({told.get((k, 'hit'), 0):.0f}/"
                     f"{told.get((k, 'miss'), 0):.0f})"
+                    + (f" +{others[k] / 1000:.0f}k" if others.get(k) else "")
                     for k, v in sorted(found.items())
                 )
             )

@@ -11,7 +11,7 @@ from gateway.policies.cache_estimate import CacheSizer, Ticket
 from gateway.policies.missed import MissedPrefixes
 from gateway.policies.placement import Placement
 from gateway.policies.prefix_index import Held, Match, PrefixIndex
-from gateway.policies.shared_sends import SharedSends
+from gateway.policies.shared_sends import STALE_S, SharedSends
 
 # Converts token counts to index units; English text and code run 3.5-4.5 bytes a token with
 # common tokenizers, and an estimate on the high side only makes the index forget a little late.
@@ -233,7 +233,8 @@ class PrefixAware(Policy, name="prefix_aware"):
             # walk stops there).
             self.index.unhold(mid, (prefix,))
         sends = self.sends
-        if sends.told(members, self.index.held_by, CHARS_PER_TOKEN / self.index.block_chars):
+        units_per_token = CHARS_PER_TOKEN / self.index.block_chars
+        if sends.told(members, self.index.held_by, units_per_token, self.clock.monotonic()):
             foreign = sends.foreign
             index = self.index
             for m in members:
@@ -536,6 +537,9 @@ class PrefixAware(Policy, name="prefix_aware"):
             self.index.insert(mid, match)
             sends = self.sends
             sends.note(mid, match.key, match.blocks)
+            if sends.by_prefix and now - sends.told_at > STALE_S:
+                for stale in sends.stale(now):
+                    self.index.set_foreign(stale, 0)
             if match.key in sends.by_prefix:
                 # Now in this gateway's own count there.
                 sends.dropped(mid, match.key)

@@ -20,6 +20,9 @@ from gateway.policies.prefix_index import Held
 # A gateway's own sends kept per member for its next usage report (the controller takes no
 # more from a report's line).
 TO_REPORT = 64
+# The others' sends are dropped this long after the last snapshot that told them (twice the
+# controller's SENT_TTL_S): while the controller is away each gateway goes on with its own.
+STALE_S = 60.0
 
 
 class SharedSends:
@@ -36,6 +39,7 @@ class SharedSends:
         self.arrived: dict[str, int] = {}
         self._seen: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
         self._claims: dict[str, dict[int, int]] = {}
+        self.told_at = 0.0
 
     def note(self, member: str, prefix: int, units: int) -> None:
         """This gateway sent member a prompt of `units` with this prefix."""
@@ -51,11 +55,16 @@ class SharedSends:
         return out
 
     def told(
-        self, members: Sequence[Member], records: dict[str, Held], units_per_token: float
+        self,
+        members: Sequence[Member],
+        records: dict[str, Held],
+        units_per_token: float,
+        now: float,
     ) -> bool:
         """Takes the controller's union of sends per member; the ones this gateway made (in
         its index there, or sent there within its memory, Held.last) are left out. Returns
         whether anything changed."""
+        self.told_at = now
         changed = False
         present = set()
         self.arrived = {}
@@ -95,6 +104,18 @@ class SharedSends:
                     by_prefix.setdefault(prefix, []).append((mid, units))
             self.by_prefix = {prefix: tuple(v) for prefix, v in by_prefix.items()}
         return changed
+
+    def stale(self, now: float) -> list[str]:
+        """Drops what the others sent if no snapshot told it for STALE_S; returns the members
+        whose room it took."""
+        if not self._claims or now - self.told_at <= STALE_S:
+            return []
+        members = list(self._claims)
+        self._claims.clear()
+        self._seen.clear()
+        self.foreign = {}
+        self.by_prefix = {}
+        return members
 
     def dropped(self, member: str, prefix: int) -> None:
         """This gateway sent the prefix there itself now: its own index counts it."""

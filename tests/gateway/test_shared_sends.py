@@ -8,7 +8,7 @@ from gateway.cache_metrics import sent_prefixes
 from gateway.members import Member, idle_member
 from gateway.policies import PickContext, PolicyRegistry, PrefixAware
 from gateway.policies.prefix_aware import CHARS_PER_TOKEN
-from gateway.policies.shared_sends import TO_REPORT
+from gateway.policies.shared_sends import STALE_S, TO_REPORT
 from gateway.routing import RoutingTable
 from llmpool.clock import FakeClock
 from llmpool.v1 import gateway_pb2
@@ -116,3 +116,16 @@ def test_others_new_sends_count_in_how_deep_a_prefix_sits_in_a_members_lru() -> 
     g.on_snapshot(snapshot)
     g.on_snapshot(told(MEMBERS, home, {home: {201: 1280, 202: 640}}))
     assert record.reach(match.key, held) == held + 40 + 20
+
+
+def test_without_snapshots_the_others_sends_are_dropped_and_own_routing_goes_on() -> None:
+    """The controller away: no snapshot tells the others' sends again, and after STALE_S the
+    gateway routes on its own index alone."""
+    g = gateway()
+    snapshot = told(MEMBERS, "m0", {"m0": {101: 3500, 102: 3500}})
+    g.on_snapshot(snapshot)
+    assert g.index.record("m0").foreign > 0
+    assert isinstance(g.clock, FakeClock)
+    g.clock.advance(STALE_S + 1.0)
+    g.pick(snapshot, PickContext(model="m", payload={"prompt": "a request " * 200}))
+    assert g.sends.by_prefix == {} and g.index.record("m0").foreign == 0
