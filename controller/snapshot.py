@@ -62,6 +62,7 @@ class RouteMember:
     # Prompt prefixes gateways sent it lately, and their prompts' tokens (UsageAggregator).
     sent_prefixes: tuple[int, ...] = ()
     sent_prefix_tokens: tuple[int, ...] = ()
+    sent_prefix_senders: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ def _backend_member(b: BackendSpec, load: MemberLoad) -> RouteMember:
             "missed_prefixes": load.missed_prefixes,
             "sent_prefixes": load.sent_prefixes,
             "sent_prefix_tokens": load.sent_prefix_tokens,
+            "sent_prefix_senders": load.sent_prefix_senders,
         }
     )
 
@@ -156,6 +158,7 @@ def _live_member(
         missed_prefixes=load.missed_prefixes,
         sent_prefixes=load.sent_prefixes,
         sent_prefix_tokens=load.sent_prefix_tokens,
+        sent_prefix_senders=load.sent_prefix_senders,
     )
     return RouteMember(**values)
 

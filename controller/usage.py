@@ -86,8 +86,10 @@ _MAX_MISSED_MEMBERS = 10_000
 # count it in the member's cache and follow it there. A prefix still in use is sent, and so
 # reported, again; one that is not has most likely left a busy engine's cache by then.
 SENT_TTL_S = 30.0
-# Tokens believed of one prompt (the longest context any engine takes is well below).
+# Tokens believed of one prompt (the longest context any engine takes is well below), and
+# gateways kept per prefix.
 _MAX_SENT_TOKENS = 1 << 24
+_MAX_SENDERS = 64
 
 
 @dataclass(frozen=True)
@@ -108,9 +110,11 @@ class MemberLoad:
     learned_prefill_s_per_token: float = 0.0
     # Prompt prefixes gateways found the member no longer held, within MISSED_TTL_S, latest last.
     missed_prefixes: tuple[int, ...] = ()
-    # Prompt prefixes gateways sent it within SENT_TTL_S, latest last, and their prompts' tokens.
+    # Prompt prefixes gateways sent it within SENT_TTL_S, latest last, their prompts' tokens,
+    # and how many gateways said so.
     sent_prefixes: tuple[int, ...] = ()
     sent_prefix_tokens: tuple[int, ...] = ()
+    sent_prefix_senders: tuple[int, ...] = ()
 
 
 _NO_LOAD = MemberLoad()
@@ -153,9 +157,9 @@ class UsageAggregator:
         self._speeds: dict[tuple[str, str], tuple[float, float]] = {}
         # member id -> prefix -> when a gateway last said the member missed it (oldest first).
         self._missed: dict[str, dict[int, float]] = {}
-        # member id -> prefix -> (its prompt's tokens, when a gateway last said it sent it
-        # there), oldest first.
-        self._sent: dict[str, dict[int, tuple[int, float]]] = {}
+        # member id -> prefix -> gateway id -> (its prompt's tokens, when that gateway last
+        # said it sent it there); prefixes oldest first.
+        self._sent: dict[str, dict[int, dict[str, tuple[int, float]]]] = {}
 
     def record(self, report: UsageReport) -> None:
         now = self._clock.monotonic()
@@ -181,7 +185,9 @@ class UsageAggregator:
             if m.missed_prefixes:
                 self._note_missed(m.member_id, m.missed_prefixes, now)
             if m.sent_prefixes:
-                self._note_sent(m.member_id, m.sent_prefixes, m.sent_prefix_tokens, now)
+                self._note_sent(
+                    report.gateway_id, m.member_id, m.sent_prefixes, m.sent_prefix_tokens, now
+                )
             speed = m.learned_prefill_s_per_token
             if 0 < speed <= _MAX_LEARNED_S_PER_TOKEN:  # NaN fails both
                 self._speeds[key] = (speed, now)
@@ -254,15 +260,22 @@ class UsageAggregator:
                 loads.get(member, _NO_LOAD), missed_prefixes=tuple(keys)
             )
         for member, sent in list(self._sent.items()):
-            while sent and now - next(iter(sent.values()))[1] > SENT_TTL_S:
-                del sent[next(iter(sent))]
+            for prefix, senders in list(sent.items()):
+                for gateway in [g for g, (_, at) in senders.items() if now - at > SENT_TTL_S]:
+                    del senders[gateway]
+                if not senders:
+                    del sent[prefix]
             if not sent:
                 del self._sent[member]
                 continue
             loads[member] = dataclasses.replace(
                 loads.get(member, _NO_LOAD),
                 sent_prefixes=tuple(sent),
-                sent_prefix_tokens=tuple(tokens for tokens, _ in sent.values()),
+                # The latest size any gateway said.
+                sent_prefix_tokens=tuple(
+                    max(senders.values(), key=lambda ta: ta[1])[0] for senders in sent.values()
+                ),
+                sent_prefix_senders=tuple(len(senders) for senders in sent.values()),
             )
         return loads
 
@@ -289,7 +302,12 @@ class UsageAggregator:
             del keys[next(iter(keys))]
 
     def _note_sent(
-        self, member: str, prefixes: tuple[int, ...], tokens: tuple[int, ...], now: float
+        self,
+        gateway: str,
+        member: str,
+        prefixes: tuple[int, ...],
+        tokens: tuple[int, ...],
+        now: float,
     ) -> None:
         """Prefixes paired with their prompts' tokens; a report's line may pair them wrongly (a
         broken or hostile gateway): a prefix without a size, or with one past any engine's,
@@ -301,8 +319,12 @@ class UsageAggregator:
             sent = self._sent[member] = {}
         for key, size in list(zip(prefixes, tokens, strict=False))[:_MAX_MISSED_PER_REPORT]:
             if 0 < size <= _MAX_SENT_TOKENS:
-                sent.pop(key, None)
-                sent[key] = (size, now)
+                senders = sent.pop(key, None) or {}
+                senders.pop(gateway, None)
+                senders[gateway] = (size, now)
+                while len(senders) > _MAX_SENDERS:
+                    del senders[next(iter(senders))]
+                sent[key] = senders
         while len(sent) > _MAX_MISSED_PER_MEMBER:
             del sent[next(iter(sent))]
 

@@ -54,10 +54,12 @@ class Member:
     learned_prefill_s_per_token: float = 0.0
     # Prompt prefixes (first-block hashes) gateways found it no longer held, latest last.
     missed_prefixes: tuple[int, ...] = ()
-    # Prompt prefixes gateways sent it within the last 30 s, latest last, and the tokens of the
-    # prompt each came with (sent_prefix_tokens[i] for sent_prefixes[i]).
+    # Prompt prefixes gateways sent it within the last 30 s, latest last, the tokens of the
+    # prompt each came with and how many gateways sent it (sent_prefix_tokens[i] and
+    # sent_prefix_senders[i] for sent_prefixes[i]).
     sent_prefixes: tuple[int, ...] = ()
     sent_prefix_tokens: tuple[int, ...] = ()
+    sent_prefix_senders: tuple[int, ...] = ()
 
     @property
     def priced(self) -> bool:

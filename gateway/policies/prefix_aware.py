@@ -305,7 +305,7 @@ class PrefixAware(Policy, name="prefix_aware"):
         tokens = self.index.block_chars / CHARS_PER_TOKEN
         return {
             mid: {prefix: max(1, int(units * tokens)) for prefix, units in sent.items()}
-            for mid, sent in self.sends.drain().items()
+            for mid, sent in self.sends.drain(self.clock.monotonic()).items()
         }
 
     def drain_missed(self) -> dict[str, list[int]]:

@@ -5,10 +5,11 @@ what all of them sent: a gateway that spills a busy prefix, or places a new one,
 the others filled already believes it has room there and thrashes it (seen: three gateways'
 spills of three prompt groups landing on one 16k-token engine). So each gateway reports the
 prefixes it sent each member (first-block hash and prompt size) with its usage; the controller
-hands every gateway the union per member for SENT_TTL_S (Member.sent_prefixes); a gateway counts
-the ones it did not send there itself in that member's cache (its index keeps less of its own
-there, as the engine's LRU would) and takes a prefix another gateway put on a member as held
-there (it follows it rather than placing it a second time)."""
+hands every gateway the union per member for 30 s, with how many gateways sent each
+(Member.sent_prefixes); a gateway counts those that another gateway sent and its own index
+does not hold there in that member's cache (its index keeps less of its own there, as the
+engine's LRU would) and takes a prefix another gateway put on a member as held there (it
+follows it rather than placing it a second time)."""
 
 from __future__ import annotations
 
@@ -23,12 +24,17 @@ TO_REPORT = 64
 # The others' sends are dropped this long after the last snapshot that told them (twice the
 # controller's SENT_TTL_S): while the controller is away each gateway goes on with its own.
 STALE_S = 60.0
+# A gateway's own reports are counted among a prefix's senders this long (the controller's
+# SENT_TTL_S and some slack).
+MINE_S = 35.0
 
 
 class SharedSends:
     def __init__(self) -> None:
-        # This gateway's own sends since its last report: member -> prefix -> prompt units.
+        # This gateway's own sends since its last report: member -> prefix -> prompt units;
+        # and those reported lately: member -> prefix -> when.
         self._out: dict[str, dict[int, int]] = {}
+        self._mine: dict[str, dict[int, float]] = {}
         # Prefix -> ((member, units), ...) the other gateways sent lately. Read by pick().
         self.by_prefix: dict[int, tuple[tuple[str, int], ...]] = {}
         # Per member, the others' units in its cache (what the index takes off its room).
@@ -37,7 +43,7 @@ class SharedSends:
         # what the member took in besides ours (Held.sent, so that how deep a prefix sits in
         # its LRU counts the others' traffic too).
         self.arrived: dict[str, int] = {}
-        self._seen: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        self._seen: dict[str, tuple[tuple[int, ...], ...]] = {}
         self._claims: dict[str, dict[int, int]] = {}
         self.told_at = 0.0
 
@@ -49,9 +55,20 @@ class SharedSends:
         if prefix in mine or len(mine) < TO_REPORT:
             mine[prefix] = units
 
-    def drain(self) -> dict[str, dict[int, int]]:
+    def drain(self, now: float) -> dict[str, dict[int, int]]:
         """This gateway's sends since the last call, per member (prefix -> units)."""
         out, self._out = self._out, {}
+        for member, sent in out.items():
+            mine = self._mine.get(member)
+            if mine is None:
+                mine = self._mine[member] = {}
+            for prefix in sent:
+                mine.pop(prefix, None)
+                mine[prefix] = now
+            while mine and (len(mine) > 4 * TO_REPORT or now - next(iter(mine.values())) > MINE_S):
+                del mine[next(iter(mine))]
+        for member in [m for m, mine in self._mine.items() if not mine]:
+            del self._mine[member]
         return out
 
     def told(
@@ -71,18 +88,23 @@ class SharedSends:
         for m in members:
             mid = m.id
             present.add(mid)
-            told = (m.sent_prefixes, m.sent_prefix_tokens)
+            told = (m.sent_prefixes, m.sent_prefix_tokens, m.sent_prefix_senders)
             if self._seen.get(mid) == told:
                 continue
             self._seen[mid] = told
             changed = True
             record = records.get(mid)
+            mine = self._mine.get(mid, {})
             claims: dict[int, int] = {}
-            for prefix, tokens in zip(told[0], told[1], strict=False):
-                if record is not None and (
-                    prefix in record.blocks or prefix in record.last or prefix in record.older
-                ):
-                    continue
+            prefixes, sizes, counts = told
+            if len(counts) != len(prefixes):
+                counts = (1,) * len(prefixes)  # A controller that does not count senders.
+            for prefix, tokens, senders in zip(prefixes, sizes, counts, strict=False):
+                sent_at = mine.get(prefix)
+                if sent_at is not None and now - sent_at <= MINE_S:
+                    senders -= 1  # This gateway's own report among them.
+                if senders < 1 or (record is not None and prefix in record.blocks):
+                    continue  # Nobody else's, or counted in this gateway's own index already.
                 claims[prefix] = max(1, int(tokens * units_per_token))
             before = self._claims.get(mid, {})
             new = sum(units for prefix, units in claims.items() if prefix not in before)

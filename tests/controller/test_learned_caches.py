@@ -137,8 +137,9 @@ def test_prefixes_a_gateway_found_missing_go_to_every_gateway_for_a_minute() -> 
 
 def test_prefixes_gateways_sent_a_member_go_to_every_gateway_for_half_a_minute() -> None:
     """What each gateway sent a member (prefix, prompt tokens): every gateway is told the union
-    on the member for SENT_TTL_S, the latest size and time per prefix; a line pairing them
-    wrongly loses only the unpaired or absurd ones; bounded per report and per member."""
+    on the member, with how many gateways sent each, for SENT_TTL_S after each gateway said so,
+    the latest size per prefix; a line pairing them wrongly loses only the unpaired or absurd
+    ones; bounded per report and per member."""
     clock = FakeClock()
     usage = UsageAggregator(clock, ControllerMetrics(), ttl_s=5.0)
 
@@ -157,12 +158,16 @@ def test_prefixes_gateways_sent_a_member_go_to_every_gateway_for_half_a_minute()
     loads = usage.loads()
     assert loads["static"].sent_prefixes == (12, 13, 11)
     assert loads["static"].sent_prefix_tokens == (3000, 6100, 6200)
+    assert loads["static"].sent_prefix_senders == (1, 1, 2)
     pools = {"p": PoolSpec(name="p", policy="prefix_aware")}
     backends = {"static": BackendSpec(id="static", pool="p", url="http://127.0.0.1:1")}
     member = build_routes(pools, backends, {}, {}, loads)["p"].members[0]
     assert (member.sent_prefixes, member.sent_prefix_tokens) == ((12, 13, 11), (3000, 6100, 6200))
+    assert member.sent_prefix_senders == (1, 1, 2)
     clock.advance(SENT_TTL_S - 5.0)
+    # g1's word on 11 and 12 is past: 11 is g2's alone.
     assert usage.loads()["static"].sent_prefixes == (13, 11)
+    assert usage.loads()["static"].sent_prefix_senders == (1, 1)
     clock.advance(10.0)
     assert "static" not in usage.loads()
     # A line with fewer sizes than prefixes, or a size past any engine's: those not taken.

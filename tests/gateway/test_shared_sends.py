@@ -8,7 +8,7 @@ from gateway.cache_metrics import sent_prefixes
 from gateway.members import Member, idle_member
 from gateway.policies import PickContext, PolicyRegistry, PrefixAware
 from gateway.policies.prefix_aware import CHARS_PER_TOKEN
-from gateway.policies.shared_sends import STALE_S, TO_REPORT
+from gateway.policies.shared_sends import MINE_S, STALE_S, TO_REPORT
 from gateway.routing import RoutingTable
 from llmpool.clock import FakeClock
 from llmpool.v1 import gateway_pb2
@@ -26,11 +26,17 @@ def gateway() -> PrefixAware:
     return g
 
 
-def told(members: list[Member], at: str, sent: dict[str, dict[int, int]]) -> list[Member]:
-    """The snapshot a gateway gets once the controller merged another gateway's report."""
+def told(
+    members: list[Member], at: str, sent: dict[str, dict[int, int]], senders: int = 1
+) -> list[Member]:
+    """The snapshot a gateway gets once the controller merged gateways' reports (`senders` of
+    them sent each prefix)."""
     return [
         dataclasses.replace(
-            m, sent_prefixes=tuple(sent[at]), sent_prefix_tokens=tuple(sent[at].values())
+            m,
+            sent_prefixes=tuple(sent[at]),
+            sent_prefix_tokens=tuple(sent[at].values()),
+            sent_prefix_senders=(senders,) * len(sent[at]),
         )
         if m.id == at
         else m
@@ -80,9 +86,21 @@ def test_a_gateways_own_sends_coming_back_are_not_counted_twice() -> None:
     g = gateway()
     ctx = PickContext(model="m", payload={"prompt": GROUP + "question"})
     home = g.pick(MEMBERS, ctx).id
-    g.on_snapshot(told(MEMBERS, home, g.drain_sent()))
+    sent = g.drain_sent()
+    g.on_snapshot(told(MEMBERS, home, sent))
     assert g.sends.foreign == {} and g.sends.by_prefix == {}
     assert g.index.record(home).foreign == 0
+    # Another gateway sent it there too, and this one's index no longer holds it (it bounds
+    # the member below what it took): the engine holds it for the other, so it counts.
+    g.index.unhold(home, g.index.match(ctx.prefix_key).hashes)
+    g.on_snapshot(told(MEMBERS, home, sent, senders=2))
+    assert g.index.record(home).foreign > 0
+    # Its own report long past (MINE_S): one sender is another gateway.
+    assert isinstance(g.clock, FakeClock)
+    g.clock.advance(MINE_S + 1.0)
+    g.on_snapshot(MEMBERS)
+    g.on_snapshot(told(MEMBERS, home, sent))
+    assert g.index.record(home).foreign > 0
 
 
 def test_sends_go_out_with_usage_bounded_per_member() -> None:
