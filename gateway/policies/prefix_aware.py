@@ -234,9 +234,9 @@ class PrefixAware(Policy, name="prefix_aware"):
             self.index.unhold(mid, (prefix,))
         sends = self.sends
         units_per_token = CHARS_PER_TOKEN / self.index.block_chars
-        if sends.told(members, self.index.held_by, units_per_token, self.clock.monotonic()):
+        index = self.index
+        if sends.told(members, index.held_by, units_per_token, self.clock.monotonic(), index.cap):
             foreign = sends.foreign
-            index = self.index
             for m in members:
                 index.set_foreign(m.id, foreign.get(m.id, 0))
             for mid, units in sends.arrived.items():

@@ -13,7 +13,7 @@ follows it rather than placing it a second time)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from gateway.members import Member
 from gateway.policies.prefix_index import Held
@@ -77,10 +77,13 @@ class SharedSends:
         records: dict[str, Held],
         units_per_token: float,
         now: float,
+        bound: Callable[[str], int | None],
     ) -> bool:
-        """Takes the controller's union of sends per member; the ones this gateway made (in
-        its index there, or sent there within its memory, Held.last) are left out. Returns
-        whether anything changed."""
+        """Takes the controller's union of sends per member: those another gateway sent and
+        this gateway's index does not hold there, the latest first, up to half the member's
+        bound in units (`bound`; None: unbounded): what a small cache took 30 s ago is gone,
+        and claims it still holds it would send requests to miss there. Returns whether
+        anything changed."""
         self.told_at = now
         changed = False
         present = set()
@@ -99,15 +102,27 @@ class SharedSends:
             prefixes, sizes, counts = told
             if len(counts) != len(prefixes):
                 counts = (1,) * len(prefixes)  # A controller that does not count senders.
-            for prefix, tokens, senders in zip(prefixes, sizes, counts, strict=False):
+            limit = bound(mid)
+            room = limit // 2 if limit else None
+            before = self._claims.get(mid, {})
+            new = 0
+            for prefix, tokens, senders in reversed(
+                list(zip(prefixes, sizes, counts, strict=False))
+            ):
                 sent_at = mine.get(prefix)
                 if sent_at is not None and now - sent_at <= MINE_S:
                     senders -= 1  # This gateway's own report among them.
                 if senders < 1 or (record is not None and prefix in record.blocks):
                     continue  # Nobody else's, or counted in this gateway's own index already.
-                claims[prefix] = max(1, int(tokens * units_per_token))
-            before = self._claims.get(mid, {})
-            new = sum(units for prefix, units in claims.items() if prefix not in before)
+                units = max(1, int(tokens * units_per_token))
+                if prefix not in before:
+                    new += units
+                if room is not None:
+                    if units > room:
+                        room = 0  # Older ones than this are gone too.
+                        continue
+                    room -= units
+                claims[prefix] = units
             if new:
                 self.arrived[mid] = new
             if claims:

@@ -109,6 +109,39 @@ async def test_learned_caches_go_up_with_usage_and_come_down_with_routing(
         assert usage.learned_prefill_s_per_token == 5e-5
 
 
+async def test_prefixes_sent_go_up_with_usage_and_the_others_come_down_with_routing(
+    kit: Any, engines: Any, controller: Any, gateway_factory: Any, http: httpx.AsyncClient
+) -> None:
+    """What other gateways sent a member (on it in the snapshot) counts in this gateway's view
+    of its cache (metrics); the prefixes this gateway sends go up with its usage reports."""
+    e1 = await engines("e1")
+    busy = kit.member("b", e1.url)
+    busy.sent_prefixes.extend([5, 6])
+    busy.sent_prefix_tokens.extend([3200, 1600])
+    busy.sent_prefix_senders.extend([1, 2])
+    controller.full = kit.snapshot(
+        1, [kit.route("m1", [kit.member("a", e1.url), busy], policy="prefix_aware")]
+    )
+    gw = await gateway_factory(f"127.0.0.1:{controller.port}")
+    await kit.wait_until(lambda: parts_of(gw.app).table.received, what="snapshot")
+    page = (await http.get(gw.url + "/metrics")).text
+    others = "llmpool_gateway_member_others_tokens"
+    assert kit.metric(page, others, model="m1", backend="b") == 4800
+    assert kit.metric(page, others, model="m1", backend="a") == 0
+    system = {"role": "system", "content": "You answer briefly and well. " * 40}
+    chat = {**CHAT, "messages": [system, *CHAT["messages"]]}
+    assert (await http.post(gw.url + "/v1/chat/completions", json=chat)).status_code == 200
+
+    def said() -> Any:
+        lines = [m for r in controller.reports for m in r.members if m.sent_prefixes]
+        return lines or None
+
+    (line,) = await kit.wait_until(said, what="a usage report with a prefix sent")
+    assert len(line.sent_prefixes) == len(line.sent_prefix_tokens) == 1
+    # The prompt's whole blocks, in tokens (about a quarter of its bytes).
+    assert 200 < line.sent_prefix_tokens[0] < 400
+
+
 async def test_keeps_serving_through_outage_and_reconnects(
     kit: Any, engines: Any, gateway_factory: Any, http: httpx.AsyncClient
 ) -> None:

@@ -69,14 +69,22 @@ def test_others_sends_take_room_in_a_members_cache_and_new_prefixes_go_elsewhere
     g = gateway()
     room = g.index.record("m0").room
     assert room == g.index.record("m1").room
-    # Another gateway filled most of m0 with two prompt groups.
-    snapshot = told(MEMBERS, "m0", {"m0": {101: 3500, 102: 3500}})
+    # Other gateways sent m0 three prompt groups lately (oldest first): the latest two, half
+    # its cache, are taken as still there; the oldest, past that, as gone.
+    snapshot = told(MEMBERS, "m0", {"m0": {100: 2000, 101: 2000, 102: 2000}})
     g.on_snapshot(snapshot)
-    assert g.index.record("m0").room < room // 2
-    assert g.index.record("m0").foreign == g.sends.foreign["m0"] > 0
-    for n in range(4):
-        text = f"new group {n} " * 600
-        assert g.pick(snapshot, PickContext(model="m", payload={"prompt": text})).id == "m1"
+    units = 2000 * CHARS_PER_TOKEN // g.index.block_chars
+    assert g.sends.foreign["m0"] == g.index.record("m0").foreign == 2 * units
+    assert g.index.record("m0").room == room - 2 * units
+    assert set(g.sends.by_prefix) == {101, 102}
+    # A new prefix whose place is m0 (where nothing is counted), too large for what is left
+    # there, goes to m1.
+    text = next(
+        t
+        for t in (f"new group {n} " * 2100 for n in range(64))
+        if gateway().pick(MEMBERS, PickContext(model="m", payload={"prompt": t})).id == "m0"
+    )
+    assert g.pick(snapshot, PickContext(model="m", payload={"prompt": text})).id == "m1"
     # The claims expire at the controller: the room comes back.
     g.on_snapshot(MEMBERS)
     assert g.index.record("m0").room == room and g.index.record("m0").foreign == 0
