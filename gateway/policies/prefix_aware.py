@@ -235,7 +235,9 @@ class PrefixAware(Policy, name="prefix_aware"):
         sends = self.sends
         units_per_token = CHARS_PER_TOKEN / self.index.block_chars
         index = self.index
-        if sends.told(members, index.held_by, units_per_token, self.clock.monotonic(), index.cap):
+        if sends.told(
+            members, index.held_by, units_per_token, self.clock.monotonic(), self._known_cap
+        ):
             foreign = sends.foreign
             for m in members:
                 index.set_foreign(m.id, foreign.get(m.id, 0))
@@ -248,6 +250,12 @@ class PrefixAware(Policy, name="prefix_aware"):
             if speeds:
                 sizer.on_shared_speed(speeds[len(speeds) // 2])
         self.placement.update(members)
+
+    def _known_cap(self, member_id: str) -> int:
+        """The member's cap where reported or learned, in units (0: not known: what others
+        sent there cannot be weighed against a cache of unknown size, and is left out)."""
+        record = self.index.held_by.get(member_id)
+        return record.cap if record is not None else 0
 
     def on_members(self, members: Sequence[Member]) -> None:
         keep = {m.id for m in members}

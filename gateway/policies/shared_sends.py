@@ -77,13 +77,15 @@ class SharedSends:
         records: dict[str, Held],
         units_per_token: float,
         now: float,
-        bound: Callable[[str], int | None],
+        bound: Callable[[str], int],
     ) -> bool:
         """Takes the controller's union of sends per member: those another gateway sent and
         this gateway's index does not hold there, the latest first, up to half the member's
-        bound in units (`bound`; None: unbounded): what a small cache took 30 s ago is gone,
-        and claims it still holds it would send requests to miss there. Returns whether
-        anything changed."""
+        cap in units (`bound`, reported or learned): what a small cache took 30 s ago is gone,
+        and claims it still holds it would send requests to miss there. Members of unknown
+        cap get none (static backends before their caps are learned): 30 s of the others'
+        sends weighed against a guess made the small ones look like holders of what they
+        had long evicted. Returns whether anything changed."""
         self.told_at = now
         changed = False
         present = set()
@@ -102,12 +104,11 @@ class SharedSends:
             prefixes, sizes, counts = told
             if len(counts) != len(prefixes):
                 counts = (1,) * len(prefixes)  # A controller that does not count senders.
-            limit = bound(mid)
-            room = limit // 2 if limit else None
+            room = bound(mid) // 2
             before = self._claims.get(mid, {})
             new = 0
             for prefix, tokens, senders in reversed(
-                list(zip(prefixes, sizes, counts, strict=False))
+                list(zip(prefixes, sizes, counts, strict=False)) if room else []
             ):
                 sent_at = mine.get(prefix)
                 if sent_at is not None and now - sent_at <= MINE_S:
@@ -117,11 +118,10 @@ class SharedSends:
                 units = max(1, int(tokens * units_per_token))
                 if prefix not in before:
                     new += units
-                if room is not None:
-                    if units > room:
-                        room = 0  # Older ones than this are gone too.
-                        continue
-                    room -= units
+                if units > room:
+                    room = 0  # Older ones than this are gone too.
+                    continue
+                room -= units
                 claims[prefix] = units
             if new:
                 self.arrived[mid] = new

@@ -344,15 +344,16 @@ def test_a_member_that_misses_where_hits_were_expected_loses_prefixes_in_the_ind
 def test_gateway_exports_each_members_believed_cache() -> None:
     table = RoutingTable()
     members = [
-        gateway_pb2.Member(id="a", url="http://h/a", healthy=True, weight=1, cache_tokens=16384),
         gateway_pb2.Member(
-            id="b",
-            url="http://h/b",
+            id="a",
+            url="http://h/a",
             healthy=True,
             weight=1,
+            cache_tokens=16384,
             sent_prefixes=[5, 6],
             sent_prefix_tokens=[3200, 1600],
         ),
+        gateway_pb2.Member(id="b", url="http://h/b", healthy=True, weight=1),
     ]
     route = gateway_pb2.ModelRoute(model="m", policy="prefix_aware", members=members)
     table.apply(gateway_pb2.RoutingSnapshot(version=1, full=True, routes=[route]))
@@ -363,8 +364,8 @@ def test_gateway_exports_each_members_believed_cache() -> None:
     # Nothing reported: member_capacity_tokens, the guess learning starts from.
     assert 'llmpool_gateway_member_cache_tokens{backend="b",model="m"} 262144.0' in text
     # Other gateways' sends, as this one counts them there.
-    assert 'llmpool_gateway_member_others_tokens{backend="a",model="m"} 0.0' in text
-    assert 'llmpool_gateway_member_others_tokens{backend="b",model="m"} 4800.0' in text
+    assert 'llmpool_gateway_member_others_tokens{backend="a",model="m"} 4800.0' in text
+    assert 'llmpool_gateway_member_others_tokens{backend="b",model="m"} 0.0' in text
     # No prefill speed learned yet.
     assert 'llmpool_gateway_prefill_seconds_per_token{model="m"} 0.0' in text
 

@@ -116,6 +116,7 @@ async def test_prefixes_sent_go_up_with_usage_and_the_others_come_down_with_rout
     of its cache (metrics); the prefixes this gateway sends go up with its usage reports."""
     e1 = await engines("e1")
     busy = kit.member("b", e1.url)
+    busy.cache_tokens = 16384  # Others' sends count only against a cache of known size.
     busy.sent_prefixes.extend([5, 6])
     busy.sent_prefix_tokens.extend([3200, 1600])
     busy.sent_prefix_senders.extend([1, 2])

@@ -155,3 +155,18 @@ def test_without_snapshots_the_others_sends_are_dropped_and_own_routing_goes_on(
     g.clock.advance(STALE_S + 1.0)
     g.pick(snapshot, PickContext(model="m", payload={"prompt": "a request " * 200}))
     assert g.sends.by_prefix == {} and g.index.record("m0").foreign == 0
+
+
+def test_members_of_unknown_cache_take_none_of_the_others_sends() -> None:
+    """A static backend whose cache nothing reported or taught: the others' sends of the last
+    30 s cannot be weighed against it (a small one evicted most long ago); left out until its
+    cap is learned."""
+    g = PolicyRegistry(clock=FakeClock()).build("prefix_aware")
+    assert isinstance(g, PrefixAware)
+    unknown = [idle_member(f"m{i}") for i in range(2)]
+    g.on_members(unknown)
+    g.on_snapshot(told(unknown, "m0", {"m0": {101: 2000}}))
+    assert g.sends.foreign == {} and g.sends.by_prefix == {}
+    g.sizer.on_report("m0", 8192)  # as once learned or reported
+    g.on_snapshot(told(unknown, "m0", {"m0": {101: 2000, 102: 10}}))
+    assert set(g.sends.by_prefix) == {101, 102}
