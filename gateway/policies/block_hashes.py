@@ -1,4 +1,5 @@
-"""Chained hashes of a prompt's blocks, with a memo of the long prefixes prompts share."""
+"""Where a prompt's blocks end, and their chained hashes, with a memo of the long prefixes
+prompts share."""
 
 from __future__ import annotations
 
@@ -7,12 +8,52 @@ from collections.abc import Sequence
 
 from xxhash import xxh3_64_intdigest
 
+# Blocks double in size every this many: a 32k-token prompt is ~100 blocks, not ~1,000, so a
+# pick hashes and looks up a bounded number of them (bench/pick.py), while the position where
+# two prompts part is still known to within 1/16 of its depth.
+BLOCKS_PER_SIZE = 8
 # Prefix groups whose shared blocks are remembered: between half of this and all of it, each at
 # most max_prompt_blocks hashes (~5 KB), so ~1.3 MB at most.
 MEMO_PREFIXES = 256
 # Shared prefixes shorter than this many blocks are hashed block by block: a memo saves a call
 # a block and costs two.
 MEMO_MIN_BLOCKS = 8
+
+
+class BlockLayout:
+    """Where a prompt's blocks end: block_chars bytes each for the first BLOCKS_PER_SIZE, then
+    twice that, and so on. Fixed by position, so every prompt (and every gateway) cuts a shared
+    prefix at the same places."""
+
+    def __init__(self, block_chars: int, max_blocks: int) -> None:
+        self.ends: list[int] = []
+        self.units: list[int] = []  # units up to and including block i
+        self.weights: list[int] = []
+        self.spans: list[tuple[int, int]] = []  # (start, end) of block i
+        end = units = 0
+        for i in range(max_blocks):
+            weight = 1 << (i // BLOCKS_PER_SIZE)
+            self.spans.append((end, end + block_chars * weight))
+            end += block_chars * weight
+            units += weight
+            self.ends.append(end)
+            self.units.append(units)
+            self.weights.append(weight)
+
+    def count(self, size: int) -> int:
+        """Whole blocks in size bytes."""
+        ends = self.ends
+        lo, hi = 0, len(ends)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if ends[mid] <= size:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    def units_of(self, blocks: int) -> int:
+        return self.units[blocks - 1] if blocks else 0
 
 
 class _Shared:

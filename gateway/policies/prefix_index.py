@@ -7,12 +7,8 @@ from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby, islice, repeat
 
-from gateway.policies.block_hashes import MEMO_MIN_BLOCKS, BlockHasher
+from gateway.policies.block_hashes import MEMO_MIN_BLOCKS, BlockHasher, BlockLayout
 
-# Blocks double in size every this many: a 32k-token prompt is ~100 blocks, not ~1,000, so a
-# pick hashes and looks up a bounded number of them (bench/pick.py), while the position where
-# two prompts part is still known to within 1/16 of its depth.
-BLOCKS_PER_SIZE = 8
 # The room of a member with no bound.
 UNBOUNDED = 1 << 62
 # Prefixes per member whose last send is remembered (for Held.reach): between half of this and
@@ -104,42 +100,6 @@ class Held:
         if last is None:
             last = self.older.get(key)
         return self.sent - last + held if last is not None else 0
-
-
-class BlockLayout:
-    """Where a prompt's blocks end: block_chars bytes each for the first BLOCKS_PER_SIZE, then
-    twice that, and so on. Fixed by position, so every prompt (and every gateway) cuts a shared
-    prefix at the same places."""
-
-    def __init__(self, block_chars: int, max_blocks: int) -> None:
-        self.ends: list[int] = []
-        self.units: list[int] = []  # units up to and including block i
-        self.weights: list[int] = []
-        self.spans: list[tuple[int, int]] = []  # (start, end) of block i
-        end = units = 0
-        for i in range(max_blocks):
-            weight = 1 << (i // BLOCKS_PER_SIZE)
-            self.spans.append((end, end + block_chars * weight))
-            end += block_chars * weight
-            units += weight
-            self.ends.append(end)
-            self.units.append(units)
-            self.weights.append(weight)
-
-    def count(self, size: int) -> int:
-        """Whole blocks in size bytes."""
-        ends = self.ends
-        lo, hi = 0, len(ends)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if ends[mid] <= size:
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo
-
-    def units_of(self, blocks: int) -> int:
-        return self.units[blocks - 1] if blocks else 0
 
 
 class PrefixIndex:

@@ -6,8 +6,8 @@ import random
 
 from xxhash import xxh3_64_intdigest
 
-from gateway.policies.block_hashes import MEMO_MIN_BLOCKS, MEMO_PREFIXES, BlockHasher
-from gateway.policies.prefix_index import BlockLayout, PrefixIndex
+from gateway.policies.block_hashes import MEMO_MIN_BLOCKS, MEMO_PREFIXES, BlockHasher, BlockLayout
+from gateway.policies.prefix_index import PrefixIndex
 
 
 def _plain(layout: BlockLayout, data: bytes) -> list[int]:

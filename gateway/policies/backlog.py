@@ -1,0 +1,105 @@
+"""One gateway's requests in flight to one member, as prefix_aware counts their prefill."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from gateway.policies.cache_estimate import Ticket
+from gateway.policies.prefix_index import Held
+
+
+class _Entry:
+    __slots__ = ("blocks", "left", "prefix", "ticket")
+
+    def __init__(self, prefix: int, blocks: float, ticket: Ticket | None) -> None:
+        self.prefix = prefix
+        self.blocks = blocks
+        self.left = blocks
+        # A stream's ticket (None: a whole answer, whose first byte says nothing of prefill).
+        self.ticket = ticket
+
+
+def _sub(by_prefix: dict[int, float], prefix: int, blocks: float) -> None:
+    left = by_prefix.get(prefix, 0.0) - blocks
+    if left > 1e-9:
+        by_prefix[prefix] = left
+    else:
+        by_prefix.pop(prefix, None)
+
+
+class Backlog:
+    """This gateway's requests in flight to one member, oldest first: the prompt blocks each
+    brought there (new to it: its KV footprint beyond what the member held) and how many of
+    those are still to prefill. The member is assumed to prefill them in order at `rate`
+    blocks a second; a request stays counted until it ends. `waiting` holds the tickets of
+    the streams among them not yet begun (no first byte), oldest first (a whole answer's
+    first byte comes after its decode: it says nothing of a stall)."""
+
+    __slots__ = (
+        "active",
+        "active_by_prefix",
+        "drained",
+        "entries",
+        "held",
+        "last",
+        "left",
+        "left_by_prefix",
+        "waiting",
+    )
+
+    def __init__(self, held: Held) -> None:
+        # What the member holds in the index (kept here to save lookups per pick).
+        self.held = held
+        self.entries: deque[_Entry] = deque()
+        # Leading entries whose prefill is estimated done.
+        self.drained = 0
+        self.left = 0.0
+        self.left_by_prefix: dict[int, float] = {}
+        self.active = 0.0
+        self.active_by_prefix: dict[int, float] = {}
+        self.last = 0.0
+        self.waiting: deque[Ticket] = deque()
+
+    def add(self, prefix: int, blocks: float, now: float, ticket: Ticket | None) -> None:
+        if self.drained == len(self.entries):
+            self.last = now  # Nothing was waiting: the prefill starts now.
+        self.entries.append(_Entry(prefix, blocks, ticket))
+        if ticket is not None:
+            self.waiting.append(ticket)
+        self.left += blocks
+        self.left_by_prefix[prefix] = self.left_by_prefix.get(prefix, 0.0) + blocks
+        self.active += blocks
+        self.active_by_prefix[prefix] = self.active_by_prefix.get(prefix, 0.0) + blocks
+
+    def update(self, live: int, now: float, rate: float) -> None:
+        """Drains what the member prefilled since the last update, then drops the requests
+        that ended: `live` is this gateway's count in flight to it, and requests to one engine
+        end roughly in the order they were sent."""
+        entries = self.entries
+        budget = (now - self.last) * rate
+        self.last = now
+        while self.drained < len(entries) and budget > 0:
+            entry = entries[self.drained]
+            used = entry.left if entry.left < budget else budget
+            budget -= used
+            self._drain(entry, used)
+            if entry.left <= 1e-9:
+                self.drained += 1
+        while len(entries) > live:
+            entry = entries.popleft()
+            if self.drained:
+                self.drained -= 1
+            else:
+                self._drain(entry, entry.left)
+            self.active -= entry.blocks
+            _sub(self.active_by_prefix, entry.prefix, entry.blocks)
+        if not entries:
+            self.left = self.active = 0.0
+            self.left_by_prefix.clear()
+            self.active_by_prefix.clear()
+            self.waiting.clear()
+
+    def _drain(self, entry: _Entry, blocks: float) -> None:
+        entry.left -= blocks
+        self.left -= blocks
+        _sub(self.left_by_prefix, entry.prefix, blocks)
