@@ -141,9 +141,7 @@ class PrefixAware(Policy, name="prefix_aware"):
         if sends.told(
             members, index.held_by, units_per_token, self.clock.monotonic(), self._known_cap
         ):
-            foreign = sends.foreign
-            for m in members:
-                index.set_foreign(m.id, foreign.get(m.id, 0))
+            self._count_foreign(m.id for m in members)
             for mid, units in sends.arrived.items():
                 index.record(mid).sent += units
         if sizer.unit_s is None:
@@ -153,6 +151,13 @@ class PrefixAware(Policy, name="prefix_aware"):
             if speeds:
                 sizer.on_shared_speed(speeds[len(speeds) // 2])
         self.placement.update(members)
+
+    def _count_foreign(self, member_ids: Iterable[str]) -> None:
+        """The index takes these members' share of the others' sends as it now stands."""
+        foreign = self.sends.foreign
+        index = self.index
+        for mid in member_ids:
+            index.set_foreign(mid, foreign.get(mid, 0))
 
     def _known_cap(self, member_id: str) -> int:
         """The member's cap where reported or learned, in units (0: not known: what others
@@ -449,10 +454,9 @@ class PrefixAware(Policy, name="prefix_aware"):
             sends = self.sends
             sends.note(mid, match.key, match.blocks)
             if sends.by_prefix and now - sends.told_at > STALE_S:
-                for stale in sends.stale(now):
-                    self.index.set_foreign(stale, 0)
+                self._count_foreign(sends.stale(now))
             if match.key in sends.by_prefix:
                 # Now in this gateway's own count there.
                 sends.dropped(mid, match.key)
-                self.index.set_foreign(mid, sends.foreign.get(mid, 0))
+                self._count_foreign((mid,))
         return choice

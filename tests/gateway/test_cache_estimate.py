@@ -19,7 +19,7 @@ from gateway.policies.cache_estimate import (
     Ticket,
     cap_bound,
 )
-from gateway.policies.prefix_index import LAST_SENT, Held, PrefixIndex
+from gateway.policies.prefix_index import PrefixIndex
 from gateway.routing import RoutingTable
 from llmpool.clock import FakeClock
 from llmpool.v1 import gateway_pb2
@@ -221,34 +221,6 @@ def test_misses_past_a_depth_bound_a_reported_cache_down_to_half_of_it() -> None
     for _ in range(3 * WINDOW):
         s.settle(Ticket("m", 100, 2, 0.0, reach=400), 0.5, 0)
     assert s.cap_units("m") == 500
-
-
-def test_reach_is_what_the_member_took_in_since_the_prefix_was_last_sent() -> None:
-    index = PrefixIndex(block_chars=8, max_blocks=1000, max_prompt_blocks=100, max_holders=4)
-    first = "abcdefgh" * 6  # 6 units
-    index.insert("m", index.match(first))
-    record = index.record("m")
-    key = index.match(first).key
-    assert record.reach(key, 6) == 6  # nothing since
-    index.insert("m", index.match("ijklmnop" * 4))  # 4 new units
-    index.insert("m", index.match(first + "qrstuvwx"))  # 1 new unit, same prefix
-    assert record.reach(key, 7) == 7
-    index.insert("m", index.match("yzyzyzyz" * 3))
-    assert record.reach(key, 7) == 3 + 7
-    assert record.reach(12345, 7) == 0  # a prefix never sent there
-
-
-def test_reach_remembers_at_least_half_its_bound_of_recent_prefixes_and_at_most_all() -> None:
-    record = Held()
-    record.mark(-1)
-    for key in range(LAST_SENT // 2 - 1):
-        record.sent += 1
-        record.mark(key)
-    assert record.reach(-1, 1) == LAST_SENT // 2  # the oldest of the last half-bound, still known
-    for key in range(LAST_SENT, 2 * LAST_SENT):
-        record.mark(key)
-    assert record.reach(-1, 1) == 0  # forgotten: a bound's worth of others since
-    assert len(record.last) + len(record.older) <= LAST_SENT
 
 
 def test_a_cache_another_gateway_learned_bounds_this_one_once() -> None:

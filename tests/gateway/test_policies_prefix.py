@@ -10,7 +10,7 @@ from typing import Any
 
 from gateway.members import Member, idle_member
 from gateway.policies import PickContext, PolicyRegistry, PrefixAware
-from gateway.policies.prefix_index import PrefixIndex
+from gateway.policies.prefix_index import LAST_SENT, Held, PrefixIndex
 from gateway.routing import RoutingTable
 from llmpool.clock import FakeClock
 from llmpool.v1 import gateway_pb2
@@ -464,3 +464,31 @@ def test_a_member_that_reports_its_cache_is_bounded_by_it() -> None:
     # A member gone from the route takes its bound with it.
     policy.on_members([big])
     assert "small" not in policy.index.held_by
+
+
+def test_reach_is_what_the_member_took_in_since_the_prefix_was_last_sent() -> None:
+    index = PrefixIndex(block_chars=8, max_blocks=1000, max_prompt_blocks=100, max_holders=4)
+    first = "abcdefgh" * 6  # 6 units
+    index.insert("m", index.match(first))
+    record = index.record("m")
+    key = index.match(first).key
+    assert record.reach(key, 6) == 6  # nothing since
+    index.insert("m", index.match("ijklmnop" * 4))  # 4 new units
+    index.insert("m", index.match(first + "qrstuvwx"))  # 1 new unit, same prefix
+    assert record.reach(key, 7) == 7
+    index.insert("m", index.match("yzyzyzyz" * 3))
+    assert record.reach(key, 7) == 3 + 7
+    assert record.reach(12345, 7) == 0  # a prefix never sent there
+
+
+def test_reach_remembers_at_least_half_its_bound_of_recent_prefixes_and_at_most_all() -> None:
+    record = Held()
+    record.mark(-1)
+    for key in range(LAST_SENT // 2 - 1):
+        record.sent += 1
+        record.mark(key)
+    assert record.reach(-1, 1) == LAST_SENT // 2  # the oldest of the last half-bound, still known
+    for key in range(LAST_SENT, 2 * LAST_SENT):
+        record.mark(key)
+    assert record.reach(-1, 1) == 0  # forgotten: a bound's worth of others since
+    assert len(record.last) + len(record.older) <= LAST_SENT
