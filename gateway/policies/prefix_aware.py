@@ -272,22 +272,24 @@ class PrefixAware(Policy, name="prefix_aware"):
                     depth[mid] = (min(units, blocks), len(depth))
         per_request = self.request_blocks
         evict_weight = self.evict_weight
-        hot_extra = self.hot_evict_weight - evict_weight
+        hot_weight = self.hot_evict_weight
+        hot_extra = hot_weight - evict_weight
         cols = self._columns(candidates, ctx.reported_in_flight)
         ids = cols.ids
         # Every member as one that holds none of the prompt and has none of our requests
         # waiting (most of them, most of the time): requests in flight, each counted once
         # (PickContext.loads), and what the prompt's blocks would evict there (LRU takes the
-        # oldest first: the one-off blocks, then the hot ones). The prompt's own blocks are left
-        # out: the same for every member.
+        # oldest first: the one-off blocks, then the hot ones: weighed evict_weight x over,
+        # plus hot_extra x the hot part). The prompt's own blocks are left out: the same for
+        # every member.
         costs = [
             (
-                c
-                + evict_weight * over
-                + (hot_extra * (over - r.singles) if over > r.singles else 0)
-                if (over := blocks + r.units - r.room) > 0
-                else c
+                (c + hot_weight * over - hot_extra * s)
+                if over > (s := r.singles)
+                else c + evict_weight * over
             )
+            if (over := blocks + r.units - r.room) > 0
+            else c
             for c, r in zip(cols.base, cols.records, strict=True)
         ]
         in_flight = ctx.in_flight

@@ -219,12 +219,15 @@ class PrefixIndex:
         hashes = self.hasher.hashes(data, count)
         found = list(map(self._blocks.get, hashes))
         if count >= MEMO_MIN_BLOCKS and found[MEMO_MIN_BLOCKS - 1] is not None:
-            # A long prefix seen before: its hashes are worth remembering.
+            # A long prefix seen before: its hashes are worth remembering (unless they came
+            # from the memo, and it holds all it may).
             try:
                 seen = found.index(None)
             except ValueError:
                 seen = count
-            self.hasher.learn(data, hashes, seen)
+            hit = self.hasher.hit
+            if hit is None or not (hit.fixed or seen <= len(hit.hashes)):
+                self.hasher.learn(data, hashes, seen)
         depth: dict[str, tuple[int, int]] = {}
         alive = found[0] if count else None
         run = _run(found)
@@ -344,10 +347,16 @@ class PrefixIndex:
                         self._unhold(dropped, h)
                     del others[limit - 1 :]
                 blocks.update(zip(head, repeat((member_id, *others))))
-            # What the member has of them: < 0 reused, > 0 sent once, 0 none. (The loop below
-            # is the tail's, inlined in both: as a shared helper it cost 2-3% of a pick.)
-            sent = list(map(mine.get, head, repeat(0)))
-            if max(sent) >= 0:
+            if member_id in first and mine.get(head[-1], 0) < 0:
+                # Held there (holders and records agree), its deepest block reused: the others,
+                # in every prompt that had it, are too (were one not, it would stay counted as
+                # sent once: a weight, not a leak). Only their recency changes: most recent
+                # last, first block last (LRU takes the deepest blocks first).
+                deque(map(touch_mine, reversed(head)), 0)
+            elif max(sent := list(map(mine.get, head, repeat(0)))) >= 0:
+                # What the member has of them: < 0 reused, > 0 sent once, 0 none. (The loop
+                # below is the tail's, inlined in both: as a shared helper it cost 2-3% of a
+                # pick.)
                 for i in range(run - 1, -1, -1):
                     h = head[i]
                     was = sent[i]
@@ -362,9 +371,7 @@ class PrefixIndex:
                             mine[h] = -was
                             single -= was
             else:
-                # All held there and reused already: only their recency changes. Most recent
-                # last, first block last: LRU takes the deepest blocks first.
-                deque(map(touch_mine, reversed(head)), 0)
+                deque(map(touch_mine, reversed(head)), 0)  # All reused already.
         record.sent += held - record.units
         if hashes:
             record.mark(hashes[0])
