@@ -99,6 +99,36 @@ class Backlog:
             self.active_by_prefix.clear()
             self.waiting.clear()
 
+    def cost(self, mine: int, prefix: int, now: float, rate: float, active_weight: float) -> float:
+        """What these requests add to a prompt's cost at the member (prefix_aware.py): queued
+        units ahead, active_weight x units held by running requests (both leaving out this
+        prompt's own prefix: its prefill there is shared), and a stall past what the queue
+        explains. `mine`: our requests in flight there now. -1: none left there."""
+        entries = self.entries
+        if len(entries) > mine or prefix in self.active_by_prefix:
+            # Requests ended, or this prompt's prefix is among ours there: exactly.
+            self.update(mine, now, rate)
+            if not entries:
+                return -1.0
+            cost = (self.left - self.left_by_prefix.get(prefix, 0.0)) + active_weight * (
+                self.active - self.active_by_prefix.get(prefix, 0.0)
+            )
+        else:
+            # The same sum without walking the queue: it drains in order, so what is left is
+            # what was left less what the member prefilled since (update() would get the same;
+            # prefix_aware runs it before adding).
+            left = self.left - (now - self.last) * rate
+            cost = (left if left > 0.0 else 0.0) + active_weight * self.active
+        waiting = self.waiting
+        while waiting and waiting[0].started:
+            waiting.popleft()
+        if waiting:
+            t = waiting[0]
+            stalled = (now - t.sent_at) * rate - 2 * (t.new + t.held + t.queued)
+            if stalled > 0:
+                cost += stalled
+        return cost
+
     def _drain(self, entry: _Entry, blocks: float) -> None:
         entry.left -= blocks
         self.left -= blocks

@@ -24,7 +24,7 @@ _SHARED_ALPHA = 0.05
 
 
 class _Columns:
-    __slots__ = ("base", "candidates", "ids", "position", "records", "reported")
+    __slots__ = ("base", "candidates", "floor", "ids", "position", "records", "reported")
 
     def __init__(
         self,
@@ -41,6 +41,8 @@ class _Columns:
         self.records = records
         # The cost of the other gateways' requests in flight on each.
         self.base = base
+        # No member costs less than this (what holding part of a prompt takes off aside).
+        self.floor = min(base, default=0.0)
         self.position = position
 
 
@@ -67,13 +69,14 @@ class PrefixAware(Policy, name="prefix_aware"):
     shared rather than repeated elsewhere.
 
     The cheapest member gets the request (ties: deeper match, then more recent holder, then in
-    turn). A prompt going where this gateway's index says nothing of it is cached (a new
-    prefix, or one spilling from a busy holder) goes to its prefix's place among the members
-    without it (the same member on every gateway, see placement.py) unless that costs more
-    than the chance, learned, that another gateway put it there already is worth (or half a
-    request's load, whichever is more). Each member's cache size and prefill speed are taken
-    from its report and then learned from its answers (cache_estimate.py); the params are only
-    where the learning starts."""
+    turn); a holder that costs less than any member could (the others' requests in flight
+    alone) gets it without the others being costed. A prompt going where this gateway's index
+    says nothing of it is cached (a new prefix, or one spilling from a busy holder) goes to its
+    prefix's place among the members without it (the same member on every gateway, see
+    placement.py) unless that costs more than the chance, learned, that another gateway put it
+    there already is worth (or half a request's load, whichever is more). Each member's cache
+    size and prefill speed are taken from its report and then learned from its answers
+    (cache_estimate.py); the params are only where the learning starts."""
 
     def configure(self, params: ParamReader) -> None:
         self._explicit_block = "block_chars" in self.params
@@ -270,11 +273,16 @@ class PrefixAware(Policy, name="prefix_aware"):
             for mid, units in claims[prefix]:
                 if mid not in depth:
                     depth[mid] = (min(units, blocks), len(depth))
+        cols = self._columns(candidates, ctx.reported_in_flight)
+        now = self.clock.monotonic()
+        if depth:
+            won = self._holder_wins(cols, match, ctx, now)
+            if won >= 0:
+                return self._sent(candidates[won], match, ctx, False, now)
         per_request = self.request_blocks
         evict_weight = self.evict_weight
         hot_weight = self.hot_evict_weight
         hot_extra = hot_weight - evict_weight
-        cols = self._columns(candidates, ctx.reported_in_flight)
         ids = cols.ids
         # Every member as one that holds none of the prompt and has none of our requests
         # waiting (most of them, most of the time): requests in flight, each counted once
@@ -303,7 +311,6 @@ class PrefixAware(Policy, name="prefix_aware"):
         else:
             own = in_flight.get
             costs = [c + per_request * own(mid, 0) for c, mid in zip(costs, ids, strict=True)]
-        now = self.clock.monotonic()
         if depth or self._busy:
             self._adjust(cols, costs, match, ctx, now)
         best = min(costs)
@@ -363,45 +370,60 @@ class PrefixAware(Policy, name="prefix_aware"):
             i = position.get(mid)
             if i is None:
                 continue
-            entries = backlog.entries
-            mine = own(mid, 0)
-            if len(entries) > mine or prefix in backlog.active_by_prefix:
-                # Requests ended, or this prompt's prefix is among ours there: exactly.
-                backlog.update(mine, now, rate)
-                if not entries:
-                    idle.append(mid)
-                    continue
-                # Queued blocks ahead plus active_weight x blocks held by running requests,
-                # leaving out this prompt's own prefix (its prefill there is shared).
-                cost = (backlog.left - backlog.left_by_prefix.get(prefix, 0.0)) + active_weight * (
-                    backlog.active - backlog.active_by_prefix.get(prefix, 0.0)
-                )
+            cost = backlog.cost(own(mid, 0), prefix, now, rate, active_weight)
+            if cost < 0.0:
+                idle.append(mid)
             else:
-                # The same sum without walking the queue: it drains in order, so what is left
-                # is what was left less what the member prefilled since (update() would get
-                # the same; _sent() runs it before adding).
-                left = backlog.left - (now - backlog.last) * rate
-                cost = (left if left > 0.0 else 0.0) + active_weight * backlog.active
-            waiting = backlog.waiting
-            while waiting and waiting[0].started:
-                waiting.popleft()
-            if waiting:
-                t = waiting[0]
-                stalled = (now - t.sent_at) * rate - 2 * (t.new + t.held + t.queued)
-                if stalled > 0:
-                    cost += stalled
-            costs[i] += cost
+                costs[i] += cost
         for mid in idle:
             del busy[mid]
         if not depth:
             return
+        evicted = self._evicted
         for mid, (held, _) in depth.items():
             i = position.get(mid)
             if i is not None:
                 # The first pass took the whole prompt as new there.
                 record = records[i]
-                costs[i] += self._evicted(record, blocks - held) - self._evicted(record, blocks)
-                costs[i] -= held
+                costs[i] += evicted(record, blocks - held) - evicted(record, blocks) - held
+
+    def _holder_wins(self, cols: _Columns, match: Match, ctx: PickContext, now: float) -> int:
+        """The position of the one member holding part of the prompt whose whole cost is below
+        what any member could cost (cols.floor: the others' requests in flight, before ours,
+        their queues and evictions, which only add): it wins, whatever the others cost, and
+        the pass over them is skipped (a long prompt whose prefix is held, most often). -1:
+        none such, or a tie."""
+        position = cols.position
+        base = cols.base
+        records = cols.records
+        own = ctx.in_flight.get
+        busy = self._busy
+        per_request = self.request_blocks
+        blocks = match.blocks
+        floor = cols.floor
+        best = floor
+        won = -1
+        rate = 0.0
+        for mid, (held, _) in match.depth.items():
+            i = position.get(mid)
+            if i is None or base[i] - held > best:
+                continue  # Costs more than the best so far (or than any other could).
+            mine = own(mid, 0)
+            cost = base[i] + per_request * mine + self._evicted(records[i], blocks - held) - held
+            backlog = busy.get(mid)
+            if backlog is not None and cost < best:
+                if not rate:
+                    rate = self.sizer.drain_rate(self.drain_blocks_per_s)
+                queued = backlog.cost(mine, match.key, now, rate, self.active_weight)
+                if queued < 0.0:
+                    del busy[mid]
+                else:
+                    cost += queued
+            if cost < best:
+                best, won = cost, i
+            elif cost == best:
+                won = -1  # A tie: broken by the full pass's rules.
+        return won
 
     def _evicted(self, record: Held, new: float) -> float:
         """What sending `new` units to the member evicts there, weighed (pick()'s first pass
