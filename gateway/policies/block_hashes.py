@@ -11,8 +11,8 @@ from xxhash import xxh3_64_intdigest
 
 # Blocks double in size every this many: a 32k-token prompt is 32 blocks, not ~1,000, so a
 # pick hashes and looks up a bounded number of them (bench/pick.py), while the position where
-# two prompts part is still known to within 1/8 of its depth. (Every 8: 56 blocks, 1/16; each
-# block a pick touches is a few cache misses, and the 32k pick took 10% longer.)
+# two prompts part is still known to within a quarter of its depth. (Every 8: 56 blocks, an
+# eighth; each block a pick touches is a few cache misses, and the 32k pick took 10% longer.)
 BLOCKS_PER_SIZE = 4
 # Prefix groups whose shared blocks are remembered: between half of this and all of it, each at
 # most max_prompt_blocks hashes (~5 KB), so ~1.3 MB at most.

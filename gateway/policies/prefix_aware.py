@@ -398,12 +398,22 @@ class PrefixAware(Policy, name="prefix_aware"):
         records = cols.records
         own = ctx.in_flight.get
         busy = self._busy
+        rate = self.sizer.drain_rate(self.drain_blocks_per_s)
+        idle: list[str] = []
+        for mid, queue in busy.items():
+            mine = own(mid, 0)
+            if len(queue.entries) > mine and mid in position:
+                # Requests ended there: dropped now, as the full pass does (a queue updated
+                # only now and then would drain what ended as if still ahead of the rest).
+                queue.update(mine, now, rate)
+                if not queue.entries:
+                    idle.append(mid)
+        for mid in idle:
+            del busy[mid]
         per_request = self.request_blocks
         blocks = match.blocks
-        floor = cols.floor
-        best = floor
+        best = cols.floor
         won = -1
-        rate = 0.0
         for mid, (held, _) in match.depth.items():
             i = position.get(mid)
             if i is None or base[i] - held > best:
@@ -412,8 +422,6 @@ class PrefixAware(Policy, name="prefix_aware"):
             cost = base[i] + per_request * mine + self._evicted(records[i], blocks - held) - held
             backlog = busy.get(mid)
             if backlog is not None and cost < best:
-                if not rate:
-                    rate = self.sizer.drain_rate(self.drain_blocks_per_s)
                 queued = backlog.cost(mine, match.key, now, rate, self.active_weight)
                 if queued < 0.0:
                     del busy[mid]
