@@ -399,17 +399,6 @@ class PrefixAware(Policy, name="prefix_aware"):
         own = ctx.in_flight.get
         busy = self._busy
         rate = self.sizer.drain_rate(self.drain_blocks_per_s)
-        idle: list[str] = []
-        for mid, queue in busy.items():
-            mine = own(mid, 0)
-            if len(queue.entries) > mine and mid in position:
-                # Requests ended there: dropped now, as the full pass does (a queue updated
-                # only now and then would drain what ended as if still ahead of the rest).
-                queue.update(mine, now, rate)
-                if not queue.entries:
-                    idle.append(mid)
-        for mid in idle:
-            del busy[mid]
         per_request = self.request_blocks
         blocks = match.blocks
         best = cols.floor
@@ -431,6 +420,19 @@ class PrefixAware(Policy, name="prefix_aware"):
                 best, won = cost, i
             elif cost == best:
                 won = -1  # A tie: broken by the full pass's rules.
+        if won >= 0:
+            # Requests that ended on the others are dropped from their queues now, as the full
+            # pass does (a queue updated only now and then would drain what ended as if still
+            # ahead of the rest); when no holder wins, the full pass does it.
+            idle: list[str] = []
+            for mid, queue in busy.items():
+                mine = own(mid, 0)
+                if len(queue.entries) > mine and mid in position:
+                    queue.update(mine, now, rate)
+                    if not queue.entries:
+                        idle.append(mid)
+            for mid in idle:
+                del busy[mid]
         return won
 
     def _evicted(self, record: Held, new: float) -> float:
