@@ -24,7 +24,18 @@ _SHARED_ALPHA = 0.05
 
 
 class _Columns:
-    __slots__ = ("base", "candidates", "floor", "ids", "position", "records", "reported")
+    __slots__ = (
+        "base",
+        "candidates",
+        "floor",
+        "free",
+        "ids",
+        "position",
+        "records",
+        "reported",
+        "singles",
+        "slot",
+    )
 
     def __init__(
         self,
@@ -44,6 +55,24 @@ class _Columns:
         # No member costs less than this (what holding part of a prompt takes off aside).
         self.floor = min(base, default=0.0)
         self.position = position
+        self.slot = {r: i for i, r in enumerate(records)}
+        # Each one's room left and units sent there once, as of its record's last change: in
+        # lists, the first pass reads two short arrays rather than 64 records (the pass is
+        # mostly cache misses when it runs only now and then).
+        self.free = [r.room - r.units for r in records]
+        self.singles = [r.singles for r in records]
+
+    def refresh(self, changed: set[Held]) -> None:
+        """Takes the changes of the records in `changed` (emptied)."""
+        slot = self.slot.get
+        free = self.free
+        singles = self.singles
+        for r in changed:
+            i = slot(r)
+            if i is not None:
+                free[i] = r.room - r.units
+                singles[i] = r.singles
+        changed.clear()
 
 
 class PrefixAware(Policy, name="prefix_aware"):
@@ -243,6 +272,7 @@ class PrefixAware(Policy, name="prefix_aware"):
             or (reported is not cols.reported and (reported or cols.reported))
         ):
             index = self.index
+            index.changed.clear()
             ids = [m.id for m in candidates]
             cols = self._cols = _Columns(
                 candidates,
@@ -290,15 +320,14 @@ class PrefixAware(Policy, name="prefix_aware"):
         # oldest first: the one-off blocks, then the hot ones: weighed evict_weight x over,
         # plus hot_extra x the hot part). The prompt's own blocks are left out: the same for
         # every member.
+        changed = index.changed
+        if changed:
+            cols.refresh(changed)
         costs = [
-            (
-                (c + hot_weight * over - hot_extra * s)
-                if over > (s := r.singles)
-                else c + evict_weight * over
-            )
-            if (over := blocks + r.units - r.room) > 0
+            ((c + hot_weight * over - hot_extra * s) if over > s else c + evict_weight * over)
+            if (over := blocks - f) > 0
             else c
-            for c, r in zip(cols.base, cols.records, strict=True)
+            for c, f, s in zip(cols.base, cols.free, cols.singles, strict=True)
         ]
         in_flight = ctx.in_flight
         if len(in_flight) < len(ids):
@@ -389,10 +418,46 @@ class PrefixAware(Policy, name="prefix_aware"):
 
     def _holder_wins(self, cols: _Columns, match: Match, ctx: PickContext, now: float) -> int:
         """The position of the one member holding part of the prompt whose whole cost is below
-        what any member could cost (cols.floor: the others' requests in flight, before ours,
-        their queues and evictions, which only add): it wins, whatever the others cost, and
-        the pass over them is skipped (a long prompt whose prefix is held, most often). -1:
-        none such, or a tie."""
+        what any other member could cost: it wins, whatever the others cost, and the pass over
+        them is skipped (a long prompt whose prefix is held, most often). What any other could
+        cost: the fewest of the others' requests in flight anywhere (cols.floor), and, when that
+        is not enough, plus what the whole prompt evicts where the most room is left (at the
+        least weight a unit); ours, their queues and more eviction only add. -1: none such, or
+        a tie."""
+        won = self._cheapest_holder(cols, match, ctx, now, cols.floor)
+        if won < 0:
+            cols.refresh(self.index.changed)
+            over = match.blocks - max(cols.free, default=0)
+            if over <= 0:
+                return -1
+            # Every cache full (most of the time): a long prompt evicts wherever it goes.
+            bound = cols.floor + min(self.evict_weight, self.hot_evict_weight) * over
+            won = self._cheapest_holder(cols, match, ctx, now, bound)
+            if won < 0:
+                return -1
+        # Requests that ended on the others are dropped from their queues now, as the full
+        # pass does (a queue updated only now and then would drain what ended as if still
+        # ahead of the rest); when no holder wins, the full pass does it.
+        own = ctx.in_flight.get
+        position = cols.position
+        rate = self.sizer.drain_rate(self.drain_blocks_per_s)
+        busy = self._busy
+        idle: list[str] = []
+        for mid, queue in busy.items():
+            mine = own(mid, 0)
+            if len(queue.entries) > mine and mid in position:
+                queue.update(mine, now, rate)
+                if not queue.entries:
+                    idle.append(mid)
+        for mid in idle:
+            del busy[mid]
+        return won
+
+    def _cheapest_holder(
+        self, cols: _Columns, match: Match, ctx: PickContext, now: float, below: float
+    ) -> int:
+        """The position of the one holder whose whole cost is below `below` and every other
+        holder's (-1: none, or a tie)."""
         position = cols.position
         base = cols.base
         records = cols.records
@@ -401,7 +466,7 @@ class PrefixAware(Policy, name="prefix_aware"):
         rate = self.sizer.drain_rate(self.drain_blocks_per_s)
         per_request = self.request_blocks
         blocks = match.blocks
-        best = cols.floor
+        best = below
         won = -1
         for mid, (held, _) in match.depth.items():
             i = position.get(mid)
@@ -420,19 +485,6 @@ class PrefixAware(Policy, name="prefix_aware"):
                 best, won = cost, i
             elif cost == best:
                 won = -1  # A tie: broken by the full pass's rules.
-        if won >= 0:
-            # Requests that ended on the others are dropped from their queues now, as the full
-            # pass does (a queue updated only now and then would drain what ended as if still
-            # ahead of the rest); when no holder wins, the full pass does it.
-            idle: list[str] = []
-            for mid, queue in busy.items():
-                mine = own(mid, 0)
-                if len(queue.entries) > mine and mid in position:
-                    queue.update(mine, now, rate)
-                    if not queue.entries:
-                        idle.append(mid)
-            for mid in idle:
-                del busy[mid]
         return won
 
     def _evicted(self, record: Held, new: float) -> float:

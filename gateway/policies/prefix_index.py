@@ -147,6 +147,9 @@ class PrefixIndex:
         self.held_by: dict[str, Held] = {}
         # Moves on every change, so an insert knows whether its match's view is current.
         self.epoch = 0
+        # Records whose units, singles or room changed since a caller last emptied this
+        # (prefix_aware keeps its candidates' room left and singles in lists from them).
+        self.changed: set[Held] = set()
 
     def __len__(self) -> int:
         return len(self._blocks)
@@ -202,6 +205,7 @@ class PrefixIndex:
             record.room = bound
         else:
             record.room = max(bound // 8, bound - record.foreign, 1)
+        self.changed.add(record)
 
     def block_count(self, text: str | bytes | memoryview) -> int:
         """Units of the prompt's whole blocks."""
@@ -377,6 +381,7 @@ class PrefixIndex:
             record.mark(hashes[0])
         record.units = held
         record.singles = single
+        self.changed.add(record)
         if held > record.room:
             self.trim(record, member_id)
         if len(blocks) > self.max_blocks:
@@ -398,6 +403,7 @@ class PrefixIndex:
                     w = -w
                 record.units -= w
                 self._drop(h, member_id)
+            self.changed.add(record)
 
     def trim(self, record: Held, member_id: str) -> None:
         """Forgets the member's oldest blocks down to its cap."""
@@ -422,6 +428,7 @@ class PrefixIndex:
                     self._drop(h, member_id)
         record.units = held
         record.singles = single
+        self.changed.add(record)
 
     def unhold(self, member_id: str, hashes: Sequence[int]) -> None:
         """member_id was found not to hold these blocks (a prompt's, as Match.hashes)."""
@@ -445,6 +452,7 @@ class PrefixIndex:
             record.units -= w
         elif w < 0:
             record.units += w
+        self.changed.add(record)
 
     def _drop(self, h: int, member_id: str) -> None:
         holders = self._blocks.get(h)

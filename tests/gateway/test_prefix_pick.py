@@ -1,12 +1,15 @@
 """prefix_aware's shortcut for a held prompt: a member holding part of it whose whole cost is
-below any member's floor wins without the pass over the others, always the member that the
-full pass would pick, and leaves the queues as the full pass would."""
+below what any other member could cost wins without the pass over the others, always the member
+that the full pass would pick, and leaves the queues as the full pass would."""
 
 from __future__ import annotations
 
 import copy
 import random
+from dataclasses import replace
 from typing import Any
+
+import pytest
 
 from gateway.members import Member, idle_member
 from gateway.policies import PickContext, PolicyRegistry, PrefixAware
@@ -19,13 +22,9 @@ def build(clock: FakeClock) -> PrefixAware:
     return policy
 
 
-def members(rng: random.Random) -> tuple[Member, ...]:
+def members(rng: random.Random, caches: tuple[int, ...]) -> tuple[Member, ...]:
     return tuple(
-        idle_member(
-            f"m{i}",
-            in_flight=rng.randint(0, 6),
-            cache_tokens=rng.choice([0, 2048, 8192, 32768]),
-        )
+        idle_member(f"m{i}", in_flight=rng.randint(0, 6), cache_tokens=rng.choice(caches))
         for i in range(8)
     )
 
@@ -41,7 +40,14 @@ def request(rng: random.Random, stems: list[str], in_flight: dict[str, int]) -> 
     return PickContext(model="m", payload=payload, in_flight=dict(in_flight))
 
 
-def test_the_shortcut_picks_what_the_full_pass_picks() -> None:
+@pytest.mark.parametrize(
+    "caches",
+    [
+        (0, 2048, 8192, 32768),  # some with room to spare: the others' requests bound alone
+        (4096, 8192, 16384),  # all full soon: a long prompt evicts wherever it goes
+    ],
+)
+def test_the_shortcut_picks_what_the_full_pass_picks(caches: tuple[int, ...]) -> None:
     """A policy with the shortcut and one without, each fed the same requests and keeping its
     own state, pick the same member every time, over prompts long and short, held and new,
     requests starting and ending and time passing (so a state the shortcut left behind must
@@ -52,7 +58,7 @@ def test_the_shortcut_picks_what_the_full_pass_picks() -> None:
     policy = build(clock)
     full = build(clock)
     full._holder_wins = lambda *_: -1  # type: ignore[method-assign]
-    pool = members(rng)
+    pool = members(rng, caches)
     for p in (policy, full):
         p.on_members(pool)
         p.on_snapshot(pool)
@@ -70,13 +76,19 @@ def test_the_shortcut_picks_what_the_full_pass_picks() -> None:
     policy._holder_wins = spy  # type: ignore[method-assign]
     for step in range(800):
         if step % 50 == 0:
-            pool = members(rng)
+            pool = members(rng, caches)
             policy.on_snapshot(pool)
             full.on_snapshot(pool)
         ctx = request(rng, stems, in_flight)
         expected = full.pick(pool, copy.copy(ctx)).id
         got = policy.pick(pool, ctx).id
         assert got == expected, step
+        # The first pass's lists of each candidate's room left and singles follow the records.
+        cols = policy._cols
+        assert cols is not None
+        cols.refresh(policy.index.changed)
+        assert cols.free == [r.room - r.units for r in cols.records], step
+        assert cols.singles == [r.singles for r in cols.records], step
         # Requests start and end; time moves.
         in_flight[got] = in_flight.get(got, 0) + 1
         for mid in list(in_flight):
@@ -118,3 +130,41 @@ def test_the_shortcut_drops_requests_that_ended_elsewhere() -> None:
     assert ask(doc + "second", (a, b), {"a": 1}) == "a"
     assert taken == [0]
     assert policy.backlog_blocks("b") == 0
+
+
+def test_a_long_prompt_partly_held_wins_at_a_busy_holder_when_every_cache_is_full() -> None:
+    """Every cache full: the document sent anywhere else evicts its whole size there, so the
+    member holding its first half wins without the full pass, though the half it lacks evicts
+    as much there and the others' requests are in flight on it alone."""
+    clock = FakeClock()
+    policy = build(clock)
+    pool = (idle_member("a", cache_tokens=8192), idle_member("b", cache_tokens=8192))
+    policy.on_members(pool)
+    policy.on_snapshot(pool)
+
+    def context(text: str) -> PickContext:
+        payload = {"messages": [{"role": "user", "content": text}]}
+        return PickContext(model="m", payload=payload, in_flight={})
+
+    def ask(text: str, pool: tuple[Member, ...]) -> str:
+        return policy.pick(pool, context(text)).id
+
+    doc = "the document " * 5000  # ~16,000 tokens: twice what either caches
+    assert ask(doc + "first", (pool[0],)) == "a"
+    assert ask("another document " * 5000, (pool[1],)) == "b"
+    match = policy.index.match(context(doc).prefix_key)
+    size, held = match.blocks, match.depth["a"][0]
+    assert size // 3 < held < size * 2 // 3
+    assert max(r.room - r.units for r in policy.index.held_by.values()) < size // 8
+    taken = []
+    holder_wins = policy._holder_wins
+
+    def spy(*args: Any) -> int:
+        taken.append(holder_wins(*args))
+        return taken[-1]
+
+    policy._holder_wins = spy  # type: ignore[method-assign]
+    busy = (replace(pool[0], in_flight=5), pool[1])
+    policy.on_snapshot(busy)
+    assert ask(doc + "second", busy) == "a"
+    assert taken == [0]
