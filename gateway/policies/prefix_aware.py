@@ -8,6 +8,7 @@ from gateway.members import Member
 from gateway.policies.backlog import Backlog
 from gateway.policies.base import ParamReader, PickContext, Policy
 from gateway.policies.cache_estimate import CacheSizer, Ticket
+from gateway.policies.columns import Columns
 from gateway.policies.missed import MissedPrefixes
 from gateway.policies.placement import Placement
 from gateway.policies.prefix_index import Held, Match, PrefixIndex
@@ -21,58 +22,6 @@ BLOCK_TOKENS = 32
 # How fast the chance that a prefix new to this gateway is already cached at its home follows
 # what answers show.
 _SHARED_ALPHA = 0.05
-
-
-class _Columns:
-    __slots__ = (
-        "base",
-        "candidates",
-        "floor",
-        "free",
-        "ids",
-        "position",
-        "records",
-        "reported",
-        "singles",
-        "slot",
-    )
-
-    def __init__(
-        self,
-        candidates: Sequence[Member],
-        reported: Mapping[str, int],
-        ids: list[str],
-        records: list[Held],
-        base: list[float],
-        position: dict[str, int],
-    ) -> None:
-        self.candidates = candidates
-        self.reported = reported
-        self.ids = ids
-        self.records = records
-        # The cost of the other gateways' requests in flight on each.
-        self.base = base
-        # No member costs less than this (what holding part of a prompt takes off aside).
-        self.floor = min(base, default=0.0)
-        self.position = position
-        self.slot = {r: i for i, r in enumerate(records)}
-        # Each one's room left and units sent there once, as of its record's last change: in
-        # lists, the first pass reads two short arrays rather than 64 records (the pass is
-        # mostly cache misses when it runs only now and then).
-        self.free = [r.room - r.units for r in records]
-        self.singles = [r.singles for r in records]
-
-    def refresh(self, changed: set[Held]) -> None:
-        """Takes the changes of the records in `changed` (emptied)."""
-        slot = self.slot.get
-        free = self.free
-        singles = self.singles
-        for r in changed:
-            i = slot(r)
-            if i is not None:
-                free[i] = r.room - r.units
-                singles[i] = r.singles
-        changed.clear()
 
 
 class PrefixAware(Policy, name="prefix_aware"):
@@ -144,7 +93,7 @@ class PrefixAware(Policy, name="prefix_aware"):
         self._backlog: dict[str, Backlog] = {}
         # Those with requests in flight (entries) as last seen.
         self._busy: dict[str, Backlog] = {}
-        self._cols: _Columns | None = None
+        self._cols: Columns | None = None
         self.drain_blocks_per_s = self._prefill_rate * CHARS_PER_TOKEN / block_chars
 
     def on_snapshot(self, members: Sequence[Member]) -> None:
@@ -261,7 +210,7 @@ class PrefixAware(Policy, name="prefix_aware"):
         member, for its usage report."""
         return self.missed.drain()
 
-    def _columns(self, candidates: Sequence[Member], reported: Mapping[str, int]) -> _Columns:
+    def _columns(self, candidates: Sequence[Member], reported: Mapping[str, int]) -> Columns:
         """What pick() reads of each candidate that stays put between snapshots and usage
         reports: kept while the same tuple (the route's members, on the hot path) and the
         same report (or none) come back; a new index or member set drops it."""
@@ -271,22 +220,7 @@ class PrefixAware(Policy, name="prefix_aware"):
             or candidates is not cols.candidates
             or (reported is not cols.reported and (reported or cols.reported))
         ):
-            index = self.index
-            index.changed.clear()
-            ids = [m.id for m in candidates]
-            cols = self._cols = _Columns(
-                candidates,
-                reported,
-                ids,
-                [index.record(mid) for mid in ids],
-                # The other gateways' requests in flight there (Member.in_flight, the
-                # controller's aggregate, less what this gateway last reported of its own).
-                [
-                    self.request_blocks * max(m.in_flight - reported.get(m.id, 0), 0)
-                    for m in candidates
-                ],
-                {mid: i for i, mid in enumerate(ids)},
-            )
+            cols = self._cols = Columns(candidates, reported, self.index, self.request_blocks)
         return cols
 
     def pick(self, candidates: Sequence[Member], ctx: PickContext) -> Member:
@@ -380,7 +314,7 @@ class PrefixAware(Policy, name="prefix_aware"):
         return self._sent(candidates[chosen], match, ctx, presumed, now)
 
     def _adjust(
-        self, cols: _Columns, costs: list[float], match: Match, ctx: PickContext, now: float
+        self, cols: Columns, costs: list[float], match: Match, ctx: PickContext, now: float
     ) -> None:
         """Adds to pick()'s first pass what it left out for the members that hold part of the
         prompt (what they hold, and evict less) or have our requests in flight (their queue,
@@ -416,7 +350,7 @@ class PrefixAware(Policy, name="prefix_aware"):
                 record = records[i]
                 costs[i] += evicted(record, blocks - held) - evicted(record, blocks) - held
 
-    def _holder_wins(self, cols: _Columns, match: Match, ctx: PickContext, now: float) -> int:
+    def _holder_wins(self, cols: Columns, match: Match, ctx: PickContext, now: float) -> int:
         """The position of the one member holding part of the prompt whose whole cost is below
         what any other member could cost: it wins, whatever the others cost, and the pass over
         them is skipped (a long prompt whose prefix is held, most often). What any other could
@@ -454,7 +388,7 @@ class PrefixAware(Policy, name="prefix_aware"):
         return won
 
     def _cheapest_holder(
-        self, cols: _Columns, match: Match, ctx: PickContext, now: float, below: float
+        self, cols: Columns, match: Match, ctx: PickContext, now: float, below: float
     ) -> int:
         """The position of the one holder whose whole cost is below `below` and every other
         holder's (-1: none, or a tie)."""
