@@ -351,11 +351,12 @@ class PrefixIndex:
                         self._unhold(dropped, h)
                     del others[limit - 1 :]
                 blocks.update(zip(head, repeat((member_id, *others))))
-            if member_id in first and mine.get(head[-1], 0) < 0:
-                # Held there (holders and records agree), its deepest block reused: the others,
-                # in every prompt that had it, are too (were one not, it would stay counted as
-                # sent once: a weight, not a leak). Only their recency changes: most recent
-                # last, first block last (LRU takes the deepest blocks first).
+            if member_id in first and mine.get(head[-1], 0) < 0 and mine.get(head[0], 0) < 0:
+                # Held there (holders and records agree), its first and deepest blocks reused:
+                # the others are too. (The deepest alone is not enough: a member that lost the
+                # first blocks, found missing or dropped as a least recent holder, and was sent
+                # them again holds them as sent once under a reused tail.) Only their recency
+                # changes: most recent last, first block last (LRU takes the deepest first).
                 deque(map(touch_mine, reversed(head)), 0)
             elif max(sent := list(map(mine.get, head, repeat(0)))) >= 0:
                 # What the member has of them: < 0 reused, > 0 sent once, 0 none. (The loop
