@@ -31,6 +31,11 @@ from llmpool.up import UP_ROLES
 from llmpool.v1 import admin_pb2, admin_pb2_grpc, types_pb2
 
 POOL = "bench-routing"
+# A one-token stream of a two-letter prompt: what the benches send to warm a path or time it.
+TINY_STREAM = (
+    b'{"model":"' + POOL.encode() + b'","stream":true,"max_tokens":1,'
+    b'"messages":[{"role":"user","content":"hi"}]}'
+)
 ORACLE_PLUGIN = "bench.routing.oracle:AffinityOracle"
 
 

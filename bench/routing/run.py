@@ -20,7 +20,7 @@ import grpc
 from bench import aio, machine, venvs
 from bench.routing import workloads as wl
 from bench.routing.client import ConnectionPool, send
-from bench.routing.cluster import POOL, Cluster, SimShape, fill_result
+from bench.routing.cluster import POOL, TINY_STREAM, Cluster, SimShape, fill_result
 from bench.routing.drive import drive
 from bench.routing.engine_stats import deltas
 from bench.routing.oracle import ORACLE_POLICY, assign
@@ -123,10 +123,7 @@ def registered_policies() -> list[str]:
 async def measure_overhead(cluster: Cluster, shape: SimShape, samples: int = 30) -> float:
     """Wall seconds our path adds to TTFT: median TTFT of a tiny streamed request through the
     gateway minus straight to an engine, one at a time on an idle cluster."""
-    body = (
-        b'{"model":"' + POOL.encode() + b'","stream":true,"max_tokens":1,'
-        b'"messages":[{"role":"user","content":"hi"}]}'
-    )
+    body = TINY_STREAM
     engine = cluster.engine_urls[0].removeprefix("http://")
     host, port = engine.rsplit(":", 1)
     direct_pool, gateway_pool = (

@@ -19,7 +19,7 @@ import orjson
 from bench import machine
 from bench.routing import workloads as wl
 from bench.routing.client import ConnectionPool, send
-from bench.routing.cluster import POOL, fill_result
+from bench.routing.cluster import TINY_STREAM, fill_result
 from bench.routing.drive import drive
 from bench.routing.engine_stats import deltas
 from bench.routing.fleet import AGENT, DEPLOYMENTS, STATIC, Fleet, FleetShape
@@ -107,20 +107,12 @@ class UntunedRunner:
         fleet = self.fleet
         await fleet.set_policy(ROUND_ROBIN)
         self._policy = ROUND_ROBIN
-        body = orjson.dumps(
-            {
-                "model": POOL,
-                "stream": True,
-                "max_tokens": 1,
-                "messages": [{"role": "user", "content": "hi"}],
-            }
-        )
         engines = len(fleet.fleet.kv_blocks)
         for port in fleet.gateway_ports:
             pool = ConnectionPool(HOST, port)
             try:
                 for _ in range(WARM_UP * engines):
-                    out = await send(pool, body, {}, 10.0)
+                    out = await send(pool, TINY_STREAM, {}, 10.0)
                     if not out.ok:
                         raise StartError(f"warm-up request failed: {out.error}")
             finally:

@@ -36,7 +36,7 @@ class Columns:
         index: PrefixIndex,
         request_blocks: float,
     ) -> None:
-        index.changed.clear()
+        index.changed.clear()  # Read afresh below.
         self.candidates = candidates
         self.reported = reported
         self.ids = ids = [m.id for m in candidates]

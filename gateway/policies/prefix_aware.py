@@ -358,7 +358,8 @@ class PrefixAware(Policy, name="prefix_aware"):
         is not enough, plus what the whole prompt evicts where the most room is left (at the
         least weight a unit); ours, their queues and more eviction only add. -1: none such, or
         a tie."""
-        won = self._cheapest_holder(cols, match, ctx, now, cols.floor)
+        rate = self.sizer.drain_rate(self.drain_blocks_per_s)
+        won = self._cheapest_holder(cols, match, ctx, now, rate, cols.floor)
         if won < 0:
             cols.refresh(self.index.changed)
             over = match.blocks - max(cols.free, default=0)
@@ -366,7 +367,7 @@ class PrefixAware(Policy, name="prefix_aware"):
                 return -1
             # Every cache full (most of the time): a long prompt evicts wherever it goes.
             bound = cols.floor + min(self.evict_weight, self.hot_evict_weight) * over
-            won = self._cheapest_holder(cols, match, ctx, now, bound)
+            won = self._cheapest_holder(cols, match, ctx, now, rate, bound)
             if won < 0:
                 return -1
         # Requests that ended on the others are dropped from their queues now, as the full
@@ -374,7 +375,6 @@ class PrefixAware(Policy, name="prefix_aware"):
         # ahead of the rest); when no holder wins, the full pass does it.
         own = ctx.in_flight.get
         position = cols.position
-        rate = self.sizer.drain_rate(self.drain_blocks_per_s)
         busy = self._busy
         idle: list[str] = []
         for mid, queue in busy.items():
@@ -388,16 +388,15 @@ class PrefixAware(Policy, name="prefix_aware"):
         return won
 
     def _cheapest_holder(
-        self, cols: Columns, match: Match, ctx: PickContext, now: float, below: float
+        self, cols: Columns, match: Match, ctx: PickContext, now: float, rate: float, below: float
     ) -> int:
         """The position of the one holder whose whole cost is below `below` and every other
-        holder's (-1: none, or a tie)."""
+        holder's (-1: none, or a tie); `rate`: the members' drain rate, units a second."""
         position = cols.position
         base = cols.base
         records = cols.records
         own = ctx.in_flight.get
         busy = self._busy
-        rate = self.sizer.drain_rate(self.drain_blocks_per_s)
         per_request = self.request_blocks
         blocks = match.blocks
         best = below
