@@ -12,16 +12,26 @@ class Columns:
     """Per candidate, in the route's order: its id, its record in the index, the cost of the
     other gateways' requests in flight there, and its room left and units sent there once.
     Built for one tuple of candidates and one usage report; the last two follow the records
-    the index changed (`refresh`). In lists, the first pass reads two short arrays rather than
-    64 records (each two cache lines and three integer objects away: the pass is mostly cache
-    misses when it runs only now and then)."""
+    the index changed (`refresh`). In lists, the first pass (`costs`) reads two short arrays
+    rather than 64 records (each two cache lines and three integer objects away: the pass is
+    mostly cache misses when it runs only now and then), and a bound below it (`least_cost`)
+    is two minimums of lists kept alongside.
+
+    Eviction is weighed `evict` a unit for a member's one-off blocks (LRU takes them first),
+    `hot` for the rest."""
 
     __slots__ = (
         "base",
         "candidates",
+        "changed",
+        "evict",
         "floor",
         "free",
+        "highs",
+        "hot",
         "ids",
+        "lo",
+        "lows",
         "position",
         "records",
         "reported",
@@ -35,26 +45,47 @@ class Columns:
         reported: Mapping[str, int],
         index: PrefixIndex,
         request_blocks: float,
+        evict: float,
+        hot: float,
     ) -> None:
         index.changed.clear()  # Read afresh below.
+        self.changed: set[Held] = index.changed
         self.candidates = candidates
         self.reported = reported
+        self.evict = evict
+        self.hot = hot
+        self.lo = min(evict, hot)
         self.ids = ids = [m.id for m in candidates]
         self.records = records = [index.record(mid) for mid in ids]
         # The other gateways' requests in flight there (Member.in_flight, the controller's
         # aggregate, less what this gateway last reported of its own), in units.
-        self.base = base = [
+        self.base = [
             request_blocks * max(m.in_flight - reported.get(m.id, 0), 0) for m in candidates
         ]
         # No member costs less than this (what holding part of a prompt takes off aside).
-        self.floor = min(base, default=0.0)
+        self.floor = min(self.base, default=0.0)
         self.position = {mid: i for i, mid in enumerate(ids)}
         self.slot = {r: i for i, r in enumerate(records)}
         self.free = [r.room - r.units for r in records]
         self.singles = [r.singles for r in records]
+        # least_cost's terms per candidate (see there).
+        self.lows = [0.0] * len(records)
+        self.highs = [0.0] * len(records) if hot > evict else []
+        for i in range(len(records)):
+            self._terms(i)
 
-    def refresh(self, changed: set[Held]) -> None:
-        """Takes the changes of the records in `changed` (emptied)."""
+    def _terms(self, i: int) -> None:
+        c, f = self.base[i], self.free[i]
+        self.lows[i] = c - self.lo * f
+        if self.highs:
+            self.highs[i] = c - self.hot * f - (self.hot - self.evict) * self.singles[i]
+
+    def refresh(self) -> None:
+        """Takes the changes of the records the index changed since (PrefixIndex.changed,
+        emptied)."""
+        changed = self.changed
+        if not changed:
+            return
         slot = self.slot.get
         free = self.free
         singles = self.singles
@@ -63,4 +94,38 @@ class Columns:
             if i is not None:
                 free[i] = r.room - r.units
                 singles[i] = r.singles
+                self._terms(i)
         changed.clear()
+
+    def costs(self, units: int) -> list[float]:
+        """Every candidate's cost as one that holds none of a prompt of `units` and has none of
+        our requests in flight (most of them, most of the time): the other gateways' requests
+        there (base), and what the prompt's blocks would evict (LRU takes the oldest first:
+        the one-off blocks, then the hot ones). The prompt's own blocks are left out: the
+        same for every member."""
+        self.refresh()
+        evict, hot = self.evict, self.hot
+        extra = hot - evict
+        return [
+            ((c + hot * over - extra * s) if over > s else c + evict * over)
+            if (over := units - f) > 0
+            else c
+            for c, f, s in zip(self.base, self.free, self.singles, strict=True)
+        ]
+
+    def least_cost(self, units: int) -> float:
+        """A bound below every one of costs(units): sent to member j, the prompt evicts over =
+        units - free[j] there (nothing when <= 0), singles[j] of it at `evict` a unit and the
+        rest at `hot`, so j costs at least base[j] + lo x over (lo the lesser weight: lows[j]
+        + lo x units) and, with hot the greater, at least base[j] + hot x over - (hot - evict)
+        x singles[j] (highs[j] + hot x units): the least of each is one minimum of a list kept
+        between picks. Below floor unless caches are full, as they mostly are: then a long
+        prompt evicts wherever it goes. (Less a millionth of a unit: the terms are summed in
+        another order than costs', and rounding must not lift the bound over a cost.)"""
+        self.refresh()
+        if not self.lows:
+            return 0.0
+        bound = self.lo * units + min(self.lows)
+        if self.highs:
+            bound = max(bound, self.hot * units + min(self.highs))
+        return bound - 1e-6

@@ -220,7 +220,14 @@ class PrefixAware(Policy, name="prefix_aware"):
             or candidates is not cols.candidates
             or (reported is not cols.reported and (reported or cols.reported))
         ):
-            cols = self._cols = Columns(candidates, reported, self.index, self.request_blocks)
+            cols = self._cols = Columns(
+                candidates,
+                reported,
+                self.index,
+                self.request_blocks,
+                self.evict_weight,
+                self.hot_evict_weight,
+            )
         return cols
 
     def pick(self, candidates: Sequence[Member], ctx: PickContext) -> Member:
@@ -244,25 +251,8 @@ class PrefixAware(Policy, name="prefix_aware"):
             if won >= 0:
                 return self._sent(candidates[won], match, ctx, False, now)
         per_request = self.request_blocks
-        evict_weight = self.evict_weight
-        hot_weight = self.hot_evict_weight
-        hot_extra = hot_weight - evict_weight
         ids = cols.ids
-        # Every member as one that holds none of the prompt and has none of our requests
-        # waiting (most of them, most of the time): requests in flight, each counted once
-        # (PickContext.loads), and what the prompt's blocks would evict there (LRU takes the
-        # oldest first: the one-off blocks, then the hot ones: weighed evict_weight x over,
-        # plus hot_extra x the hot part). The prompt's own blocks are left out: the same for
-        # every member.
-        changed = index.changed
-        if changed:
-            cols.refresh(changed)
-        costs = [
-            ((c + hot_weight * over - hot_extra * s) if over > s else c + evict_weight * over)
-            if (over := blocks - f) > 0
-            else c
-            for c, f, s in zip(cols.base, cols.free, cols.singles, strict=True)
-        ]
+        costs = cols.costs(blocks)
         in_flight = ctx.in_flight
         if len(in_flight) < len(ids):
             # Ours in flight are on a few members (the gateway's counts drop members at zero).
@@ -355,18 +345,15 @@ class PrefixAware(Policy, name="prefix_aware"):
         what any other member could cost: it wins, whatever the others cost, and the pass over
         them is skipped (a long prompt whose prefix is held, most often). What any other could
         cost: the fewest of the others' requests in flight anywhere (cols.floor), and, when that
-        is not enough, plus what the whole prompt evicts where the most room is left (at the
-        least weight a unit); ours, their queues and more eviction only add. -1: none such, or
-        a tie."""
+        is not enough, the least over members of those plus what the whole prompt evicts there
+        (at the least weight a unit, as if every cache were full); ours, their queues and more
+        eviction only add. -1: none such, or a tie."""
         rate = self.sizer.drain_rate(self.drain_blocks_per_s)
         won = self._cheapest_holder(cols, match, ctx, now, rate, cols.floor)
         if won < 0:
-            cols.refresh(self.index.changed)
-            over = match.blocks - max(cols.free, default=0)
-            if over <= 0:
+            bound = cols.least_cost(match.blocks)
+            if bound <= cols.floor:
                 return -1
-            # Every cache full (most of the time): a long prompt evicts wherever it goes.
-            bound = cols.floor + min(self.evict_weight, self.hot_evict_weight) * over
             won = self._cheapest_holder(cols, match, ctx, now, rate, bound)
             if won < 0:
                 return -1

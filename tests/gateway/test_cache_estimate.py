@@ -36,11 +36,14 @@ def sizer(member_blocks: int = 1000) -> CacheSizer:
     return CacheSizer(index, 4)
 
 
-def fill(s: CacheSizer, member: str, units: int) -> None:
-    """Makes the index hold `units` one-unit blocks on member (prompts of 8 blocks)."""
-    for n in range(units // 8):
-        text = (f"prompt {member} {n} " * 200)[: 128 * 8]
+def fill(s: CacheSizer, member: str, units: int) -> str:
+    """Makes the index hold up to `units` units on member, in 1 KB prompts (as many units as
+    the layout's whole blocks in 1 KB make); returns the last prompt sent."""
+    text = ""
+    for n in range(units // s.index.block_count(b"x" * 1024)):
+        text = (f"prompt {member} {n} " * 200)[:1024]
         s.index.insert(member, s.index.match(text))
+    return text
 
 
 def learn_speed(s: CacheSizer, unit_s: float = 0.001) -> None:
@@ -53,7 +56,8 @@ def learn_speed(s: CacheSizer, unit_s: float = 0.001) -> None:
 
 def test_a_report_caps_the_member_and_learning_never_grows_past_it() -> None:
     s = sizer()
-    fill(s, "m", 200)
+    text = fill(s, "m", 200)  # the last prompt sent
+    units = s.index.block_count(text)
     s.on_report("m", 100 * 128 // 4)  # 100 units
     assert s.index.held("m") <= 100 and s.cap_units("m") == 100
     learn_speed(s)
@@ -63,11 +67,10 @@ def test_a_report_caps_the_member_and_learning_never_grows_past_it() -> None:
     assert s.cap_units("m") == 100
     # Slow answers where hits were expected: time says miss, but a window of them does not
     # shrink what an engine reports of its cache (a busy host makes hits look slow)...
-    text = ("prompt m 24 " * 200)[: 128 * 8]  # the last fill() sent
     hashes = s.index.match(text).hashes
-    assert s.index.match(text).depth["m"][0] == 8
+    assert s.index.match(text).depth["m"][0] == units
     for _ in range(5 * WINDOW):
-        assert s.settle(Ticket("m", 8, 2, 0.0, hashes=hashes), 1.0, 0) is False
+        assert s.settle(Ticket("m", units, 2, 0.0, hashes=hashes), 1.0, 0) is False
     assert s.cap_units("m") == 100
     # ...though with the index full there, the prompt that missed is one too many for it:
     # forgotten there (the next request of it is placed afresh).
@@ -79,9 +82,9 @@ def test_a_report_caps_the_member_and_learning_never_grows_past_it() -> None:
     learn_speed(roomy)
     held = roomy.index.held("m")
     for _ in range(5 * WINDOW):
-        assert roomy.settle(Ticket("m", 8, 2, 0.0, hashes=hashes), 1.0, 0) is False
+        assert roomy.settle(Ticket("m", units, 2, 0.0, hashes=hashes), 1.0, 0) is False
     assert roomy.cap_units("m") == 300 and roomy.index.held("m") == held
-    assert roomy.index.match(text).depth["m"][0] == 8
+    assert roomy.index.match(text).depth["m"][0] == units
 
 
 def test_cached_tokens_tell_hits_from_misses_once_a_member_reports_them() -> None:
@@ -376,18 +379,19 @@ def test_a_miss_forgets_the_prompt_at_the_member_but_the_cap_shrinks_from_what_w
     s = sizer(member_blocks=1000)
     learn_speed(s, 0.001)
     fill(s, "m", 400)
-    text = ("the prompt that missed " * 100)[: 128 * 8]
+    text = ("the prompt that missed " * 100)[:1024]
+    units = s.index.block_count(text)
     match = s.index.match(text)
     s.index.insert("m", match)
     held = s.index.held("m")
-    assert s.index.match(text).depth["m"][0] == 8
+    assert s.index.match(text).depth["m"][0] == units
     # Alone and slow: a miss. The member does not hold that prompt: the index forgets it.
-    assert s.settle(Ticket("m", 8, 2, 0.0, hashes=match.hashes), 0.2, 0) is False
+    assert s.settle(Ticket("m", units, 2, 0.0, hashes=match.hashes), 0.2, 0) is False
     assert "m" not in s.index.match(text).depth
-    assert s.index.held("m") == held - 8
+    assert s.index.held("m") == held - units
     # The window's verdict shrinks the cap from what was held when it missed.
     for _ in range(FIRST_WINDOW - 1):
-        s.settle(Ticket("m", 8, 2, 0.0), 0.2, 0)
+        s.settle(Ticket("m", units, 2, 0.0), 0.2, 0)
     assert s.cap_units("m") == int(held * 0.75)
 
 
@@ -452,6 +456,7 @@ def test_a_new_prompt_that_waited_for_room_beside_others_is_forgotten_there() ->
 
     def sent(s: CacheSizer, others: int) -> list[int]:
         fill(s, "m", others)
+        assert s.index.held("m") == others  # 1 KB prompts: 240 units are a whole number of them
         text = ("a second prompt group " * 400)[: 128 * 100]
         match = s.index.match(text)
         s.index.insert("m", match)
@@ -459,14 +464,14 @@ def test_a_new_prompt_that_waited_for_room_beside_others_is_forgotten_there() ->
 
     s = sizer()
     learn_speed(s, 0.001)  # 0.1 s for 100 units; the floor is 0.1 s too
-    hashes = sent(s, 200)
+    hashes = sent(s, 240)
     # 0.25 s past the floor: 2.5x its prefill.
     s.settle(Ticket("m", 0, 100, 0.0, hashes=hashes), 0.35, 0)
-    assert s.forgot and s.index.held("m") == 200
+    assert s.forgot and s.index.held("m") == 240
     # Not slow enough, not clear, or nothing else held there: kept.
     for ticket, ttft, others in (
-        (Ticket("m", 0, 100, 0.0), 0.25, 200),
-        (Ticket("m", 0, 100, 0.0, alone=False, clear=False), 0.35, 200),
+        (Ticket("m", 0, 100, 0.0), 0.25, 240),
+        (Ticket("m", 0, 100, 0.0, alone=False, clear=False), 0.35, 240),
         (Ticket("m", 0, 100, 0.0), 0.35, 0),
     ):
         s = sizer()

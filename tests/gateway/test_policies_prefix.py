@@ -62,12 +62,13 @@ def test_same_prefix_sticks_and_new_prefixes_spread() -> None:
 
 def test_longest_prefix_wins_over_most_recent_shorter_match() -> None:
     policy = build()
-    deep = SYSTEM + "account 17 history " * 30
+    # Deep enough to end blocks past the system prompt's (they double in size along a prompt).
+    deep = SYSTEM + "account 17 history " * 100
     policy.pick([mk("a")], prompt(deep + "q1"))
     # b was sent only the shared system prompt, and more recently.
-    policy.pick([mk("b")], prompt(SYSTEM + "unrelated " * 40))
+    policy.pick([mk("b")], prompt(SYSTEM + "unrelated " * 100))
     assert policy.pick(MEMBERS, prompt(deep + "q2")).id == "a"
-    assert policy.pick(MEMBERS, prompt(SYSTEM + "unrelated " * 40 + "z")).id == "b"
+    assert policy.pick(MEMBERS, prompt(SYSTEM + "unrelated " * 100 + "z")).id == "b"
 
 
 def test_multi_turn_chat_follows_its_earlier_turns() -> None:
@@ -480,11 +481,11 @@ def test_reach_is_what_the_member_took_in_since_the_prefix_was_last_sent() -> No
     key = index.match(first).key
     assert record.reach(key, 6) == 6  # nothing since
     index.insert("m", index.match("ijklmnop" * 4))  # 4 new units
-    index.insert("m", index.match(first + "qrstuvwx"))  # 1 new unit, same prefix
-    assert record.reach(key, 7) == 7
-    index.insert("m", index.match("yzyzyzyz" * 3))
-    assert record.reach(key, 7) == 3 + 7
-    assert record.reach(12345, 7) == 0  # a prefix never sent there
+    index.insert("m", index.match(first + "qrstuvwx" * 4))  # 4 new units, same prefix
+    assert record.reach(key, 10) == 10
+    index.insert("m", index.match("yzyzyzyz" * 2))
+    assert record.reach(key, 10) == 2 + 10
+    assert record.reach(12345, 10) == 0  # a prefix never sent there
 
 
 def test_reach_remembers_at_least_half_its_bound_of_recent_prefixes_and_at_most_all() -> None:

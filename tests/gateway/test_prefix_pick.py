@@ -13,6 +13,8 @@ import pytest
 
 from gateway.members import Member, idle_member
 from gateway.policies import PickContext, PolicyRegistry, PrefixAware
+from gateway.policies.columns import Columns
+from gateway.policies.prefix_index import PrefixIndex
 from llmpool.clock import FakeClock
 
 
@@ -90,7 +92,7 @@ def test_the_shortcut_picks_what_the_full_pass_picks(caches: tuple[int, ...]) ->
         # The first pass's lists of each candidate's room left and singles follow the records.
         cols = policy._cols
         assert cols is not None
-        cols.refresh(policy.index.changed)
+        cols.refresh()
         assert cols.free == [r.room - r.units for r in cols.records], step
         assert cols.singles == [r.singles for r in cols.records], step
         # Requests start and end; time moves.
@@ -131,8 +133,8 @@ def test_the_shortcut_drops_requests_that_ended_elsewhere() -> None:
 
 def test_a_long_prompt_partly_held_wins_at_a_busy_holder_when_every_cache_is_full() -> None:
     """Every cache full: the document sent anywhere else evicts its whole size there, so the
-    member holding its first half wins without the full pass, though the half it lacks evicts
-    as much there and the others' requests are in flight on it alone."""
+    member holding its first part wins without the full pass, though the part it lacks evicts
+    there too and the others' requests are in flight on it alone."""
     clock = FakeClock()
     policy = build(clock)
     pool = (idle_member("a", cache_tokens=8192), idle_member("b", cache_tokens=8192))
@@ -151,10 +153,45 @@ def test_a_long_prompt_partly_held_wins_at_a_busy_holder_when_every_cache_is_ful
     assert ask("another document " * 5000, (pool[1],)) == "b"
     match = policy.index.match(context(doc).prefix_key)
     size, held = match.blocks, match.depth["a"][0]
-    assert size // 3 < held < size * 2 // 3
+    assert size // 3 < held < size  # Its deepest blocks evicted there.
     assert max(r.room - r.units for r in policy.index.held_by.values()) < size // 8
     taken = watched(policy)
     busy = (replace(pool[0], in_flight=5), pool[1])
     policy.on_snapshot(busy)
     assert ask(doc + "second", busy) == "a"
     assert taken == [0]
+
+
+@pytest.mark.parametrize("evict, hot", [(1.0, 2.0), (0.7, 0.7), (1.5, 0.5), (0.5, 3.0)])
+def test_the_least_cost_is_below_every_first_pass_cost_and_equal_to_it_when_all_evict(
+    evict: float, hot: float
+) -> None:
+    """The bound the shortcut compares a holder against never exceeds what the first pass
+    costs any member (else the shortcut could pick a holder the full pass would not); for a
+    prompt bigger than every member's room and one-off blocks together it is the least of
+    them exactly where hot blocks weigh at least as much as one-off ones (as by default)."""
+    rng = random.Random(11)
+    index = PrefixIndex(block_chars=16, max_blocks=100_000, max_prompt_blocks=64, max_holders=4)
+    pool = tuple(idle_member(f"m{i}", in_flight=rng.randint(0, 6)) for i in range(12))
+    for m in pool:
+        index.set_cap(m.id, rng.choice([64, 256, 1024]))
+
+    def send(n: int) -> None:
+        text = f"group {rng.randrange(8)} " * rng.randint(4, 40) + f"tail {n} " * rng.randint(0, 30)
+        index.insert(rng.choice(pool).id, index.match(text))
+
+    for n in range(100):
+        send(n)
+    cols = Columns(pool, {}, index, 4.0, evict, hot)
+    exact = 0
+    for n in range(100, 400):
+        send(n)  # The bound's terms follow the records as the index changes them.
+        for units in rng.sample(range(3000), 8):
+            costs = cols.costs(units)
+            bound = cols.least_cost(units)
+            assert bound <= min(costs), (n, units)
+            if all(units - f > s for f, s in zip(cols.free, cols.singles, strict=True)):
+                exact += 1
+                if hot >= evict:
+                    assert bound == pytest.approx(min(costs)), (n, units)
+    assert exact > 100
