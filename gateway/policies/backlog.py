@@ -38,6 +38,7 @@ class Backlog:
     __slots__ = (
         "active",
         "active_by_prefix",
+        "active_cost",
         "drained",
         "entries",
         "held",
@@ -57,6 +58,9 @@ class Backlog:
         self.left_by_prefix: dict[int, float] = {}
         self.active = 0.0
         self.active_by_prefix: dict[int, float] = {}
+        # cost()'s running-requests term (active_weight x units), as last computed: pick()
+        # computes it for every busy member before it places a prompt.
+        self.active_cost = 0.0
         self.last = 0.0
         self.waiting: deque[Ticket] = deque()
 
@@ -110,15 +114,17 @@ class Backlog:
             self.update(mine, now, rate)
             if not entries:
                 return -1.0
-            cost = (self.left - self.left_by_prefix.get(prefix, 0.0)) + active_weight * (
+            self.active_cost = active_weight * (
                 self.active - self.active_by_prefix.get(prefix, 0.0)
             )
+            cost = (self.left - self.left_by_prefix.get(prefix, 0.0)) + self.active_cost
         else:
             # The same sum without walking the queue: it drains in order, so what is left is
             # what was left less what the member prefilled since (update() would get the same;
             # prefix_aware runs it before adding).
             left = self.left - (now - self.last) * rate
-            cost = (left if left > 0.0 else 0.0) + active_weight * self.active
+            self.active_cost = active_weight * self.active
+            cost = (left if left > 0.0 else 0.0) + self.active_cost
         waiting = self.waiting
         while waiting and waiting[0].started:
             waiting.popleft()

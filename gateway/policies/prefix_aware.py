@@ -290,6 +290,19 @@ class PrefixAware(Policy, name="prefix_aware"):
             # up to the chance of that (learned) x its size.
             limit = best + max(self.shared * blocks, 0.5 * per_request)
             near = [i for i, c in enumerate(costs) if c <= limit]
+            placed = self.sends.placed
+            there = placed.get(prefix) if placed and not depth else None
+            if there is not None and there not in self.missed.passes_over(prefix):
+                # Another gateway put this new prefix there lately: it goes there too unless
+                # that costs more than about as little, leaving out our requests running
+                # there (the others do not count them so; with a cache of unknown size their
+                # sends are no claim that it holds the prefix, so this gateway places it
+                # rather than follows it, at the same member).
+                i = cols.position.get(there)
+                backlog = self._busy.get(there)
+                running = backlog.active_cost if backlog is not None else 0.0
+                if i is not None and costs[i] <= limit + running:
+                    near = [i]
             if depth:
                 near = [i for i in near if ids[i] not in depth]
             by_prefix = self.missed.by_prefix
@@ -459,7 +472,7 @@ class PrefixAware(Policy, name="prefix_aware"):
             self.index.insert(mid, match)
             sends = self.sends
             sends.note(mid, match.key, match.blocks)
-            if sends.by_prefix and now - sends.told_at > STALE_S:
+            if (sends.by_prefix or sends.placed) and now - sends.told_at > STALE_S:
                 self._count_foreign(sends.stale(now))
             if match.key in sends.by_prefix:
                 # Now in this gateway's own count there.

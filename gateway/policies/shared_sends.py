@@ -45,6 +45,12 @@ class SharedSends:
         self.arrived: dict[str, int] = {}
         self._seen: dict[str, tuple[tuple[int, ...], ...]] = {}
         self._claims: dict[str, dict[int, int]] = {}
+        # Per member, every prefix another gateway sent there lately, claimed or not (a member
+        # of unknown cap, or past half its cap); and prefix -> the member so sent it (the one
+        # more gateways sent it to): where the others put it, read by pick() when it places
+        # a prefix new to this gateway.
+        self._others: dict[str, dict[int, int]] = {}
+        self.placed: dict[int, str] = {}
         self.told_at = 0.0
 
     def note(self, member: str, prefix: int, units: int) -> None:
@@ -107,14 +113,18 @@ class SharedSends:
             room = bound(mid) // 2
             before = self._claims.get(mid, {})
             new = 0
+            others: list[tuple[int, int]] = []
             for prefix, tokens, senders in reversed(
-                list(zip(prefixes, sizes, counts, strict=False)) if room else []
+                list(zip(prefixes, sizes, counts, strict=False))
             ):
                 sent_at = mine.get(prefix)
                 if sent_at is not None and now - sent_at <= MINE_S:
                     senders -= 1  # This gateway's own report among them.
-                if senders < 1 or (record is not None and prefix in record.blocks):
-                    continue  # Nobody else's, or counted in this gateway's own index already.
+                if senders < 1:
+                    continue  # Nobody else's.
+                others.append((prefix, senders))
+                if not room or (record is not None and prefix in record.blocks):
+                    continue  # No claim on a cache of unknown size; or counted in ours.
                 units = max(1, int(tokens * units_per_token))
                 if prefix not in before:
                     new += units
@@ -123,6 +133,10 @@ class SharedSends:
                     continue
                 room -= units
                 claims[prefix] = units
+            if others:
+                self._others[mid] = dict(others)
+            else:
+                self._others.pop(mid, None)
             if new:
                 self.arrived[mid] = new
             if claims:
@@ -132,6 +146,7 @@ class SharedSends:
         for gone in [mid for mid in self._seen if mid not in present]:
             del self._seen[gone]
             self._claims.pop(gone, None)
+            self._others.pop(gone, None)
             changed = True
         if changed:
             self.foreign = {mid: sum(c.values()) for mid, c in self._claims.items()}
@@ -140,18 +155,26 @@ class SharedSends:
                 for prefix, units in claims.items():
                     by_prefix.setdefault(prefix, []).append((mid, units))
             self.by_prefix = {prefix: tuple(v) for prefix, v in by_prefix.items()}
+            placed: dict[int, tuple[int, str]] = {}
+            for mid, sent in self._others.items():
+                for prefix, senders in sent.items():
+                    if senders > placed.get(prefix, (0, ""))[0]:
+                        placed[prefix] = (senders, mid)
+            self.placed = {prefix: mid for prefix, (_, mid) in placed.items()}
         return changed
 
     def stale(self, now: float) -> list[str]:
         """Drops what the others sent if no snapshot told it for STALE_S; returns the members
         whose room it took."""
-        if not self._claims or now - self.told_at <= STALE_S:
+        if not (self._claims or self.placed) or now - self.told_at <= STALE_S:
             return []
         members = list(self._claims)
         self._claims.clear()
         self._seen.clear()
+        self._others.clear()
         self.foreign = {}
         self.by_prefix = {}
+        self.placed = {}
         return members
 
     def dropped(self, member: str, prefix: int) -> None:

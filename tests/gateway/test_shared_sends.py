@@ -160,16 +160,71 @@ def test_without_snapshots_the_others_sends_are_dropped_and_own_routing_goes_on(
     assert g.sends.by_prefix == {} and g.index.record("m0").foreign == 0
 
 
-def test_members_of_unknown_cache_take_none_of_the_others_sends() -> None:
+def test_members_of_unknown_cache_take_none_of_the_others_sends_as_claims() -> None:
     """A static backend whose cache nothing reported or taught: the others' sends of the last
-    30 s cannot be weighed against it (a small one evicted most long ago); left out until its
-    cap is learned."""
+    30 s cannot be weighed against it (a small one evicted most long ago); left out of its room
+    and claims until its cap is learned, kept only as where the others put each prefix."""
     g = PolicyRegistry(clock=FakeClock()).build("prefix_aware")
     assert isinstance(g, PrefixAware)
     unknown = [idle_member(f"m{i}") for i in range(2)]
     g.on_members(unknown)
     g.on_snapshot(told(unknown, "m0", {"m0": {101: 2000}}))
     assert g.sends.foreign == {} and g.sends.by_prefix == {}
+    assert g.sends.placed == {101: "m0"}
     g.sizer.on_report("m0", 8192)  # as once learned or reported
     g.on_snapshot(told(unknown, "m0", {"m0": {101: 2000, 102: 10}}))
     assert set(g.sends.by_prefix) == {101, 102}
+
+
+def test_a_new_prefix_goes_where_another_gateway_put_it_at_a_member_of_unknown_cache() -> None:
+    """No claim that a static backend still holds what another gateway sent it, but a prefix
+    new to this gateway is placed where the other put it, not at its own rendezvous place (so
+    N gateways do not put one group on N members), even while this gateway's own request of
+    another prefix is running there (the others count that as one request in flight, not as
+    its footprint: seen, three gateways each of which met a group first while its own request
+    decoded at the group's place put the group on three members). Not where it was found
+    missing, and not past what it costs elsewhere by more than a hit could save."""
+    clock = FakeClock()
+    unknown = [idle_member(f"m{i}") for i in range(2)]
+
+    def fresh() -> PrefixAware:
+        g = PolicyRegistry(clock=clock).build("prefix_aware")
+        assert isinstance(g, PrefixAware)
+        g.on_members(unknown)
+        g.on_snapshot(unknown)
+        return g
+
+    ctx = PickContext(model="m", payload={"prompt": GROUP + "question"})
+    own = fresh().pick(unknown, ctx).id
+    away = next(m.id for m in unknown if m.id != own)
+    prefix = fresh().index.match(ctx.prefix_key).key
+    snapshot = told(unknown, away, {away: {prefix: 2700}})
+    g = fresh()
+    g.on_snapshot(snapshot)
+    # Our own earlier request of another prefix runs there, prefilled (clock moved on).
+    earlier = PickContext(model="m", payload={"prompt": "earlier " * 1200, "stream": True})
+    g.pick([m for m in unknown if m.id == away], earlier)
+    g.began(earlier.ticket)
+    clock.advance(5.0)
+    asked = PickContext(model="m", payload={"prompt": GROUP + "q"}, in_flight={away: 1})
+    assert g.pick(unknown, asked).id == away
+    # Without the other gateway's send: its own place, away from our running request.
+    alone = fresh()
+    alone.pick([m for m in unknown if m.id == away], earlier)
+    assert alone.pick(unknown, PickContext(model="m", payload={"prompt": GROUP + "q"})).id == own
+    # Found missing there: placed afresh.
+    missed = fresh()
+    missed.on_snapshot(
+        [dataclasses.replace(m, missed_prefixes=(prefix,)) if m.id == away else m for m in snapshot]
+    )
+    assert missed.pick(unknown, PickContext(model="m", payload={"prompt": GROUP + "q"})).id == own
+    # Our prefills queued there, more than a hit saves: elsewhere.
+    queued = fresh()
+    queued.on_snapshot(snapshot)
+    for n in range(3):
+        queued.pick(
+            [m for m in unknown if m.id == away],
+            PickContext(model="m", payload={"prompt": f"queued {n} " * 1200}),
+        )
+    asked = PickContext(model="m", payload={"prompt": GROUP + "q"}, in_flight={away: 3})
+    assert queued.pick(unknown, asked).id == own
