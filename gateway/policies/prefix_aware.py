@@ -292,17 +292,21 @@ class PrefixAware(Policy, name="prefix_aware"):
             near = [i for i, c in enumerate(costs) if c <= limit]
             placed = self.sends.placed
             there = placed.get(prefix) if placed and not depth else None
-            if there is not None and there not in self.missed.passes_over(prefix):
-                # Another gateway put this new prefix there lately: it goes there too unless
-                # that costs more than about as little, leaving out our requests running
-                # there (the others do not count them so; with a cache of unknown size their
-                # sends are no claim that it holds the prefix, so this gateway places it
-                # rather than follows it, at the same member).
-                i = cols.position.get(there)
-                backlog = self._busy.get(there)
-                running = backlog.active_cost if backlog is not None else 0.0
-                if i is not None and costs[i] <= limit + running:
-                    near = [i]
+            if there:
+                # Other gateways sent this prefix, new to this one, to these members lately
+                # (of unknown cache: no claim that they still hold it). If its place is among
+                # them, it goes there unless that costs more than about as little leaving out
+                # our requests running there: the others count each as one request in flight,
+                # not by its footprint, and so placed it there. (Not to where another spilled
+                # it: onto a small cache that spill is what thrashes.)
+                passed = self.missed.passes_over(prefix)
+                free = [mid for mid in ids if mid not in passed] if passed else ids
+                home = free[self.placement.choose(prefix, free)] if free else ""
+                backlog = self._busy.get(home)
+                if home in there and backlog is not None:
+                    i = cols.position[home]
+                    if limit < costs[i] <= limit + backlog.active_cost:
+                        near.append(i)
             if depth:
                 near = [i for i in near if ids[i] not in depth]
             by_prefix = self.missed.by_prefix

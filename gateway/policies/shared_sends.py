@@ -46,11 +46,10 @@ class SharedSends:
         self._seen: dict[str, tuple[tuple[int, ...], ...]] = {}
         self._claims: dict[str, dict[int, int]] = {}
         # Per member, every prefix another gateway sent there lately, claimed or not (a member
-        # of unknown cap, or past half its cap); and prefix -> the member so sent it (the one
-        # more gateways sent it to): where the others put it, read by pick() when it places
-        # a prefix new to this gateway.
-        self._others: dict[str, dict[int, int]] = {}
-        self.placed: dict[int, str] = {}
+        # of unknown cap, or past half its cap); and prefix -> the members so sent it: where
+        # the others put it, read by pick() when it places a prefix new to this gateway.
+        self._others: dict[str, list[int]] = {}
+        self.placed: dict[int, tuple[str, ...]] = {}
         self.told_at = 0.0
 
     def note(self, member: str, prefix: int, units: int) -> None:
@@ -113,7 +112,7 @@ class SharedSends:
             room = bound(mid) // 2
             before = self._claims.get(mid, {})
             new = 0
-            others: list[tuple[int, int]] = []
+            others: list[int] = []
             for prefix, tokens, senders in reversed(
                 list(zip(prefixes, sizes, counts, strict=False))
             ):
@@ -122,7 +121,7 @@ class SharedSends:
                     senders -= 1  # This gateway's own report among them.
                 if senders < 1:
                     continue  # Nobody else's.
-                others.append((prefix, senders))
+                others.append(prefix)
                 if not room or (record is not None and prefix in record.blocks):
                     continue  # No claim on a cache of unknown size; or counted in ours.
                 units = max(1, int(tokens * units_per_token))
@@ -134,7 +133,7 @@ class SharedSends:
                 room -= units
                 claims[prefix] = units
             if others:
-                self._others[mid] = dict(others)
+                self._others[mid] = others
             else:
                 self._others.pop(mid, None)
             if new:
@@ -155,12 +154,11 @@ class SharedSends:
                 for prefix, units in claims.items():
                     by_prefix.setdefault(prefix, []).append((mid, units))
             self.by_prefix = {prefix: tuple(v) for prefix, v in by_prefix.items()}
-            placed: dict[int, tuple[int, str]] = {}
+            placed: dict[int, list[str]] = {}
             for mid, sent in self._others.items():
-                for prefix, senders in sent.items():
-                    if senders > placed.get(prefix, (0, ""))[0]:
-                        placed[prefix] = (senders, mid)
-            self.placed = {prefix: mid for prefix, (_, mid) in placed.items()}
+                for prefix in sent:
+                    placed.setdefault(prefix, []).append(mid)
+            self.placed = {prefix: tuple(v) for prefix, v in placed.items()}
         return changed
 
     def stale(self, now: float) -> list[str]:

@@ -170,61 +170,61 @@ def test_members_of_unknown_cache_take_none_of_the_others_sends_as_claims() -> N
     g.on_members(unknown)
     g.on_snapshot(told(unknown, "m0", {"m0": {101: 2000}}))
     assert g.sends.foreign == {} and g.sends.by_prefix == {}
-    assert g.sends.placed == {101: "m0"}
+    assert g.sends.placed == {101: ("m0",)}
     g.sizer.on_report("m0", 8192)  # as once learned or reported
     g.on_snapshot(told(unknown, "m0", {"m0": {101: 2000, 102: 10}}))
     assert set(g.sends.by_prefix) == {101, 102}
 
 
-def test_a_new_prefix_goes_where_another_gateway_put_it_at_a_member_of_unknown_cache() -> None:
-    """No claim that a static backend still holds what another gateway sent it, but a prefix
-    new to this gateway is placed where the other put it, not at its own rendezvous place (so
-    N gateways do not put one group on N members), even while this gateway's own request of
-    another prefix is running there (the others count that as one request in flight, not as
-    its footprint: seen, three gateways each of which met a group first while its own request
-    decoded at the group's place put the group on three members). Not where it was found
-    missing, and not past what it costs elsewhere by more than a hit could save."""
+def test_a_new_prefix_goes_to_its_place_where_others_put_it_though_ours_run_there() -> None:
+    """A static backend: the others' sends are no claim that it still holds a prefix, but they
+    say where the others put it. A prefix new to this gateway whose place is among those goes
+    there even while this gateway's own request of another prefix runs there (the others count
+    that as one request in flight, not by its footprint; seen, three gateways each of which met
+    a group first while its own request decoded at the group's place put the group on three
+    members). Not where it was found missing, not past a queue of our prefills there, and not
+    after another gateway's spill elsewhere (onto a small cache that is what thrashes)."""
     clock = FakeClock()
     unknown = [idle_member(f"m{i}") for i in range(2)]
 
-    def fresh() -> PrefixAware:
+    def fresh(snapshot: list[Member] | None = None) -> PrefixAware:
         g = PolicyRegistry(clock=clock).build("prefix_aware")
         assert isinstance(g, PrefixAware)
         g.on_members(unknown)
-        g.on_snapshot(unknown)
+        g.on_snapshot(snapshot or unknown)
         return g
 
+    def ask(g: PrefixAware, in_flight: dict[str, int]) -> str:
+        ctx = PickContext(model="m", payload={"prompt": GROUP + "q"}, in_flight=in_flight)
+        return g.pick(unknown, ctx).id
+
     ctx = PickContext(model="m", payload={"prompt": GROUP + "question"})
-    own = fresh().pick(unknown, ctx).id
-    away = next(m.id for m in unknown if m.id != own)
+    home = fresh().pick(unknown, ctx).id
+    away = next(m.id for m in unknown if m.id != home)
+    at_home = [m for m in unknown if m.id == home]
     prefix = fresh().index.match(ctx.prefix_key).key
-    snapshot = told(unknown, away, {away: {prefix: 2700}})
-    g = fresh()
-    g.on_snapshot(snapshot)
-    # Our own earlier request of another prefix runs there, prefilled (clock moved on).
-    earlier = PickContext(model="m", payload={"prompt": "earlier " * 1200, "stream": True})
-    g.pick([m for m in unknown if m.id == away], earlier)
-    g.began(earlier.ticket)
-    clock.advance(5.0)
-    asked = PickContext(model="m", payload={"prompt": GROUP + "q"}, in_flight={away: 1})
-    assert g.pick(unknown, asked).id == away
-    # Without the other gateway's send: its own place, away from our running request.
-    alone = fresh()
-    alone.pick([m for m in unknown if m.id == away], earlier)
-    assert alone.pick(unknown, PickContext(model="m", payload={"prompt": GROUP + "q"})).id == own
-    # Found missing there: placed afresh.
-    missed = fresh()
-    missed.on_snapshot(
-        [dataclasses.replace(m, missed_prefixes=(prefix,)) if m.id == away else m for m in snapshot]
-    )
-    assert missed.pick(unknown, PickContext(model="m", payload={"prompt": GROUP + "q"})).id == own
-    # Our prefills queued there, more than a hit saves: elsewhere.
-    queued = fresh()
-    queued.on_snapshot(snapshot)
+    snapshot = told(unknown, home, {home: {prefix: 2700}})
+
+    def running(g: PrefixAware) -> PrefixAware:
+        """Our request of another prefix at home: sent, prefilled (time moves on), answering."""
+        earlier = PickContext(model="m", payload={"prompt": "earlier " * 1200, "stream": True})
+        g.pick(at_home, earlier)
+        g.began(earlier.ticket)
+        clock.advance(5.0)
+        return g
+
+    assert ask(running(fresh(snapshot)), {home: 1}) == home
+    # Without the others' sends: its running request there sends it elsewhere.
+    assert ask(running(fresh()), {home: 1}) == away
+    # Found missing there: placed afresh, elsewhere.
+    missed = [
+        dataclasses.replace(m, missed_prefixes=(prefix,)) if m.id == home else m for m in snapshot
+    ]
+    assert ask(running(fresh(missed)), {home: 1}) == away
+    # Our prefills still queued there, more than a hit saves: elsewhere.
+    queued = fresh(snapshot)
     for n in range(3):
-        queued.pick(
-            [m for m in unknown if m.id == away],
-            PickContext(model="m", payload={"prompt": f"queued {n} " * 1200}),
-        )
-    asked = PickContext(model="m", payload={"prompt": GROUP + "q"}, in_flight={away: 3})
-    assert queued.pick(unknown, asked).id == own
+        queued.pick(at_home, PickContext(model="m", payload={"prompt": f"queued {n} " * 1200}))
+    assert ask(queued, {home: 3}) == away
+    # Another gateway's spill elsewhere is not followed: the prefix goes to its place.
+    assert ask(fresh(told(unknown, away, {away: {prefix: 2700}})), {}) == home
