@@ -362,9 +362,9 @@ class PrefixAware(Policy, name="prefix_aware"):
         what any other member could cost: it wins, whatever the others cost, and the pass over
         them is skipped (a long prompt whose prefix is held, most often). What any other could
         cost: the fewest of the others' requests in flight anywhere (cols.floor), and, when that
-        is not enough, the least over members of those plus what the whole prompt evicts there
-        (at the least weight a unit, as if every cache were full); ours, their queues and more
-        eviction only add. -1: none such, or a tie."""
+        is not enough, the least over members of those plus the least the whole prompt could
+        evict there (Columns.least_cost); ours and their queues only add. -1: none such, or a
+        tie."""
         rate = self.sizer.drain_rate(self.drain_blocks_per_s)
         won = self._cheapest_holder(cols, match, ctx, now, rate, cols.floor)
         if won < 0:

@@ -62,8 +62,7 @@ def test_same_prefix_sticks_and_new_prefixes_spread() -> None:
 
 def test_longest_prefix_wins_over_most_recent_shorter_match() -> None:
     policy = build()
-    # Deep enough to end blocks past the system prompt's (they double in size along a prompt).
-    deep = SYSTEM + "account 17 history " * 100
+    deep = SYSTEM + "account 17 history " * 100  # Ends blocks past the system prompt's.
     policy.pick([mk("a")], prompt(deep + "q1"))
     # b was sent only the shared system prompt, and more recently.
     policy.pick([mk("b")], prompt(SYSTEM + "unrelated " * 100))
