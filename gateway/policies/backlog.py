@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping, Sequence
 
 from gateway.policies.cache_estimate import Ticket
 from gateway.policies.prefix_index import Held
+
+# A member's cost once it is out of a pick.
+_OUT = float("inf")
 
 
 class _Entry:
@@ -139,3 +143,56 @@ class Backlog:
         entry.left -= blocks
         self.left -= blocks
         _sub(self.left_by_prefix, entry.prefix, blocks)
+
+
+def charge_queues(
+    busy: dict[str, Backlog],
+    ids: Sequence[str],
+    position: Mapping[str, int],
+    costs: list[float],
+    in_flight: Mapping[str, int],
+    prefix: int,
+    now: float,
+    rate: float,
+    active_weight: float,
+    slack: float,
+) -> None:
+    """Adds to costs (per member, in the order of ids) what our requests in flight there add
+    (Backlog.cost), and drops from `busy` the members with none left. Queues only add: a
+    member already costing more than `slack` over some member's whole cost is out (its cost
+    set to infinity) without its queue being costed (a long prompt's eviction often sets
+    members that far apart); requests that ended there still leave its queue now, as
+    Backlog.cost would drop them (a queue drains in order: updated later, what ended would
+    take up prefill time as if still ahead)."""
+    own = in_flight.get
+    idle: list[str] = []
+    # A bound above the best: the cheapest member so far, with its queue.
+    cheapest = costs.index(min(costs))
+    first = ids[cheapest]
+    backlog = busy.get(first)
+    if backlog is not None:
+        cost = backlog.cost(own(first, 0), prefix, now, rate, active_weight)
+        if cost < 0.0:
+            idle.append(first)
+        else:
+            costs[cheapest] += cost
+    cutoff = costs[cheapest] + slack
+    for mid, backlog in busy.items():
+        i = position.get(mid)
+        if i is None or i == cheapest:
+            continue
+        mine = own(mid, 0)
+        if costs[i] > cutoff:
+            costs[i] = _OUT
+            if len(backlog.entries) > mine:
+                backlog.update(mine, now, rate)
+                if not backlog.entries:
+                    idle.append(mid)
+            continue
+        cost = backlog.cost(mine, prefix, now, rate, active_weight)
+        if cost < 0.0:
+            idle.append(mid)
+        else:
+            costs[i] += cost
+    for mid in idle:
+        del busy[mid]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from gateway.members import Member
-from gateway.policies.backlog import Backlog
+from gateway.policies.backlog import Backlog, charge_queues
 from gateway.policies.base import ParamReader, PickContext, Policy
 from gateway.policies.cache_estimate import CacheSizer, Ticket
 from gateway.policies.columns import Columns
@@ -320,42 +320,43 @@ class PrefixAware(Policy, name="prefix_aware"):
             presumed = not depth
         return self._sent(candidates[chosen], match, ctx, presumed, now)
 
+    def _pruned(self, slack: float) -> float:
+        """How far above some member's whole cost a member's queue is still costed (tests
+        cost them all to compare)."""
+        return slack
+
     def _adjust(
         self, cols: Columns, costs: list[float], match: Match, ctx: PickContext, now: float
     ) -> None:
         """Adds to pick()'s first pass what it left out for the members that hold part of the
         prompt (what they hold, and evict less) or have our requests in flight (their queue,
-        a stall); see the class's docstring."""
+        a stall: charge_queues); see the class's docstring."""
         depth = match.depth
         blocks = match.blocks
-        prefix = match.key
-        busy = self._busy
         position = cols.position
-        records = cols.records
-        own = ctx.in_flight.get
-        active_weight = self.active_weight
-        rate = self.sizer.drain_rate(self.drain_blocks_per_s)
-        idle: list[str] = []
-        for mid, backlog in busy.items():
-            i = position.get(mid)
-            if i is None:
-                continue
-            cost = backlog.cost(own(mid, 0), prefix, now, rate, active_weight)
-            if cost < 0.0:
-                idle.append(mid)
-            else:
-                costs[i] += cost
-        for mid in idle:
-            del busy[mid]
-        if not depth:
-            return
-        evicted = self._evicted
-        for mid, (held, _) in depth.items():
-            i = position.get(mid)
-            if i is not None:
-                # The first pass took the whole prompt as new there.
-                record = records[i]
-                costs[i] += evicted(record, blocks - held) - evicted(record, blocks) - held
+        if depth:
+            records = cols.records
+            evicted = self._evicted
+            for mid, (held, _) in depth.items():
+                i = position.get(mid)
+                if i is not None:
+                    # The first pass took the whole prompt as new there.
+                    record = records[i]
+                    costs[i] += evicted(record, blocks - held) - evicted(record, blocks) - held
+        if self._busy:
+            slack = max(self.shared * blocks, 0.5 * self.request_blocks)
+            charge_queues(
+                self._busy,
+                cols.ids,
+                position,
+                costs,
+                ctx.in_flight,
+                match.key,
+                now,
+                self.sizer.drain_rate(self.drain_blocks_per_s),
+                self.active_weight,
+                self._pruned(slack),
+            )
 
     def _holder_wins(self, cols: Columns, match: Match, ctx: PickContext, now: float) -> int:
         """The position of the one member holding part of the prompt whose whole cost is below

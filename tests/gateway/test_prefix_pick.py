@@ -5,6 +5,7 @@ that the full pass would pick, and leaves the queues as the full pass would."""
 from __future__ import annotations
 
 import copy
+import math
 import random
 from dataclasses import replace
 from typing import Any
@@ -37,6 +38,19 @@ def watched(policy: PrefixAware) -> list[int]:
     return attempts
 
 
+def spy_pruned(policy: PrefixAware) -> list[int]:
+    """How many members each full pass of the policy leaves out from now on."""
+    counts: list[int] = []
+    adjust = policy._adjust
+
+    def spy(cols: Columns, costs: list[float], *args: Any) -> None:
+        adjust(cols, costs, *args)
+        counts.append(costs.count(math.inf))
+
+    policy._adjust = spy  # type: ignore[method-assign]
+    return counts
+
+
 def members(rng: random.Random, caches: tuple[int, ...]) -> tuple[Member, ...]:
     return tuple(
         idle_member(f"m{i}", in_flight=rng.randint(0, 6), cache_tokens=rng.choice(caches))
@@ -63,16 +77,19 @@ def request(rng: random.Random, stems: list[str], in_flight: dict[str, int]) -> 
     ],
 )
 def test_the_shortcut_picks_what_the_full_pass_picks(caches: tuple[int, ...]) -> None:
-    """A policy with the shortcut and one without, each fed the same requests and keeping its
+    """A policy with the shortcuts and one without, each fed the same requests and keeping its
     own state, pick the same member every time, over prompts long and short, held and new,
-    requests starting and ending and time passing (so a state the shortcut left behind must
-    not change a later pick); and the shortcut is taken often enough for that to mean
-    something."""
+    requests starting and ending and time passing (so a state a shortcut left behind must
+    not change a later pick); and each shortcut is taken often enough for that to mean
+    something: the holder that wins without the full pass, and the full pass leaving out
+    members too dear for their queues to matter."""
     rng = random.Random(3)
     clock = FakeClock()
     policy = build(clock)
     full = build(clock)
     full._holder_wins = lambda *_: -1  # type: ignore[method-assign]
+    full._pruned = lambda _: math.inf  # type: ignore[method-assign]
+    pruned = spy_pruned(policy)
     pool = members(rng, caches)
     for p in (policy, full):
         p.on_members(pool)
@@ -104,6 +121,7 @@ def test_the_shortcut_picks_what_the_full_pass_picks(caches: tuple[int, ...]) ->
                     del in_flight[mid]
         clock.advance(rng.choice([0.0, 0.001, 0.02, 0.3]))
     assert sum(won >= 0 for won in attempts) > 100
+    assert sum(pruned) > 100
 
 
 def test_the_shortcut_drops_requests_that_ended_elsewhere() -> None:
