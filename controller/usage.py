@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
+from collections import deque
 from dataclasses import dataclass
 from typing import TypeVar
 
+from llmpool.cache_bound import cap_bound
 from llmpool.clock import Clock
 
 from .ledger import Ledger
@@ -39,6 +41,10 @@ class MemberUsage:
     # Prompt prefixes the gateway sent the member, and each prompt's size in tokens.
     sent_prefixes: tuple[int, ...] = ()
     sent_prefix_tokens: tuple[int, ...] = ()
+    # Verdicts on the gateway's predictions there: how deep in the member's LRU each prompt's
+    # held part sat, tokens, and whether it was found cached.
+    verdict_reach_tokens: tuple[int, ...] = ()
+    verdict_hits: tuple[bool, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,9 @@ SENT_TTL_S = 30.0
 # gateways kept per prefix.
 _MAX_SENT_TOKENS = 1 << 24
 _MAX_SENDERS = 64
+# Gateways' verdicts kept per member (the latest; within LEARNED_TTL_S), three gateways' worth
+# of what each keeps of its own (cache_estimate.POINTS).
+POOLED_VERDICTS = 144
 
 
 @dataclass(frozen=True)
@@ -160,6 +169,10 @@ class UsageAggregator:
         # member id -> prefix -> gateway id -> (its prompt's tokens, when that gateway last
         # said it sent it there); prefixes oldest first.
         self._sent: dict[str, dict[int, dict[str, tuple[int, float]]]] = {}
+        # member id -> every gateway's latest verdicts there: (reach, tokens; hit; when); and
+        # the cache they bound (None: none), for members whose verdicts did not change since.
+        self._verdicts: dict[str, deque[tuple[int, bool, float]]] = {}
+        self._bounds: dict[str, float | None] = {}
 
     def record(self, report: UsageReport) -> None:
         now = self._clock.monotonic()
@@ -184,6 +197,8 @@ class UsageAggregator:
                 self._learned.pop(key, None)
             if m.missed_prefixes:
                 self._note_missed(m.member_id, m.missed_prefixes, now)
+            if m.verdict_reach_tokens:
+                self._note_verdicts(m.member_id, m.verdict_reach_tokens, m.verdict_hits, now)
             if m.sent_prefixes:
                 self._note_sent(
                     report.gateway_id, m.member_id, m.sent_prefixes, m.sent_prefix_tokens, now
@@ -288,6 +303,23 @@ class UsageAggregator:
         for member in member_ids:
             self._missed.pop(member, None)
             self._sent.pop(member, None)
+            self._verdicts.pop(member, None)
+            self._bounds.pop(member, None)
+
+    def _note_verdicts(
+        self, member: str, reach: tuple[int, ...], hits: tuple[bool, ...], now: float
+    ) -> None:
+        """Depths paired with verdicts; a line that pairs them wrongly (a broken or hostile
+        gateway) is taken no further than its pairs, and depths past any engine's are not."""
+        points = self._verdicts.get(member)
+        if points is None:
+            if len(self._verdicts) >= _MAX_MISSED_MEMBERS:
+                return
+            points = self._verdicts[member] = deque(maxlen=POOLED_VERDICTS)
+        for tokens, hit in list(zip(reach, hits, strict=False))[:_MAX_MISSED_PER_REPORT]:
+            if 0 < tokens <= _MAX_SENT_TOKENS:
+                points.append((tokens, bool(hit), now))
+                self._bounds.pop(member, None)
 
     def _note_missed(self, member: str, prefixes: tuple[int, ...], now: float) -> None:
         keys = self._missed.get(member)
@@ -339,9 +371,28 @@ class UsageAggregator:
         LEARNED_TTL_S: each gateway bounds a member by how deep in its LRU the prompts it sent
         there missed, and the first to find the bound spares the others the misses of finding it
         again (with one or two saying, the smallest); with more, one gateway's bound that a busy
-        host made up does not carry the others."""
+        host made up does not carry the others. Less where every gateway's verdicts there
+        together bound it (llmpool/cache_bound.py): with N gateways each sees a member's misses
+        1/N as often, and alone learns a small cache N times later (static backends behind
+        three gateways thrashed an 8k-token engine for seconds while none had seen enough)."""
         found = _by_member(self._learned, now)
-        return {member: statistics.median_low(caches) for member, caches in found.items()}
+        caches = {member: statistics.median_low(caches) for member, caches in found.items()}
+        bounds = self._bounds
+        for member, points in list(self._verdicts.items()):
+            while points and now - points[0][2] > LEARNED_TTL_S:
+                points.popleft()
+                bounds.pop(member, None)
+            if not points:
+                del self._verdicts[member]
+                continue
+            if member in bounds:
+                bound = bounds[member]
+            else:
+                bound = bounds[member] = cap_bound((tokens, hit) for tokens, hit, _ in points)
+            if bound is not None:
+                learned = caches.get(member, 0)
+                caches[member] = max(1, int(min(bound, learned or bound)))
+        return caches
 
     def held(self) -> dict[str, int]:
         """Requests held per model, summed over gateways heard from within ttl_s."""

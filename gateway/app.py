@@ -21,7 +21,13 @@ from starlette.responses import Response
 from gateway.accounting import Accounting
 from gateway.admission import Admitter, not_found
 from gateway.asgi import GatewayASGI
-from gateway.cache_metrics import CacheEstimates, learned_caches, missed_prefixes, sent_prefixes
+from gateway.cache_metrics import (
+    CacheEstimates,
+    learned_caches,
+    missed_prefixes,
+    sent_prefixes,
+    verdicts,
+)
 from gateway.controller_link import ControllerLink
 from gateway.cooldowns import Cooldowns
 from gateway.credentials import Credentials
@@ -167,6 +173,7 @@ def create_app(
             learned=lambda: learned_caches(table),
             missed=lambda: missed_prefixes(table),
             sent=lambda: sent_prefixes(table),
+            verdicts=lambda: verdicts(table),
             keys=keys,
             limiter=limiter,
         )

@@ -9,6 +9,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.policies import PrefixAware
+from gateway.policies.cache_estimate import VERDICTS_TO_REPORT
 from gateway.policies.missed import TO_REPORT
 from gateway.policies.prefix_aware import CHARS_PER_TOKEN
 from gateway.policies.shared_sends import TO_REPORT as SENT_TO_REPORT
@@ -44,6 +45,22 @@ def missed_prefixes(table: RoutingTable) -> dict[str, list[int]]:
         for mid, keys in route.policy.drain_missed().items():
             mine = found.setdefault(mid, [])
             mine.extend(keys[: TO_REPORT - len(mine)])
+    return found
+
+
+def verdicts(table: RoutingTable) -> dict[str, list[tuple[int, bool]]]:
+    """Per member, the verdicts on this gateway's prefix_aware predictions since the last call
+    (drained): how deep in the member's LRU each prompt's held part sat, tokens, and whether it
+    was found cached, for usage reports; at most VERDICTS_TO_REPORT a member, the routes'
+    together."""
+    found: dict[str, list[tuple[int, bool]]] = {}
+    for model in table.models():
+        route = table.get(model)
+        if route is None or not isinstance(route.policy, PrefixAware):
+            continue
+        for mid, points in route.policy.drain_verdicts().items():
+            mine = found.setdefault(mid, [])
+            mine.extend(points[: VERDICTS_TO_REPORT - len(mine)])
     return found
 
 

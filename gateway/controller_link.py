@@ -45,6 +45,7 @@ class ControllerLink:
         learned: Callable[[], Mapping[str, tuple[int, float]]] = dict,
         missed: Callable[[], Mapping[str, Sequence[int]]] = dict,
         sent: Callable[[], Mapping[str, Mapping[int, int]]] = dict,
+        verdicts: Callable[[], Mapping[str, Sequence[tuple[int, bool]]]] = dict,
         keys: Keyring | None = None,
         limiter: Limiter | None = None,
     ) -> None:
@@ -64,6 +65,9 @@ class ControllerLink:
         # Prompt prefixes it sent members since the last report, with their prompts' tokens
         # (drained; bounded per member, cache_metrics.sent_prefixes).
         self._sent = sent
+        # Verdicts on its predictions since the last report: (depth in the member's LRU,
+        # tokens; hit) (drained; bounded per member, cache_metrics.verdicts).
+        self._verdicts = verdicts
         self._target = target
         self._credentials = credentials
         self._gateway_id = gateway_id
@@ -173,6 +177,8 @@ class ControllerLink:
             report = self._usage.drain_report(self._gateway_id)
             missed = self._missed()
             sent = self._sent()
+            # Kept for a report that names members (a verdict comes with a request's end).
+            verdicts = self._verdicts() if report.members else {}
             if report.members:
                 learned = self._learned()
                 if learned:
@@ -191,6 +197,12 @@ class ControllerLink:
                         if sizes:
                             m.sent_prefixes.extend(sizes)
                             m.sent_prefix_tokens.extend(sizes.values())
+                if verdicts:
+                    for m in report.members:
+                        points = verdicts.get(m.member_id)
+                        if points:
+                            m.verdict_reach_tokens.extend(reach for reach, _ in points)
+                            m.verdict_hits.extend(hit for _, hit in points)
             report.routing_version = self._table.version
             report.conditions.extend(self._conditions())
             report.held.update(self._held())

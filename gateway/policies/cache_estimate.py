@@ -48,16 +48,15 @@ takes the median the others learned."""
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gateway.policies.prefix_index import UNBOUNDED, PrefixIndex
+from llmpool.cache_bound import LEAST_KEPT, cap_bound
 
 WINDOW = 8
 FIRST_WINDOW = 4
 MISSES_TO_SHRINK = 0.5
-# The most a cap shrinks on one window (a quarter): one bad window cannot empty the index.
-LEAST_KEPT = 0.75
 MISSES_TO_GROW = 0.1
 GROW = 1.1
 # A cap never goes below this many units (a few prompts' worth).
@@ -84,12 +83,12 @@ STALL_OTHERS = 1.5
 SAMPLE_CEILING = 2.0
 # How far a new expected miss moves the learned seconds per unit.
 SPEED_ALPHA = 0.2
-# Verdicts per member kept with the depth they were at, and the misses past a depth that
-# bound the cap there, outnumbering the hits there this many times: a busy host makes some
-# hits look like misses at any depth, a cache too small misses nearly always past its size.
+# Verdicts per member kept with the depth they were at (llmpool/cache_bound.py bounds the
+# cap from them).
 POINTS = 48
-MISSES_TO_BOUND = 3
-MISSES_PER_HIT_PAST = 2
+# Verdicts kept per member for the next usage report (the controller takes no more from a
+# report's line).
+VERDICTS_TO_REPORT = 64
 # A member's own report bounds its cap from below at this share of it.
 REPORTED_FLOOR = 0.5
 # A member that reports its cache forgets a prompt that missed there while it is this full.
@@ -161,6 +160,9 @@ class CacheSizer:
         self.outcomes: dict[str, Outcomes] = {}
         # The last settle() made the index forget the prompt at its member.
         self.forgot = False
+        # Per member, the verdicts with their depth (units) since the last usage report: the
+        # controller bounds the member's cache from every gateway's together.
+        self.verdicts: dict[str, list[tuple[int, bool]]] = {}
 
     def units_of_tokens(self, tokens: int) -> int:
         return max(1, tokens * self.bytes_per_token // self.index.block_chars)
@@ -214,8 +216,13 @@ class CacheSizer:
             if seen.resized and self.cap_units(mid) < self.reported.get(mid, UNBOUNDED)
         }
 
+    def drain_verdicts(self) -> dict[str, list[tuple[int, bool]]]:
+        """The verdicts since the last call, per member: (depth in units, hit)."""
+        out, self.verdicts = self.verdicts, {}
+        return out
+
     def forget(self, keep: set[str]) -> None:
-        for table in (self.reported, self.outcomes, self._shared):
+        for table in (self.reported, self.outcomes, self._shared, self.verdicts):
             for m in [m for m in table if m not in keep]:
                 del table[m]
         self._reports_cached &= keep
@@ -272,6 +279,9 @@ class CacheSizer:
                 self.index.record(member).sent += ticket.held
         if ticket.reach:
             outcomes.points.append((ticket.reach, hit))
+            out = self.verdicts.setdefault(member, [])
+            if len(out) < VERDICTS_TO_REPORT:
+                out.append((ticket.reach, hit))
             if not hit:
                 bound = cap_bound(outcomes.points)
                 cap = self.cap_units(member)
@@ -402,27 +412,3 @@ class CacheSizer:
         if member_id in self.reported:
             cap = max(cap, int(ceiling * REPORTED_FLOOR))
         self.index.set_cap(member_id, cap)
-
-
-def cap_bound(points: Iterable[tuple[int, bool]]) -> float | None:
-    """The depth that best splits hits (at or above it) from misses (below), as the middle of
-    the gap between the deepest hit and the shallowest miss on either side of it (with misses
-    only, LEAST_KEPT of the shallowest: one step at a time); None while fewer than
-    MISSES_TO_BOUND misses lie past it or they do not outnumber the hits there
-    MISSES_PER_HIT_PAST times (a verdict may be wrong). Where two splits err as often, the
-    deeper one: a cap too small wastes cache, but shrinking on noise empties it."""
-    ordered = sorted(points)
-    errors = sum(1 for _, hit in ordered if hit)
-    best, split = errors, 0
-    for n, (_, hit) in enumerate(ordered, 1):
-        errors += -1 if hit else 1
-        if errors <= best:
-            best, split = errors, n
-    past = ordered[split:]
-    misses = sum(1 for _, hit in past if not hit)
-    if misses < MISSES_TO_BOUND or misses < MISSES_PER_HIT_PAST * (len(past) - misses):
-        return None
-    if not split:
-        # Misses only: the cache is smaller than the shallowest, by how much nothing says.
-        return past[0][0] * LEAST_KEPT
-    return (ordered[split - 1][0] + past[0][0]) / 2

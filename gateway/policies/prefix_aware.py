@@ -210,6 +210,16 @@ class PrefixAware(Policy, name="prefix_aware"):
         member, for its usage report."""
         return self.missed.drain()
 
+    def drain_verdicts(self) -> dict[str, list[tuple[int, bool]]]:
+        """The verdicts on this gateway's predictions since the last call, per member: how
+        deep in its LRU the prompt's held part sat (tokens) and whether it was found cached,
+        for its usage report."""
+        tokens = self.index.block_chars / CHARS_PER_TOKEN
+        return {
+            mid: [(max(1, int(reach * tokens)), hit) for reach, hit in points]
+            for mid, points in self.sizer.drain_verdicts().items()
+        }
+
     def _columns(self, candidates: Sequence[Member], reported: Mapping[str, int]) -> Columns:
         """What pick() reads of each candidate that stays put between snapshots and usage
         reports: kept while the same tuple (the route's members, on the hot path) and the

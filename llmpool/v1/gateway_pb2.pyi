@@ -509,9 +509,10 @@ class Member(_message.Message):
     max_running: _builtins.int
     learned_cache_tokens: _builtins.int
     """The cache, in tokens, gateways learned the member has from their answers (the lower median
-    of theirs, the smallest while one or two say; prefix_aware; MemberUsage.learned_cache_tokens; below cache_tokens where it reports one:
-    its running requests' KV leaves less for prompts), so that every gateway bounds it alike
-    and learns it once; 0: none learned.
+    of theirs, the smallest while one or two say; prefix_aware; MemberUsage.learned_cache_tokens;
+    or less where their verdicts together bound it, MemberUsage.verdict_reach_tokens; below
+    cache_tokens where it reports one: its running requests' KV leaves less for prompts), so
+    that every gateway bounds it alike and learns it once; 0: none learned.
     """
     learned_prefill_s_per_token: _builtins.float
     """The prefill speed gateways learned from answers, seconds a prompt token (the median of
@@ -737,6 +738,8 @@ class MemberUsage(_message.Message):
     MISSED_PREFIXES_FIELD_NUMBER: _builtins.int
     SENT_PREFIXES_FIELD_NUMBER: _builtins.int
     SENT_PREFIX_TOKENS_FIELD_NUMBER: _builtins.int
+    VERDICT_REACH_TOKENS_FIELD_NUMBER: _builtins.int
+    VERDICT_HITS_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     model: _builtins.str
     in_flight: _builtins.int
@@ -772,6 +775,17 @@ class MemberUsage(_message.Message):
 
     @_builtins.property
     def sent_prefix_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def verdict_reach_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Verdicts on this gateway's predictions there since the previous report (at most 64): how
+        deep in the member's LRU cache the prompt's held part sat, tokens (what the member took in
+        since the prompt's prefix was last sent there, and the held part), and whether it was
+        found cached (verdict_hits[i] for verdict_reach_tokens[i]). The controller bounds the
+        member's cache from every gateway's together (learned_cache_tokens).
+        """
+
+    @_builtins.property
+    def verdict_hits(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]: ...
     def __init__(
         self,
         *,
@@ -791,10 +805,12 @@ class MemberUsage(_message.Message):
         missed_prefixes: _abc.Iterable[_builtins.int] | None = ...,
         sent_prefixes: _abc.Iterable[_builtins.int] | None = ...,
         sent_prefix_tokens: _abc.Iterable[_builtins.int] | None = ...,
+        verdict_reach_tokens: _abc.Iterable[_builtins.int] | None = ...,
+        verdict_hits: _abc.Iterable[_builtins.bool] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "errors", b"errors", "in_flight", b"in_flight", "learned_cache_tokens", b"learned_cache_tokens", "learned_prefill_s_per_token", b"learned_prefill_s_per_token", "mean_latency_ms", b"mean_latency_ms", "mean_ttft_ms", b"mean_ttft_ms", "member_id", b"member_id", "missed_prefixes", b"missed_prefixes", "model", b"model", "prompt_tokens", b"prompt_tokens", "requests", b"requests", "sent_prefix_tokens", b"sent_prefix_tokens", "sent_prefixes", b"sent_prefixes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "errors", b"errors", "in_flight", b"in_flight", "learned_cache_tokens", b"learned_cache_tokens", "learned_prefill_s_per_token", b"learned_prefill_s_per_token", "mean_latency_ms", b"mean_latency_ms", "mean_ttft_ms", b"mean_ttft_ms", "member_id", b"member_id", "missed_prefixes", b"missed_prefixes", "model", b"model", "prompt_tokens", b"prompt_tokens", "requests", b"requests", "sent_prefix_tokens", b"sent_prefix_tokens", "sent_prefixes", b"sent_prefixes", "verdict_hits", b"verdict_hits", "verdict_reach_tokens", b"verdict_reach_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

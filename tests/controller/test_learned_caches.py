@@ -184,3 +184,44 @@ def test_prefixes_gateways_sent_a_member_go_to_every_gateway_for_half_a_minute()
     # The pool's policy changed: forgotten with what gateways learned there.
     usage.forget_learned({"big"})
     assert usage.loads()["big"].sent_prefixes == ()
+
+
+def verdicts(gateway: str, member: str, *points: tuple[int, bool]) -> gateway_pb2.UsageReport:
+    line = gateway_pb2.MemberUsage(
+        member_id=member,
+        model="p",
+        verdict_reach_tokens=[reach for reach, _ in points],
+        verdict_hits=[hit for _, hit in points],
+    )
+    return gateway_pb2.UsageReport(gateway_id=gateway, members=[line])
+
+
+def test_every_gateways_verdicts_together_bound_a_cache_none_bounds_alone() -> None:
+    """Three gateways each saw a member hit shallow and miss deep, too few times to bound its
+    cache alone (it takes three misses past a depth); together they bound it at the middle of
+    the gap, below what any gateway learned, for a while. Lines that pair depths and verdicts
+    wrongly are taken no further than their pairs; depths past any engine's not at all."""
+    clock = FakeClock()
+    usage = UsageAggregator(clock, ControllerMetrics(), ttl_s=5.0)
+    usage.record(verdicts("g1", "a", (6000, True), (12000, False)))
+    usage.record(verdicts("g2", "a", (5000, True), (13000, False)))
+    assert learned(usage).get("a", 0) == 0
+    usage.record(report("g3", a=65536))
+    usage.record(verdicts("g3", "a", (6500, True), (14000, False)))
+    assert learned(usage)["a"] == (6500 + 12000) // 2
+    # A broken line: a depth with no verdict, and one past any engine's.
+    line = gateway_pb2.MemberUsage(
+        member_id="b", model="p", verdict_reach_tokens=[9000, 1 << 30], verdict_hits=[False]
+    )
+    usage.record(gateway_pb2.UsageReport(gateway_id="g1", members=[line]))
+    usage.record(verdicts("g2", "b", (1 << 30, False), (1 << 30, False)))
+    assert learned(usage).get("b", 0) == 0
+    clock.advance(LEARNED_TTL_S + 1)
+    usage.record(verdicts("g1", "c", (100, True)))
+    assert "a" not in learned(usage)
+    # A policy change drops them with what gateways learned.
+    for gateway in ("g1", "g2", "g3"):
+        usage.record(verdicts(gateway, "a", (6000, True), (12000, False)))
+    assert learned(usage)["a"] == 9000
+    usage.forget_learned({"a"})
+    assert learned(usage).get("a", 0) == 0

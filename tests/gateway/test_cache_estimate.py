@@ -6,21 +6,20 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from gateway.cache_metrics import CacheEstimates, missed_prefixes
+from gateway.cache_metrics import CacheEstimates, missed_prefixes, verdicts
 from gateway.members import idle_member
 from gateway.policies import PickContext, PolicyRegistry, PrefixAware
 from gateway.policies.cache_estimate import (
     FIRST_SAMPLES,
     FIRST_WINDOW,
     GROW,
-    MISSES_TO_BOUND,
     WINDOW,
     CacheSizer,
     Ticket,
-    cap_bound,
 )
 from gateway.policies.prefix_index import PrefixIndex
 from gateway.routing import RoutingTable
+from llmpool.cache_bound import MISSES_TO_BOUND, cap_bound
 from llmpool.clock import FakeClock
 from llmpool.v1 import gateway_pb2
 
@@ -206,6 +205,10 @@ def test_misses_past_a_depth_shrink_the_cap_to_it_though_most_predictions_hit() 
         s.settle(ticket, 0.5 if deep else 0.01, 0)
     assert s.outcomes["m"].misses == 6
     assert s.cap_units("m") == 600  # half way between the deepest hit and the first miss
+    # Each verdict goes out with the next usage report, with its depth (the controller
+    # bounds the member from every gateway's together).
+    out = [(900, False) if i % 4 == 3 else (300, True) for i in range(3 * WINDOW)]
+    assert s.drain_verdicts() == {"m": out} and s.drain_verdicts() == {}
 
 
 def test_misses_past_a_depth_bound_a_reported_cache_down_to_half_of_it() -> None:
@@ -483,8 +486,9 @@ def test_a_new_prompt_that_waited_for_room_beside_others_is_forgotten_there() ->
 
 
 def test_misses_go_out_with_usage_and_others_come_in_with_routing() -> None:
-    """The table's prefix_aware routes hand their own misses to usage reports (drained, per
-    member) and take the ones the controller puts on members (Member.missed_prefixes)."""
+    """The table's prefix_aware routes hand their own misses and verdicts to usage reports
+    (drained, per member) and take the misses the controller puts on members
+    (Member.missed_prefixes)."""
     table = RoutingTable()
     members = [
         gateway_pb2.Member(id="a", url="http://h/a", healthy=True, weight=1, missed_prefixes=[7]),
@@ -498,3 +502,6 @@ def test_misses_go_out_with_usage_and_others_come_in_with_routing() -> None:
     assert missed_prefixes(table) == {}  # another gateway's, not reported again
     found.policy.missed.note(9, "b")
     assert missed_prefixes(table) == {"b": [9]} and missed_prefixes(table) == {}
+    # Verdicts go out likewise, their depths in tokens (128-byte units of 4-byte tokens).
+    found.policy.sizer.verdicts["b"] = [(10, False), (3, True)]
+    assert verdicts(table) == {"b": [(320, False), (96, True)]} and verdicts(table) == {}

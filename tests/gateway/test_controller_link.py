@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 
 from gateway.app import parts_of
+from gateway.policies import PrefixAware
 
 CHAT = {"model": "m1", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -94,6 +95,10 @@ async def test_learned_caches_go_up_with_usage_and_come_down_with_routing(
     assert kit.metric(page, cache, model="m1", backend="a") == 8192
     assert kit.metric(page, cache, model="m1", backend="b") == 262144  # the starting guess
     assert kit.metric(page, "llmpool_gateway_prefill_seconds_per_token", model="m1") == 5e-5
+    route = parts_of(gw.app).table.get("m1")
+    assert route is not None and isinstance(route.policy, PrefixAware)
+    # Verdicts on predictions there (as settle() leaves them): (depth in units, hit).
+    route.policy.sizer.verdicts.update({"a": [(5, True)], "b": [(5, True)]})
     for _ in range(4):
         assert (await http.post(gw.url + "/v1/chat/completions", json=CHAT)).status_code == 200
 
@@ -107,6 +112,13 @@ async def test_learned_caches_go_up_with_usage_and_come_down_with_routing(
         # speed it took from the others, for both.
         assert usage.learned_cache_tokens == (8192 if mid == "a" else 0)
         assert usage.learned_prefill_s_per_token == 5e-5
+    # The verdicts went up with the members' usage, their depths in tokens.
+    said = [
+        (list(m.verdict_reach_tokens), list(m.verdict_hits))
+        for r in controller.reports
+        for m in r.members
+    ]
+    assert ([160], [True]) in said
 
 
 async def test_prefixes_sent_go_up_with_usage_and_the_others_come_down_with_routing(
