@@ -215,8 +215,10 @@ class PrefixAware(Policy, name="prefix_aware"):
         deep in its LRU the prompt's held part sat (tokens) and whether it was found cached,
         for its usage report."""
         tokens = self.index.block_chars / CHARS_PER_TOKEN
+        # A uint32 on the wire (the controller believes no depth past any engine's anyway).
+        most = (1 << 32) - 1
         return {
-            mid: [(max(1, int(reach * tokens)), hit) for reach, hit in points]
+            mid: [(min(max(1, int(reach * tokens)), most), hit) for reach, hit in points]
             for mid, points in self.sizer.drain_verdicts().items()
         }
 

@@ -503,5 +503,6 @@ def test_misses_go_out_with_usage_and_others_come_in_with_routing() -> None:
     found.policy.missed.note(9, "b")
     assert missed_prefixes(table) == {"b": [9]} and missed_prefixes(table) == {}
     # Verdicts go out likewise, their depths in tokens (128-byte units of 4-byte tokens).
-    found.policy.sizer.verdicts["b"] = [(10, False), (3, True)]
-    assert verdicts(table) == {"b": [(320, False), (96, True)]} and verdicts(table) == {}
+    found.policy.sizer.verdicts["b"] = [(10, False), (3, True), (1 << 40, False)]
+    said = {"b": [(320, False), (96, True), ((1 << 32) - 1, False)]}  # a uint32 on the wire
+    assert verdicts(table) == said and verdicts(table) == {}
