@@ -295,8 +295,8 @@ class UsageAggregator:
         return loads
 
     def forget_learned(self, member_ids: set[str]) -> None:
-        """Drops what gateways learned of these members (caches, prefill speeds, prefixes they
-        found missing): their pool's policy changed."""
+        """Drops what gateways learned of these members (caches, prefill speeds, verdicts,
+        prefixes they found missing or sent there): their pool's policy changed."""
         for table in (self._learned, self._speeds):
             for key in [k for k in table if k[1] in member_ids]:
                 del table[key]
