@@ -12,7 +12,7 @@ from gateway.policies.columns import Columns
 from gateway.policies.missed import MissedPrefixes
 from gateway.policies.placement import Placement
 from gateway.policies.prefix_index import Held, Match, PrefixIndex
-from gateway.policies.shared_sends import STALE_S, SharedSends, off_place
+from gateway.policies.shared_sends import STALE_S, SharedSends
 
 # Converts token counts to index units; English text and code run 3.5-4.5 bytes a token with
 # common tokenizers, and an estimate on the high side only makes the index forget a little late.
@@ -79,7 +79,6 @@ class PrefixAware(Policy, name="prefix_aware"):
         self.shared = 0.25
         # Where prefixes were found missing (missed.py): placement passes those members over.
         self.missed = MissedPrefixes()
-        self._lost: dict[str, int] = {}
 
     def _build_index(self, block_chars: int) -> None:
         self.index = PrefixIndex(
@@ -112,8 +111,6 @@ class PrefixAware(Policy, name="prefix_aware"):
             if m.cache_tokens > 0:
                 sizer.on_report(m.id, m.cache_tokens)
             sizer.on_shared(m.id, m.learned_cache_tokens)
-        # Per member, how many prefixes gateways found it had lost within the last minute.
-        self._lost = {m.id: len(m.missed_prefixes) for m in members if m.missed_prefixes}
         handed = [(m.id, prefix) for m in members for prefix in m.missed_prefixes]
         for mid, prefix in self.missed.told(handed):
             # Another gateway found it missing there: its first block forgotten (a prompt's
@@ -261,12 +258,6 @@ class PrefixAware(Policy, name="prefix_aware"):
                     depth[mid] = (min(units, blocks), len(depth))
         cols = self._columns(candidates, ctx.reported_in_flight)
         now = self.clock.monotonic()
-        placed = self.sends.placed
-        if depth and placed and prefix in placed:
-            ids = cols.ids
-            place = lambda: self._home(prefix, ids)  # noqa: E731
-            for mid in off_place(depth, placed[prefix], index.held_by, self._lost, place):
-                del depth[mid]
         if depth:
             won = self._holder_wins(cols, match, ctx, now)
             if won >= 0:
@@ -311,22 +302,23 @@ class PrefixAware(Policy, name="prefix_aware"):
             # up to the chance of that (learned) x its size.
             limit = best + max(self.shared * blocks, 0.5 * per_request)
             near = [i for i, c in enumerate(costs) if c <= limit]
+            placed = self.sends.placed
             there = placed.get(prefix) if placed and not depth else None
             if there:
-                # The others sent this prefix, new to this one, there lately (members of
-                # unknown cache: no claim that they hold it). It follows them to its place if
-                # among those, else to where most of them put it (not where one spilled it),
-                # leaving out our requests running there (the others count each as one request
-                # in flight, not by its footprint, and so put it there).
-                home = self._home(prefix, ids)
-                lead = home if home in there else self.sends.lead.get(prefix, "")
+                # Other gateways sent this prefix, new to this one, to these members lately
+                # (of unknown cache: no claim that they still hold it). If its place is among
+                # them, it goes there unless that costs more than about as little leaving out
+                # our requests running there: the others count each as one request in flight,
+                # not by its footprint, and so placed it there. (Not to where another spilled
+                # it: onto a small cache that spill is what thrashes.)
                 passed = self.missed.passes_over(prefix)
-                i = cols.position.get(lead, -1) if lead not in passed else -1
-                if i >= 0:
-                    backlog = self._busy.get(lead)
-                    extra = backlog.active_cost if backlog is not None else 0.0
-                    if costs[i] <= limit + extra:
-                        near = [i]
+                free = [mid for mid in ids if mid not in passed] if passed else ids
+                home = free[self.placement.choose(prefix, free)] if free else ""
+                backlog = self._busy.get(home)
+                if home in there and backlog is not None:
+                    i = cols.position[home]
+                    if limit < costs[i] <= limit + backlog.active_cost:
+                        near.append(i)
             if depth:
                 near = [i for i in near if ids[i] not in depth]
             by_prefix = self.missed.by_prefix
@@ -340,14 +332,9 @@ class PrefixAware(Policy, name="prefix_aware"):
             presumed = not depth
         return self._sent(candidates[chosen], match, ctx, presumed, now)
 
-    def _home(self, prefix: int, ids: Sequence[str]) -> str:
-        """The prefix's place among ids, leaving out members it was found missing at."""
-        passed = self.missed.passes_over(prefix)
-        free = [mid for mid in ids if mid not in passed] if passed else ids
-        return free[self.placement.choose(prefix, free)] if free else ""
-
     def _pruned(self, slack: float) -> float:
-        """How far over some member's whole cost queues are costed (tests: all, to compare)."""
+        """How far above some member's whole cost a member's queue is still costed (tests
+        cost them all to compare)."""
         return slack
 
     def _adjust(

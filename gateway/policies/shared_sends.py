@@ -13,7 +13,7 @@ follows it rather than placing it a second time)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 from gateway.members import Member
 from gateway.policies.prefix_index import Held
@@ -48,11 +48,8 @@ class SharedSends:
         # Per member, every prefix another gateway sent there lately, claimed or not (a member
         # of unknown cap, or past half its cap); and prefix -> the members so sent it: where
         # the others put it, read by pick() when it places a prefix new to this gateway.
-        self._others: dict[str, list[tuple[int, int]]] = {}
+        self._others: dict[str, list[int]] = {}
         self.placed: dict[int, tuple[str, ...]] = {}
-        # Prefix -> the member more of the others sent it to than any other (or the only one):
-        # where they put it, rather than where one of them spilled it.
-        self.lead: dict[int, str] = {}
         self.told_at = 0.0
 
     def note(self, member: str, prefix: int, units: int) -> None:
@@ -115,7 +112,7 @@ class SharedSends:
             room = bound(mid) // 2
             before = self._claims.get(mid, {})
             new = 0
-            others: list[tuple[int, int]] = []
+            others: list[int] = []
             for prefix, tokens, senders in reversed(
                 list(zip(prefixes, sizes, counts, strict=False))
             ):
@@ -124,7 +121,7 @@ class SharedSends:
                     senders -= 1  # This gateway's own report among them.
                 if senders < 1:
                     continue  # Nobody else's.
-                others.append((prefix, senders))
+                others.append(prefix)
                 if not room or (record is not None and prefix in record.blocks):
                     continue  # No claim on a cache of unknown size; or counted in ours.
                 units = max(1, int(tokens * units_per_token))
@@ -157,18 +154,11 @@ class SharedSends:
                 for prefix, units in claims.items():
                     by_prefix.setdefault(prefix, []).append((mid, units))
             self.by_prefix = {prefix: tuple(v) for prefix, v in by_prefix.items()}
-            placed: dict[int, list[tuple[int, str]]] = {}
+            placed: dict[int, list[str]] = {}
             for mid, sent in self._others.items():
-                for prefix, senders in sent:
-                    placed.setdefault(prefix, []).append((senders, mid))
-            self.placed = {prefix: tuple(mid for _, mid in v) for prefix, v in placed.items()}
-            self.lead = {}
-            for prefix, v in placed.items():
-                if len(v) > 1:
-                    v.sort(reverse=True)
-                    if v[0][0] == v[1][0]:
-                        continue  # As many put it there as elsewhere: no lead.
-                self.lead[prefix] = v[0][1]
+                for prefix in sent:
+                    placed.setdefault(prefix, []).append(mid)
+            self.placed = {prefix: tuple(v) for prefix, v in placed.items()}
         return changed
 
     def stale(self, now: float) -> list[str]:
@@ -183,7 +173,6 @@ class SharedSends:
         self.foreign = {}
         self.by_prefix = {}
         self.placed = {}
-        self.lead = {}
         return members
 
     def dropped(self, member: str, prefix: int) -> None:
@@ -198,35 +187,3 @@ class SharedSends:
             self.by_prefix[prefix] = left
         else:
             self.by_prefix.pop(prefix, None)
-
-
-def off_place(
-    depth: Mapping[str, tuple[int, int]],
-    there: tuple[str, ...],
-    records: Mapping[str, Held],
-    lost: Mapping[str, int],
-    place: Callable[[], str],
-) -> list[str]:
-    """Of a prompt's holders (depth), those to leave out when the others send its prefix to
-    `there` and its place (`place()`, called only when needed: a hash a member) is among
-    those: members of unknown cache the others do not send it to, where gateways found more
-    prompts lost within the last minute (lost, from Member.missed_prefixes) than at the place.
-    Seen: a gateway that met a group while the place was busy for it put the group beside
-    another on a small engine, and its index kept sending it there, to miss, for seconds after
-    the others had put it at its place (and once it had sent it to the place too, to whichever
-    of the two cost less). Where no more were lost than at the place they stay: a session's
-    turns may be held deeper where this gateway put them, and the place may be the small
-    engine (left out there too, sessions went to the 8k engine: multi-turn p99 0.27-0.29 s in
-    three runs against 0.17-0.31)."""
-    off = []
-    for mid in depth:
-        record = records.get(mid)
-        if mid not in there and record is not None and not record.cap:
-            off.append(mid)
-    if not off:
-        return off
-    home = place()
-    if home not in there:
-        return []
-    at_home = lost.get(home, 0)
-    return [mid for mid in off if lost.get(mid, 0) > at_home]

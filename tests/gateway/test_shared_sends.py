@@ -170,15 +170,7 @@ def test_members_of_unknown_cache_take_none_of_the_others_sends_as_claims() -> N
     g.on_members(unknown)
     g.on_snapshot(told(unknown, "m0", {"m0": {101: 2000}}))
     assert g.sends.foreign == {} and g.sends.by_prefix == {}
-    assert g.sends.placed == {101: ("m0",)} and g.sends.lead == {101: "m0"}
-    # Where more of the others put a prefix than anywhere else leads; as many: none does.
-    m0, m1 = (
-        told([m], m.id, {m.id: {101: 2000}}, n)[0] for m, n in zip(unknown, (1, 2), strict=True)
-    )
-    g.on_snapshot([m0, m1])
-    assert g.sends.lead == {101: "m1"}
-    g.on_snapshot([m0, dataclasses.replace(m1, sent_prefix_senders=(1,))])
-    assert set(g.sends.placed[101]) == {"m0", "m1"} and g.sends.lead == {}
+    assert g.sends.placed == {101: ("m0",)}
     g.sizer.on_report("m0", 8192)  # as once learned or reported
     g.on_snapshot(told(unknown, "m0", {"m0": {101: 2000, 102: 10}}))
     assert set(g.sends.by_prefix) == {101, 102}
@@ -190,10 +182,8 @@ def test_a_new_prefix_goes_to_its_place_where_others_put_it_though_ours_run_ther
     there even while this gateway's own request of another prefix runs there (the others count
     that as one request in flight, not by its footprint; seen, three gateways each of which met
     a group first while its own request decoded at the group's place put the group on three
-    members). Not where it was found missing, nor past a queue of our prefills there. Where the
-    others put it elsewhere only, it follows them there; where they put it at its place too
-    (the others spill a busy prefix elsewhere: onto a small cache that is what thrashes), its
-    place."""
+    members). Not where it was found missing, not past a queue of our prefills there, and not
+    after another gateway's spill elsewhere (onto a small cache that is what thrashes)."""
     clock = FakeClock()
     unknown = [idle_member(f"m{i}") for i in range(2)]
 
@@ -236,67 +226,5 @@ def test_a_new_prefix_goes_to_its_place_where_others_put_it_though_ours_run_ther
     for n in range(3):
         queued.pick(at_home, PickContext(model="m", payload={"prompt": f"queued {n} " * 1200}))
     assert ask(queued, {home: 3}) == away
-    # Put elsewhere by the others alone (met while its place was busy for them): followed.
-    assert ask(fresh(told(unknown, away, {away: {prefix: 2700}})), {}) == away
-    # At its place and elsewhere (a spill, or two placements): its place.
-    both = told(told(unknown, home, {home: {prefix: 2700}}), away, {away: {prefix: 2700}}, 2)
-    assert ask(fresh(both), {}) == home
-
-
-def test_a_prefix_held_only_off_its_place_follows_the_others_to_its_place() -> None:
-    """Static backends: this gateway put a group off its place (met while the place was busy
-    for it) and its index holds it only there; the others send it to its place. Its next
-    request goes to the place rather than on to the member beside whatever else the others
-    keep there, when gateways found more prompts lost there than at the place; not where the
-    others send it too, not when the place is not among theirs, and not where the member's
-    cache is known (claims are weighed there)."""
-    unknown = [idle_member(f"m{i}") for i in range(3)]
-
-    def fresh() -> PrefixAware:
-        g = PolicyRegistry(clock=FakeClock()).build("prefix_aware")
-        assert isinstance(g, PrefixAware)
-        g.on_members(unknown)
-        g.on_snapshot(unknown)
-        return g
-
-    def ask(g: PrefixAware, pool: list[Member], question: str) -> str:
-        return g.pick(pool, PickContext(model="m", payload={"prompt": GROUP + question})).id
-
-    probe = fresh()
-    home = ask(probe, unknown, "first")
-    prefix = probe.index.match(GROUP + "first").key
-    off, other = (m.id for m in unknown if m.id != home)
-
-    def put_off(g: PrefixAware) -> PrefixAware:
-        assert ask(g, [m for m in unknown if m.id == off], "first") == off
-        return g
-
-    def lost_off(members: list[Member], lost: int = 1) -> list[Member]:
-        """Gateways found `lost` other prompts missing at off within the last minute."""
-        gone = tuple(range(1000, 1000 + lost))
-        return [dataclasses.replace(m, missed_prefixes=gone) if m.id == off else m for m in members]
-
-    at_home = told(unknown, home, {home: {prefix: 2700}})
-    g = put_off(fresh())
-    g.on_snapshot(lost_off(at_home))
-    assert ask(g, unknown, "second") == home
-    # Where no more were lost than at its place (a session's turns held deeper there).
-    g = put_off(fresh())
-    g.on_snapshot(at_home)
-    assert ask(g, unknown, "second") == off
-    # Without the others' sends, or with theirs off its place: where this gateway holds it.
-    g = put_off(fresh())
-    g.on_snapshot(lost_off(unknown))
-    assert ask(g, unknown, "second") == off
-    g = put_off(fresh())
-    g.on_snapshot(lost_off(told(unknown, other, {other: {prefix: 2700}})))
-    assert ask(g, unknown, "second") == off
-    # The others send it where this gateway holds it too: held there, kept.
-    g = put_off(fresh())
-    g.on_snapshot(lost_off(told(at_home, off, {off: {prefix: 2700}})))
-    assert ask(g, unknown, "second") == off
-    # The member's cache is known: its claims and ours are weighed as ever.
-    g = put_off(fresh())
-    g.sizer.on_report(off, 65536)
-    g.on_snapshot(lost_off(at_home))
-    assert ask(g, unknown, "second") == off
+    # Another gateway's spill elsewhere is not followed: the prefix goes to its place.
+    assert ask(fresh(told(unknown, away, {away: {prefix: 2700}})), {}) == home
