@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -14,6 +15,8 @@ from gateway.policies.missed import TO_REPORT
 from gateway.policies.prefix_aware import CHARS_PER_TOKEN
 from gateway.policies.shared_sends import TO_REPORT as SENT_TO_REPORT
 from gateway.routing import RoutingTable
+
+T = TypeVar("T")
 
 
 def learned_caches(table: RoutingTable) -> dict[str, tuple[int, float]]:
@@ -37,15 +40,7 @@ def missed_prefixes(table: RoutingTable) -> dict[str, list[int]]:
     """Per member, the prompt prefixes this gateway's prefix_aware routes found it no longer
     held since the last call (drained), for usage reports: at most TO_REPORT a member, the
     routes' together (the controller takes no more from a report's line)."""
-    found: dict[str, list[int]] = {}
-    for model in table.models():
-        route = table.get(model)
-        if route is None or not isinstance(route.policy, PrefixAware):
-            continue
-        for mid, keys in route.policy.drain_missed().items():
-            mine = found.setdefault(mid, [])
-            mine.extend(keys[: TO_REPORT - len(mine)])
-    return found
+    return _per_member(table, PrefixAware.drain_missed, TO_REPORT)
 
 
 def verdicts(table: RoutingTable) -> dict[str, list[tuple[int, bool]]]:
@@ -53,14 +48,22 @@ def verdicts(table: RoutingTable) -> dict[str, list[tuple[int, bool]]]:
     (drained): how deep in the member's LRU each prompt's held part sat, tokens, and whether it
     was found cached, for usage reports; at most VERDICTS_TO_REPORT a member, the routes'
     together."""
-    found: dict[str, list[tuple[int, bool]]] = {}
+    return _per_member(table, PrefixAware.drain_verdicts, VERDICTS_TO_REPORT)
+
+
+def _per_member(
+    table: RoutingTable, drain: Callable[[PrefixAware], dict[str, list[T]]], most: int
+) -> dict[str, list[T]]:
+    """What `drain` takes from each prefix_aware route, per member, the routes' together, at
+    most `most` a member."""
+    found: dict[str, list[T]] = {}
     for model in table.models():
         route = table.get(model)
         if route is None or not isinstance(route.policy, PrefixAware):
             continue
-        for mid, points in route.policy.drain_verdicts().items():
+        for mid, items in drain(route.policy).items():
             mine = found.setdefault(mid, [])
-            mine.extend(points[: VERDICTS_TO_REPORT - len(mine)])
+            mine.extend(items[: most - len(mine)])
     return found
 
 
