@@ -316,10 +316,13 @@ class UsageAggregator:
             if len(self._verdicts) >= _MAX_MISSED_MEMBERS:
                 return
             points = self._verdicts[member] = deque(maxlen=POOLED_VERDICTS)
+        taken = False
         for tokens, hit in list(zip(reach, hits, strict=False))[:_MAX_MISSED_PER_REPORT]:
             if 0 < tokens <= _MAX_SENT_TOKENS:
                 points.append((tokens, bool(hit), now))
-                self._bounds.pop(member, None)
+                taken = True
+        if taken:
+            self._bounds.pop(member, None)  # Bounded afresh when next asked.
 
     def _note_missed(self, member: str, prefixes: tuple[int, ...], now: float) -> None:
         keys = self._missed.get(member)

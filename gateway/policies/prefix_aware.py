@@ -300,7 +300,7 @@ class PrefixAware(Policy, name="prefix_aware"):
             # that cost about as little: the prefix's place by rendezvous. Another gateway may
             # have put it at that place already (placed it new, or spilled it there too): worth
             # up to the chance of that (learned) x its size.
-            limit = best + max(self.shared * blocks, 0.5 * per_request)
+            limit = best + self._slack(blocks)
             near = [i for i, c in enumerate(costs) if c <= limit]
             placed = self.sends.placed
             there = placed.get(prefix) if placed and not depth else None
@@ -332,9 +332,13 @@ class PrefixAware(Policy, name="prefix_aware"):
             presumed = not depth
         return self._sent(candidates[chosen], match, ctx, presumed, now)
 
+    def _slack(self, blocks: int) -> float:
+        """How far over the cheapest a prompt may be placed (and queues are costed, _pruned):
+        the learned chance another gateway placed it already x its size, or half a request."""
+        return max(self.shared * blocks, 0.5 * self.request_blocks)
+
     def _pruned(self, slack: float) -> float:
-        """How far above some member's whole cost a member's queue is still costed (tests
-        cost them all to compare)."""
+        """How far over some member's whole cost queues are costed (tests: all, to compare)."""
         return slack
 
     def _adjust(
@@ -356,7 +360,6 @@ class PrefixAware(Policy, name="prefix_aware"):
                     record = records[i]
                     costs[i] += evicted(record, blocks - held) - evicted(record, blocks) - held
         if self._busy:
-            slack = max(self.shared * blocks, 0.5 * self.request_blocks)
             charge_queues(
                 self._busy,
                 cols.ids,
@@ -367,7 +370,7 @@ class PrefixAware(Policy, name="prefix_aware"):
                 now,
                 self.sizer.drain_rate(self.drain_blocks_per_s),
                 self.active_weight,
-                self._pruned(slack),
+                self._pruned(self._slack(blocks)),
             )
 
     def _holder_wins(self, cols: Columns, match: Match, ctx: PickContext, now: float) -> int:
