@@ -53,6 +53,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.UsageAck:
         async for report in request_iterator:
             self._usage.record(from_proto(UsageReport, report, zeros=True))
+            # Every gateway hears of it now: with no agent reporting (static backends) the
+            # next rebuild would otherwise wait for the refresh, a second.
+            self._publisher.nudge()
             if report.subjects and self._quotas is not None:
                 self._quotas.record(report.gateway_id, report.subjects, report.sequence)
         return gateway_pb2.UsageAck()

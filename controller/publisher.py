@@ -202,6 +202,12 @@ class SnapshotPublisher:
             if sub.gateway_id == gateway_id:
                 sub.offer_quotas(quotas)
 
+    def nudge(self) -> None:
+        """Something the snapshot carries changed outside the controller's state (a gateway's
+        usage: in flight, prefixes sent and found missing, caches learned): rebuilt and pushed
+        after the usual coalescing, not at the next refresh."""
+        self._changed.set()
+
     async def run(self) -> None:
         """Rebuilds on change events (bursts coalesced) and every refresh_s (lease expiry)."""
         while True:

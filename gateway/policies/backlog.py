@@ -79,6 +79,22 @@ class Backlog:
         self.active += blocks
         self.active_by_prefix[prefix] = self.active_by_prefix.get(prefix, 0.0) + blocks
 
+    def began(self, ticket: Ticket) -> None:
+        """A stream sent there answered: its prefill is done, whatever the rate said (one that
+        was slower than the rate stays counted until it ends, as before; one faster, most often
+        before the rate is learned, no longer holds up the prompts placed after it). Those
+        sent before it are left to the rate: an engine that batches prefills may answer a
+        short prompt before a long one sent earlier."""
+        entries = self.entries
+        for k in range(self.drained, len(entries)):
+            entry = entries[k]
+            if entry.ticket is ticket:
+                if entry.left > 0.0:
+                    self._drain(entry, entry.left)
+                if k == self.drained:
+                    self.drained += 1
+                return
+
     def update(self, live: int, now: float, rate: float) -> None:
         """Drains what the member prefilled since the last update, then drops the requests
         that ended: `live` is this gateway's count in flight to it, and requests to one engine

@@ -48,7 +48,7 @@ takes the median the others learned."""
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from gateway.policies.prefix_index import UNBOUNDED, PrefixIndex
@@ -220,6 +220,26 @@ class CacheSizer:
         """The verdicts since the last call, per member: (depth in units, hit)."""
         out, self.verdicts = self.verdicts, {}
         return out
+
+    def drain_verdict_tokens(self) -> dict[str, list[tuple[int, bool]]]:
+        """drain_verdicts() with depths in tokens, as usage reports carry them."""
+        tokens = self.index.block_chars / self.bytes_per_token
+        # A uint32 on the wire (the controller believes no depth past any engine's anyway).
+        most = (1 << 32) - 1
+        return {
+            mid: [(min(max(1, int(reach * tokens)), most), hit) for reach, hit in points]
+            for mid, points in self.drain_verdicts().items()
+        }
+
+    def report(self, member_ids: Iterable[str]) -> dict[str, tuple[int, float]]:
+        """Per member, what this gateway learned there: the cache (tokens; 0 for a member that
+        reports its own or none learned) and the prefill speed (seconds a token; 0: none). Sent
+        to the controller with usage, which hands every gateway the lower median cache and the
+        median speed."""
+        caches = self.learned_tokens()
+        speed = self.token_s()
+        found = {mid: (caches.get(mid, 0), speed) for mid in member_ids}
+        return {mid: v for mid, v in found.items() if v[0] or v[1]}
 
     def forget(self, keep: set[str]) -> None:
         for table in (self.reported, self.outcomes, self._shared, self.verdicts):

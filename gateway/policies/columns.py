@@ -129,3 +129,16 @@ class Columns:
         if self.highs:
             bound = max(bound, self.hot * units + min(self.highs))
         return bound - 1e-6
+
+
+def evicted(record: Held, new: float, evict: float, hot: float) -> float:
+    """What sending `new` units to the member evicts there, weighed (Columns.costs inlines the
+    same for speed): LRU takes the oldest first, the one-off blocks (`evict` a unit), then the
+    hot ones (`hot`)."""
+    over = record.units + new - record.room
+    if over <= 0:
+        return 0.0
+    if over > new:
+        over = new
+    hot_over = over - record.singles
+    return evict * over + ((hot - evict) * hot_over if hot_over > 0 else 0.0)

@@ -8,11 +8,12 @@ from gateway.members import Member
 from gateway.policies.backlog import Backlog, charge_queues
 from gateway.policies.base import ParamReader, PickContext, Policy
 from gateway.policies.cache_estimate import CacheSizer, Ticket
-from gateway.policies.columns import Columns
+from gateway.policies.columns import Columns, evicted
 from gateway.policies.missed import MissedPrefixes
 from gateway.policies.placement import Placement
 from gateway.policies.prefix_index import Held, Match, PrefixIndex
 from gateway.policies.shared_sends import STALE_S, SharedSends
+from gateway.policies.strays import Strays
 
 # Converts token counts to index units; English text and code run 3.5-4.5 bytes a token with
 # common tokenizers, and an estimate on the high side only makes the index forget a little late.
@@ -22,6 +23,9 @@ BLOCK_TOKENS = 32
 # How fast the chance that a prefix new to this gateway is already cached at its home follows
 # what answers show.
 _SHARED_ALPHA = 0.05
+# While more than this share of prefixes new to this gateway turn out cached at their place
+# already (other gateways put them there), a new prefix's place is judged as they judge it.
+_SHARED_PLACE = 0.1
 
 
 class PrefixAware(Policy, name="prefix_aware"):
@@ -79,6 +83,8 @@ class PrefixAware(Policy, name="prefix_aware"):
         self.shared = 0.25
         # Where prefixes were found missing (missed.py): placement passes those members over.
         self.missed = MissedPrefixes()
+        # Prefixes it placed where the other gateways did not (strays.py).
+        self.strays = Strays()
 
     def _build_index(self, block_chars: int) -> None:
         self.index = PrefixIndex(
@@ -119,9 +125,10 @@ class PrefixAware(Policy, name="prefix_aware"):
         sends = self.sends
         units_per_token = CHARS_PER_TOKEN / self.index.block_chars
         index = self.index
-        if sends.told(
+        told = sends.told(
             members, index.held_by, units_per_token, self.clock.monotonic(), self._known_cap
-        ):
+        )
+        if told:
             self._count_foreign(m.id for m in members)
             for mid, units in sends.arrived.items():
                 index.record(mid).sent += units
@@ -132,6 +139,19 @@ class PrefixAware(Policy, name="prefix_aware"):
             if speeds:
                 sizer.on_shared_speed(speeds[len(speeds) // 2])
         self.placement.update(members)
+        if told and sends.placed:
+            ids = [m.id for m in members if m.healthy and not m.draining]
+            for mid, prefix in self.strays.found(
+                sends.placed, lambda p: self._home(p, ids), lambda m: not self._known_cap(m)
+            ):
+                index.unhold(mid, (prefix,))
+
+    def _home(self, prefix: int, ids: Sequence[str]) -> str:
+        """The prefix's place among ids by rendezvous, passing over where it was found missing
+        ("": none left)."""
+        passed = self.missed.passes_over(prefix)
+        free = [mid for mid in ids if mid not in passed] if passed else ids
+        return free[self.placement.choose(prefix, free)] if free else ""
 
     def _count_foreign(self, member_ids: Iterable[str]) -> None:
         """The index takes these members' share of the others' sends as it now stands."""
@@ -166,18 +186,15 @@ class PrefixAware(Policy, name="prefix_aware"):
         return self.sizer.cap_tokens(member_id)
 
     def learned(self, member_ids: Iterable[str]) -> dict[str, tuple[int, float]]:
-        """Per member, what this gateway learned there: the cache (tokens; 0 for a member that
-        reports its own or none learned) and the prefill speed (seconds a token; 0: none). Sent
-        to the controller with usage, which hands every gateway the lower median cache and the
-        median speed."""
-        caches = self.sizer.learned_tokens()
-        speed = self.sizer.token_s()
-        found = {mid: (caches.get(mid, 0), speed) for mid in member_ids}
-        return {mid: v for mid, v in found.items() if v[0] or v[1]}
+        """What this gateway learned of each member, for its usage report (CacheSizer.report)."""
+        return self.sizer.report(member_ids)
 
     def began(self, ticket: object) -> None:
         if isinstance(ticket, Ticket):
             ticket.started = True
+            backlog = self._backlog.get(ticket.member)
+            if backlog is not None:
+                backlog.began(ticket)
 
     def settle(self, ticket: object, ttft_s: float | None, cached_tokens: int) -> None:
         if not isinstance(ticket, Ticket):
@@ -211,16 +228,9 @@ class PrefixAware(Policy, name="prefix_aware"):
         return self.missed.drain()
 
     def drain_verdicts(self) -> dict[str, list[tuple[int, bool]]]:
-        """The verdicts on this gateway's predictions since the last call, per member: how
-        deep in its LRU the prompt's held part sat (tokens) and whether it was found cached,
-        for its usage report."""
-        tokens = self.index.block_chars / CHARS_PER_TOKEN
-        # A uint32 on the wire (the controller believes no depth past any engine's anyway).
-        most = (1 << 32) - 1
-        return {
-            mid: [(min(max(1, int(reach * tokens)), most), hit) for reach, hit in points]
-            for mid, points in self.sizer.drain_verdicts().items()
-        }
+        """The verdicts on this gateway's predictions since the last call, per member, for its
+        usage report (CacheSizer.drain_verdict_tokens)."""
+        return self.sizer.drain_verdict_tokens()
 
     def _columns(self, candidates: Sequence[Member], reported: Mapping[str, int]) -> Columns:
         """What pick() reads of each candidate that stays put between snapshots and usage
@@ -303,19 +313,18 @@ class PrefixAware(Policy, name="prefix_aware"):
             limit = best + self._slack(blocks)
             near = [i for i, c in enumerate(costs) if c <= limit]
             placed = self.sends.placed
-            there = placed.get(prefix) if placed and not depth else None
-            if there:
-                # Other gateways sent this prefix, new to this one, to these members lately
-                # (of unknown cache: no claim that they still hold it). If its place is among
-                # them, it goes there unless that costs more than about as little leaving out
-                # our requests running there: the others count each as one request in flight,
-                # not by its footprint, and so placed it there. (Not to where another spilled
-                # it: onto a small cache that spill is what thrashes.)
-                passed = self.missed.passes_over(prefix)
-                free = [mid for mid in ids if mid not in passed] if passed else ids
-                home = free[self.placement.choose(prefix, free)] if free else ""
+            if placed and not depth and self._busy:
+                # Other gateways send (their sends of some prefix came lately): a prefix new
+                # to this one goes to its place unless that costs more than about as little
+                # leaving out our requests running there, as the others judge it (they count
+                # each as one request in flight, not by its footprint), while new prefixes are
+                # found cached at their place often enough, or the others sent this one there.
+                # (Not to where another spilled it: onto a small cache that spill thrashes.)
+                home = self._home(prefix, ids)
                 backlog = self._busy.get(home)
-                if home in there and backlog is not None:
+                if backlog is not None and (
+                    self.shared >= _SHARED_PLACE or home in placed.get(prefix, ())
+                ):
                     i = cols.position[home]
                     if limit < costs[i] <= limit + backlog.active_cost:
                         near.append(i)
@@ -441,18 +450,8 @@ class PrefixAware(Policy, name="prefix_aware"):
         return won
 
     def _evicted(self, record: Held, new: float) -> float:
-        """What sending `new` units to the member evicts there, weighed (pick()'s first pass
-        inlines the same for speed): LRU takes the oldest first, the one-off blocks, then the
-        hot ones."""
-        over = record.units + new - record.room
-        if over <= 0:
-            return 0.0
-        if over > new:
-            over = new
-        hot = over - record.singles
-        return self.evict_weight * over + (
-            (self.hot_evict_weight - self.evict_weight) * hot if hot > 0 else 0.0
-        )
+        """What sending `new` units to the member evicts there, weighed (columns.evicted)."""
+        return evicted(record, new, self.evict_weight, self.hot_evict_weight)
 
     def _sent(
         self, choice: Member, match: Match, ctx: PickContext, presumed: bool, now: float
@@ -490,6 +489,8 @@ class PrefixAware(Policy, name="prefix_aware"):
         self._busy[mid] = backlog
         if match.blocks:
             self.index.insert(mid, match)
+            if presumed:
+                self.strays.placed(match.key, mid)
             sends = self.sends
             sends.note(mid, match.key, match.blocks)
             if (sends.by_prefix or sends.placed) and now - sends.told_at > STALE_S:

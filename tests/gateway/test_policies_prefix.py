@@ -498,3 +498,28 @@ def test_reach_remembers_at_least_half_its_bound_of_recent_prefixes_and_at_most_
         record.mark(key)
     assert record.reach(-1, 1) == 0  # forgotten: a bound's worth of others since
     assert len(record.last) + len(record.older) <= LAST_SENT
+
+
+def test_a_stream_that_began_answering_no_longer_queues_prefill_ahead_of_others() -> None:
+    """Its first byte says its prefill is done, whatever the rate (at first a guess: 8,000
+    tokens/s, where a small model's engine does ten times that) said: left queued, it made a
+    busy-looking member of one that had finished, and new prefixes went elsewhere. Those sent
+    there before it are left to the rate (an engine batching prefills may answer a short
+    prompt before a long one sent earlier)."""
+    clock = FakeClock()
+    policy = build(clock, prefill_tokens_per_s="1000")
+    first = PickContext(model="m", payload={"prompt": "first cold prompt " * 120, "stream": True})
+    home = policy.pick(MEMBERS, first).id
+    second = PickContext(
+        model="m",
+        payload={"prompt": "second cold prompt " * 120, "stream": True},
+        in_flight={home: 1},
+    )
+    policy.pick([mk(home)], second)
+    both = policy.backlog_blocks(home)
+    one = policy.index.block_count("first cold prompt " * 120)
+    assert both > one > 0
+    policy.began(second.ticket)
+    assert policy.backlog_blocks(home) == pytest.approx(one)
+    policy.began(first.ticket)
+    assert policy.backlog_blocks(home) == 0
