@@ -13,7 +13,6 @@ from gateway.policies.missed import MissedPrefixes
 from gateway.policies.placement import Placement
 from gateway.policies.prefix_index import Held, Match, PrefixIndex
 from gateway.policies.shared_sends import STALE_S, SharedSends
-from gateway.policies.strays import Strays
 
 # Converts token counts to index units; English text and code run 3.5-4.5 bytes a token with
 # common tokenizers, and an estimate on the high side only makes the index forget a little late.
@@ -83,8 +82,6 @@ class PrefixAware(Policy, name="prefix_aware"):
         self.shared = 0.25
         # Where prefixes were found missing (missed.py): placement passes those members over.
         self.missed = MissedPrefixes()
-        # Prefixes it placed where the other gateways did not (strays.py).
-        self.strays = Strays()
 
     def _build_index(self, block_chars: int) -> None:
         self.index = PrefixIndex(
@@ -125,10 +122,9 @@ class PrefixAware(Policy, name="prefix_aware"):
         sends = self.sends
         units_per_token = CHARS_PER_TOKEN / self.index.block_chars
         index = self.index
-        told = sends.told(
+        if sends.told(
             members, index.held_by, units_per_token, self.clock.monotonic(), self._known_cap
-        )
-        if told:
+        ):
             self._count_foreign(m.id for m in members)
             for mid, units in sends.arrived.items():
                 index.record(mid).sent += units
@@ -139,12 +135,6 @@ class PrefixAware(Policy, name="prefix_aware"):
             if speeds:
                 sizer.on_shared_speed(speeds[len(speeds) // 2])
         self.placement.update(members)
-        if told and sends.placed:
-            ids = [m.id for m in members if m.healthy and not m.draining]
-            for mid, prefix in self.strays.found(
-                sends.placed, lambda p: self._home(p, ids), lambda m: not self._known_cap(m)
-            ):
-                index.unhold(mid, (prefix,))
 
     def _home(self, prefix: int, ids: Sequence[str]) -> str:
         """The prefix's place among ids by rendezvous, passing over where it was found missing
@@ -489,8 +479,6 @@ class PrefixAware(Policy, name="prefix_aware"):
         self._busy[mid] = backlog
         if match.blocks:
             self.index.insert(mid, match)
-            if presumed:
-                self.strays.placed(match.key, mid)
             sends = self.sends
             sends.note(mid, match.key, match.blocks)
             if (sends.by_prefix or sends.placed) and now - sends.told_at > STALE_S:

@@ -230,73 +230,6 @@ def test_a_new_prefix_goes_to_its_place_where_others_put_it_though_ours_run_ther
     assert ask(fresh(told(unknown, away, {away: {prefix: 2700}})), {}) == home
 
 
-def _running_elsewhere(clock: FakeClock, members: list[Member]) -> tuple[PrefixAware, str, str]:
-    """A gateway that met GROUP first while its own request of another prompt ran at GROUP's
-    place (and knew of no other gateway's sends): GROUP went elsewhere. Returns the gateway,
-    GROUP's place and where it went."""
-    probe = PolicyRegistry(clock=clock).build("prefix_aware")
-    assert isinstance(probe, PrefixAware)
-    probe.on_members(members)
-    probe.on_snapshot(members)
-    home = probe.pick(members, PickContext(model="m", payload={"prompt": GROUP + "q"})).id
-    g = PolicyRegistry(clock=clock).build("prefix_aware")
-    assert isinstance(g, PrefixAware)
-    g.on_members(members)
-    g.on_snapshot(members)
-    earlier = PickContext(model="m", payload={"prompt": "earlier " * 1200, "stream": True})
-    g.pick([m for m in members if m.id == home], earlier)
-    g.began(earlier.ticket)
-    clock.advance(5.0)
-    ctx = PickContext(model="m", payload={"prompt": GROUP + "q0"}, in_flight={home: 1})
-    went = g.pick(members, ctx).id
-    assert went != home
-    return g, home, went
-
-
-def test_a_group_this_gateway_put_elsewhere_moves_to_where_the_others_put_it() -> None:
-    """Members of unknown cache: each gateway's index keeps a group where it first sent it, so
-    one that met the group while busy at its place kept its own copy elsewhere (with three
-    gateways, a group put beside another on an 8k-token engine, the two thrashing there). Told
-    that the others put it at its place, it forgets its copy, and the group goes there."""
-    clock = FakeClock()
-    unknown = [idle_member(f"m{i}") for i in range(2)]
-    g, home, went = _running_elsewhere(clock, unknown)
-    prefix = g.index.match(GROUP + "q1").key
-    assert went in g.index.match(GROUP + "q1").depth
-    g.on_snapshot(told(unknown, home, {home: {prefix: 2700}}))
-    assert g.index.match(GROUP + "q1").depth == {}
-    ctx = PickContext(model="m", payload={"prompt": GROUP + "q1"})
-    assert g.pick(unknown, ctx).id == home
-    # Once: having sent it home itself, the others' sends there agree with it.
-    assert g.strays.found(g.sends.placed, lambda p: home, lambda m: True) == []
-
-
-def test_a_group_is_kept_where_the_others_put_it_too_or_where_the_cache_is_known() -> None:
-    clock = FakeClock()
-    unknown = [idle_member(f"m{i}") for i in range(2)]
-    # The others sent it where this gateway did (as well as home): agreed, kept.
-    g, home, went = _running_elsewhere(clock, unknown)
-    prefix = g.index.match(GROUP + "q1").key
-    both = told(told(unknown, home, {home: {prefix: 2700}}), went, {went: {prefix: 2700}})
-    g.on_snapshot(both)
-    assert went in g.index.match(GROUP + "q1").depth
-    # Another gateway's spill elsewhere says nothing of its place: kept.
-    g, home, went = _running_elsewhere(clock, unknown)
-    third = [*unknown, idle_member("m2")]
-    g.on_members(third)
-    prefix = g.index.match(GROUP + "q1").key
-    if g._home(prefix, [m.id for m in third]) == "m2":
-        return  # m2 became the place: nothing to check with this draw.
-    g.on_snapshot(told(third, "m2", {"m2": {prefix: 2700}}))
-    assert went in g.index.match(GROUP + "q1").depth
-    # A member whose cache is known: the others' sends there are held (claims), cost decides.
-    known = [idle_member(f"m{i}", cache_tokens=65536) for i in range(2)]
-    g, home, went = _running_elsewhere(clock, known)
-    prefix = g.index.match(GROUP + "q1").key
-    g.on_snapshot(told(known, home, {home: {prefix: 2700}}))
-    assert went in g.index.match(GROUP + "q1").depth
-
-
 def test_with_other_gateways_about_a_new_prefix_goes_to_its_place_though_ours_run_there() -> None:
     """Once other gateways are known to send (their sends of any prefix come with snapshots),
     a prefix new to this gateway is judged at its place as they judge it, leaving out this
@@ -331,16 +264,3 @@ def test_with_other_gateways_about_a_new_prefix_goes_to_its_place_though_ours_ru
     assert pick(others, 0.25) == "m0"
     assert pick(unknown, 0.25) == "m1"
     assert pick(others, 0.05) == "m1"
-
-
-def test_strays_remember_a_bounded_number_of_prefixes() -> None:
-    from gateway.policies.strays import PREFIXES, Strays
-
-    strays = Strays()
-    for prefix in range(PREFIXES + 10):
-        strays.placed(prefix, "m1")
-    others = {prefix: ("m0",) for prefix in range(PREFIXES + 10)}
-    found = strays.found(others, lambda p: "m0", lambda m: True)
-    # The oldest ten were dropped; each of the others is returned once.
-    assert sorted(p for _, p in found) == list(range(10, PREFIXES + 10))
-    assert strays.found(others, lambda p: "m0", lambda m: True) == []
