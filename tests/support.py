@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import random
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,8 +21,29 @@ from llmpool.certs import ensure_local_pki
 T = TypeVar("T")
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the OS hands out to connections (Linux's default where unreadable)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A port the OS says is free now (bind to 0, read it, release it)."""
+    """A port free now, chosen below the OS's ephemeral range. A port bound to 0 comes from
+    that range, which every outgoing connection draws from as well: between a test choosing
+    one and its server binding it, a process's connection to the controller took it once
+    (the gateway then died on EADDRINUSE)."""
+    low = _ephemeral_low()
+    rng = random.Random()
+    for _ in range(100):
+        port = rng.randrange(max(1024, low - 12000), low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
