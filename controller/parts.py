@@ -110,7 +110,12 @@ async def build_parts(
 
     def build() -> Routes:
         return build_routes(
-            desired.pools, desired.backends, desired.assignments, live(), usage.loads()
+            desired.pools,
+            desired.backends,
+            desired.assignments,
+            live(),
+            usage.loads(),
+            publisher.gateways(),
         )
 
     keys = KeyBook(store, on_change=changes.notify)

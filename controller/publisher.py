@@ -145,12 +145,14 @@ class SnapshotPublisher:
         self._subscribers.add(sub)
         self._metrics.gateways_connected.set(len(self._subscribers))
         log.info("gateway watching routes", extra={"gateway_id": gateway_id})
+        self.nudge()  # Routes tell how many gateways watch them.
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
         self._subscribers.discard(sub)
         self._metrics.gateways_connected.set(len(self._subscribers))
         log.info("gateway stopped watching routes", extra={"gateway_id": sub.gateway_id})
+        self.nudge()
 
     def publish(self) -> bool:
         """Rebuilds the table; when it changed, bumps the version and queues a delta. When a
@@ -196,6 +198,10 @@ class SnapshotPublisher:
 
     def gateway_ids(self) -> list[str]:
         return [sub.gateway_id for sub in self._subscribers]
+
+    def gateways(self) -> int:
+        """Gateways watching routes (one that reconnects counts once)."""
+        return len({sub.gateway_id for sub in self._subscribers})
 
     def offer_quotas(self, gateway_id: str, quotas: gateway_pb2.Quotas) -> None:
         for sub in self._subscribers:

@@ -90,6 +90,7 @@ class ModelRoute:
     tpm: int = 0
     redaction: Mapping[str, str] = field(default_factory=dict)
     max_in_flight_per_member: int = 0
+    gateways: int = 0
 
 
 Routes = dict[str, ModelRoute]
@@ -189,9 +190,11 @@ def build_routes(
     assignments: Mapping[str, Assignment],
     live: Mapping[str, LiveReplica],
     loads: Mapping[str, MemberLoad],
+    gateways: int = 0,
 ) -> Routes:
     """Every pool appears, even with no members, so gateways answer 503 rather than 404.
-    Members: static backends, managed replicas (by assignment) and attached replicas."""
+    Members: static backends, managed replicas (by assignment) and attached replicas.
+    `gateways`: how many watch routes (each route tells them)."""
     by_pool: dict[str, list[RouteMember]] = {name: [] for name in pools}
     for b in sorted(backends.values(), key=lambda b: b.id):
         if b.pool in by_pool and b.enabled:
@@ -223,6 +226,7 @@ def build_routes(
             model=name,
             members=tuple(by_pool[name]),
             hold_s=hold_s(pools[name]),
+            gateways=gateways,
         )
         for name in sorted(pools)
     }

@@ -212,6 +212,7 @@ class RoutingTable:
         candidates = self._candidates(members)
         if previous is None or policy is not previous.policy or member_ids != previous.member_ids:
             policy.on_members(members)
+        policy.on_gateways(msg.gateways)
         policy.on_snapshot(members)
         return Route(
             model=msg.model,

@@ -220,3 +220,6 @@ class Policy:
 
     def on_snapshot(self, members: Sequence[Member]) -> None:
         """A snapshot rebuilt the route (fresh load figures in members)."""
+
+    def on_gateways(self, count: int) -> None:
+        """How many gateways route with this controller (0: not known), before on_snapshot."""

@@ -379,7 +379,11 @@ class CacheSizer:
             if new < MIN_NEW_FOR_SPEED:
                 return None
             sample = ttft_s / new
-            if not ticket.presumed and (self.bound_s is None or sample < self.bound_s):
+            # Presumed ones too: one cached by another gateway is only faster, and a bound too
+            # fast makes queues drain early, not prefixes spill (a bound left unset until the
+            # speed was learned, the prior's 8,000 tokens/s against an engine 16x that, made
+            # queues of first prefills look full, and groups spilled onto a second member).
+            if self.bound_s is None or sample < self.bound_s:
                 self.bound_s = sample
             if unit_s is not None and sample < 0.25 * unit_s:
                 # Far faster than a prefill of it all, whatever else ran: it was cached.

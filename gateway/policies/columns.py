@@ -10,7 +10,8 @@ from gateway.policies.prefix_index import Held, PrefixIndex
 
 class Columns:
     """Per candidate, in the route's order: its id, its record in the index, the cost of the
-    other gateways' requests in flight there, and its room left and units sent there once.
+    other gateways' requests in flight there, and its room left, share of its room held and
+    units sent there once.
     Built for one tuple of candidates and one usage report; the last two follow the records
     the index changed (`refresh`). In lists, the first pass (`costs`) reads two short arrays
     rather than 64 records (each two cache lines and three integer objects away: the pass is
@@ -25,11 +26,14 @@ class Columns:
         "candidates",
         "changed",
         "evict",
+        "fill",
         "floor",
         "free",
+        "guessed",
         "highs",
         "hot",
         "ids",
+        "known",
         "lo",
         "lows",
         "position",
@@ -67,6 +71,11 @@ class Columns:
         self.position = {mid: i for i, mid in enumerate(ids)}
         self.slot = {r: i for i, r in enumerate(records)}
         self.free = [r.room - r.units for r in records]
+        # What the index holds there for its room, and how many candidates have no cap of
+        # their own (reported or learned): prefix_aware balances new prefixes on these.
+        self.fill = [r.units / r.room for r in records]
+        self.known = [bool(r.cap) for r in records]
+        self.guessed = self.known.count(False)
         self.singles = [r.singles for r in records]
         # least_cost's terms per candidate (see there).
         self.lows = [0.0] * len(records)
@@ -88,14 +97,37 @@ class Columns:
             return
         slot = self.slot.get
         free = self.free
+        fill = self.fill
         singles = self.singles
         for r in changed:
             i = slot(r)
             if i is not None:
                 free[i] = r.room - r.units
+                fill[i] = r.units / r.room
                 singles[i] = r.singles
                 self._terms(i)
+                if bool(r.cap) != self.known[i]:
+                    self.known[i] = not self.known[i]
+                    self.guessed += -1 if r.cap else 1
         changed.clear()
+
+    def least_filled(self, near: list[int], chosen: int, units: float) -> list[int] | None:
+        """Of the candidates in near (positions), those holding, for their room, no more than
+        `units` over the least filled of them; None when `chosen` is one (checked first against
+        the least of all candidates, one pass in C: most often it is).
+
+        prefix_aware places a new prefix by rendezvous among these while some member's cache
+        is unknown: every room is then the same guess, costs do not tell members apart, and
+        rendezvous alone put 3 or 4 of 8 prompt groups on one of four members about half the
+        time, thrashing it from the first second (four 16k-token engines, one gateway: p99
+        0.62 s against the oracle's 0.14 s; spread evenly, 0.15 s)."""
+        fill = self.fill
+        records = self.records
+        if fill[chosen] <= min(fill) + units / records[chosen].room:
+            return None
+        least = min([fill[i] for i in near])
+        kept = [i for i in near if fill[i] <= least + units / records[i].room]
+        return None if chosen in kept else kept
 
     def costs(self, units: int) -> list[float]:
         """Every candidate's cost as one that holds none of a prompt of `units` and has none of

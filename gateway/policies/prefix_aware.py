@@ -82,6 +82,8 @@ class PrefixAware(Policy, name="prefix_aware"):
         self.shared = 0.25
         # Where prefixes were found missing (missed.py): placement passes those members over.
         self.missed = MissedPrefixes()
+        # Gateways routing with this controller (0: not known; on_gateways).
+        self.gateways = 0
 
     def _build_index(self, block_chars: int) -> None:
         self.index = PrefixIndex(
@@ -98,6 +100,9 @@ class PrefixAware(Policy, name="prefix_aware"):
         self._busy: dict[str, Backlog] = {}
         self._cols: Columns | None = None
         self.drain_blocks_per_s = self._prefill_rate * CHARS_PER_TOKEN / block_chars
+
+    def on_gateways(self, count: int) -> None:
+        self.gateways = count
 
     def on_snapshot(self, members: Sequence[Member]) -> None:
         """Members whose engine reports its KV cache are bounded by that (what an engine says
@@ -328,6 +333,21 @@ class PrefixAware(Policy, name="prefix_aware"):
                     near = kept
             if near:
                 chosen = near[self.placement.choose(prefix, [ids[i] for i in near])]
+                if (
+                    cols.guessed
+                    and len(near) > 1
+                    and not depth
+                    and self.gateways <= 1
+                    and not placed
+                ):
+                    # Alone, while some cache is unknown: among the least filled
+                    # (Columns.least_filled). Not with other gateways: each counts its own
+                    # sends until the controller tells it the rest a second later, so their
+                    # fills differ and each would put a prefix elsewhere; rendezvous puts it
+                    # on the same member for all.
+                    spread = cols.least_filled(near, chosen, 0.5 * blocks)
+                    if spread is not None:
+                        chosen = spread[self.placement.choose(prefix, [ids[i] for i in spread])]
             presumed = not depth
         return self._sent(candidates[chosen], match, ctx, presumed, now)
 

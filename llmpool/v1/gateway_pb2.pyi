@@ -344,6 +344,7 @@ class ModelRoute(_message.Message):
     TPM_FIELD_NUMBER: _builtins.int
     REDACTION_FIELD_NUMBER: _builtins.int
     MAX_IN_FLIGHT_PER_MEMBER_FIELD_NUMBER: _builtins.int
+    GATEWAYS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     policy: _builtins.str
     split_header: _builtins.str
@@ -366,6 +367,10 @@ class ModelRoute(_message.Message):
     rpm: _builtins.int
     tpm: _builtins.int
     max_in_flight_per_member: _builtins.int
+    gateways: _builtins.int
+    """Gateways watching routes when this was built (0: not known). A gateway alone places a
+    prompt prefix new to it by what it sent itself; with others it places it where they would.
+    """
     @_builtins.property
     def policy_params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -407,10 +412,11 @@ class ModelRoute(_message.Message):
         tpm: _builtins.int = ...,
         redaction: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         max_in_flight_per_member: _builtins.int = ...,
+        gateways: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "eject_after_failures", b"eject_after_failures"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "eject_after_failures", b"eject_after_failures", "eject_base_s", b"eject_base_s", "fallbacks", b"fallbacks", "hold_s", b"hold_s", "max_in_flight_per_member", b"max_in_flight_per_member", "members", b"members", "model", b"model", "policy", b"policy", "policy_params", b"policy_params", "prefer_zone", b"prefer_zone", "redaction", b"redaction", "rpm", b"rpm", "rules", b"rules", "spill_waiting", b"spill_waiting", "split_header", b"split_header", "splits", b"splits", "tenant", b"tenant", "tpm", b"tpm", "ttfb_timeout_s", b"ttfb_timeout_s", "ttft_slo_ms", b"ttft_slo_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures", "eject_after_failures", b"eject_after_failures", "eject_base_s", b"eject_base_s", "fallbacks", b"fallbacks", "gateways", b"gateways", "hold_s", b"hold_s", "max_in_flight_per_member", b"max_in_flight_per_member", "members", b"members", "model", b"model", "policy", b"policy", "policy_params", b"policy_params", "prefer_zone", b"prefer_zone", "redaction", b"redaction", "rpm", b"rpm", "rules", b"rules", "spill_waiting", b"spill_waiting", "split_header", b"split_header", "splits", b"splits", "tenant", b"tenant", "tpm", b"tpm", "ttfb_timeout_s", b"ttfb_timeout_s", "ttft_slo_ms", b"ttft_slo_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__eject_after_failures: _TypeAlias = _typing.Literal["eject_after_failures"]  # noqa: Y015
     _WhichOneofArgType__eject_after_failures: _TypeAlias = _typing.Literal["_eject_after_failures", b"_eject_after_failures"]  # noqa: Y015

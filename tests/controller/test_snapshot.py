@@ -12,8 +12,11 @@ from controller.model import Assignment, BackendSpec, PoolSpec, Template
 from controller.publisher import SnapshotPublisher
 from controller.snapshot import LiveReplica, Routes, build_routes, diff_routes, healthy_members
 from controller.usage import MemberLoad, UsageAggregator
+from gateway.policies import PrefixAware
+from gateway.routing import RoutingTable
 from llmpool.clock import FakeClock
 from llmpool.config import parse_config
+from llmpool.protoconv import to_proto
 from llmpool.status import ReplicaState, ReplicaStatus
 from llmpool.v1 import gateway_pb2
 
@@ -216,3 +219,32 @@ async def test_a_gateways_usage_report_rebuilds_the_snapshot_without_waiting_for
     assert not changed.is_set()
     await servicer.ReportUsage(reports(), None)  # type: ignore[arg-type]
     assert changed.is_set()
+
+
+async def test_routes_tell_gateways_how_many_watch_them() -> None:
+    """prefix_aware places new prefixes one way for a gateway alone, another with others."""
+    pools = {"m": PoolSpec(name="m", policy="prefix_aware")}
+
+    def build() -> Routes:
+        return build_routes(pools, {}, {}, {}, {}, publisher.gateways())
+
+    changed = asyncio.Event()
+    publisher = SnapshotPublisher(build, changed, FakeClock(), ControllerMetrics())
+    publisher.publish()
+    assert publisher.routes["m"].gateways == 0
+    publisher.subscribe("gw-1")
+    assert changed.is_set()  # A new watcher rebuilds the routes.
+    publisher.publish()
+    assert publisher.routes["m"].gateways == 1
+    second = publisher.subscribe("gw-2")
+    publisher.subscribe("gw-2")  # Reconnecting before its old stream ended: still one.
+    assert publisher.publish() and publisher.routes["m"].gateways == 2
+
+    table = RoutingTable()
+    table.apply(to_proto(publisher.full_snapshot(), gateway_pb2.RoutingSnapshot))
+    route = table.get("m")
+    assert route is not None and isinstance(route.policy, PrefixAware)
+    assert route.policy.gateways == 2
+    publisher.unsubscribe(second)
+    publisher.publish()
+    assert publisher.routes["m"].gateways == 2  # gw-2's other stream still watches.

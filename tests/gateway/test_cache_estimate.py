@@ -371,9 +371,10 @@ def test_queued_prefills_drain_at_least_as_fast_as_the_fastest_miss_showed() -> 
     assert s.unit_s is None and s.drain_rate(10.0) == 200.0
     # A prior faster than the bound stands.
     assert s.drain_rate(1000.0) == 1000.0
-    # A presumed home may have held the prefix from another gateway: not a bound.
-    s.settle(Ticket("y", 0, 100, 0.0, presumed=True, alone=False), 0.01, 0)
-    assert s.drain_rate(10.0) == 200.0
+    # A presumed home (the first request of a prefix at its place) bounds it too: one that
+    # another gateway's traffic cached there is only faster, which drains queues early.
+    s.settle(Ticket("y", 0, 100, 0.0, presumed=True, alone=False, clear=False), 0.25, 0)
+    assert s.drain_rate(10.0) == 400.0
     learn_speed(s, 0.001)
     assert s.drain_rate(10.0) == 1000.0
 

@@ -228,3 +228,36 @@ def test_a_new_prefix_that_waited_for_room_at_its_place_goes_elsewhere_next() ->
     assert g.drain_missed() == {place: [prefix]}
     ctx = PickContext(model="m", payload={"prompt": text + " next", "stream": True})
     assert g.pick(MEMBERS, ctx).id != place
+
+
+def _homes(gateways: int, caps_known: bool = False) -> Counter[str]:
+    """Where eight prompt groups of one size go from a gateway that knows no member's cache
+    (or knows every one's), each group's first request answered before the next arrives."""
+    policy = PolicyRegistry(clock=FakeClock()).build("prefix_aware")
+    assert isinstance(policy, PrefixAware)
+    policy.on_gateways(gateways)
+    policy.on_members(MEMBERS)
+    policy.on_snapshot(MEMBERS)
+    if caps_known:
+        for m in MEMBERS:
+            policy.index.set_cap(m.id, 1 << 20)
+    homes: Counter[str] = Counter()
+    for g in range(8):
+        ctx = PickContext(model="m", payload={"prompt": f"group {g} system prompt " * 300})
+        homes[policy.pick(MEMBERS, ctx).id] += 1
+    return homes
+
+
+def test_a_gateway_alone_spreads_new_prefix_groups_evenly_while_caches_are_unknown() -> None:
+    # Rendezvous (the same member on every gateway) puts three of these eight groups on one
+    # member and one on another: with every cache the same, the first thrashes.
+    rendezvous = _homes(gateways=3)
+    assert sorted(rendezvous.values()) != [2, 2, 2, 2]
+    # A gateway alone knows all that was sent: it evens them out.
+    assert sorted(_homes(gateways=1).values()) == [2, 2, 2, 2]
+    # Several gateways each count only their own sends until the controller tells them the
+    # others' (a second later): balancing on that would place a group differently on each,
+    # so they keep to rendezvous.
+    assert _homes(gateways=2) == rendezvous
+    # Where every cache is known the costs weigh what each holds: rendezvous again.
+    assert _homes(gateways=1, caps_known=True) == rendezvous
