@@ -12,7 +12,8 @@ as the median of those learned small would send new prefixes back to a member fo
 (seen: three gateways kept three sessions on an 8k-token engine whose cap they had learned at
 4k, because the others, unlearned, weighed the same). The highest score wins. Among
 members that cost about the same, every gateway so picks the same one for a new prefix, and
-the same one to spill a busy prefix to. Adding or removing one member moves only the
+the same one to spill a busy prefix to. (A gateway alone first narrows a new prefix's choice to
+the least filled of them while caches are unknown: Columns.least_filled.) Adding or removing one member moves only the
 prefixes it wins or won."""
 
 from __future__ import annotations
