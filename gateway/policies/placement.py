@@ -13,8 +13,8 @@ as the median of those learned small would send new prefixes back to a member fo
 4k, because the others, unlearned, weighed the same). The highest score wins. Among
 members that cost about the same, every gateway so picks the same one for a new prefix, and
 the same one to spill a busy prefix to. (A gateway alone first narrows a new prefix's choice to
-the least filled of them while caches are unknown: Columns.least_filled.) Adding or removing one member moves only the
-prefixes it wins or won."""
+the least filled of them while caches are unknown: Columns.least_filled.) Adding or removing
+one member moves only the prefixes it wins or won."""
 
 from __future__ import annotations
 
