@@ -120,7 +120,9 @@ class Columns:
         is unknown: every room is then the same guess, costs do not tell members apart, and
         rendezvous alone put 3 or 4 of 8 prompt groups on one of four members about half the
         time, thrashing it from the first second (four 16k-token engines, one gateway: p99
-        0.62 s against the oracle's 0.14 s; spread evenly, 0.15 s)."""
+        0.62 s against the oracle's 0.14 s; spread evenly, 0.15 s). Only for a gateway alone:
+        others count their own sends until the controller tells them the rest a second later,
+        so their fills differ and each would put a prefix elsewhere."""
         fill = self.fill
         records = self.records
         if fill[chosen] <= min(fill) + units / records[chosen].room:

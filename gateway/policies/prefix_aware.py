@@ -340,11 +340,8 @@ class PrefixAware(Policy, name="prefix_aware"):
                     and self.gateways <= 1
                     and not placed
                 ):
-                    # Alone, while some cache is unknown: among the least filled
-                    # (Columns.least_filled). Not with other gateways: each counts its own
-                    # sends until the controller tells it the rest a second later, so their
-                    # fills differ and each would put a prefix elsewhere; rendezvous puts it
-                    # on the same member for all.
+                    # Alone, while some cache is unknown: among the least filled (with others,
+                    # whose fills differ until told, rendezvous keeps them agreeing).
                     spread = cols.least_filled(near, chosen, 0.5 * blocks)
                     if spread is not None:
                         chosen = spread[self.placement.choose(prefix, [ids[i] for i in spread])]
