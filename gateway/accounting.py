@@ -134,11 +134,14 @@ class RequestAccount:
         self._sent_at = self._book.clock.monotonic()
         self._book.usage.started(member.id, self._model())
 
-    def first_byte(self) -> None:
-        """The open try's stream sent its first bytes (the member has begun answering)."""
+    def first_byte(self, answered: bool = True) -> None:
+        """The open try's stream sent its first bytes (the member has begun answering; with
+        answered False, the try ended without any)."""
         policy = self._policy
         if policy is not None and policy.settles and self._ticket is not None:
-            policy.began(self._ticket)
+            policy.began(
+                self._ticket, self._book.clock.monotonic() - self._sent_at if answered else None
+            )
 
     def try_failed(self, error: str, detail: str = "") -> str:
         """The open try failed before an answer (the request may be retried elsewhere): it
@@ -238,7 +241,7 @@ class RequestAccount:
         assert member is not None and self._trying, "no try is open"
         self._trying = False
         # A try that ends has begun as far as the policy's wait is concerned (first byte or not).
-        self.first_byte()
+        self.first_byte(answered=False)
         end = self._book.clock.monotonic() if now is None else now
         cost = self._cost = (
             member.cost_usd(tokens.prompt, tokens.cached, tokens.completion)

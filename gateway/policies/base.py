@@ -206,9 +206,10 @@ class Policy:
         streamed), seconds per output token after it (0 when unknown), prompt tokens (0 when
         unknown), and whether it succeeded."""
 
-    def began(self, ticket: object) -> None:
-        """The request whose pick left ticket got its first byte, or ended without one (called
-        only where settles is true)."""
+    def began(self, ticket: object, ttft_s: float | None = None) -> None:
+        """The request whose pick left ticket got its first byte, ttft_s seconds after it was
+        sent (None: it ended without one, or not streamed); called only where settles is true,
+        maybe more than once."""
 
     def settle(self, ticket: object, ttft_s: float | None, cached_tokens: int) -> None:
         """A request whose pick left ticket in PickContext.ticket ended well: seconds from

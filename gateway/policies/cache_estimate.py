@@ -118,6 +118,8 @@ class Ticket:
     started: bool = False
     # How deep in the member's LRU its held part sat (Held.reach; 0: not known).
     reach: int = 0
+    # Its outcome was judged (at its first byte where time alone tells, else at its end).
+    judged: bool = False
 
 
 @dataclass(slots=True)
@@ -158,8 +160,8 @@ class CacheSizer:
         # The latest cap, in units, gateways shared for a member (taken once, when it changes).
         self._shared: dict[str, int] = {}
         self.outcomes: dict[str, Outcomes] = {}
-        # The last settle() made the index forget the prompt at its member.
-        self.forgot = False
+        # The prefixes the last settle() made the index forget at its member.
+        self.forgot: list[int] = []
         # Per member, the verdicts with their depth (units) since the last usage report: the
         # controller bounds the member's cache from every gateway's together.
         self.verdicts: dict[str, list[tuple[int, bool]]] = {}
@@ -247,6 +249,16 @@ class CacheSizer:
                 del table[m]
         self._reports_cached &= keep
 
+    def timed(self, member_id: str) -> bool:
+        """Whether only time to first token tells of the member's answers (none of them said
+        what came from its cache)."""
+        return member_id not in self._reports_cached
+
+    def reports_cached(self, member_id: str) -> None:
+        """The member's answer said what of its prompt came from cache: later ones are judged
+        by that."""
+        self._reports_cached.add(member_id)
+
     def token_s(self) -> float:
         """Seconds a prompt token takes to prefill, as learned (0.0: not yet)."""
         return (self.unit_s or 0.0) * self.bytes_per_token / self.index.block_chars
@@ -269,7 +281,7 @@ class CacheSizer:
         outcomes = self.outcomes.get(member)
         if outcomes is None:
             outcomes = self.outcomes[member] = Outcomes()
-        self.forgot = False
+        self.forgot = []
         hit = self._hit(ticket, ttft_s, cached_tokens)
         if hit is not True and ticket.held < MIN_HELD and ttft_s is not None:
             self._stalled(ticket, ttft_s)
@@ -291,12 +303,7 @@ class CacheSizer:
             outcomes.window_misses += 1
             outcomes.window_held = max(outcomes.window_held, self.index.held(member))
             if self.forgets_on_miss(member):
-                # Whatever the cap, the member does not hold this prompt now: the next request
-                # of it goes where it is held, or is placed afresh.
-                self.forgot = True
-                self.index.unhold(member, ticket.hashes)
-                # It prefilled the part again: its cache took that in.
-                self.index.record(member).sent += ticket.held
+                self._missed(ticket)
         if ticket.reach:
             outcomes.points.append((ticket.reach, hit))
             out = self.verdicts.setdefault(member, [])
@@ -322,6 +329,37 @@ class CacheSizer:
             outcomes.window_hits = outcomes.window_misses = outcomes.window_held = 0
         return hit
 
+    def _missed(self, ticket: Ticket) -> None:
+        """The member had lost a prompt the index said it held, and prefilled it again: it holds
+        it now, and what that took in pushed out its least recent prompts. Those the miss shows
+        gone (sitting at least as deep as the missed one was: the cache is smaller than that)
+        are forgotten, the deepest first, up to the prompt's size: their next requests are
+        placed afresh rather than sent back to miss and evict it in turn (seen: two 6k-token
+        prompt groups on an 8k-token engine; forgetting the one that missed instead kept
+        sending the other there to miss, its requests queued behind its prefill, 0.34 s
+        against 0.14 s for a first request elsewhere). Where the miss shows nothing gone
+        (depth not known, nothing that deep), the prompt that missed is forgotten there,
+        whatever the cap: its next request goes where it is held, or is placed afresh. So is
+        one that nothing this gateway sent since its last request pushed out (another gateway's
+        traffic did, or it was never cached): it would miss there again."""
+        member = ticket.member
+        record = self.index.record(member)
+        # It prefilled the part again: its cache took that in.
+        record.sent += ticket.held
+        key = ticket.hashes[0] if ticket.hashes else -1
+        gone = (
+            record.deeper(ticket.reach, ticket.held + ticket.new, key)
+            if ticket.reach > ticket.held
+            else []
+        )
+        if gone:
+            for prefix in gone:
+                self.index.unhold(member, (prefix,))
+            self.forgot = gone
+        else:
+            self.index.unhold(member, ticket.hashes)
+            self.forgot = [key] if ticket.hashes else []
+
     def _stalled(self, ticket: Ticket, ttft_s: float) -> None:
         """A prompt new to the member, sent with its prefill to itself there, that took
         STALL_MARGIN times that prefill and this gateway's queue ahead: it waited for KV room
@@ -337,7 +375,7 @@ class CacheSizer:
             return
         if self.index.held(member) < STALL_OTHERS * new or not self.forgets_on_miss(member):
             return
-        self.forgot = True
+        self.forgot = [ticket.hashes[0]] if ticket.hashes else []
         self.index.unhold(member, ticket.hashes)
 
     def forgets_on_miss(self, member: str) -> bool:

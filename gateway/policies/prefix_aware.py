@@ -184,16 +184,30 @@ class PrefixAware(Policy, name="prefix_aware"):
         """What this gateway learned of each member, for its usage report (CacheSizer.report)."""
         return self.sizer.report(member_ids)
 
-    def began(self, ticket: object) -> None:
+    def began(self, ticket: object, ttft_s: float | None = None) -> None:
         if isinstance(ticket, Ticket):
             ticket.started = True
             backlog = self._backlog.get(ticket.member)
             if backlog is not None:
                 backlog.began(ticket)
+            if ttft_s is not None and not ticket.judged and self.sizer.timed(ticket.member):
+                # Time to first token is all this member's answers tell: judged now rather than
+                # when the answer ends (a decode later), so a prompt its miss shows gone is
+                # not sent back meanwhile (seen: three requests of a group queued there in the
+                # 0.4 s to the end of the one whose miss evicted it).
+                self._judge(ticket, ttft_s, 0)
 
     def settle(self, ticket: object, ttft_s: float | None, cached_tokens: int) -> None:
         if not isinstance(ticket, Ticket):
             return
+        if ticket.judged:
+            if cached_tokens > 0:
+                self.sizer.reports_cached(ticket.member)
+            return
+        self._judge(ticket, ttft_s, cached_tokens)
+
+    def _judge(self, ticket: Ticket, ttft_s: float | None, cached_tokens: int) -> None:
+        ticket.judged = True
         sizer = self.sizer
         hit = sizer.settle(ticket, ttft_s, cached_tokens)
         member = ticket.member
@@ -203,10 +217,10 @@ class PrefixAware(Policy, name="prefix_aware"):
                 self.placement.learn(member, sizer.cap_tokens(member))
         if ticket.presumed and hit is not None:
             self.shared += _SHARED_ALPHA * ((1.0 if hit else 0.0) - self.shared)
-        if sizer.forgot and ticket.hashes:
-            # A miss, or a new prompt that waited for room (most often presumed: the first
-            # request of a prefix goes to its place).
-            self.missed.note(ticket.hashes[0], member)
+        for prefix in sizer.forgot:
+            # Gone after a miss, or a new prompt that waited for room (most often presumed: the
+            # first request of a prefix goes to its place).
+            self.missed.note(prefix, member)
 
     def drain_sent(self) -> dict[str, dict[int, int]]:
         """The prefixes this gateway sent each member since the last call, with their prompts'

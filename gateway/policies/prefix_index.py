@@ -75,17 +75,18 @@ class Held:
         # Units other gateways sent there lately (shared_sends.py): taken off the room.
         self.foreign = 0
         # Units the member had to take in (sent there new to it, or found missing) so far, and
-        # that count just after each prefix (first-block hash) was last sent there: the newest
-        # in `last`, the generation before in `older`. (Two plain dicts: an OrderedDict bounded
-        # by popping its oldest rebuilds itself every few hundred sends, a 15-50 us stall.)
+        # that count just after each prefix (first-block hash) was last sent there, with the
+        # units of that prompt: the newest in `last`, the generation before in `older`. (Two
+        # plain dicts: an OrderedDict bounded by popping its oldest rebuilds itself every few
+        # hundred sends, a 15-50 us stall.)
         self.sent = 0
-        self.last: dict[int, int] = {}
-        self.older: dict[int, int] = {}
+        self.last: dict[int, tuple[int, int]] = {}
+        self.older: dict[int, tuple[int, int]] = {}
 
-    def mark(self, key: int) -> None:
-        """Prefix `key` was just sent there."""
+    def mark(self, key: int, units: int = 0) -> None:
+        """Prefix `key` was just sent there, in a prompt of `units`."""
         last = self.last
-        last[key] = self.sent
+        last[key] = (self.sent, units)
         if len(last) >= LAST_SENT // 2:
             self.older = last
             self.last = {}
@@ -99,7 +100,31 @@ class Held:
         last = self.last.get(key)
         if last is None:
             last = self.older.get(key)
-        return self.sent - last + held if last is not None else 0
+        return self.sent - last[0] + held if last is not None else 0
+
+    def deeper(self, reach: int, units: int, but: int) -> list[int]:
+        """Prefixes still held there (their first block) whose prompt, as last sent, now sits
+        at least `reach` deep in the member's LRU, the deepest first, as many as it takes to
+        make `units` of them (the one that crosses included); `but` left out."""
+        sent = self.sent
+        blocks = self.blocks
+        found: list[tuple[int, int, int]] = []
+        newer = self.last
+        for table in (newer, self.older):
+            for key, (at, size) in table.items():
+                if key == but or key not in blocks or (table is not newer and key in newer):
+                    continue
+                depth = sent - at + size
+                if depth >= reach:
+                    found.append((depth, key, size))
+        found.sort(reverse=True)
+        out: list[int] = []
+        for _, key, size in found:
+            if units <= 0:
+                break
+            out.append(key)
+            units -= size
+        return out
 
 
 class PrefixIndex:
@@ -379,7 +404,7 @@ class PrefixIndex:
                 deque(map(touch_mine, reversed(head)), 0)  # All reused already.
         record.sent += held - record.units
         if hashes:
-            record.mark(hashes[0])
+            record.mark(hashes[0], match.blocks)
         record.units = held
         record.singles = single
         self.changed.add(record)

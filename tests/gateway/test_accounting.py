@@ -214,13 +214,15 @@ class Settler(Policy, name="settler"):
 
     def configure(self, params: object) -> None:
         self.began_with: list[object] = []
+        self.began_after: list[float | None] = []
         self.settled: list[tuple[object, float | None, int]] = []
 
     def pick(self, candidates: Sequence[Member], ctx: PickContext) -> Member:
         return candidates[0]
 
-    def began(self, ticket: object) -> None:
+    def began(self, ticket: object, ttft_s: float | None = None) -> None:
         self.began_with.append(ticket)
+        self.began_after.append(ttft_s)
 
     def settle(self, ticket: object, ttft_s: float | None, cached_tokens: int) -> None:
         self.settled.append((ticket, ttft_s, cached_tokens))
@@ -235,9 +237,11 @@ def test_the_policy_hears_when_each_try_begins_and_how_it_went() -> None:
     account.begin("m", policy)
     account.sent(A, "ticket-1")
     assert policy.began_with == []
+    book.clock.advance(0.125)
     account.first_byte()
-    assert policy.began_with == ["ticket-1"]
-    book.clock.advance(0.25)
+    # With the time from sending to it (the policy may judge the try by it there and then).
+    assert policy.began_with == ["ticket-1"] and policy.began_after == [0.125]
+    book.clock.advance(0.125)
     usage = TokenUsage(prompt=100, completion=5, cached=64)
     account.stream_ended(StreamOutcome(True, False, 0.25, usage, None))
     assert policy.settled == [("ticket-1", 0.25, 64)]
@@ -247,4 +251,5 @@ def test_the_policy_hears_when_each_try_begins_and_how_it_went() -> None:
     account.sent(B, "ticket-2")
     account.try_failed("refused the connection")
     assert policy.began_with[-1] == "ticket-2" and len(policy.settled) == 1
+    assert policy.began_after[-1] is None
     account.failed(502)

@@ -486,6 +486,55 @@ def test_a_new_prompt_that_waited_for_room_beside_others_is_forgotten_there() ->
         assert not s.forgot and s.index.held("m") == held > others
 
 
+def test_a_miss_forgets_what_it_shows_gone_and_keeps_the_prompt_prefilled_again() -> None:
+    """Two prompt groups on a member that holds less than both: the older one's next request
+    missed (the newer one pushed it out), and prefilled it again, which pushed out the newer:
+    the index keeps the one that missed there and forgets the other (its next request is
+    placed afresh instead of missing there in turn)."""
+    s = sizer()
+    learn_speed(s, 0.001)
+    a = s.index.match(("group a's system prompt " * 600)[: 128 * 100])
+    b = s.index.match(("group b's system prompt " * 600)[: 128 * 100])
+    s.index.insert("m", a)
+    s.index.insert("m", b)
+    record = s.index.record("m")
+    reach = record.reach(a.key, a.blocks)
+    assert reach == a.blocks + b.blocks  # b came in since a was last sent, over a's own part
+    s.index.insert("m", s.index.match(("group a's system prompt " * 600)[: 128 * 100]))
+    assert s.settle(Ticket("m", a.blocks, 0, 0.0, hashes=a.hashes, reach=reach), 0.5, 0) is False
+    assert s.forgot == [b.key]
+    assert "m" not in s.index.match(("group b's system prompt " * 600)[: 128 * 100]).depth
+    assert s.index.match(("group a's system prompt " * 600)[: 128 * 100]).depth["m"][0] == a.blocks
+    # Nothing sent there since a's last request (reach no more than its own part): what pushed
+    # it out is not this gateway's to forget; a itself is.
+    s = sizer()
+    learn_speed(s, 0.001)
+    s.index.insert("m", b)
+    s.index.insert("m", a)
+    ticket = Ticket("m", a.blocks, 0, 0.0, hashes=a.hashes, reach=a.blocks)
+    assert s.settle(ticket, 0.5, 0) is False
+    assert s.forgot == [a.key]
+    assert "m" not in s.index.match(("group a's system prompt " * 600)[: 128 * 100]).depth
+
+
+def test_deeper_gives_the_prefixes_past_a_depth_the_deepest_first_up_to_a_size() -> None:
+    index = PrefixIndex(block_chars=8, max_blocks=1000, max_prompt_blocks=100, max_holders=4)
+    texts = [f"prompt{n:02d}" * 4 for n in range(5)]
+    matches = [index.match(t) for t in texts]
+    assert [m.blocks for m in matches] == [4] * 5
+    for m in matches:
+        index.insert("m", m)
+    record = index.record("m")
+    keys = [m.key for m in matches]
+    # Depths now 20, 16, 12, 8, 4 (oldest first).
+    assert record.deeper(12, 100, -1) == keys[:3]
+    assert record.deeper(12, 5, -1) == keys[:2]  # the second crosses 5 units
+    assert record.deeper(12, 4, keys[0]) == keys[1:2]
+    index.unhold("m", (keys[1],))
+    assert record.deeper(12, 100, -1) == [keys[0], keys[2]]  # no longer held: left out
+    assert record.deeper(21, 100, -1) == []
+
+
 def test_misses_go_out_with_usage_and_others_come_in_with_routing() -> None:
     """The table's prefix_aware routes hand their own misses and verdicts to usage reports
     (drained, per member) and take the misses the controller puts on members

@@ -173,6 +173,35 @@ def test_a_prefix_that_missed_at_a_member_is_placed_elsewhere_next() -> None:
     assert len(moved) == 1
 
 
+def test_a_miss_is_judged_at_the_first_byte_and_what_it_pushed_out_goes_elsewhere() -> None:
+    """Two prompt groups on one static member too small for both: the older group's request
+    that comes back slow at its first byte is a miss, judged there and then (its answer may
+    take seconds more): the newer group, which its prefill pushed out, is placed elsewhere
+    from the next request on, the older stays; the answer's end judges nothing again."""
+    g = warmed()
+    one = MEMBERS[:1]
+    home = one[0].id
+    a = "group a's system prompt " * 700
+    b = "group b's system prompt " * 700
+    for text in (a, b):
+        ctx = PickContext(model="m", payload={"prompt": text, "stream": True})
+        assert g.pick(one, ctx).id == home
+        g.began(ctx.ticket, 0.1)
+        g.settle(ctx.ticket, 0.1, 0)
+    ctx = PickContext(model="m", payload={"prompt": a + " q2", "stream": True})
+    assert g.pick(MEMBERS, ctx).id == home
+    slow = ctx.ticket
+    assert isinstance(slow, Ticket) and slow.held > 0 and slow.reach > slow.held
+    g.began(slow, 0.4)
+    assert slow.judged and g.sizer.outcomes[home].misses == 1
+    ctx = PickContext(model="m", payload={"prompt": b + " q3", "stream": True})
+    assert g.pick(MEMBERS, ctx).id != home
+    ctx = PickContext(model="m", payload={"prompt": a + " q3", "stream": True})
+    assert g.pick(MEMBERS, ctx).id == home
+    g.settle(slow, 0.4, 0)
+    assert g.sizer.outcomes[home].misses == 1
+
+
 def test_misses_other_gateways_found_move_the_prefix_here_too() -> None:
     """A gateway reports the prefixes it found members no longer held (drain_missed, once
     each); one handed such a prefix on a member (Member.missed_prefixes) forgets it there and
