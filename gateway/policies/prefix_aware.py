@@ -191,10 +191,8 @@ class PrefixAware(Policy, name="prefix_aware"):
             if backlog is not None:
                 backlog.began(ticket)
             if ttft_s is not None and not ticket.judged and self.sizer.timed(ticket.member):
-                # Time to first token is all this member's answers tell: judged now rather than
-                # when the answer ends (a decode later), so a prompt its miss shows gone is
-                # not sent back meanwhile (seen: three requests of a group queued there in the
-                # 0.4 s to the end of the one whose miss evicted it).
+                # Judged now, not a decode later: what its miss shows gone is not sent back
+                # there meanwhile (seen: three requests of a group queued there to miss).
                 self._judge(ticket, ttft_s, 0)
 
     def settle(self, ticket: object, ttft_s: float | None, cached_tokens: int) -> None:
@@ -217,9 +215,7 @@ class PrefixAware(Policy, name="prefix_aware"):
                 self.placement.learn(member, sizer.cap_tokens(member))
         if ticket.presumed and hit is not None:
             self.shared += _SHARED_ALPHA * ((1.0 if hit else 0.0) - self.shared)
-        for prefix in sizer.forgot:
-            # Gone after a miss, or a new prompt that waited for room (most often presumed: the
-            # first request of a prefix goes to its place).
+        for prefix in sizer.forgot:  # Shown gone by a miss, or waited for room.
             self.missed.note(prefix, member)
 
     def drain_sent(self) -> dict[str, dict[int, int]]:
