@@ -195,14 +195,15 @@ class UsageAggregator:
             else:
                 # The gateway learned nothing of it (it restarted, or grew back to the report).
                 self._learned.pop(key, None)
-            if m.missed_prefixes:
-                self._note_missed(m.member_id, m.missed_prefixes, now)
             if m.verdict_reach_tokens:
                 self._note_verdicts(m.member_id, m.verdict_reach_tokens, m.verdict_hits, now)
             if m.sent_prefixes:
                 self._note_sent(
                     report.gateway_id, m.member_id, m.sent_prefixes, m.sent_prefix_tokens, now
                 )
+            if m.missed_prefixes:
+                # After the sends: a miss refutes those told so far, this report's too.
+                self._note_missed(m.member_id, m.missed_prefixes, now)
             speed = m.learned_prefill_s_per_token
             if 0 < speed <= _MAX_LEARNED_S_PER_TOKEN:  # NaN fails both
                 self._speeds[key] = (speed, now)
@@ -325,6 +326,14 @@ class UsageAggregator:
             self._bounds.pop(member, None)  # Bounded afresh when next asked.
 
     def _note_missed(self, member: str, prefixes: tuple[int, ...], now: float) -> None:
+        """A gateway found the member no longer held these: the sends of them there that
+        gateways told so far are refuted, and no longer handed out as held there (seen: a
+        gateway sent a session back to where it had just found it missing, because another had
+        sent it there within the last 30 s)."""
+        sent = self._sent.get(member)
+        if sent:
+            for key in prefixes[:_MAX_MISSED_PER_REPORT]:
+                sent.pop(key, None)
         keys = self._missed.get(member)
         if keys is None:
             if len(self._missed) >= _MAX_MISSED_MEMBERS:

@@ -181,6 +181,20 @@ def test_prefixes_gateways_sent_a_member_go_to_every_gateway_for_half_a_minute()
         usage.record(sent("g1", "big", {k: 10 for k in range(n * 100, n * 100 + 100)}))
     kept = usage.loads()["big"].sent_prefixes
     assert len(kept) == 256 and kept[-1] == 963 and 0 not in kept and 64 not in kept
+    # A gateway found 963 missing there (after sending it, in the same report or before):
+    # no gateway is told it is held there any more; a send after that tells again.
+    line = gateway_pb2.MemberUsage(
+        member_id="big",
+        model="p",
+        sent_prefixes=[5],
+        sent_prefix_tokens=[10],
+        missed_prefixes=[963, 5],
+    )
+    usage.record(gateway_pb2.UsageReport(gateway_id="g2", members=[line]))
+    kept = usage.loads()["big"].sent_prefixes
+    assert 963 not in kept and 5 not in kept and 962 in kept
+    usage.record(sent("g3", "big", {963: 10}))
+    assert usage.loads()["big"].sent_prefixes[-1] == 963
     # The pool's policy changed: forgotten with what gateways learned there.
     usage.forget_learned({"big"})
     assert usage.loads()["big"].sent_prefixes == ()
