@@ -484,20 +484,20 @@ class PrefixAware(Policy, name="prefix_aware"):
             backlog.update(
                 ctx.in_flight.get(mid, 0), now, self.sizer.drain_rate(self.drain_blocks_per_s)
             )
-        others = choice.in_flight - ctx.reported_in_flight.get(mid, 0)
-        alone = not ctx.in_flight.get(mid, 0) and others < 0.5
+        others = choice.in_flight - ctx.reported_in_flight.get(mid, 0) >= 0.5
+        # This gateway's requests there all answering already (or none).
+        mine = not ctx.in_flight.get(mid, 0) or all(
+            e.ticket is not None and e.ticket.started for e in backlog.entries
+        )
         ticket = ctx.ticket = Ticket(
             mid,
             held,
             new,
             backlog.left,
             presumed,
-            alone,
-            alone
-            or (
-                others < 0.5
-                and all(e.ticket is not None and e.ticket.started for e in backlog.entries)
-            ),
+            not ctx.in_flight.get(mid, 0) and not others,
+            mine and not others,
+            mine and others,
             now,
             match.hashes,
             reach=backlog.held.reach(match.key, held),

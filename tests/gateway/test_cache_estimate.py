@@ -426,6 +426,20 @@ def test_speed_is_learned_from_misses_whose_member_was_only_decoding() -> None:
     assert s.unit_s == 0.001
 
 
+def test_a_first_speed_is_learned_beside_other_gateways_requests() -> None:
+    """With several gateways a member nearly always has another's request in flight (mostly
+    decoding): the first samples count beside them, later ones only when clear."""
+    s = sizer()
+    # One that waited behind another gateway's prefill, one cached by another gateway.
+    for t in (0.1, 0.1, 0.3, 0.1, 0.01):
+        s.settle(Ticket("m", 0, 100, 0.0, alone=False, clear=False, foreign=True), t, 0)
+    assert s.unit_s == 0.001
+    s.settle(Ticket("m", 0, 100, 0.0, alone=False, clear=False, foreign=True), 0.15, 0)
+    assert s.unit_s == 0.001
+    s.settle(Ticket("m", 0, 100, 0.0, alone=False), 0.15, 0)
+    assert s.unit_s is not None and abs(s.unit_s - 0.0011) < 1e-9
+
+
 def test_a_ticket_is_clear_when_our_requests_there_all_began_answering() -> None:
     p = policy()
     member = idle_member("m")
@@ -452,6 +466,14 @@ def test_a_ticket_is_clear_when_our_requests_there_all_began_answering() -> None
     assert not third.alone and third.clear  # both answering
     # A whole answer in flight says nothing of where it is.
     assert not send(3, True, 3).clear
+    # Another gateway's request there (reported): not clear, but foreign.
+    busy = idle_member("b", in_flight=2)
+    p.on_members([member, busy])
+    ctx = PickContext(model="m", payload={"prompt": "other " * 300, "stream": True})
+    p.pick([busy], ctx)
+    assert isinstance(ctx.ticket, Ticket)
+    assert not ctx.ticket.clear and ctx.ticket.foreign and not ctx.ticket.alone
+    assert not first.foreign and not second.foreign
 
 
 def test_a_new_prompt_that_waited_for_room_beside_others_is_forgotten_there() -> None:
