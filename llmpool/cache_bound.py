@@ -16,14 +16,19 @@ MISSES_TO_BOUND = 3
 MISSES_PER_HIT_PAST = 2
 
 
-def cap_bound(points: Iterable[tuple[int, bool]]) -> float | None:
+def cap_bound(
+    points: Iterable[tuple[int, bool]],
+    misses_to_bound: int = MISSES_TO_BOUND,
+    misses_per_hit_past: int = MISSES_PER_HIT_PAST,
+) -> float | None:
     """The depth that best splits hits (at or above it) from misses (below), as the middle of
     the gap between the deepest hit and the shallowest miss on either side of it (with misses
     only, LEAST_KEPT of the shallowest: one step at a time); None while fewer than
     MISSES_TO_BOUND misses lie past it or they do not outnumber the hits there
     MISSES_PER_HIT_PAST times (a verdict may be wrong). Where two splits err as often, the
     deeper one: a cap too small wastes cache, but shrinking on noise empties it. `points`:
-    (depth, hit), in any one unit."""
+    (depth, hit), in any one unit. (`misses_to_bound` and `misses_per_hit_past`: those two
+    numbers, for a rougher bound that takes less evidence.)"""
     ordered = sorted(points)
     errors = sum(1 for _, hit in ordered if hit)
     best, split = errors, 0
@@ -33,7 +38,7 @@ def cap_bound(points: Iterable[tuple[int, bool]]) -> float | None:
             best, split = errors, n
     past = ordered[split:]
     misses = sum(1 for _, hit in past if not hit)
-    if misses < MISSES_TO_BOUND or misses < MISSES_PER_HIT_PAST * (len(past) - misses):
+    if misses < misses_to_bound or misses < misses_per_hit_past * (len(past) - misses):
         return None
     if not split:
         # Misses only: the cache is smaller than the shallowest, by how much nothing says.

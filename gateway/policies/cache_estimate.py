@@ -168,6 +168,11 @@ class CacheSizer:
         # Per member, the verdicts with their depth (units) since the last usage report: the
         # controller bounds the member's cache from every gateway's together.
         self.verdicts: dict[str, list[tuple[int, bool]]] = {}
+        # Per member, a rough bound of its cache in units from as little as one miss past its
+        # hits (cap_bound(points, 1, 1)): not a cap (a slow hit on a busy host makes one up),
+        # only what a gateway alone weighs a member of unknown cache by when it spreads new
+        # prefixes (Columns.least_filled).
+        self.rough: dict[str, float] = {}
 
     def units_of_tokens(self, tokens: int) -> int:
         return max(1, tokens * self.bytes_per_token // self.index.block_chars)
@@ -247,7 +252,7 @@ class CacheSizer:
         return {mid: v for mid, v in found.items() if v[0] or v[1]}
 
     def forget(self, keep: set[str]) -> None:
-        for table in (self.reported, self.outcomes, self._shared, self.verdicts):
+        for table in (self.reported, self.outcomes, self._shared, self.verdicts, self.rough):
             for m in [m for m in table if m not in keep]:
                 del table[m]
         self._reports_cached &= keep
@@ -309,6 +314,16 @@ class CacheSizer:
                 self._missed(ticket)
         if ticket.reach:
             outcomes.points.append((ticket.reach, hit))
+            rough = self.rough.get(member)
+            if not hit or (rough is not None and ticket.reach > rough):
+                found = cap_bound(outcomes.points, 1, 1)
+                if found != rough:
+                    if found is None:
+                        del self.rough[member]
+                    else:
+                        self.rough[member] = found
+                    # Its room in pick()'s columns changes with it.
+                    self.index.changed.add(self.index.record(member))
             out = self.verdicts.setdefault(member, [])
             if len(out) < VERDICTS_TO_REPORT:
                 out.append((ticket.reach, hit))

@@ -39,6 +39,7 @@ class Columns:
         "position",
         "records",
         "reported",
+        "rough",
         "singles",
         "slot",
     )
@@ -51,6 +52,7 @@ class Columns:
         request_blocks: float,
         evict: float,
         hot: float,
+        rough: Mapping[str, float],
     ) -> None:
         index.changed.clear()  # Read afresh below.
         self.changed: set[Held] = index.changed
@@ -70,10 +72,14 @@ class Columns:
         self.floor = min(self.base, default=0.0)
         self.position = {mid: i for i, mid in enumerate(ids)}
         self.slot = {r: i for i, r in enumerate(records)}
-        self.free = [r.room - r.units for r in records]
+        # Members of unknown cache that missed past some depth are taken to hold no more than
+        # that (CacheSizer.rough; the same dict, kept up to date: a change marks the record).
+        self.rough = rough
+        rooms = [self.room(i) for i in range(len(records))]
+        self.free = [room - r.units for r, room in zip(records, rooms, strict=True)]
         # What the index holds there for its room, and how many candidates have no cap of
         # their own (reported or learned): prefix_aware balances new prefixes on these.
-        self.fill = [r.units / r.room for r in records]
+        self.fill = [r.units / room for r, room in zip(records, rooms, strict=True)]
         self.known = [bool(r.cap) for r in records]
         self.guessed = self.known.count(False)
         self.singles = [r.singles for r in records]
@@ -82,6 +88,18 @@ class Columns:
         self.highs = [0.0] * len(records) if hot > evict else []
         for i in range(len(records)):
             self._terms(i)
+
+    def room(self, i: int) -> float:
+        """Candidate i's room: its record's, or, for one of unknown cache (no cap) that missed
+        past some depth, no more than that (rough)."""
+        record = self.records[i]
+        room = record.room
+        rough = self.rough
+        if rough and not record.cap:
+            bound = rough.get(self.ids[i])
+            if bound is not None and bound < room:
+                return bound
+        return room
 
     def _terms(self, i: int) -> None:
         c, f = self.base[i], self.free[i]
@@ -102,8 +120,9 @@ class Columns:
         for r in changed:
             i = slot(r)
             if i is not None:
-                free[i] = r.room - r.units
-                fill[i] = r.units / r.room
+                room = self.room(i)
+                free[i] = room - r.units
+                fill[i] = r.units / room
                 singles[i] = r.singles
                 self._terms(i)
                 if bool(r.cap) != self.known[i]:
@@ -124,11 +143,11 @@ class Columns:
         others count their own sends until the controller tells them the rest a second later,
         so their fills differ and each would put a prefix elsewhere."""
         fill = self.fill
-        records = self.records
-        if fill[chosen] <= min(fill) + units / records[chosen].room:
+        room = self.room
+        if fill[chosen] <= min(fill) + units / room(chosen):
             return None
         least = min([fill[i] for i in near])
-        kept = [i for i in near if fill[i] <= least + units / records[i].room]
+        kept = [i for i in near if fill[i] <= least + units / room(i)]
         return None if chosen in kept else kept
 
     def costs(self, units: int) -> list[float]:
@@ -165,11 +184,11 @@ class Columns:
         return bound - 1e-6
 
 
-def evicted(record: Held, new: float, evict: float, hot: float) -> float:
-    """What sending `new` units to the member evicts there, weighed (Columns.costs inlines the
-    same for speed): LRU takes the oldest first, the one-off blocks (`evict` a unit), then the
-    hot ones (`hot`)."""
-    over = record.units + new - record.room
+def evicted(record: Held, new: float, evict: float, hot: float, room: float) -> float:
+    """What sending `new` units to the member evicts there (its room `room`: Columns.room),
+    weighed (Columns.costs inlines the same for speed): LRU takes the oldest first, the
+    one-off blocks (`evict` a unit), then the hot ones (`hot`)."""
+    over = record.units + new - room
     if over <= 0:
         return 0.0
     if over > new:

@@ -11,7 +11,7 @@ from gateway.policies.cache_estimate import CacheSizer, Ticket
 from gateway.policies.columns import Columns, evicted
 from gateway.policies.missed import MissedPrefixes
 from gateway.policies.placement import Placement
-from gateway.policies.prefix_index import Held, Match, PrefixIndex
+from gateway.policies.prefix_index import Match, PrefixIndex
 from gateway.policies.shared_sends import STALE_S, SharedSends
 
 # Converts token counts to index units; English text and code run 3.5-4.5 bytes a token with
@@ -254,6 +254,7 @@ class PrefixAware(Policy, name="prefix_aware"):
                 self.request_blocks,
                 self.evict_weight,
                 self.hot_evict_weight,
+                self.sizer.rough,
             )
         return cols
 
@@ -377,14 +378,12 @@ class PrefixAware(Policy, name="prefix_aware"):
         blocks = match.blocks
         position = cols.position
         if depth:
-            records = cols.records
             evicted = self._evicted
             for mid, (held, _) in depth.items():
                 i = position.get(mid)
                 if i is not None:
                     # The first pass took the whole prompt as new there.
-                    record = records[i]
-                    costs[i] += evicted(record, blocks - held) - evicted(record, blocks) - held
+                    costs[i] += evicted(cols, i, blocks - held) - evicted(cols, i, blocks) - held
         if self._busy:
             charge_queues(
                 self._busy,
@@ -440,7 +439,6 @@ class PrefixAware(Policy, name="prefix_aware"):
         holder's (-1: none, or a tie); `rate`: the members' drain rate, units a second."""
         position = cols.position
         base = cols.base
-        records = cols.records
         own = ctx.in_flight.get
         busy = self._busy
         per_request = self.request_blocks
@@ -452,7 +450,7 @@ class PrefixAware(Policy, name="prefix_aware"):
             if i is None or base[i] - held > best:
                 continue  # Costs more than the best so far (or than any other could).
             mine = own(mid, 0)
-            cost = base[i] + per_request * mine + self._evicted(records[i], blocks - held) - held
+            cost = base[i] + per_request * mine + self._evicted(cols, i, blocks - held) - held
             backlog = busy.get(mid)
             if backlog is not None and cost < best:
                 queued = backlog.cost(mine, match.key, now, rate, self.active_weight)
@@ -466,9 +464,9 @@ class PrefixAware(Policy, name="prefix_aware"):
                 won = -1  # A tie: broken by the full pass's rules.
         return won
 
-    def _evicted(self, record: Held, new: float) -> float:
-        """What sending `new` units to the member evicts there, weighed (columns.evicted)."""
-        return evicted(record, new, self.evict_weight, self.hot_evict_weight)
+    def _evicted(self, cols: Columns, i: int, new: float) -> float:
+        """What sending `new` units to candidate i evicts there, weighed (columns.evicted)."""
+        return evicted(cols.records[i], new, self.evict_weight, self.hot_evict_weight, cols.room(i))
 
     def _sent(
         self, choice: Member, match: Match, ctx: PickContext, presumed: bool, now: float

@@ -578,3 +578,50 @@ def test_misses_go_out_with_usage_and_others_come_in_with_routing() -> None:
     found.policy.sizer.verdicts["b"] = [(10, False), (3, True), (1 << 40, False)]
     said = {"b": [(320, False), (96, True), ((1 << 32) - 1, False)]}  # a uint32 on the wire
     assert verdicts(table) == said and verdicts(table) == {}
+
+
+def test_one_miss_past_the_hits_bounds_a_member_roughly() -> None:
+    """A rough bound takes one miss past the hits (a cap takes MISSES_TO_BOUND); a hit deeper
+    than it takes it back."""
+    assert cap_bound([(100, True), (300, False)]) is None
+    assert cap_bound([(100, True), (300, False)], 1, 1) == 200
+    s = sizer()
+    learn_speed(s)
+    s.settle(Ticket("m", 100, 2, 0.0, reach=100), 0.01, 0)
+    assert s.rough == {}
+    s.settle(Ticket("m", 100, 2, 0.0, reach=300), 0.5, 0)
+    assert s.rough == {"m": 200}
+    assert s.index.record("m") in s.index.changed  # its room in pick()'s columns changes
+    s.settle(Ticket("m", 100, 2, 0.0, reach=400), 0.01, 0)
+    assert s.rough == {}
+    assert not s.index.record("m").cap  # never a cap
+
+
+def test_a_member_of_unknown_cache_bounded_roughly_is_not_filled_past_it() -> None:
+    """Seen: a multi-turn session that outgrew a 16k-token engine moved onto the 8k one, the
+    least filled for a guessed room (it had just lost its other sessions), and both missed turn
+    after turn. With a rough bound that a new prompt would overflow, it goes elsewhere."""
+
+    def placed(rough: float | None) -> str:
+        p = policy()
+        small, big = idle_member("small"), idle_member("big")
+        p.on_members([small, big])
+        p.on_snapshot([small, big])
+        for n in range(2):
+            p.index.insert("small", p.index.match(f"session {n} " * 600))
+        for n in range(2, 8):
+            p.index.insert("big", p.index.match(f"session {n} " * 600))
+        if rough is not None:
+            p.sizer.rough["small"] = rough
+            p.index.changed.add(p.index.record("small"))
+        held = p.index.held("small")
+        assert 0 < held < p.index.held("big")
+        ctx = PickContext(model="m", payload={"prompt": "a new session " * 500})
+        chosen = p.pick([small, big], ctx)
+        if rough is not None:
+            assert held + p.index.match("a new session " * 500).blocks > rough
+        return chosen.id
+
+    two = sum(policy().index.match(f"session {n} " * 600).blocks for n in range(2))
+    assert placed(None) == "small"
+    assert placed(1.2 * two) == "big"

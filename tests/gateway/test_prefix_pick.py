@@ -200,7 +200,7 @@ def test_the_least_cost_is_below_every_first_pass_cost_and_equal_to_it_when_all_
 
     for n in range(100):
         send(n)
-    cols = Columns(pool, {}, index, 4.0, evict, hot)
+    cols = Columns(pool, {}, index, 4.0, evict, hot, {})
     exact = 0
     for n in range(100, 400):
         send(n)  # The bound's terms follow the records as the index changes them.
