@@ -9,10 +9,11 @@ cache (a hit) or prefilled it all again (a miss). Two signals tell which:
 - the answer's usage says how many prompt tokens came from cache (OpenAI, Anthropic, and
   engines that report it), once a member has shown it reports them;
 - otherwise time to first token. The pool's seconds per unit of prefill are learned from
-  requests the index expected to miss that had the member's prefill to themselves (nothing
-  of another gateway in flight there when sent, and this gateway's all answering already: a
-  request alone on a member is rare under load, and waiting for it a pool at 4 requests/s
-  never learned the speed; the upper quartile of the first few, then an average).
+  requests the index expected to miss that had the member's prefill to themselves (this
+  gateway's all answering already, and, after the first few, nothing of another gateway in
+  flight there when sent: a request alone on a member is rare under load, and waiting for it
+  a pool at 4 requests/s never learned the speed; the upper quartile of the first few, then
+  an average).
   Every time below is counted past the fastest answer the pool ever gave (the floor: what the
   gateway, the network and an engine step cost a request of any size; with a short new part a
   hit is little more than that). A hit takes at most the new part and half the held part's
