@@ -76,14 +76,14 @@ class PrefixAware(Policy, name="prefix_aware"):
         self.hot_evict_weight = params.number("hot_evict_weight", 2.0, min=0.0)
         self.active_weight = params.number("active_weight", 0.5, min=0.0)
         self._prefill_rate = params.number("prefill_tokens_per_s", 8000.0, min=1.0)
+        # Gateways routing with this controller (0: not known; on_gateways).
+        self.gateways = 0
         self._build_index(block_chars)
         self.placement = Placement(capacity_tokens)
         # Chance that a prefix new to this gateway is already cached at its place.
         self.shared = 0.25
         # Where prefixes were found missing (missed.py): placement passes those members over.
         self.missed = MissedPrefixes()
-        # Gateways routing with this controller (0: not known; on_gateways).
-        self.gateways = 0
 
     def _build_index(self, block_chars: int) -> None:
         self.index = PrefixIndex(
@@ -92,6 +92,7 @@ class PrefixAware(Policy, name="prefix_aware"):
             **self._index_args,
         )
         self.sizer = CacheSizer(self.index, CHARS_PER_TOKEN)
+        self.sizer.alone = self.gateways <= 1
         # What other gateways sent members lately (shared_sends.py), counted in this index.
         self.sends = SharedSends()
         # Backlogs point at the index's per-member records: a new index, new backlogs.
@@ -103,6 +104,7 @@ class PrefixAware(Policy, name="prefix_aware"):
 
     def on_gateways(self, count: int) -> None:
         self.gateways = count
+        self.sizer.alone = count <= 1
 
     def on_snapshot(self, members: Sequence[Member]) -> None:
         """Members whose engine reports its KV cache are bounded by that (what an engine says

@@ -12,6 +12,7 @@ from gateway.policies import PickContext, PolicyRegistry, PrefixAware
 from gateway.policies.cache_estimate import (
     FIRST_SAMPLES,
     FIRST_WINDOW,
+    FULL_S,
     GROW,
     WINDOW,
     CacheSizer,
@@ -586,6 +587,7 @@ def test_one_miss_past_the_hits_bounds_a_member_roughly() -> None:
     assert cap_bound([(100, True), (300, False)]) is None
     assert cap_bound([(100, True), (300, False)], 1, 1) == 200
     s = sizer()
+    s.alone = False  # one of several gateways: its index sees a part of what the member holds
     learn_speed(s)
     s.settle(Ticket("m", 100, 2, 0.0, reach=100), 0.01, 0)
     assert s.rough == {}
@@ -595,6 +597,22 @@ def test_one_miss_past_the_hits_bounds_a_member_roughly() -> None:
     s.settle(Ticket("m", 100, 2, 0.0, reach=400), 0.01, 0)
     assert s.rough == {}
     assert not s.index.record("m").cap  # never a cap
+
+
+def test_a_gateway_alone_bounds_a_member_roughly_by_what_it_held_at_a_miss() -> None:
+    """Alone, a gateway's index sees all a member takes in: a miss says the member held less
+    than the index did, whatever the depths said (multi-turn sessions missed at depths where
+    others had hit), for FULL_S."""
+    s = sizer()
+    learn_speed(s)
+    fill(s, "m", 300)
+    held = s.index.held("m")
+    for t in (1.0, 2.0):
+        s.settle(Ticket("m", 100, 2, 0.0, sent_at=t, reach=150), 0.01, 0)
+    s.settle(Ticket("m", 100, 2, 0.0, sent_at=3.0, reach=100), 0.5, 0)
+    assert s.rough == {"m": held}  # hits past the miss: no split, but the index was full
+    s.settle(Ticket("m", 100, 2, 0.0, sent_at=3.0 + FULL_S + 1, reach=100), 0.01, 0)
+    assert s.rough == {}
 
 
 def test_a_member_of_unknown_cache_bounded_roughly_is_not_filled_past_it() -> None:
