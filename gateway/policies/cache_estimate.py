@@ -53,6 +53,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from gateway.policies.prefix_index import UNBOUNDED, PrefixIndex
+from gateway.policies.rough_room import RoughRooms
 from llmpool.cache_bound import LEAST_KEPT, cap_bound
 
 WINDOW = 8
@@ -94,8 +95,6 @@ VERDICTS_TO_REPORT = 64
 REPORTED_FLOOR = 0.5
 # A member that reports its cache forgets a prompt that missed there while it is this full.
 FULL_ON_MISS = 0.9
-# Seconds what the index held at a member's latest miss bounds its rough room (a gateway alone).
-FULL_S = 30.0
 
 
 @dataclass(slots=True)
@@ -171,15 +170,8 @@ class CacheSizer:
         # Per member, the verdicts with their depth (units) since the last usage report: the
         # controller bounds the member's cache from every gateway's together.
         self.verdicts: dict[str, list[tuple[int, bool]]] = {}
-        # Per member, a rough bound of its cache in units, the lesser of: the depth that splits
-        # its hits from one miss past them (cap_bound(points, 1, 1)), and, for a gateway alone
-        # (`alone`: its index sees all the member takes in), what the index held there at its
-        # latest miss, for FULL_S. Not a cap (a slow hit on a busy host makes one up): only the
-        # room pick() costs a member of unknown cache by (Columns.room).
-        self.rough: dict[str, float] = {}
-        self.alone = True
-        self._split: dict[str, float] = {}
-        self._full: dict[str, tuple[float, float]] = {}
+        # Per member of unknown cache, a rough bound of it from its first misses (rough_room.py).
+        self.rooms = RoughRooms(index)
 
     def units_of_tokens(self, tokens: int) -> int:
         return max(1, tokens * self.bytes_per_token // self.index.block_chars)
@@ -259,17 +251,10 @@ class CacheSizer:
         return {mid: v for mid, v in found.items() if v[0] or v[1]}
 
     def forget(self, keep: set[str]) -> None:
-        for table in (
-            self.reported,
-            self.outcomes,
-            self._shared,
-            self.verdicts,
-            self.rough,
-            self._split,
-            self._full,
-        ):
+        for table in (self.reported, self.outcomes, self._shared, self.verdicts):
             for m in [m for m in table if m not in keep]:
                 del table[m]
+        self.rooms.forget(keep)
         self._reports_cached &= keep
 
     def timed(self, member_id: str) -> bool:
@@ -318,28 +303,19 @@ class CacheSizer:
             if hit:
                 outcomes.surprises += 1
             return hit
+        held = self.index.held(member)  # before a miss forgets anything there
         if hit:
             outcomes.hits += 1
             outcomes.window_hits += 1
         else:
             outcomes.misses += 1
             outcomes.window_misses += 1
-            held = self.index.held(member)
             outcomes.window_held = max(outcomes.window_held, held)
-            if self.alone:
-                self._full[member] = (ticket.sent_at, float(held))
             if self.forgets_on_miss(member):
                 self._missed(ticket)
         if ticket.reach:
             outcomes.points.append((ticket.reach, hit))
-            split = self._split.get(member)
-            if not hit or (split is not None and ticket.reach > split):
-                found = cap_bound(outcomes.points, 1, 1)
-                if found is None:
-                    self._split.pop(member, None)
-                else:
-                    self._split[member] = found
-        self._rough(member, ticket.sent_at)
+        self.rooms.verdict(member, outcomes.points, ticket.reach, hit, held, ticket.sent_at)
         if ticket.reach:
             out = self.verdicts.setdefault(member, [])
             if len(out) < VERDICTS_TO_REPORT:
@@ -363,23 +339,6 @@ class CacheSizer:
             )
             outcomes.window_hits = outcomes.window_misses = outcomes.window_held = 0
         return hit
-
-    def _rough(self, member: str, now: float) -> None:
-        """Sets the member's rough bound from its split and its latest miss (see __init__)."""
-        found = self._split.get(member)
-        full = self._full.get(member)
-        if full is not None:
-            if now - full[0] > FULL_S:
-                del self._full[member]
-            elif found is None or full[1] < found:
-                found = full[1]
-        if found != self.rough.get(member):
-            if found is None:
-                del self.rough[member]
-            else:
-                self.rough[member] = found
-            # Its room in pick()'s columns changes with it.
-            self.index.changed.add(self.index.record(member))
 
     def _missed(self, ticket: Ticket) -> None:
         """The member had lost a prompt the index said it held, and prefilled it again: it holds

@@ -73,7 +73,7 @@ class Columns:
         self.position = {mid: i for i, mid in enumerate(ids)}
         self.slot = {r: i for i, r in enumerate(records)}
         # Members of unknown cache that missed past some depth are taken to hold no more than
-        # that (CacheSizer.rough; the same dict, kept up to date: a change marks the record).
+        # that (RoughRooms.rough; the same dict, kept up to date: a change marks the record).
         self.rough = rough
         rooms = [self.room(i) for i in range(len(records))]
         self.free = [room - r.units for r, room in zip(records, rooms, strict=True)]

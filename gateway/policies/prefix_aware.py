@@ -92,7 +92,7 @@ class PrefixAware(Policy, name="prefix_aware"):
             **self._index_args,
         )
         self.sizer = CacheSizer(self.index, CHARS_PER_TOKEN)
-        self.sizer.alone = self.gateways <= 1
+        self.sizer.rooms.alone = self.gateways <= 1
         # What other gateways sent members lately (shared_sends.py), counted in this index.
         self.sends = SharedSends()
         # Backlogs point at the index's per-member records: a new index, new backlogs.
@@ -104,7 +104,7 @@ class PrefixAware(Policy, name="prefix_aware"):
 
     def on_gateways(self, count: int) -> None:
         self.gateways = count
-        self.sizer.alone = count <= 1
+        self.sizer.rooms.alone = count <= 1
 
     def on_snapshot(self, members: Sequence[Member]) -> None:
         """Members whose engine reports its KV cache are bounded by that (what an engine says
@@ -256,7 +256,7 @@ class PrefixAware(Policy, name="prefix_aware"):
                 self.request_blocks,
                 self.evict_weight,
                 self.hot_evict_weight,
-                self.sizer.rough,
+                self.sizer.rooms.rough,
             )
         return cols
 

@@ -12,13 +12,13 @@ from gateway.policies import PickContext, PolicyRegistry, PrefixAware
 from gateway.policies.cache_estimate import (
     FIRST_SAMPLES,
     FIRST_WINDOW,
-    FULL_S,
     GROW,
     WINDOW,
     CacheSizer,
     Ticket,
 )
 from gateway.policies.prefix_index import PrefixIndex
+from gateway.policies.rough_room import FULL_S
 from gateway.routing import RoutingTable
 from llmpool.cache_bound import MISSES_TO_BOUND, cap_bound
 from llmpool.clock import FakeClock
@@ -587,15 +587,15 @@ def test_one_miss_past_the_hits_bounds_a_member_roughly() -> None:
     assert cap_bound([(100, True), (300, False)]) is None
     assert cap_bound([(100, True), (300, False)], 1, 1) == 200
     s = sizer()
-    s.alone = False  # one of several gateways: its index sees a part of what the member holds
+    s.rooms.alone = False  # one of several gateways: its index sees a part of what the member holds
     learn_speed(s)
     s.settle(Ticket("m", 100, 2, 0.0, reach=100), 0.01, 0)
-    assert s.rough == {}
+    assert s.rooms.rough == {}
     s.settle(Ticket("m", 100, 2, 0.0, reach=300), 0.5, 0)
-    assert s.rough == {"m": 200}
+    assert s.rooms.rough == {"m": 200}
     assert s.index.record("m") in s.index.changed  # its room in pick()'s columns changes
     s.settle(Ticket("m", 100, 2, 0.0, reach=400), 0.01, 0)
-    assert s.rough == {}
+    assert s.rooms.rough == {}
     assert not s.index.record("m").cap  # never a cap
 
 
@@ -610,9 +610,9 @@ def test_a_gateway_alone_bounds_a_member_roughly_by_what_it_held_at_a_miss() -> 
     for t in (1.0, 2.0):
         s.settle(Ticket("m", 100, 2, 0.0, sent_at=t, reach=150), 0.01, 0)
     s.settle(Ticket("m", 100, 2, 0.0, sent_at=3.0, reach=100), 0.5, 0)
-    assert s.rough == {"m": held}  # hits past the miss: no split, but the index was full
+    assert s.rooms.rough == {"m": held}  # hits past the miss: no split, but the index was full
     s.settle(Ticket("m", 100, 2, 0.0, sent_at=3.0 + FULL_S + 1, reach=100), 0.01, 0)
-    assert s.rough == {}
+    assert s.rooms.rough == {}
 
 
 def test_a_member_of_unknown_cache_bounded_roughly_is_not_filled_past_it() -> None:
@@ -630,7 +630,7 @@ def test_a_member_of_unknown_cache_bounded_roughly_is_not_filled_past_it() -> No
         for n in range(2, 8):
             p.index.insert("big", p.index.match(f"session {n} " * 600))
         if rough is not None:
-            p.sizer.rough["small"] = rough
+            p.sizer.rooms.rough["small"] = rough
             p.index.changed.add(p.index.record("small"))
         held = p.index.held("small")
         assert 0 < held < p.index.held("big")
