@@ -315,8 +315,6 @@ class CacheSizer:
                 self._missed(ticket)
         if ticket.reach:
             outcomes.points.append((ticket.reach, hit))
-        self.rooms.verdict(member, outcomes.points, ticket.reach, hit, held, ticket.sent_at)
-        if ticket.reach:
             out = self.verdicts.setdefault(member, [])
             if len(out) < VERDICTS_TO_REPORT:
                 out.append((ticket.reach, hit))
@@ -329,6 +327,7 @@ class CacheSizer:
                     # among many that fit miss too rarely to shrink it).
                     outcomes.resized = True
                     self._set_cap(member, bound)
+        self.rooms.verdict(member, outcomes.points, ticket.reach, hit, held, ticket.sent_at)
         decided = outcomes.window_hits + outcomes.window_misses
         # The first verdict on a guess nobody confirmed comes sooner: a member far smaller than
         # the guess thrashes until it does.

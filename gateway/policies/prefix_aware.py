@@ -485,17 +485,16 @@ class PrefixAware(Policy, name="prefix_aware"):
                 ctx.in_flight.get(mid, 0), now, self.sizer.drain_rate(self.drain_blocks_per_s)
             )
         others = choice.in_flight - ctx.reported_in_flight.get(mid, 0) >= 0.5
+        idle = not ctx.in_flight.get(mid, 0)
         # This gateway's requests there all answering already (or none).
-        mine = not ctx.in_flight.get(mid, 0) or all(
-            e.ticket is not None and e.ticket.started for e in backlog.entries
-        )
+        mine = idle or all(e.ticket is not None and e.ticket.started for e in backlog.entries)
         ticket = ctx.ticket = Ticket(
             mid,
             held,
             new,
             backlog.left,
             presumed,
-            not ctx.in_flight.get(mid, 0) and not others,
+            idle and not others,
             mine and not others,
             mine and others,
             now,
