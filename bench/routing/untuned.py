@@ -311,9 +311,11 @@ def render(
     command: str,
     took_s: float,
     steal: float | None = None,
+    seed: int = SEED,
 ) -> str:
     wshape = wl.WorkloadShape()
     caches = ", ".join(f"{b:,}" for b in shape.kv_blocks)
+    alike = len(set(shape.kv_blocks)) == 1
     lines = [
         "## Routing, untuned",
         "",
@@ -327,7 +329,8 @@ def render(
             else []
         ),
         "",
-        f"{len(shape.kv_blocks)} `llm-pool sim-engine`s whose KV caches differ: {caches} blocks "
+        f"{len(shape.kv_blocks)} `llm-pool sim-engine`s "
+        f"{'with equal KV caches' if alike else 'whose KV caches differ'}: {caches} blocks "
         f"of {shape.block_size} tokens, --speedup {shape.speedup:g} (times below are "
         "simulated), started by the benchmark and served by `llm-pool up` either as static "
         "backends (no agent: the gateways know nothing of the engines but their URLs) or as "
@@ -346,7 +349,7 @@ def render(
         f"of {wshape.system_tokens:,}-token system prompts; multi_turn, {wshape.sessions} "
         f"sessions of {wshape.session_context_tokens:,}-token contexts; unique "
         f"{wshape.unique_tokens:,}-token prompts. {plan.window_s:g} simulated seconds of "
-        "Poisson arrivals per run.",
+        f"Poisson arrivals per run (workload seed {seed}).",
         "",
     ]
     for dep in plan.deployments:
@@ -395,6 +398,8 @@ async def run_untuned(
     deployments: tuple[str, ...] = (),
     rates: tuple[float, ...] = (),
     systems: tuple[str, ...] = (),
+    kv_blocks: tuple[int, ...] = (),
+    seed: int | None = None,
 ) -> int:
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
@@ -413,6 +418,9 @@ async def run_untuned(
     ticks = machine.read_cpu_ticks()
     rows: list[Row] = []
     base = FleetShape(speedup=plan.speedup)
+    if kv_blocks:
+        base = replace(base, kv_blocks=kv_blocks)
+    seed = SEED if seed is None else seed
     wshape = wl.WorkloadShape()
     for dep in plan.deployments:
         for gws in plan.gateways:
@@ -428,7 +436,7 @@ async def run_untuned(
                             continue
                         for rate in plan.rates[workload]:
                             print(f"== {dep}, {gws} gw: {workload} at {rate:g}/s", flush=True)
-                            reqs = wl.build(workload, SEED, rate, plan.count(rate), wshape)
+                            reqs = wl.build(workload, seed, rate, plan.count(rate), wshape)
                             for system in systems or SYSTEMS:
                                 res = RunResult(workload, system, rate)
                                 caches, settled = "", math.nan
@@ -446,7 +454,7 @@ async def run_untuned(
                 finally:
                     await fleet.stop()
     steal = machine.steal_share(ticks, machine.read_cpu_ticks())
-    section = render(rows, plan, base, command, time.monotonic() - started, steal)
+    section = render(rows, plan, base, command, time.monotonic() - started, steal, seed)
     write_section(out, section, BEGIN, END)
     print()
     print(section)

@@ -4,6 +4,7 @@ back of the gateways' learned caches, and its targets."""
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import yaml
@@ -11,7 +12,8 @@ import yaml
 from bench.routing.fleet import AGENT, STATIC, FleetShape, attach_value, fleet_config
 from bench.routing.oracle import AffinityOracle, parse_weights, weighted_sequence
 from bench.routing.results import RunResult
-from bench.routing.untuned import Row, checks, learned_caches, members_per_group
+from bench.routing.run import main
+from bench.routing.untuned import QUICK, Row, checks, learned_caches, members_per_group, render
 from gateway.members import idle_member
 from gateway.policies import PickContext
 
@@ -107,3 +109,26 @@ def test_cpu_steal_is_read_from_proc_stat() -> None:
     assert before == (40, 1000) and after == (180, 2000)
     assert steal_share(before, after) == 0.14
     assert cpu_ticks("") == (0, 0) and steal_share((0, 0), (0, 0)) is None
+
+
+def test_the_caches_and_seed_of_a_run_are_said_and_others_than_the_acceptance_go_elsewhere(
+    tmp_path: Path,
+) -> None:
+    """--kv-blocks and --seed run other layouts (four equal caches: the issue's first finding)
+    and other prompt texts; docs/benchmarks.md keeps the acceptance run's, so they need --out."""
+    rows = [Row(STATIC, 1, _result("prefix_aware", 0.05, 0.3))]
+    equal = render(rows, QUICK, FleetShape(kv_blocks=(1024,) * 4), "cmd", 1.0, seed=7)
+    assert "4 `llm-pool sim-engine`s with equal KV caches: 1,024, 1,024" in equal
+    assert "(workload seed 7)" in equal
+    assert "whose KV caches differ: 512, 1,024, 2,048, 4,096" in render(
+        rows, QUICK, FleetShape(), "cmd", 1.0
+    )
+    for argv in (
+        ["--untuned", "--kv-blocks", "1024,1024"],
+        ["--untuned", "--seed", "6"],
+        ["--untuned", "--kv-blocks", "1024,lots", "--out", str(tmp_path / "x.md")],
+        ["--untuned", "--kv-blocks", "8", "--out", str(tmp_path / "x.md")],
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
