@@ -45,6 +45,8 @@ class PrefixAware(Policy, name="prefix_aware"):
                                 prompt after our queue ahead of it could take: an engine
                                 thrashing, queueing behind other gateways' work or stuck,
                                 seen as it happens rather than when answers end)
+             + spilled units   (a gateway alone, a prompt held elsewhere sent to a member of
+                                unknown cache: as many as it brings, taken to evict as much)
 
     Queued and active leave out this prompt's own prefix: its prefill, under way there, is
     shared rather than repeated elsewhere.
@@ -296,6 +298,9 @@ class PrefixAware(Policy, name="prefix_aware"):
             costs = [c + per_request * own(mid, 0) for c, mid in zip(costs, ids, strict=True)]
         if depth or self._busy:
             self._adjust(cols, costs, match, ctx, now)
+        if depth and cols.guessed and self.gateways <= 1:
+            # A gateway alone spilling onto a member of unknown cache (Columns.spill_costs).
+            cols.spill_costs(costs, depth, self.evict_weight * blocks)
         best = min(costs)
         if blocks and not depth:
             chosen = -1  # A new prefix: placed below, among the members near the cheapest.
