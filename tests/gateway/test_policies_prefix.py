@@ -523,3 +523,31 @@ def test_a_stream_that_began_answering_no_longer_queues_prefill_ahead_of_others(
     assert policy.backlog_blocks(home) == pytest.approx(one)
     policy.began(first.ticket)
     assert policy.backlog_blocks(home) == 0
+
+
+def test_alone_a_spill_onto_a_member_of_unknown_cache_must_save_twice_its_prefill() -> None:
+    """A gateway alone, caches unknown: a prompt held on one member goes to another only when
+    the holder's queue costs more than the prompt's prefill there plus as much again (it would
+    sit on two members, and in a full cache push out as much of other groups). With other
+    gateways (whose moves its index may not know of) one prefill's worth is enough, as for
+    a member whose cache is known."""
+
+    def spill(queued_units: int, gateways: int, members: list[Member] = MEMBERS) -> bool:
+        clock = FakeClock()
+        policy = build(clock, prefill_tokens_per_s="1000", active_weight="0")
+        policy.on_gateways(gateways)
+        policy.on_snapshot(members)
+        home = policy.pick(members, prompt(SYSTEM + "q0")).id
+        # Another prompt, of `queued_units`, queued at home ahead of the next one.
+        cold = "a long unrelated document " * (5 * queued_units)
+        assert policy.index.block_count(cold) == queued_units
+        policy.pick([m for m in members if m.id == home], prompt(cold, {home: 0}))
+        return policy.pick(members, prompt(SYSTEM + "q1", {home: 1})).id != home
+
+    prefill = build().index.block_count(SYSTEM + "q1")
+    assert prefill == 12
+    assert not spill(16, 1) and spill(28, 1)
+    assert spill(16, 3)
+    # Caches reported: what a spill evicts is costed as it is, and 16 units ahead is enough.
+    known = [replace(m, cache_tokens=16384) for m in MEMBERS]
+    assert spill(16, 1, known)
