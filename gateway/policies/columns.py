@@ -156,7 +156,9 @@ class Columns:
         nothing measured: its room is a guess (262k tokens) that no eviction is costed
         against, yet the prompt now sits on two members, and in a full cache it pushes out as
         much (hot prompts of other groups, which miss in turn); prefix_aware costs it so
-        (evict_weight x the prompt), and a spill must save more than twice its prefill. Seen
+        (evict_weight x the prompt), after charge_queues: a holder whose queue is what makes
+        it dear keeps the prompt until that queue costs more than twice its prefill (one the
+        first pass already put out of reach, past the slack, is not brought back). Seen
         without it: four 16k-token engines, eight prompt groups, one gateway, seed 6: busy
         holders spilled groups onto members already holding two, those thrashed and the
         groups spread over three members each (p99 1.03 s against the oracle's 0.14; 0.146
