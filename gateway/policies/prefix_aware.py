@@ -9,6 +9,7 @@ from gateway.policies.backlog import Backlog, charge_queues
 from gateway.policies.base import ParamReader, PickContext, Policy
 from gateway.policies.cache_estimate import CacheSizer, Ticket
 from gateway.policies.columns import Columns, evicted
+from gateway.policies.holders import cheapest_holder, drop_ended
 from gateway.policies.missed import MissedPrefixes
 from gateway.policies.placement import Placement
 from gateway.policies.prefix_index import Match, PrefixIndex
@@ -414,61 +415,24 @@ class PrefixAware(Policy, name="prefix_aware"):
         evict there (Columns.least_cost); ours and their queues only add. -1: none such, or a
         tie."""
         rate = self.sizer.drain_rate(self.drain_blocks_per_s)
-        won = self._cheapest_holder(cols, match, ctx, now, rate, cols.floor)
+        weights = (
+            self.request_blocks,
+            self.active_weight,
+            self.evict_weight,
+            self.hot_evict_weight,
+        )
+        in_flight = ctx.in_flight
+        busy = self._busy
+        won = cheapest_holder(cols, match, in_flight, busy, now, rate, cols.floor, weights)
         if won < 0:
             bound = cols.least_cost(match.blocks)
             if bound <= cols.floor:
                 return -1
-            won = self._cheapest_holder(cols, match, ctx, now, rate, bound)
+            won = cheapest_holder(cols, match, in_flight, busy, now, rate, bound, weights)
             if won < 0:
                 return -1
-        # Requests that ended on the others are dropped from their queues now, as the full
-        # pass does (a queue updated only now and then would drain what ended as if still
-        # ahead of the rest); when no holder wins, the full pass does it.
-        own = ctx.in_flight.get
-        position = cols.position
-        busy = self._busy
-        idle: list[str] = []
-        for mid, queue in busy.items():
-            mine = own(mid, 0)
-            if len(queue.entries) > mine and mid in position:
-                queue.update(mine, now, rate)
-                if not queue.entries:
-                    idle.append(mid)
-        for mid in idle:
-            del busy[mid]
-        return won
-
-    def _cheapest_holder(
-        self, cols: Columns, match: Match, ctx: PickContext, now: float, rate: float, below: float
-    ) -> int:
-        """The position of the one holder whose whole cost is below `below` and every other
-        holder's (-1: none, or a tie); `rate`: the members' drain rate, units a second."""
-        position = cols.position
-        base = cols.base
-        own = ctx.in_flight.get
-        busy = self._busy
-        per_request = self.request_blocks
-        blocks = match.blocks
-        best = below
-        won = -1
-        for mid, (held, _) in match.depth.items():
-            i = position.get(mid)
-            if i is None or base[i] - held > best:
-                continue  # Costs more than the best so far (or than any other could).
-            mine = own(mid, 0)
-            cost = base[i] + per_request * mine + self._evicted(cols, i, blocks - held) - held
-            backlog = busy.get(mid)
-            if backlog is not None and cost < best:
-                queued = backlog.cost(mine, match.key, now, rate, self.active_weight)
-                if queued < 0.0:
-                    del busy[mid]
-                else:
-                    cost += queued
-            if cost < best:
-                best, won = cost, i
-            elif cost == best:
-                won = -1  # A tie: broken by the full pass's rules.
+        # When no holder wins, the full pass does this.
+        drop_ended(busy, cols.position, in_flight, now, rate)
         return won
 
     def _evicted(self, cols: Columns, i: int, new: float) -> float:
