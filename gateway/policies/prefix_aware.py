@@ -78,6 +78,13 @@ class PrefixAware(Policy, name="prefix_aware"):
         self.evict_weight = params.number("evict_weight", 1.0, min=0.0)
         self.hot_evict_weight = params.number("hot_evict_weight", 2.0, min=0.0)
         self.active_weight = params.number("active_weight", 0.5, min=0.0)
+        # What holders.cheapest_holder weighs by, kept together (not a tuple per pick).
+        self._holder_weights = (
+            self.request_blocks,
+            self.active_weight,
+            self.evict_weight,
+            self.hot_evict_weight,
+        )
         self._prefill_rate = params.number("prefill_tokens_per_s", 8000.0, min=1.0)
         # Gateways routing with this controller (0: not known; on_gateways).
         self.gateways = 0
@@ -415,12 +422,7 @@ class PrefixAware(Policy, name="prefix_aware"):
         evict there (Columns.least_cost); ours and their queues only add. -1: none such, or a
         tie."""
         rate = self.sizer.drain_rate(self.drain_blocks_per_s)
-        weights = (
-            self.request_blocks,
-            self.active_weight,
-            self.evict_weight,
-            self.hot_evict_weight,
-        )
+        weights = self._holder_weights
         in_flight = ctx.in_flight
         busy = self._busy
         won = cheapest_holder(cols, match, in_flight, busy, now, rate, cols.floor, weights)
