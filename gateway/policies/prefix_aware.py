@@ -145,12 +145,13 @@ class PrefixAware(Policy, name="prefix_aware"):
             self._count_foreign(m.id for m in members)
             for mid, units in sends.arrived.items():
                 index.record(mid).sent += units
-        if sizer.unit_s is None:
-            speeds = sorted(
-                m.learned_prefill_s_per_token for m in members if m.learned_prefill_s_per_token > 0
-            )
-            if speeds:
-                sizer.on_shared_speed(speeds[len(speeds) // 2])
+        # Answers are judged by the speed the gateways learned together (the controller's
+        # median of theirs, this one's among them): one gateway's first samples can be far off.
+        speeds = sorted(
+            m.learned_prefill_s_per_token for m in members if m.learned_prefill_s_per_token > 0
+        )
+        if speeds:
+            sizer.on_shared_speed(speeds[len(speeds) // 2])
         self.placement.update(members)
 
     def _home(self, prefix: int, ids: Sequence[str]) -> str:

@@ -271,11 +271,29 @@ def test_a_gateway_that_learned_no_speed_takes_the_others_median() -> None:
     p.on_members(members)
     p.on_snapshot(members)
     assert p.sizer.token_s() == 20e-6
-    # Once known, its own stands.
+    # Once known, its own is kept (and reported), but answers are judged by the others'.
     faster = [idle_member("m0", learned_prefill_s_per_token=1e-6)]
     p.on_snapshot(faster)
     assert p.sizer.token_s() == 20e-6
+    assert p.sizer.pool_s == 1e-6 * 32
     assert not sizer().on_shared_speed(0.0)
+
+
+def test_answers_are_judged_by_the_speed_the_gateways_learned_together() -> None:
+    own = sizer()
+    pooled = sizer()
+    for s in (own, pooled):
+        s.settle(Ticket("x", 0, 1, 0.0), 0.001, 0)  # The fastest answer: 1 ms.
+        learn_speed(s, 0.001)
+    # The others learned 3x slower (this gateway's first samples were the fast ones).
+    assert not pooled.on_shared_speed(0.003 / 32)
+    assert pooled.unit_s == 0.001 and pooled.pool_s == 0.003
+    # 0.1 s for a prompt of 100 held units and 2 new: past what a hit takes at 0.001 a unit
+    # (0.052 s), within it at 0.003 (0.156 s).
+    assert own.settle(Ticket("m", 100, 2, 0.0), 0.101, 0) is False
+    assert pooled.settle(Ticket("m", 100, 2, 0.0), 0.101, 0) is True
+    # Queues drain at the pooled speed too.
+    assert pooled.drain_rate(1.0) == 1 / 0.003
 
 
 def test_presumed_placements_do_not_move_the_cap() -> None:
