@@ -44,13 +44,8 @@ while one or two have learned one): a gateway takes a new one that is below its 
 to find a small engine spares the others the misses of finding it again; each counts depth in
 its own sends, which with prompts placed alike on every gateway come to about the same), and
 grows back on its own evidence as before. Answers are judged, and queues drained, at the median
-of the prefill speeds the gateways learned (the controller's, this gateway's among them) once
-the controller has one; a gateway that has learned none yet starts its own from it. One
-gateway's own speed can be far off: three gateways learned 18, 6 and 7 us a token of the same
-engines, and the one at 18 took every miss for a hit (no verdicts, no caps learned all run;
-the median alone, four seeds of two runs each, three gateways, multi-turn and shared
-prefixes on static engines of 8k to 66k tokens: within 1.5x of the oracle in 10 of 16 runs
-against main's 6)."""
+speed the gateways learned (the controller's), which a gateway with none yet starts from: three
+gateways learned 18, 6 and 7 us a token of one pool, and the one at 18 took every miss for a hit."""
 
 from __future__ import annotations
 
@@ -160,8 +155,7 @@ class CacheSizer:
         self.reported: dict[str, int] = {}
         # Seconds a unit of prompt takes to prefill (the pool's members alike), when learned.
         self.unit_s: float | None = None
-        # The median of what every gateway learned (the controller's), units as unit_s: what
-        # answers are judged by once known (one gateway's first samples can be 3x off).
+        # The gateways' median (the controller's), as unit_s: what answers are judged by.
         self.pool_s: float | None = None
         # The fastest prefill any expected miss showed (its wait included): the speed is at
         # least this, which bounds how long queued prefills stay counted before unit_s is known.
@@ -216,10 +210,8 @@ class CacheSizer:
         return True
 
     def on_shared_speed(self, token_s: float) -> bool:
-        """The median prefill speed the gateways learned, seconds a token (0: none): answers
-        are judged by it from now on, and a gateway that has learned no speed of its own
-        starts from it (with several gateways a member is seldom left alone with one
-        gateway's request). Returns whether it became this gateway's own."""
+        """The gateways' median prefill speed, seconds a token (0: none): answers are judged
+        by it; a gateway with no speed of its own starts from it. Returns whether it did."""
         if not token_s > 0:
             return False
         self.pool_s = token_s * self.index.block_chars / self.bytes_per_token
