@@ -272,6 +272,11 @@ class CacheSizer:
         by that."""
         self._reports_cached.add(member_id)
 
+    @property
+    def judged_s(self) -> float | None:
+        """Seconds a unit prefills, as answers are judged: the gateways' median, else own."""
+        return self.pool_s or self.unit_s
+
     def token_s(self) -> float:
         """Seconds a prompt token takes to prefill, as learned (0.0: not yet)."""
         return (self.unit_s or 0.0) * self.bytes_per_token / self.index.block_chars
@@ -383,7 +388,7 @@ class CacheSizer:
         member holds other prompts: the next request of it is placed afresh, elsewhere (seen:
         two 6k-token prompt groups on an 8k-token engine; the first request of the second waited
         3x its prefill, its later ones missed as the two groups evicted each other)."""
-        member, new, unit_s = ticket.member, ticket.new, self.pool_s or self.unit_s
+        member, new, unit_s = ticket.member, ticket.new, self.judged_s
         if not ticket.clear or unit_s is None or new < MIN_NEW_FOR_SPEED:
             return
         if ttft_s - (self.floor_s or 0.0) <= STALL_MARGIN * unit_s * (new + ticket.queued):
@@ -450,7 +455,7 @@ class CacheSizer:
             if ticket.clear or (unit_s is None and ticket.foreign):
                 return self._learn_speed(sample, unit_s, ticket)
             return None
-        unit_s = self.pool_s or unit_s
+        unit_s = self.judged_s
         if unit_s is None:
             return None
         past = ttft_s - (self.floor_s or 0.0)
@@ -467,7 +472,7 @@ class CacheSizer:
     def drain_rate(self, prior: float) -> float:
         """Units a second a member prefills: learned, else at least what the fastest expected
         miss showed, else the prior."""
-        speed = self.pool_s or self.unit_s
+        speed = self.judged_s
         if speed:
             return 1.0 / speed
         bound = self.bound_s
