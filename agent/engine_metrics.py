@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from prometheus_client.parser import text_string_to_metric_families
+from llmpool.prom_text import Labels, parse_samples
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class EngineLoad:
     prefix_cache_hit_rate: float | None = None
     # False when the text carried none of the engine's request counts (no metrics at all).
     known: bool = True
-    # What the same text says of the engine's capacity (agent/engine_capacity.py; the prober
+    # What the same text says of the engine's capacity (llmpool/engine_capacity.py; the prober
     # fills these): KV cache in tokens, tokens per block, requests at once; 0: unknown.
     cache_tokens: int = 0
     cache_block_size: int = 0
@@ -85,23 +85,6 @@ _BY_ENGINE: Mapping[str, _Names] = MappingProxyType(
 _RANK_LABELS = frozenset({"tp_rank", "pp_rank"})
 # SGLang with priority scheduling adds a series per priority next to the total (priority="").
 _BREAKDOWN_LABELS = frozenset({"priority"})
-
-Labels = tuple[tuple[str, str], ...]
-
-
-def parse_samples(text: str) -> dict[str, list[tuple[Labels, float]]]:
-    """Sample name -> (labels, value) of every series; ValueError if the text is not Prometheus
-    text format. Histogram buckets, _created and _count samples come through under their own
-    names, so families nobody asks for cost nothing but the parse."""
-    values: dict[str, list[tuple[Labels, float]]] = {}
-    try:
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                labels = tuple(sorted(sample.labels.items()))
-                values.setdefault(sample.name, []).append((labels, float(sample.value)))
-    except (ValueError, IndexError, TypeError) as exc:
-        raise ValueError(f"not Prometheus text format: {exc}") from exc
-    return values
 
 
 def _per_scheduler(series: list[tuple[Labels, float]]) -> list[float]:

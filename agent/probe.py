@@ -6,16 +6,16 @@ import dataclasses
 
 import httpx
 
-from agent.engine_capacity import (
+from agent.engine_metrics import NO_LOAD, EngineLoad, parse_engine_metrics
+from agent.engines import ADAPTERS
+from llmpool.clock import Clock
+from llmpool.engine_capacity import (
     INFO_PATHS,
     UNKNOWN,
     EngineCapacity,
     capacity_from_info,
     capacity_from_metrics,
 )
-from agent.engine_metrics import NO_LOAD, EngineLoad, parse_engine_metrics
-from agent.engines import ADAPTERS
-from llmpool.clock import Clock
 
 # An info document larger than this is not read (they are a few kilobytes).
 _MAX_INFO_BYTES = 1024 * 1024

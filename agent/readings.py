@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from agent.engine_capacity import ARG_DEFAULTS, UNKNOWN, EngineCapacity, capacity_from_args
 from agent.engine_metrics import NO_LOAD, EngineLoad
 from agent.ewma import Ewma
 from agent.hit_rate import HitRate
+from llmpool.engine_capacity import ARG_DEFAULTS, UNKNOWN, EngineCapacity, capacity_from_args
 from llmpool.status import ReplicaState, ReplicaStatus
 
 

@@ -14,6 +14,7 @@ from .agents import AgentRegistry
 from .apikeys import KeyBook
 from .audit import AuditLog
 from .autoscale_loop import Autoscaler
+from .backend_capacity import BackendCapacities, Fetch
 from .backend_urls import BackendUrlPolicy
 from .changes import Changes
 from .convert import specs_from_config
@@ -55,6 +56,7 @@ class ControllerParts:
     keys: KeyBook
     quotas: QuotaLoop
     keys_admin: KeysAdmin
+    capacities: BackendCapacities
 
 
 async def build_parts(
@@ -69,6 +71,7 @@ async def build_parts(
     extra_policies: tuple[str, ...],
     urls: BackendUrlPolicy | None = None,
     restart_grace_s: float | None = None,
+    fetch: Fetch | None = None,
 ) -> ControllerParts:
     """Loads the desired state (seeding an empty store from the config) and builds the rest."""
     changes = Changes()
@@ -108,6 +111,10 @@ async def build_parts(
                 replicas[rid] = LiveReplica(status, record.agent_id, valid, zone)
         return replicas
 
+    capacities = BackendCapacities(
+        fetch or _no_fetch, clock, lambda: desired.backends.values(), changes.notify
+    )
+
     def build() -> Routes:
         return build_routes(
             desired.pools,
@@ -116,6 +123,7 @@ async def build_parts(
             live(),
             usage.loads(),
             publisher.gateways(),
+            capacities.get(),
         )
 
     keys = KeyBook(store, on_change=changes.notify)
@@ -183,4 +191,10 @@ async def build_parts(
         keys=keys,
         quotas=quota_loop,
         keys_admin=KeysAdmin(keys, quotas, audit, store, quota_loop.flush),
+        capacities=capacities,
     )
+
+
+async def _no_fetch(url: str) -> tuple[int, bytes]:
+    """Where no fetch was given (tests of other parts): nothing answers."""
+    raise OSError("no HTTP client")

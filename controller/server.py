@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import httpx
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -28,6 +29,7 @@ from llmpool.v1 import (
 )
 
 from .auth import Authenticator
+from .backend_capacity import HttpFetch
 from .backend_urls import AllowEntry, BackendUrlPolicy
 from .grpc_admin import AdminServicer
 from .grpc_agent import AgentServicer
@@ -100,6 +102,8 @@ class ControllerServer:
         self._server: grpc.aio.Server | None = None
         self._metrics_server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # Asks static backends' engines what cache they have (backend_capacity.py).
+        self._http: httpx.AsyncClient | None = None
 
     @property
     def parts(self) -> ControllerParts:
@@ -122,6 +126,7 @@ class ControllerServer:
         # Read before anything opens: a missing certificate is an error, never plaintext.
         credentials = s.tls.server_credentials() if s.tls is not None else None
         store = await Store.open(s.data_dir)
+        self._http = httpx.AsyncClient(follow_redirects=False, trust_env=False)
         try:
             self._parts = parts = await build_parts(
                 store=store,
@@ -134,9 +139,12 @@ class ControllerServer:
                 extra_policies=s.extra_policies,
                 urls=BackendUrlPolicy(s.backend_allow, s.backend_schemes),
                 restart_grace_s=s.restart_grace_s,
+                fetch=HttpFetch(self._http),
             )
         except BaseException:
             await store.close()
+            await self._http.aclose()
+            self._http = None
             raise
 
         auth = Authenticator(tls=credentials is not None, tokens=parts.tokens)
@@ -184,6 +192,7 @@ class ControllerServer:
             asyncio.create_task(parts.autoscaler.run(), name="autoscaler"),
             asyncio.create_task(parts.ledger.run(), name="ledger"),
             asyncio.create_task(parts.quotas.run(), name="quotas"),
+            asyncio.create_task(parts.capacities.run(), name="backend-capacities"),
         ]
         log.info(
             "controller listening",
@@ -215,6 +224,9 @@ class ControllerServer:
             self._metrics_server.close()
             await self._metrics_server.wait_closed()
             self._metrics_server = None
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
         if parts is not None:
             await parts.store.close()
             self._parts = None

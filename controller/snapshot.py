@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmpool.engine_capacity import UNKNOWN, EngineCapacity
 from llmpool.protoconv import shared_fields
 from llmpool.status import ReplicaState, ReplicaStatus
 
@@ -49,7 +50,8 @@ class RouteMember:
     cached_input_cost_per_mtok: float = 0.0
     # A static backend (redaction applies to those).
     backend: bool = False
-    # The engine's capacity as its agent reports it; 0: unknown.
+    # The engine's capacity as its agent reports it (a static backend's: as its engine said,
+    # BackendCapacities); 0: unknown.
     cache_tokens: int = 0
     cache_block_size: int = 0
     max_running: int = 0
@@ -114,10 +116,13 @@ class LiveReplica:
     zone: str = ""
 
 
-def _backend_member(b: BackendSpec, load: MemberLoad) -> RouteMember:
+def _backend_member(b: BackendSpec, load: MemberLoad, capacity: EngineCapacity) -> RouteMember:
     return RouteMember(
         **{
             **shared_fields(b, RouteMember),
+            "cache_tokens": capacity.cache_tokens,
+            "cache_block_size": capacity.block_size,
+            "max_running": capacity.max_running,
             "healthy": not b.draining,
             "backend": True,
             "in_flight": load.in_flight,
@@ -191,14 +196,19 @@ def build_routes(
     live: Mapping[str, LiveReplica],
     loads: Mapping[str, MemberLoad],
     gateways: int = 0,
+    capacities: Mapping[str, EngineCapacity] | None = None,
 ) -> Routes:
     """Every pool appears, even with no members, so gateways answer 503 rather than 404.
     Members: static backends, managed replicas (by assignment) and attached replicas.
-    `gateways`: how many watch routes (each route tells them)."""
+    `gateways`: how many watch routes (each route tells them); `capacities`: what static
+    backends' engines said of their cache (BackendCapacities)."""
+    said = capacities or {}
     by_pool: dict[str, list[RouteMember]] = {name: [] for name in pools}
     for b in sorted(backends.values(), key=lambda b: b.id):
         if b.pool in by_pool and b.enabled:
-            by_pool[b.pool].append(_backend_member(b, loads.get(b.id, _NO_LOAD)))
+            by_pool[b.pool].append(
+                _backend_member(b, loads.get(b.id, _NO_LOAD), said.get(b.id, UNKNOWN))
+            )
     for a in sorted(assignments.values(), key=lambda a: a.replica_id):
         replica = live.get(a.replica_id)
         if a.pool not in by_pool or replica is None or not replica.status.url:

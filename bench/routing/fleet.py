@@ -1,6 +1,7 @@
 """The untuned benchmark's system under test: sim engines of different cache sizes, started here,
-served by `llm-pool up` as static backends or as replicas its agent watches, behind 1 or more
-gateways that share the load."""
+served by `llm-pool up` as static backends (whose engines say their cache on /metrics, or say
+nothing of it) or as replicas its agent watches, behind 1 or more gateways that share the
+load."""
 
 from __future__ import annotations
 
@@ -22,8 +23,11 @@ from llmpool.up import UP_ROLES
 from llmpool.v1 import admin_pb2
 
 STATIC = "static"
+# Static backends whose engines say nothing of their cache (--cache-info false): the gateways
+# learn each from its answers.
+SILENT = "silent"
 AGENT = "agent"
-DEPLOYMENTS = (STATIC, AGENT)
+DEPLOYMENTS = (STATIC, SILENT, AGENT)
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,8 @@ class FleetShape:
             str(self.max_num_seqs),
             "--log-level",
             "warning",
+            "--cache-info",
+            "false" if self.deployment == SILENT else "true",
         ]
 
 
@@ -80,7 +86,7 @@ def fleet_config(shape: FleetShape, urls: list[str]) -> str:
         "policy": "round_robin",
         "description": "make bench-routing --untuned: engines with different KV caches",
     }
-    if shape.deployment == STATIC:
+    if shape.deployment in (STATIC, SILENT):
         pool["backends"] = [{"id": f"engine-{i}", "url": u} for i, u in enumerate(urls)]
     else:
         pool["replicas"] = 0

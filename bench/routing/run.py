@@ -422,7 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--gateways", default="", help="--untuned: gateway counts, e.g. 1,3")
     parser.add_argument(
-        "--deployments", default="", help="--untuned: static and/or agent, e.g. static,agent"
+        "--deployments",
+        default="",
+        help="--untuned: any of static, silent, agent, e.g. static,agent",
     )
     parser.add_argument(
         "--kv-blocks",

@@ -22,7 +22,7 @@ from bench.routing.client import ConnectionPool, send
 from bench.routing.cluster import TINY_STREAM, fill_result
 from bench.routing.drive import drive
 from bench.routing.engine_stats import deltas
-from bench.routing.fleet import AGENT, DEPLOYMENTS, STATIC, Fleet, FleetShape
+from bench.routing.fleet import AGENT, DEPLOYMENTS, SILENT, STATIC, Fleet, FleetShape
 from bench.routing.oracle import ORACLE_POLICY
 from bench.routing.report import write_section
 from bench.routing.results import (
@@ -74,6 +74,13 @@ QUICK = Plan(
     gateways=(3,),
     deployments=(STATIC,),
 )
+
+
+HEADINGS = {
+    STATIC: "### static backends, {gws} gateway(s)",
+    SILENT: "### static backends whose engines say nothing of their cache, {gws} gateway(s)",
+    AGENT: "### agent replicas, {gws} gateway(s)",
+}
 
 
 @dataclass
@@ -332,8 +339,11 @@ def render(
         f"{len(shape.kv_blocks)} `llm-pool sim-engine`s "
         f"{'with equal KV caches' if alike else 'whose KV caches differ'}: {caches} blocks "
         f"of {shape.block_size} tokens, --speedup {shape.speedup:g} (times below are "
-        "simulated), started by the benchmark and served by `llm-pool up` either as static "
-        "backends (no agent: the gateways know nothing of the engines but their URLs) or as "
+        "simulated), started by the benchmark and served by `llm-pool up` as static "
+        "backends (no agent: the controller reads each engine's cache from its "
+        "`vllm:cache_config_info` on /metrics, as from a vLLM run by hand), as static backends "
+        "whose engines say nothing of their cache (`silent`: `--cache-info false`, as "
+        "llama-cpp-python's server; the gateways learn each cache from answers alone), or as "
         "replicas its agent watches (`--attach`: the agent reads each engine's cache from "
         "`vllm:cache_config_info` and reports it). 1 or 3 gateways; the load generator sends "
         "request i to gateway i mod N. Every policy runs with NO params, prefix_aware "
@@ -358,9 +368,7 @@ def render(
             if not part:
                 continue
             lines += [
-                f"### {dep} backends, {gws} gateway(s)"
-                if dep == STATIC
-                else f"### agent replicas, {gws} gateway(s)",
+                HEADINGS[dep].format(gws=gws),
                 "",
             ]
             for workload in wl.WORKLOADS:
@@ -462,4 +470,4 @@ async def run_untuned(
     return 0
 
 
-__all__ = ["AGENT", "STATIC", "run_untuned"]
+__all__ = ["AGENT", "SILENT", "STATIC", "run_untuned"]

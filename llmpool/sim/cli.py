@@ -16,7 +16,7 @@ from typing import Any
 
 import uvicorn
 
-from llmpool.cliargs import add_logging_options, env_option
+from llmpool.cliargs import add_logging_options, env_option, parse_bool
 from llmpool.logs import setup_logging
 from llmpool.sim.app import build_app
 from llmpool.sim.costs import CostModel
@@ -60,6 +60,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         add(flag, float, f.default, f"cost model coefficient {f.name}")
     add("max-tokens-default", int, d.max_tokens_default, "max_tokens when a request has none")
     add("embedding-dim", int, d.embedding_dim, "length of embedding vectors")
+    add(
+        "cache-info",
+        parse_bool,
+        d.cache_info,
+        "say the KV cache's size on /metrics (vllm:cache_config_info); false: say nothing of it",
+    )
     add_logging_options(p, env, command_prefix="LLMPOOL_SIM_")
     return p
 
@@ -74,6 +80,7 @@ def settings_from_args(args: argparse.Namespace) -> SimSettings:
         block_size=args.block_size,
         max_tokens_default=args.max_tokens_default,
         embedding_dim=args.embedding_dim,
+        cache_info=args.cache_info,
         costs=costs,
     )
 

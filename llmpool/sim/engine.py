@@ -59,7 +59,7 @@ class Engine:
             max_num_seqs=settings.max_num_seqs,
             clock=clock or SystemClock(),
         )
-        self.metrics = SimMetrics(self.scheduler, settings.model)
+        self.metrics = SimMetrics(self.scheduler, settings.model, settings.cache_info)
         self._live: dict[SimSequence, Generation] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None

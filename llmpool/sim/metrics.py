@@ -58,9 +58,10 @@ _E2E_BUCKETS = (
 class _SchedulerGauges(Collector):
     """Reads running, waiting and KV use from the scheduler at scrape time (never stale)."""
 
-    def __init__(self, scheduler: Scheduler, model: str) -> None:
+    def __init__(self, scheduler: Scheduler, model: str, cache_info: bool = True) -> None:
         self._scheduler = scheduler
         self._model = model
+        self._cache_info = cache_info
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         s = self._scheduler
@@ -77,6 +78,8 @@ class _SchedulerGauges(Collector):
             family = GaugeMetricFamily(name, doc, labels=["model_name"])
             family.add_metric([self._model], float(value))
             yield family
+        if not self._cache_info:
+            return
         # vLLM's info gauge of its cache (its labels are the CacheConfig's fields), so that
         # agents learn the cache's size as from vLLM; max_num_seqs is ours (vLLM has no gauge
         # of its batch size).
@@ -98,9 +101,9 @@ class _SchedulerGauges(Collector):
 class SimMetrics:
     """Counters and histograms the engine updates; gauges come from the scheduler itself."""
 
-    def __init__(self, scheduler: Scheduler, model: str) -> None:
+    def __init__(self, scheduler: Scheduler, model: str, cache_info: bool = True) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_SchedulerGauges(scheduler, model))
+        self.registry.register(_SchedulerGauges(scheduler, model, cache_info))
         labels = ["model_name"]
         self._queries = Counter(
             "vllm:prefix_cache_queries",

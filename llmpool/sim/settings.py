@@ -16,6 +16,9 @@ class SimSettings:
     block_size: int = 64
     max_tokens_default: int = 32
     embedding_dim: int = 384
+    # Whether /metrics says the cache's size (vLLM's cache_config_info); off: an engine that
+    # says nothing of it, as llama-cpp-python's server.
+    cache_info: bool = True
     costs: CostModel = field(default_factory=CostModel)
 
     def __post_init__(self) -> None:

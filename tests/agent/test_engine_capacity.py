@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from agent.engine_capacity import (
+from agent.engines import ADAPTERS
+from llmpool.engine_capacity import (
     ARG_DEFAULTS,
     INFO_PATHS,
     UNKNOWN,
@@ -18,7 +19,6 @@ from agent.engine_capacity import (
     capacity_from_info,
     capacity_from_metrics,
 )
-from agent.engines import ADAPTERS
 
 SAMPLES = Path(__file__).parent / "samples"
 CAPACITY = SAMPLES / "capacity"

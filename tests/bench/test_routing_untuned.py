@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.routing.fleet import AGENT, STATIC, FleetShape, attach_value, fleet_config
+from bench.routing.fleet import AGENT, SILENT, STATIC, FleetShape, attach_value, fleet_config
 from bench.routing.oracle import AffinityOracle, parse_weights, weighted_sequence
 from bench.routing.results import RunResult
 from bench.routing.run import main
@@ -51,6 +51,16 @@ def test_fleet_config_serves_the_engines_as_backends_or_leaves_them_to_the_agent
     spec = attach_value(URLS).split(";")
     assert spec[0] == f"pool=bench-routing,url={URLS[0]},engine=sim,model=bench-routing,id=engine-0"
     assert len(spec) == 4
+
+
+def test_silent_engines_are_static_backends_that_say_nothing_of_their_cache() -> None:
+    silent = FleetShape(deployment=SILENT)
+    pool = yaml.safe_load(fleet_config(silent, URLS))["pools"][0]
+    assert [b["url"] for b in pool["backends"]] == URLS
+    argv = silent.engine_argv(1234, 512)
+    assert argv[argv.index("--cache-info") + 1] == "false"
+    said = FleetShape(deployment=STATIC).engine_argv(1234, 512)
+    assert said[said.index("--cache-info") + 1] == "true"
 
 
 def test_learned_caches_are_read_from_each_gateways_metrics() -> None:

@@ -98,7 +98,7 @@ def test_metrics_say_the_cache_size_as_vllm_does() -> None:
     """The agent reads the simulator's cache and batch from /metrics as from vLLM's."""
     from prometheus_client import generate_latest
 
-    from agent.engine_capacity import capacity_from_metrics
+    from llmpool.engine_capacity import capacity_from_metrics
     from llmpool.sim.engine import Engine
     from llmpool.sim.settings import SimSettings
 
@@ -106,3 +106,17 @@ def test_metrics_say_the_cache_size_as_vllm_does() -> None:
     text = generate_latest(engine.metrics.registry).decode()
     capacity = capacity_from_metrics("sim", text)
     assert (capacity.cache_tokens, capacity.block_size, capacity.max_running) == (8192, 16, 8)
+
+
+def test_an_engine_that_says_nothing_of_its_cache() -> None:
+    """--cache-info false: no cache_config_info, so nobody reading /metrics learns the size."""
+    from prometheus_client import generate_latest
+
+    from llmpool.engine_capacity import capacity_from_metrics
+    from llmpool.sim.engine import Engine
+    from llmpool.sim.settings import SimSettings
+
+    engine = Engine(SimSettings(kv_blocks=512, block_size=16, cache_info=False))
+    text = generate_latest(engine.metrics.registry).decode()
+    assert "vllm:num_requests_running" in text
+    assert not capacity_from_metrics("openai", text).known

@@ -17,8 +17,8 @@ Each engine says it somewhere else, or not at all:
   slot, but with -np N and no --kv-unified the cache is N times that. `-c` in the argv is exact.
 - llama-cpp-python's llama_cpp.server: exposes nothing; `--n_ctx` (default 2048), one request
   at a time.
-- llm-pool's simulator: nothing yet. It would need vLLM's info gauge, plus a `max_num_seqs` label
-  on it (an llm-pool extension: vLLM exports its batch size nowhere), which is read when present.
+- llm-pool's simulator: vLLM's info gauge, plus a `max_num_seqs` label on it (an llm-pool
+  extension: vLLM exports its batch size nowhere), which is read when present.
 
 Every parser is total over bad engine output: missing, malformed, NaN, negative or absurd values
 leave that field 0 (unknown). Only text that is not Prometheus format raises ValueError, as
@@ -33,7 +33,7 @@ from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any
 
-from agent.engine_metrics import Labels, parse_samples
+from llmpool.prom_text import Labels, parse_samples
 from llmpool.sim.settings import SimSettings
 
 # Larger values are not a real engine's: they read as unknown.
