@@ -73,3 +73,20 @@ def test_bad_env_value_names_the_variable(
     with pytest.raises(SystemExit):
         main(["--port", "0"])
     assert "LLMPOOL_SIM_KV_BLOCKS='lots'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "said"),
+    [
+        ([], {}, True),
+        (["--cache-info", "false"], {}, False),
+        ([], {"LLMPOOL_SIM_CACHE_INFO": "0"}, False),
+    ],
+)
+def test_cache_info_is_said_unless_turned_off(
+    argv: list[str], env: dict[str, str], said: bool
+) -> None:
+    from llmpool.sim.cli import build_parser, settings_from_args
+
+    args = build_parser(env).parse_args(["--port", "0", *argv])
+    assert settings_from_args(args).cache_info is said
