@@ -167,7 +167,8 @@ class BackendCapacities:
             try:
                 status, body = await self._fetch(base + path)
             except (OSError, httpx.HTTPError):
-                continue
+                # Not reachable (or not in time): the other paths would wait the same.
+                break
             answered = True
             capacity = capacity_of(engine, status, body)
             if capacity.known:

@@ -129,6 +129,8 @@ async def test_an_engine_still_starting_is_asked_again_soon_and_a_remote_api_rar
     # The remote API was asked every path, in order, and none said anything.
     api = [u for u in engines.asked if "api.example" in u]
     assert [u.rsplit("/", 1)[1] for u in api] == ["metrics", "get_server_info", "props", "info"]
+    # The engine not up was asked once: its other paths would wait on the same closed port.
+    assert [u for u in engines.asked if "e1" in u] == ["http://e1:8000/metrics"]
     engines.asked.clear()
     clock.advance(1.0)
     await caps.sweep()
