@@ -181,13 +181,20 @@ class BackendCapacities:
 
 class HttpFetch:
     """Fetch over one shared client: GET without redirects, the body read up to MAX_BYTES
-    (a larger one reads as status 413: no engine's document is that large)."""
+    (a larger one reads as status 413: no engine's document is that large), the whole answer
+    within timeout_s (httpx's own timeouts are per read: a server dripping bytes would hold
+    the sweep)."""
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    def __init__(self, client: httpx.AsyncClient, timeout_s: float = TIMEOUT_S) -> None:
         self._client = client
+        self._timeout_s = timeout_s
 
     async def __call__(self, url: str) -> tuple[int, bytes]:
-        async with self._client.stream("GET", url, timeout=TIMEOUT_S) as response:
+        async with asyncio.timeout(self._timeout_s):
+            return await self._get(url)
+
+    async def _get(self, url: str) -> tuple[int, bytes]:
+        async with self._client.stream("GET", url, timeout=self._timeout_s) as response:
             if response.status_code != 200:
                 return response.status_code, b""
             chunks: list[bytes] = []

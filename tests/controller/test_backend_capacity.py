@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -189,6 +190,39 @@ async def test_http_fetch_reads_a_bounded_body_and_follows_no_redirect() -> None
         assert await fetch("http://e/ok") == (200, b"ok")
         assert await fetch("http://e/big") == (413, b"")
         assert await fetch("http://e/moved") == (302, b"")
+
+
+async def test_http_fetch_gives_up_on_an_answer_that_drips_past_its_time() -> None:
+    async def drip() -> AsyncIterator[bytes]:
+        while True:
+            yield b"#"
+            await asyncio.sleep(0.01)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=drip())
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        with pytest.raises(TimeoutError):
+            await HttpFetch(client, timeout_s=0.2)("http://e/metrics")
+    # Taken as no answer: nothing found, asked again a second later (and no sooner).
+    clock = FakeClock()
+    slow = _Slow()
+    caps = BackendCapacities(slow, clock, lambda: [backend("b", "http://e")], lambda: None)
+    await caps.sweep()
+    await caps.sweep()
+    assert caps.found == {} and slow.asked == 1
+    clock.advance(1.0)
+    await caps.sweep()
+    assert slow.asked == 2
+
+
+class _Slow:
+    def __init__(self) -> None:
+        self.asked = 0
+
+    async def __call__(self, url: str) -> tuple[int, bytes]:
+        self.asked += 1
+        raise TimeoutError
 
 
 async def test_a_static_backend_on_a_real_engine_is_handed_out_with_its_cache(
