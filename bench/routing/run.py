@@ -418,14 +418,11 @@ def main(argv: list[str] | None = None) -> int:
         "--untuned",
         action="store_true",
         help="the untuned mode instead (bench/routing/untuned.py): no policy params, engines "
-        "with different caches, static backends and agent replicas, 1 and 3 gateways",
+        "with different caches, static backends (saying their cache or not) and agent replicas, "
+        "1 and 3 gateways",
     )
     parser.add_argument("--gateways", default="", help="--untuned: gateway counts, e.g. 1,3")
-    parser.add_argument(
-        "--deployments",
-        default="",
-        help="--untuned: any of static, silent, agent, e.g. static,agent",
-    )
+    parser.add_argument("--deployments", default="", help="--untuned: some of static,silent,agent")
     parser.add_argument(
         "--kv-blocks",
         default="",
