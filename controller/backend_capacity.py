@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from llmpool.addr import base_url
 from llmpool.clock import Clock
 from llmpool.engine_capacity import (
     UNKNOWN,
@@ -73,13 +74,6 @@ def capacity_of(engine: str, status: int, body: bytes) -> EngineCapacity:
     except ValueError:
         return UNKNOWN
     return capacity_from_info(engine, doc) if isinstance(doc, dict) else UNKNOWN
-
-
-def base_of(url: str) -> str:
-    """The backend's root: its URL without a trailing slash or /v1 (the engine serves
-    /metrics beside /v1)."""
-    text = url.rstrip("/")
-    return text[: -len("/v1")] if text.endswith("/v1") else text
 
 
 def asked(backend: BackendSpec) -> bool:
@@ -161,7 +155,7 @@ class BackendCapacities:
     async def _ask(self, url: str) -> EngineCapacity | None:
         """What the engine at url says (UNKNOWN: it answered but said nothing); None when
         nothing answered at all."""
-        base = base_of(url)
+        base = base_url(url)
         answered = False
         for path, engine in PATHS:
             try:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmpool.addr import base_url
 from llmpool.protoconv import from_proto
 from llmpool.v1 import gateway_pb2
 
@@ -89,14 +90,6 @@ class Member:
         if path == "/v1/embeddings":
             return self.embeddings_url
         return base_url(self.url) + path
-
-
-def base_url(url: str) -> str:
-    """The member's base URL without a trailing slash or /v1 (the API paths add /v1)."""
-    text = url.rstrip("/")
-    if text.endswith("/v1"):
-        text = text[: -len("/v1")]
-    return text
 
 
 def member_from_proto(msg: gateway_pb2.Member, model: str) -> Member:

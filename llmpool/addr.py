@@ -17,3 +17,12 @@ def split_host_port(value: str, default_host: str = "127.0.0.1") -> tuple[str, i
     if not 0 <= port <= 65535:
         raise ValueError(f"port {port} in {value!r} is out of range 0-65535")
     return host, port
+
+
+def base_url(url: str) -> str:
+    """An OpenAI-compatible endpoint's base URL without a trailing slash or /v1 (the API paths
+    add /v1; an engine serves /metrics beside it)."""
+    text = url.rstrip("/")
+    if text.endswith("/v1"):
+        text = text[: -len("/v1")]
+    return text

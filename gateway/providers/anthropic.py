@@ -10,10 +10,11 @@ from typing import Any
 import orjson
 
 from gateway.errors import BadRequestError
-from gateway.members import Member, base_url
+from gateway.members import Member
 from gateway.parsing import Endpoint, ParsedRequest
 from gateway.providers.anthropic_request import to_anthropic
 from gateway.providers.base import UpstreamCall
+from llmpool.addr import base_url
 
 API_VERSION = "2023-06-01"
 FINISH = {

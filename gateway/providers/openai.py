@@ -9,10 +9,11 @@ from urllib.parse import quote
 
 import orjson
 
-from gateway.members import Member, base_url
+from gateway.members import Member
 from gateway.parsing import Endpoint, ParsedRequest
 from gateway.providers.base import UpstreamCall
 from gateway.providers.messages_in import ChatToMessages, to_chat
+from llmpool.addr import base_url
 
 _TO_MESSAGES = ChatToMessages()
 

@@ -16,12 +16,12 @@ from controller.backend_capacity import (
     RETRY_S,
     BackendCapacities,
     HttpFetch,
-    base_of,
     capacity_of,
 )
 from controller.model import BackendSpec, PoolSpec
 from controller.server import ControllerServer
 from controller.snapshot import build_routes
+from llmpool.addr import base_url
 from llmpool.clock import FakeClock
 from llmpool.config import BackendConfig, Config, PoolConfig
 from llmpool.engine_capacity import UNKNOWN, EngineCapacity
@@ -65,8 +65,8 @@ def test_answers_that_say_nothing_or_nonsense_are_unknown(
 
 
 def test_the_engine_is_asked_beside_its_api() -> None:
-    assert base_of("http://10.0.0.5:8000/v1/") == "http://10.0.0.5:8000"
-    assert base_of("https://h.example/x") == "https://h.example/x"
+    assert base_url("http://10.0.0.5:8000/v1/") == "http://10.0.0.5:8000"
+    assert base_url("https://h.example/x") == "https://h.example/x"
 
 
 class Engines:
