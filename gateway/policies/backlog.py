@@ -6,7 +6,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 
 from gateway.policies.cache_estimate import Ticket
-from gateway.policies.prefix_index import Held
+from gateway.policies.held import Held
 
 # A member's cost once it is out of a pick.
 _OUT = float("inf")

@@ -53,7 +53,8 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from gateway.policies.prefix_index import UNBOUNDED, PrefixIndex
+from gateway.policies.held import UNBOUNDED
+from gateway.policies.prefix_index import PrefixIndex
 from gateway.policies.rough_room import RoughRooms
 from llmpool.cache_bound import LEAST_KEPT, cap_bound
 

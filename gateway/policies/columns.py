@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 
 from gateway.members import Member
-from gateway.policies.prefix_index import Held, PrefixIndex
+from gateway.policies.held import Held
+from gateway.policies.prefix_index import PrefixIndex
 
 
 class Columns:

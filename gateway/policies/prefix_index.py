@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby, islice, repeat
 
 from gateway.policies.block_hashes import MEMO_MIN_BLOCKS, BlockHasher, BlockLayout
-
-# The room of a member with no bound.
-UNBOUNDED = 1 << 62
-# Prefixes per member whose last send is remembered (for Held.reach): between half of this and
-# all of it, at most ~100 KB a member; a prefix past it is one with no verdict on its depth.
-LAST_SENT = 1024
+from gateway.policies.held import UNBOUNDED, Held
 
 
 @dataclass(slots=True)
@@ -39,6 +34,15 @@ class Match:
         return self.hashes[0] if self.hashes else -1
 
 
+def _without(holders: tuple[str, ...], member_id: str) -> tuple[str, ...]:
+    """holders less member_id (each member is in a block's holders once)."""
+    try:
+        i = holders.index(member_id)
+    except ValueError:
+        return holders
+    return holders[:i] + holders[i + 1 :]
+
+
 def _run(found: list[tuple[str, ...] | None]) -> int:
     """How many leading entries equal the first, if it is not None (in C when all up to the
     first None do)."""
@@ -57,74 +61,6 @@ def _run(found: list[tuple[str, ...] | None]) -> int:
             break
         run += 1
     return run
-
-
-class Held:
-    """One member's blocks in the index, least recently sent first -> units (negative once
-    reused), with their total, the units not reused, its own bound (0: member_blocks) and the
-    bound in force (`room`: UNBOUNDED when none)."""
-
-    __slots__ = ("blocks", "cap", "foreign", "last", "older", "room", "sent", "singles", "units")
-
-    def __init__(self, room: int = UNBOUNDED) -> None:
-        self.blocks: OrderedDict[int, int] = OrderedDict()
-        self.units = 0
-        self.singles = 0
-        self.cap = 0
-        self.room = room
-        # Units other gateways sent there lately (shared_sends.py): taken off the room.
-        self.foreign = 0
-        # Units the member had to take in (sent there new to it, or found missing) so far, and
-        # that count just after each prefix (first-block hash) was last sent there, with the
-        # units of that prompt: the newest in `last`, the generation before in `older`. (Two
-        # plain dicts: an OrderedDict bounded by popping its oldest rebuilds itself every few
-        # hundred sends, a 15-50 us stall.)
-        self.sent = 0
-        self.last: dict[int, tuple[int, int]] = {}
-        self.older: dict[int, tuple[int, int]] = {}
-
-    def mark(self, key: int, units: int = 0) -> None:
-        """Prefix `key` was just sent there, in a prompt of `units`."""
-        last = self.last
-        last[key] = (self.sent, units)
-        if len(last) >= LAST_SENT // 2:
-            self.older = last
-            self.last = {}
-
-    def reach(self, key: int, held: int) -> int:
-        """How deep in the member's LRU a prompt of prefix `key` holding `held` units there
-        sits: what the member took in since that prefix was last sent, plus the held part
-        (0: not known). An LRU cache of C units still holds the part if reach <= C."""
-        if held <= 0:
-            return 0
-        last = self.last.get(key)
-        if last is None:
-            last = self.older.get(key)
-        return self.sent - last[0] + held if last is not None else 0
-
-    def deeper(self, reach: int, units: int, but: int) -> list[int]:
-        """Prefixes still held there (their first block) whose prompt, as last sent, now sits
-        at least `reach` deep in the member's LRU, the deepest first, as many as it takes to
-        make `units` of them (the one that crosses included); `but` left out."""
-        sent = self.sent
-        blocks = self.blocks
-        found: list[tuple[int, int, int]] = []
-        newer = self.last
-        for table in (newer, self.older):
-            for key, (at, size) in table.items():
-                if key == but or key not in blocks or (table is not newer and key in newer):
-                    continue
-                depth = sent - at + size
-                if depth >= reach:
-                    found.append((depth, key, size))
-        found.sort(reverse=True)
-        out: list[int] = []
-        for _, key, size in found:
-            if units <= 0:
-                break
-            out.append(key)
-            units -= size
-        return out
 
 
 class PrefixIndex:
@@ -383,7 +319,14 @@ class PrefixIndex:
                 # them again holds them as sent once under a reused tail.) Only their recency
                 # changes: most recent last, first block last (LRU takes the deepest first).
                 deque(map(touch_mine, reversed(head)), 0)
-            elif max(sent := list(map(mine.get, head, repeat(0)))) >= 0:
+            elif not any(sent := list(map(mine.get, head, repeat(0)))):
+                # None of them there (a prompt spilling to a member new to it): in bulk, in C,
+                # as the tail's.
+                mine.update(zip(reversed(head), reversed(weights[:run]), strict=True))
+                added = self.layout.units[run - 1]
+                held += added
+                single += added
+            elif max(sent) >= 0:
                 # What the member has of them: < 0 reused, > 0 sent once, 0 none. (The loop
                 # below is the tail's, inlined in both: as a shared helper it cost 2-3% of a
                 # pick.)
@@ -439,6 +382,10 @@ class PrefixIndex:
         single = record.singles
         blocks = self._blocks
         pop = mine.popitem
+        # A prompt's blocks mostly share one holders tuple (insert): what is left of it is
+        # built once for them all, and shared as before.
+        was: tuple[str, ...] = ()
+        left: tuple[str, ...] = ()
         while held > cap and mine:
             h, w = pop(False)
             if w > 0:
@@ -450,8 +397,11 @@ class PrefixIndex:
             if holders is not None:
                 if len(holders) == 1:
                     del blocks[h]  # Its only holder (a one-off tail, most often).
+                elif holders is was:
+                    blocks[h] = left
                 else:
-                    self._drop(h, member_id)
+                    was = holders
+                    left = blocks[h] = _without(holders, member_id)
         record.units = held
         record.singles = single
         self.changed.add(record)
@@ -484,7 +434,7 @@ class PrefixIndex:
         holders = self._blocks.get(h)
         if holders is None:
             return
-        left = tuple([m for m in holders if m != member_id])
+        left = _without(holders, member_id)
         if left:
             self._blocks[h] = left
         else:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from gateway.members import Member
-from gateway.policies.prefix_index import Held
+from gateway.policies.held import Held
 
 # A gateway's own sends kept per member for its next usage report (the controller takes no
 # more from a report's line).

@@ -12,7 +12,8 @@ import pytest
 
 from gateway.members import Member, idle_member
 from gateway.policies import PickContext, PolicyRegistry, PrefixAware
-from gateway.policies.prefix_index import LAST_SENT, Held, PrefixIndex
+from gateway.policies.held import LAST_SENT, Held
+from gateway.policies.prefix_index import PrefixIndex
 from gateway.routing import RoutingTable
 from llmpool.clock import FakeClock
 from llmpool.v1 import gateway_pb2
