@@ -282,7 +282,7 @@ class PrefixIndex:
                     single += w
                     continue
                 if holders[0] != member_id:
-                    rest = tuple(m for m in holders if m != member_id)
+                    rest = _without(holders, member_id)
                     if len(rest) >= limit:
                         # The least recent holder drops out of this block.
                         self._unhold(rest[limit - 1], h)
