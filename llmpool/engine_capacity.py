@@ -28,13 +28,15 @@ engine_metrics does.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from llmpool.prom_text import Labels, parse_samples
 from llmpool.sim.settings import SimSettings
+
+_T = TypeVar("_T")
 
 # Larger values are not a real engine's: they read as unknown.
 MAX_CACHE_TOKENS = 10**9
@@ -207,11 +209,7 @@ def capacity_from_metrics(engine: str, text: str) -> EngineCapacity:
     parser = _METRICS_PARSERS.get(engine)
     if parser is not None:
         return parser(values)
-    for candidate in (_vllm_metrics, _sglang_metrics, _tgi_metrics):
-        found = candidate(values)
-        if found.known:
-            return found
-    return UNKNOWN
+    return _first_known((_vllm_metrics, _sglang_metrics, _tgi_metrics), values)
 
 
 # ---- JSON info documents ----------------------------------------------------------------------
@@ -272,8 +270,13 @@ def capacity_from_info(engine: str, doc: Mapping[str, Any]) -> EngineCapacity:
     parser = _INFO_PARSERS.get(engine)
     if parser is not None:
         return parser(doc)
-    for candidate in (_sglang_info, _llama_props, _tgi_info):
-        found = candidate(doc)
+    return _first_known((_sglang_info, _llama_props, _tgi_info), doc)
+
+
+def _first_known(parsers: Iterable[Callable[[_T], EngineCapacity]], source: _T) -> EngineCapacity:
+    """What the first of parsers that finds anything in source finds (UNKNOWN: none does)."""
+    for parser in parsers:
+        found = parser(source)
         if found.known:
             return found
     return UNKNOWN
