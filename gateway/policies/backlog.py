@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping, Sequence
 
-from gateway.policies.cache_estimate import Ticket
 from gateway.policies.held import Held
+from gateway.policies.ticket import Ticket
 
 # A member's cost once it is out of a pick.
 _OUT = float("inf")

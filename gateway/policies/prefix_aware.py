@@ -7,13 +7,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from gateway.members import Member
 from gateway.policies.backlog import Backlog, charge_queues
 from gateway.policies.base import ParamReader, PickContext, Policy
-from gateway.policies.cache_estimate import CacheSizer, Ticket
+from gateway.policies.cache_estimate import CacheSizer
 from gateway.policies.columns import Columns, evicted
 from gateway.policies.holders import cheapest_holder, drop_ended
 from gateway.policies.missed import MissedPrefixes
 from gateway.policies.placement import Placement
 from gateway.policies.prefix_index import Match, PrefixIndex
 from gateway.policies.shared_sends import STALE_S, SharedSends
+from gateway.policies.ticket import Ticket
 
 # Converts token counts to index units; English text and code run 3.5-4.5 bytes a token with
 # common tokenizers, and an estimate on the high side only makes the index forget a little late.

@@ -15,10 +15,10 @@ from gateway.policies.cache_estimate import (
     GROW,
     WINDOW,
     CacheSizer,
-    Ticket,
 )
 from gateway.policies.prefix_index import PrefixIndex
 from gateway.policies.rough_room import FULL_S
+from gateway.policies.ticket import Ticket
 from gateway.routing import RoutingTable
 from llmpool.cache_bound import MISSES_TO_BOUND, cap_bound
 from llmpool.clock import FakeClock

@@ -8,8 +8,8 @@ from collections import Counter
 
 from gateway.members import Member, idle_member
 from gateway.policies import PickContext, PolicyRegistry, PrefixAware
-from gateway.policies.cache_estimate import Ticket
 from gateway.policies.placement import Placement
+from gateway.policies.ticket import Ticket
 from llmpool.clock import FakeClock
 
 MEMBERS = [idle_member(f"m{i}") for i in range(4)]
