@@ -1,0 +1,340 @@
+"""Routing in virtual time (`python -m bench.routing.virtual`): gateways' policies, the
+controller's usage aggregation and simulated engines in one process on one clock, with no
+sockets and no wall time, so that many seeds and fleets run in seconds, alike on any host.
+
+What it models. Each engine is llmpool/sim's Scheduler (the KV cache, FIFO admission and step
+costs of `llm-pool sim-engine`) stepping in virtual time. Each gateway is a policy object built
+by the gateway's PolicyRegistry and fed as the relay feeds it: a PickContext with its own and
+last-reported in-flight counts, began() at the first token, settle() at the end. Every
+report_s each gateway's usage report (in flight, caches and speed learned, prefixes sent and
+found missing, verdicts) goes to the controller's UsageAggregator, whose loads reach every
+gateway as members snapshot_s later. Request i goes to gateway i mod N, as in bench.routing.
+
+What it leaves out: the network, the gateways' and controller's own CPU time (which
+bench.routing, at --speedup 4, counts four times over), failures, and the first request's
+cold connections. Times are engine seconds. bench.routing stays the measure; this is for
+trying a change over many seeds before measuring it there."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import heapq
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from bench.routing.oracle import affinity_index, weighted_sequence
+from bench.routing.workloads import WORKLOADS, BenchRequest, WorkloadShape, build
+from controller.metrics import ControllerMetrics
+from controller.usage import MemberUsage, UsageAggregator, UsageReport
+from gateway.members import Member, idle_member
+from gateway.policies import PickContext, Policy, PolicyRegistry, PrefixAware
+from llmpool.clock import FakeClock
+from llmpool.sim.costs import CostModel
+from llmpool.sim.kv_cache import KvCache
+from llmpool.sim.scheduler import Scheduler, SimSequence
+from llmpool.sim.serving import BOS
+from llmpool.sim.tokens import ChatMessage, block_hashes, render_chat, tokenize
+
+ORACLE = "oracle"
+BLOCK_SIZE = 16
+MAX_NUM_SEQS = 64
+MODEL = "pool"
+
+
+@dataclass(frozen=True)
+class Setup:
+    kv_blocks: tuple[int, ...] = (512, 1024, 2048, 4096)
+    # Engines say what their cache holds (vllm:cache_config_info read by the controller).
+    reported: bool = True
+    gateways: int = 1
+    report_s: float = 1.0
+    snapshot_s: float = 0.05
+
+
+@dataclass(eq=False)
+class Flight:
+    request: BenchRequest
+    gateway: int
+    member: str
+    ticket: object
+    sent_at: float
+    first_at: float | None = None
+
+
+@dataclass(eq=False)
+class Gateway:
+    policy: Policy | None
+    members: tuple[Member, ...]
+    in_flight: dict[str, int] = field(default_factory=dict)
+    reported: dict[str, int] = field(default_factory=dict)
+    requests: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class Engine:
+    scheduler: Scheduler
+    busy: bool = False
+
+
+class VirtualRun:
+    """One policy on one workload, start to end."""
+
+    def __init__(self, setup: Setup, policy: str, requests: Sequence[BenchRequest]) -> None:
+        self.setup = setup
+        self.clock = FakeClock(0.0)
+        self.requests = requests
+        self.ids = [f"engine-{i}" for i in range(len(setup.kv_blocks))]
+        self.engines = {
+            mid: Engine(
+                Scheduler(CostModel(), KvCache(blocks), BLOCK_SIZE, MAX_NUM_SEQS, self.clock)
+            )
+            for mid, blocks in zip(self.ids, setup.kv_blocks, strict=True)
+        }
+        self.base = tuple(
+            idle_member(
+                mid,
+                cache_tokens=blocks * BLOCK_SIZE if setup.reported else 0,
+                cache_block_size=BLOCK_SIZE if setup.reported else 0,
+            )
+            for mid, blocks in zip(self.ids, setup.kv_blocks, strict=True)
+        )
+        self.oracle = weighted_sequence(dict(zip(self.ids, setup.kv_blocks, strict=True)))
+        registry = PolicyRegistry(clock=self.clock)
+        self.gateways = []
+        for _ in range(setup.gateways):
+            built = None if policy == ORACLE else registry.build(policy)
+            if built is not None:
+                built.on_gateways(setup.gateways)
+                built.on_members(self.base)
+                built.on_snapshot(self.base)
+            self.gateways.append(Gateway(built, self.base))
+        self.usage = UsageAggregator(self.clock, ControllerMetrics(), ttl_s=5 * setup.report_s)
+        self.flights: dict[SimSequence, Flight] = {}
+        self.ttft: list[float] = []
+        # (sent at, group or session, gateway, member, TTFT) of every request answered.
+        self.trace: list[tuple[float, str, int, str, float]] = []
+        self._events: list[tuple[float, int, str, int]] = []
+        self._order = itertools.count()
+
+    def _at(self, when: float, kind: str, arg: int) -> None:
+        heapq.heappush(self._events, (when, next(self._order), kind, arg))
+
+    def run(self) -> list[float]:
+        for i, request in enumerate(self.requests):
+            self._at(request.at_s, "arrive", i)
+        n = self.setup.gateways
+        for g in range(n):
+            # Gateways started at different times report out of phase.
+            self._at(self.setup.report_s * (g + 1) / n, "report", g)
+        end = self.requests[-1].at_s if self.requests else 0.0
+        while self._events:
+            when, _, kind, arg = heapq.heappop(self._events)
+            if kind == "report" and when > end and not self.flights:
+                continue
+            self.clock.advance(when - self.clock.monotonic())
+            if kind == "arrive":
+                self._arrive(arg)
+            elif kind == "step":
+                self._step_done(self.ids[arg])
+            elif kind == "report":
+                self._report(arg)
+                self._at(when + self.setup.report_s, "report", arg)
+            elif kind == "snapshot":
+                self._snapshot()
+        return self.ttft
+
+    def _arrive(self, i: int) -> None:
+        request = self.requests[i]
+        g = i % self.setup.gateways
+        gw = self.gateways[g]
+        body = request.body(MODEL)
+        if gw.policy is None:
+            mid = self.oracle[affinity_index(request.affinity) % len(self.oracle)]
+            ticket: object = None
+        else:
+            ctx = PickContext(
+                model=MODEL, payload=body, in_flight=gw.in_flight, reported_in_flight=gw.reported
+            )
+            mid = gw.policy.pick(gw.members, ctx).id
+            ticket = ctx.ticket
+        gw.in_flight[mid] = gw.in_flight.get(mid, 0) + 1
+        gw.requests[mid] = gw.requests.get(mid, 0) + 1
+        text = render_chat([ChatMessage(r, c) for r, c in request.messages])
+        tokens = [BOS, *tokenize(text)]
+        engine = self.engines[mid]
+        seq = engine.scheduler.add(
+            len(tokens), block_hashes(tokens, BLOCK_SIZE, MODEL), request.max_tokens
+        )
+        self.flights[seq] = Flight(request, g, mid, ticket, self.clock.monotonic())
+        self._kick(mid)
+
+    def _kick(self, mid: str) -> None:
+        engine = self.engines[mid]
+        if engine.busy:
+            return
+        plan = engine.scheduler.begin_step()
+        if plan is None:
+            return
+        engine.busy = True
+        self._at(self.clock.monotonic() + plan.duration_ms / 1000.0, "step", self.ids.index(mid))
+
+    def _step_done(self, mid: str) -> None:
+        engine = self.engines[mid]
+        engine.busy = False
+        now = self.clock.monotonic()
+        for event in engine.scheduler.finish_step():
+            flight = self.flights.get(event.seq)
+            if flight is None:
+                continue
+            policy = self.gateways[flight.gateway].policy
+            if event.index == 0:
+                flight.first_at = now
+                ttft = now - flight.request.at_s
+                self.ttft.append(ttft)
+                self.trace.append(
+                    (flight.request.at_s, flight.request.affinity, flight.gateway, mid, ttft)
+                )
+                if policy is not None and policy.settles and flight.ticket is not None:
+                    policy.began(flight.ticket, now - flight.sent_at)
+            if event.finished:
+                del self.flights[event.seq]
+                gw = self.gateways[flight.gateway]
+                gw.in_flight[mid] -= 1
+                if not gw.in_flight[mid]:
+                    del gw.in_flight[mid]
+                if policy is not None and policy.settles and flight.ticket is not None:
+                    first = flight.first_at if flight.first_at is not None else now
+                    policy.settle(flight.ticket, first - flight.sent_at, 0)
+        self._kick(mid)
+
+    def _report(self, g: int) -> None:
+        gw = self.gateways[g]
+        policy = gw.policy
+        if policy is None:
+            return
+        learned: dict[str, tuple[int, float]] = {}
+        sent: dict[str, dict[int, int]] = {}
+        missed: dict[str, list[int]] = {}
+        verdicts: dict[str, list[tuple[int, bool]]] = {}
+        if isinstance(policy, PrefixAware):
+            learned = policy.learned(self.ids)
+            sent = policy.drain_sent()
+            missed = policy.drain_missed()
+            verdicts = policy.drain_verdicts()
+        named = set(gw.in_flight) | set(gw.requests) | set(gw.reported)
+        members = []
+        for mid in sorted(named):
+            tokens, speed = learned.get(mid, (0, 0.0))
+            points = verdicts.get(mid, [])
+            members.append(
+                MemberUsage(
+                    member_id=mid,
+                    model=MODEL,
+                    in_flight=gw.in_flight.get(mid, 0),
+                    requests=gw.requests.get(mid, 0),
+                    learned_cache_tokens=tokens,
+                    learned_prefill_s_per_token=speed,
+                    missed_prefixes=tuple(missed.get(mid, ())),
+                    sent_prefixes=tuple(sent.get(mid, {})),
+                    sent_prefix_tokens=tuple(sent.get(mid, {}).values()),
+                    verdict_reach_tokens=tuple(r for r, _ in points),
+                    verdict_hits=tuple(h for _, h in points),
+                )
+            )
+        gw.reported = dict(gw.in_flight)
+        gw.requests = {}
+        self.usage.record(UsageReport(gateway_id=f"gw{g}", members=tuple(members)))
+        self._at(self.clock.monotonic() + self.setup.snapshot_s, "snapshot", 0)
+
+    def _snapshot(self) -> None:
+        loads = self.usage.loads()
+        members = []
+        for m in self.base:
+            load = loads.get(m.id)
+            if load is None:
+                members.append(m)
+                continue
+            members.append(
+                dataclasses.replace(
+                    m,
+                    in_flight=load.in_flight,
+                    learned_cache_tokens=load.learned_cache_tokens,
+                    learned_prefill_s_per_token=load.learned_prefill_s_per_token,
+                    missed_prefixes=load.missed_prefixes,
+                    sent_prefixes=load.sent_prefixes,
+                    sent_prefix_tokens=load.sent_prefix_tokens,
+                    sent_prefix_senders=load.sent_prefix_senders,
+                )
+            )
+        snapshot = tuple(members)
+        for gw in self.gateways:
+            gw.members = snapshot
+            if gw.policy is not None:
+                gw.policy.on_snapshot(snapshot)
+
+
+def trace(run: VirtualRun, slow: float) -> str:
+    """The slow requests, then each group's or session's members in turn (*: slow)."""
+    lines = [
+        f"{at:7.2f} {key:>4} gw{g} {mid} {t:.3f}" for at, key, g, mid, t in run.trace if t > slow
+    ]
+    turns: dict[str, list[str]] = {}
+    for _, key, _, mid, t in sorted(run.trace):
+        turns.setdefault(key, []).append(mid[-1] if t <= slow else "*")
+    ordered = sorted(turns.items(), key=lambda kv: affinity_index(kv[0]))
+    lines += [f"{key:>4} {''.join(marks)}" for key, marks in ordered]
+    return "\n".join(lines)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)] if ordered else math.nan
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.routing.virtual", description=__doc__)
+    parser.add_argument("--policies", default=f"prefix_aware,{ORACLE}")
+    parser.add_argument("--workload", choices=WORKLOADS, default=WORKLOADS[0])
+    parser.add_argument("--rate", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=40.0)
+    parser.add_argument("--seeds", default="5-8", help="a range (5-8) or a list (5,7)")
+    parser.add_argument("--kv-blocks", default="512,1024,2048,4096")
+    parser.add_argument("--gateways", type=int, default=1)
+    parser.add_argument("--silent", action="store_true", help="engines say nothing of caches")
+    parser.add_argument("--report-s", type=float, default=1.0)
+    parser.add_argument(
+        "--trace", type=float, default=0.0, help="print requests slower than this (s)"
+    )
+    args = parser.parse_args(argv)
+    if "-" in args.seeds:
+        lo, hi = (int(x) for x in args.seeds.split("-"))
+        seeds = list(range(lo, hi + 1))
+    else:
+        seeds = [int(x) for x in args.seeds.split(",")]
+    setup = Setup(
+        kv_blocks=tuple(int(x) for x in args.kv_blocks.split(",")),
+        reported=not args.silent,
+        gateways=args.gateways,
+        report_s=args.report_s,
+    )
+    count = max(1, int(args.rate * args.seconds))
+    print(f"{args.workload} @ {args.rate:g}/s, {setup}")
+    print("seed  " + "  ".join(f"{p:>22}" for p in args.policies.split(",")))
+    for seed in seeds:
+        requests = build(args.workload, seed, args.rate, count, WorkloadShape())
+        cells = []
+        for policy in args.policies.split(","):
+            run = VirtualRun(setup, policy, requests)
+            ttft = run.run()
+            if args.trace:
+                print(trace(run, args.trace))
+            cells.append(f"p99 {percentile(ttft, 99):6.3f} p50 {percentile(ttft, 50):6.3f}")
+        print(f"{seed:4d}  " + "  ".join(f"{c:>22}" for c in cells))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
