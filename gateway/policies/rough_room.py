@@ -45,7 +45,9 @@ class RoughRooms:
         """A prediction at member was decided (`points`: its verdicts with their depth, this
         one's included when its `reach` is known; `held`: units the index held there before a
         miss forgot anything)."""
-        if not hit and self.alone:
+        if not hit and self.alone and held > 0:
+            # (Nothing held of its own there: the prompt was another gateway's claim, which
+            # says nothing of this member's room.)
             self._full[member] = (now, float(held))
         if reach:
             split = self._split.get(member)

@@ -4,6 +4,8 @@ slowly, never past a report; what the gateway exports of it."""
 
 from __future__ import annotations
 
+from collections import deque
+
 from prometheus_client import CollectorRegistry, generate_latest
 
 from gateway.cache_metrics import CacheEstimates, missed_prefixes, verdicts
@@ -661,3 +663,21 @@ def test_a_member_of_unknown_cache_bounded_roughly_is_not_filled_past_it() -> No
     two = sum(policy().index.match(f"session {n} " * 600).blocks for n in range(2))
     assert placed(None) == "small"
     assert placed(1.2 * two) == "big"
+
+
+def test_a_miss_where_the_index_held_nothing_bounds_no_room_to_zero() -> None:
+    """Seen: a gateway alone as far as it knew (the controller had not said how many there
+    were) missed a prompt another gateway had sent a member, where its own index held nothing:
+    a rough room of 0 there, and every pick divided by it."""
+    s = sizer()
+    learn_speed(s)
+    assert s.index.held("m") == 0
+    s.settle(Ticket("m", 100, 2, 0.0, sent_at=1.0, reach=100), 0.5, 0)
+    assert s.rooms.rough.get("m", 1.0) > 0
+    p = policy()
+    members = [idle_member("m"), idle_member("n")]
+    p.on_members(members)
+    p.on_snapshot(members)
+    p.sizer.rooms.verdict("m", deque(), 0, False, 0, 1.0)
+    ctx = PickContext(model="m", payload={"prompt": "a new prompt " * 500})
+    assert p.pick(members, ctx).id in {"m", "n"}
