@@ -50,6 +50,8 @@ class Setup:
     # Engines say what their cache holds (vllm:cache_config_info read by the controller).
     reported: bool = True
     gateways: int = 1
+    # Answers' usage says how many prompt tokens came from cache (vLLM's and SGLang's do).
+    cached_usage: bool = False
     report_s: float = 1.0
     snapshot_s: float = 0.05
 
@@ -207,7 +209,8 @@ class VirtualRun:
                     del gw.in_flight[mid]
                 if policy is not None and policy.settles and flight.ticket is not None:
                     first = flight.first_at if flight.first_at is not None else now
-                    policy.settle(flight.ticket, first - flight.sent_at, 0)
+                    cached = event.seq.cached_tokens if self.setup.cached_usage else 0
+                    policy.settle(flight.ticket, first - flight.sent_at, cached)
         self._kick(mid)
 
     def _report(self, g: int) -> None:
@@ -304,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kv-blocks", default="512,1024,2048,4096")
     parser.add_argument("--gateways", type=int, default=1)
     parser.add_argument("--silent", action="store_true", help="engines say nothing of caches")
+    parser.add_argument(
+        "--cached-usage", action="store_true", help="answers say their cached prompt tokens"
+    )
     parser.add_argument("--report-s", type=float, default=1.0)
     parser.add_argument(
         "--trace", type=float, default=0.0, help="print requests slower than this (s)"
@@ -318,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         kv_blocks=tuple(int(x) for x in args.kv_blocks.split(",")),
         reported=not args.silent,
         gateways=args.gateways,
+        cached_usage=args.cached_usage,
         report_s=args.report_s,
     )
     count = max(1, int(args.rate * args.seconds))
