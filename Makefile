@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 LLAMA_STAMP := $(VENV)/.installed-llamacpp
 PROTOS := $(wildcard protos/llmpool/v1/*.proto)
 
-.PHONY: run test install protos lint typecheck unit e2e clean bench-gateway bench-routing bench-pick bench-spill bench-keys
+.PHONY: run test install protos lint typecheck unit e2e clean bench-gateway bench-routing bench-routing-virtual bench-pick bench-spill bench-keys
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,13 @@ bench-gateway: install
 # agent replicas, 1 and 3 gateways ("Routing, untuned"; about 30 minutes, --quick about 3).
 bench-routing: install
 	$(PY) -m bench.routing $(BENCH_ARGS)
+
+# Routing in virtual time (bench/routing/virtual.py): the gateways' policies, the controller's
+# usage aggregation and the simulator's schedulers on one clock, printed per seed in seconds and
+# alike on any host; for trying a change over many seeds before bench-routing measures it.
+# For example BENCH_ARGS='--seeds 5-12 --gateways 3 --silent --workload multi_turn'.
+bench-routing-virtual: install
+	$(PY) -m bench.routing.virtual $(BENCH_ARGS)
 
 # The policies' pick time with 64 members, 4 KB and 32k-token prompts (bench/pick.py), printed;
 # `BENCH_ARGS=--runs 5` adds four more runs and in how many prefix_aware's p99 stayed under 100 us.
