@@ -21,6 +21,7 @@ from .convert import specs_from_config
 from .desired import DesiredState
 from .ledger import Ledger
 from .metrics import ControllerMetrics
+from .prefix_homes import PrefixHomes
 from .publisher import SnapshotPublisher
 from .quotas import QuotaLoop, Quotas
 from .reconcile_loop import ReconcileLoop
@@ -115,15 +116,19 @@ async def build_parts(
         fetch or _no_fetch, clock, lambda: desired.backends.values(), changes.notify
     )
 
+    homes = PrefixHomes(clock)
+
     def build() -> Routes:
-        return build_routes(
-            desired.pools,
-            desired.backends,
-            desired.assignments,
-            live(),
-            usage.loads(),
-            publisher.gateways(),
-            capacities.get(),
+        return homes.apply(
+            build_routes(
+                desired.pools,
+                desired.backends,
+                desired.assignments,
+                live(),
+                usage.loads(),
+                publisher.gateways(),
+                capacities.get(),
+            )
         )
 
     keys = KeyBook(store, on_change=changes.notify)

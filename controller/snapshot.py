@@ -65,6 +65,8 @@ class RouteMember:
     sent_prefixes: tuple[int, ...] = ()
     sent_prefix_tokens: tuple[int, ...] = ()
     sent_prefix_senders: tuple[int, ...] = ()
+    # Prompt prefixes whose home it is (prefix_homes.py; several gateways only).
+    home_prefixes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

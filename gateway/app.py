@@ -26,6 +26,7 @@ from gateway.cache_metrics import (
     learned_caches,
     missed_prefixes,
     sent_prefixes,
+    urgent,
     verdicts,
 )
 from gateway.controller_link import ControllerLink
@@ -174,6 +175,7 @@ def create_app(
             missed=lambda: missed_prefixes(table),
             sent=lambda: sent_prefixes(table),
             verdicts=lambda: verdicts(table),
+            urgent=lambda: urgent(table),
             keys=keys,
             limiter=limiter,
         )

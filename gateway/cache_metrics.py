@@ -43,6 +43,16 @@ def missed_prefixes(table: RoutingTable) -> dict[str, list[int]]:
     return _per_member(table, PrefixAware.drain_missed, TO_REPORT)
 
 
+def urgent(table: RoutingTable) -> bool:
+    """Whether a prefix_aware route has news the controller should hear before the next usage
+    report is due (PrefixAware.urgent)."""
+    for model in table.models():
+        route = table.get(model)
+        if route is not None and isinstance(route.policy, PrefixAware) and route.policy.urgent():
+            return True
+    return False
+
+
 def verdicts(table: RoutingTable) -> dict[str, list[tuple[int, bool]]]:
     """Per member, the verdicts on this gateway's prefix_aware predictions since the last call
     (drained): how deep in the member's LRU each prompt's held part sat, tokens, and whether it

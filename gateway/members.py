@@ -61,6 +61,9 @@ class Member:
     sent_prefixes: tuple[int, ...] = ()
     sent_prefix_tokens: tuple[int, ...] = ()
     sent_prefix_senders: tuple[int, ...] = ()
+    # Prompt prefixes whose home it is: with several gateways, every one sends them here
+    # (controller/prefix_homes.py).
+    home_prefixes: tuple[int, ...] = ()
 
     @property
     def priced(self) -> bool:

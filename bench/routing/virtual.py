@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from bench.routing.oracle import affinity_index, weighted_sequence
 from bench.routing.workloads import WORKLOADS, BenchRequest, WorkloadShape, build
 from controller.metrics import ControllerMetrics
+from controller.prefix_homes import PER_MEMBER, PrefixHomes
+from controller.snapshot import RouteMember
 from controller.usage import MemberUsage, UsageAggregator, UsageReport
 from gateway.members import Member, idle_member
 from gateway.policies import PickContext, Policy, PolicyRegistry, PrefixAware
@@ -113,6 +115,7 @@ class VirtualRun:
                 built.on_members(self.base)
                 built.on_snapshot(self.base)
             self.gateways.append(Gateway(built, self.base))
+        self.homes = PrefixHomes(self.clock)
         self.usage = UsageAggregator(self.clock, ControllerMetrics(), ttl_s=5 * setup.report_s)
         self.flights: dict[SimSequence, Flight] = {}
         self.ttft: list[float] = []
@@ -252,6 +255,17 @@ class VirtualRun:
         self.usage.record(UsageReport(gateway_id=f"gw{g}", members=tuple(members)))
         self._at(self.clock.monotonic() + self.setup.snapshot_s, "snapshot", 0)
 
+    def _homed(self, members: list[Member]) -> list[Member]:
+        """The controller's homes for the pool (controller/prefix_homes.py)."""
+        homes = self.homes.place(MODEL, [_route_member(m) for m in members], self.clock.monotonic())
+        by_member: dict[str, list[int]] = {}
+        for prefix, home in homes.items():
+            by_member.setdefault(home.member, []).append(prefix)
+        return [
+            dataclasses.replace(m, home_prefixes=tuple(by_member.get(m.id, ())[-PER_MEMBER:]))
+            for m in members
+        ]
+
     def _snapshot(self) -> None:
         loads = self.usage.loads()
         members = []
@@ -272,11 +286,26 @@ class VirtualRun:
                     sent_prefix_senders=load.sent_prefix_senders,
                 )
             )
+        if self.setup.gateways > 1:
+            members = self._homed(members)
         snapshot = tuple(members)
         for gw in self.gateways:
             gw.members = snapshot
             if gw.policy is not None:
                 gw.policy.on_snapshot(snapshot)
+
+
+def _route_member(m: Member) -> RouteMember:
+    return RouteMember(
+        id=m.id,
+        url=m.url,
+        cache_tokens=m.cache_tokens,
+        learned_cache_tokens=m.learned_cache_tokens,
+        missed_prefixes=m.missed_prefixes,
+        sent_prefixes=m.sent_prefixes,
+        sent_prefix_tokens=m.sent_prefix_tokens,
+        sent_prefix_senders=m.sent_prefix_senders,
+    )
 
 
 def trace(run: VirtualRun, slow: float) -> str:

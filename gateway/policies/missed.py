@@ -12,6 +12,7 @@ gateway handed one acts on it as on its own, once while it is handed out."""
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Container
 
 # Prefixes remembered with the members they missed at.
 PREFIXES = 4096
@@ -45,6 +46,10 @@ class MissedPrefixes:
     def passes_over(self, prefix: int) -> tuple[str, ...]:
         """The members placing this prefix afresh passes over."""
         return self.by_prefix.get(prefix, ())
+
+    def pending(self, among: Container[int]) -> bool:
+        """Whether this gateway found any of these missing since its last report."""
+        return any(prefix in among for found in self._out.values() for prefix in found)
 
     def drain(self) -> dict[str, list[int]]:
         """This gateway's own misses since the last call, per member, for its usage report."""

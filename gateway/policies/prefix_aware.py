@@ -10,6 +10,7 @@ from gateway.policies.base import ParamReader, PickContext, Policy
 from gateway.policies.cache_estimate import CacheSizer
 from gateway.policies.columns import Columns, evicted
 from gateway.policies.holders import cheapest_holder, drop_ended
+from gateway.policies.homes import Homes
 from gateway.policies.missed import MissedPrefixes
 from gateway.policies.placement import Placement
 from gateway.policies.prefix_index import Match, PrefixIndex
@@ -95,6 +96,8 @@ class PrefixAware(Policy, name="prefix_aware"):
         self.shared = 0.25
         # Where prefixes were found missing (missed.py): placement passes those members over.
         self.missed = MissedPrefixes()
+        # With several gateways, each recurring prefix's home (the controller's, homes.py).
+        self.homes = Homes()
 
     def _build_index(self, block_chars: int) -> None:
         self.index = PrefixIndex(
@@ -140,9 +143,12 @@ class PrefixAware(Policy, name="prefix_aware"):
         sends = self.sends
         units_per_token = CHARS_PER_TOKEN / self.index.block_chars
         index = self.index
-        if sends.told(
-            members, index.held_by, units_per_token, self.clock.monotonic(), self._known_cap
-        ):
+        now = self.clock.monotonic()
+        if self.gateways > 1:
+            self.homes.take(members, index, now)
+        else:
+            self.homes.clear()
+        if sends.told(members, index.held_by, units_per_token, now, self._known_cap):
             self._count_foreign(m.id for m in members)
             for mid, units in sends.arrived.items():
                 index.record(mid).sent += units
@@ -241,6 +247,13 @@ class PrefixAware(Policy, name="prefix_aware"):
             for mid, sent in self.sends.drain(self.clock.monotonic()).items()
         }
 
+    def urgent(self) -> bool:
+        """Whether the others need to hear before the next usage report is due: with several
+        gateways, a homed prefix found missing at a member (the controller moves a home that its
+        member did not keep: each report's wait is requests sent there to miss)."""
+        homes = self.homes.by_prefix
+        return self.gateways > 1 and bool(homes) and self.missed.pending(homes)
+
     def drain_missed(self) -> dict[str, list[int]]:
         """The prefixes this gateway found members no longer held since the last call, per
         member, for its usage report."""
@@ -288,10 +301,13 @@ class PrefixAware(Policy, name="prefix_aware"):
                     depth[mid] = (min(units, blocks), len(depth))
         cols = self._columns(candidates, ctx.reported_in_flight)
         now = self.clock.monotonic()
+        # A homed prefix is held at its home only (homes.py).
+        presumed_at = self.homes.claim(prefix, depth, blocks, cols.position, now)
         if depth:
             won = self._holder_wins(cols, match, ctx, now)
             if won >= 0:
-                return self._sent(candidates[won], match, ctx, False, now)
+                chosen_id = candidates[won].id
+                return self._sent(candidates[won], match, ctx, chosen_id == presumed_at, now)
         per_request = self.request_blocks
         ids = cols.ids
         costs = cols.costs(blocks)
@@ -374,6 +390,7 @@ class PrefixAware(Policy, name="prefix_aware"):
                     if spread is not None:
                         chosen = spread[self.placement.choose(prefix, [ids[i] for i in spread])]
             presumed = not depth
+        presumed = presumed or ids[chosen] == presumed_at
         return self._sent(candidates[chosen], match, ctx, presumed, now)
 
     def _slack(self, blocks: int) -> float:

@@ -480,6 +480,7 @@ class Member(_message.Message):
     SENT_PREFIXES_FIELD_NUMBER: _builtins.int
     SENT_PREFIX_TOKENS_FIELD_NUMBER: _builtins.int
     SENT_PREFIX_SENDERS_FIELD_NUMBER: _builtins.int
+    HOME_PREFIXES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Backend id or replica id."""
     url: _builtins.str
@@ -551,6 +552,15 @@ class Member(_message.Message):
         sent_prefixes[i]): a gateway that said so itself tells its own report from the others'.
         """
 
+    @_builtins.property
+    def home_prefixes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Prompt prefixes whose home this member is (prefix_aware with several gateways, in a pool
+        whose every engine reports its cache; at most 256): the controller gives each prefix that
+        gateways keep sending one member, balancing their prompts over the members' caches, and
+        every gateway sends it there, so that a prefix lands on one member, not on one per gateway
+        (controller/prefix_homes.py).
+        """
+
     def __init__(
         self,
         *,
@@ -584,10 +594,11 @@ class Member(_message.Message):
         sent_prefixes: _abc.Iterable[_builtins.int] | None = ...,
         sent_prefix_tokens: _abc.Iterable[_builtins.int] | None = ...,
         sent_prefix_senders: _abc.Iterable[_builtins.int] | None = ...,
+        home_prefixes: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "backend", b"backend", "cache_block_size", b"cache_block_size", "cache_tokens", b"cache_tokens", "cached_input_cost_per_mtok", b"cached_input_cost_per_mtok", "credential", b"credential", "draining", b"draining", "healthy", b"healthy", "id", b"id", "in_flight", b"in_flight", "input_cost_per_mtok", b"input_cost_per_mtok", "kind", b"kind", "kv_usage", b"kv_usage", "labels", b"labels", "latency_ms", b"latency_ms", "learned_cache_tokens", b"learned_cache_tokens", "learned_prefill_s_per_token", b"learned_prefill_s_per_token", "max_running", b"max_running", "missed_prefixes", b"missed_prefixes", "output_cost_per_mtok", b"output_cost_per_mtok", "prefix_cache_hit_rate", b"prefix_cache_hit_rate", "running", b"running", "sent_prefix_senders", b"sent_prefix_senders", "sent_prefix_tokens", b"sent_prefix_tokens", "sent_prefixes", b"sent_prefixes", "upstream_model", b"upstream_model", "url", b"url", "waiting", b"waiting", "weight", b"weight", "zone", b"zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "backend", b"backend", "cache_block_size", b"cache_block_size", "cache_tokens", b"cache_tokens", "cached_input_cost_per_mtok", b"cached_input_cost_per_mtok", "credential", b"credential", "draining", b"draining", "healthy", b"healthy", "home_prefixes", b"home_prefixes", "id", b"id", "in_flight", b"in_flight", "input_cost_per_mtok", b"input_cost_per_mtok", "kind", b"kind", "kv_usage", b"kv_usage", "labels", b"labels", "latency_ms", b"latency_ms", "learned_cache_tokens", b"learned_cache_tokens", "learned_prefill_s_per_token", b"learned_prefill_s_per_token", "max_running", b"max_running", "missed_prefixes", b"missed_prefixes", "output_cost_per_mtok", b"output_cost_per_mtok", "prefix_cache_hit_rate", b"prefix_cache_hit_rate", "running", b"running", "sent_prefix_senders", b"sent_prefix_senders", "sent_prefix_tokens", b"sent_prefix_tokens", "sent_prefixes", b"sent_prefixes", "upstream_model", b"upstream_model", "url", b"url", "waiting", b"waiting", "weight", b"weight", "zone", b"zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

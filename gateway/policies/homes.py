@@ -1,0 +1,64 @@
+"""The controller's homes for prompt prefixes as a gateway follows them (Member.home_prefixes,
+controller/prefix_homes.py): with several gateways, a homed prefix is taken as held at its home
+and nowhere else, so that every gateway sends it there; load still spills it, as a prefix new
+to the others. While the controller is away, its homes are followed for STALE_S, then each
+gateway places as before."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from gateway.members import Member
+from gateway.policies.prefix_index import PrefixIndex
+from gateway.policies.shared_sends import STALE_S
+
+
+class Homes:
+    def __init__(self) -> None:
+        # Prefix -> its home, as the latest snapshot told; and when that came.
+        self.by_prefix: dict[int, str] = {}
+        self.told_at = 0.0
+
+    def take(self, members: Sequence[Member], index: PrefixIndex, now: float) -> None:
+        """The snapshot's homes: a prefix homed somewhere new is forgotten everywhere else in
+        the index (its copies there go cold as every gateway sends it home)."""
+        told = {
+            prefix: m.id
+            for m in members
+            if m.healthy and not m.draining
+            for prefix in m.home_prefixes
+        }
+        self.told_at = now
+        if told == self.by_prefix:
+            return
+        was = self.by_prefix
+        for prefix, home in told.items():
+            if was.get(prefix) != home:
+                for mid in list(index.held_by):
+                    if mid != home:
+                        index.unhold(mid, (prefix,))
+        self.by_prefix = told
+
+    def clear(self) -> None:
+        self.by_prefix = {}
+
+    def claim(
+        self,
+        prefix: int,
+        depth: dict[str, tuple[int, int]],
+        blocks: int,
+        position: Mapping[str, int],
+        now: float,
+    ) -> str:
+        """Makes the prefix's home, if it has one among the candidates (`position`), its only
+        holder in `depth` (as far as this gateway sent it there, else the whole prompt).
+        Returns the home where this gateway sent nothing of it: its ticket is presumed there
+        (a miss is the home's first fill, not a verdict on its cache); else ""."""
+        home = self.by_prefix.get(prefix) if self.by_prefix else None
+        if home is None or home not in position or now - self.told_at > STALE_S:
+            return ""
+        unseen = home not in depth
+        held = blocks if unseen else depth[home][0]
+        depth.clear()
+        depth[home] = (held, 0)
+        return home if unseen else ""

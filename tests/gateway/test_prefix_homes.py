@@ -1,0 +1,123 @@
+"""The controller's homes as a gateway follows them (Member.home_prefixes): with several
+gateways a prefix goes to its home and nowhere else; alone, or without snapshots, as before."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+from prometheus_client import CollectorRegistry
+
+from gateway.cache_metrics import urgent
+from gateway.controller_link import ControllerLink
+from gateway.members import Member, idle_member
+from gateway.metrics import GatewayMetrics
+from gateway.policies import PickContext, PolicyRegistry, PrefixAware
+from gateway.policies.shared_sends import STALE_S
+from gateway.routing import RoutingTable
+from gateway.usage import UsageTracker
+from llmpool.clock import FakeClock
+
+MEMBERS = [idle_member(f"m{i}", cache_tokens=8192) for i in range(2)]
+GROUP = "a shared system prompt of one group " * 300  # ~2,700 tokens
+
+
+def gateway(clock: FakeClock, gateways: int = 3) -> PrefixAware:
+    g = PolicyRegistry(clock=clock).build("prefix_aware")
+    assert isinstance(g, PrefixAware)
+    g.on_gateways(gateways)
+    g.on_members(MEMBERS)
+    g.on_snapshot(MEMBERS)
+    return g
+
+
+def homed(at: str, prefix: int) -> list[Member]:
+    return [dataclasses.replace(m, home_prefixes=(prefix,)) if m.id == at else m for m in MEMBERS]
+
+
+def ask(g: PrefixAware, question: str) -> tuple[str, PickContext]:
+    ctx = PickContext(model="m", payload={"prompt": GROUP + question, "stream": True})
+    return g.pick(MEMBERS, ctx).id, ctx
+
+
+def test_a_prefix_goes_to_its_home_and_is_forgotten_where_this_gateway_put_it() -> None:
+    g = gateway(FakeClock())
+    first, ctx = ask(g, "one")
+    prefix = g.index.match(ctx.prefix_key).key
+    assert first in g.index.match(ctx.prefix_key).depth
+    home = next(m.id for m in MEMBERS if m.id != first)
+    g.on_snapshot(homed(home, prefix))
+    # Its copy where this gateway sent it goes cold as every gateway sends it home.
+    assert first not in g.index.match(ctx.prefix_key).depth
+    for question, presumed in (("two", True), ("three", False)):
+        chosen, ctx = ask(g, question)
+        assert chosen == home
+        # Taken as cached there: the ticket expects the shared part held. Where this gateway
+        # never sent it, presumed (another gateway may have; a miss is the home's first fill).
+        assert ctx.ticket is not None and ctx.ticket.held > 0
+        assert ctx.ticket.presumed is presumed
+
+
+def test_a_gateway_alone_and_one_without_snapshots_route_as_before() -> None:
+    clock = FakeClock()
+    alone = gateway(clock, gateways=1)
+    first, ctx = ask(alone, "one")
+    prefix = alone.index.match(ctx.prefix_key).key
+    home = next(m.id for m in MEMBERS if m.id != first)
+    alone.on_snapshot(homed(home, prefix))
+    assert ask(alone, "two")[0] == first
+    several = gateway(clock)
+    first, _ = ask(several, "one")
+    home = next(m.id for m in MEMBERS if m.id != first)
+    several.on_snapshot(homed(home, prefix))
+    assert ask(several, "two")[0] == home
+    # The controller has been away too long: what it said is no longer followed.
+    clock.advance(STALE_S + 1.0)
+    several.index.insert(first, several.index.match(ctx.prefix_key))
+    assert ask(several, "three")[0] == first
+
+
+def test_a_homed_prefix_missed_with_other_gateways_about_asks_for_an_early_report() -> None:
+    clock = FakeClock()
+    g = gateway(clock)
+    table = RoutingTable()
+    g.missed.note(1234, "m0")
+    assert not g.urgent()  # Not homed: the others learn of it with the next report.
+    g.drain_missed()
+    g.on_snapshot(homed("m0", 1234))
+    g.missed.note(1234, "m0")
+    assert g.urgent()
+    g.drain_missed()
+    assert not g.urgent()
+    alone = gateway(clock, gateways=1)
+    alone.on_snapshot(homed("m0", 1234))
+    alone.missed.note(1234, "m0")
+    assert not alone.urgent()
+    assert not urgent(table)
+
+
+async def test_a_report_with_urgent_news_goes_before_it_is_due() -> None:
+    news = [False]
+
+    def link(interval_s: float) -> ControllerLink:
+        return ControllerLink(
+            target="127.0.0.1:1",
+            credentials=None,
+            gateway_id="gw",
+            table=RoutingTable(),
+            usage=UsageTracker(),
+            metrics=GatewayMetrics(CollectorRegistry()),
+            usage_interval_s=interval_s,
+            urgent=lambda: news[0],
+        )
+
+    # Due: it goes with no news.
+    await asyncio.wait_for(link(0.01)._report_due(), timeout=10.0)
+    # Not due for an hour, and no news: it waits.
+    slow = link(3600.0)
+    waiting = asyncio.create_task(slow._report_due())
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    # News: it goes now, not in an hour.
+    news[0] = True
+    await asyncio.wait_for(waiting, timeout=10.0)
