@@ -34,6 +34,7 @@ from controller.usage import MemberUsage, UsageAggregator, UsageReport
 from gateway.members import Member, idle_member
 from gateway.policies import PickContext, Policy, PolicyRegistry, PrefixAware
 from llmpool.clock import FakeClock
+from llmpool.protoconv import shared_fields
 from llmpool.sim.costs import CostModel
 from llmpool.sim.kv_cache import KvCache
 from llmpool.sim.scheduler import Scheduler, SimSequence
@@ -274,18 +275,7 @@ class VirtualRun:
             if load is None:
                 members.append(m)
                 continue
-            members.append(
-                dataclasses.replace(
-                    m,
-                    in_flight=load.in_flight,
-                    learned_cache_tokens=load.learned_cache_tokens,
-                    learned_prefill_s_per_token=load.learned_prefill_s_per_token,
-                    missed_prefixes=load.missed_prefixes,
-                    sent_prefixes=load.sent_prefixes,
-                    sent_prefix_tokens=load.sent_prefix_tokens,
-                    sent_prefix_senders=load.sent_prefix_senders,
-                )
-            )
+            members.append(dataclasses.replace(m, **shared_fields(load, Member)))
         if self.setup.gateways > 1:
             members = self._homed(members)
         snapshot = tuple(members)
@@ -296,16 +286,7 @@ class VirtualRun:
 
 
 def _route_member(m: Member) -> RouteMember:
-    return RouteMember(
-        id=m.id,
-        url=m.url,
-        cache_tokens=m.cache_tokens,
-        learned_cache_tokens=m.learned_cache_tokens,
-        missed_prefixes=m.missed_prefixes,
-        sent_prefixes=m.sent_prefixes,
-        sent_prefix_tokens=m.sent_prefix_tokens,
-        sent_prefix_senders=m.sent_prefix_senders,
-    )
+    return RouteMember(**shared_fields(m, RouteMember))
 
 
 def trace(run: VirtualRun, slow: float) -> str:
