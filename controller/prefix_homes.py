@@ -76,8 +76,7 @@ def _rank(prefix: int, member: str) -> int:
 
 
 def learned_cache(m: RouteMember) -> int:
-    """The cache gateways found the member keeps, where they found it smaller than reported or
-    guessed (0: none)."""
+    """The cache gateways found the member keeps, where below its report (0: none)."""
     return m.learned_cache_tokens
 
 
@@ -165,7 +164,7 @@ class PrefixHomes:
                 home.tokens = size[prefix]
                 home.seen = now
             load[home.member] += home.tokens
-        # Sent by two gateways, or twice: a prefix that recurs (a unique prompt is sent once).
+        # Sent by two gateways: a prefix that recurs (a unique prompt is sent once).
         new = [p for p, where in seen.items() if p not in homes and sum(where.values()) >= 2]
         if new:
             self._place_new(homes, new, seen, size, caches, load, now)
