@@ -75,11 +75,6 @@ def _rank(prefix: int, member: str) -> int:
     return xxh3_64_intdigest(member.encode(), seed=prefix & 0xFFFFFFFFFFFFFFFF)
 
 
-def learned_cache(m: RouteMember) -> int:
-    """The cache gateways found the member keeps, where below its report (0: none)."""
-    return m.learned_cache_tokens
-
-
 class PrefixHomes:
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
@@ -244,7 +239,8 @@ class PrefixHomes:
                 if misses.get((pool, mid, p), -1.0) > homes[p].since
                 and load[mid] - homes[p].tokens >= OTHERS * homes[p].tokens
             ]
-            kept = learned_cache(m)
+            # What gateways learned it keeps, where below its report (0: none).
+            kept = m.learned_cache_tokens
             over = (
                 [p for p in mine if p not in missed and now - homes[p].since >= MIN_STAY_S]
                 if kept and load[mid] > kept

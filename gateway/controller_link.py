@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # A usage report goes this soon after the last at the earliest when it carries news the other
-# gateways need now (a prefix found missing: ControllerLink._urgent).
+# gateways need now (a homed prefix found missing: ControllerLink._urgent).
 URGENT_S = 0.2
 
 
