@@ -9,18 +9,20 @@ gateway's sends (UsageAggregator: the prefixes each sent each member within 30 s
 prompts' sizes), so it gives each prefix that two gateway sends name one member, and every
 gateway sends it there (Member.home_prefixes); load spills as before.
 
-Only in pools whose every member's engine reports its cache: homes are balanced over caches,
-and with caches unknown a balance over guesses did worse than the gateways learning them (an
-8k-token engine given two 5,000-token groups; a cache one gateway learned far too small early
-sending every home elsewhere; docs/benchmarks.md, "Routing in virtual time").
+Only in pools whose every member's engine reports its cache: homes are balanced over the
+reports, and with caches unknown a balance over guesses did worse than the gateways learning
+them (an 8k-token engine given two 5,000-token groups; docs/benchmarks.md, "Routing in virtual
+time"). What gateways learned from answers (Member.learned_cache_tokens) is not used: in the
+first seconds, before any home, three gateways' sends overfill some member, and the bound
+their misses there give is far below its cache (3,744 tokens of a 16k-token engine, held for
+LEARNED_TTL_S, 10 minutes, with nothing sent there to raise it), which sent every home off it
+and a third group onto each of two others, to thrash them for the rest of the run.
 
 - A new prefix stays where gateways sent it while that member's share of the homed prompts
   stays within its share of the pool's cache; the others go, largest first, to the member
-  least filled after taking it (prompt tokens over cache: what gateways learned it keeps where
-  below its report, else the report).
-- A home is kept while gateways send its prefix (HOME_TTL_S). It moves off a member holding
-  more than gateways learned it keeps (none homed less than MIN_STAY_S ago), or when gateways
-  found it missing there while the member held OTHERS times its prompt besides it (what can
+  least filled after taking it (prompt tokens over cache).
+- A home is kept while gateways send its prefix (HOME_TTL_S). It moves when gateways found it
+  missing at its member while the member held OTHERS times its prompt besides it (what can
   have pushed it out; the member then counts as holding no more than that for ROOM_S), to a
   member that would be less full with it, a member's once every MOVE_GAP_S, and not back to a
   member it left within LEFT_S."""
@@ -44,7 +46,6 @@ MOVE_GAP_S = 1.0
 # A home is dropped this long after gateways last told a send of its prefix (the controller
 # hands sends out for 30 s: one still in use is sent again within that).
 HOME_TTL_S = 30.0
-MIN_STAY_S = 2.0
 # A home found missing moves only where its member holds this many times its prompt besides it
 # (less cannot have pushed it out: a slow hit, or running requests' room).
 OTHERS = 1.5
@@ -61,13 +62,6 @@ class Home:
     tokens: int
     since: float  # monotonic seconds it was homed there
     seen: float  # when a gateway's send of it was last told
-
-
-def cache_of(m: RouteMember) -> int:
-    """The member's cache as homes are balanced: what gateways learned it keeps where below its
-    report, else the report."""
-    known = [t for t in (m.learned_cache_tokens, m.cache_tokens) if t > 0]
-    return min(known) if known else 1
 
 
 def _rank(prefix: int, member: str) -> int:
@@ -128,7 +122,7 @@ class PrefixHomes:
             # guessed caches put two groups on an 8k-token engine and kept them there).
             homes.clear()
             return homes
-        caches = {m.id: cache_of(m) for m in live}
+        caches = {m.id: m.cache_tokens for m in live}
         for mid in caches:
             shown = self._room.get((pool, mid))
             if shown is not None:
@@ -239,25 +233,13 @@ class PrefixHomes:
                 if misses.get((pool, mid, p), -1.0) > homes[p].since
                 and load[mid] - homes[p].tokens >= OTHERS * homes[p].tokens
             ]
-            # What gateways learned it keeps, where below its report (0: none).
-            kept = m.learned_cache_tokens
-            over = (
-                [p for p in mine if p not in missed and now - homes[p].since >= MIN_STAY_S]
-                if kept and load[mid] > kept
-                else []
-            )
-            for prefix in missed + over[::-1]:
-                if prefix in over and load[mid] <= kept:
-                    break
+            for prefix in missed:
                 tokens = homes[prefix].tokens
-                if prefix in missed:
-                    room = max(1, load[mid] - tokens)
-                    shown = self._room.get((pool, mid))
-                    if shown is None or room < shown[0]:
-                        self._room[(pool, mid)] = (room, now)
-                        caches[mid] = max(1, min(caches[mid], room))
-                else:
-                    room = kept
+                room = max(1, load[mid] - tokens)
+                shown = self._room.get((pool, mid))
+                if shown is None or room < shown[0]:
+                    self._room[(pool, mid)] = (room, now)
+                    caches[mid] = max(1, min(caches[mid], room))
                 if not self._move(pool, homes, prefix, mid, caches, load, load[mid] / room, now):
                     break
 

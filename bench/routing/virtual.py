@@ -121,7 +121,8 @@ class VirtualRun:
         self.flights: dict[SimSequence, Flight] = {}
         self.ttft: list[float] = []
         # (sent at, group or session, gateway, member, TTFT) of every request answered.
-        self.trace: list[tuple[float, str, int, str, float]] = []
+        # (sent at, group, gateway, member, TTFT, prompt tokens found cached / prompt tokens)
+        self.trace: list[tuple[float, str, int, str, float, str]] = []
         self._events: list[tuple[float, int, str, int]] = []
         self._order = itertools.count()
 
@@ -201,7 +202,14 @@ class VirtualRun:
                 ttft = now - flight.request.at_s
                 self.ttft.append(ttft)
                 self.trace.append(
-                    (flight.request.at_s, flight.request.affinity, flight.gateway, mid, ttft)
+                    (
+                        flight.request.at_s,
+                        flight.request.affinity,
+                        flight.gateway,
+                        mid,
+                        ttft,
+                        f"{event.seq.cached_tokens}/{event.seq.prompt_tokens}",
+                    )
                 )
                 if policy is not None and policy.settles and flight.ticket is not None:
                     policy.began(flight.ticket, now - flight.sent_at)
@@ -292,10 +300,12 @@ def _route_member(m: Member) -> RouteMember:
 def trace(run: VirtualRun, slow: float) -> str:
     """The slow requests, then each group's or session's members in turn (*: slow)."""
     lines = [
-        f"{at:7.2f} {key:>4} gw{g} {mid} {t:.3f}" for at, key, g, mid, t in run.trace if t > slow
+        f"{at:7.2f} {key:>4} gw{g} {mid} {t:.3f} cached {c}"
+        for at, key, g, mid, t, c in run.trace
+        if t > slow
     ]
     turns: dict[str, list[str]] = {}
-    for _, key, _, mid, t in sorted(run.trace):
+    for _, key, _, mid, t, _ in sorted(run.trace):
         turns.setdefault(key, []).append(mid[-1] if t <= slow else "*")
     ordered = sorted(turns.items(), key=lambda kv: affinity_index(kv[0]))
     lines += [f"{key:>4} {''.join(marks)}" for key, marks in ordered]

@@ -2,7 +2,13 @@
 controller/prefix_homes.py): with several gateways, a homed prefix is taken as held at its home
 and nowhere else, so that every gateway sends it there; load still spills it, as a prefix new
 to the others. While the controller is away, its homes are followed for STALE_S, then each
-gateway places as before."""
+gateway places as before.
+
+A homed prefix goes to its home unless that member is overloaded: more requests in flight
+than OVERLOAD times the other candidates' mean and SLACK more. Weighing load against what a spill
+evicts was left to each gateway's cost model before, and with three gateways on four 16k-token
+engines it spilled 6,000-token prompts onto members whose caches the controller had filled
+with two other homes, each spill evicting one (docs/benchmarks.md, "Routing in virtual time")."""
 
 from __future__ import annotations
 
@@ -11,6 +17,15 @@ from collections.abc import Mapping, Sequence
 from gateway.members import Member
 from gateway.policies.prefix_index import PrefixIndex
 from gateway.policies.shared_sends import STALE_S
+
+OVERLOAD = 2.0
+SLACK = 2.0
+
+
+def overloaded(loads: Sequence[float], i: int) -> bool:
+    """Whether member i's requests in flight are far past the other candidates' mean."""
+    n = len(loads) - 1
+    return n > 0 and loads[i] > OVERLOAD * (sum(loads) - loads[i]) / n + SLACK
 
 
 class Homes:
@@ -41,6 +56,14 @@ class Homes:
 
     def clear(self) -> None:
         self.by_prefix = {}
+
+    def at(self, prefix: int, position: Mapping[str, int], now: float) -> int:
+        """The position of the prefix's home among the candidates (-1: none, or the controller
+        has been away past STALE_S)."""
+        home = self.by_prefix.get(prefix) if self.by_prefix else None
+        if home is None or now - self.told_at > STALE_S:
+            return -1
+        return position.get(home, -1)
 
     def claim(
         self,

@@ -10,7 +10,7 @@ from gateway.policies.base import ParamReader, PickContext, Policy
 from gateway.policies.cache_estimate import CacheSizer
 from gateway.policies.columns import Columns, evicted
 from gateway.policies.holders import cheapest_holder, drop_ended
-from gateway.policies.homes import Homes
+from gateway.policies.homes import Homes, overloaded
 from gateway.policies.missed import MissedPrefixes
 from gateway.policies.placement import Placement
 from gateway.policies.prefix_index import Match, PrefixIndex
@@ -303,6 +303,10 @@ class PrefixAware(Policy, name="prefix_aware"):
         now = self.clock.monotonic()
         # A homed prefix is held at its home only (homes.py).
         presumed_at = self.homes.claim(prefix, depth, blocks, cols.position, now)
+        at_home = self.homes.at(prefix, cols.position, now)
+        if at_home >= 0 and not overloaded(ctx.loads(candidates), at_home):
+            # Sent home as every gateway sends it, unless load there is far past the others'.
+            return self._sent(candidates[at_home], match, ctx, bool(presumed_at), now)
         if depth:
             won = self._holder_wins(cols, match, ctx, now)
             if won >= 0:
@@ -496,7 +500,9 @@ class PrefixAware(Policy, name="prefix_aware"):
         if match.blocks:
             self.index.insert(mid, match)
             sends = self.sends
-            sends.note(mid, match.key, match.blocks)
+            # The whole prompt, as the engine keeps it (the index's blocks end at the last whole
+            # one, which for a long prompt of doubling blocks leaves up to a third out).
+            sends.note(mid, match.key, -(-len(ctx.prefix_key) // self.index.block_chars))
             if (sends.by_prefix or sends.placed) and now - sends.told_at > STALE_S:
                 self._count_foreign(sends.stale(now))
             if match.key in sends.by_prefix:

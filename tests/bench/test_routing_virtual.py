@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from bench.routing.virtual import ORACLE, Setup, VirtualRun, main, percentile
 from bench.routing.workloads import WorkloadShape, build
+from gateway.members import Member
+from gateway.policies import PickContext, PrefixAware
+from gateway.policies.homes import overloaded
 
 SHAPE = WorkloadShape(groups=4, system_tokens=3000)
 
@@ -24,7 +29,7 @@ def test_runs_are_deterministic_and_every_request_is_answered() -> None:
     second = VirtualRun(setup, "prefix_aware", requests)
     second.run()
     assert first.trace == second.trace
-    assert {g for _, _, g, _, _ in first.trace} == {0, 1}
+    assert {g for _, _, g, _, _, _ in first.trace} == {0, 1}
 
 
 def test_keeping_groups_on_one_engine_beats_scattering_them() -> None:
@@ -39,3 +44,32 @@ def test_the_command_prints_a_row_a_seed(capsys: pytest.CaptureFixture[str]) -> 
     assert main(["--seeds", "5,6", "--seconds", "5", "--policies", "oracle"]) == 0
     out = capsys.readouterr().out
     assert out.count("p99") == 2
+
+
+def test_several_gateways_send_a_homed_prefix_home_unless_it_is_overloaded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The shape: eight 6,000-token groups on four engines reporting 16k-token caches,
+    # three gateways. Before homes were followed, a gateway's cost model sent a homed group
+    # elsewhere with its home idle (seed 8: nine times), each such spill evicting a group the
+    # controller had homed where it landed.
+    spilled: list[tuple[str, str]] = []
+    homed: list[str] = []
+    pick = PrefixAware.pick
+
+    def watched(self: PrefixAware, candidates: Sequence[Member], ctx: PickContext) -> Member:
+        key = self.index.match(ctx.prefix_key).key
+        position = {m.id: i for i, m in enumerate(candidates)}
+        home = self.homes.at(key, position, self.clock.monotonic())
+        chosen = pick(self, candidates, ctx)
+        if home >= 0:
+            homed.append(chosen.id)
+            if chosen.id != candidates[home].id and not overloaded(ctx.loads(candidates), home):
+                spilled.append((candidates[home].id, chosen.id))
+        return chosen
+
+    monkeypatch.setattr(PrefixAware, "pick", watched)
+    requests = build("shared_prefix", 8, 10.0, 400, WorkloadShape())
+    VirtualRun(Setup(kv_blocks=(1024,) * 4, gateways=3), "prefix_aware", requests).run()
+    assert len(homed) > 300
+    assert spilled == []

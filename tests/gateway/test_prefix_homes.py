@@ -13,6 +13,8 @@ from gateway.controller_link import ControllerLink
 from gateway.members import Member, idle_member
 from gateway.metrics import GatewayMetrics
 from gateway.policies import PickContext, PolicyRegistry, PrefixAware
+from gateway.policies.homes import overloaded
+from gateway.policies.prefix_aware import CHARS_PER_TOKEN
 from gateway.policies.shared_sends import STALE_S
 from gateway.routing import RoutingTable
 from gateway.usage import UsageTracker
@@ -56,6 +58,40 @@ def test_a_prefix_goes_to_its_home_and_is_forgotten_where_this_gateway_put_it() 
         # never sent it, presumed (another gateway may have; a miss is the home's first fill).
         assert ctx.ticket is not None and ctx.ticket.held > 0
         assert ctx.ticket.presumed is presumed
+
+
+def test_a_homed_prefix_goes_home_past_some_load_and_spills_only_when_overloaded() -> None:
+    g = gateway(FakeClock())
+    first, ctx = ask(g, "one")
+    prefix = g.index.match(ctx.prefix_key).key
+    home = next(m.id for m in MEMBERS if m.id != first)
+    g.on_snapshot(homed(home, prefix))
+
+    def ask_loaded(n_home: int, n_other: int) -> str:
+        loads = {home: n_home, first: n_other}
+        members = [dataclasses.replace(m, in_flight=loads[m.id]) for m in MEMBERS]
+        c = PickContext(model="m", payload={"prompt": GROUP + "again", "stream": True})
+        return g.pick(members, c).id
+
+    # Three more requests there than at the other member: still home (a spill would evict
+    # what the controller homed at the other).
+    assert ask_loaded(3, 0) == home
+    # Far past the others' mean (OVERLOAD x it + SLACK): placed as before, by cost.
+    assert ask_loaded(40, 0) == first
+    assert overloaded([20.0, 4.0, 6.0], 0) and not overloaded([12.0, 4.0, 6.0], 0)
+
+
+def test_sends_report_the_whole_prompt_as_the_engine_keeps_it() -> None:
+    g = gateway(FakeClock())
+    member_id, ctx = ask(g, "one")
+    sent = g.drain_sent()[member_id]
+    # Past the index's last whole block (blocks double in size along a long prompt): the
+    # prompt's bytes over CHARS_PER_TOKEN, rounded up to a first block's size.
+    size = g.index.block_chars
+    whole = g.index.match(ctx.prefix_key).blocks * size // CHARS_PER_TOKEN
+    (tokens,) = sent.values()
+    assert tokens == -(-len(ctx.prefix_key) // size) * size // CHARS_PER_TOKEN
+    assert whole < 0.9 * tokens
 
 
 def test_a_gateway_alone_and_one_without_snapshots_route_as_before() -> None:
