@@ -7,8 +7,9 @@ costs of `llm-pool sim-engine`) stepping in virtual time. Each gateway is a poli
 by the gateway's PolicyRegistry and fed as the relay feeds it: a PickContext with its own and
 last-reported in-flight counts, began() at the first token, settle() at the end. Every
 report_s each gateway's usage report (in flight, caches and speed learned, prefixes sent and
-found missing, verdicts) goes to the controller's UsageAggregator, whose loads reach every
-gateway as members snapshot_s later. Request i goes to gateway i mod N, as in bench.routing.
+found missing, verdicts) goes to the controller's UsageAggregator, or sooner, looked for every
+URGENT_S, when the policy has news the others need now (PrefixAware.urgent), as the gateway's
+ControllerLink sends it; the loads reach every gateway as members snapshot_s later. Request i goes to gateway i mod N, as in bench.routing.
 
 What it leaves out: the network, the gateways' and controller's own CPU time (which
 bench.routing, at --speedup 4, counts four times over), failures, and the first request's
@@ -31,6 +32,7 @@ from controller.metrics import ControllerMetrics
 from controller.prefix_homes import PER_MEMBER, PrefixHomes
 from controller.snapshot import RouteMember
 from controller.usage import MemberUsage, UsageAggregator, UsageReport
+from gateway.controller_link import URGENT_S
 from gateway.members import Member, idle_member
 from gateway.policies import PickContext, Policy, PolicyRegistry, PrefixAware
 from llmpool.clock import FakeClock
@@ -125,6 +127,8 @@ class VirtualRun:
         self.trace: list[tuple[float, str, int, str, float, str]] = []
         self._events: list[tuple[float, int, str, int]] = []
         self._order = itertools.count()
+        # When each gateway's next usage report is due.
+        self._due: list[float] = []
 
     def _at(self, when: float, kind: str, arg: int) -> None:
         heapq.heappush(self._events, (when, next(self._order), kind, arg))
@@ -133,9 +137,11 @@ class VirtualRun:
         for i, request in enumerate(self.requests):
             self._at(request.at_s, "arrive", i)
         n = self.setup.gateways
+        self._due = [self.setup.report_s * (g + 1) / n for g in range(n)]
         for g in range(n):
-            # Gateways started at different times report out of phase.
-            self._at(self.setup.report_s * (g + 1) / n, "report", g)
+            # Gateways started at different times report out of phase; each looks every
+            # URGENT_S for news the others need now (ControllerLink._report_due).
+            self._at(min(URGENT_S, self._due[g]), "report", g)
         end = self.requests[-1].at_s if self.requests else 0.0
         while self._events:
             when, _, kind, arg = heapq.heappop(self._events)
@@ -147,8 +153,13 @@ class VirtualRun:
             elif kind == "step":
                 self._step_done(self.ids[arg])
             elif kind == "report":
-                self._report(arg)
-                self._at(when + self.setup.report_s, "report", arg)
+                policy = self.gateways[arg].policy
+                if when >= self._due[arg] - 1e-9 or (
+                    isinstance(policy, PrefixAware) and policy.urgent()
+                ):
+                    self._report(arg)
+                    self._due[arg] = when + self.setup.report_s
+                self._at(min(when + URGENT_S, self._due[arg]), "report", arg)
             elif kind == "snapshot":
                 self._snapshot()
         return self.ttft
