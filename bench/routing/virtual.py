@@ -9,7 +9,8 @@ last-reported in-flight counts, began() at the first token, settle() at the end.
 report_s each gateway's usage report (in flight, caches and speed learned, prefixes sent and
 found missing, verdicts) goes to the controller's UsageAggregator, or sooner, looked for every
 URGENT_S, when the policy has news the others need now (PrefixAware.urgent), as the gateway's
-ControllerLink sends it; the loads reach every gateway as members snapshot_s later. Request i goes to gateway i mod N, as in bench.routing.
+ControllerLink sends it; the loads reach every gateway as members snapshot_s later. Request i
+goes to gateway i mod N, as in bench.routing.
 
 What it leaves out: the network, the gateways' and controller's own CPU time (which
 bench.routing, at --speedup 4, counts four times over), failures, and the first request's
