@@ -4,6 +4,7 @@ slowly, never past a report; what the gateway exports of it."""
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -15,6 +16,7 @@ from gateway.policies.cache_estimate import (
     FIRST_SAMPLES,
     FIRST_WINDOW,
     GROW,
+    REPORTED_USABLE,
     WINDOW,
     CacheSizer,
 )
@@ -48,6 +50,12 @@ def fill(s: CacheSizer, member: str, units: int) -> str:
     return text
 
 
+def reported(units: int) -> int:
+    """The cache, in tokens, a member reports whose usable share is `units` units of 128 bytes
+    (REPORTED_USABLE: the index fills that much of a report with prompts)."""
+    return math.ceil(units * 128 // 4 / REPORTED_USABLE)
+
+
 def learn_speed(s: CacheSizer, unit_s: float = 0.001) -> None:
     """FIRST_SAMPLES expected misses of 100 units each, prefilled at unit_s a unit."""
     for _ in range(FIRST_SAMPLES):
@@ -60,7 +68,7 @@ def test_a_report_caps_the_member_and_learning_never_grows_past_it() -> None:
     s = sizer()
     text = fill(s, "m", 200)  # the last prompt sent
     units = s.index.block_count(text)
-    s.on_report("m", 100 * 128 // 4)  # 100 units
+    s.on_report("m", reported(100))
     assert s.index.held("m") <= 100 and s.cap_units("m") == 100
     learn_speed(s)
     for _ in range(5 * WINDOW):
@@ -80,7 +88,7 @@ def test_a_report_caps_the_member_and_learning_never_grows_past_it() -> None:
     # With room in the index, a miss there is more likely a slow answer: the prompt is kept.
     roomy = sizer()
     fill(roomy, "m", 200)
-    roomy.on_report("m", 300 * 128 // 4)
+    roomy.on_report("m", reported(300))
     learn_speed(roomy)
     held = roomy.index.held("m")
     for _ in range(5 * WINDOW):
@@ -220,7 +228,7 @@ def test_misses_past_a_depth_bound_a_reported_cache_down_to_half_of_it() -> None
     the report at most."""
     s = sizer(member_blocks=10_000)
     learn_speed(s, 0.001)
-    s.on_report("m", 1000 * 128 // 4)
+    s.on_report("m", reported(1000))
     fill(s, "m", 600)
     for i in range(3 * WINDOW):
         deep = i % 4 == 3
@@ -258,7 +266,7 @@ def test_a_cache_another_gateway_learned_bounds_this_one_once() -> None:
     assert not s.on_shared("m", 0) and s.cap_units("m") == 300
     # A member that reports its cache comes down to what gateways learned, but to no less
     # than half its report.
-    s.on_report("r", 500 * 128 // 4)
+    s.on_report("r", reported(500))
     assert "r" not in s.learned_tokens()
     assert s.on_shared("r", 100 * 128 // 4) and s.cap_units("r") == 250
     assert s.learned_tokens()["r"] == 250 * 128 // 4
@@ -359,7 +367,9 @@ def test_gateway_exports_each_members_believed_cache() -> None:
     registry = CollectorRegistry()
     registry.register(CacheEstimates(table))
     text = generate_latest(registry).decode()
-    assert 'llmpool_gateway_member_cache_tokens{backend="a",model="m"} 16384.0' in text
+    # REPORTED_USABLE of the report, in whole units of 128 bytes.
+    usable = int(16384 * REPORTED_USABLE) * 4 // 128 * 128 // 4
+    assert f'llmpool_gateway_member_cache_tokens{{backend="a",model="m"}} {usable}.0' in text
     # Nothing reported: member_capacity_tokens, the guess learning starts from.
     assert 'llmpool_gateway_member_cache_tokens{backend="b",model="m"} 262144.0' in text
     # Other gateways' sends, as this one counts them there.

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from gateway.cache_metrics import sent_prefixes
 from gateway.members import Member, idle_member
 from gateway.policies import PickContext, PolicyRegistry, PrefixAware
+from gateway.policies.cache_estimate import REPORTED_USABLE
 from gateway.policies.prefix_aware import CHARS_PER_TOKEN
 from gateway.policies.shared_sends import MINE_S, STALE_S, TO_REPORT
 from gateway.routing import RoutingTable
 from llmpool.clock import FakeClock
 from llmpool.v1 import gateway_pb2
 
-# Two engines reporting 8,192-token caches.
-MEMBERS = [idle_member(f"m{i}", cache_tokens=8192) for i in range(2)]
+# Two engines whose reported caches hold 8,192 tokens of prompts (REPORTED_USABLE of them).
+MEMBERS = [idle_member(f"m{i}", cache_tokens=math.ceil(8192 / REPORTED_USABLE)) for i in range(2)]
 GROUP = "a shared system prompt of one group " * 300  # ~2,700 tokens
 
 
@@ -51,11 +53,11 @@ def test_a_prefix_another_gateway_placed_is_followed_not_placed_again() -> None:
     sent = first.drain_sent()
     assert list(sent) == [home] and first.drain_sent() == {}
     (tokens,) = sent[home].values()
-    # In tokens: the prompt's whole blocks (4 bytes a token), at least half of it (blocks double
-    # in size along a prompt).
-    units = first.index.block_count(ctx.prefix_key)
-    assert tokens == units * first.index.block_chars // CHARS_PER_TOKEN
-    assert tokens > len(GROUP) / CHARS_PER_TOKEN / 2
+    # In tokens: the whole prompt (4 bytes a token) as the engine keeps it, past the index's
+    # last whole block (blocks double in size along a prompt).
+    size = first.index.block_chars
+    assert tokens == -(-len(ctx.prefix_key) // size) * size // CHARS_PER_TOKEN
+    assert tokens >= first.index.block_count(ctx.prefix_key) * size // CHARS_PER_TOKEN
     # Rendezvous would have sent it to the same member; make the other member its place by
     # telling the second gateway that the first put it there.
     away = next(m.id for m in MEMBERS if m.id != home)
