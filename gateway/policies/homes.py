@@ -65,21 +65,11 @@ class Homes:
             return -1
         return position.get(home, -1)
 
-    def claim(
-        self,
-        prefix: int,
-        depth: dict[str, tuple[int, int]],
-        blocks: int,
-        position: Mapping[str, int],
-        now: float,
-    ) -> str:
-        """Makes the prefix's home, if it has one among the candidates (`position`), its only
-        holder in `depth` (as far as this gateway sent it there, else the whole prompt).
-        Returns the home where this gateway sent nothing of it: its ticket is presumed there
-        (a miss is the home's first fill, not a verdict on its cache); else ""."""
-        home = self.by_prefix.get(prefix) if self.by_prefix else None
-        if home is None or home not in position or now - self.told_at > STALE_S:
-            return ""
+    def claim(self, home: str, depth: dict[str, tuple[int, int]], blocks: int) -> str:
+        """Makes the prefix's home (one of the candidates: at()) its only holder in `depth` (as
+        far as this gateway sent it there, else the whole prompt). Returns the home where this
+        gateway sent nothing of it: its ticket is presumed there (a miss is the home's first
+        fill, not a verdict on its cache); else ""."""
         unseen = home not in depth
         held = blocks if unseen else depth[home][0]
         depth.clear()

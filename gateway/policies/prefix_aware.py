@@ -302,11 +302,13 @@ class PrefixAware(Policy, name="prefix_aware"):
         cols = self._columns(candidates, ctx.reported_in_flight)
         now = self.clock.monotonic()
         # A homed prefix is held at its home only (homes.py).
-        presumed_at = self.homes.claim(prefix, depth, blocks, cols.position, now)
         at_home = self.homes.at(prefix, cols.position, now)
-        if at_home >= 0 and not overloaded(ctx.loads(candidates), at_home):
-            # Sent home as every gateway sends it, unless load there is far past the others'.
-            return self._sent(candidates[at_home], match, ctx, bool(presumed_at), now)
+        presumed_at = ""
+        if at_home >= 0:
+            presumed_at = self.homes.claim(cols.ids[at_home], depth, blocks)
+            if not overloaded(ctx.loads(candidates), at_home):
+                # Sent home as every gateway sends it, unless load there is far past the others'.
+                return self._sent(candidates[at_home], match, ctx, bool(presumed_at), now)
         if depth:
             won = self._holder_wins(cols, match, ctx, now)
             if won >= 0:
@@ -501,7 +503,7 @@ class PrefixAware(Policy, name="prefix_aware"):
             self.index.insert(mid, match)
             sends = self.sends
             # The whole prompt, as the engine keeps it (the index's blocks end at the last whole
-            # one, which for a long prompt of doubling blocks leaves up to a third out).
+            # one, which for a long prompt of doubling blocks leaves up to a fifth out).
             sends.note(mid, match.key, -(-len(ctx.prefix_key) // self.index.block_chars))
             if (sends.by_prefix or sends.placed) and now - sends.told_at > STALE_S:
                 self._count_foreign(sends.stale(now))
