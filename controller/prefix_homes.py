@@ -89,6 +89,10 @@ class PrefixHomes:
     def homes(self, pool: str) -> dict[int, Home]:
         return self._pools.get(pool, {})
 
+    def home(self, pool: str, prefix: int, home: Home) -> None:
+        """Homes the prefix now (bench/routing/virtual.py's ask_first bound)."""
+        self._pools.setdefault(pool, {})[prefix] = home
+
     def apply(self, routes: Routes) -> Routes:
         """The routes with each member's homes (pools routed by prefix_aware with several
         gateways; the others as they are, and their homes dropped)."""

@@ -30,12 +30,13 @@ from dataclasses import dataclass, field
 from bench.routing.oracle import affinity_index, weighted_sequence
 from bench.routing.workloads import WORKLOADS, BenchRequest, WorkloadShape, build
 from controller.metrics import ControllerMetrics
-from controller.prefix_homes import PER_MEMBER, PrefixHomes
+from controller.prefix_homes import PER_MEMBER, Home, PrefixHomes
 from controller.snapshot import RouteMember
 from controller.usage import MemberUsage, UsageAggregator, UsageReport
 from gateway.controller_link import URGENT_S
 from gateway.members import Member, idle_member
 from gateway.policies import PickContext, Policy, PolicyRegistry, PrefixAware
+from gateway.policies.prefix_aware import CHARS_PER_TOKEN
 from llmpool.clock import FakeClock
 from llmpool.protoconv import shared_fields
 from llmpool.sim.costs import CostModel
@@ -60,6 +61,15 @@ class Setup:
     cached_usage: bool = False
     report_s: float = 1.0
     snapshot_s: float = 0.05
+    # Not on main, a bound: a gateway about to send a prompt of ASK_MIN_TOKENS or more whose
+    # prefix has no home gets one at once (the pool's least full member by homed tokens over
+    # reported cache), told to every gateway and to the controller's homes. What a gateway
+    # asking the controller before a long new prefix's first send would give (reported
+    # caches and several gateways only: the controller homes nothing else).
+    ask_first: bool = False
+
+
+ASK_MIN_TOKENS = 1000
 
 
 @dataclass(eq=False)
@@ -177,6 +187,8 @@ class VirtualRun:
             ctx = PickContext(
                 model=MODEL, payload=body, in_flight=gw.in_flight, reported_in_flight=gw.reported
             )
+            if self.setup.ask_first and isinstance(gw.policy, PrefixAware):
+                self._ask(gw.policy, ctx)
             mid = gw.policy.pick(gw.members, ctx).id
             ticket = ctx.ticket
         gw.in_flight[mid] = gw.in_flight.get(mid, 0) + 1
@@ -276,6 +288,30 @@ class VirtualRun:
         self.usage.record(UsageReport(gateway_id=f"gw{g}", members=tuple(members)))
         self._at(self.clock.monotonic() + self.setup.snapshot_s, "snapshot", 0)
 
+    def _ask(self, policy: PrefixAware, ctx: PickContext) -> None:
+        """Setup.ask_first: a long prompt's prefix with no home gets one now, everywhere."""
+        if self.setup.gateways < 2 or not self.setup.reported:
+            return
+        key = ctx.prefix_key
+        prefix = policy.index.match(key).key
+        tokens = len(key) // CHARS_PER_TOKEN
+        homes = self.homes.homes(MODEL)
+        if prefix == -1 or tokens < ASK_MIN_TOKENS or prefix in homes:
+            return
+        now = self.clock.monotonic()
+        caches = {m.id: m.cache_tokens for m in self.base}
+        load = dict.fromkeys(caches, 0)
+        for home in homes.values():
+            if home.member in load:
+                load[home.member] += home.tokens
+        best = min(caches, key=lambda mid: ((load[mid] + tokens) / caches[mid], mid))
+        self.homes.home(MODEL, prefix, Home(best, tokens, now, now))
+        for gw in self.gateways:
+            if gw.policy is not None and isinstance(gw.policy, PrefixAware):
+                told = gw.policy.homes
+                told.by_prefix = {**told.by_prefix, prefix: best}
+                told.told_at = now
+
     def _homed(self, members: list[Member]) -> list[Member]:
         """The controller's homes for the pool (controller/prefix_homes.py)."""
         homes = self.homes.place(MODEL, [_route_member(m) for m in members], self.clock.monotonic())
@@ -344,6 +380,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--report-s", type=float, default=1.0)
     parser.add_argument(
+        "--ask-first",
+        action="store_true",
+        help="a bound, not on main: a long new prefix is homed at once, everywhere",
+    )
+    parser.add_argument(
         "--trace", type=float, default=0.0, help="print requests slower than this (s)"
     )
     args = parser.parse_args(argv)
@@ -358,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         gateways=args.gateways,
         cached_usage=args.cached_usage,
         report_s=args.report_s,
+        ask_first=args.ask_first,
     )
     count = max(1, int(args.rate * args.seconds))
     print(f"{args.workload} @ {args.rate:g}/s, {setup}")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import pytest
@@ -73,3 +74,25 @@ def test_several_gateways_send_a_homed_prefix_home_unless_it_is_overloaded(
     VirtualRun(Setup(kv_blocks=(1024,) * 4, gateways=3), "prefix_aware", requests).run()
     assert len(homed) > 300
     assert spilled == []
+
+
+def test_the_ask_first_bound_homes_each_long_new_prefix_everywhere_before_it_is_sent() -> None:
+    # Four groups of 3,000 tokens, two gateways, two 8k-token engines: each group homed at its
+    # first send, two an engine, and every gateway told the same homes.
+    setup = Setup(kv_blocks=(512, 512), gateways=2, ask_first=True)
+    requests = build("shared_prefix", 5, 8.0, 120, SHAPE)
+    run = VirtualRun(setup, "prefix_aware", requests)
+    run.run()
+    homes = run.homes.homes("pool")
+    assert len(homes) == 4
+    assert sorted(Counter(h.member for h in homes.values()).values()) == [2, 2]
+    for gw in run.gateways:
+        assert isinstance(gw.policy, PrefixAware)
+        assert {p: gw.policy.homes.by_prefix.get(p) for p in homes} == {
+            p: h.member for p, h in homes.items()
+        }
+    # Each group went to one engine from its first request on.
+    members: dict[str, set[str]] = {}
+    for _, group, _, member, _, _ in run.trace:
+        members.setdefault(group, set()).add(member)
+    assert all(len(m) == 1 for m in members.values())
