@@ -89,9 +89,17 @@ class PrefixHomes:
     def homes(self, pool: str) -> dict[int, Home]:
         return self._pools.get(pool, {})
 
-    def home(self, pool: str, prefix: int, home: Home) -> None:
-        """Homes the prefix now (bench/routing/virtual.py's ask_first bound)."""
-        self._pools.setdefault(pool, {})[prefix] = home
+    def ask(self, pool: str, prefix: int, tokens: int, caches: dict[str, int], now: float) -> str:
+        """Homes a prefix new to the pool now, on the member least full with it (homed prompt
+        tokens over cache), and returns it (bench/routing/virtual.py's ask_first bound)."""
+        homes = self._pools.setdefault(pool, {})
+        load = dict.fromkeys(caches, 0)
+        for home in homes.values():
+            if home.member in load:
+                load[home.member] += home.tokens
+        best = min(caches, key=lambda mid: ((load[mid] + tokens) / caches[mid], mid))
+        homes[prefix] = Home(best, tokens, now, now)
+        return best
 
     def apply(self, routes: Routes) -> Routes:
         """The routes with each member's homes (pools routed by prefix_aware with several

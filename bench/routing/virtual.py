@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from bench.routing.oracle import affinity_index, weighted_sequence
 from bench.routing.workloads import WORKLOADS, BenchRequest, WorkloadShape, build
 from controller.metrics import ControllerMetrics
-from controller.prefix_homes import PER_MEMBER, Home, PrefixHomes
+from controller.prefix_homes import PER_MEMBER, PrefixHomes
 from controller.snapshot import RouteMember
 from controller.usage import MemberUsage, UsageAggregator, UsageReport
 from gateway.controller_link import URGENT_S
@@ -300,14 +300,9 @@ class VirtualRun:
             return
         now = self.clock.monotonic()
         caches = {m.id: m.cache_tokens for m in self.base}
-        load = dict.fromkeys(caches, 0)
-        for home in homes.values():
-            if home.member in load:
-                load[home.member] += home.tokens
-        best = min(caches, key=lambda mid: ((load[mid] + tokens) / caches[mid], mid))
-        self.homes.home(MODEL, prefix, Home(best, tokens, now, now))
+        best = self.homes.ask(MODEL, prefix, tokens, caches, now)
         for gw in self.gateways:
-            if gw.policy is not None and isinstance(gw.policy, PrefixAware):
+            if isinstance(gw.policy, PrefixAware):
                 told = gw.policy.homes
                 told.by_prefix = {**told.by_prefix, prefix: best}
                 told.told_at = now
