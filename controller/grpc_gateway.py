@@ -1,4 +1,5 @@
-"""GatewayService servicer: routing snapshots out (WatchRouting), usage in (ReportUsage)."""
+"""GatewayService servicer: routing snapshots out (WatchRouting), usage in (ReportUsage), prompt
+prefixes' homes on asking (AskHome)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from typing import Any
 
 import grpc
 
+from llmpool.errors import NotFoundError
 from llmpool.protoconv import from_proto, to_proto
 from llmpool.v1 import gateway_pb2, gateway_pb2_grpc
 
+from .prefix_homes import PrefixHomes
 from .publisher import SnapshotPublisher
 from .quotas import Quotas
 from .usage import UsageAggregator, UsageReport
@@ -19,8 +22,13 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def __init__(
-        self, publisher: SnapshotPublisher, usage: UsageAggregator, quotas: Quotas | None = None
+        self,
+        publisher: SnapshotPublisher,
+        usage: UsageAggregator,
+        quotas: Quotas | None = None,
+        homes: PrefixHomes | None = None,
     ) -> None:
+        self._homes = homes
         self._quotas = quotas
         self._publisher = publisher
         self._usage = usage
@@ -59,3 +67,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             if report.subjects and self._quotas is not None:
                 self._quotas.record(report.gateway_id, report.subjects, report.sequence)
         return gateway_pb2.UsageAck()
+
+    async def AskHome(  # type: ignore[override]
+        self, request: gateway_pb2.AskHomeRequest, context: Ctx
+    ) -> gateway_pb2.AskHomeResponse:
+        # Routes as last published: the pool's homes exist only where they were built.
+        if request.model not in self._publisher.routes:
+            raise NotFoundError(f"no pool routes model {request.model[:128]!r}")
+        if self._homes is None:
+            return gateway_pb2.AskHomeResponse()
+        # Other gateways hear of the home at the next rebuild (or ask, and get the same one).
+        member = self._homes.ask(request.model, request.prefix, request.tokens)
+        return gateway_pb2.AskHomeResponse(member_id=member)

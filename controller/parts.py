@@ -58,6 +58,7 @@ class ControllerParts:
     quotas: QuotaLoop
     keys_admin: KeysAdmin
     capacities: BackendCapacities
+    homes: PrefixHomes
 
 
 async def build_parts(
@@ -197,6 +198,7 @@ async def build_parts(
         quotas=quota_loop,
         keys_admin=KeysAdmin(keys, quotas, audit, store, quota_loop.flush),
         capacities=capacities,
+        homes=homes,
     )
 
 

@@ -85,20 +85,41 @@ class PrefixHomes:
         # besides a prompt it was found missing), and when: a cache shown that small is
         # balanced as that small, for ROOM_S.
         self._room: dict[tuple[str, str], tuple[int, float]] = {}
+        # Pool -> each member's cache as balanced and homed prompt tokens, as of the last
+        # rebuild and the asks since (ask()); pools that give homes only.
+        self._fill: dict[str, tuple[dict[str, int], dict[str, int]]] = {}
 
     def homes(self, pool: str) -> dict[int, Home]:
         return self._pools.get(pool, {})
 
-    def ask(self, pool: str, prefix: int, tokens: int, caches: dict[str, int], now: float) -> str:
-        """Homes a prefix new to the pool now, on the member least full with it (homed prompt
-        tokens over cache), and returns it (bench/routing/virtual.py's ask_first bound)."""
-        homes = self._pools.setdefault(pool, {})
-        load = dict.fromkeys(caches, 0)
-        for home in homes.values():
-            if home.member in load:
-                load[home.member] += home.tokens
-        best = min(caches, key=lambda mid: ((load[mid] + tokens) / caches[mid], mid))
+    def ask(self, pool: str, prefix: int, tokens: int) -> str:
+        """The prefix's home, homing it now if it has none (GatewayService.AskHome: a gateway
+        about to send a long prompt whose prefix no gateway sent yet): the member least full
+        with it (homed prompt tokens over cache, as of the last rebuild and the asks since).
+        Every gateway that asks gets the same member, where each placing it by what it knows
+        would not (seen: three of eight groups on one of four equal engines in 96% of draws).
+        "": the pool gives no homes (one gateway, another policy, a cache not reported)."""
+        fill = self._fill.get(pool)
+        if fill is None:
+            return ""
+        caches, load = fill
+        homes = self._pools[pool]
+        home = homes.get(prefix)
+        if home is not None and home.member in caches:
+            return home.member
+        # A prompt larger than any cache fills the largest; a claim past that is no more.
+        tokens = max(1, min(tokens, max(caches.values())))
+        best = min(
+            caches, key=lambda mid: ((load[mid] + tokens) / caches[mid], -_rank(prefix, mid))
+        )
+        now = self._clock.monotonic()
         homes[prefix] = Home(best, tokens, now, now)
+        load[best] += tokens
+        if len(homes) > PER_POOL:
+            oldest = next(iter(homes))
+            gone = homes.pop(oldest)
+            if gone.member in load:
+                load[gone.member] -= gone.tokens
         return best
 
     def apply(self, routes: Routes) -> Routes:
@@ -123,6 +144,7 @@ class PrefixHomes:
             self._misses = {k: v for k, v in self._misses.items() if k[0] != pool}
             self._left = {k: v for k, v in self._left.items() if k[0] != pool}
             self._room = {k: v for k, v in self._room.items() if k[0] != pool}
+        self._fill.pop(pool, None)
 
     def place(self, pool: str, members: Sequence[RouteMember], now: float) -> dict[int, Home]:
         """Updates the pool's homes from what gateways sent its members lately."""
@@ -133,6 +155,7 @@ class PrefixHomes:
             # gateways learn the caches from answers and place as each learns (a balance over
             # guessed caches put two groups on an 8k-token engine and kept them there).
             homes.clear()
+            self._fill.pop(pool, None)
             return homes
         caches = {m.id: m.cache_tokens for m in live}
         for mid in caches:
@@ -171,7 +194,9 @@ class PrefixHomes:
             self._place_new(homes, new, seen, size, caches, load, now)
         self._rebalance(pool, homes, live, caches, load, now)
         while len(homes) > PER_POOL:
-            del homes[next(iter(homes))]
+            gone = homes.pop(next(iter(homes)))
+            load[gone.member] -= gone.tokens
+        self._fill[pool] = (caches, load)
         return homes
 
     def _place_new(

@@ -73,6 +73,7 @@ RPC_ROLES: dict[str, frozenset[str]] = {
     "/llmpool.v1.AgentService/Connect": AGENT,
     "/llmpool.v1.GatewayService/WatchRouting": GATEWAY,
     "/llmpool.v1.GatewayService/ReportUsage": GATEWAY,
+    "/llmpool.v1.GatewayService/AskHome": GATEWAY,
     "/grpc.health.v1.Health/Check": ANY,
     "/grpc.health.v1.Health/Watch": ANY,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": ANY,

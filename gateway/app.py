@@ -34,6 +34,7 @@ from gateway.cooldowns import Cooldowns
 from gateway.credentials import Credentials
 from gateway.errors import GatewayError, NotReadyError, error_response, handle_exception
 from gateway.holds import Holds
+from gateway.home_asks import HomeAsks
 from gateway.keys import Keyring
 from gateway.limits import Limiter
 from gateway.metrics import GatewayMetrics
@@ -141,20 +142,6 @@ def create_app(
     holds = Holds(table, metrics, settings.max_held_requests)
     metrics.held.set_function(holds.total)
     metrics.registry.register(CacheEstimates(table))
-    relay = Relay(
-        table=table,
-        upstream=upstream,
-        metrics=metrics,
-        usage=usage,
-        clock=clock,
-        max_body_bytes=settings.max_upstream_body_bytes,
-        cooldowns=cooldowns,
-        outliers=outliers,
-        holds=holds,
-        providers=build_providers(),
-        credentials=credentials,
-        admitter=admitter,
-    )
     link = (
         ControllerLink(
             target=settings.controller,
@@ -181,6 +168,21 @@ def create_app(
         )
         if connect_controller
         else None
+    )
+    relay = Relay(
+        table=table,
+        upstream=upstream,
+        metrics=metrics,
+        usage=usage,
+        clock=clock,
+        max_body_bytes=settings.max_upstream_body_bytes,
+        cooldowns=cooldowns,
+        outliers=outliers,
+        holds=holds,
+        providers=build_providers(),
+        credentials=credentials,
+        admitter=admitter,
+        asks=(HomeAsks(link.ask_home, link.ready, clock, metrics) if link is not None else None),
     )
     serving = ServingState()
     parts = GatewayParts(

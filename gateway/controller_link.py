@@ -84,6 +84,7 @@ class ControllerLink:
         self._usage_interval_s = usage_interval_s
         self._backoff_factory = backoff_factory
         self._channel: grpc.aio.Channel | None = None
+        self._stub: GatewayServiceAsyncStub | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.connected = False
         # Counts streams that delivered at least one snapshot; tests and logs use it.
@@ -93,6 +94,7 @@ class ControllerLink:
     async def start(self) -> None:
         self._channel = aio_channel(self._target, self._credentials)
         stub: GatewayServiceAsyncStub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
+        self._stub = stub
         self._tasks = [
             asyncio.create_task(self._watch_loop(stub), name="gateway-watch-routing"),
             asyncio.create_task(self._usage_loop(stub), name="gateway-report-usage"),
@@ -108,7 +110,24 @@ class ControllerLink:
         if self._channel is not None:
             await self._channel.close(grace=None)
             self._channel = None
+        self._stub = None
         self._set_connected(False)
+
+    def ready(self) -> bool:
+        """Whether the controller answers now (an ask would not wait on a reconnect)."""
+        return self.connected and self._stub is not None
+
+    async def ask_home(self, model: str, prefix: int, tokens: int, timeout_s: float) -> str:
+        """GatewayService.AskHome: the member the controller homes the prompt prefix on ("":
+        none). Raises grpc.aio.AioRpcError, DEADLINE_EXCEEDED past timeout_s."""
+        stub = self._stub
+        if stub is None:
+            raise ConnectionError("not connected to the controller")
+        request = gateway_pb2.AskHomeRequest(
+            gateway_id=self._gateway_id, model=model, prefix=prefix, tokens=min(tokens, 2**32 - 1)
+        )
+        answer = await stub.AskHome(request, timeout=timeout_s)
+        return answer.member_id
 
     def _set_connected(self, value: bool) -> None:
         self.connected = value

@@ -105,6 +105,15 @@ class GatewayMetrics:
             ["spilled_from", "model", "reason"],
             registry=r,
         )
+        self.home_asks = Counter(
+            "llmpool_gateway_home_asks",
+            "Asks to the controller for a long new prompt prefix's home (prefix_aware with "
+            "several gateways), by outcome (homed; none: the pool gives no homes; failed: an "
+            "error or no answer in time, and asks pause a second; skipped: not asked, as the "
+            "controller is away, asks are paused or too many are pending).",
+            ["outcome"],
+            registry=r,
+        )
         self.missing_credentials = Gauge(
             "llmpool_gateway_missing_credentials",
             "Credentials that members name and this gateway cannot find (those members are "

@@ -26,6 +26,7 @@ from gateway.errors import (
     sse_error_event,
 )
 from gateway.holds import Holds
+from gateway.home_asks import HomeAsks
 from gateway.keys import Principal
 from gateway.members import Member
 from gateway.metrics import GatewayMetrics
@@ -94,7 +95,10 @@ class Relay:
         providers: Mapping[str, Provider] | None = None,
         credentials: Credentials | None = None,
         admitter: Admitter | None = None,
+        asks: HomeAsks | None = None,
     ) -> None:
+        # Asks the controller for a long new prompt prefix's home before it is picked.
+        self._asks = asks
         self._admitter = admitter
         self._holds = holds
         self._providers = providers if providers is not None else build_providers()
@@ -258,6 +262,15 @@ class Relay:
             if route.redactor is not None and any(m.backend for m in route.candidates)
             else None
         )
+        policy = route.policy
+        if policy.asks and self._asks is not None:
+            # A long prompt whose prefix is new to every gateway: placed where the controller
+            # homes it, as every gateway that gets it first places it.
+            wanted = policy.wants_home(pool, ctx)
+            if wanted is not None:
+                home = await self._asks.ask(route.model, *wanted)
+                if home:
+                    policy.told_home(wanted[0], home)
         for attempt in range(self._max_tries):
             if attempt:
                 pool = cooldowns.available(tuple(m for m in route.candidates if m.id not in tried))
@@ -268,7 +281,7 @@ class Relay:
                     break
                 pool = outliers.available(pool)
                 self._metrics.model(req.model).retries.inc()
-            member = route.policy.pick(pool, ctx)
+            member = policy.pick(pool, ctx)
             tried.append(member.id)
             account.sent(member, ctx.ticket)
             probe = outliers.picked(member.id)

@@ -36,7 +36,6 @@ from controller.usage import MemberUsage, UsageAggregator, UsageReport
 from gateway.controller_link import URGENT_S
 from gateway.members import Member, idle_member
 from gateway.policies import PickContext, Policy, PolicyRegistry, PrefixAware
-from gateway.policies.prefix_aware import CHARS_PER_TOKEN
 from llmpool.clock import FakeClock
 from llmpool.protoconv import shared_fields
 from llmpool.sim.costs import CostModel
@@ -61,15 +60,10 @@ class Setup:
     cached_usage: bool = False
     report_s: float = 1.0
     snapshot_s: float = 0.05
-    # Not on main, a bound: a gateway about to send a prompt of ASK_MIN_TOKENS or more whose
-    # prefix has no home gets one at once (the pool's least full member by homed tokens over
-    # reported cache), told to every gateway and to the controller's homes. What a gateway
-    # asking the controller before a long new prefix's first send would give (reported
-    # caches and several gateways only: the controller homes nothing else).
-    ask_first: bool = False
-
-
-ASK_MIN_TOKENS = 1000
+    # Gateways ask the controller for a long new prompt prefix's home before its first send
+    # (GatewayService.AskHome, answered at once here; the others hear of it at the next
+    # snapshot, or ask for it themselves). False: they place it as each knows, to compare.
+    asks: bool = True
 
 
 @dataclass(eq=False)
@@ -145,6 +139,8 @@ class VirtualRun:
         heapq.heappush(self._events, (when, next(self._order), kind, arg))
 
     def run(self) -> list[float]:
+        # Gateways get the routes before the first request (the controller's first snapshot).
+        self._snapshot()
         for i, request in enumerate(self.requests):
             self._at(request.at_s, "arrive", i)
         n = self.setup.gateways
@@ -187,8 +183,8 @@ class VirtualRun:
             ctx = PickContext(
                 model=MODEL, payload=body, in_flight=gw.in_flight, reported_in_flight=gw.reported
             )
-            if self.setup.ask_first and isinstance(gw.policy, PrefixAware):
-                self._ask(gw.policy, ctx)
+            if self.setup.asks and gw.policy.asks:
+                self._ask(gw, gw.policy, ctx)
             mid = gw.policy.pick(gw.members, ctx).id
             ticket = ctx.ticket
         gw.in_flight[mid] = gw.in_flight.get(mid, 0) + 1
@@ -288,24 +284,14 @@ class VirtualRun:
         self.usage.record(UsageReport(gateway_id=f"gw{g}", members=tuple(members)))
         self._at(self.clock.monotonic() + self.setup.snapshot_s, "snapshot", 0)
 
-    def _ask(self, policy: PrefixAware, ctx: PickContext) -> None:
-        """Setup.ask_first: a long prompt's prefix with no home gets one now, everywhere."""
-        if self.setup.gateways < 2 or not self.setup.reported:
-            return
-        key = ctx.prefix_key
-        prefix = policy.index.match(key).key
-        tokens = len(key) // CHARS_PER_TOKEN
-        homes = self.homes.homes(MODEL)
-        if prefix == -1 or tokens < ASK_MIN_TOKENS or prefix in homes:
-            return
-        now = self.clock.monotonic()
-        caches = {m.id: m.cache_tokens for m in self.base}
-        best = self.homes.ask(MODEL, prefix, tokens, caches, now)
-        for gw in self.gateways:
-            if isinstance(gw.policy, PrefixAware):
-                told = gw.policy.homes
-                told.by_prefix = {**told.by_prefix, prefix: best}
-                told.told_at = now
+    def _ask(self, gw: Gateway, policy: Policy, ctx: PickContext) -> None:
+        """Setup.asks: the gateway's ask, as the relay makes it, answered by the controller's
+        homes (controller/grpc_gateway.py: AskHome)."""
+        wanted = policy.wants_home(gw.members, ctx)
+        if wanted is not None:
+            home = self.homes.ask(MODEL, *wanted)
+            if home:
+                policy.told_home(wanted[0], home)
 
     def _homed(self, members: list[Member]) -> list[Member]:
         """The controller's homes for the pool (controller/prefix_homes.py)."""
@@ -375,9 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--report-s", type=float, default=1.0)
     parser.add_argument(
-        "--ask-first",
+        "--no-asks",
         action="store_true",
-        help="a bound, not on main: a long new prefix is homed at once, everywhere",
+        help="gateways place a long new prefix as each knows, without asking the controller",
     )
     parser.add_argument(
         "--trace", type=float, default=0.0, help="print requests slower than this (s)"
@@ -394,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         gateways=args.gateways,
         cached_usage=args.cached_usage,
         report_s=args.report_s,
-        ask_first=args.ask_first,
+        asks=not args.no_asks,
     )
     count = max(1, int(args.rate * args.seconds))
     print(f"{args.workload} @ {args.rate:g}/s, {setup}")

@@ -156,6 +156,8 @@ class Policy:
     # True when the subclass overrides observe() / settle(): the relay skips the call otherwise.
     observes: ClassVar[bool] = False
     settles: ClassVar[bool] = False
+    # True when the subclass overrides wants_home(): the relay asks it before a pick.
+    asks: ClassVar[bool] = False
 
     def __init_subclass__(cls, name: str = "", **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -163,6 +165,7 @@ class Policy:
             cls.name = name
         cls.observes = cls.observe is not Policy.observe
         cls.settles = cls.settle is not Policy.settle
+        cls.asks = cls.wants_home is not Policy.wants_home
 
     def __init__(
         self,
@@ -221,6 +224,15 @@ class Policy:
 
     def on_snapshot(self, members: Sequence[Member]) -> None:
         """A snapshot rebuilt the route (fresh load figures in members)."""
+
+    def wants_home(self, candidates: Sequence[Member], ctx: PickContext) -> tuple[int, int] | None:
+        """A prompt prefix and its tokens that the controller should home before this request
+        is picked (GatewayService.AskHome; the answer goes to told_home()); None: pick now.
+        Called only where asks is true, on a request's first try."""
+        return None
+
+    def told_home(self, prefix: int, member_id: str) -> None:
+        """The controller homed the prefix wants_home() named on member_id."""
 
     def on_gateways(self, count: int) -> None:
         """How many gateways route with this controller (0: not known), before on_snapshot."""

@@ -238,6 +238,17 @@ class PrefixAware(Policy, name="prefix_aware"):
         for prefix in sizer.forgot:  # Shown gone by a miss, or waited for room.
             self.missed.note(prefix, member)
 
+    def wants_home(self, candidates: Sequence[Member], ctx: PickContext) -> tuple[int, int] | None:
+        """With several gateways, a long prompt's prefix new to all (Homes.wants)."""
+        if self.gateways < 2:
+            return None
+        return self.homes.wants(
+            ctx.prefix_key, candidates, self.index, self.sends.by_prefix, CHARS_PER_TOKEN
+        )
+
+    def told_home(self, prefix: int, member_id: str) -> None:
+        self.homes.told(prefix, member_id, self.clock.monotonic())
+
     def drain_sent(self) -> dict[str, dict[int, int]]:
         """The prefixes this gateway sent each member since the last call, with their prompts'
         sizes in tokens, for its usage report."""

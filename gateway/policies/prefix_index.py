@@ -7,6 +7,8 @@ from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby, islice, repeat
 
+from xxhash import xxh3_64_intdigest
+
 from gateway.policies.block_hashes import MEMO_MIN_BLOCKS, BlockHasher, BlockLayout
 from gateway.policies.held import UNBOUNDED, Held
 
@@ -173,6 +175,16 @@ class PrefixIndex:
         layout = self.layout
         data = text.encode() if isinstance(text, str) else text
         return layout.units_of(layout.count(len(data)))
+
+    def first_key(self, data: bytes | memoryview) -> int:
+        """The prompt's first block's hash (Match.key) without matching the rest: -1 when the
+        prompt is shorter than a block."""
+        end = self.layout.spans[0][1]
+        return xxh3_64_intdigest(data[:end], 0) if len(data) >= end else -1
+
+    def holds(self, key: int) -> bool:
+        """Whether some member holds the block whose hash is key."""
+        return key in self._blocks
 
     def match(self, text: str | bytes | memoryview) -> Match:
         """Hashes the prompt's blocks and finds, for each member holding its first ones, how

@@ -44,6 +44,11 @@ class GatewayServiceStub:
                 request_serializer=llmpool_dot_v1_dot_gateway__pb2.UsageReport.SerializeToString,
                 response_deserializer=llmpool_dot_v1_dot_gateway__pb2.UsageAck.FromString,
                 _registered_method=True)
+        self.AskHome = channel.unary_unary(
+                '/llmpool.v1.GatewayService/AskHome',
+                request_serializer=llmpool_dot_v1_dot_gateway__pb2.AskHomeRequest.SerializeToString,
+                response_deserializer=llmpool_dot_v1_dot_gateway__pb2.AskHomeResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -63,6 +68,16 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AskHome(self, request, context):
+        """Before the first send of a long prompt whose prefix has no home yet, a gateway asks for
+        one (prefix_aware with several gateways, in a pool whose every engine reports its cache):
+        every gateway that asks for the prefix gets the same member, so that gateways placing it
+        at once place it alike. NOT_FOUND: no such model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +90,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.ReportUsage,
                     request_deserializer=llmpool_dot_v1_dot_gateway__pb2.UsageReport.FromString,
                     response_serializer=llmpool_dot_v1_dot_gateway__pb2.UsageAck.SerializeToString,
+            ),
+            'AskHome': grpc.unary_unary_rpc_method_handler(
+                    servicer.AskHome,
+                    request_deserializer=llmpool_dot_v1_dot_gateway__pb2.AskHomeRequest.FromString,
+                    response_serializer=llmpool_dot_v1_dot_gateway__pb2.AskHomeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +151,33 @@ class GatewayService:
             '/llmpool.v1.GatewayService/ReportUsage',
             llmpool_dot_v1_dot_gateway__pb2.UsageReport.SerializeToString,
             llmpool_dot_v1_dot_gateway__pb2.UsageAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AskHome(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmpool.v1.GatewayService/AskHome',
+            llmpool_dot_v1_dot_gateway__pb2.AskHomeRequest.SerializeToString,
+            llmpool_dot_v1_dot_gateway__pb2.AskHomeResponse.FromString,
             options,
             channel_credentials,
             insecure,

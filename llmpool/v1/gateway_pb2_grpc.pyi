@@ -35,6 +35,12 @@ class GatewayServiceStub:
     """First message: a full snapshot. Then deltas, each with a higher version."""
     ReportUsage: _grpc.StreamUnaryMultiCallable[_gateway_pb2.UsageReport, _gateway_pb2.UsageAck]
     """The gateway streams what it observes; the controller aggregates across gateways."""
+    AskHome: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.AskHomeRequest, _gateway_pb2.AskHomeResponse]
+    """Before the first send of a long prompt whose prefix has no home yet, a gateway asks for
+    one (prefix_aware with several gateways, in a pool whose every engine reports its cache):
+    every gateway that asks for the prefix gets the same member, so that gateways placing it
+    at once place it alike. NOT_FOUND: no such model.
+    """
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -43,6 +49,12 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """First message: a full snapshot. Then deltas, each with a higher version."""
     ReportUsage: _aio.StreamUnaryMultiCallable[_gateway_pb2.UsageReport, _gateway_pb2.UsageAck]  # type: ignore[assignment]
     """The gateway streams what it observes; the controller aggregates across gateways."""
+    AskHome: _aio.UnaryUnaryMultiCallable[_gateway_pb2.AskHomeRequest, _gateway_pb2.AskHomeResponse]  # type: ignore[assignment]
+    """Before the first send of a long prompt whose prefix has no home yet, a gateway asks for
+    one (prefix_aware with several gateways, in a pool whose every engine reports its cache):
+    every gateway that asks for the prefix gets the same member, so that gateways placing it
+    at once place it alike. NOT_FOUND: no such model.
+    """
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -60,5 +72,17 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.UsageAck, _abc.Awaitable[_gateway_pb2.UsageAck]]:
         """The gateway streams what it observes; the controller aggregates across gateways."""
+
+    @_abc_1.abstractmethod
+    def AskHome(
+        self,
+        request: _gateway_pb2.AskHomeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.AskHomeResponse, _abc.Awaitable[_gateway_pb2.AskHomeResponse]]:
+        """Before the first send of a long prompt whose prefix has no home yet, a gateway asks for
+        one (prefix_aware with several gateways, in a pool whose every engine reports its cache):
+        every gateway that asks for the prefix gets the same member, so that gateways placing it
+        at once place it alike. NOT_FOUND: no such model.
+        """
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -76,10 +76,10 @@ def test_several_gateways_send_a_homed_prefix_home_unless_it_is_overloaded(
     assert spilled == []
 
 
-def test_the_ask_first_bound_homes_each_long_new_prefix_everywhere_before_it_is_sent() -> None:
+def test_gateways_asking_home_each_long_new_prefix_on_one_member_from_its_first_send() -> None:
     # Four groups of 3,000 tokens, two gateways, two 8k-token engines: each group homed at its
     # first send, two an engine, and every gateway told the same homes.
-    setup = Setup(kv_blocks=(512, 512), gateways=2, ask_first=True)
+    setup = Setup(kv_blocks=(512, 512), gateways=2)
     requests = build("shared_prefix", 5, 8.0, 120, SHAPE)
     run = VirtualRun(setup, "prefix_aware", requests)
     run.run()

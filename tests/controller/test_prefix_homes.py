@@ -11,6 +11,7 @@ from controller.prefix_homes import (
     LEFT_S,
     MOVE_GAP_S,
     PER_MEMBER,
+    PER_POOL,
     PrefixHomes,
     with_homes,
 )
@@ -191,3 +192,48 @@ def test_homes_leave_members_that_leave_and_are_bounded_per_member() -> None:
     assert len(big["p"].members[0].home_prefixes) == PER_MEMBER
     assert LEFT_S > 0
     assert with_homes(route([member("m0")]), {}).members[0].home_prefixes == ()
+
+
+def test_an_asked_prefix_is_homed_at_once_alike_for_every_gateway_that_asks() -> None:
+    clock = FakeClock()
+    homes = PrefixHomes(clock)
+    # Before any rebuild the pool gives no homes: the gateway places the prompt itself.
+    assert homes.ask("p", 1, TOKENS) == ""
+    members = [member(f"m{i}", cache_tokens=16_384) for i in range(4)]
+    homes.apply({"p": route(members)})
+    # Four prompts of 6,000 tokens: one a member, where each fits.
+    first = [homes.ask("p", p, TOKENS) for p in (11, 12, 13, 14)]
+    assert sorted(first) == ["m0", "m1", "m2", "m3"]
+    # Another gateway asking for one gets the same member, and so does the next rebuild.
+    assert [homes.ask("p", p, TOKENS) for p in (11, 12, 13, 14)] == first
+    routes = homes.apply({"p": route(members)})
+    told = {p: m.id for m in routes["p"].members for p in m.home_prefixes}
+    assert told == dict(zip((11, 12, 13, 14), first, strict=True))
+    # A fifth goes where a second prompt leaves most room; a claim past every cache counts as
+    # the largest cache only.
+    assert homes.ask("p", 15, 10**9) in first
+    assert homes.homes("p")[15].tokens == 16_384
+    # Not sent within HOME_TTL_S, an asked home goes like any other.
+    clock.advance(HOME_TTL_S + 1)
+    homes.apply({"p": route(members)})
+    assert homes.homes("p") == {}
+
+
+def test_asks_get_no_home_where_the_pool_gives_none() -> None:
+    homes = PrefixHomes(FakeClock())
+    silent = [member("m0", cache_tokens=0), member("m1")]
+    homes.apply({"p": route(silent), "q": route([member("m0")], gateways=1)})
+    assert homes.ask("p", 1, TOKENS) == ""
+    assert homes.ask("q", 1, TOKENS) == ""
+    assert homes.ask("unknown", 1, TOKENS) == ""
+    assert homes.homes("p") == {} and homes.homes("q") == {}
+
+
+def test_asked_homes_are_bounded_per_pool() -> None:
+    homes = PrefixHomes(FakeClock())
+    homes.apply({"p": route([member("m0"), member("m1")])})
+    for p in range(PER_POOL + 10):
+        homes.ask("p", p, 100)
+    held = homes.homes("p")
+    assert len(held) == PER_POOL
+    assert 0 not in held and PER_POOL + 9 in held

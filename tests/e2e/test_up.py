@@ -210,6 +210,27 @@ def test_grpcurl_needs_a_certificate_and_a_viewer_may_only_read(up_cluster: Any)
     ), events
 
 
+def test_only_a_gateway_may_ask_for_a_prefix_home_and_gets_a_proper_status(
+    up_cluster: Any,
+) -> None:
+    """GatewayService.AskHome through grpcurl: a gateway's certificate gets an answer (no home
+    in sim-small: round_robin, one gateway), NOT_FOUND for an unknown model; an admin's
+    certificate is refused."""
+    method = "llmpool.v1.GatewayService/AskHome"
+
+    def ask(model: str, role: str) -> Any:
+        body = {"gatewayId": "probe", "model": model, "prefix": "12345", "tokens": 4000}
+        return up_cluster.grpcurl("-d", json.dumps(body), up_cluster.controller, method, role=role)
+
+    answered = ask("sim-small", "gateway")
+    assert answered.returncode == 0, answered.stderr
+    assert json.loads(answered.stdout or "{}").get("memberId", "") == ""
+    unknown = ask("no-such-model", "gateway")
+    assert unknown.returncode != 0 and "NotFound" in unknown.stderr, unknown.stderr
+    denied = ask("sim-small", "admin")
+    assert denied.returncode != 0 and "PermissionDenied" in denied.stderr, denied.stderr
+
+
 def test_agent_refuses_a_shell_template_and_the_pool_status_says_why(
     up_cluster: Any, wait: Any, tmp_path: Any
 ) -> None:

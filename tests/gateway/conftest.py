@@ -278,6 +278,9 @@ class FakeController(gateway_pb2_grpc.GatewayServiceServicer):
         self.watchers = 0
         self.known_versions: list[int] = []
         self.reports: list[gateway_pb2.UsageReport] = []
+        # AskHome: the asks received, and the members to answer, in turn ("" once none left).
+        self.asks: list[gateway_pb2.AskHomeRequest] = []
+        self.answers: list[str] = []
         self._queues: list[asyncio.Queue[gateway_pb2.RoutingSnapshot]] = []
         self._server: grpc.aio.Server | None = None
 
@@ -313,6 +316,13 @@ class FakeController(gateway_pb2_grpc.GatewayServiceServicer):
         async for report in request_iterator:
             self.reports.append(report)
         return gateway_pb2.UsageAck()
+
+    async def AskHome(
+        self, request: gateway_pb2.AskHomeRequest, context: Any
+    ) -> gateway_pb2.AskHomeResponse:
+        self.asks.append(request)
+        answer = self.answers.pop(0) if self.answers else ""
+        return gateway_pb2.AskHomeResponse(member_id=answer)
 
 
 def metric(text: str, name: str, **labels: str) -> float:

@@ -13,7 +13,7 @@ from gateway.controller_link import ControllerLink
 from gateway.members import Member, idle_member
 from gateway.metrics import GatewayMetrics
 from gateway.policies import PickContext, PolicyRegistry, PrefixAware
-from gateway.policies.homes import overloaded
+from gateway.policies.homes import ASK_MIN_TOKENS, ASKED_S, overloaded
 from gateway.policies.prefix_aware import CHARS_PER_TOKEN
 from gateway.policies.shared_sends import STALE_S
 from gateway.routing import RoutingTable
@@ -157,3 +157,66 @@ async def test_a_report_with_urgent_news_goes_before_it_is_due() -> None:
     # News: it goes now, not in an hour.
     news[0] = True
     await asyncio.wait_for(waiting, timeout=10.0)
+
+
+def test_a_long_new_prefix_is_asked_for_and_its_answer_followed_until_snapshots_carry_it() -> None:
+    clock = FakeClock()
+    g = gateway(clock)
+    ctx = PickContext(model="m", payload={"prompt": GROUP + "one", "stream": True})
+    wanted = g.wants_home(MEMBERS, ctx)
+    assert wanted == (g.index.match(ctx.prefix_key).key, len(ctx.prefix_key) // CHARS_PER_TOKEN)
+    prefix = wanted[0]
+    # Whatever this gateway would have chosen, the controller's answer is where it goes.
+    for home in ("m1", "m0"):
+        fresh = gateway(clock)
+        fresh.told_home(prefix, home)
+        chosen, ctx = ask(fresh, "one")
+        assert chosen == home
+        assert ctx.ticket is not None and ctx.ticket.presumed
+    # Sent once, the prefix is no longer new: no second ask.
+    assert g.wants_home(MEMBERS, PickContext(model="m", payload={"prompt": GROUP})) is not None
+    g.told_home(prefix, "m1")
+    ask(g, "one")
+    assert g.wants_home(MEMBERS, PickContext(model="m", payload={"prompt": GROUP + "x"})) is None
+    # Snapshots built before the controller homed it do not drop the answer...
+    g.on_snapshot(MEMBERS)
+    assert g.homes.by_prefix == {prefix: "m1"}
+    clock.advance(ASKED_S / 2)
+    g.on_snapshot(MEMBERS)
+    assert g.homes.by_prefix == {prefix: "m1"}
+    # ...one that carries it takes over, and one that still lacks it past ASKED_S drops it.
+    g.on_snapshot(homed("m1", prefix))
+    assert g.homes.asked == {} and g.homes.by_prefix == {prefix: "m1"}
+    g.told_home(prefix + 1, "m0")
+    clock.advance(ASKED_S + 1)
+    g.on_snapshot(MEMBERS)
+    assert g.homes.by_prefix == {}
+
+
+def test_no_ask_for_short_prompts_a_gateway_alone_silent_caches_or_what_others_sent() -> None:
+    clock = FakeClock()
+    g = gateway(clock)
+    long = PickContext(model="m", payload={"prompt": GROUP})
+    prefix = g.index.first_key(long.prefix_key)
+    assert g.wants_home(MEMBERS, long) is not None
+    short = PickContext(model="m", payload={"prompt": GROUP[: ASK_MIN_TOKENS * 3]})
+    assert g.wants_home(MEMBERS, short) is None
+    assert gateway(clock, gateways=1).wants_home(MEMBERS, long) is None
+    silent = [MEMBERS[0], dataclasses.replace(MEMBERS[1], cache_tokens=0)]
+    assert g.wants_home(silent, long) is None
+    # Another gateway sent it lately: this one follows it there, as before.
+    sent = [
+        dataclasses.replace(
+            MEMBERS[0],
+            sent_prefixes=(prefix,),
+            sent_prefix_tokens=(2700,),
+            sent_prefix_senders=(1,),
+        ),
+        MEMBERS[1],
+    ]
+    g.on_snapshot(sent)
+    assert g.wants_home(sent, long) is None
+    # Homed already: no ask.
+    other = gateway(clock)
+    other.on_snapshot(homed("m0", prefix))
+    assert other.wants_home(MEMBERS, long) is None
