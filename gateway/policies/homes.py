@@ -121,13 +121,16 @@ class Homes:
             return -1
         return position.get(home, -1)
 
-    def claim(self, home: str, depth: dict[str, tuple[int, int]], blocks: int) -> str:
+    def claim(self, prefix: int, home: str, depth: dict[str, tuple[int, int]], blocks: int) -> str:
         """Makes the prefix's home (one of the candidates: at()) its only holder in `depth` (as
-        far as this gateway sent it there, else the whole prompt). Returns the home where this
+        far as this gateway sent it there, else the whole prompt; nothing where this gateway
+        asked for its home and has not sent it: new to every gateway then, its first send is a
+        prefill of it all, which teaches the member's speed). Returns the home where this
         gateway sent nothing of it: its ticket is presumed there (a miss is the home's first
         fill, not a verdict on its cache); else ""."""
         unseen = home not in depth
-        held = blocks if unseen else depth[home][0]
+        held = (0 if prefix in self.asked else blocks) if unseen else depth[home][0]
         depth.clear()
-        depth[home] = (held, 0)
+        if held:
+            depth[home] = (held, 0)
         return home if unseen else ""

@@ -316,7 +316,7 @@ class PrefixAware(Policy, name="prefix_aware"):
         at_home = self.homes.at(prefix, cols.position, now)
         presumed_at = ""
         if at_home >= 0:
-            presumed_at = self.homes.claim(cols.ids[at_home], depth, blocks)
+            presumed_at = self.homes.claim(prefix, cols.ids[at_home], depth, blocks)
             if not overloaded(ctx.loads(candidates), at_home):
                 # Sent home as every gateway sends it, unless load there is far past the others'.
                 return self._sent(candidates[at_home], match, ctx, bool(presumed_at), now)

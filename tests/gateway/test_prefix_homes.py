@@ -172,7 +172,10 @@ def test_a_long_new_prefix_is_asked_for_and_its_answer_followed_until_snapshots_
         fresh.told_home(prefix, home)
         chosen, ctx = ask(fresh, "one")
         assert chosen == home
+        # New to every gateway: its first send is a prefill of it all (a sample of the
+        # member's speed), not a hit presumed from another gateway's send.
         assert ctx.ticket is not None and ctx.ticket.presumed
+        assert ctx.ticket.held == 0 and ctx.ticket.new == g.index.match(ctx.prefix_key).blocks
     # Sent once, the prefix is no longer new: no second ask.
     assert g.wants_home(MEMBERS, PickContext(model="m", payload={"prompt": GROUP})) is not None
     g.told_home(prefix, "m1")
