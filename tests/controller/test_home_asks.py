@@ -4,8 +4,9 @@ snapshots then carry it."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -20,26 +21,12 @@ from gateway.usage import UsageTracker
 from llmpool.backoff import Backoff
 from llmpool.clock import SystemClock
 from llmpool.v1 import types_pb2
-from tests.support import eventually, no_task_leaks
+from tests.support import eventually
 
-from .conftest import make_settings
 from .fake_agent import FakeAgent
 from .test_integration import TEMPLATE, ready, target
 
 CACHE = 16_384
-
-
-@pytest.fixture()
-async def controller(tmp_path: Path) -> AsyncIterator[ControllerServer]:
-    """A started controller whose agents' replicas stay routed for the whole test without
-    reporting again (a lease of a minute)."""
-    async with no_task_leaks("controller."):
-        server = ControllerServer(make_settings(tmp_path / "data", lease_s=60.0))
-        await server.start()
-        try:
-            yield server
-        finally:
-            await server.stop()
 
 
 @pytest.fixture()
@@ -56,7 +43,14 @@ async def links(controller: ControllerServer) -> AsyncIterator[list[ControllerLi
         status = ready(message.start.replica_id)
         status.cache_tokens = CACHE
         replicas.append(status)
-    agent.report(replicas)
+
+    async def keep_reporting() -> None:
+        # Within the test controller's one-second lease: the replicas stay routed.
+        while True:
+            agent.report(replicas)
+            await asyncio.sleep(0.2)
+
+    reporting = asyncio.create_task(keep_reporting())
     made = []
     for gid in ("gw-a", "gw-b"):
         link = ControllerLink(
@@ -82,6 +76,9 @@ async def links(controller: ControllerServer) -> AsyncIterator[list[ControllerLi
     finally:
         for link in made:
             await link.close()
+        reporting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reporting
         await agent.close()
 
 
