@@ -9,12 +9,14 @@ controller costs one wait, not one per new prefix."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 import grpc.aio
 
+from gateway.members import Member
 from gateway.metrics import GatewayMetrics
+from gateway.policies import PickContext, Policy
 from llmpool.clock import Clock
 
 # A millisecond or two on a healthy controller; a long prompt's prefill is 100 ms and more.
@@ -50,6 +52,18 @@ class HomeAsks:
         self._max_pending = max_pending
         self._pending: dict[tuple[str, int], asyncio.Task[str]] = {}
         self._paused_until = float("-inf")
+
+    async def home(
+        self, policy: Policy, candidates: Sequence[Member], ctx: PickContext, model: str
+    ) -> None:
+        """Before a request's first pick: where the policy wants the prompt's prefix homed
+        (a long prompt new to every gateway), asks, and tells the policy the answer, so that
+        every gateway that gets the prefix first places it alike."""
+        wanted = policy.wants_home(candidates, ctx)
+        if wanted is not None:
+            member = await self.ask(model, *wanted)
+            if member:
+                policy.told_home(wanted[0], member)
 
     async def ask(self, model: str, prefix: int, tokens: int) -> str:
         """The member the controller homes the prefix on; "" where it gives none, or no

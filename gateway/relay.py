@@ -264,13 +264,8 @@ class Relay:
         )
         policy = route.policy
         if policy.asks and self._asks is not None:
-            # A long prompt whose prefix is new to every gateway: placed where the controller
-            # homes it, as every gateway that gets it first places it.
-            wanted = policy.wants_home(pool, ctx)
-            if wanted is not None:
-                home = await self._asks.ask(route.model, *wanted)
-                if home:
-                    policy.told_home(wanted[0], home)
+            # A long new prompt prefix goes where the controller homes it (home_asks.py).
+            await self._asks.home(policy, pool, ctx, route.model)
         for attempt in range(self._max_tries):
             if attempt:
                 pool = cooldowns.available(tuple(m for m in route.candidates if m.id not in tried))
