@@ -115,11 +115,7 @@ class PrefixHomes:
         now = self._clock.monotonic()
         homes[prefix] = Home(best, tokens, now, now)
         load[best] += tokens
-        if len(homes) > PER_POOL:
-            oldest = next(iter(homes))
-            gone = homes.pop(oldest)
-            if gone.member in load:
-                load[gone.member] -= gone.tokens
+        _trim(homes, load)
         return best
 
     def apply(self, routes: Routes) -> Routes:
@@ -193,9 +189,7 @@ class PrefixHomes:
         if new:
             self._place_new(homes, new, seen, size, caches, load, now)
         self._rebalance(pool, homes, live, caches, load, now)
-        while len(homes) > PER_POOL:
-            gone = homes.pop(next(iter(homes)))
-            load[gone.member] -= gone.tokens
+        _trim(homes, load)
         self._fill[pool] = (caches, load)
         return homes
 
@@ -309,6 +303,14 @@ class PrefixHomes:
         self._moved[(pool, mid)] = now
         left[(pool, mid, prefix)] = now
         return True
+
+
+def _trim(homes: dict[int, Home], load: dict[str, int]) -> None:
+    """Drops the oldest homes past PER_POOL, and their tokens from their members' load."""
+    while len(homes) > PER_POOL:
+        gone = homes.pop(next(iter(homes)))
+        if gone.member in load:
+            load[gone.member] -= gone.tokens
 
 
 def with_homes(route: ModelRoute, homes: dict[int, Home]) -> ModelRoute:
