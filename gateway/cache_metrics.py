@@ -96,8 +96,9 @@ def sent_prefixes(table: RoutingTable) -> dict[str, dict[int, int]]:
 
 
 class CacheEstimates(Collector):
-    """llmpool_gateway_member_cache_tokens and llmpool_gateway_prefix_predictions_total, per
-    model and member of the routes whose policy is prefix_aware (labels bounded by the table)."""
+    """llmpool_gateway_member_cache_tokens, llmpool_gateway_member_kv_room_tokens and
+    llmpool_gateway_prefix_predictions_total, per model and member of the routes whose policy is
+    prefix_aware (labels bounded by the table)."""
 
     def __init__(self, table: RoutingTable) -> None:
         self._table = table
@@ -121,6 +122,12 @@ class CacheEstimates(Collector):
             "union of their reports), which prefix_aware counts in its cache besides its own.",
             labels=["model", "backend"],
         )
+        room = GaugeMetricFamily(
+            "llmpool_gateway_member_kv_room_tokens",
+            "Prompt tokens prefix_aware saw a member unable to run at once: a prompt waited "
+            "for KV room beside this gateway's requests running there (0: none lately).",
+            labels=["model", "backend"],
+        )
         outcomes = CounterMetricFamily(
             "llmpool_gateway_prefix_predictions",
             "Requests prefix_aware expected to find their prefix cached, by what the answer "
@@ -140,6 +147,7 @@ class CacheEstimates(Collector):
                 mid = member.id
                 tokens.add_metric([model, mid], float(policy.cache_tokens(mid)))
                 others.add_metric([model, mid], foreign.get(mid, 0) * unit_tokens)
+                room.add_metric([model, mid], float(policy.room_tokens(mid)))
                 seen = policy.sizer.outcomes.get(mid)
                 if seen is not None:
                     outcomes.add_metric([model, mid, "hit"], float(seen.hits))
@@ -147,5 +155,6 @@ class CacheEstimates(Collector):
                     outcomes.add_metric([model, mid, "surprise"], float(seen.surprises))
         yield tokens
         yield others
+        yield room
         yield outcomes
         yield speed

@@ -11,6 +11,7 @@ from gateway.policies.cache_estimate import CacheSizer
 from gateway.policies.columns import Columns, evicted
 from gateway.policies.holders import cheapest_holder, drop_ended
 from gateway.policies.homes import Homes, overloaded
+from gateway.policies.kv_room import KvRooms
 from gateway.policies.missed import MissedPrefixes
 from gateway.policies.placement import Placement
 from gateway.policies.prefix_index import Match, PrefixIndex
@@ -48,6 +49,8 @@ class PrefixAware(Policy, name="prefix_aware"):
                                 prompt after our queue ahead of it could take: an engine
                                 thrashing, queueing behind other gateways' work or stuck,
                                 seen as it happens rather than when answers end)
+             + room units      (the wait for KV room, at a member seen unable to run as much
+                                prompt at once as ours running there and this one: kv_room.py)
              + spilled units   (a gateway alone, a prompt held elsewhere sent to a member of
                                 unknown cache: as many as it brings, taken to evict as much)
 
@@ -113,6 +116,8 @@ class PrefixAware(Policy, name="prefix_aware"):
         self._backlog: dict[str, Backlog] = {}
         # Those with requests in flight (entries) as last seen.
         self._busy: dict[str, Backlog] = {}
+        # What each member was seen unable to run at once (kv_room.py), in this index's units.
+        self.kv_rooms = KvRooms()
         self._cols: Columns | None = None
         self.drain_blocks_per_s = self._prefill_rate * CHARS_PER_TOKEN / block_chars
 
@@ -185,6 +190,7 @@ class PrefixAware(Policy, name="prefix_aware"):
         keep = {m.id for m in members}
         self.index.forget(keep)
         self.sizer.forget(keep)
+        self.kv_rooms.forget(keep)
         for gone in [m for m in self._backlog if m not in keep]:
             del self._backlog[gone]
             self._busy.pop(gone, None)
@@ -200,6 +206,12 @@ class PrefixAware(Policy, name="prefix_aware"):
         """The cache this gateway believes member_id has, in tokens (0: unbounded)."""
         return self.sizer.cap_tokens(member_id)
 
+    def room_tokens(self, member_id: str) -> int:
+        """Prompt tokens member_id was seen unable to run at once beside this gateway's requests
+        running there (kv_room.py; 0: none seen lately)."""
+        units = self.kv_rooms.bound(member_id, self.clock.monotonic())
+        return int(units * self.index.block_chars / CHARS_PER_TOKEN)
+
     def learned(self, member_ids: Iterable[str]) -> dict[str, tuple[int, float]]:
         """What this gateway learned of each member, for its usage report (CacheSizer.report)."""
         return self.sizer.report(member_ids)
@@ -210,6 +222,10 @@ class PrefixAware(Policy, name="prefix_aware"):
             backlog = self._backlog.get(ticket.member)
             if backlog is not None:
                 backlog.began(ticket)
+            if ttft_s is not None:
+                sizer = self.sizer
+                now = self.clock.monotonic()
+                self.kv_rooms.answered(ticket, ttft_s, sizer.judged_s, sizer.floor_s or 0.0, now)
             if ttft_s is not None and not ticket.judged and self.sizer.timed(ticket.member):
                 # Judged now, not a decode later: what its miss shows gone is not sent back
                 # there meanwhile (seen: three requests of a group queued there to miss).
@@ -448,6 +464,9 @@ class PrefixAware(Policy, name="prefix_aware"):
                 self.active_weight,
                 self._pruned(self._slack(blocks)),
             )
+            if self.kv_rooms.short:
+                rate = self.sizer.drain_rate(self.drain_blocks_per_s)
+                self.kv_rooms.charge(self._busy, cols.position, costs, match, rate, now)
 
     def _holder_wins(self, cols: Columns, match: Match, ctx: PickContext, now: float) -> int:
         """The position of the one member holding part of the prompt whose whole cost is below
@@ -507,6 +526,7 @@ class PrefixAware(Policy, name="prefix_aware"):
             now,
             match.hashes,
             reach=backlog.held.reach(match.key, held),
+            running=backlog.active,
         )
         backlog.add(match.key, new, now, ticket if ctx.payload.get("stream") else None)
         self._busy[mid] = backlog

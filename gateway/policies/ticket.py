@@ -35,3 +35,5 @@ class Ticket:
     reach: int = 0
     # Its outcome was judged (at its first byte where time alone tells, else at its end).
     judged: bool = False
+    # Units of this gateway's requests in flight there when it was sent (kv_room.py).
+    running: float = 0.0

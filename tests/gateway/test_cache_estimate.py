@@ -375,6 +375,8 @@ def test_gateway_exports_each_members_believed_cache() -> None:
     # Other gateways' sends, as this one counts them there.
     assert 'llmpool_gateway_member_others_tokens{backend="a",model="m"} 4800.0' in text
     assert 'llmpool_gateway_member_others_tokens{backend="b",model="m"} 0.0' in text
+    # No prompt seen waiting for KV room.
+    assert 'llmpool_gateway_member_kv_room_tokens{backend="a",model="m"} 0.0' in text
     # No prefill speed learned yet.
     assert 'llmpool_gateway_prefill_seconds_per_token{model="m"} 0.0' in text
 
