@@ -214,12 +214,14 @@ def learned_caches(texts: list[str]) -> str:
     predictions there had (llmpool_gateway_prefix_predictions_total), as
     'gw0 (45 us/token): engine-0 8k (12/3) +6k, ...' (the prefill speed it learned, 0: none;
     + what it counted of other gateways' sends there at the end, llmpool_gateway_member_
-    others_tokens, where any)."""
+    others_tokens, where any; 'room 6k': what it saw the member unable to run at once,
+    llmpool_gateway_member_kv_room_tokens, where any)."""
     out: list[str] = []
     for n, text in enumerate(texts):
         found: dict[str, float] = {}
         told: dict[tuple[str, str], float] = {}
         others: dict[str, float] = {}
+        room: dict[str, float] = {}
         speed = 0.0
         for line in text.splitlines():
             if line.startswith("llmpool_gateway_prefill_seconds_per_token{"):
@@ -230,6 +232,9 @@ def learned_caches(texts: list[str]) -> str:
             elif line.startswith("llmpool_gateway_member_others_tokens{"):
                 labels, _, value = line.rpartition(" ")
                 others[_label(labels, "backend")] = float(value)
+            elif line.startswith("llmpool_gateway_member_kv_room_tokens{"):
+                labels, _, value = line.rpartition(" ")
+                room[_label(labels, "backend")] = float(value)
             elif line.startswith("llmpool_gateway_prefix_predictions_total{"):
                 labels, _, value = line.rpartition(" ")
                 told[(_label(labels, "backend"), _label(labels, "outcome"))] = float(value)
@@ -240,6 +245,7 @@ def learned_caches(texts: list[str]) -> str:
                     f"{k} {v / 1000:.0f}k ({told.get((k, 'hit'), 0):.0f}/"
                     f"{told.get((k, 'miss'), 0):.0f})"
                     + (f" +{others[k] / 1000:.0f}k" if others.get(k) else "")
+                    + (f" room {room[k] / 1000:.0f}k" if room.get(k) else "")
                     for k, v in sorted(found.items())
                 )
             )
@@ -415,7 +421,8 @@ def render(
                         "What prefix_aware did: how many members served a group or session "
                         "(on average; a member counts where it served 10% of it), and the "
                         "caches it learned (tokens, per gateway; with its predictions there, "
-                        "hits/misses):",
+                        "hits/misses; +: other gateways' sends it counted there; room: the "
+                        "prompt it saw the member unable to run at once):",
                         "",
                         *learned,
                         "",

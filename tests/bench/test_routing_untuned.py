@@ -85,9 +85,11 @@ def test_learned_caches_are_read_from_each_gateways_metrics() -> None:
         'llmpool_gateway_prefill_seconds_per_token{model="bench-routing"} 4.5e-05\n'
         'llmpool_gateway_member_others_tokens{backend="engine-1",model="bench-routing"} 6000.0\n'
         'llmpool_gateway_member_others_tokens{backend="engine-0",model="bench-routing"} 0.0\n'
+        'llmpool_gateway_member_kv_room_tokens{backend="engine-0",model="bench-routing"} 12160.0\n'
+        'llmpool_gateway_member_kv_room_tokens{backend="engine-1",model="bench-routing"} 0.0\n'
     )
     assert learned_caches([text, ""]) == (
-        "gw0 (45 us/token): engine-0 8k (12/3), engine-1 262k (0/0) +6k"
+        "gw0 (45 us/token): engine-0 8k (12/3) room 12k, engine-1 262k (0/0) +6k"
     )
 
 
