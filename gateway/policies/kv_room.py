@@ -66,9 +66,9 @@ class KvRooms:
         # answer any request had, whichever is more (with prompts all alike, the fastest is
         # one whole prefill: the two do not add up).
         alone = max(unit_s * (ticket.new + ticket.held + ticket.queued), floor_s)
-        short = self.short.get(member)
         if ttft_s > STALL_MARGIN * alone:
             waited = ttft_s - alone
+            short = self._live(member, now)
             if short is None:
                 self.short[member] = _Short(total, waited, now)
             else:
@@ -79,11 +79,8 @@ class KvRooms:
     def cost(self, member: str, running: float, new: float, rate: float, now: float) -> float:
         """What a prompt of `new` units costs at member for the room it may wait for, with
         `running` units of ours in flight there (units; `rate`: units a second it prefills)."""
-        short = self.short.get(member)
+        short = self._live(member, now)
         if short is None or running + new < short.units:
-            return 0.0
-        if now - short.seen_at > TTL_S:
-            del self.short[member]
             return 0.0
         return short.wait_s * rate
 
@@ -109,8 +106,16 @@ class KvRooms:
 
     def bound(self, member: str, now: float) -> float:
         """The units member was seen unable to run at once (0.0: none, or lapsed)."""
+        short = self._live(member, now)
+        return short.units if short is not None else 0.0
+
+    def _live(self, member: str, now: float) -> _Short | None:
+        """The member's bound, dropped once TTL_S passed without another wait."""
         short = self.short.get(member)
-        return short.units if short is not None and now - short.seen_at <= TTL_S else 0.0
+        if short is not None and now - short.seen_at > TTL_S:
+            del self.short[member]
+            return None
+        return short
 
     def forget(self, keep: set[str]) -> None:
         for m in [m for m in self.short if m not in keep]:
