@@ -4,11 +4,18 @@ time: a request waits on one at most ASK_TIMEOUT_S, and then goes where the gate
 One ask per prefix at a time (requests for a prefix that is being asked for wait on that ask);
 at most MAX_PENDING at once (past that a request is placed without asking); none while the
 controller is away; and none for PAUSE_S after one failed or timed out, so that a slow
-controller costs one wait, not one per new prefix."""
+controller costs one wait, not one per new prefix.
+
+Where the policy's new prefixes do not recur (Policy.asks_ahead: a pool of unique prompts), a
+request does not wait: it takes the home booked for the model by an ask made after the previous
+new prefix (a made-up prefix, homed as the controller homes any: balanced over the members by
+cache; it lapses there unsent, HOME_TTL_S) and books the next. A request that finds no booking
+back (the first, or one close behind the previous) waits on an ask of its own, as before."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
@@ -23,6 +30,10 @@ from llmpool.clock import Clock
 ASK_TIMEOUT_S = 0.05
 PAUSE_S = 1.0
 MAX_PENDING = 64
+# A home booked ahead is taken no later than this after its answer (the controller keeps a home
+# unsent this long, HOME_TTL_S); it is asked for this long after the request that books it.
+AHEAD_S = 30.0
+BOOK_AFTER_S = 0.05
 
 # (model, prefix, tokens, timeout in seconds) -> the member the prefix is homed on ("": none).
 AskCall = Callable[[str, int, int, float], Awaitable[str]]
@@ -42,6 +53,7 @@ class HomeAsks:
         timeout_s: float = ASK_TIMEOUT_S,
         pause_s: float = PAUSE_S,
         max_pending: int = MAX_PENDING,
+        book_after_s: float = BOOK_AFTER_S,
     ) -> None:
         self._call = call
         self._ready = ready
@@ -50,8 +62,13 @@ class HomeAsks:
         self._timeout_s = timeout_s
         self._pause_s = pause_s
         self._max_pending = max_pending
+        self._book_after_s = book_after_s
         self._pending: dict[tuple[str, int], asyncio.Task[str]] = {}
         self._paused_until = float("-inf")
+        # Model -> a home booked ahead, and when it came; model -> the booking under way.
+        self._ahead: dict[str, tuple[str, float]] = {}
+        self._booking: dict[str, asyncio.Task[None]] = {}
+        self._keys = random.Random()
 
     async def home(
         self, policy: Policy, candidates: Sequence[Member], ctx: PickContext, model: str
@@ -60,10 +77,43 @@ class HomeAsks:
         (a long prompt new to every gateway), asks, and tells the policy the answer, so that
         every gateway that gets the prefix first places it alike."""
         wanted = policy.wants_home(candidates, ctx)
-        if wanted is not None:
-            member = await self.ask(model, *wanted)
-            if member:
-                policy.told_home(wanted[0], member)
+        if wanted is None:
+            return
+        prefix, tokens = wanted
+        member = ""
+        if policy.asks_ahead():
+            member = self._take_ahead(model, candidates)
+            self._book_ahead(model, tokens)
+        if member:
+            self._outcomes.labels("ahead").inc()
+        else:
+            member = await self.ask(model, prefix, tokens)
+        if member:
+            policy.told_home(prefix, member)
+
+    def _take_ahead(self, model: str, candidates: Sequence[Member]) -> str:
+        booked = self._ahead.pop(model, None)
+        if booked is None or self._clock.monotonic() - booked[1] > AHEAD_S:
+            return ""
+        member = booked[0]
+        return member if any(m.id == member for m in candidates) else ""
+
+    def _book_ahead(self, model: str, tokens: int) -> None:
+        if model in self._booking or (
+            model not in self._ahead and len(self._ahead) >= self._max_pending
+        ):
+            return
+        task = asyncio.create_task(self._book(model, tokens))
+        self._booking[model] = task
+        task.add_done_callback(lambda _: self._booking.pop(model, None))
+
+    async def _book(self, model: str, tokens: int) -> None:
+        # After the request that books is on its way: the ask's gRPC work beside its send
+        # delayed it (p50 0.167 against 0.160 s; docs/benchmarks.md).
+        await asyncio.sleep(self._book_after_s)
+        member = await self.ask(model, self._keys.getrandbits(64), tokens)
+        if member:
+            self._ahead[model] = (member, self._clock.monotonic())
 
     async def ask(self, model: str, prefix: int, tokens: int) -> str:
         """The member the controller homes the prefix on; "" where it gives none, or no

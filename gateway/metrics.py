@@ -110,7 +110,9 @@ class GatewayMetrics:
             "Asks to the controller for a long new prompt prefix's home (prefix_aware with "
             "several gateways), by outcome (homed; none: the pool gives no homes; failed: an "
             "error or no answer in time, and asks pause a second; skipped: not asked, as the "
-            "controller is away, asks are paused or too many are pending).",
+            "controller is away, asks are paused or too many are pending; ahead: not asked, "
+            "as the pool's new prefixes do not recur: it took the home booked after the "
+            "previous one).",
             ["outcome"],
             registry=r,
         )

@@ -83,6 +83,7 @@ class Gateway:
     in_flight: dict[str, int] = field(default_factory=dict)
     reported: dict[str, int] = field(default_factory=dict)
     requests: dict[str, int] = field(default_factory=dict)
+    ahead: str = ""  # A home booked ahead (Setup.asks, HomeAsks).
 
 
 @dataclass(eq=False)
@@ -124,6 +125,7 @@ class VirtualRun:
                 built.on_snapshot(self.base)
             self.gateways.append(Gateway(built, self.base))
         self.homes = PrefixHomes(self.clock)
+        self._booked = 0
         self.usage = UsageAggregator(self.clock, ControllerMetrics(), ttl_s=5 * setup.report_s)
         self.flights: dict[SimSequence, Flight] = {}
         self.ttft: list[float] = []
@@ -289,7 +291,13 @@ class VirtualRun:
         homes (controller/grpc_gateway.py: AskHome)."""
         wanted = policy.wants_home(gw.members, ctx)
         if wanted is not None:
-            home = self.homes.ask(MODEL, *wanted)
+            home = ""
+            if policy.asks_ahead():
+                # HomeAsks: the home booked after the previous new prefix; the next is booked.
+                booked = (1 << 63) + self._booked
+                home, gw.ahead = gw.ahead, self.homes.ask(MODEL, booked, wanted[1])
+                self._booked += 1
+            home = home or self.homes.ask(MODEL, *wanted)
             if home:
                 policy.told_home(wanted[0], home)
 

@@ -231,8 +231,13 @@ class Policy:
         Called only where asks is true, on a request's first try."""
         return None
 
+    def asks_ahead(self) -> bool:
+        """Whether a home wants_home() names may be one booked ahead (HomeAsks), not one every
+        gateway gets for that prefix: the prefixes it named lately did not recur."""
+        return False
+
     def told_home(self, prefix: int, member_id: str) -> None:
-        """The controller homed the prefix wants_home() named on member_id."""
+        """The prefix wants_home() named is homed on member_id."""
 
     def on_gateways(self, count: int) -> None:
         """How many gateways route with this controller (0: not known), before on_snapshot."""

@@ -262,6 +262,10 @@ class PrefixAware(Policy, name="prefix_aware"):
             ctx.prefix_key, candidates, self.index, self.sends.by_prefix, CHARS_PER_TOKEN
         )
 
+    def asks_ahead(self) -> bool:
+        """Where long prompts' prefixes do not recur (Homes.unique)."""
+        return self.homes.unique()
+
     def told_home(self, prefix: int, member_id: str) -> None:
         self.homes.told(prefix, member_id, self.clock.monotonic())
 

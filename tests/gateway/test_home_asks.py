@@ -12,9 +12,12 @@ import httpx
 import pytest
 
 from gateway.app import parts_of
-from gateway.home_asks import PAUSE_S, HomeAsks
+from gateway.home_asks import AHEAD_S, PAUSE_S, HomeAsks
+from gateway.members import idle_member
 from gateway.metrics import GatewayMetrics
+from gateway.policies import PickContext
 from llmpool.clock import FakeClock
+from tests.support import eventually
 
 
 class Controller:
@@ -155,3 +158,67 @@ async def test_a_gateway_asks_before_a_long_new_prefix_is_sent_and_sends_it_ther
     assert len(controller.asks) == len(homes)
     page = (await http.get(gw.url + "/metrics")).text
     assert kit.metric(page, "llmpool_gateway_home_asks_total", outcome="homed") == len(homes)
+
+
+class Booking:
+    """A policy whose every prompt is new: it asks ahead when `ahead`, and keeps the homes."""
+
+    def __init__(self, ahead: bool) -> None:
+        self.ahead = ahead
+        self.next = 100
+        self.homes: dict[int, str] = {}
+
+    def wants_home(self, candidates: Any, ctx: Any) -> tuple[int, int]:
+        self.next += 2  # Even prefixes: the controller answers m0.
+        return self.next, 5000
+
+    def asks_ahead(self) -> bool:
+        return self.ahead
+
+    def told_home(self, prefix: int, member_id: str) -> None:
+        self.homes[prefix] = member_id
+
+
+CANDIDATES = [idle_member("m0"), idle_member("m1")]
+
+
+async def test_a_pool_of_unique_prompts_takes_homes_booked_ahead_without_waiting() -> None:
+    clock = FakeClock()
+    controller = Controller()
+    metrics = GatewayMetrics()
+    asks = HomeAsks(controller.call, lambda: True, clock, metrics, book_after_s=0.0)
+    policy: Any = Booking(ahead=True)
+    ctx = PickContext(model="p", payload={})
+    # The first waits on an ask of its own, and books the next.
+    first = asyncio.create_task(asks.home(policy, CANDIDATES, ctx, "p"))
+    await asyncio.sleep(0.01)
+    assert not first.done()
+    controller.release.set()
+    await asyncio.wait_for(first, timeout=5.0)
+    await eventually(lambda: len(controller.calls) == 2 and not asks._booking, what="booked")
+    booked = controller.calls[1][1]
+    assert controller.calls[0][1] == 102 and booked not in (102, 104)
+    # The next takes the booking at once: its own prefix is never asked for.
+    controller.release.clear()
+    await asyncio.wait_for(asks.home(policy, CANDIDATES, ctx, "p"), timeout=1.0)
+    assert policy.homes == {102: "m0", 104: f"m{booked % 2}"}
+    assert all(call[1] != 104 for call in controller.calls)
+    assert metrics.home_asks.labels("ahead")._value.get() == 1
+    # A booking past AHEAD_S, or on a member no longer a candidate, is not taken.
+    controller.release.set()
+    await eventually(lambda: len(controller.calls) == 3 and not asks._booking, what="booked")
+    clock.advance(AHEAD_S + 1)
+    await asyncio.wait_for(asks.home(policy, CANDIDATES, ctx, "p"), timeout=5.0)
+    assert controller.calls[3][1] == 106 and policy.homes[106] == "m0"
+    await eventually(lambda: len(controller.calls) == 5 and not asks._booking, what="booked")
+    gone = [m for m in CANDIDATES if m.id != f"m{controller.calls[4][1] % 2}"]
+    await asyncio.wait_for(asks.home(policy, gone, ctx, "p"), timeout=5.0)
+    assert controller.calls[5][1] == 108
+    # Where prefixes recur, every new one waits on its own ask; nothing is booked.
+    await eventually(lambda: not asks._booking, what="no booking under way")
+    calls = len(controller.calls)
+    policy.ahead = False
+    await asyncio.wait_for(asks.home(policy, CANDIDATES, ctx, "p"), timeout=5.0)
+    await asyncio.sleep(0.01)
+    assert [c[1] for c in controller.calls[calls:]] == [110]
+    assert metrics.home_asks.labels("ahead")._value.get() == 1

@@ -13,7 +13,7 @@ from gateway.controller_link import ControllerLink
 from gateway.members import Member, idle_member
 from gateway.metrics import GatewayMetrics
 from gateway.policies import PickContext, PolicyRegistry, PrefixAware
-from gateway.policies.homes import ASK_MIN_TOKENS, ASKED_S, overloaded
+from gateway.policies.homes import ASK_MIN_TOKENS, ASKED_S, RECUR_WINDOW, overloaded
 from gateway.policies.prefix_aware import CHARS_PER_TOKEN
 from gateway.policies.shared_sends import STALE_S
 from gateway.routing import RoutingTable
@@ -223,3 +223,31 @@ def test_no_ask_for_short_prompts_a_gateway_alone_silent_caches_or_what_others_s
     other = gateway(clock)
     other.on_snapshot(homed("m0", prefix))
     assert other.wants_home(MEMBERS, long) is None
+
+
+def test_homes_are_booked_ahead_only_while_no_long_prompt_recurs() -> None:
+    clock = FakeClock()
+    g = gateway(clock)
+
+    def new(i: int) -> PickContext:
+        # Unique from the first block on: no prefix in common with the others.
+        return PickContext(model="m", payload={"prompt": f"{i:06d} " + GROUP})
+
+    for i in range(RECUR_WINDOW):
+        assert not g.asks_ahead()
+        wanted = g.wants_home(MEMBERS, new(i))
+        assert wanted is not None
+        g.told_home(wanted[0], "m0")
+    # The last RECUR_WINDOW long prompts were all new.
+    assert g.asks_ahead()
+    # Short prompts say nothing either way.
+    g.wants_home(MEMBERS, PickContext(model="m", payload={"prompt": "hi"}))
+    assert g.asks_ahead()
+    # One that recurs (homed on its ask) stops the booking, for a whole window of new ones.
+    assert g.wants_home(MEMBERS, new(0)) is None
+    assert not g.asks_ahead()
+    for i in range(RECUR_WINDOW - 1):
+        g.wants_home(MEMBERS, new(100 + i))
+        assert not g.asks_ahead()
+    g.wants_home(MEMBERS, new(200))
+    assert g.asks_ahead()
