@@ -46,7 +46,7 @@ ASK_MIN_TOKENS = 1000
 ASKED_S = 5.0
 ASKED_MAX = 4096
 # The long prompts whose prefixes' recurrence decides whether asks wait (unique()).
-RECUR_WINDOW = 16
+RECUR_WINDOW = 8
 
 
 def overloaded(loads: Sequence[float], i: int) -> bool:
