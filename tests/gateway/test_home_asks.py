@@ -222,3 +222,43 @@ async def test_a_pool_of_unique_prompts_takes_homes_booked_ahead_without_waiting
     await asyncio.sleep(0.01)
     assert [c[1] for c in controller.calls[calls:]] == [110]
     assert metrics.home_asks.labels("ahead")._value.get() == 1
+
+
+async def test_a_gateway_of_unique_prompts_books_homes_ahead_and_sends_there_at_once(
+    kit: Any, engines: Any, controller: Any, gateway_factory: Any, http: httpx.AsyncClient
+) -> None:
+    a, b = await engines("a"), await engines("b")
+    members = [kit.member(e.name, e.url) for e in (a, b)]
+    for m in members:
+        m.cache_tokens = 16_384
+    controller.full = kit.snapshot(1, [kit.route("m1", members, "prefix_aware", gateways=2)])
+    gw = await gateway_factory(f"127.0.0.1:{controller.port}")
+    await kit.wait_until(lambda: parts_of(gw.app).link.ready(), what="linked")
+
+    async def chat(i: int) -> str:
+        message = {"role": "user", "content": f"{i} {LONG}"}
+        body = {"model": "m1", "messages": [message], "max_tokens": 1}
+        resp = await http.post(gw.url + "/v1/chat/completions", json=body)
+        assert resp.status_code == 200, resp.text
+        return str(resp.headers["x-llmpool-member"])
+
+    async def answered(count: int) -> bool:
+        page = (await http.get(gw.url + "/metrics")).text
+        return bool(kit.metric(page, "llmpool_gateway_home_asks_total", outcome="homed") == count)
+
+    # Eight new prompts in a row, each asked for; the ninth is asked for too, and books the
+    # next home (b) once it is on its way.
+    controller.answers = ["a", "b"] * 4 + ["a", "b"]
+    for i in range(9):
+        assert await chat(i) == "ab"[i % 2]
+    await eventually(lambda: len(controller.asks) == 10, what="a booking")
+    await eventually(lambda: answered(10), what="the booking answered")
+    booked = controller.asks[9].prefix
+    assert booked not in {ask.prefix for ask in controller.asks[:9]}
+    # The tenth goes to the booked home without an ask of its own, and books the next.
+    controller.answers = ["a"]
+    assert await chat(9) == "b"
+    page = (await http.get(gw.url + "/metrics")).text
+    assert kit.metric(page, "llmpool_gateway_home_asks_total", outcome="ahead") == 1
+    await eventually(lambda: len(controller.asks) == 11, what="the next booking")
+    assert controller.asks[10].prefix not in {ask.prefix for ask in controller.asks[:10]}
