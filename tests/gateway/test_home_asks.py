@@ -115,17 +115,23 @@ async def test_any_error_from_the_controller_places_the_prompt_here(code: grpc.S
 LONG = "You are the support assistant of a large company; answer with care. " * 80
 
 
-async def test_a_gateway_asks_before_a_long_new_prefix_is_sent_and_sends_it_there(
-    kit: Any, engines: Any, controller: Any, gateway_factory: Any, http: httpx.AsyncClient
-) -> None:
+async def asking_gateway(kit: Any, engines: Any, controller: Any, gateway_factory: Any) -> Any:
+    """A gateway linked to the controller, which routes m1 to engines a and b (16k-token caches)
+    with prefix_aware and two gateways: it asks for new prefixes' homes."""
     a, b = await engines("a"), await engines("b")
     members = [kit.member(e.name, e.url) for e in (a, b)]
     for m in members:
         m.cache_tokens = 16_384
-    # Two gateways route with the controller: prefix_aware places new prefixes where asked.
     controller.full = kit.snapshot(1, [kit.route("m1", members, "prefix_aware", gateways=2)])
     gw = await gateway_factory(f"127.0.0.1:{controller.port}")
     await kit.wait_until(lambda: parts_of(gw.app).link.ready(), what="linked")
+    return gw
+
+
+async def test_a_gateway_asks_before_a_long_new_prefix_is_sent_and_sends_it_there(
+    kit: Any, engines: Any, controller: Any, gateway_factory: Any, http: httpx.AsyncClient
+) -> None:
+    gw = await asking_gateway(kit, engines, controller, gateway_factory)
 
     async def chat(system: str, question: str) -> str:
         body = {
@@ -191,7 +197,7 @@ async def test_a_pool_of_unique_prompts_takes_homes_booked_ahead_without_waiting
     ctx = PickContext(model="p", payload={})
     # The first waits on an ask of its own, and books the next.
     first = asyncio.create_task(asks.home(policy, CANDIDATES, ctx, "p"))
-    await asyncio.sleep(0.01)
+    await eventually(lambda: controller.calls, what="the first ask")
     assert not first.done()
     controller.release.set()
     await asyncio.wait_for(first, timeout=5.0)
@@ -219,7 +225,7 @@ async def test_a_pool_of_unique_prompts_takes_homes_booked_ahead_without_waiting
     calls = len(controller.calls)
     policy.ahead = False
     await asyncio.wait_for(asks.home(policy, CANDIDATES, ctx, "p"), timeout=5.0)
-    await asyncio.sleep(0.01)
+    assert not asks._booking  # No booking under way, nor made (no ask but its own).
     assert [c[1] for c in controller.calls[calls:]] == [110]
     assert metrics.home_asks.labels("ahead")._value.get() == 1
 
@@ -227,13 +233,7 @@ async def test_a_pool_of_unique_prompts_takes_homes_booked_ahead_without_waiting
 async def test_a_gateway_of_unique_prompts_books_homes_ahead_and_sends_there_at_once(
     kit: Any, engines: Any, controller: Any, gateway_factory: Any, http: httpx.AsyncClient
 ) -> None:
-    a, b = await engines("a"), await engines("b")
-    members = [kit.member(e.name, e.url) for e in (a, b)]
-    for m in members:
-        m.cache_tokens = 16_384
-    controller.full = kit.snapshot(1, [kit.route("m1", members, "prefix_aware", gateways=2)])
-    gw = await gateway_factory(f"127.0.0.1:{controller.port}")
-    await kit.wait_until(lambda: parts_of(gw.app).link.ready(), what="linked")
+    gw = await asking_gateway(kit, engines, controller, gateway_factory)
 
     async def chat(i: int) -> str:
         message = {"role": "user", "content": f"{i} {LONG}"}
