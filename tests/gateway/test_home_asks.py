@@ -16,6 +16,7 @@ from gateway.home_asks import AHEAD_S, PAUSE_S, HomeAsks
 from gateway.members import idle_member
 from gateway.metrics import GatewayMetrics
 from gateway.policies import PickContext
+from gateway.policies.homes import RECUR_WINDOW
 from llmpool.clock import FakeClock
 from tests.support import eventually
 
@@ -246,19 +247,19 @@ async def test_a_gateway_of_unique_prompts_books_homes_ahead_and_sends_there_at_
         page = (await http.get(gw.url + "/metrics")).text
         return bool(kit.metric(page, "llmpool_gateway_home_asks_total", outcome="homed") == count)
 
-    # Eight new prompts in a row, each asked for; the ninth is asked for too, and books the
-    # next home (b) once it is on its way.
-    controller.answers = ["a", "b"] * 4 + ["a", "b"]
-    for i in range(9):
-        assert await chat(i) == "ab"[i % 2]
-    await eventually(lambda: len(controller.asks) == 10, what="a booking")
-    await eventually(lambda: answered(10), what="the booking answered")
-    booked = controller.asks[9].prefix
-    assert booked not in {ask.prefix for ask in controller.asks[:9]}
-    # The tenth goes to the booked home without an ask of its own, and books the next.
+    # Eight new prompts in a row, each asked for (a); with the eighth the window is all new,
+    # and once it is on its way the gateway books the next home (b).
+    controller.answers = ["a"] * RECUR_WINDOW + ["b"]
+    for i in range(RECUR_WINDOW):
+        assert await chat(i) == "a"
+    await eventually(lambda: len(controller.asks) == RECUR_WINDOW + 1, what="a booking")
+    await eventually(lambda: answered(RECUR_WINDOW + 1), what="the booking answered")
+    booked = controller.asks[RECUR_WINDOW].prefix
+    assert booked not in {ask.prefix for ask in controller.asks[:RECUR_WINDOW]}
+    # The next goes to the booked home without an ask of its own, and books the one after.
     controller.answers = ["a"]
-    assert await chat(9) == "b"
+    assert await chat(RECUR_WINDOW) == "b"
     page = (await http.get(gw.url + "/metrics")).text
     assert kit.metric(page, "llmpool_gateway_home_asks_total", outcome="ahead") == 1
-    await eventually(lambda: len(controller.asks) == 11, what="the next booking")
-    assert controller.asks[10].prefix not in {ask.prefix for ask in controller.asks[:10]}
+    await eventually(lambda: len(controller.asks) == RECUR_WINDOW + 2, what="the next booking")
+    assert controller.asks[-1].prefix not in {ask.prefix for ask in controller.asks[:-1]}
