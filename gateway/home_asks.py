@@ -99,9 +99,8 @@ class HomeAsks:
         return member if any(m.id == member for m in candidates) else ""
 
     def _book_ahead(self, model: str, tokens: int) -> None:
-        if model in self._booking or (
-            model not in self._ahead and len(self._ahead) >= self._max_pending
-        ):
+        # _take_ahead() took the model's booking already: the others' bound the count.
+        if model in self._booking or len(self._ahead) >= self._max_pending:
             return
         task = asyncio.create_task(self._book(model, tokens))
         self._booking[model] = task
