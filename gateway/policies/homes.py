@@ -64,10 +64,8 @@ class Homes:
         # Prefix -> its home as the controller answered an ask, and when (until snapshots
         # carry it).
         self.asked: dict[int, tuple[str, float]] = {}
-        # Whether each of the last RECUR_WINDOW long prompts' prefixes was known (wants()), and
-        # how many were.
+        # Whether each of the last RECUR_WINDOW long prompts' prefixes was known (wants()).
         self._known: deque[bool] = deque(maxlen=RECUR_WINDOW)
-        self._recurring = 0
 
     def take(self, members: Sequence[Member], index: PrefixIndex, now: float) -> None:
         """The snapshot's homes: a prefix homed somewhere new is forgotten everywhere else in
@@ -121,17 +119,13 @@ class Homes:
             if m.cache_tokens <= 0:
                 return None
         known = prefix in self.by_prefix or index.holds(prefix) or prefix in sent
-        window = self._known
-        if len(window) == RECUR_WINDOW:
-            self._recurring -= window[0]
-        window.append(known)
-        self._recurring += known
+        self._known.append(known)
         return None if known else (prefix, len(key) // chars_per_token)
 
     def unique(self) -> bool:
         """Whether none of the last RECUR_WINDOW long prompts' prefixes was known (a pool of
         unique prompts: homes may be booked ahead, HomeAsks)."""
-        return not self._recurring and len(self._known) == RECUR_WINDOW
+        return len(self._known) == RECUR_WINDOW and not any(self._known)
 
     def told(self, prefix: int, home: str, now: float) -> None:
         """The controller's answer to an ask: followed as a home from now on."""
