@@ -432,8 +432,14 @@ class PrefixAware(Policy, name="prefix_aware"):
 
     def _slack(self, blocks: int) -> float:
         """How far over the cheapest a prompt may be placed (and queues are costed, _pruned):
-        the learned chance another gateway placed it already x its size, or half a request."""
-        return max(self.shared * blocks, 0.5 * self.request_blocks)
+        the learned chance another gateway placed it already x its size, or half a request.
+        A gateway alone (no other known, none of their sends told) takes that chance as nil:
+        nobody else places prompts, and a wider slack only let rendezvous pick a costlier
+        member (shared prefixes on silent engines, virtual time, seeds 5-12: 13 of 16 within
+        1.5x of the oracle, 16 of 16 without)."""
+        alone = self.gateways <= 1 and not self.sends.placed
+        shared = 0.0 if alone else self.shared
+        return max(shared * blocks, 0.5 * self.request_blocks)
 
     def _pruned(self, slack: float) -> float:
         """How far over some member's whole cost queues are costed (tests: all, to compare)."""
