@@ -15,6 +15,7 @@ from gateway.policies.kv_room import KvRooms
 from gateway.policies.missed import MissedPrefixes
 from gateway.policies.placement import Placement
 from gateway.policies.prefix_index import Match, PrefixIndex
+from gateway.policies.prefix_reports import PrefixReports
 from gateway.policies.shared_sends import STALE_S, SharedSends
 from gateway.policies.ticket import Ticket
 
@@ -31,7 +32,7 @@ _SHARED_ALPHA = 0.05
 _SHARED_PLACE = 0.1
 
 
-class PrefixAware(Policy, name="prefix_aware"):
+class PrefixAware(PrefixReports, Policy, name="prefix_aware"):
     """Prefix-cache-aware routing by estimated work, after Dynamo's KV router (see
     docs/policies.md). For each candidate, in units of the index's first block size:
 
@@ -197,25 +198,6 @@ class PrefixAware(Policy, name="prefix_aware"):
         self._cols = None
         self.placement.update(members)
 
-    def backlog_blocks(self, member_id: str) -> float:
-        """Units this gateway's requests to member_id have left to prefill, as last counted."""
-        backlog = self._backlog.get(member_id)
-        return backlog.left if backlog is not None else 0.0
-
-    def cache_tokens(self, member_id: str) -> int:
-        """The cache this gateway believes member_id has, in tokens (0: unbounded)."""
-        return self.sizer.cap_tokens(member_id)
-
-    def room_tokens(self, member_id: str) -> int:
-        """Prompt tokens member_id was seen unable to run at once beside this gateway's requests
-        running there (kv_room.py; 0: none seen lately)."""
-        units = self.kv_rooms.bound(member_id, self.clock.monotonic())
-        return int(units * self.index.block_chars / CHARS_PER_TOKEN)
-
-    def learned(self, member_ids: Iterable[str]) -> dict[str, tuple[int, float]]:
-        """What this gateway learned of each member, for its usage report (CacheSizer.report)."""
-        return self.sizer.report(member_ids)
-
     def began(self, ticket: object, ttft_s: float | None = None) -> None:
         if isinstance(ticket, Ticket):
             ticket.started = True
@@ -253,47 +235,6 @@ class PrefixAware(Policy, name="prefix_aware"):
             self.shared += _SHARED_ALPHA * ((1.0 if hit else 0.0) - self.shared)
         for prefix in sizer.forgot:  # Shown gone by a miss, or waited for room.
             self.missed.note(prefix, member)
-
-    def wants_home(self, candidates: Sequence[Member], ctx: PickContext) -> tuple[int, int] | None:
-        """With several gateways, a long prompt's prefix new to all (Homes.wants)."""
-        if self.gateways < 2:
-            return None
-        return self.homes.wants(
-            ctx.prefix_key, candidates, self.index, self.sends.by_prefix, CHARS_PER_TOKEN
-        )
-
-    def asks_ahead(self) -> bool:
-        """Where long prompts' prefixes do not recur (Homes.unique)."""
-        return self.homes.unique()
-
-    def told_home(self, prefix: int, member_id: str) -> None:
-        self.homes.told(prefix, member_id, self.clock.monotonic())
-
-    def drain_sent(self) -> dict[str, dict[int, int]]:
-        """The prefixes this gateway sent each member since the last call, with their prompts'
-        sizes in tokens, for its usage report."""
-        tokens = self.index.block_chars / CHARS_PER_TOKEN
-        return {
-            mid: {prefix: max(1, int(units * tokens)) for prefix, units in sent.items()}
-            for mid, sent in self.sends.drain(self.clock.monotonic()).items()
-        }
-
-    def urgent(self) -> bool:
-        """Whether the others need to hear before the next usage report is due: with several
-        gateways, a homed prefix found missing at a member (the controller moves a home that its
-        member did not keep: each report's wait is requests sent there to miss)."""
-        homes = self.homes.by_prefix
-        return self.gateways > 1 and bool(homes) and self.missed.pending(homes)
-
-    def drain_missed(self) -> dict[str, list[int]]:
-        """The prefixes this gateway found members no longer held since the last call, per
-        member, for its usage report."""
-        return self.missed.drain()
-
-    def drain_verdicts(self) -> dict[str, list[tuple[int, bool]]]:
-        """The verdicts on this gateway's predictions since the last call, per member, for its
-        usage report (CacheSizer.drain_verdict_tokens)."""
-        return self.sizer.drain_verdict_tokens()
 
     def _columns(self, candidates: Sequence[Member], reported: Mapping[str, int]) -> Columns:
         """What pick() reads of each candidate that stays put between snapshots and usage
