@@ -204,11 +204,19 @@ class CacheSizer:
 
     def learned_tokens(self) -> dict[str, int]:
         """The cache, in tokens, this gateway learned (from its answers or from other gateways)
-        each member has, where that is below the member's report or it reports none."""
+        each member has, where that is below the member's report or, where it reports none,
+        other than the starting guess. (A member's first window decided without a change left
+        the guess there, and it went out as learned: two of three gateways sending it made it
+        the lower median, over the third's bound of 10k tokens, and every gateway took it back
+        as learned. Four equal silent engines, three gateways, seeds 5-12: mean p99 1.33 s,
+        1.21 s without.)"""
+        guess = self.index.member_blocks
         return {
             mid: self.cap_tokens(mid)
             for mid, seen in self.outcomes.items()
-            if seen.resized and self.cap_units(mid) < self.reported.get(mid, UNBOUNDED)
+            if seen.resized
+            and self.cap_units(mid) < self.reported.get(mid, UNBOUNDED)
+            and (mid in self.reported or self.cap_units(mid) != guess)
         }
 
     def drain_verdicts(self) -> dict[str, list[tuple[int, bool]]]:

@@ -182,6 +182,13 @@ def test_a_mixed_window_below_the_threshold_leaves_the_cap() -> None:
         # One miss in four, then two in eight: the odd miss, not a cache too small.
         s.settle(Ticket("m", 100, 2, 0.0), 0.5 if i in (0, 4, 9) else 0.01, 0)
     assert s.cap_units("m") == 1000
+    # Windows decided, the cap still the starting guess: nothing learned to tell the others
+    # (the controller would hand it out as learned, over a cap another gateway found).
+    assert s.outcomes["m"].resized
+    assert s.learned_tokens() == {} and s.report(["m"]) == {"m": (0, s.token_s())}
+    # The guess taken from the others counts as nothing learned either.
+    s.on_shared("m", 1000 * 128 // 4)
+    assert s.learned_tokens() == {}
 
 
 def test_the_depth_that_splits_hits_from_misses_bounds_the_cache() -> None:
