@@ -12,9 +12,13 @@ URGENT_S, when the policy has news the others need now (PrefixAware.urgent), as 
 ControllerLink sends it; the loads reach every gateway as members snapshot_s later. Request i
 goes to gateway i mod N, as in bench.routing.
 
-What it leaves out: the network, the gateways' and controller's own CPU time (which
-bench.routing, at --speedup 4, counts four times over), failures, and the first request's
-cold connections. Times are engine seconds. bench.routing stays the measure; this is for
+What it leaves out: failures, the first request's cold connections, the controller's own CPU
+time, and by default the time between gateway and engine. In a real run that time is the
+gateways' CPU and the network, which bench.routing at --speedup 4 counts four times over.
+Setup.host_ms (--host-ms) puts it back as a random delay each way. About 30 ms reproduces a
+real run's time to first token, and what the gateways learn in it: with three gateways and
+silent engines, no cap at all in most real runs, and none here. Without it, timing tells hits
+from misses more sharply than it does on real processes. Times are engine seconds. bench.routing stays the measure; this is for
 trying a change over many seeds before measuring it there."""
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import dataclasses
 import heapq
 import itertools
 import math
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -64,6 +69,12 @@ class Setup:
     # (GatewayService.AskHome, answered at once here; the others hear of it at the next
     # snapshot, or ask for it themselves). False: they place it as each knows, to compare.
     asks: bool = True
+    # Milliseconds of engine time a request spends between gateway and engine, both ways
+    # together, on average: the gateway's and the network's share of a real run's time to
+    # first token (bench.routing at --speedup 4 counts it four times over; 30-35 ms in its
+    # multi-turn runs). Each way takes a quarter to three quarters of it, drawn per request.
+    # 0: none, as before.
+    host_ms: float = 0.0
 
 
 @dataclass(eq=False)
@@ -74,6 +85,9 @@ class Flight:
     ticket: object
     sent_at: float
     first_at: float | None = None
+    back_s: float = 0.0  # engine to gateway (Setup.host_ms)
+    cached: str = ""  # prompt tokens found cached / prompt tokens, for the trace
+    cached_tokens: int = 0
 
 
 @dataclass(eq=False)
@@ -136,6 +150,18 @@ class VirtualRun:
         self._order = itertools.count()
         # When each gateway's next usage report is due.
         self._due: list[float] = []
+        # Per request, seconds gateway to engine and back (Setup.host_ms): drawn once, the same
+        # for every policy run on these requests.
+        rng = random.Random(len(requests))
+        half = setup.host_ms / 2000.0
+        self._ways = [
+            (half * rng.uniform(0.5, 1.5), half * rng.uniform(0.5, 1.5)) if half else (0.0, 0.0)
+            for _ in requests
+        ]
+        # Requests on their way to an engine, and engines' answers on their way back.
+        self._going: dict[int, Flight] = {}
+        self._coming: dict[int, tuple[Flight, bool, bool]] = {}
+        self._notes = itertools.count()
 
     def _at(self, when: float, kind: str, arg: int) -> None:
         heapq.heappush(self._events, (when, next(self._order), kind, arg))
@@ -171,6 +197,10 @@ class VirtualRun:
                 self._at(min(when + URGENT_S, self._due[arg]), "report", arg)
             elif kind == "snapshot":
                 self._snapshot()
+            elif kind == "admit":
+                self._admit(self._going.pop(arg))
+            elif kind == "heard":
+                self._heard(*self._coming.pop(arg))
         return self.ttft
 
     def _arrive(self, i: int) -> None:
@@ -191,14 +221,26 @@ class VirtualRun:
             ticket = ctx.ticket
         gw.in_flight[mid] = gw.in_flight.get(mid, 0) + 1
         gw.requests[mid] = gw.requests.get(mid, 0) + 1
+        there, back = self._ways[i]
+        flight = Flight(request, g, mid, ticket, self.clock.monotonic(), back_s=back)
+        if there:
+            note = next(self._notes)
+            self._going[note] = flight
+            self._at(self.clock.monotonic() + there, "admit", note)
+        else:
+            self._admit(flight)
+
+    def _admit(self, flight: Flight) -> None:
+        """The request reaches its engine."""
+        request = flight.request
         text = render_chat([ChatMessage(r, c) for r, c in request.messages])
         tokens = [BOS, *tokenize(text)]
-        engine = self.engines[mid]
+        engine = self.engines[flight.member]
         seq = engine.scheduler.add(
             len(tokens), block_hashes(tokens, BLOCK_SIZE, MODEL), request.max_tokens
         )
-        self.flights[seq] = Flight(request, g, mid, ticket, self.clock.monotonic())
-        self._kick(mid)
+        self.flights[seq] = flight
+        self._kick(flight.member)
 
     def _kick(self, mid: str) -> None:
         engine = self.engines[mid]
@@ -218,34 +260,50 @@ class VirtualRun:
             flight = self.flights.get(event.seq)
             if flight is None:
                 continue
-            policy = self.gateways[flight.gateway].policy
-            if event.index == 0:
-                flight.first_at = now
-                ttft = now - flight.request.at_s
-                self.ttft.append(ttft)
-                self.trace.append(
-                    (
-                        flight.request.at_s,
-                        flight.request.affinity,
-                        flight.gateway,
-                        mid,
-                        ttft,
-                        f"{event.seq.cached_tokens}/{event.seq.prompt_tokens}",
-                    )
-                )
-                if policy is not None and policy.settles and flight.ticket is not None:
-                    policy.began(flight.ticket, now - flight.sent_at)
+            first = event.index == 0
+            if first:
+                flight.cached = f"{event.seq.cached_tokens}/{event.seq.prompt_tokens}"
             if event.finished:
                 del self.flights[event.seq]
-                gw = self.gateways[flight.gateway]
-                gw.in_flight[mid] -= 1
-                if not gw.in_flight[mid]:
-                    del gw.in_flight[mid]
-                if policy is not None and policy.settles and flight.ticket is not None:
-                    first = flight.first_at if flight.first_at is not None else now
-                    cached = event.seq.cached_tokens if self.setup.cached_usage else 0
-                    policy.settle(flight.ticket, first - flight.sent_at, cached)
+                flight.cached_tokens = event.seq.cached_tokens
+            if flight.back_s:
+                note = next(self._notes)
+                self._coming[note] = (flight, first, event.finished)
+                self._at(now + flight.back_s, "heard", note)
+            else:
+                self._heard(flight, first, event.finished)
         self._kick(mid)
+
+    def _heard(self, flight: Flight, first: bool, finished: bool) -> None:
+        """The gateway hears of the request's first token, or of its end."""
+        now = self.clock.monotonic()
+        policy = self.gateways[flight.gateway].policy
+        if first:
+            flight.first_at = now
+            ttft = now - flight.request.at_s
+            self.ttft.append(ttft)
+            self.trace.append(
+                (
+                    flight.request.at_s,
+                    flight.request.affinity,
+                    flight.gateway,
+                    flight.member,
+                    ttft,
+                    flight.cached,
+                )
+            )
+            if policy is not None and policy.settles and flight.ticket is not None:
+                policy.began(flight.ticket, now - flight.sent_at)
+        if finished:
+            mid = flight.member
+            gw = self.gateways[flight.gateway]
+            gw.in_flight[mid] -= 1
+            if not gw.in_flight[mid]:
+                del gw.in_flight[mid]
+            if policy is not None and policy.settles and flight.ticket is not None:
+                begun = flight.first_at if flight.first_at is not None else now
+                cached = flight.cached_tokens if self.setup.cached_usage else 0
+                policy.settle(flight.ticket, begun - flight.sent_at, cached)
 
     def _report(self, g: int) -> None:
         gw = self.gateways[g]
@@ -374,6 +432,12 @@ def main(argv: list[str] | None = None) -> int:
         help="gateways place a long new prefix as each knows, without asking the controller",
     )
     parser.add_argument(
+        "--host-ms",
+        type=float,
+        default=0.0,
+        help="engine milliseconds between gateway and engine, both ways (a real run's: ~30)",
+    )
+    parser.add_argument(
         "--trace", type=float, default=0.0, help="print requests slower than this (s)"
     )
     args = parser.parse_args(argv)
@@ -389,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         cached_usage=args.cached_usage,
         report_s=args.report_s,
         asks=not args.no_asks,
+        host_ms=args.host_ms,
     )
     count = max(1, int(args.rate * args.seconds))
     print(f"{args.workload} @ {args.rate:g}/s, {setup}")

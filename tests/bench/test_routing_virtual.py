@@ -33,6 +33,27 @@ def test_runs_are_deterministic_and_every_request_is_answered() -> None:
     assert {g for _, _, g, _, _, _ in first.trace} == {0, 1}
 
 
+def test_host_time_adds_to_every_answer_both_ways_and_runs_stay_deterministic() -> None:
+    requests = build("shared_prefix", 5, 8.0, 120, SHAPE)
+    bare = VirtualRun(Setup(kv_blocks=(512, 512)), ORACLE, requests).run()
+    hosted = Setup(kv_blocks=(512, 512), host_ms=30.0)
+    first = VirtualRun(hosted, ORACLE, requests)
+    slower = first.run()
+    assert len(slower) == len(requests)
+    # Each way takes 7.5-22.5 ms: no answer comes sooner than 15 ms past the quickest bare one.
+    assert min(slower) >= min(bare) + 0.015
+    assert 0.015 <= percentile(slower, 50) - percentile(bare, 50) <= 0.045
+    again = VirtualRun(hosted, ORACLE, requests)
+    again.run()
+    assert again.trace == first.trace
+    # A policy hears of first tokens and ends that late too, and every request still ends.
+    run = VirtualRun(
+        Setup(kv_blocks=(512, 512), gateways=2, host_ms=30.0), "prefix_aware", requests
+    )
+    assert len(run.run()) == len(requests)
+    assert all(not gw.in_flight for gw in run.gateways)
+
+
 def test_keeping_groups_on_one_engine_beats_scattering_them() -> None:
     # Four groups of 3,000 tokens on two 8k-token engines: two a engine fit, four do not.
     setup = Setup(kv_blocks=(512, 512))
