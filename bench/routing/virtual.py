@@ -18,8 +18,9 @@ gateways' CPU and the network, which bench.routing at --speedup 4 counts four ti
 Setup.host_ms (--host-ms) puts it back as a random delay each way. About 30 ms reproduces a
 real run's time to first token, and what the gateways learn in it: with three gateways and
 silent engines, no cap at all in most real runs, and none here. Without it, timing tells hits
-from misses more sharply than it does on real processes. Times are engine seconds. bench.routing stays the measure; this is for
-trying a change over many seeds before measuring it there."""
+from misses more sharply than it does on real processes. Times are engine seconds.
+bench.routing stays the measure; this is for trying a change over many seeds before measuring
+it there."""
 
 from __future__ import annotations
 
