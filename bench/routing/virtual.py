@@ -87,8 +87,7 @@ class Flight:
     sent_at: float
     first_at: float | None = None
     back_s: float = 0.0  # engine to gateway (Setup.host_ms)
-    cached: str = ""  # prompt tokens found cached / prompt tokens, for the trace
-    cached_tokens: int = 0
+    seq: SimSequence | None = None  # at the engine, once there
 
 
 @dataclass(eq=False)
@@ -240,6 +239,7 @@ class VirtualRun:
         seq = engine.scheduler.add(
             len(tokens), block_hashes(tokens, BLOCK_SIZE, MODEL), request.max_tokens
         )
+        flight.seq = seq
         self.flights[seq] = flight
         self._kick(flight.member)
 
@@ -262,11 +262,8 @@ class VirtualRun:
             if flight is None:
                 continue
             first = event.index == 0
-            if first:
-                flight.cached = f"{event.seq.cached_tokens}/{event.seq.prompt_tokens}"
             if event.finished:
                 del self.flights[event.seq]
-                flight.cached_tokens = event.seq.cached_tokens
             if flight.back_s:
                 note = next(self._notes)
                 self._coming[note] = (flight, first, event.finished)
@@ -279,6 +276,8 @@ class VirtualRun:
         """The gateway hears of the request's first token, or of its end."""
         now = self.clock.monotonic()
         policy = self.gateways[flight.gateway].policy
+        seq = flight.seq
+        assert seq is not None
         if first:
             flight.first_at = now
             ttft = now - flight.request.at_s
@@ -290,7 +289,7 @@ class VirtualRun:
                     flight.gateway,
                     flight.member,
                     ttft,
-                    flight.cached,
+                    f"{seq.cached_tokens}/{seq.prompt_tokens}",
                 )
             )
             if policy is not None and policy.settles and flight.ticket is not None:
@@ -303,7 +302,7 @@ class VirtualRun:
                 del gw.in_flight[mid]
             if policy is not None and policy.settles and flight.ticket is not None:
                 begun = flight.first_at if flight.first_at is not None else now
-                cached = flight.cached_tokens if self.setup.cached_usage else 0
+                cached = seq.cached_tokens if self.setup.cached_usage else 0
                 policy.settle(flight.ticket, begun - flight.sent_at, cached)
 
     def _report(self, g: int) -> None:
