@@ -1,8 +1,10 @@
 """GatewayService servicer: routing snapshots out (WatchRouting), usage in (ReportUsage), prompt
-prefixes' homes on asking (AskHome)."""
+prefixes' homes on asking (AskHome), gateways' sends passed on to the others (ShareSends)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +17,7 @@ from llmpool.v1 import gateway_pb2, gateway_pb2_grpc
 from .prefix_homes import PrefixHomes
 from .publisher import SnapshotPublisher
 from .quotas import Quotas
+from .send_relay import Listener, SendRelay, invalid
 from .usage import UsageAggregator, UsageReport
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -27,7 +30,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         usage: UsageAggregator,
         quotas: Quotas | None = None,
         homes: PrefixHomes | None = None,
+        relay: SendRelay | None = None,
     ) -> None:
+        self._relay = relay if relay is not None else SendRelay()
         self._homes = homes
         self._quotas = quotas
         self._publisher = publisher
@@ -79,3 +84,44 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         # Other gateways hear of the home at the next rebuild (or ask, and get the same one).
         member = self._homes.ask(request.model, request.prefix, request.tokens)
         return gateway_pb2.AskHomeResponse(member_id=member)
+
+    async def ShareSends(  # type: ignore[override]
+        self, request_iterator: AsyncIterator[gateway_pb2.SendBatch], context: Ctx
+    ) -> AsyncIterator[gateway_pb2.SendBatch]:
+        metadata = dict(context.invocation_metadata() or ())
+        name = str(metadata.get("llmpool-gateway-id", "")) or context.peer()
+        listener = self._relay.join(name)
+        error: list[str] = []
+        reader = asyncio.create_task(self._read_sends(request_iterator, listener, error))
+        try:
+            while (batch := await listener.next()) is not None:
+                yield batch
+            if error:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, error[0])
+            if listener.overflowed:
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, "fell behind the other gateways' sends"
+                )
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            self._relay.leave(listener)
+
+    async def _read_sends(
+        self,
+        request_iterator: AsyncIterator[gateway_pb2.SendBatch],
+        listener: Listener,
+        error: list[str],
+    ) -> None:
+        """Passes the gateway's batches on until its side ends or one is invalid; then ends
+        its stream (a None for ShareSends)."""
+        try:
+            async for batch in request_iterator:
+                why = invalid(batch)
+                if why:
+                    error.append(why)
+                    break
+                self._relay.pass_on(listener, batch)
+        finally:
+            listener.put(None)

@@ -26,6 +26,7 @@ from .publisher import SnapshotPublisher
 from .quotas import QuotaLoop, Quotas
 from .reconcile_loop import ReconcileLoop
 from .restart_grace import RestartGrace
+from .send_relay import SendRelay
 from .snapshot import LiveReplica, Routes, build_routes
 from .store import Store
 from .tails import LogTails
@@ -59,6 +60,8 @@ class ControllerParts:
     keys_admin: KeysAdmin
     capacities: BackendCapacities
     homes: PrefixHomes
+    # Gateways' sends passed on to the other gateways (GatewayService.ShareSends).
+    send_relay: SendRelay
 
 
 async def build_parts(
@@ -199,6 +202,7 @@ async def build_parts(
         keys_admin=KeysAdmin(keys, quotas, audit, store, quota_loop.flush),
         capacities=capacities,
         homes=homes,
+        send_relay=SendRelay(),
     )
 
 

@@ -74,6 +74,7 @@ RPC_ROLES: dict[str, frozenset[str]] = {
     "/llmpool.v1.GatewayService/WatchRouting": GATEWAY,
     "/llmpool.v1.GatewayService/ReportUsage": GATEWAY,
     "/llmpool.v1.GatewayService/AskHome": GATEWAY,
+    "/llmpool.v1.GatewayService/ShareSends": GATEWAY,
     "/grpc.health.v1.Health/Check": ANY,
     "/grpc.health.v1.Health/Watch": ANY,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": ANY,

@@ -161,7 +161,14 @@ class ControllerServer:
             server,
         )
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(
-            GatewayServicer(parts.publisher, parts.usage, parts.quotas.quotas, parts.homes), server
+            GatewayServicer(
+                parts.publisher,
+                parts.usage,
+                parts.quotas.quotas,
+                parts.homes,
+                parts.send_relay,
+            ),
+            server,
         )
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -15,6 +15,7 @@ from gateway.limits import Admission
 from gateway.members import Member
 from gateway.metrics import NO_BACKEND, UNKNOWN_MODEL, GatewayMetrics, ModelMetrics
 from gateway.policies import Policy
+from gateway.pool_sends import PoolSends
 from gateway.routing import RoutingTable
 from gateway.streaming import StreamOutcome
 from gateway.tokens import NO_USAGE, TokenUsage
@@ -40,7 +41,10 @@ class Accounting:
         clock: Clock,
         table: RoutingTable,
         ttft: TtftForecast | None = None,
+        sends: PoolSends | None = None,
     ) -> None:
+        # Tells the other gateways this one's sends as they happen (pool_sends.py).
+        self.sends = sends
         # Learns members' prefill speed from streams (fallbacks on a TTFT SLO).
         self.ttft = ttft or TtftForecast()
         self.usage = usage
@@ -66,6 +70,7 @@ class RequestAccount:
         "_mm",
         "_policy",
         "_sent_at",
+        "_shared",
         "_tenant",
         "_ticket",
         "_tokens",
@@ -86,6 +91,8 @@ class RequestAccount:
         self._member: Member | None = None
         self._ticket: object = None
         self._sent_at = 0.0
+        # The number the other gateways were told the open try by (0: not told).
+        self._shared = 0
         self._trying = False
         self._finished = False
         # What the latest try that ended with usage cost (the member's prices), US dollars.
@@ -126,22 +133,29 @@ class RequestAccount:
             self._mm.in_flight.dec()
         self.begin(model, policy)
 
-    def sent(self, member: Member, ticket: object = None) -> None:
+    def sent(self, member: Member, ticket: object = None, stream: bool = False) -> None:
         """A try at member starts; ticket is what the policy's pick expected of it."""
         self._member = member
         self._ticket = ticket
         self._trying = True
-        self._sent_at = self._book.clock.monotonic()
-        self._book.usage.started(member.id, self._model())
+        book = self._book
+        self._sent_at = book.clock.monotonic()
+        model = self._model()
+        book.usage.started(member.id, model)
+        if book.sends is not None and self._policy is not None:
+            self._shared = book.sends.sent(model, self._policy, member.id, ticket, stream)
 
     def first_byte(self, answered: bool = True) -> None:
         """The open try's stream sent its first bytes (the member has begun answering; with
         answered False, the try ended without any)."""
         policy = self._policy
         if policy is not None and policy.settles and self._ticket is not None:
-            policy.began(
-                self._ticket, self._book.clock.monotonic() - self._sent_at if answered else None
-            )
+            since = self._book.clock.monotonic() - self._sent_at
+            policy.began(self._ticket, since if answered else None)
+            if answered and self._shared:
+                sends = self._book.sends
+                assert sends is not None
+                sends.first(self._shared, since)
 
     def try_failed(self, error: str, detail: str = "") -> str:
         """The open try failed before an answer (the request may be retried elsewhere): it
@@ -249,6 +263,12 @@ class RequestAccount:
             else 0.0
         )
         self._tokens = tokens.prompt + tokens.completion
+        if self._shared:
+            since = ttft_s - (self._sent_at - self.started_at) if ttft_s is not None else None
+            sends = self._book.sends
+            assert sends is not None
+            sends.ended(self._shared, ok, since, tokens.cached)
+            self._shared = 0
         self._book.usage.finished(
             member.id,
             self._model(),

@@ -40,6 +40,7 @@ from gateway.limits import Limiter
 from gateway.metrics import GatewayMetrics
 from gateway.outliers import Outliers
 from gateway.policies import PolicyRegistry
+from gateway.pool_sends import PoolSends
 from gateway.providers import build_providers
 from gateway.relay import Relay
 from gateway.routing import RoutingTable
@@ -134,7 +135,8 @@ def create_app(
         timeout_s=settings.upstream_timeout_s,
         max_connections=settings.upstream_max_connections,
     )
-    accounting = Accounting(usage=usage, metrics=metrics, clock=clock, table=table)
+    sends = PoolSends(table, usage, clock, metrics) if connect_controller else None
+    accounting = Accounting(usage=usage, metrics=metrics, clock=clock, table=table, sends=sends)
     cooldowns = Cooldowns(clock)
     outliers = Outliers(clock)
     metrics.cooling.set_function(cooldowns.cooling)
@@ -165,6 +167,7 @@ def create_app(
             urgent=lambda: urgent(table),
             keys=keys,
             limiter=limiter,
+            sends=sends,
         )
         if connect_controller
         else None

@@ -14,6 +14,7 @@ import grpc.aio
 from gateway.keys import Keyring
 from gateway.limits import Limiter
 from gateway.metrics import GatewayMetrics
+from gateway.pool_sends import PoolSends
 from gateway.routing import RoutingTable
 from gateway.usage import UsageTracker
 from llmpool.backoff import Backoff, reconnect_backoff
@@ -53,7 +54,10 @@ class ControllerLink:
         urgent: Callable[[], bool] = bool,
         keys: Keyring | None = None,
         limiter: Limiter | None = None,
+        sends: PoolSends | None = None,
     ) -> None:
+        # This gateway's sends told to the others, and theirs heard (ShareSends).
+        self._sends = sends
         # The API key table and this gateway's slices of the limits come with routing.
         self._keys = keys
         self._limiter = limiter
@@ -99,6 +103,9 @@ class ControllerLink:
             asyncio.create_task(self._watch_loop(stub), name="gateway-watch-routing"),
             asyncio.create_task(self._usage_loop(stub), name="gateway-report-usage"),
         ]
+        if self._sends is not None:
+            task = self._share_loop(stub, self._sends)
+            self._tasks.append(asyncio.create_task(task, name="gateway-share-sends"))
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -196,6 +203,31 @@ class ControllerLink:
                 call.cancel()
             log.debug("usage stream down", extra={"error": error})
             await asyncio.sleep(backoff.delay())
+
+    async def _share_loop(self, stub: GatewayServiceAsyncStub, sends: PoolSends) -> None:
+        """Keeps ShareSends up: this gateway's sends out as they happen, the others' in."""
+        backoff = self._backoff_factory()
+        metadata = (("llmpool-gateway-id", self._gateway_id),)
+        while True:
+            call = stub.ShareSends(self._batches(sends), metadata=metadata)
+            sends.live = True
+            try:
+                async for batch in call:
+                    sends.told(batch)
+                    backoff.reset()
+                error = "send stream ended by the controller"
+            except grpc.aio.AioRpcError as exc:
+                error = f"{exc.code().name}: {exc.details()}"
+            finally:
+                call.cancel()
+                sends.reset()
+            log.debug("send stream down", extra={"error": error})
+            await asyncio.sleep(backoff.delay())
+
+    @staticmethod
+    async def _batches(sends: PoolSends) -> AsyncIterator[gateway_pb2.SendBatch]:
+        while True:
+            yield await sends.next_batch()
 
     async def _report_due(self) -> None:
         """Returns when the usage interval has passed since the last report, or sooner, at

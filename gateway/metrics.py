@@ -116,6 +116,15 @@ class GatewayMetrics:
             ["outcome"],
             registry=r,
         )
+        self.shared_sends = Counter(
+            "llmpool_gateway_shared_sends",
+            "Sends told between gateways as they happen (prefix_aware with several gateways, "
+            "GatewayService.ShareSends), by direction (told: this gateway's, to the others; "
+            "heard: the others', counted here as its own; dropped: heard but not counted, past "
+            "the bound or for a pool or member this gateway does not route).",
+            ["direction"],
+            registry=r,
+        )
         self.missing_credentials = Gauge(
             "llmpool_gateway_missing_credentials",
             "Credentials that members name and this gateway cannot find (those members are "

@@ -278,7 +278,7 @@ class Relay:
                 self._metrics.model(req.model).retries.inc()
             member = policy.pick(pool, ctx)
             tried.append(member.id)
-            account.sent(member, ctx.ticket)
+            account.sent(member, ctx.ticket, req.stream)
             probe = outliers.picked(member.id)
             sent = redacted if redacted is not None and member.backend else None
             try:

@@ -27,24 +27,38 @@ class UsageTracker:
     """Counts what this gateway sends to each member; the policies read `in_flight` live."""
 
     def __init__(self) -> None:
+        # This gateway's own requests in flight per member (reported).
         self._in_flight: dict[str, int] = {}
-        # In flight per member as of the last report: the part of the controller's aggregate
-        # that is this gateway's own (policies subtract it, then add the live count).
+        # Those and the other gateways' that they told this one of (pool_sends.py): what the
+        # policies read.
+        self._pool: dict[str, int] = {}
+        # That as of the last report: the part of the controller's aggregate that the
+        # policies count already (they subtract it, then add the live count).
         self._reported: dict[str, int] = {}
         self._deltas: dict[tuple[str, str], _Delta] = {}
 
     @property
     def in_flight(self) -> Mapping[str, int]:
-        """Requests in flight per member id (a live view)."""
-        return self._in_flight
+        """Requests in flight per member id (a live view): this gateway's, and the others'
+        that they told it of."""
+        return self._pool
 
     @property
     def reported_in_flight(self) -> Mapping[str, int]:
         """In flight per member id when the last report was made."""
         return self._reported
 
+    def seen_started(self, member_id: str) -> None:
+        """Another gateway told of its request to member_id (pool_sends.py)."""
+        self._pool[member_id] = self._pool.get(member_id, 0) + 1
+
+    def seen_finished(self, member_id: str) -> None:
+        """That request ended."""
+        _drop_one(self._pool, member_id)
+
     def started(self, member_id: str, model: str) -> None:
         self._in_flight[member_id] = self._in_flight.get(member_id, 0) + 1
+        self._pool[member_id] = self._pool.get(member_id, 0) + 1
         key = (member_id, model)
         if key not in self._deltas:
             self._deltas[key] = _Delta()
@@ -62,11 +76,8 @@ class UsageTracker:
         cached_tokens: int = 0,
         cost_usd: float = 0.0,
     ) -> None:
-        count = self._in_flight.get(member_id, 0) - 1
-        if count > 0:
-            self._in_flight[member_id] = count
-        else:
-            self._in_flight.pop(member_id, None)
+        _drop_one(self._in_flight, member_id)
+        _drop_one(self._pool, member_id)
         delta = self._deltas.setdefault((member_id, model), _Delta())
         delta.requests += 1
         delta.idle_reported = False
@@ -84,7 +95,7 @@ class UsageTracker:
     def drain_report(self, gateway_id: str) -> gateway_pb2.UsageReport:
         """Everything since the last report; resets the deltas."""
         report = gateway_pb2.UsageReport(gateway_id=gateway_id)
-        self._reported = dict(self._in_flight)
+        self._reported = dict(self._pool)
         for key in list(self._deltas):
             member_id, model = key
             delta = self._deltas[key]
@@ -116,3 +127,11 @@ class UsageTracker:
 
 def _mean(total: float, count: int) -> float:
     return total / count if count else 0.0
+
+
+def _drop_one(counts: dict[str, int], key: str) -> None:
+    count = counts.get(key, 0) - 1
+    if count > 0:
+        counts[key] = count
+    else:
+        counts.pop(key, None)

@@ -42,6 +42,7 @@ from controller.usage import MemberUsage, UsageAggregator, UsageReport
 from gateway.controller_link import URGENT_S
 from gateway.members import Member, idle_member
 from gateway.policies import PickContext, Policy, PolicyRegistry, PrefixAware
+from gateway.policies.ticket import Ticket
 from llmpool.clock import FakeClock
 from llmpool.protoconv import shared_fields
 from llmpool.sim.costs import CostModel
@@ -76,6 +77,9 @@ class Setup:
     # multi-turn runs). Each way takes a quarter to three quarters of it, drawn per request.
     # 0: none, as before.
     host_ms: float = 0.0
+    # Gateways tell each other their sends, first bytes and ends through the controller as
+    # they happen (gateway/pool_sends.py), heard this many milliseconds later; < 0: not told.
+    share_ms: float = 2.0
 
 
 @dataclass(eq=False)
@@ -88,14 +92,18 @@ class Flight:
     first_at: float | None = None
     back_s: float = 0.0  # engine to gateway (Setup.host_ms)
     seq: SimSequence | None = None  # at the engine, once there
+    # The other gateways' tickets for it, once told of it (Setup.share_ms).
+    seen: list[tuple[int, Ticket | None]] = field(default_factory=list)
 
 
 @dataclass(eq=False)
 class Gateway:
     policy: Policy | None
     members: tuple[Member, ...]
+    # In flight per member: this gateway's and those the others told it of (UsageTracker).
     in_flight: dict[str, int] = field(default_factory=dict)
     reported: dict[str, int] = field(default_factory=dict)
+    own: dict[str, int] = field(default_factory=dict)
     requests: dict[str, int] = field(default_factory=dict)
     ahead: str = ""  # A home booked ahead (Setup.asks, HomeAsks).
 
@@ -135,6 +143,9 @@ class VirtualRun:
             built = None if policy == ORACLE else registry.build(policy)
             if built is not None:
                 built.on_gateways(setup.gateways)
+                if isinstance(built, PrefixAware):
+                    # The share stream is up from the start (gateway/pool_sends.py).
+                    built.hears_all = built.shares and setup.share_ms >= 0
                 built.on_members(self.base)
                 built.on_snapshot(self.base)
             self.gateways.append(Gateway(built, self.base))
@@ -162,6 +173,7 @@ class VirtualRun:
         self._going: dict[int, Flight] = {}
         self._coming: dict[int, tuple[Flight, bool, bool]] = {}
         self._notes = itertools.count()
+        self._told: dict[int, tuple[str, Flight, float, int]] = {}
 
     def _at(self, when: float, kind: str, arg: int) -> None:
         heapq.heappush(self._events, (when, next(self._order), kind, arg))
@@ -201,6 +213,8 @@ class VirtualRun:
                 self._admit(self._going.pop(arg))
             elif kind == "heard":
                 self._heard(*self._coming.pop(arg))
+            elif kind == "told":
+                self._hear_told(*self._told.pop(arg))
         return self.ttft
 
     def _arrive(self, i: int) -> None:
@@ -219,10 +233,12 @@ class VirtualRun:
                 self._ask(gw, gw.policy, ctx)
             mid = gw.policy.pick(gw.members, ctx).id
             ticket = ctx.ticket
-        gw.in_flight[mid] = gw.in_flight.get(mid, 0) + 1
+        _add(gw.in_flight, mid, 1)
+        _add(gw.own, mid, 1)
         gw.requests[mid] = gw.requests.get(mid, 0) + 1
         there, back = self._ways[i]
         flight = Flight(request, g, mid, ticket, self.clock.monotonic(), back_s=back)
+        self._tell("sent", flight)
         if there:
             note = next(self._notes)
             self._going[note] = flight
@@ -294,16 +310,58 @@ class VirtualRun:
             )
             if policy is not None and policy.settles and flight.ticket is not None:
                 policy.began(flight.ticket, now - flight.sent_at)
+                self._tell("first", flight, now - flight.sent_at)
         if finished:
             mid = flight.member
             gw = self.gateways[flight.gateway]
-            gw.in_flight[mid] -= 1
-            if not gw.in_flight[mid]:
-                del gw.in_flight[mid]
+            _add(gw.in_flight, mid, -1)
+            _add(gw.own, mid, -1)
             if policy is not None and policy.settles and flight.ticket is not None:
                 begun = flight.first_at if flight.first_at is not None else now
                 cached = seq.cached_tokens if self.setup.cached_usage else 0
                 policy.settle(flight.ticket, begun - flight.sent_at, cached)
+                self._tell("ended", flight, begun - flight.sent_at, cached)
+
+    def _tell(self, kind: str, flight: Flight, ttft_s: float = 0.0, cached: int = 0) -> None:
+        """The gateway tells the others (Setup.share_ms; gateway/pool_sends.py)."""
+        if self.setup.share_ms < 0 or not isinstance(flight.ticket, Ticket):
+            return
+        policy = self.gateways[flight.gateway].policy
+        if isinstance(policy, PrefixAware) and policy.shares:
+            note = next(self._notes)
+            self._told[note] = (kind, flight, ttft_s, cached)
+            self._at(self.clock.monotonic() + self.setup.share_ms / 1000.0, "told", note)
+
+    def _hear_told(self, kind: str, flight: Flight, ttft_s: float, cached: int) -> None:
+        """The other gateways hear what flight's gateway told (gateway/pool_sends.py)."""
+        mid = flight.member
+        if kind == "sent":
+            assert isinstance(flight.ticket, Ticket)
+            for g, gw in enumerate(self.gateways):
+                policy = gw.policy
+                if g == flight.gateway or not isinstance(policy, PrefixAware):
+                    continue
+                member = next(m for m in gw.members if m.id == mid)
+                ctx = PickContext(
+                    model=MODEL,
+                    payload={"stream": True},
+                    in_flight=gw.in_flight,
+                    reported_in_flight=gw.reported,
+                )
+                ticket = policy.seen_sent(member, flight.ticket.hashes, ctx)
+                _add(gw.in_flight, mid, 1)
+                flight.seen.append((g, ticket))
+            return
+        for g, ticket in flight.seen:
+            gw = self.gateways[g]
+            assert isinstance(gw.policy, PrefixAware)
+            if ticket is not None:
+                if kind == "first":
+                    gw.policy.began(ticket, ttft_s)
+                else:
+                    gw.policy.settle(ticket, ttft_s, cached)
+            if kind == "ended":
+                _add(gw.in_flight, mid, -1)
 
     def _report(self, g: int) -> None:
         gw = self.gateways[g]
@@ -319,7 +377,7 @@ class VirtualRun:
             sent = policy.drain_sent()
             missed = policy.drain_missed()
             verdicts = policy.drain_verdicts()
-        named = set(gw.in_flight) | set(gw.requests) | set(gw.reported)
+        named = set(gw.own) | set(gw.requests) | set(gw.reported)
         members = []
         for mid in sorted(named):
             tokens, speed = learned.get(mid, (0, 0.0))
@@ -328,7 +386,7 @@ class VirtualRun:
                 MemberUsage(
                     member_id=mid,
                     model=MODEL,
-                    in_flight=gw.in_flight.get(mid, 0),
+                    in_flight=gw.own.get(mid, 0),
                     requests=gw.requests.get(mid, 0),
                     learned_cache_tokens=tokens,
                     learned_prefill_s_per_token=speed,
@@ -386,6 +444,14 @@ class VirtualRun:
             gw.members = snapshot
             if gw.policy is not None:
                 gw.policy.on_snapshot(snapshot)
+
+
+def _add(counts: dict[str, int], key: str, n: int) -> None:
+    left = counts.get(key, 0) + n
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
 
 
 def _route_member(m: Member) -> RouteMember:

@@ -315,7 +315,8 @@ class CacheSizer:
         if ticket.reach:
             outcomes.points.append((ticket.reach, hit))
             out = self.verdicts.setdefault(member, [])
-            if len(out) < VERDICTS_TO_REPORT:
+            if len(out) < VERDICTS_TO_REPORT and not ticket.seen:
+                # Another gateway's request: its sender reports it.
                 out.append((ticket.reach, hit))
             if not hit:
                 bound = cap_bound(outcomes.points)

@@ -30,6 +30,8 @@ _SHARED_ALPHA = 0.05
 # While more than this share of prefixes new to this gateway turn out cached at their place
 # already (other gateways put them there), a new prefix's place is judged as they judge it.
 _SHARED_PLACE = 0.1
+# What a gateway that hears all takes the others' sends in usage reports to be (pick()).
+_NOT_PLACED: Mapping[int, tuple[str, ...]] = {}
 
 
 class PrefixAware(PrefixReports, Policy, name="prefix_aware"):
@@ -94,6 +96,10 @@ class PrefixAware(PrefixReports, Policy, name="prefix_aware"):
         self._prefill_rate = params.number("prefill_tokens_per_s", 8000.0, min=1.0)
         # Gateways routing with this controller (0: not known; on_gateways).
         self.gateways = 0
+        # Whether this gateway hears every other gateway's sends as they happen (set by
+        # gateway/pool_sends.py while its stream is up): it then sees every request in flight
+        # and places and spills as a gateway alone does.
+        self.hears_all = False
         self._build_index(block_chars)
         self.placement = Placement(capacity_tokens)
         # Chance that a prefix new to this gateway is already cached at its place.
@@ -125,6 +131,12 @@ class PrefixAware(PrefixReports, Policy, name="prefix_aware"):
     def on_gateways(self, count: int) -> None:
         self.gateways = count
         self.sizer.rooms.alone = count <= 1
+
+    @property
+    def shares(self) -> bool:
+        """Whether this gateway tells the others its sends as they happen (seen_sent): with
+        several gateways, each sees every request in flight, as a gateway alone does."""
+        return self.gateways > 1
 
     def on_snapshot(self, members: Sequence[Member]) -> None:
         """Members whose engine reports its KV cache are bounded by that (what an engine says
@@ -265,9 +277,10 @@ class PrefixAware(PrefixReports, Policy, name="prefix_aware"):
         # The prompt's first block names its prefix; -1 for a prompt without blocks.
         prefix = match.key
         claims = self.sends.by_prefix
-        if claims and prefix in claims:
+        if claims and prefix in claims and not self.hears_all:
             # Other gateways sent it there lately: held there as far as their prompt went
-            # (ranked after this gateway's own holders).
+            # (ranked after this gateway's own holders). Not while this one hears all: its
+            # index holds what they sent, and the reports' claims are up to 30 s old.
             for mid, units in claims[prefix]:
                 if mid not in depth:
                     depth[mid] = (min(units, blocks), len(depth))
@@ -302,8 +315,9 @@ class PrefixAware(PrefixReports, Policy, name="prefix_aware"):
             costs = [c + per_request * own(mid, 0) for c, mid in zip(costs, ids, strict=True)]
         if depth or self._busy:
             self._adjust(cols, costs, match, ctx, now)
-        if depth and cols.guessed and self.gateways <= 1:
-            # A gateway alone spilling onto a member of unknown cache (Columns.spill_costs).
+        if depth and cols.guessed and (self.gateways <= 1 or self.hears_all):
+            # A gateway alone (or hearing all) spilling onto a member of unknown cache
+            # (Columns.spill_costs).
             cols.spill_costs(costs, depth, self.evict_weight * blocks)
         best = min(costs)
         if blocks and not depth:
@@ -329,7 +343,7 @@ class PrefixAware(PrefixReports, Policy, name="prefix_aware"):
             # up to the chance of that (learned) x its size.
             limit = best + self._slack(blocks)
             near = [i for i, c in enumerate(costs) if c <= limit]
-            placed = self.sends.placed
+            placed = self.sends.placed if not self.hears_all else _NOT_PLACED
             if placed and not depth and self._busy:
                 # Other gateways send (their sends of some prefix came lately): a prefix new
                 # to this one goes to its place unless that costs more than about as little
@@ -359,11 +373,10 @@ class PrefixAware(PrefixReports, Policy, name="prefix_aware"):
                     cols.guessed
                     and len(near) > 1
                     and not depth
-                    and self.gateways <= 1
-                    and not placed
+                    and ((self.gateways <= 1 and not placed) or self.hears_all)
                 ):
-                    # Alone, while some cache is unknown: among the least filled (with others,
-                    # whose fills differ until told, rendezvous keeps them agreeing).
+                    # Alone, while some cache is unknown: among the least filled (with others
+                    # not heard, whose fills differ until told, rendezvous keeps them agreeing).
                     spread = cols.least_filled(near, chosen, 0.5 * blocks)
                     if spread is not None:
                         chosen = spread[self.placement.choose(prefix, [ids[i] for i in spread])]
@@ -378,7 +391,7 @@ class PrefixAware(PrefixReports, Policy, name="prefix_aware"):
         nobody else places prompts, and a wider slack only let rendezvous pick a costlier
         member (shared prefixes on silent engines, virtual time, seeds 5-12: 13 of 16 within
         1.5x of the oracle, 16 of 16 without)."""
-        alone = self.gateways <= 1 and not self.sends.placed
+        alone = (self.gateways <= 1 and not self.sends.placed) or self.hears_all
         shared = 0.0 if alone else self.shared
         return max(shared * blocks, 0.5 * self.request_blocks)
 
@@ -447,9 +460,45 @@ class PrefixAware(PrefixReports, Policy, name="prefix_aware"):
         """What sending `new` units to candidate i evicts there, weighed (columns.evicted)."""
         return evicted(cols.records[i], new, self.evict_weight, self.hot_evict_weight, cols.room(i))
 
+    def seen_sent(self, member: Member, hashes: Sequence[int], ctx: PickContext) -> Ticket | None:
+        """Another gateway sent a prompt whose blocks hash to `hashes` to member (shared sends,
+        gateway/pool_sends.py). This gateway counts it as it counts its own: in the index, in
+        the member's queue, and judged by began() and settle() when its first byte and end are
+        told (the sender's times). Nothing of it is reported: the sender reports it. None: a
+        prompt without blocks, nothing to count."""
+        if not hashes:
+            return None
+        match = self.index.match_hashes(hashes)
+        if not match.blocks:
+            return None
+        ticket = self._booked(member, match, ctx, False, self.clock.monotonic())
+        ticket.seen = True
+        self.index.insert(member.id, match)
+        return ticket
+
     def _sent(
         self, choice: Member, match: Match, ctx: PickContext, presumed: bool, now: float
     ) -> Member:
+        ctx.ticket = self._booked(choice, match, ctx, presumed, now)
+        if match.blocks:
+            mid = choice.id
+            self.index.insert(mid, match)
+            sends = self.sends
+            # The whole prompt, as the engine keeps it (the index's blocks end at the last whole
+            # one, which for a long prompt of doubling blocks leaves up to a fifth out).
+            sends.note(mid, match.key, -(-len(ctx.prefix_key) // self.index.block_chars))
+            if (sends.by_prefix or sends.placed) and now - sends.told_at > STALE_S:
+                self._count_foreign(sends.stale(now))
+            if match.key in sends.by_prefix:
+                # Now in this gateway's own count there.
+                sends.dropped(mid, match.key)
+                self._count_foreign((mid,))
+        return choice
+
+    def _booked(
+        self, choice: Member, match: Match, ctx: PickContext, presumed: bool, now: float
+    ) -> Ticket:
+        """The ticket of a request sent to choice, queued in its backlog."""
         mid = choice.id
         held = match.depth.get(mid, (0, 0))[0] if match.depth else 0
         new = match.blocks - held
@@ -465,7 +514,7 @@ class PrefixAware(PrefixReports, Policy, name="prefix_aware"):
         idle = not ctx.in_flight.get(mid, 0)
         # This gateway's requests there all answering already (or none).
         mine = idle or all(e.ticket is not None and e.ticket.started for e in backlog.entries)
-        ticket = ctx.ticket = Ticket(
+        ticket = Ticket(
             mid,
             held,
             new,
@@ -481,16 +530,4 @@ class PrefixAware(PrefixReports, Policy, name="prefix_aware"):
         )
         backlog.add(match.key, new, now, ticket if ctx.payload.get("stream") else None)
         self._busy[mid] = backlog
-        if match.blocks:
-            self.index.insert(mid, match)
-            sends = self.sends
-            # The whole prompt, as the engine keeps it (the index's blocks end at the last whole
-            # one, which for a long prompt of doubling blocks leaves up to a fifth out).
-            sends.note(mid, match.key, -(-len(ctx.prefix_key) // self.index.block_chars))
-            if (sends.by_prefix or sends.placed) and now - sends.told_at > STALE_S:
-                self._count_foreign(sends.stale(now))
-            if match.key in sends.by_prefix:
-                # Now in this gateway's own count there.
-                sends.dropped(mid, match.key)
-                self._count_foreign((mid,))
-        return choice
+        return ticket

@@ -205,6 +205,18 @@ class PrefixIndex:
             hit = self.hasher.hit
             if hit is None or not (hit.fixed or seen <= len(hit.hashes)):
                 self.hasher.learn(data, hashes, seen)
+        return self._matched(hashes, found)
+
+    def match_hashes(self, hashes: Sequence[int]) -> Match:
+        """match() of a prompt known by its blocks' hashes (another gateway's send, in this
+        index's layout), up to as many blocks as a prompt here may have."""
+        kept = list(hashes[: len(self.layout.units)])
+        return self._matched(kept, list(map(self._blocks.get, kept)))
+
+    def _matched(self, hashes: list[int], found: list[tuple[str, ...] | None]) -> Match:
+        """The Match of a prompt whose blocks' hashes and holders are these."""
+        layout = self.layout
+        count = len(hashes)
         depth: dict[str, tuple[int, int]] = {}
         alive = found[0] if count else None
         run = _run(found)

@@ -37,3 +37,5 @@ class Ticket:
     judged: bool = False
     # Units of this gateway's requests in flight there when it was sent (kv_room.py).
     running: float = 0.0
+    # Another gateway's request, told by it (PrefixAware.seen_sent): judged here, not reported.
+    seen: bool = False

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from llmpool.v1 import types_pb2 as _types_pb2
 import builtins as _builtins
 import sys
@@ -18,6 +19,103 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class SendBatch(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GATEWAY_ID_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    gateway_id: _builtins.str
+    """Set by the controller on the way out (a gateway's own is ignored): who sent it."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___SendEvent]: ...
+    def __init__(
+        self,
+        *,
+        gateway_id: _builtins.str = ...,
+        events: _abc.Iterable[Global___SendEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "gateway_id", b"gateway_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendBatch: _TypeAlias = SendBatch  # noqa: Y015
+
+@_typing.final
+class SendEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[SendEvent._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        SENT: SendEvent._Kind.ValueType  # 0
+        """a request went to member_id"""
+        FIRST: SendEvent._Kind.ValueType  # 1
+        """its first byte came, ttft_s after it was sent"""
+        ENDED: SendEvent._Kind.ValueType  # 2
+        """it ended (answered, failed or left); ttft_s 0 when no first byte came"""
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
+    SENT: SendEvent.Kind.ValueType  # 0
+    """a request went to member_id"""
+    FIRST: SendEvent.Kind.ValueType  # 1
+    """its first byte came, ttft_s after it was sent"""
+    ENDED: SendEvent.Kind.ValueType  # 2
+    """it ended (answered, failed or left); ttft_s 0 when no first byte came"""
+
+    KIND_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    HASHES_FIELD_NUMBER: _builtins.int
+    BLOCK_CHARS_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
+    TTFT_S_FIELD_NUMBER: _builtins.int
+    CACHED_TOKENS_FIELD_NUMBER: _builtins.int
+    OK_FIELD_NUMBER: _builtins.int
+    kind: Global___SendEvent.Kind.ValueType
+    id: _builtins.int
+    """The sender's number for the request: its SENT, FIRST and ENDED share it."""
+    model: _builtins.str
+    member_id: _builtins.str
+    block_chars: _builtins.int
+    stream: _builtins.bool
+    ttft_s: _builtins.float
+    cached_tokens: _builtins.int
+    """ENDED: prompt tokens the member answered from its cache, where it says (0: not said)."""
+    ok: _builtins.bool
+    """ENDED: it was answered (false: it failed, or its client left)."""
+    @_builtins.property
+    def hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """SENT: the prompt's block hashes (prefix_aware's index, block_chars long at first)."""
+
+    def __init__(
+        self,
+        *,
+        kind: Global___SendEvent.Kind.ValueType = ...,
+        id: _builtins.int = ...,
+        model: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+        hashes: _abc.Iterable[_builtins.int] | None = ...,
+        block_chars: _builtins.int = ...,
+        stream: _builtins.bool = ...,
+        ttft_s: _builtins.float = ...,
+        cached_tokens: _builtins.int = ...,
+        ok: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_chars", b"block_chars", "cached_tokens", b"cached_tokens", "hashes", b"hashes", "id", b"id", "kind", b"kind", "member_id", b"member_id", "model", b"model", "ok", b"ok", "stream", b"stream", "ttft_s", b"ttft_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendEvent: _TypeAlias = SendEvent  # noqa: Y015
 
 @_typing.final
 class AskHomeRequest(_message.Message):

@@ -49,6 +49,11 @@ class GatewayServiceStub:
                 request_serializer=llmpool_dot_v1_dot_gateway__pb2.AskHomeRequest.SerializeToString,
                 response_deserializer=llmpool_dot_v1_dot_gateway__pb2.AskHomeResponse.FromString,
                 _registered_method=True)
+        self.ShareSends = channel.stream_stream(
+                '/llmpool.v1.GatewayService/ShareSends',
+                request_serializer=llmpool_dot_v1_dot_gateway__pb2.SendBatch.SerializeToString,
+                response_deserializer=llmpool_dot_v1_dot_gateway__pb2.SendBatch.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -78,6 +83,18 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ShareSends(self, request_iterator, context):
+        """Each gateway tells the others what it sends as it happens (prefix_aware with several
+        gateways): every send's prompt blocks, its first byte and its end. The controller passes
+        each batch on at once to every other gateway on this stream, and keeps nothing: each
+        gateway then sees every request in flight at every member, as a gateway alone does.
+        A batch from the controller with no events: that gateway's stream ended, drop what it
+        told. Bounds (controller/send_relay.py): past them, INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +112,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.AskHome,
                     request_deserializer=llmpool_dot_v1_dot_gateway__pb2.AskHomeRequest.FromString,
                     response_serializer=llmpool_dot_v1_dot_gateway__pb2.AskHomeResponse.SerializeToString,
+            ),
+            'ShareSends': grpc.stream_stream_rpc_method_handler(
+                    servicer.ShareSends,
+                    request_deserializer=llmpool_dot_v1_dot_gateway__pb2.SendBatch.FromString,
+                    response_serializer=llmpool_dot_v1_dot_gateway__pb2.SendBatch.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +200,33 @@ class GatewayService:
             '/llmpool.v1.GatewayService/AskHome',
             llmpool_dot_v1_dot_gateway__pb2.AskHomeRequest.SerializeToString,
             llmpool_dot_v1_dot_gateway__pb2.AskHomeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShareSends(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/llmpool.v1.GatewayService/ShareSends',
+            llmpool_dot_v1_dot_gateway__pb2.SendBatch.SerializeToString,
+            llmpool_dot_v1_dot_gateway__pb2.SendBatch.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,14 @@ class GatewayServiceStub:
     every gateway that asks for the prefix gets the same member, so that gateways placing it
     at once place it alike. NOT_FOUND: no such model.
     """
+    ShareSends: _grpc.StreamStreamMultiCallable[_gateway_pb2.SendBatch, _gateway_pb2.SendBatch]
+    """Each gateway tells the others what it sends as it happens (prefix_aware with several
+    gateways): every send's prompt blocks, its first byte and its end. The controller passes
+    each batch on at once to every other gateway on this stream, and keeps nothing: each
+    gateway then sees every request in flight at every member, as a gateway alone does.
+    A batch from the controller with no events: that gateway's stream ended, drop what it
+    told. Bounds (controller/send_relay.py): past them, INVALID_ARGUMENT.
+    """
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -54,6 +62,14 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     one (prefix_aware with several gateways, in a pool whose every engine reports its cache):
     every gateway that asks for the prefix gets the same member, so that gateways placing it
     at once place it alike. NOT_FOUND: no such model.
+    """
+    ShareSends: _aio.StreamStreamMultiCallable[_gateway_pb2.SendBatch, _gateway_pb2.SendBatch]  # type: ignore[assignment]
+    """Each gateway tells the others what it sends as it happens (prefix_aware with several
+    gateways): every send's prompt blocks, its first byte and its end. The controller passes
+    each batch on at once to every other gateway on this stream, and keeps nothing: each
+    gateway then sees every request in flight at every member, as a gateway alone does.
+    A batch from the controller with no events: that gateway's stream ended, drop what it
+    told. Bounds (controller/send_relay.py): past them, INVALID_ARGUMENT.
     """
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -83,6 +99,20 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         one (prefix_aware with several gateways, in a pool whose every engine reports its cache):
         every gateway that asks for the prefix gets the same member, so that gateways placing it
         at once place it alike. NOT_FOUND: no such model.
+        """
+
+    @_abc_1.abstractmethod
+    def ShareSends(
+        self,
+        request_iterator: _MaybeAsyncIterator[_gateway_pb2.SendBatch],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_gateway_pb2.SendBatch], _abc.AsyncIterator[_gateway_pb2.SendBatch]]:
+        """Each gateway tells the others what it sends as it happens (prefix_aware with several
+        gateways): every send's prompt blocks, its first byte and its end. The controller passes
+        each batch on at once to every other gateway on this stream, and keeps nothing: each
+        gateway then sees every request in flight at every member, as a gateway alone does.
+        A batch from the controller with no events: that gateway's stream ended, drop what it
+        told. Bounds (controller/send_relay.py): past them, INVALID_ARGUMENT.
         """
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
