@@ -9,8 +9,10 @@ last-reported in-flight counts, began() at the first token, settle() at the end.
 report_s each gateway's usage report (in flight, caches and speed learned, prefixes sent and
 found missing, verdicts) goes to the controller's UsageAggregator, or sooner, looked for every
 URGENT_S, when the policy has news the others need now (PrefixAware.urgent), as the gateway's
-ControllerLink sends it; the loads reach every gateway as members snapshot_s later. Request i
-goes to gateway i mod N, as in bench.routing.
+ControllerLink sends it; the loads reach every gateway as members snapshot_s later. Each send,
+first byte and end of a prefix_aware gateway reaches the others share_ms later, as
+GatewayService.ShareSends passes them on (gateway/pool_sends.py). Request i goes to gateway
+i mod N, as in bench.routing.
 
 What it leaves out: failures, the first request's cold connections, the controller's own CPU
 time, and by default the time between gateway and engine. In a real run that time is the
@@ -504,6 +506,12 @@ def main(argv: list[str] | None = None) -> int:
         help="engine milliseconds between gateway and engine, both ways (a real run's: ~30)",
     )
     parser.add_argument(
+        "--share-ms",
+        type=float,
+        default=2.0,
+        help="engine milliseconds before the other gateways hear a send (< 0: not told)",
+    )
+    parser.add_argument(
         "--trace", type=float, default=0.0, help="print requests slower than this (s)"
     )
     args = parser.parse_args(argv)
@@ -520,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
         report_s=args.report_s,
         asks=not args.no_asks,
         host_ms=args.host_ms,
+        share_ms=args.share_ms,
     )
     count = max(1, int(args.rate * args.seconds))
     print(f"{args.workload} @ {args.rate:g}/s, {setup}")

@@ -117,3 +117,24 @@ def test_gateways_asking_home_each_long_new_prefix_on_one_member_from_its_first_
     for _, group, _, member, _, _ in run.trace:
         members.setdefault(group, set()).add(member)
     assert all(len(m) == 1 for m in members.values())
+
+
+def test_gateways_that_hear_each_others_sends_each_judge_every_answer() -> None:
+    requests = build("multi_turn", 5, 8.0, 160, SHAPE)
+
+    def verdicts(share_ms: float) -> list[int]:
+        setup = Setup(kv_blocks=(512, 1024, 2048), reported=False, gateways=3, share_ms=share_ms)
+        run = VirtualRun(setup, "prefix_aware", requests)
+        assert len(run.run()) == len(requests)
+        counts = []
+        for gw in run.gateways:
+            assert not gw.in_flight  # every request heard of, its own or told, ended
+            assert isinstance(gw.policy, PrefixAware) and gw.policy.hears_all == (share_ms >= 0)
+            outcomes = gw.policy.sizer.outcomes.values()
+            counts.append(sum(o.hits + o.misses for o in outcomes))
+        return counts
+
+    alone, heard = verdicts(-1.0), verdicts(2.0)
+    # Each judged about its third of the answers; told of the others' sends, about all of them.
+    assert all(h >= 2 * a for h, a in zip(heard, alone, strict=True))
+    assert max(heard) - min(heard) <= max(heard) // 10
