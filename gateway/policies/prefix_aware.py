@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from gateway.members import Member
 from gateway.policies.backlog import Backlog, charge_queues
@@ -16,7 +16,8 @@ from gateway.policies.missed import MissedPrefixes
 from gateway.policies.placement import Placement
 from gateway.policies.prefix_index import Match, PrefixIndex
 from gateway.policies.prefix_reports import PrefixReports
-from gateway.policies.shared_sends import STALE_S, SharedSends
+from gateway.policies.prefix_sends import PrefixSends
+from gateway.policies.shared_sends import SharedSends
 from gateway.policies.ticket import Ticket
 
 # Converts token counts to index units; English text and code run 3.5-4.5 bytes a token with
@@ -34,7 +35,7 @@ _SHARED_PLACE = 0.1
 _NOT_PLACED: Mapping[int, tuple[str, ...]] = {}
 
 
-class PrefixAware(PrefixReports, Policy, name="prefix_aware"):
+class PrefixAware(PrefixReports, PrefixSends, Policy, name="prefix_aware"):
     """Prefix-cache-aware routing by estimated work, after Dynamo's KV router (see
     docs/policies.md). For each candidate, in units of the index's first block size:
 
@@ -185,13 +186,6 @@ class PrefixAware(PrefixReports, Policy, name="prefix_aware"):
         passed = self.missed.passes_over(prefix)
         free = [mid for mid in ids if mid not in passed] if passed else ids
         return free[self.placement.choose(prefix, free)] if free else ""
-
-    def _count_foreign(self, member_ids: Iterable[str]) -> None:
-        """The index takes these members' share of the others' sends as it now stands."""
-        foreign = self.sends.foreign
-        index = self.index
-        for mid in member_ids:
-            index.set_foreign(mid, foreign.get(mid, 0))
 
     def _known_cap(self, member_id: str) -> int:
         """The member's cap where reported or learned, in units (0: not known: what others
@@ -459,75 +453,3 @@ class PrefixAware(PrefixReports, Policy, name="prefix_aware"):
     def _evicted(self, cols: Columns, i: int, new: float) -> float:
         """What sending `new` units to candidate i evicts there, weighed (columns.evicted)."""
         return evicted(cols.records[i], new, self.evict_weight, self.hot_evict_weight, cols.room(i))
-
-    def seen_sent(self, member: Member, hashes: Sequence[int], ctx: PickContext) -> Ticket | None:
-        """Another gateway sent a prompt whose blocks hash to `hashes` to member (shared sends,
-        gateway/pool_sends.py). This gateway counts it as it counts its own: in the index, in
-        the member's queue, and judged by began() and settle() when its first byte and end are
-        told (the sender's times). Nothing of it is reported: the sender reports it. None: a
-        prompt without blocks, nothing to count."""
-        if not hashes:
-            return None
-        match = self.index.match_hashes(hashes)
-        if not match.blocks:
-            return None
-        ticket = self._booked(member, match, ctx, False, self.clock.monotonic())
-        ticket.seen = True
-        self.index.insert(member.id, match)
-        return ticket
-
-    def _sent(
-        self, choice: Member, match: Match, ctx: PickContext, presumed: bool, now: float
-    ) -> Member:
-        ctx.ticket = self._booked(choice, match, ctx, presumed, now)
-        if match.blocks:
-            mid = choice.id
-            self.index.insert(mid, match)
-            sends = self.sends
-            # The whole prompt, as the engine keeps it (the index's blocks end at the last whole
-            # one, which for a long prompt of doubling blocks leaves up to a fifth out).
-            sends.note(mid, match.key, -(-len(ctx.prefix_key) // self.index.block_chars))
-            if (sends.by_prefix or sends.placed) and now - sends.told_at > STALE_S:
-                self._count_foreign(sends.stale(now))
-            if match.key in sends.by_prefix:
-                # Now in this gateway's own count there.
-                sends.dropped(mid, match.key)
-                self._count_foreign((mid,))
-        return choice
-
-    def _booked(
-        self, choice: Member, match: Match, ctx: PickContext, presumed: bool, now: float
-    ) -> Ticket:
-        """The ticket of a request sent to choice, queued in its backlog."""
-        mid = choice.id
-        held = match.depth.get(mid, (0, 0))[0] if match.depth else 0
-        new = match.blocks - held
-        backlog = self._backlog.get(mid)
-        if backlog is None:
-            backlog = self._backlog[mid] = Backlog(self.index.record(mid))
-        elif backlog.entries:
-            # pick() may have left it as of an earlier update: what is queued there now.
-            backlog.update(
-                ctx.in_flight.get(mid, 0), now, self.sizer.drain_rate(self.drain_blocks_per_s)
-            )
-        others = choice.in_flight - ctx.reported_in_flight.get(mid, 0) >= 0.5
-        idle = not ctx.in_flight.get(mid, 0)
-        # This gateway's requests there all answering already (or none).
-        mine = idle or all(e.ticket is not None and e.ticket.started for e in backlog.entries)
-        ticket = Ticket(
-            mid,
-            held,
-            new,
-            backlog.left,
-            presumed,
-            idle and not others,
-            mine and not others,
-            mine and others,
-            now,
-            match.hashes,
-            reach=backlog.held.reach(match.key, held),
-            running=backlog.active,
-        )
-        backlog.add(match.key, new, now, ticket if ctx.payload.get("stream") else None)
-        self._busy[mid] = backlog
-        return ticket
