@@ -100,7 +100,7 @@ class PrefixAware(PrefixReports, PrefixSends, Policy, name="prefix_aware"):
         # Whether this gateway hears every other gateway's sends as they happen (set by
         # gateway/pool_sends.py while its stream is up): it then sees every request in flight
         # and places and spills as a gateway alone does.
-        self.hears_all = False
+        self._hears_all = False
         self._build_index(block_chars)
         self.placement = Placement(capacity_tokens)
         # Chance that a prefix new to this gateway is already cached at its place.
@@ -117,7 +117,7 @@ class PrefixAware(PrefixReports, PrefixSends, Policy, name="prefix_aware"):
             **self._index_args,
         )
         self.sizer = CacheSizer(self.index, CHARS_PER_TOKEN)
-        self.sizer.rooms.alone = self.gateways <= 1
+        self.sizer.rooms.alone = self.gateways <= 1 or self._hears_all
         # What other gateways sent members lately (shared_sends.py), counted in this index.
         self.sends = SharedSends()
         # Backlogs point at the index's per-member records: a new index, new backlogs.
@@ -131,7 +131,18 @@ class PrefixAware(PrefixReports, PrefixSends, Policy, name="prefix_aware"):
 
     def on_gateways(self, count: int) -> None:
         self.gateways = count
-        self.sizer.rooms.alone = count <= 1
+        self.sizer.rooms.alone = count <= 1 or self._hears_all
+
+    @property
+    def hears_all(self) -> bool:
+        return self._hears_all
+
+    @hears_all.setter
+    def hears_all(self, value: bool) -> None:
+        self._hears_all = value
+        # Its index then holds every send to a member, as a gateway alone's does: what it held
+        # at a miss bounds the member's room (rough_room.py).
+        self.sizer.rooms.alone = self.gateways <= 1 or value
 
     @property
     def shares(self) -> bool:

@@ -4,8 +4,9 @@ A member of unknown cache (no report, no cap learned) is costed as if it held 26
 (member_capacity_tokens): sending it more evicts nothing, as far as the costs know. Long before
 the evidence is enough for a cap (three misses past a depth, cache_estimate.py), one miss says
 the member is full: its rough room is the lesser of the depth that splits its hits from one miss
-past them (cap_bound(points, 1, 1)), and, for a gateway alone (its index sees all the member
-takes in), what the index held there at the member's latest miss, for FULL_S. Not a cap (one
+past them (cap_bound(points, 1, 1)), and, for a gateway alone or one that hears every other
+gateway's sends (its index sees all the member takes in), what the index held there at the
+member's latest miss, for FULL_S. Not a cap (one
 slow hit on a busy host makes either up, and nothing is forgotten for it): only the room pick()
 costs the member by (Columns.room). Seen without it: two multi-turn sessions that outgrew a
 16k-token engine moved onto the 8k one, which had just missed and forgotten a session and so
@@ -28,7 +29,8 @@ class RoughRooms:
         self.index = index
         # Per member, the bound in units (read by Columns.room).
         self.rough: dict[str, float] = {}
-        # Whether this gateway's index sees all its members take in (no other gateway).
+        # Whether this gateway's index sees all its members take in (no other gateway, or it
+        # hears all their sends: PrefixAware.hears_all).
         self.alone = True
         self._split: dict[str, float] = {}
         self._full: dict[str, tuple[float, float]] = {}
