@@ -290,6 +290,9 @@ class PrefixAware(PrefixReports, PrefixSends, Policy, name="prefix_aware"):
                 if mid not in depth:
                     depth[mid] = (min(units, blocks), len(depth))
         cols = self._columns(candidates, ctx.reported_in_flight)
+        rough = self.sizer.rooms.rough
+        if rough and depth:
+            self._past_room(depth, prefix, rough)
         now = self.clock.monotonic()
         # A homed prefix is held at its home only (homes.py).
         at_home = self.homes.at(prefix, cols.position, now)
@@ -388,6 +391,18 @@ class PrefixAware(PrefixReports, PrefixSends, Policy, name="prefix_aware"):
             presumed = not depth
         presumed = presumed or ids[chosen] == presumed_at
         return self._sent(candidates[chosen], match, ctx, presumed, now)
+
+    def _past_room(
+        self, depth: dict[str, tuple[int, int]], prefix: int, rough: Mapping[str, float]
+    ) -> None:
+        """Drops from depth the members of unknown cache whose rough room (rough_room.py) the
+        prompt's part there sits deeper than in their LRU (Held.reach): by what the member has
+        shown, it is gone, and sending it back there misses."""
+        index = self.index
+        for mid in [m for m in depth if m in rough]:
+            record = index.record(mid)
+            if not record.cap and record.reach(prefix, depth[mid][0]) > rough[mid]:
+                del depth[mid]
 
     def _slack(self, blocks: int) -> float:
         """How far over the cheapest a prompt may be placed (and queues are costed, _pruned):

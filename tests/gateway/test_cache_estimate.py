@@ -716,6 +716,36 @@ def test_a_member_of_unknown_cache_bounded_roughly_is_not_filled_past_it() -> No
     assert placed(1.2 * two) == "big"
 
 
+def test_a_prompt_held_deeper_than_a_rough_room_is_not_sent_back_there() -> None:
+    """A member of unknown cache bounded roughly (one miss) keeps the prompts its LRU holds
+    within that room; one the index holds deeper than it is gone there as far as the member
+    has shown: its next request goes elsewhere rather than back to miss (seen: six multi-turn
+    sessions on a 16k-token engine that held five kept going back to it, missing turn after
+    turn for three seconds; virtual time, three silent gateways, seeds 5-36 at 30 ms: 30 of 32
+    within 1.5x of the oracle against 26)."""
+    sessions = [f"session {n} " * 600 for n in range(5)]
+
+    def placed(turn_of: int, rough: bool) -> str:
+        p = policy()
+        small, big = idle_member("small"), idle_member("big")
+        p.on_members([small, big])
+        p.on_snapshot([small, big])
+        for text in sessions:
+            p.index.insert("small", p.index.match(text))
+        record = p.index.record("small")
+        reach = [record.reach(p.index.match(t).key, p.index.match(t).blocks) for t in sessions]
+        assert reach[0] > reach[-1]  # the first session sent sits deepest
+        if rough:
+            p.sizer.rooms.rough["small"] = (reach[0] + reach[1]) / 2
+            p.index.changed.add(record)
+        ctx = PickContext(model="m", payload={"prompt": sessions[turn_of] + "next question"})
+        return p.pick([small, big], ctx).id
+
+    assert placed(0, rough=False) == "small"
+    assert placed(0, rough=True) == "big"
+    assert placed(4, rough=True) == "small"
+
+
 def test_a_miss_where_the_index_held_nothing_bounds_no_room_to_zero() -> None:
     """Seen: a gateway alone as far as it knew (the controller had not said how many there
     were) missed a prompt another gateway had sent a member, where its own index held nothing:
