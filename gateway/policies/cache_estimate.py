@@ -354,9 +354,9 @@ class CacheSizer:
         traffic did, or it was never cached): it would miss there again."""
         member = ticket.member
         record = self.index.record(member)
-        # It prefilled the part again: its cache took that in.
-        record.sent += ticket.held
         key = ticket.hashes[0] if ticket.hashes else -1
+        # It prefilled the part again: its cache took that in.
+        record.took_again(key, ticket.held)
         gone = (
             record.deeper(ticket.reach, ticket.held + ticket.new, key)
             if ticket.reach > ticket.held

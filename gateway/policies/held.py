@@ -43,6 +43,17 @@ class Held:
             self.older = last
             self.last = {}
 
+    def took_again(self, key: int, units: int) -> None:
+        """The member had lost `units` of prefix `key`'s prompt and prefilled them again: what
+        it holds sits that much deeper, but not that prompt, which its engine took in just after
+        its last send (counted from its mark, it would be twice as deep)."""
+        self.sent += units
+        for table in (self.last, self.older):
+            mark = table.get(key)
+            if mark is not None:
+                table[key] = (mark[0] + units, mark[1])
+                return
+
     def reach(self, key: int, held: int) -> int:
         """How deep in the member's LRU a prompt of prefix `key` holding `held` units there
         sits: what the member took in since that prefix was last sent, plus the held part
