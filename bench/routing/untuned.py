@@ -26,7 +26,6 @@ from bench.routing.fleet import AGENT, DEPLOYMENTS, SILENT, STATIC, Fleet, Fleet
 from bench.routing.oracle import ORACLE_POLICY
 from bench.routing.report import write_section
 from bench.routing.results import (
-    LOAD_BASED,
     ORACLE,
     PREFIX_AWARE,
     ROUND_ROBIN,
@@ -34,16 +33,14 @@ from bench.routing.results import (
     nearest_rank,
     workload_table,
 )
+from bench.routing.targets import SETTLED_S, Row, checks
 from bench.systems import HOST, StartError
-from llmpool.sim.costs import CostModel
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = 5
 BEGIN = "<!-- bench-routing-untuned:begin (make bench-routing BENCH_ARGS=--untuned) -->"
 END = "<!-- bench-routing-untuned:end -->"
 SYSTEMS = (ROUND_ROBIN, "least_in_flight", PREFIX_AWARE, ORACLE)
-# Simulated seconds after which a run counts as settled (prefix_aware has met the caches).
-SETTLED_S = 10.0
 # Requests a fresh fleet serves, per gateway and engine, before any run is timed.
 WARM_UP = 2
 
@@ -82,16 +79,6 @@ HEADINGS = {
     SILENT: "### static backends whose engines say nothing of their cache, {gws} gateway(s)",
     AGENT: "### agent replicas, {gws} gateway(s)",
 }
-
-
-@dataclass
-class Row:
-    deployment: str
-    gateways: int
-    result: RunResult
-    caches: str = ""  # prefix_aware's learned caches, tokens, after the run
-    # p99 TTFT of the requests sent after SETTLED_S.
-    settled_p99: float = math.nan
 
 
 class UntunedRunner:
@@ -254,94 +241,6 @@ def learned_caches(texts: list[str]) -> str:
 
 def _label(labels: str, name: str) -> str:
     return labels.split(f'{name}="', 1)[1].split('"', 1)[0]
-
-
-def cold_prefill_s(workload: str, shape: wl.WorkloadShape | None = None) -> float:
-    """Simulated seconds an idle engine of the bench takes to prefill a group's or session's
-    first prompt (its shared part: nothing of it is cached anywhere yet); 0 for unique."""
-    shape = shape or wl.WorkloadShape()
-    tokens = {wl.SHARED_PREFIX: shape.system_tokens, wl.MULTI_TURN: shape.session_context_tokens}
-    return CostModel().prefill_ms(tokens.get(workload, 0)) / 1000.0
-
-
-def cold_requests(workload: str, shape: wl.WorkloadShape | None = None) -> int:
-    """Requests of a run that find nothing of their prompt cached whatever the routing: the
-    first of each group or session."""
-    shape = shape or wl.WorkloadShape()
-    return {wl.SHARED_PREFIX: shape.groups, wl.MULTI_TURN: shape.sessions}.get(workload, 0)
-
-
-def checks(rows: list[Row]) -> list[str]:
-    """The issue's targets per (deployment, gateways, workload, rate)."""
-    lines: list[str] = []
-    keys = sorted({(r.deployment, r.gateways, r.result.workload, r.result.rate) for r in rows})
-    for dep, gws, workload, rate in keys:
-        at = {
-            r.result.system: r.result
-            for r in rows
-            if (r.deployment, r.gateways, r.result.workload, r.result.rate)
-            == (dep, gws, workload, rate)
-            and not r.result.skipped
-        }
-        mine = at.get(PREFIX_AWARE)
-        if mine is None:
-            continue
-        settled = {
-            r.result.system: r.settled_p99
-            for r in rows
-            if (r.deployment, r.gateways, r.result.workload, r.result.rate)
-            == (dep, gws, workload, rate)
-        }
-        where = f"{dep}, {gws} gateway(s), {workload} @ {rate:g}/s"
-        if workload == wl.UNIQUE:
-            loads = [r for s, r in at.items() if s in LOAD_BASED and r.ok]
-            if loads:
-                best = min(loads, key=lambda r: r.ttft_p50)
-                ok = mine.ttft_p50 <= best.ttft_p50 * 1.05
-                lines.append(
-                    f"{where}: p50 {mine.ttft_p50:.3f} s vs best load-based ({best.system}) "
-                    f"{best.ttft_p50:.3f} s, within 5%: {'PASS' if ok else 'FAIL'}"
-                )
-            continue
-        oracle = at.get(ORACLE)
-        if oracle is not None and oracle.keeps_up:
-            ok = mine.ttft_p99 <= 1.5 * oracle.ttft_p99
-            lines.append(
-                f"{where}: p99 {mine.ttft_p99:.3f} s vs oracle {oracle.ttft_p99:.3f} s, "
-                f"within 1.5x: {'PASS' if ok else 'FAIL'}"
-            )
-            a, b = settled.get(PREFIX_AWARE, math.nan), settled.get(ORACLE, math.nan)
-            if not (math.isnan(a) or math.isnan(b)):
-                lines.append(
-                    f"{where}: for information, requests after the first {SETTLED_S:g} s: p99 "
-                    f"{a:.3f} s vs oracle {b:.3f} s ({a / b:.2f}x)"
-                )
-        rr = at.get(ROUND_ROBIN)
-        if rr is not None and not rr.keeps_up:
-            ok = mine.ttft_p99 * 10 <= rr.ttft_p99
-            # Where round robin only just misses keeping up, 10x below it may be below what
-            # the oracle itself does: said, for whoever reads a FAIL.
-            theirs = (
-                f" (the oracle: {rr.ttft_p99 / oracle.ttft_p99:.1f}x lower)"
-                if oracle is not None and oracle.ttft_p99 > 0
-                else ""
-            )
-            floor = cold_prefill_s(workload)
-            if rr.ttft_p99 / 10 < floor and cold_requests(workload) * 100 > rr.scheduled:
-                lines.append(
-                    f"{where}: round robin thrashes (p99 {rr.ttft_p99:.3f} s), but 10x lower "
-                    f"({rr.ttft_p99 / 10:.3f} s) is below the prefill of a first request's "
-                    f"whole prompt ({floor:.3f} s unloaded), which every router pays once a "
-                    f"group or session, more often than 1 request in 100 here: no target; "
-                    f"p99 {mine.ttft_p99:.3f} s, {rr.ttft_p99 / mine.ttft_p99:.1f}x "
-                    f"lower{theirs}"
-                )
-                continue
-            lines.append(
-                f"{where}: round robin thrashes (p99 {rr.ttft_p99:.3f} s); p99 "
-                f"{mine.ttft_p99:.3f} s, >= 10x lower: {'PASS' if ok else 'FAIL'}{theirs}"
-            )
-    return lines
 
 
 def render(

@@ -13,16 +13,8 @@ from bench.routing.fleet import AGENT, SILENT, STATIC, FleetShape, attach_value,
 from bench.routing.oracle import AffinityOracle, parse_weights, weighted_sequence
 from bench.routing.results import RunResult
 from bench.routing.run import main
-from bench.routing.untuned import (
-    QUICK,
-    Row,
-    checks,
-    cold_prefill_s,
-    cold_requests,
-    learned_caches,
-    members_per_group,
-    render,
-)
+from bench.routing.targets import Row, checks, cold_prefill_s, cold_requests
+from bench.routing.untuned import QUICK, learned_caches, members_per_group, render
 from gateway.members import idle_member
 from gateway.policies import PickContext
 
@@ -129,6 +121,23 @@ def test_ten_times_below_round_robin_is_no_target_where_a_first_prompt_takes_lon
     far = [*near[:2], Row(STATIC, 3, _result("round_robin", 0.2, 5.0))]
     (line,) = [x for x in checks(far) if "round robin" in x]
     assert ">= 10x lower: PASS" in line
+
+
+def test_ten_times_below_round_robin_is_no_target_where_the_oracle_itself_is_not() -> None:
+    """Round robin at 1.229 s, just past keeping up, with the oracle at 0.183 s (6.7x below
+    it): no router gets 10x below, and the oracle check is the one that holds prefix_aware."""
+    rows = [
+        Row(AGENT, 3, _result("prefix_aware", 0.03, 0.193)),
+        Row(AGENT, 3, _result("oracle", 0.03, 0.183)),
+        Row(AGENT, 3, _result("round_robin", 0.14, 1.229)),
+    ]
+    (line,) = [x for x in checks(rows) if "round robin" in x]
+    assert "below the oracle's own p99 (0.183 s): no target" in line
+    assert "6.4x lower (the oracle: 6.7x lower)" in line
+    assert "FAIL" not in line and "PASS" not in line
+    assert any("within 1.5x: PASS" in x for x in checks(rows))
+    worse = [Row(AGENT, 3, _result("prefix_aware", 0.03, 0.4)), *rows[1:]]
+    assert any("within 1.5x: FAIL" in x for x in checks(worse))
 
 
 def test_members_per_group_counts_where_each_group_was_served() -> None:
