@@ -117,7 +117,7 @@ class PrefixAware(PrefixReports, PrefixSends, Policy, name="prefix_aware"):
             **self._index_args,
         )
         self.sizer = CacheSizer(self.index, CHARS_PER_TOKEN)
-        self.sizer.rooms.alone = self.gateways <= 1 or self._hears_all
+        self.sizer.rooms.alone = self.sees_all
         # What other gateways sent members lately (shared_sends.py), counted in this index.
         self.sends = SharedSends()
         # Backlogs point at the index's per-member records: a new index, new backlogs.
@@ -131,7 +131,7 @@ class PrefixAware(PrefixReports, PrefixSends, Policy, name="prefix_aware"):
 
     def on_gateways(self, count: int) -> None:
         self.gateways = count
-        self.sizer.rooms.alone = count <= 1 or self._hears_all
+        self.sizer.rooms.alone = self.sees_all
 
     @property
     def hears_all(self) -> bool:
@@ -139,10 +139,18 @@ class PrefixAware(PrefixReports, PrefixSends, Policy, name="prefix_aware"):
 
     @hears_all.setter
     def hears_all(self, value: bool) -> None:
-        self._hears_all = value
-        # Its index then holds every send to a member, as a gateway alone's does: what it held
-        # at a miss bounds the member's room (rough_room.py).
-        self.sizer.rooms.alone = self.gateways <= 1 or value
+        # Set on every send (gateway/pool_sends.py): only a change does anything.
+        if value != self._hears_all:
+            self._hears_all = value
+            self.sizer.rooms.alone = self.sees_all
+
+    @property
+    def sees_all(self) -> bool:
+        """Whether this gateway's index holds every send to its members, as an engine takes
+        them in: it is alone, or hears the others' sends. A miss then bounds the member's room
+        by what the index held (rough_room.py), and a spill onto a member of unknown cache is
+        costed (Columns.spill_costs)."""
+        return self.gateways <= 1 or self._hears_all
 
     @property
     def shares(self) -> bool:
@@ -323,7 +331,7 @@ class PrefixAware(PrefixReports, PrefixSends, Policy, name="prefix_aware"):
             costs = [c + per_request * own(mid, 0) for c, mid in zip(costs, ids, strict=True)]
         if depth or self._busy:
             self._adjust(cols, costs, match, ctx, now)
-        if depth and cols.guessed and (self.gateways <= 1 or self.hears_all):
+        if depth and cols.guessed and self.sees_all:
             # A gateway alone (or hearing all) spilling onto a member of unknown cache
             # (Columns.spill_costs).
             cols.spill_costs(costs, depth, self.evict_weight * blocks)
