@@ -1,4 +1,5 @@
-"""A paged KV cache with prefix caching: pinned blocks in use, LRU eviction of finished ones."""
+"""A paged KV cache with prefix caching: pinned blocks in use, LRU eviction of finished ones
+(tail blocks first)."""
 
 from __future__ import annotations
 
@@ -98,8 +99,12 @@ class KvCache:
         return Allocation(tuple(hashes), private_blocks, hits)
 
     def release(self, allocation: Allocation) -> None:
-        """Unpins a sequence's blocks; hashed ones stay cached as most recently used."""
-        for h in allocation.hashes:
+        """Unpins a sequence's blocks; hashed ones stay cached as most recently used, the
+        prompt's last block nearest eviction and its first block last, as vLLM frees them
+        (reversed, "so that the tail blocks are evicted first") and SGLang's radix cache evicts
+        leaves first: a cache that runs short cuts the tails of the prompts it holds, and
+        their heads still hit."""
+        for h in reversed(allocation.hashes):
             refs = self._refs[h] - 1
             self._refs[h] = refs
             if refs == 0:

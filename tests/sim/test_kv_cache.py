@@ -59,6 +59,16 @@ def test_lru_eviction_spares_pinned_and_recently_used_blocks() -> None:
     assert pinned.hashes == (b"pin",)
 
 
+def test_a_short_cache_cuts_a_prompts_tail_and_keeps_its_head() -> None:
+    """As vLLM frees a finished request's blocks (reversed): the head still hits after a new
+    prompt takes part of the room, where evicting the head first would lose it all."""
+    kv = KvCache(4)
+    kv.release(kv.allocate([b"h1", b"h2", b"h3"], 0))
+    kv.allocate([b"n1", b"n2"], 0)
+    assert kv.prefix_hits([b"h1", b"h2", b"h3"]) == 2
+    assert not kv.contains(b"h3")
+
+
 def test_full_cache_refuses_and_pinned_blocks_are_never_evicted() -> None:
     kv = KvCache(3)
     a = kv.allocate([b"a"], 2)
