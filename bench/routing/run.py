@@ -436,6 +436,14 @@ def main(argv: list[str] | None = None) -> int:
         help="--untuned: the workloads' seed (prompt texts, groups, arrivals; default 5; "
         "another needs --out)",
     )
+    parser.add_argument(
+        "--speedup",
+        type=float,
+        default=None,
+        help="--untuned: the engines' --speedup, simulated seconds per wall second (default 4; "
+        "another needs --out): the gateways' links run on the wall clock, so a lower one shows "
+        "what their lag costs at the engines' real speed",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
     if args.untuned:
@@ -450,9 +458,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--kv-blocks: whole numbers of blocks, not {args.kv_blocks!r}")
         if any(not 16 <= b <= 1 << 20 for b in kv_blocks) or len(kv_blocks) > 16:
             parser.error("--kv-blocks: 1 to 16 engines of 16 to 1,048,576 blocks")
-        if (kv_blocks or args.seed is not None) and args.out == parser.get_default("out"):
-            # docs/benchmarks.md records the acceptance layout and seed only.
-            parser.error("--kv-blocks and --seed write elsewhere: give --out FILE")
+        if args.speedup is not None and not 0.25 <= args.speedup <= 16:
+            parser.error("--speedup: 0.25 to 16")
+        custom = kv_blocks or args.seed is not None or args.speedup is not None
+        if custom and args.out == parser.get_default("out"):
+            # docs/benchmarks.md records the acceptance layout, seed and speed only.
+            parser.error("--kv-blocks, --seed and --speedup write elsewhere: give --out FILE")
         deployments = tuple(d.strip() for d in args.deployments.split(",") if d.strip())
         return aio.run(
             run_untuned(
@@ -466,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
                 tuple(p.strip() for p in args.policies.split(",") if p.strip()),
                 kv_blocks,
                 args.seed,
+                args.speedup,
             )
         )
     profile = QUICK if args.quick else FULL

@@ -341,6 +341,7 @@ async def run_untuned(
     systems: tuple[str, ...] = (),
     kv_blocks: tuple[int, ...] = (),
     seed: int | None = None,
+    speedup: float | None = None,
 ) -> int:
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
@@ -355,6 +356,8 @@ async def run_untuned(
         plan = replace(plan, deployments=deployments)
     if rates:
         plan = replace(plan, rates=dict.fromkeys(plan.rates, rates))
+    if speedup is not None:
+        plan = replace(plan, speedup=speedup)
     started = time.monotonic()
     ticks = machine.read_cpu_ticks()
     rows: list[Row] = []

@@ -163,8 +163,9 @@ def test_cpu_steal_is_read_from_proc_stat() -> None:
 def test_the_caches_and_seed_of_a_run_are_said_and_others_than_the_acceptance_go_elsewhere(
     tmp_path: Path,
 ) -> None:
-    """--kv-blocks and --seed run other layouts (four equal caches: the issue's first finding)
-    and other prompt texts; docs/benchmarks.md keeps the acceptance run's, so they need --out."""
+    """--kv-blocks, --seed and --speedup run other layouts (four equal caches: the issue's first
+    finding), other prompt texts and engines at another speed; docs/benchmarks.md keeps the
+    acceptance run's, so they need --out."""
     rows = [Row(STATIC, 1, _result("prefix_aware", 0.05, 0.3))]
     equal = render(rows, QUICK, FleetShape(kv_blocks=(1024,) * 4), "cmd", 1.0, seed=7)
     assert "4 `llm-pool sim-engine`s with equal KV caches: 1,024, 1,024" in equal
@@ -177,6 +178,8 @@ def test_the_caches_and_seed_of_a_run_are_said_and_others_than_the_acceptance_go
         ["--untuned", "--seed", "6"],
         ["--untuned", "--kv-blocks", "1024,lots", "--out", str(tmp_path / "x.md")],
         ["--untuned", "--kv-blocks", "8", "--out", str(tmp_path / "x.md")],
+        ["--untuned", "--speedup", "1"],
+        ["--untuned", "--speedup", "0", "--out", str(tmp_path / "x.md")],
     ):
         with pytest.raises(SystemExit) as exc:
             main(argv)
