@@ -447,39 +447,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
     if args.untuned:
-        from bench.routing.untuned import run_untuned
+        from bench.routing.untuned import main_untuned
 
-        given = argv if argv is not None else sys.argv[1:]
-        command = "make bench-routing BENCH_ARGS=" + shlex.quote(" ".join(given))
-        gateways = tuple(int(g) for g in args.gateways.split(",") if g.strip())
-        try:
-            kv_blocks = tuple(int(b) for b in args.kv_blocks.split(",") if b.strip())
-        except ValueError:
-            parser.error(f"--kv-blocks: whole numbers of blocks, not {args.kv_blocks!r}")
-        if any(not 16 <= b <= 1 << 20 for b in kv_blocks) or len(kv_blocks) > 16:
-            parser.error("--kv-blocks: 1 to 16 engines of 16 to 1,048,576 blocks")
-        if args.speedup is not None and not 0.25 <= args.speedup <= 16:
-            parser.error("--speedup: 0.25 to 16")
-        custom = kv_blocks or args.seed is not None or args.speedup is not None
-        if custom and args.out == parser.get_default("out"):
-            # docs/benchmarks.md records the acceptance layout, seed and speed only.
-            parser.error("--kv-blocks, --seed and --speedup write elsewhere: give --out FILE")
-        deployments = tuple(d.strip() for d in args.deployments.split(",") if d.strip())
-        return aio.run(
-            run_untuned(
-                args.quick,
-                args.out,
-                command,
-                args.workload,
-                gateways,
-                deployments,
-                tuple(float(r) for r in args.rates.split(",") if r.strip()),
-                tuple(p.strip() for p in args.policies.split(",") if p.strip()),
-                kv_blocks,
-                args.seed,
-                args.speedup,
-            )
-        )
+        return main_untuned(parser, args, argv if argv is not None else sys.argv[1:])
     profile = QUICK if args.quick else FULL
     known = registered_policies()
     if args.policies:
