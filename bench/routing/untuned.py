@@ -408,9 +408,6 @@ async def run_untuned(
     return 0
 
 
-__all__ = ["AGENT", "SILENT", "STATIC", "run_untuned"]
-
-
 def main_untuned(
     parser: argparse.ArgumentParser, args: argparse.Namespace, given: list[str]
 ) -> int:
@@ -445,3 +442,6 @@ def main_untuned(
             args.speedup,
         )
     )
+
+
+__all__ = ["AGENT", "SILENT", "STATIC", "main_untuned", "run_untuned"]
